@@ -1,0 +1,243 @@
+"""Self-describing, pickle-free checkpoints.
+
+A checkpoint is one ``.safetensors`` file: the network's tensors plus a JSON header
+(safetensors' string metadata) with everything needed to use it — class names, memory
+kind and depth, click radius, architecture and encoder, intensity normalisation and the
+format version. Loading never unpickles anything, so a crafted file cannot run code.
+Writes are atomic (temporary file in the same folder, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .memory import MEMORY_KINDS, input_channels
+from .model import ModelConfig, ModelConfigError, SimSegNet, build_model
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointMeta",
+    "load_checkpoint",
+    "read_checkpoint_meta",
+    "save_checkpoint",
+]
+
+FORMAT_NAME = "napari-simseg"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one actionable line."""
+
+
+@dataclass
+class CheckpointMeta:
+    """What a checkpoint says about itself.
+
+    Parameters
+    ----------
+    class_names : list of str
+        Class names, index = label value; index 0 is the background.
+    memory : {"none", "cim", "sim"}
+        Interaction memory the network was trained with.
+    depth : int
+        SIM depth D (1 for the other kinds).
+    click_radius : int
+        Disk radius used to encode clicks.
+    model : dict
+        :class:`ModelConfig` fields.
+    normalization : dict
+        How images are normalised before the network (see ``core.data``).
+    simulation : str
+        How clicks were simulated in training (``ddg``, ``sdg`` or ``auto``).
+    training : dict
+        Free-form provenance (epochs, data, metrics).
+    """
+
+    class_names: list
+    memory: str
+    depth: int
+    click_radius: int
+    model: dict
+    normalization: dict = field(
+        default_factory=lambda: {"method": "percentile_zscore", "low": 0.5, "high": 99.5}
+    )
+    simulation: str = "ddg"
+    training: dict = field(default_factory=dict)
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.model)
+
+    def validate(self, source: str = "checkpoint") -> "CheckpointMeta":
+        if self.format != FORMAT_NAME:
+            raise CheckpointError(f"{source}: not a napari-simseg checkpoint (format {self.format!r})")
+        if not isinstance(self.format_version, int) or self.format_version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source}: checkpoint format version {self.format_version} is newer than this "
+                f"napari-simseg supports ({FORMAT_VERSION}); upgrade napari-simseg"
+            )
+        if self.memory not in MEMORY_KINDS:
+            raise CheckpointError(f"{source}: unknown memory kind {self.memory!r}")
+        if len(self.class_names) < 2:
+            raise CheckpointError(f"{source}: needs at least 2 classes, has {self.class_names}")
+        expected = input_channels(self.memory, self.n_classes, self.depth)
+        cfg = self.model
+        if cfg.get("in_channels") != expected or cfg.get("n_classes") != self.n_classes:
+            raise CheckpointError(
+                f"{source}: network has {cfg.get('in_channels')} input channels and "
+                f"{cfg.get('n_classes')} outputs, but memory {self.memory!r} (depth {self.depth}) "
+                f"with {self.n_classes} classes needs {expected} and {self.n_classes}"
+            )
+        return self
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: its metadata and the network (on CPU, eval mode)."""
+
+    meta: CheckpointMeta
+    model: SimSegNet
+    path: Optional[str] = None
+
+
+def save_checkpoint(
+    path,
+    model: SimSegNet,
+    meta: CheckpointMeta,
+    half: bool = False,
+) -> Path:
+    """Write ``model`` and ``meta`` atomically to ``path`` (``.safetensors``).
+
+    Parameters
+    ----------
+    half : bool
+        Store floating-point tensors as float16 (half the size; loaded back as float32).
+    """
+    from safetensors.torch import save_file
+
+    meta.model = model.config.to_dict()
+    meta.validate(str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        if half and v.is_floating_point():
+            v = v.half()
+        tensors[k] = v.contiguous()
+    header = {"simseg": json.dumps(asdict(meta))}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _read_header(path: Path) -> dict:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a safetensors file"
+        raise CheckpointError(
+            f"{path}: not a readable napari-simseg checkpoint (safetensors parse failed: "
+            f"{str(exc).splitlines()[0][:120]}); pickled PyTorch files are refused for safety"
+        ) from None
+    if "simseg" not in header:
+        raise CheckpointError(f"{path}: safetensors file without napari-simseg metadata")
+    return header
+
+
+def read_checkpoint_meta(path) -> CheckpointMeta:
+    """Read and validate a checkpoint's metadata without loading the tensors."""
+    path = Path(path)
+    header = _read_header(path)
+    try:
+        raw = json.loads(header["simseg"])
+        meta = CheckpointMeta(**raw)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: corrupt napari-simseg metadata ({exc})") from None
+    return meta.validate(str(path))
+
+
+def load_checkpoint(
+    path,
+    expected_classes: Optional[Sequence[str]] = None,
+    expected_channels: Optional[int] = None,
+) -> Checkpoint:
+    """Load a checkpoint, checking it against what the caller needs.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.safetensors`` checkpoint.
+    expected_classes : sequence of str, optional
+        Class names the caller works with; a mismatch is a :class:`CheckpointError`.
+    expected_channels : int, optional
+        Input channel count the caller will feed.
+
+    Raises
+    ------
+    CheckpointError
+        One line naming the file and what does not fit.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_checkpoint_meta(path)
+    if expected_classes is not None and list(expected_classes) != list(meta.class_names):
+        raise CheckpointError(
+            f"{path}: trained for classes {meta.class_names}, but this data has "
+            f"{list(expected_classes)}; pick a checkpoint trained on these classes or retrain"
+        )
+    cfg = meta.model_config
+    if expected_channels is not None and cfg.in_channels != expected_channels:
+        raise CheckpointError(
+            f"{path}: network takes {cfg.in_channels} input channels, caller provides "
+            f"{expected_channels}"
+        )
+    try:
+        model = build_model(cfg)
+    except ModelConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: corrupt tensor data ({str(exc).splitlines()[0][:120]})") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    bad_shape = [k for k in own if k in tensors and tuple(tensors[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad_shape:
+        raise CheckpointError(
+            f"{path}: tensors do not match the architecture in its header "
+            f"(missing {missing[:2]}, unexpected {unexpected[:2]}, wrong shape {bad_shape[:2]})"
+        )
+    tensors = {k: v.to(own[k].dtype) for k, v in tensors.items()}
+    model.load_state_dict(tensors)
+    model.eval()
+    return Checkpoint(meta=meta, model=model, path=str(path))

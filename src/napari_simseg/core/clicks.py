@@ -1,0 +1,131 @@
+"""Clicks and their encoding as per-class disk masks.
+
+A click is ``(class_index, y, x)`` in pixel coordinates of one 2D slice; the class
+index counts the background as class 0. A round of clicks is encoded as ``N`` binary
+masks (one per class), each click drawn as a filled disk of ``radius`` pixels in its
+class's mask. Radius 0 marks the single pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["Click", "ClickError", "as_clicks", "encode_clicks", "validate_click"]
+
+
+class ClickError(ValueError):
+    """A click that cannot be placed (unknown class, outside the image)."""
+
+
+@dataclass(frozen=True)
+class Click:
+    """One user click.
+
+    Parameters
+    ----------
+    label : int
+        Class index, 0 is the background.
+    y, x : float
+        Row and column in pixels; rounded to the nearest pixel when encoded.
+    """
+
+    label: int
+    y: float
+    x: float
+
+    def as_tuple(self) -> tuple[int, float, float]:
+        return (int(self.label), float(self.y), float(self.x))
+
+
+def as_clicks(clicks: Iterable) -> list[Click]:
+    """Convert ``Click`` objects or ``(label, y, x)`` triples to a list of ``Click``."""
+    out = []
+    for c in clicks:
+        if isinstance(c, Click):
+            out.append(c)
+            continue
+        try:
+            label, y, x = c
+        except (TypeError, ValueError):
+            raise ClickError(
+                f"a click must be (class index, y, x); got {c!r}"
+            ) from None
+        out.append(Click(int(label), float(y), float(x)))
+    return out
+
+
+def validate_click(click: Click, n_classes: int, shape: Sequence[int]) -> tuple[int, int]:
+    """Check a click against the class count and slice shape.
+
+    Returns
+    -------
+    (row, col) : tuple of int
+        The pixel the click lands on.
+
+    Raises
+    ------
+    ClickError
+        If the class index is not in ``[0, n_classes)`` or the pixel lies outside
+        ``shape``; the message names the offending value.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if not (0 <= int(click.label) < n_classes) or int(click.label) != click.label:
+        raise ClickError(
+            f"unknown class index {click.label!r}: this model has {n_classes} classes "
+            f"(0..{n_classes - 1}, 0 is the background)"
+        )
+    if not (np.isfinite(click.y) and np.isfinite(click.x)):
+        raise ClickError(f"click position ({click.y}, {click.x}) is not a finite number")
+    row, col = int(round(click.y)), int(round(click.x))
+    if not (0 <= row < h and 0 <= col < w):
+        raise ClickError(
+            f"click at (y={click.y:g}, x={click.x:g}) lies outside the {h}x{w} image"
+        )
+    return row, col
+
+
+def _disk_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
+    r = int(radius)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    keep = yy * yy + xx * xx <= r * r
+    return yy[keep], xx[keep]
+
+
+def encode_clicks(
+    clicks: Iterable,
+    n_classes: int,
+    shape: Sequence[int],
+    radius: int = 3,
+) -> np.ndarray:
+    """Encode one round of clicks as ``(n_classes, H, W)`` float32 binary masks.
+
+    Parameters
+    ----------
+    clicks : iterable of Click or (label, y, x)
+        The clicks of this round.
+    n_classes : int
+        Number of classes N, background included.
+    shape : (H, W)
+        Slice shape.
+    radius : int
+        Disk radius in pixels (0 = single pixel).
+
+    Raises
+    ------
+    ClickError
+        For an unknown class or a click outside the image.
+    """
+    if radius < 0:
+        raise ValueError(f"click radius must be >= 0, got {radius}")
+    h, w = int(shape[0]), int(shape[1])
+    masks = np.zeros((n_classes, h, w), dtype=np.float32)
+    dy, dx = _disk_offsets(radius)
+    for click in as_clicks(clicks):
+        row, col = validate_click(click, n_classes, (h, w))
+        ys, xs = row + dy, col + dx
+        keep = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+        masks[click.label, ys[keep], xs[keep]] = 1.0
+    return masks

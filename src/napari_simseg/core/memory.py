@@ -1,0 +1,210 @@
+"""Interaction memories: how past clicks and outputs reach the network.
+
+Three kinds, for ``N`` classes (background included):
+
+``none``
+    Memory-less ("base" system). Input ``1 + N`` channels: the image, then the
+    ``N`` click masks of the current round only.
+``cim``
+    Cumulative interaction memory. Input ``1 + N`` channels: the image, then the
+    click masks of all rounds so far merged (logical or).
+``sim``
+    Sequential interaction memory of depth ``D``. Input ``1 + 2DN`` channels: the
+    image, then for each of the last ``D`` states, oldest to newest, its ``N``
+    click masks followed by its ``N`` probability maps.
+
+What a state holds (our reading of section 4.1.2 of the paper)
+-------------------------------------------------------------
+A state is the pair (clicks placed in round ``k``, probability maps the network
+produced in round ``k``). The network input of round ``k`` is built after the user's
+clicks of round ``k`` are known but before the network has run, so the newest state's
+probability maps are still missing and read as zeros; they are filled in
+(:meth:`InteractionMemory.set_probabilities`) once the round's prediction exists and
+are then seen by the network in the following rounds. States that do not exist yet
+(fewer than ``D`` rounds) are zeros, placed at the oldest end so that the newest state
+always occupies the last ``2N`` channels. Training (DDG) builds its inputs with the same
+code, so train and test inputs have the same layout.
+
+Every memory keeps the full round history, so undo and redo are exact, and a
+``payload`` per round (the session stores the convolutional LSTM's hidden state there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["MEMORY_KINDS", "InteractionMemory", "MemoryState", "input_channels"]
+
+MemoryKind = Literal["none", "cim", "sim"]
+MEMORY_KINDS = ("none", "cim", "sim")
+
+
+def input_channels(kind: str, n_classes: int, depth: int = 1) -> int:
+    """Number of network input channels for a memory kind.
+
+    Parameters
+    ----------
+    kind : {"none", "cim", "sim"}
+    n_classes : int
+        N, background included.
+    depth : int
+        D, used by ``sim`` only.
+    """
+    _check_kind(kind)
+    if kind == "sim":
+        return 1 + 2 * int(depth) * int(n_classes)
+    return 1 + int(n_classes)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in MEMORY_KINDS:
+        raise ValueError(
+            f"unknown memory kind {kind!r}; choose one of {', '.join(MEMORY_KINDS)}"
+        )
+
+
+@dataclass
+class MemoryState:
+    """One round: its click masks, the probabilities it produced, and an opaque payload."""
+
+    clicks: np.ndarray  # (N, H, W) float32 in {0, 1}
+    probabilities: np.ndarray | None = None  # (N, H, W) float32, None until predicted
+    payload: Any = None
+    meta: dict = field(default_factory=dict)
+
+
+class InteractionMemory:
+    """The interaction memory of one slice.
+
+    Parameters
+    ----------
+    kind : {"none", "cim", "sim"}
+        Memory kind (see module docstring).
+    n_classes : int
+        N, background included.
+    shape : (H, W)
+        Slice shape.
+    depth : int
+        SIM depth D (ignored by the other kinds).
+
+    Notes
+    -----
+    ``push`` starts a round, ``set_probabilities`` completes it, ``undo``/``redo``
+    move through the rounds and ``reset`` forgets them all. ``network_input(image)``
+    returns the float32 ``(C, H, W)`` tensor for the current round.
+    """
+
+    def __init__(self, kind: str, n_classes: int, shape, depth: int = 3):
+        _check_kind(kind)
+        if n_classes < 2:
+            raise ValueError(f"need at least 2 classes (background + one), got {n_classes}")
+        if kind == "sim" and depth < 1:
+            raise ValueError(f"SIM depth must be >= 1, got {depth}")
+        self.kind = kind
+        self.n_classes = int(n_classes)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.depth = int(depth) if kind == "sim" else 1
+        self._rounds: list[MemoryState] = []
+        self._redo: list[MemoryState] = []
+
+    # -- introspection -------------------------------------------------
+    @property
+    def channels(self) -> int:
+        return input_channels(self.kind, self.n_classes, self.depth)
+
+    @property
+    def n_rounds(self) -> int:
+        return len(self._rounds)
+
+    @property
+    def rounds(self) -> tuple[MemoryState, ...]:
+        return tuple(self._rounds)
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._rounds)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    @property
+    def last(self) -> MemoryState | None:
+        return self._rounds[-1] if self._rounds else None
+
+    # -- editing ---------------------------------------------------------
+    def push(self, clicks: np.ndarray, payload: Any = None, **meta) -> MemoryState:
+        """Start a new round with its ``(N, H, W)`` click masks; clears the redo stack."""
+        clicks = np.asarray(clicks, dtype=np.float32)
+        expected = (self.n_classes, *self.shape)
+        if clicks.shape != expected:
+            raise ValueError(f"click masks must have shape {expected}, got {clicks.shape}")
+        state = MemoryState(clicks=clicks, payload=payload, meta=dict(meta))
+        self._rounds.append(state)
+        self._redo.clear()
+        return state
+
+    def set_probabilities(self, probabilities: np.ndarray, payload: Any = None) -> None:
+        """Store the probabilities the newest round produced (and its payload)."""
+        if not self._rounds:
+            raise RuntimeError("no round to complete: push clicks first")
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        expected = (self.n_classes, *self.shape)
+        if probabilities.shape != expected:
+            raise ValueError(
+                f"probabilities must have shape {expected}, got {probabilities.shape}"
+            )
+        self._rounds[-1].probabilities = probabilities
+        if payload is not None:
+            self._rounds[-1].payload = payload
+
+    def undo(self) -> MemoryState:
+        """Remove the newest round and keep it for redo."""
+        if not self._rounds:
+            raise RuntimeError("nothing to undo on this slice")
+        state = self._rounds.pop()
+        self._redo.append(state)
+        return state
+
+    def redo(self) -> MemoryState:
+        """Restore the most recently undone round."""
+        if not self._redo:
+            raise RuntimeError("nothing to redo on this slice")
+        state = self._redo.pop()
+        self._rounds.append(state)
+        return state
+
+    def reset(self) -> None:
+        """Forget every round (and the redo stack)."""
+        self._rounds.clear()
+        self._redo.clear()
+
+    # -- network input ---------------------------------------------------
+    def network_input(self, image: np.ndarray) -> np.ndarray:
+        """Build the float32 ``(C, H, W)`` network input of the current round."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.shape != self.shape:
+            raise ValueError(f"image slice must have shape {self.shape}, got {image.shape}")
+        n, (h, w) = self.n_classes, self.shape
+        out = np.zeros((self.channels, h, w), dtype=np.float32)
+        out[0] = image
+        if not self._rounds:
+            return out
+        if self.kind == "none":
+            out[1:] = self._rounds[-1].clicks
+        elif self.kind == "cim":
+            merged = out[1:]
+            for state in self._rounds:
+                np.maximum(merged, state.clicks, out=merged)
+        else:
+            recent = self._rounds[-self.depth :]
+            first_slot = self.depth - len(recent)  # missing states stay zero, oldest end
+            for k, state in enumerate(recent):
+                base = 1 + 2 * n * (first_slot + k)
+                out[base : base + n] = state.clicks
+                if state.probabilities is not None:
+                    out[base + n : base + 2 * n] = state.probabilities
+        return out

@@ -1,0 +1,31 @@
+"""Files shipped inside the package: the demo model and sample volumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["DEMO_CHECKPOINT", "RESOURCES", "resolve_checkpoint"]
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+DEMO_CHECKPOINT = RESOURCES / "demo_hippocampus.safetensors"
+
+
+def resolve_checkpoint(name) -> Path:
+    """Map ``"demo"`` to the bundled demo model; anything else is a path.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file does not exist, with what to do about it.
+    """
+    if str(name) == "demo":
+        if not DEMO_CHECKPOINT.is_file():
+            raise FileNotFoundError(
+                f"the bundled demo model is missing ({DEMO_CHECKPOINT}); reinstall "
+                "napari-simseg or pass --checkpoint PATH"
+            )
+        return DEMO_CHECKPOINT
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path

@@ -1,0 +1,392 @@
+"""The interactive session: one image, one network, one interaction memory per slice.
+
+This is the API the napari widget, the console and the tests share. Everything it
+returns is numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from .clicks import Click, as_clicks, encode_clicks, validate_click
+from .memory import InteractionMemory
+from .predictor import Predictor
+
+__all__ = ["ImageError", "InteractiveSession", "RoundResult", "load_log", "replay_log"]
+
+LOG_VERSION = 1
+
+
+class ImageError(ValueError):
+    """An image the session cannot work on."""
+
+
+@dataclass
+class RoundResult:
+    """What one interaction round produced for its slice."""
+
+    slice_index: int
+    round: int
+    labels: np.ndarray  # (H, W) uint8/uint16
+    probabilities: np.ndarray  # (N, H, W) float32
+    model_ms: float
+    total_ms: float
+
+
+def _check_image(image) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.number)):
+        raise ImageError(f"image must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise ImageError("complex-valued images are not supported")
+    if arr.ndim not in (2, 3):
+        hint = ""
+        if arr.ndim == 3 or (arr.ndim >= 3 and arr.shape[-1] in (3, 4)):
+            hint = " (an RGB/RGBA image? convert it to a single channel first)"
+        elif arr.ndim == 4:
+            hint = " (a time series or multi-channel volume? pick one 3D volume first)"
+        raise ImageError(
+            f"SimSeg segments 2D (H, W) or 3D (Z, H, W) images; got shape {arr.shape}{hint}"
+        )
+    if arr.size == 0 or min(arr.shape) == 0:
+        raise ImageError(f"image is empty (shape {arr.shape})")
+    if min(arr.shape[-2:]) < 4:
+        raise ImageError(f"slices of {arr.shape[-2]}x{arr.shape[-1]} pixels are too small")
+    if not np.all(np.isfinite(arr)):
+        raise ImageError("image contains NaN or infinite values; fill or mask them first")
+    return arr
+
+
+class InteractiveSession:
+    """Interactive multi-class segmentation of one 2D or 3D image.
+
+    Parameters
+    ----------
+    image : ndarray
+        ``(H, W)`` or ``(Z, H, W)``; slices are taken along the first axis.
+    predictor : Predictor, str or Path
+        A loaded :class:`Predictor`, a checkpoint path, or ``"demo"``.
+    device : str
+        Used when ``predictor`` is a path.
+    max_state_history : int
+        How many rounds per slice keep their ConvLSTM state for undo; older rounds keep
+        their labels and clicks but, when undone to, the next round restarts the LSTM
+        from zero states.
+
+    Notes
+    -----
+    A slice's labels are the argmax of its newest round's probabilities. Before any
+    round (or after undoing all of them) a slice shows its *base labels*: those of the
+    last automatic prediction, or whatever was given with :meth:`set_labels`.
+    Automatic prediction starts from an empty memory and pushes no round, exactly like
+    the evaluation's 0-click result.
+    """
+
+    def __init__(
+        self,
+        image,
+        predictor: Union[Predictor, str, Path] = "demo",
+        device: str = "auto",
+        max_state_history: int = 8,
+    ):
+        arr = _check_image(image)
+        self.is_2d = arr.ndim == 2
+        volume = arr[None] if self.is_2d else arr
+        if not isinstance(predictor, Predictor):
+            predictor = Predictor(predictor, device=device)
+        self.predictor = predictor
+        meta = predictor.meta
+        from .data import normalize_volume
+
+        norm = dict(meta.normalization)
+        try:
+            self.volume = normalize_volume(
+                volume.astype(np.float32, copy=False),
+                low_pct=float(norm.get("low", 0.5)),
+                high_pct=float(norm.get("high", 99.5)),
+            )
+        except ValueError as exc:
+            raise ImageError(str(exc)) from None
+        self.shape = self.volume.shape
+        n = meta.n_classes
+        self.n_classes = n
+        self.class_names = list(meta.class_names)
+        self.labels = np.zeros(self.shape, dtype=np.uint8 if n <= 255 else np.uint16)
+        self._base_labels: dict[int, np.ndarray] = {}
+        self._memories: dict[int, InteractionMemory] = {}
+        self._log: list[dict] = []
+        self.max_state_history = int(max_state_history)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def n_slices(self) -> int:
+        return self.shape[0]
+
+    def _slice(self, slice_index) -> int:
+        if self.is_2d and slice_index is None:
+            return 0
+        try:
+            idx = int(slice_index)
+        except (TypeError, ValueError):
+            raise IndexError(f"slice index must be an integer, got {slice_index!r}") from None
+        if not 0 <= idx < self.n_slices:
+            raise IndexError(f"slice {idx} is outside the image (0..{self.n_slices - 1})")
+        return idx
+
+    def memory(self, slice_index: int) -> InteractionMemory:
+        """The interaction memory of a slice (created empty on first use)."""
+        idx = self._slice(slice_index)
+        mem = self._memories.get(idx)
+        if mem is None:
+            p = self.predictor
+            mem = InteractionMemory(p.memory_kind, self.n_classes, self.shape[1:], p.depth)
+            self._memories[idx] = mem
+        return mem
+
+    def n_rounds(self, slice_index: int) -> int:
+        idx = self._slice(slice_index)
+        mem = self._memories.get(idx)
+        return 0 if mem is None else mem.n_rounds
+
+    def _to_labels(self, probabilities: np.ndarray) -> np.ndarray:
+        return probabilities.argmax(axis=0).astype(self.labels.dtype)
+
+    def _show_current(self, idx: int) -> np.ndarray:
+        mem = self._memories.get(idx)
+        if mem is not None and mem.last is not None and mem.last.probabilities is not None:
+            self.labels[idx] = self._to_labels(mem.last.probabilities)
+        else:
+            base = self._base_labels.get(idx)
+            self.labels[idx] = 0 if base is None else base
+        return self.labels[idx].copy()
+
+    def _record(self, action: str, **fields) -> None:
+        self._log.append({"action": action, "time": time.time(), **fields})
+
+    # ------------------------------------------------------------------ rounds
+    def add_clicks(self, slice_index, clicks: Sequence) -> RoundResult:
+        """Run one interaction round on a slice.
+
+        Parameters
+        ----------
+        slice_index : int
+            Slice along the first axis (``None`` or 0 for a 2D image).
+        clicks : sequence of Click or (class, y, x)
+            The clicks of this round (may be empty: a round with no new clicks).
+
+        Returns
+        -------
+        RoundResult
+            That slice's new labels and probabilities and the round's timings.
+
+        Raises
+        ------
+        ClickError
+            For a click outside the slice or with an unknown class; nothing changes.
+        """
+        t0 = time.perf_counter()
+        idx = self._slice(slice_index)
+        clicks = as_clicks(clicks)
+        h, w = self.shape[1:]
+        for c in clicks:  # validate all before touching any state
+            validate_click(c, self.n_classes, (h, w))
+        mem = self.memory(idx)
+        masks = encode_clicks(clicks, self.n_classes, (h, w), self.predictor.click_radius)
+        prev = mem.last
+        state = prev.payload if prev is not None else None
+        mem.push(masks, clicks=[c.as_tuple() for c in clicks])
+        x = mem.network_input(self.volume[idx])
+        t1 = time.perf_counter()
+        try:
+            probs, new_state = self.predictor.predict(x, state)
+        except Exception:
+            mem.undo()
+            mem._redo.pop()  # a failed round leaves no trace
+            raise
+        model_ms = (time.perf_counter() - t1) * 1e3
+        mem.set_probabilities(probs, payload=new_state)
+        self._trim_states(mem)
+        labels = self._show_current(idx)
+        self._record(
+            "clicks",
+            slice=idx,
+            round=mem.n_rounds,
+            clicks=[{"class": c.label, "y": c.y, "x": c.x} for c in clicks],
+        )
+        total_ms = (time.perf_counter() - t0) * 1e3
+        return RoundResult(idx, mem.n_rounds, labels, probs, model_ms, total_ms)
+
+    def _trim_states(self, mem: InteractionMemory) -> None:
+        rounds = mem.rounds
+        for state in rounds[: max(0, len(rounds) - self.max_state_history)]:
+            state.payload = None
+
+    def undo(self, slice_index) -> np.ndarray:
+        """Undo the newest round of a slice; returns its labels as they were before it."""
+        idx = self._slice(slice_index)
+        mem = self.memory(idx)
+        if not mem.can_undo:
+            raise RuntimeError(f"nothing to undo on slice {idx}")
+        mem.undo()
+        self._record("undo", slice=idx)
+        return self._show_current(idx)
+
+    def redo(self, slice_index) -> np.ndarray:
+        """Redo the most recently undone round of a slice."""
+        idx = self._slice(slice_index)
+        mem = self.memory(idx)
+        if not mem.can_redo:
+            raise RuntimeError(f"nothing to redo on slice {idx}")
+        mem.redo()
+        self._record("redo", slice=idx)
+        return self._show_current(idx)
+
+    def reset_slice(self, slice_index) -> np.ndarray:
+        """Forget every round of a slice and clear its labels (base labels included)."""
+        idx = self._slice(slice_index)
+        self.memory(idx).reset()
+        self._base_labels.pop(idx, None)
+        self._record("reset", slice=idx)
+        return self._show_current(idx)
+
+    def set_labels(self, slice_index, labels: np.ndarray) -> None:
+        """Make hand-edited labels the slice's base labels (its memory is reset)."""
+        idx = self._slice(slice_index)
+        labels = np.asarray(labels)
+        if labels.shape != self.shape[1:]:
+            raise ValueError(f"labels must have shape {self.shape[1:]}, got {labels.shape}")
+        if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
+            raise ValueError(f"label values must lie in 0..{self.n_classes - 1}")
+        self.memory(idx).reset()
+        self._base_labels[idx] = labels.astype(self.labels.dtype)
+        self._record("set_labels", slice=idx, labels=labels.astype(int).tolist())
+        self._show_current(idx)
+
+    # ------------------------------------------------------------------ automatic
+    def iter_auto(
+        self,
+        slices: Optional[Sequence[int]] = None,
+        batch_size: int = 8,
+    ) -> Iterator[tuple[int, int]]:
+        """Zero-click prediction, batched; yields ``(done, total)`` after each batch.
+
+        Slices with interaction rounds are skipped (their rounds are the user's work).
+        Stopping the generator early keeps the slices finished so far.
+        """
+        if slices is None:
+            slices = range(self.n_slices)
+        todo = [self._slice(s) for s in slices]
+        todo = [s for s in todo if self.n_rounds(s) == 0]
+        empty = InteractionMemory(
+            self.predictor.memory_kind, self.n_classes, self.shape[1:], self.predictor.depth
+        )
+        total = len(todo)
+        yield 0, total
+        for start in range(0, total, max(1, int(batch_size))):
+            chunk = todo[start : start + batch_size]
+            x = np.stack([empty.network_input(self.volume[s]) for s in chunk])
+            probs, _ = self.predictor.predict(x, None)
+            for s, p in zip(chunk, probs):
+                self._base_labels[s] = self._to_labels(p)
+                self._show_current(s)
+            self._record("auto", slices=chunk)
+            yield min(start + len(chunk), total), total
+
+    def predict_auto(
+        self,
+        slice_index=None,
+        batch_size: int = 8,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> np.ndarray:
+        """Automatic segmentation of one slice (``slice_index``) or of every slice (None).
+
+        Returns the labels of that slice, or of the whole image.
+        """
+        slices = None if slice_index is None else [slice_index]
+        for done, total in self.iter_auto(slices, batch_size):
+            if progress is not None:
+                progress(done, total)
+        if slice_index is None:
+            return self.get_labels()
+        return self.labels[self._slice(slice_index)].copy()
+
+    # ------------------------------------------------------------------ outputs
+    def get_labels(self) -> np.ndarray:
+        """All labels, shaped like the input image (``(H, W)`` or ``(Z, H, W)``)."""
+        return self.labels[0].copy() if self.is_2d else self.labels.copy()
+
+    @property
+    def log(self) -> list[dict]:
+        return [dict(e) for e in self._log]
+
+    def save_log(self, path) -> Path:
+        """Write the ordered interaction log as JSON (atomically)."""
+        path = Path(path)
+        doc = {
+            "format": "napari-simseg-log",
+            "version": LOG_VERSION,
+            "image_shape": list(self.shape if not self.is_2d else self.shape[1:]),
+            "class_names": self.class_names,
+            "checkpoint": self.predictor.checkpoint.path,
+            "events": self._log,
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(path)
+        return path
+
+
+def load_log(path) -> dict:
+    """Read an interaction log written by :meth:`InteractiveSession.save_log`."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read interaction log {path}: {exc}") from None
+    if doc.get("format") != "napari-simseg-log":
+        raise ValueError(f"{path} is not a napari-simseg interaction log")
+    if doc.get("version", 0) > LOG_VERSION:
+        raise ValueError(f"{path}: log version {doc.get('version')} is newer than supported")
+    return doc
+
+
+def replay_log(session: InteractiveSession, log) -> InteractiveSession:
+    """Apply a saved log's events, in order, to a fresh session on the same image.
+
+    Parameters
+    ----------
+    session : InteractiveSession
+        A new session on the same image and checkpoint.
+    log : dict, str or Path
+        The log document or its file.
+    """
+    doc = log if isinstance(log, dict) else load_log(log)
+    if list(doc["class_names"]) != session.class_names:
+        raise ValueError(
+            f"log was made with classes {doc['class_names']}, session has {session.class_names}"
+        )
+    for event in doc["events"]:
+        action = event["action"]
+        if action == "clicks":
+            clicks = [Click(c["class"], c["y"], c["x"]) for c in event["clicks"]]
+            session.add_clicks(event["slice"], clicks)
+        elif action == "undo":
+            session.undo(event["slice"])
+        elif action == "redo":
+            session.redo(event["slice"])
+        elif action == "reset":
+            session.reset_slice(event["slice"])
+        elif action == "auto":
+            # the same batch as recorded: batch composition can change float rounding
+            for _ in session.iter_auto(event["slices"], batch_size=len(event["slices"])):
+                pass
+        elif action == "set_labels":
+            session.set_labels(event["slice"], np.asarray(event["labels"]))
+        else:
+            raise ValueError(f"unknown log action {action!r}")
+    return session

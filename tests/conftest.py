@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random-initialised models and checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus"
+NO_SHARED_DATA = (
+    "../shared/data is not present: it exists only on the project's development and CI "
+    "machines (a user's clone has no ../shared)"
+)
+
+TINY_MODEL = dict(encoder="resnet18", encoder_depth=3, decoder_channels=(32, 16, 8))
+
+
+def tiny_meta_and_model(memory="sim", depth=3, class_names=("background", "a", "b"), decoder="convlstm", radius=2, seed=0):
+    import torch
+
+    from napari_simseg.core.checkpoint import CheckpointMeta
+    from napari_simseg.core.memory import input_channels
+    from napari_simseg.core.model import ModelConfig, build_model
+
+    torch.manual_seed(seed)
+    n = len(class_names)
+    cfg = ModelConfig(
+        in_channels=input_channels(memory, n, depth), n_classes=n, decoder=decoder, **TINY_MODEL
+    )
+    model = build_model(cfg).eval()
+    meta = CheckpointMeta(
+        class_names=list(class_names),
+        memory=memory,
+        depth=depth if memory == "sim" else 1,
+        click_radius=radius,
+        model=cfg.to_dict(),
+    )
+    return meta, model
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path):
+    """Factory: write a tiny random checkpoint and return its path."""
+    from napari_simseg.core.checkpoint import save_checkpoint
+
+    counter = {"n": 0}
+
+    def _make(**kwargs):
+        meta, model = tiny_meta_and_model(**kwargs)
+        counter["n"] += 1
+        return save_checkpoint(tmp_path / f"tiny{counter['n']}.safetensors", model, meta)
+
+    return _make
+
+
+@pytest.fixture
+def tiny_checkpoint(make_checkpoint):
+    return make_checkpoint()
+
+
+@pytest.fixture
+def small_volume():
+    rng = np.random.default_rng(0)
+    vol = rng.normal(100, 20, size=(4, 40, 48)).astype(np.float32)
+    vol[:, 10:25, 12:30] += 80
+    return vol

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_simseg.core.model import ModelConfig, ModelConfigError, build_model
+
+from conftest import TINY_MODEL
+
+
+def tiny(decoder="convlstm", c=7, n=3, **kw):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(in_channels=c, n_classes=n, decoder=decoder, **{**TINY_MODEL, **kw})).eval()
+
+
+@pytest.mark.parametrize("decoder", ["convlstm", "plain"])
+@pytest.mark.parametrize("hw", [(37, 53), (32, 32), (8, 9)])
+def test_any_size_and_channels(decoder, hw):
+    m = tiny(decoder, c=13, n=4)
+    x = torch.randn(2, 13, *hw)
+    with torch.no_grad():
+        logits, state = m(x)
+    assert logits.shape == (2, 4, *hw)
+    assert (state is None) == (decoder == "plain")
+
+
+def test_default_is_resnet34_convlstm_without_download():
+    cfg = ModelConfig(in_channels=19, n_classes=3)
+    assert cfg.encoder == "resnet34" and cfg.decoder == "convlstm" and cfg.encoder_weights is None
+    m = build_model(cfg)
+    assert sum(p.numel() for p in m.encoder.parameters()) > 20e6  # a real ResNet34
+    assert all(hasattr(s, "lstm") for s in m.stages)
+
+
+def test_recurrent_state_changes_output_and_resets():
+    m = tiny()
+    x = torch.randn(1, 7, 32, 40)
+    with torch.no_grad():
+        first, s1 = m(x)
+        second, s2 = m(x, s1)  # same input, next step: the hidden state must matter
+        fresh, _ = m(x)  # reset = no state
+    assert not torch.allclose(first, second, atol=1e-5)
+    torch.testing.assert_close(first, fresh)
+    assert len(s1) == len(m.stages) and s1[-1][0].shape[-2:] == (32, 40)
+
+
+def test_plain_decoder_is_stateless():
+    m = tiny("plain")
+    x = torch.randn(1, 7, 32, 32)
+    with torch.no_grad():
+        a, s = m(x)
+        b, _ = m(x, s)
+    torch.testing.assert_close(a, b)
+
+
+def test_wrong_input_channels_is_clear():
+    m = tiny()
+    with pytest.raises(ValueError, match=r"expected input \(B, 7, H, W\)"):
+        m(torch.randn(1, 5, 32, 32))
+
+
+def test_config_errors_are_actionable(tmp_path):
+    with pytest.raises(ModelConfigError, match="unknown decoder 'gru'"):
+        build_model(ModelConfig(in_channels=3, n_classes=2, decoder="gru"))
+    with pytest.raises(ModelConfigError, match="unknown smp encoder 'resnet35'"):
+        build_model(ModelConfig(in_channels=3, n_classes=2, encoder="resnet35"))
+    with pytest.raises(ModelConfigError, match="never downloads"):
+        build_model(ModelConfig(in_channels=3, n_classes=2, encoder_weights="imagenet"))
+    with pytest.raises(ModelConfigError, match="decoder_channels needs 3"):
+        build_model(ModelConfig(in_channels=3, n_classes=2, encoder_depth=3))
+
+
+def test_local_encoder_weights_are_loaded_and_channel_adapted(tmp_path):
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    torch.manual_seed(1)
+    src = get_encoder("resnet18", in_channels=3, depth=3, weights=None)
+    path = tmp_path / "enc.pth"
+    torch.save(src.state_dict(), path)
+    m = build_model(ModelConfig(in_channels=5, n_classes=2, encoder_weights=str(path), **TINY_MODEL))
+    torch.testing.assert_close(m.encoder.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+    w = m.encoder.conv1.weight
+    assert w.shape[1] == 5
+    torch.testing.assert_close(w[:, 0], src.conv1.weight.mean(1) * 3 / 5)
