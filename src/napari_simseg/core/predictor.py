@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional, Union
@@ -71,6 +72,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.model = ckpt.model.to(self.device).eval()
         self.amp = bool(amp) and self.device.type == "cuda"
+        self.last_forward_ms = float("nan")  # the bare network time of the last call
 
     # convenience views of the metadata
     @property
@@ -108,10 +110,19 @@ class Predictor:
 
     def predict_tensor(self, x: torch.Tensor, state=None):
         """Run the network on a ``(B, C, H, W)`` tensor; returns (probabilities tensor, state)."""
+        x = x.to(self.device, non_blocking=True)
         with torch.inference_mode(), self._autocast():
-            logits, new_state = self.model(x.to(self.device, non_blocking=True), state)
+            self._sync()
+            t0 = time.perf_counter()
+            logits, new_state = self.model(x, state)
+            self._sync()
+            self.last_forward_ms = (time.perf_counter() - t0) * 1e3
             probs = torch.softmax(logits.float(), dim=1)
         return probs, new_state
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def predict(self, inputs: np.ndarray, state=None):
         """Predict one slice ``(C, H, W)`` or a batch ``(B, C, H, W)``.

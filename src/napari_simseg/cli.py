@@ -1,0 +1,152 @@
+"""The ``simseg`` command: ``train``, ``evaluate``, ``benchmark`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _parse_list(text: str) -> list:
+    items = [t for t in str(text).replace(" ", "").split(",") if t]
+    try:
+        return [int(t) for t in items]
+    except ValueError:
+        return items
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+    """One ``--kebab-case`` option per dataclass field; defaults stay None so that
+    only what the user typed overrides the YAML config."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        if base is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif base in (list, typing.List) or typing.get_origin(base) is list:
+            parser.add_argument(flag, dest=f.name, type=_parse_list, default=None, metavar="A,B,...")
+        elif base in (int, float, str):
+            parser.add_argument(flag, dest=f.name, type=base, default=None)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None)
+
+
+def _train(args) -> int:
+    import yaml
+
+    from .core.training import TrainConfig, train
+
+    values = {}
+    if args.config:
+        try:
+            values = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"simseg train: cannot read config {args.config}: {exc}", file=sys.stderr)
+            return 2
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    try:
+        cfg = TrainConfig.from_dict(values).validate()
+    except (TypeError, ValueError) as exc:
+        print(f"simseg train: {exc}", file=sys.stderr)
+        return 2
+    best = train(cfg, log=lambda m: print(m, flush=True))
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(best, flush=True)
+    return 0
+
+
+def _benchmark(args) -> int:
+    from .core.benchmark import benchmark_inference, benchmark_training
+
+    if args.train:
+        benchmark_training(device=args.device, json_path=args.json, encoder=args.encoder,
+                           size=args.size or 64, batch_size=args.batch_size)
+    else:
+        benchmark_inference(device=args.device, size=args.size or 256, json_path=args.json,
+                            encoder=args.encoder, repeats=args.repeats)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .core.evaluation import main_evaluate
+
+    return main_evaluate(args)
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .core.training import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="simseg",
+        description="Interactive multi-class medical image segmentation (DDG-SIM).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a network on labelled volumes",
+                       description="Train a SimSeg network. Options override the YAML --config.")
+    p.add_argument("--config", help="YAML file with training options (see training/configs/)")
+    _add_dataclass_options(p, TrainConfig)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint with the virtual user")
+    from .core.evaluation import add_evaluate_arguments
+
+    add_evaluate_arguments(p)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("benchmark", help="measure latency and training-step cost")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    p.add_argument("--size", type=int, default=None, help="slice size (default 256; 64 with --train)")
+    p.add_argument("--json", help="write the figures to this JSON file")
+    p.add_argument("--train", action="store_true", help="time a DDG-SIM vs an SDG training step")
+    p.add_argument("--encoder", default="resnet34")
+    p.add_argument("--batch-size", type=int, default=4, help="batch size for --train")
+    p.add_argument("--repeats", type=int, default=20)
+    p.set_defaults(func=_benchmark)
+
+    p = sub.add_parser("demo", help="open napari with the sample and the demo model")
+    p.add_argument("--headless", action="store_true",
+                   help="no GUI: run the evaluation virtual user on the sample and print Dice per class")
+    p.add_argument("--checkpoint", default="demo")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--clicks", default="0,1,2,3")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError) as exc:
+        # our errors are one actionable line; do not bury them in a traceback
+        print(f"simseg {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""``simseg benchmark``: inference latency, session overhead and training-step cost.
+
+Figures are printed and written as JSON; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .memory import input_channels
+from .model import ModelConfig, build_model
+from .predictor import resolve_device
+
+__all__ = ["benchmark_inference", "benchmark_training"]
+
+
+def _stats(ms: list) -> dict:
+    return {
+        "mean": round(statistics.fmean(ms), 3),
+        "std": round(statistics.pstdev(ms), 3),
+        "median": round(statistics.median(ms), 3),
+    }
+
+
+def _time_forward(net, x, device, repeats, warmup):
+    ms = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            net(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                ms.append((time.perf_counter() - t0) * 1e3)
+    return ms
+
+
+def benchmark_inference(
+    device: str = "auto",
+    size: int = 256,
+    depth: int = 3,
+    n_classes: int = 5,
+    encoder: str = "resnet34",
+    repeats: int = 20,
+    warmup: int = 5,
+    json_path: Optional[str] = None,
+    log=print,
+) -> dict:
+    """Per-slice forward latency of the DDG-SIM network and of a plain smp U-Net,
+    and the overhead of one session round beyond the network itself.
+
+    Both networks take the same ``1 + 2DN``-channel input (batch 1, ``size x size``),
+    share the encoder and run on the same device, random-initialised. The session
+    overhead is, per round, the wall time of ``InteractiveSession.add_clicks`` (click
+    encoding, memory, network, softmax, labels, log) minus that round's bare forward
+    time; the median over rounds is reported.
+    """
+    import segmentation_models_pytorch as smp
+
+    from .checkpoint import Checkpoint, CheckpointMeta
+    from .predictor import Predictor
+    from .session import InteractiveSession
+
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    channels = input_channels("sim", n_classes, depth)
+    sim = build_model(ModelConfig(in_channels=channels, n_classes=n_classes, encoder=encoder)).to(dev).eval()
+    unet = smp.Unet(encoder, encoder_weights=None, in_channels=channels, classes=n_classes).to(dev).eval()
+    x = torch.randn(1, channels, size, size, device=dev)
+    sim_ms = _time_forward(sim, x, dev, repeats, warmup)
+    unet_ms = _time_forward(unet, x, dev, repeats, warmup)
+    # interleave a second pass so drift in machine load hits both alike
+    sim_ms += _time_forward(sim, x, dev, repeats, 1)
+    unet_ms += _time_forward(unet, x, dev, repeats, 1)
+
+    names = ["background"] + [f"class_{i}" for i in range(1, n_classes)]
+    meta = CheckpointMeta(class_names=names, memory="sim", depth=depth, click_radius=3, model=sim.config.to_dict())
+    predictor = Predictor(Checkpoint(meta=meta, model=sim.cpu()), device=str(dev))
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(4, size, size)).astype(np.float32)
+    session = InteractiveSession(volume, predictor)
+    overhead = []
+    for r in range(warmup + repeats):
+        clicks = [(c, rng.integers(0, size), rng.integers(0, size)) for c in range(n_classes)]
+        res = session.add_clicks(r % 4, clicks)
+        if r >= warmup:
+            overhead.append(res.total_ms - predictor.last_forward_ms)
+
+    result = {
+        "device": str(dev),
+        "size": int(size),
+        "sim_ms": _stats(sim_ms),
+        "unet_ms": _stats(unet_ms),
+        "ratio": round(statistics.median(sim_ms) / statistics.median(unet_ms), 3),
+        "session_overhead_ms": round(statistics.median(overhead), 3),
+        "config": {"depth": depth, "n_classes": n_classes, "encoder": encoder, "channels": channels,
+                   "batch": 1, "repeats": 2 * repeats, "torch_threads": torch.get_num_threads()},
+    }
+    log(f"inference benchmark on {dev}, {size}x{size}, batch 1, D={depth}, N={n_classes}, {encoder}")
+    log(f"  {'network':<22}{'mean ms':>10}{'std':>8}{'median':>10}")
+    log(f"  {'DDG-SIM (ConvLSTM)':<22}{result['sim_ms']['mean']:>10.2f}{result['sim_ms']['std']:>8.2f}{result['sim_ms']['median']:>10.2f}")
+    log(f"  {'plain smp U-Net':<22}{result['unet_ms']['mean']:>10.2f}{result['unet_ms']['std']:>8.2f}{result['unet_ms']['median']:>10.2f}")
+    log(f"  ratio (median) {result['ratio']:.2f}  (target <= 2.0)")
+    log(f"  session overhead per round {result['session_overhead_ms']:.2f} ms  (target <= 15)")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def benchmark_training(
+    device: str = "auto",
+    size: int = 64,
+    batch_size: int = 4,
+    depth: int = 3,
+    n_classes: int = 5,
+    encoder: str = "resnet34",
+    repeats: int = 5,
+    warmup: int = 2,
+    json_path: Optional[str] = None,
+    log=print,
+) -> dict:
+    """Time a DDG-SIM training step (its no-grad rounds included) and an SDG step
+    on the same phantom batch, same device, same network size."""
+    from .losses import FocalLoss
+    from .phantom import make_phantom
+    from .training import TrainConfig, _simulate_and_forward
+
+    dev = resolve_device(device)
+    image, labels, names = make_phantom(shape=(batch_size, size, size), seed=0)
+    names = list(names)[:n_classes]
+    labels = np.minimum(labels, len(names) - 1)
+    n = len(names)
+    img = (image - image.mean()) / (image.std() + 1e-6)
+    batch = {"image": torch.from_numpy(img[:, None].astype(np.float32)),
+             "labels": torch.from_numpy(labels.astype(np.int64))}
+    from contextlib import nullcontext
+
+    amp = dev.type == "cuda"
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
+
+    result = {"device": str(dev)}
+    for name, sim_kind in (("ddg", "ddg"), ("sdg", "sdg")):
+        cfg = TrainConfig(data="-", out="-", memory="sim" if sim_kind == "ddg" else "none", depth=depth,
+                          decoder="convlstm" if sim_kind == "ddg" else "plain", simulation=sim_kind,
+                          encoder=encoder)
+        torch.manual_seed(0)
+        net = build_model(cfg.model_config(n)).to(dev)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        loss_fn = FocalLoss(None)
+        rng = np.random.default_rng(0)
+        ms = []
+        for i in range(warmup + repeats):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            logits, targets = _simulate_and_forward(net, net, batch, cfg, n, rng, dev, autocast)
+            loss = loss_fn(logits.float(), targets)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if i >= warmup:
+                ms.append((time.perf_counter() - t0) * 1e3)
+        result[f"{name}_step_ms"] = round(statistics.median(ms), 2)
+    result["ratio"] = round(result["ddg_step_ms"] / result["sdg_step_ms"], 3)
+    result["config"] = {"size": size, "batch_size": batch_size, "depth": depth, "n_classes": n,
+                        "encoder": encoder, "repeats": repeats}
+    log(f"training-step benchmark on {dev}: batch {batch_size} x {size}x{size}, D={depth}, N={n}, {encoder}")
+    log(f"  DDG-SIM step {result['ddg_step_ms']:.1f} ms (D-1 no-grad rounds + virtual user + training step)")
+    log(f"  SDG step     {result['sdg_step_ms']:.1f} ms")
+    log(f"  ratio {result['ratio']:.2f}  (target <= 2.0)")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1))
+    return result

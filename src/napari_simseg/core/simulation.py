@@ -1,0 +1,150 @@
+"""Batched interaction rounds: the engine shared by training (DDG/SDG), validation
+and evaluation.
+
+:class:`BatchMemory` is the torch, batched twin of
+:class:`~napari_simseg.core.memory.InteractionMemory`; both build the same channel
+layout (a test pins the equality), so what the network sees in training is what it sees
+in the napari session.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .clicks import encode_clicks
+from .memory import input_channels
+
+__all__ = ["BatchMemory", "encode_click_batch", "run_evaluation_rounds"]
+
+
+def encode_click_batch(clicks_per_image, n_classes, shape, radius, device=None) -> torch.Tensor:
+    """Encode one round of clicks for each image of a batch as ``(B, N, H, W)``."""
+    masks = np.stack([encode_clicks(c, n_classes, shape, radius) for c in clicks_per_image])
+    return torch.from_numpy(masks).to(device)
+
+
+class BatchMemory:
+    """Interaction memories of a batch of slices, on one device.
+
+    Parameters
+    ----------
+    kind : {"none", "cim", "sim"}
+    n_classes : int
+    depth : int
+    images : Tensor
+        ``(B, 1, H, W)`` normalised slices.
+    """
+
+    def __init__(self, kind: str, n_classes: int, depth: int, images: torch.Tensor):
+        self.kind = kind
+        self.n_classes = int(n_classes)
+        self.depth = int(depth) if kind == "sim" else 1
+        self.images = images
+        self.channels = input_channels(kind, n_classes, self.depth)
+        self._clicks: list[torch.Tensor] = []
+        self._probs: list[Optional[torch.Tensor]] = []
+
+    @property
+    def n_rounds(self) -> int:
+        return len(self._clicks)
+
+    def push(self, clicks: torch.Tensor) -> None:
+        """Start a round with ``(B, N, H, W)`` click masks."""
+        self._clicks.append(clicks.to(self.images.device, self.images.dtype))
+        self._probs.append(None)
+
+    def set_probabilities(self, probs: torch.Tensor) -> None:
+        """Store the newest round's ``(B, N, H, W)`` probabilities (detached)."""
+        self._probs[-1] = probs.detach().to(self.images.dtype)
+
+    def network_input(self) -> torch.Tensor:
+        """The ``(B, C, H, W)`` input of the current round (same layout as InteractionMemory)."""
+        b, _, h, w = self.images.shape
+        n = self.n_classes
+        out = self.images.new_zeros(b, self.channels, h, w)
+        out[:, :1] = self.images
+        if not self._clicks:
+            return out
+        if self.kind == "none":
+            out[:, 1:] = self._clicks[-1]
+        elif self.kind == "cim":
+            out[:, 1:] = torch.stack(self._clicks).amax(dim=0)
+        else:
+            k0 = max(0, len(self._clicks) - self.depth)
+            first_slot = self.depth - (len(self._clicks) - k0)
+            for j, k in enumerate(range(k0, len(self._clicks))):
+                base = 1 + 2 * n * (first_slot + j)
+                out[:, base : base + n] = self._clicks[k]
+                if self._probs[k] is not None:
+                    out[:, base + n : base + 2 * n] = self._probs[k]
+        return out
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+@torch.inference_mode()
+def run_evaluation_rounds(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    gts: np.ndarray,
+    n_rounds: int,
+    memory_kind: str,
+    depth: int,
+    n_classes: int,
+    radius: int,
+    clicker: Callable[[np.ndarray, Optional[np.ndarray]], Sequence[Sequence]],
+    amp: bool = False,
+    on_round: Optional[Callable[[int, np.ndarray, float], None]] = None,
+) -> list[np.ndarray]:
+    """Run 0..``n_rounds`` rounds of a virtual user on a batch of slices.
+
+    Round 0 is the automatic (0-click) prediction from an empty memory. Round ``k``
+    asks ``clicker(gts, previous)`` for the clicks of every slice (``previous`` is
+    ``None`` in round 1: the user clicks each class's largest region, as nothing
+    was corrected yet), pushes them, and predicts, carrying the ConvLSTM state.
+
+    Returns
+    -------
+    list of ndarray
+        ``n_rounds + 1`` label maps ``(B, H, W)``: after 0, 1, ..., ``n_rounds`` rounds.
+    """
+    device = images.device
+    model.eval()
+    memory = BatchMemory(memory_kind, n_classes, depth, images)
+    shape = tuple(images.shape[-2:])
+    results = []
+    state = None
+    previous = None
+    for k in range(n_rounds + 1):
+        if k > 0:
+            clicks = clicker(gts, previous)
+            memory.push(encode_click_batch(clicks, n_classes, shape, radius, device))
+        x = memory.network_input()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with _autocast(device, amp):
+            logits, new_state = model(x, state if k > 0 else None)
+        probs = torch.softmax(logits.float(), dim=1)
+        labels = probs.argmax(1).cpu().numpy()
+        elapsed = time.perf_counter() - t0
+        if k > 0:
+            memory.set_probabilities(probs)
+            state = new_state
+        else:
+            # the automatic prediction is not a round: the first round starts afresh
+            state = None
+        results.append(labels)
+        previous = labels if k > 0 else None
+        if on_round is not None:
+            on_round(k, labels, elapsed)
+    return results

@@ -1,0 +1,467 @@
+"""The headless trainer: DDG / SDG / automatic training of a SimSeg network.
+
+Dynamic Data Generation, as implemented (paper section 4.2, our reading)
+------------------------------------------------------------------------
+For every batch, and anew every time a sample is seen, the training virtual user
+(:class:`~napari_simseg.core.virtual_user.TrainingVirtualUser`, rules 1-4) runs ``D``
+rounds on the whole batch at once. In round ``k`` it clicks on the ground truth against
+the network's output of round ``k - 1`` (round 1: initial clicks in every component),
+the clicks are pushed into the interaction memory, and the network runs with fixed
+weights (eval mode, no-grad) to produce round ``k``'s probabilities for the next round.
+The forward passes of rounds ``1 .. D-1`` are those no-grad rounds; round ``D``'s
+forward is the training step itself, on the memory holding all ``D`` states, so the
+network is trained on exactly the input it gets in round ``D`` at test time. The
+ConvLSTM state flows through the rounds (detached). ``ddg_rounds`` changes the number of
+rounds (default ``D``); ``random_rounds`` draws it per batch in ``1..ddg_rounds``.
+
+SDG: one round of clicks sampled once from the ground truth with no model in the loop.
+Auto: no clicks at all (a plain automatic U-Net trained through the same code).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointMeta, save_checkpoint
+from .memory import MEMORY_KINDS, input_channels
+from .model import ModelConfig, build_model
+from .simulation import BatchMemory, encode_click_batch, run_evaluation_rounds
+
+__all__ = ["SIMULATIONS", "TrainConfig", "train"]
+
+SIMULATIONS = ("ddg", "sdg", "auto")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; every field is a YAML key and a CLI option."""
+
+    data: str = ""
+    out: str = ""
+    # system
+    memory: str = "sim"
+    depth: int = 3
+    decoder: str = "convlstm"
+    simulation: str = "ddg"
+    # network
+    encoder: str = "resnet34"
+    encoder_depth: int = 5
+    decoder_channels: list = field(default_factory=lambda: [256, 128, 64, 32, 16])
+    lstm_kernel_size: int = 3
+    lstm_separable: bool = True
+    encoder_weights: Optional[str] = None
+    # virtual user
+    click_radius: int = 2
+    max_clicks: int = 3
+    max_clicks_per_component: int = 3
+    drop_class: bool = True
+    drop_fraction: float = 0.8
+    decreasing_probability: bool = True
+    ddg_rounds: Optional[int] = None
+    random_rounds: bool = False
+    # data
+    axis: int = 0
+    pad_to: Optional[list] = None
+    n4: bool = False
+    on_error: str = "stop"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    split_seed: int = 0
+    max_volumes: Optional[int] = None
+    augment: bool = True
+    # optimisation
+    epochs: int = 75
+    batch_size: int = 4
+    lr: float = 5e-5
+    focal_gamma: float = 2.0
+    class_weighting: str = "inverse_frequency"
+    max_minutes: Optional[float] = None
+    steps_per_epoch: Optional[int] = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = 0
+    resume: bool = False
+    val_clicks: int = 3
+    val_batch_size: int = 32
+    half_checkpoint: bool = False
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        if not self.data:
+            raise ValueError("no data folder given (--data DIR)")
+        if not self.out:
+            raise ValueError("no output folder given (--out DIR)")
+        if self.memory not in MEMORY_KINDS:
+            raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {self.memory!r}")
+        if self.simulation not in SIMULATIONS:
+            raise ValueError(f"simulation must be one of {SIMULATIONS}, got {self.simulation!r}")
+        if self.on_error not in ("stop", "skip"):
+            raise ValueError(f"on_error must be 'stop' or 'skip', got {self.on_error!r}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch_size and epochs must be >= 1")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @property
+    def effective_depth(self) -> int:
+        return self.depth if self.memory == "sim" else 1
+
+    def model_config(self, n_classes: int) -> ModelConfig:
+        return ModelConfig(
+            in_channels=input_channels(self.memory, n_classes, self.effective_depth),
+            n_classes=n_classes,
+            encoder=self.encoder,
+            encoder_depth=self.encoder_depth,
+            decoder=self.decoder,
+            decoder_channels=tuple(self.decoder_channels),
+            lstm_kernel_size=self.lstm_kernel_size,
+            lstm_separable=self.lstm_separable,
+            encoder_weights=self.encoder_weights,
+        )
+
+    def ddg_config(self):
+        from .virtual_user import DDGConfig
+
+        return DDGConfig(
+            max_rounds=self.max_clicks,
+            max_clicks_per_component=self.max_clicks_per_component,
+            drop_class=self.drop_class,
+            drop_fraction=self.drop_fraction,
+            decreasing_probability=self.decreasing_probability,
+        )
+
+
+# ---------------------------------------------------------------------- distributed
+class _Dist:
+    """torchrun awareness: rank, world size, and rank-0-only side effects."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def close(self):
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+# ---------------------------------------------------------------------- one batch
+def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rng, device, autocast):
+    """Fill the memory as the virtual user would, then the training forward.
+
+    Returns the logits of the training forward (with grad) and the targets.
+    """
+    from .virtual_user import TrainingVirtualUserBatch, sdg_clicks_batch
+
+    images = batch["image"].to(device, non_blocking=True)
+    targets = batch["labels"].to(device, non_blocking=True)
+    gts = batch["labels"].numpy()
+    shape = tuple(images.shape[-2:])
+    memory = BatchMemory(cfg.memory, n_classes, cfg.effective_depth, images)
+    state = None
+    if cfg.simulation == "auto":
+        pass  # empty memory: image + zeros
+    elif cfg.simulation == "sdg":
+        clicks = sdg_clicks_batch(gts, n_classes, cfg.ddg_config(), rng)
+        memory.push(encode_click_batch(clicks, n_classes, shape, cfg.click_radius, device))
+    else:
+        rounds = cfg.ddg_rounds or cfg.effective_depth
+        if cfg.random_rounds:
+            rounds = int(rng.integers(1, rounds + 1))
+        user = TrainingVirtualUserBatch(n_classes, cfg.ddg_config(), rng)
+        user.start(gts)
+        previous = None
+        for k in range(rounds):
+            clicks = user.next_round(previous)
+            memory.push(encode_click_batch(clicks, n_classes, shape, cfg.click_radius, device))
+            if k == rounds - 1:
+                break  # the last round's forward is the training step
+            net.eval()
+            with torch.no_grad(), autocast():
+                logits, state = net(memory.network_input(), state)
+            probs = torch.softmax(logits.float(), 1)
+            memory.set_probabilities(probs)
+            previous = probs.argmax(1).cpu().numpy()
+        if state is not None:
+            state = tuple((h.detach().float(), c.detach().float()) for h, c in state)
+    train_net.train()
+    with autocast():
+        logits, _ = train_net(memory.network_input(), state)
+    return logits, targets
+
+
+# ---------------------------------------------------------------------- validation
+def validate(net, dataset, cfg: TrainConfig, n_classes, device, amp) -> dict:
+    """Dice and IoU per class on the validation slices, pooled over all of them,
+    at 0 clicks and at ``val_clicks`` evaluation-user clicks per class."""
+    from .metrics import confusion_counts
+    from .virtual_user import EvaluationUser
+
+    rounds = 0 if cfg.simulation == "auto" else max(0, int(cfg.val_clicks))
+    user = EvaluationUser(n_classes)
+    conf = {0: np.zeros((n_classes, n_classes), np.int64), rounds: np.zeros((n_classes, n_classes), np.int64)}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.val_batch_size, shuffle=False)
+    for batch in loader:
+        images = batch["image"].to(device)
+        gts = batch["labels"].numpy()
+        valid = batch["valid"].numpy() if "valid" in batch else np.ones_like(gts, bool)
+        preds = run_evaluation_rounds(
+            net, images, gts, rounds, cfg.memory, cfg.effective_depth, n_classes,
+            cfg.click_radius, user.next_round_batch, amp=amp,
+        )
+        for k in conf:
+            conf[k] += confusion_counts(preds[k][valid], gts[valid], n_classes)
+    out = {}
+    for k, c in conf.items():
+        tp = np.diag(c).astype(float)
+        fp = c.sum(0) - tp
+        fn = c.sum(1) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dice = 2 * tp / (2 * tp + fp + fn)
+            iou = tp / (tp + fp + fn)
+        out[k] = {"dice": dice.tolist(), "iou": iou.tolist()}
+    return out
+
+
+def _score(val: dict, rounds: int) -> float:
+    dice = np.asarray(val[rounds]["dice"][1:], float)
+    return float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0
+
+
+# ---------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig, log=print) -> Path:
+    """Train a network; returns the path of the best checkpoint.
+
+    Writes into ``cfg.out``: ``config.yaml``, ``split.json``, ``best.safetensors``,
+    ``last.safetensors``, ``train_state.pt`` (for ``resume``), ``log.csv`` and
+    ``log.json``.
+    """
+    import yaml
+
+    from . import data as D
+    from .losses import FocalLoss, class_weights_from_counts
+    from .predictor import resolve_device
+
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    dist = _Dist(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    out = Path(cfg.out)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    amp = bool(cfg.amp) and device.type == "cuda"
+
+    # ---- data
+    spec = D.discover_dataset(cfg.data)
+    class_names = list(spec.class_names)
+    n_classes = len(class_names)
+    ids = [c.case_id for c in spec.cases]
+    split_path = out / "split.json"
+    if cfg.resume and split_path.is_file():
+        split = D.load_split(split_path)
+    else:
+        split = D.split_cases(ids, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        if cfg.max_volumes:
+            split = {k: v[: max(1, int(cfg.max_volumes * len(v) / max(1, len(ids))))] for k, v in split.items()}
+        if dist.main:
+            D.save_split(split_path, split)
+    augmenter = D.Augmenter() if cfg.augment else None
+    common = dict(axis=cfg.axis, n4=cfg.n4, cache_dir=out / "cache", on_error=cfg.on_error)
+    pad_to = tuple(cfg.pad_to) if cfg.pad_to else D.largest_slice_shape(spec, cfg.axis, [*split["train"], *split["val"]])
+    train_ds = D.SliceDataset(spec, split["train"], target_shape=pad_to, augmenter=augmenter, seed=cfg.seed, **common)
+    val_ds = D.SliceDataset(spec, split["val"], target_shape=pad_to, augmenter=None, seed=cfg.seed, **common)
+    counts = train_ds.class_pixel_counts()
+    weights = class_weights_from_counts(counts, method=cfg.class_weighting)
+    if dist.main:
+        log(
+            f"data: {len(split['train'])} train / {len(split['val'])} val volumes, "
+            f"{len(train_ds)} / {len(val_ds)} slices, padded to {pad_to[0]}x{pad_to[1]}, "
+            f"classes {class_names}, weights {np.round(weights.numpy(), 3).tolist()}"
+        )
+
+    # ---- model
+    _seed_everything(cfg.seed)
+    net = build_model(cfg.model_config(n_classes)).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    loss_fn = FocalLoss(weights.to(device), gamma=cfg.focal_gamma)
+    train_net = net
+    if dist.enabled:
+        train_net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    start_epoch, best, history = 0, -math.inf, []
+    state_path = out / "train_state.pt"
+    if cfg.resume:
+        if not state_path.is_file():
+            raise FileNotFoundError(f"--resume: no {state_path} to resume from")
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        from .checkpoint import load_checkpoint
+
+        net.load_state_dict(load_checkpoint(out / "last.safetensors").model.state_dict())
+        optimizer.load_state_dict(st["optimizer"])
+        if "scaler" in st and amp:
+            scaler.load_state_dict(st["scaler"])
+        start_epoch, best, history = int(st["epoch"]), float(st["best"]), json.loads(st["history"])
+        if dist.main:
+            log(f"resuming after epoch {start_epoch} (best score {best:.4f})")
+
+    meta = CheckpointMeta(
+        class_names=class_names,
+        memory=cfg.memory,
+        depth=cfg.effective_depth,
+        click_radius=cfg.click_radius,
+        model=net.config.to_dict(),
+        normalization=dict(D.NORMALIZATION),
+        simulation=cfg.simulation,
+    )
+    if dist.main:
+        cfg_doc = {k: v for k, v in asdict(cfg).items()}
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg_doc, sort_keys=False))
+
+    def autocast():
+        if amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    sampler = None
+    if dist.enabled:
+        sampler = torch.utils.data.distributed.DistributedSampler(train_ds, shuffle=True, seed=cfg.seed)
+    t_start = time.monotonic()
+    val_rounds = 0 if cfg.simulation == "auto" else max(0, int(cfg.val_clicks))
+    best_path = out / "best.safetensors"
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        # per-epoch seeds: a resumed run repeats exactly what the uninterrupted one does
+        epoch_seed = cfg.seed * 100003 + epoch * 7919 + dist.rank
+        _seed_everything(epoch_seed)
+        rng = np.random.default_rng(epoch_seed)
+        train_ds.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(epoch_seed)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            train_ds,
+            batch_size=cfg.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=generator,
+            num_workers=cfg.num_workers,
+            drop_last=len(train_ds) >= cfg.batch_size * max(1, dist.world),
+        )
+        steps = len(loader) if cfg.steps_per_epoch is None else min(len(loader), cfg.steps_per_epoch)
+        bar = None
+        if dist.main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        t_epoch = time.monotonic()
+        losses = []
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            logits, targets = _simulate_and_forward(net, train_net, batch, cfg, n_classes, rng, device, autocast)
+            loss = loss_fn(logits.float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            if cfg.max_minutes is not None and (time.monotonic() - t_start) / 60 > cfg.max_minutes:
+                stopped_early = True
+                break
+        if bar is not None:
+            bar.close()
+        train_s = time.monotonic() - t_epoch
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "steps": len(losses), "train_seconds": round(train_s, 2)}
+        if dist.main:
+            val = validate(net, val_ds, cfg, n_classes, device, amp)
+            score = _score(val, val_rounds)
+            for k, v in val.items():
+                for metric in ("dice", "iou"):
+                    for name, value in zip(class_names, v[metric]):
+                        row[f"val_{metric}_{k}clicks_{name}"] = round(float(value), 5)
+            row["score"] = round(score, 5)
+            row["minutes"] = round((time.monotonic() - t_start) / 60, 2)
+            history.append(row)
+            meta.training = {
+                "epoch": epoch + 1, "score": score, "val": val, "data": str(cfg.data),
+                "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")},
+            }
+            save_checkpoint(out / "last.safetensors", net, meta, half=cfg.half_checkpoint)
+            if score > best or not best_path.is_file():
+                best = max(best, score)
+                save_checkpoint(best_path, net, meta, half=cfg.half_checkpoint)
+            torch.save(
+                {"epoch": epoch + 1, "best": best, "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict(), "history": json.dumps(history)},
+                str(state_path) + ".tmp",
+            )
+            os.replace(str(state_path) + ".tmp", state_path)
+            _write_logs(out, history)
+            dice_txt = ", ".join(f"{n}={d:.3f}" for n, d in zip(class_names, val[val_rounds]["dice"]))
+            log(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}, val Dice @{val_rounds} clicks: {dice_txt} "
+                f"({train_s:.0f}s train)")
+        dist.barrier()
+        if stopped_early:
+            if dist.main:
+                log(f"stopping: --max-minutes {cfg.max_minutes} reached")
+            break
+    dist.close()
+    return best_path
+
+
+def _write_logs(out: Path, history: list) -> None:
+    (out / "log.json").write_text(json.dumps(history, indent=1))
+    keys = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    with open(out / "log.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)

@@ -1,0 +1,45 @@
+import numpy as np
+import torch
+
+from napari_simseg.core.memory import InteractionMemory
+from napari_simseg.core.simulation import BatchMemory, run_evaluation_rounds
+from napari_simseg.core.virtual_user import EvaluationUser
+
+from conftest import tiny_meta_and_model
+
+
+def test_batch_memory_matches_interaction_memory():
+    rng = np.random.default_rng(0)
+    n, h, w = 3, 9, 11
+    for kind, depth in (("none", 1), ("cim", 1), ("sim", 2), ("sim", 3)):
+        img = rng.normal(size=(2, 1, h, w)).astype(np.float32)
+        bm = BatchMemory(kind, n, depth, torch.from_numpy(img))
+        ims = [InteractionMemory(kind, n, (h, w), depth) for _ in range(2)]
+        for r in range(4):
+            clicks = (rng.random((2, n, h, w)) > 0.9).astype(np.float32)
+            probs = rng.random((2, n, h, w)).astype(np.float32)
+            bm.push(torch.from_numpy(clicks))
+            for i in range(2):
+                ims[i].push(clicks[i])
+            got = bm.network_input().numpy()
+            for i in range(2):
+                np.testing.assert_array_equal(got[i], ims[i].network_input(img[i, 0]), err_msg=f"{kind} round {r}")
+            bm.set_probabilities(torch.from_numpy(probs))
+            for i in range(2):
+                ims[i].set_probabilities(probs[i])
+
+
+def test_evaluation_rounds_shapes_and_state():
+    meta, model = tiny_meta_and_model()
+    gts = np.zeros((2, 32, 32), np.int64)
+    gts[:, 5:15, 5:15] = 1
+    gts[:, 20:30, 18:28] = 2
+    images = torch.from_numpy(gts[:, None].astype(np.float32))
+    user = EvaluationUser(3)
+    seen = []
+    out = run_evaluation_rounds(
+        model, images, gts, 3, "sim", 3, 3, 2,
+        clicker=lambda g, p: (seen.append(p), user.next_round_batch(g, p))[1],
+    )
+    assert len(out) == 4 and out[0].shape == (2, 32, 32)
+    assert seen[0] is None and seen[1] is not None  # round 1 clicks the largest gt regions
