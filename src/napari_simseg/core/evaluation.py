@@ -144,7 +144,7 @@ def evaluate(
     rounds = max(clicks[-1], noc_clicks)
 
     ckpt_path = None
-    norm = dict(D.NORMALIZATION)
+    norm = {"low": 0.5, "high": 99.5}
     if method == "model":
         ckpt_path = resolve_checkpoint(checkpoint)
         ck = load_checkpoint(ckpt_path, expected_classes=class_names)

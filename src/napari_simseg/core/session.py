@@ -200,7 +200,7 @@ class InteractiveSession:
         masks = encode_clicks(clicks, self.n_classes, (h, w), self.predictor.click_radius)
         prev = mem.last
         state = prev.payload if prev is not None else None
-        mem.push(masks, clicks=[c.as_tuple() for c in clicks])
+        mem.push(masks, click_list=[c.as_tuple() for c in clicks])
         x = mem.network_input(self.volume[idx])
         t1 = time.perf_counter()
         try:

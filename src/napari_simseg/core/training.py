@@ -84,7 +84,7 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 5e-5
     focal_gamma: float = 2.0
-    class_weighting: str = "inverse_frequency"
+    class_weighting: str = "inverse_sqrt_frequency"
     max_minutes: Optional[float] = None
     steps_per_epoch: Optional[int] = None
     seed: int = 0
@@ -239,7 +239,9 @@ def validate(net, dataset, cfg: TrainConfig, n_classes, device, amp) -> dict:
     for batch in loader:
         images = batch["image"].to(device)
         gts = batch["labels"].numpy()
-        valid = batch["valid"].numpy() if "valid" in batch else np.ones_like(gts, bool)
+        valid = np.zeros(gts.shape, bool)  # score the real pixels, not the padding
+        for i, (y0, y1, x0, x1) in enumerate(batch["crop"].tolist()):
+            valid[i, y0:y1, x0:x1] = True
         preds = run_evaluation_rounds(
             net, images, gts, rounds, cfg.memory, cfg.effective_depth, n_classes,
             cfg.click_radius, user.next_round_batch, amp=amp,
@@ -305,7 +307,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
             D.save_split(split_path, split)
     augmenter = D.Augmenter() if cfg.augment else None
     common = dict(axis=cfg.axis, n4=cfg.n4, cache_dir=out / "cache", on_error=cfg.on_error)
-    pad_to = tuple(cfg.pad_to) if cfg.pad_to else D.largest_slice_shape(spec, cfg.axis, [*split["train"], *split["val"]])
+    pad_to = tuple(cfg.pad_to) if cfg.pad_to else D.largest_slice_shape(spec, axis=cfg.axis)
     train_ds = D.SliceDataset(spec, split["train"], target_shape=pad_to, augmenter=augmenter, seed=cfg.seed, **common)
     val_ds = D.SliceDataset(spec, split["val"], target_shape=pad_to, augmenter=None, seed=cfg.seed, **common)
     counts = train_ds.class_pixel_counts()
@@ -351,7 +353,6 @@ def train(cfg: TrainConfig, log=print) -> Path:
         depth=cfg.effective_depth,
         click_radius=cfg.click_radius,
         model=net.config.to_dict(),
-        normalization=dict(D.NORMALIZATION),
         simulation=cfg.simulation,
     )
     if dist.main:

@@ -1,0 +1,48 @@
+"""napari-simseg: interactive multi-class segmentation with a sequential interaction memory.
+
+``import napari_simseg`` is cheap and imports neither napari, Qt nor torch; the names
+below are loaded on first use::
+
+    from napari_simseg import InteractiveSession   # core, numpy in / numpy out
+    from napari_simseg import ViewerSession        # drive a napari viewer from its console
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported lazily by __getattr__)
+_LAZY = {
+    "InteractiveSession": "napari_simseg.core.session",
+    "RoundResult": "napari_simseg.core.session",
+    "ImageError": "napari_simseg.core.session",
+    "Predictor": "napari_simseg.core.predictor",
+    "Click": "napari_simseg.core.clicks",
+    "ViewerSession": "napari_simseg.viewer_session",
+    "SimSegWidget": "napari_simseg._qt.widget",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from ._qt.widget import SimSegWidget
+    from .core.clicks import Click
+    from .core.predictor import Predictor
+    from .core.session import ImageError, InteractiveSession, RoundResult
+    from .viewer_session import ViewerSession
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_simseg' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # cache: __getattr__ runs once per name
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

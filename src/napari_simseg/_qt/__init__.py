@@ -1,0 +1,1 @@
+"""Qt widgets of napari-simseg (import napari/Qt; never imported by core)."""

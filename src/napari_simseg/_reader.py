@@ -1,0 +1,123 @@
+"""napari reader for medical image files, through :mod:`napari_simseg.core.io`.
+
+Geometry travels with the layer: voxel spacing becomes the layer ``scale``, the
+origin its ``translate``, and the direction cosine matrix (which napari's
+scale/translate cannot express) is kept in ``layer.metadata["direction"]`` so the
+writer can put it back. All three are in numpy axis order, as in ``core.io``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from .core.io import SUPPORTED_EXTENSIONS, Volume, is_supported, read_image, split_extension
+
+__all__ = ["get_reader", "layer_data_from_volume", "read_layers"]
+
+PathOrPaths = Union[str, list]
+
+# Label volumes are recognised by name (MSD's labelsTr/, *_seg, *_mask ...): an
+# integer image alone is not enough, many MRI/CT scans are stored as integers.
+_LABEL_HINT = re.compile(r"(^|[^a-z])(label|labels|seg|segmentation|mask|gt)([^a-z]|$)", re.I)
+
+
+def _looks_like_labels(path: Path, array: np.ndarray) -> bool:
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        return False
+    stem = split_extension(path)[0]
+    return bool(_LABEL_HINT.search(stem) or _LABEL_HINT.search(path.parent.name))
+
+
+def _looks_like_dicom_folder(folder: Path, max_files: int = 64) -> bool:
+    """Whether a folder holds DICOM files (by extension or the ``DICM`` magic)."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return False
+    for i, entry in enumerate(e for e in entries if e.is_file()):
+        if i >= max_files:
+            break
+        if entry.suffix.lower() == ".dcm":
+            return True
+        try:
+            with open(entry, "rb") as fh:
+                fh.seek(128)
+                if fh.read(4) == b"DICM":
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def get_reader(path: PathOrPaths) -> Optional[Callable]:
+    """Return :func:`read_layers` if this plugin can read ``path``, else None.
+
+    Parameters
+    ----------
+    path : str or list of str
+        A file, a DICOM series folder, or a list of them (each read as its own layer).
+    """
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    if not paths:
+        return None
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            if not _looks_like_dicom_folder(p):
+                return None
+        elif not (is_supported(p) and split_extension(p)[1] in SUPPORTED_EXTENSIONS):
+            return None
+    return read_layers
+
+
+def layer_data_from_volume(volume: Volume, name: str, layer_type: str = "image") -> tuple:
+    """A napari ``LayerDataTuple`` carrying the volume's geometry.
+
+    Parameters
+    ----------
+    volume : Volume
+        Array plus spacing, origin and direction (numpy axis order).
+    name : str
+        Layer name.
+    layer_type : {"image", "labels"}
+    """
+    direction = np.asarray(volume.direction, dtype=float)
+    metadata = {
+        "spacing": list(volume.spacing),
+        "origin": list(volume.origin),
+        "direction": direction.tolist(),
+        "simseg_io": dict(volume.metadata),
+    }
+    kwargs = {
+        "name": name,
+        "scale": tuple(volume.spacing),
+        "translate": tuple(volume.origin),
+        "metadata": metadata,
+    }
+    data = volume.array
+    if layer_type == "labels" and not np.issubdtype(data.dtype, np.integer):
+        data = data.astype(np.int32 if data.dtype != bool else np.uint8)
+    return (data, kwargs, layer_type)
+
+
+def read_layers(path: PathOrPaths) -> list:
+    """Read one or more image files / DICOM folders into napari layer data.
+
+    Raises
+    ------
+    ImageReadError
+        With a one-line message naming the file and what is wrong.
+    """
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    out = []
+    for p in paths:
+        p = Path(p)
+        volume = read_image(p)
+        kind = "labels" if _looks_like_labels(p, volume.array) else "image"
+        name = p.name if p.is_dir() else split_extension(p)[0]
+        out.append(layer_data_from_volume(volume, name, kind))
+    return out

@@ -1,0 +1,717 @@
+"""Reading and writing medical image volumes.
+
+Every reader returns a :class:`Volume`: a numpy array plus its geometry, all in
+**numpy axis order**.  For a 3D image that is ``(Z, Y, X)`` (SimpleITK's
+``GetArrayFromImage`` order), for a 2D image ``(Y, X)``.  SimpleITK itself lists
+spacing, origin and direction in ``(x, y, z)`` order; this module reverses them so
+that ``volume.spacing[0]`` is the spacing along ``volume.array``'s axis 0.
+
+Geometry convention
+-------------------
+With ``i`` a voxel index in numpy order (``i = (k, j, i_x)``) the physical position
+of the voxel centre, **also listed in reversed (z, y, x) order**, is::
+
+    p = origin + direction @ (spacing * i)
+
+``direction`` is SimpleITK's direction cosine matrix with both its rows and its
+columns reversed (``D_numpy = D_sitk[::-1, ::-1]``): column ``a`` is the physical
+direction, in (z, y, x) world coordinates, of numpy axis ``a``.
+
+Formats
+-------
+========================  ==============================================  =========
+Format                    Extensions                                      Writable
+========================  ==============================================  =========
+NIfTI                     ``.nii``, ``.nii.gz``                           yes
+NRRD                      ``.nrrd``, ``.nhdr`` (detached header)          yes
+MetaImage                 ``.mha``, ``.mhd`` (detached header)            yes
+TIFF (tifffile)           ``.tif``, ``.tiff``                             yes
+DICOM, single file        ``.dcm``                                        no
+DICOM series              a folder (see :func:`read_image`)               no
+========================  ==============================================  =========
+
+TIFF geometry: the Y/X spacing is stored in the XResolution/YResolution tags
+(pixels per unit, no unit conversion is done on reading) and the Z spacing in the
+ImageJ ``spacing`` entry, as ImageJ and Fiji do.  Origin and direction, which plain
+TIFF cannot hold, are stored in two extra ImageJ entries (``simseg_origin``,
+``simseg_direction``) that ImageJ ignores.  Data types ImageJ cannot hold (anything
+but uint8, uint16 and float32) are written as a tifffile "shaped" TIFF whose JSON
+description carries ``spacing``, ``origin`` and ``direction``.  A TIFF without any
+such information reads with spacing 1, origin 0 and identity direction.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "WRITABLE_EXTENSIONS",
+    "ImageReadError",
+    "ImageWriteError",
+    "ImageInfo",
+    "Volume",
+    "is_supported",
+    "read_image",
+    "read_image_info",
+    "split_extension",
+    "write_image",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: File extensions :func:`read_image` accepts (lower case); a folder is read as a
+#: DICOM series.
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (
+    ".nii.gz",
+    ".nii",
+    ".nrrd",
+    ".nhdr",
+    ".mha",
+    ".mhd",
+    ".tif",
+    ".tiff",
+    ".dcm",
+)
+
+#: File extensions :func:`write_image` accepts.
+WRITABLE_EXTENSIONS: tuple[str, ...] = (
+    ".nii.gz",
+    ".nii",
+    ".nrrd",
+    ".nhdr",
+    ".mha",
+    ".mhd",
+    ".tif",
+    ".tiff",
+)
+
+_SITK_FORMATS = {
+    ".nii.gz": "NIfTI",
+    ".nii": "NIfTI",
+    ".nrrd": "NRRD",
+    ".nhdr": "NRRD",
+    ".mha": "MetaImage",
+    ".mhd": "MetaImage",
+    ".dcm": "DICOM",
+}
+_TIFF_EXTENSIONS = (".tif", ".tiff")
+_IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+
+
+class ImageReadError(ValueError):
+    """An image that cannot be read: missing, unsupported or corrupt.
+
+    The message is one line naming the file and the reason.
+
+    Attributes
+    ----------
+    path : str
+        The file or folder that was being read.
+    reason : str
+        Why it could not be read.
+    """
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image '{self.path}': {reason}")
+
+
+class ImageWriteError(ValueError):
+    """An image that cannot be written (unsupported format, invalid geometry, I/O)."""
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot write image '{self.path}': {reason}")
+
+
+@dataclass
+class Volume:
+    """An image array with its physical geometry, in numpy axis order.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        2D ``(Y, X)`` or 3D ``(Z, Y, X)`` array.
+    spacing : sequence of float, optional
+        Voxel size along each array axis, same order as ``array.shape``.
+        Defaults to 1.0 per axis.
+    origin : sequence of float, optional
+        Physical position of the centre of voxel ``(0, ..., 0)``, listed in the same
+        reversed (z, y, x) order. Defaults to zeros.
+    direction : array_like, optional
+        ``(ndim, ndim)`` direction cosine matrix in numpy axis order (SimpleITK's
+        matrix with rows and columns reversed); column ``a`` is the world direction
+        of array axis ``a``.  Defaults to the identity.
+    metadata : dict, optional
+        Free-form information from the reader (format, header entries, DICOM series
+        ...).  Writers ignore it.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...] | None = None
+    origin: tuple[float, ...] | None = None
+    direction: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.array)
+        nd = self.array.ndim
+        if nd not in (2, 3):
+            raise ValueError(
+                f"a Volume must be 2D (Y, X) or 3D (Z, Y, X); got an array of shape "
+                f"{self.array.shape}"
+            )
+        self.spacing = _as_vector(self.spacing, nd, 1.0, "spacing")
+        if any(not np.isfinite(s) or s <= 0 for s in self.spacing):
+            raise ValueError(f"spacing must be finite and positive; got {self.spacing}")
+        self.origin = _as_vector(self.origin, nd, 0.0, "origin")
+        if self.direction is None:
+            self.direction = np.eye(nd)
+        else:
+            d = np.asarray(self.direction, dtype=float)
+            if d.size == nd * nd:
+                d = d.reshape(nd, nd)
+            if d.shape != (nd, nd) or not np.all(np.isfinite(d)):
+                raise ValueError(
+                    f"direction must be a finite ({nd}, {nd}) matrix for a {nd}D "
+                    f"image; got shape {np.shape(self.direction)}"
+                )
+            self.direction = d
+        if self.metadata is None:
+            self.metadata = {}
+
+    @property
+    def ndim(self) -> int:
+        """Number of array dimensions (2 or 3)."""
+        return self.array.ndim
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Array shape in numpy order."""
+        return tuple(self.array.shape)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Geometry and data type of an image file, read without its pixels.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Array shape in numpy order.
+    spacing, origin : tuple of float
+        As in :class:`Volume`.
+    dtype : numpy.dtype
+        Pixel data type.
+    """
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    dtype: np.dtype
+
+
+def _as_vector(value, n: int, default: float, name: str) -> tuple[float, ...]:
+    if value is None:
+        return (float(default),) * n
+    v = np.asarray(value, dtype=float).ravel()
+    if v.size != n:
+        raise ValueError(f"{name} needs {n} values for a {n}D image; got {tuple(v)}")
+    return tuple(float(x) for x in v)
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def split_extension(path: PathLike) -> tuple[str, str]:
+    """Split a file name into its stem and its (possibly compound) extension.
+
+    ``.nii.gz`` is recognised as one extension; any other name is split at its last
+    dot.  The extension is returned in lower case.
+
+    Examples
+    --------
+    >>> split_extension("/data/case_01.nii.gz")
+    ('case_01', '.nii.gz')
+    >>> split_extension("scan.TIF")
+    ('scan', '.tif')
+    """
+    name = Path(path).name
+    low = name.lower()
+    for ext in SUPPORTED_EXTENSIONS:
+        if low.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], ext
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        return name, ""
+    return stem, "." + ext.lower()
+
+
+def is_supported(path: PathLike) -> bool:
+    """Whether :func:`read_image` can read ``path``, judged from its name.
+
+    An existing folder counts as supported (it is read as a DICOM series); the
+    content of files is not inspected.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return True
+    return split_extension(p)[1] in SUPPORTED_EXTENSIONS
+
+
+def _format_of(path: Path) -> str:
+    ext = split_extension(path)[1]
+    if ext in _TIFF_EXTENSIONS:
+        return "TIFF"
+    if ext in _SITK_FORMATS:
+        return _SITK_FORMATS[ext]
+    raise ImageReadError(
+        path,
+        f"unsupported file type '{ext or path.name}'; supported: "
+        f"{', '.join(SUPPORTED_EXTENSIONS)} or a DICOM series folder",
+    )
+
+
+# --------------------------------------------------------------------------- errors
+
+_OBJ_PREFIX = re.compile(r"^\w+\(0x[0-9a-fA-F]+\):\s*")
+
+
+def _summarise_itk_error(exc: BaseException) -> str:
+    """Turn a multi-line SimpleITK/ITK exception into a short one-line reason."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    reason = ""
+    for ln in lines:
+        m = re.search(r"(?:sitk::|itk::|ITK )ERROR:\s*(.*)", ln)
+        if m:
+            reason = _OBJ_PREFIX.sub("", m.group(1)).strip()
+            break
+    details = [ln for ln in lines if ln.startswith("[")]
+    if details:
+        last = re.sub(r"^\[\w+\]\s*", "", details[-1])
+        reason = f"{reason} ({last})" if reason else last
+    if not reason:
+        reason = lines[-1] if lines else type(exc).__name__
+    reason = " ".join(reason.split())
+    if len(reason) > 240:
+        reason = reason[:237] + "..."
+    return reason
+
+
+# --------------------------------------------------------------------------- SimpleITK
+
+
+def _sitk():
+    import SimpleITK as sitk
+
+    return sitk
+
+
+def _volume_from_sitk(img, fmt: str, path: Path) -> Volume:
+    sitk = _sitk()
+    nd = img.GetDimension()
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(
+            path,
+            f"it has {img.GetNumberOfComponentsPerPixel()} components per pixel "
+            "(colour or vector image); convert it to a single-channel image",
+        )
+    if nd == 4 and img.GetSize()[3] == 1:
+        img = img[:, :, :, 0]
+        nd = 3
+    if nd not in (2, 3):
+        raise ImageReadError(
+            path,
+            f"it is a {nd}D image of size {img.GetSize()} (x, y, z, ...); only 2D and "
+            "3D single-channel images are supported (split multi-channel or time "
+            "series first)",
+        )
+    array = sitk.GetArrayFromImage(img)
+    header = {}
+    for k in img.GetMetaDataKeys():
+        v = img.GetMetaData(k)
+        if "UNKNOWN_PRINT_CHARACTERISTICS" not in v:
+            header[k] = v
+    return Volume(
+        array=array,
+        spacing=tuple(img.GetSpacing())[::-1],
+        origin=tuple(img.GetOrigin())[::-1],
+        direction=np.asarray(img.GetDirection(), dtype=float).reshape(nd, nd)[::-1, ::-1],
+        metadata={"format": fmt, "path": str(path), "header": header},
+    )
+
+
+def _volume_to_sitk(volume: Volume):
+    sitk = _sitk()
+    img = sitk.GetImageFromArray(_sitk_compatible(volume.array), isVector=False)
+    img.SetSpacing([float(s) for s in volume.spacing[::-1]])
+    img.SetOrigin([float(o) for o in volume.origin[::-1]])
+    img.SetDirection([float(d) for d in np.asarray(volume.direction)[::-1, ::-1].ravel()])
+    return img
+
+
+def _sitk_compatible(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    return np.ascontiguousarray(array)
+
+
+def _check_nifti_complete(path: Path, img) -> None:
+    """ITK zero-fills truncated NIfTI files silently; detect that from the header."""
+    try:
+        ndim = int(img.GetMetaData("dim[0]"))
+        nvox = int(np.prod([int(img.GetMetaData(f"dim[{k}]")) for k in range(1, ndim + 1)]))
+        expected = int(float(img.GetMetaData("vox_offset"))) + nvox * int(img.GetMetaData("bitpix")) // 8
+    except (RuntimeError, ValueError):
+        return  # header entries unavailable: nothing to compare against
+    if split_extension(path)[1] == ".nii":
+        size = path.stat().st_size
+        if size < expected:
+            raise ImageReadError(
+                path, f"the file is truncated ({size} bytes, the header needs {expected})"
+            )
+        return
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        isize = struct.unpack("<I", fh.read(4))[0]
+    if isize == expected % 2**32:
+        return
+    # Size mismatch: decompress fully to tell a truncated stream from trailing data.
+    try:
+        with gzip.open(path, "rb") as fh:
+            total = 0
+            while chunk := fh.read(1 << 22):
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ImageReadError(path, f"the compressed data is corrupt or truncated ({exc})") from None
+    if total < expected:
+        raise ImageReadError(
+            path, f"the file is truncated ({total} bytes of data, the header needs {expected})"
+        )
+
+
+def _read_sitk_file(path: Path, fmt: str) -> Volume:
+    sitk = _sitk()
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = _summarise_itk_error(exc)
+        raise ImageReadError(
+            path, f"the file is corrupt, truncated or not a valid {fmt} file ({reason})"
+        ) from None
+    if fmt == "NIfTI":
+        _check_nifti_complete(path, img)
+    return _volume_from_sitk(img, fmt, path)
+
+
+def _read_dicom_series(folder: Path) -> Volume:
+    sitk = _sitk()
+    reader = sitk.ImageSeriesReader()
+    try:
+        series_ids = sorted(reader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError as exc:
+        raise ImageReadError(folder, f"cannot scan the folder for DICOM ({_summarise_itk_error(exc)})") from None
+    if not series_ids:
+        raise ImageReadError(
+            folder,
+            "it is a folder but contains no DICOM series (folders are read as DICOM "
+            "series; pass an image file instead)",
+        )
+    files = {sid: list(reader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in series_ids}
+    chosen = max(series_ids, key=lambda sid: len(files[sid]))  # ties: first sorted id
+    if len(series_ids) > 1:
+        logger.warning(
+            "%s holds %d DICOM series; reading the largest (%s, %d files)",
+            folder, len(series_ids), chosen, len(files[chosen]),
+        )
+    reader.SetFileNames(files[chosen])
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise ImageReadError(
+            folder, f"DICOM series {chosen} cannot be read ({_summarise_itk_error(exc)})"
+        ) from None
+    vol = _volume_from_sitk(img, "DICOM", folder)
+    tags = {}
+    for tag, name in (("0008|0060", "modality"), ("0008|103e", "series_description")):
+        if reader.HasMetaDataKey(0, tag):
+            tags[name] = reader.GetMetaData(0, tag).strip()
+    vol.metadata.update(
+        series_id=chosen,
+        n_files=len(files[chosen]),
+        all_series={sid: len(files[sid]) for sid in series_ids},
+        **tags,
+    )
+    return vol
+
+
+# --------------------------------------------------------------------------- TIFF
+
+
+def _floats(text, n: int) -> tuple[float, ...] | None:
+    try:
+        vals = [float(v) for v in (text.split() if isinstance(text, str) else text)]
+    except (TypeError, ValueError):
+        return None
+    return tuple(vals) if len(vals) == n else None
+
+
+def _read_tiff(path: Path) -> Volume:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            array = series.asarray()
+            ij = tif.imagej_metadata or {}
+            shaped = (tif.shaped_metadata or [{}])[0] if tif.is_shaped else {}
+            page = tif.pages[0]
+            res = {}
+            for tag in ("XResolution", "YResolution"):
+                t = page.tags.get(tag)
+                if t is not None:
+                    res[tag] = t.value
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise ImageReadError(
+            path, f"the file is corrupt or not a valid TIFF ({type(exc).__name__}: {exc})"
+        ) from None
+    if "S" in axes and array.shape[axes.index("S")] > 1:
+        raise ImageReadError(
+            path,
+            f"it has {array.shape[axes.index('S')]} samples per pixel (RGB or "
+            "multi-channel); convert it to a single-channel image",
+        )
+    if array.ndim > 3:
+        array = np.squeeze(array)
+        if array.ndim > 3:
+            raise ImageReadError(
+                path,
+                f"it has shape {series.shape} (axes {axes}); only 2D and 3D "
+                "single-channel TIFFs are supported",
+            )
+    if array.ndim < 2:
+        raise ImageReadError(path, f"it has shape {array.shape}; expected a 2D or 3D image")
+    nd = array.ndim
+    spacing = [1.0] * nd
+    for tag, axis in (("YResolution", nd - 2), ("XResolution", nd - 1)):
+        val = res.get(tag)
+        if isinstance(val, tuple) and len(val) == 2 and val[0] > 0 and val[1] > 0:
+            spacing[axis] = val[1] / val[0]
+    if nd == 3 and "spacing" in ij:
+        try:
+            spacing[0] = float(ij["spacing"])
+        except (TypeError, ValueError):
+            pass
+    origin = direction = None
+    meta: dict[str, Any] = {"format": "TIFF", "path": str(path)}
+    if ij:
+        origin = _floats(ij.get("simseg_origin"), nd)
+        d = _floats(ij.get("simseg_direction"), nd * nd)
+        direction = None if d is None else np.reshape(d, (nd, nd))
+        if "unit" in ij:
+            meta["unit"] = ij["unit"]
+    elif shaped:
+        s = _floats(shaped.get("spacing"), nd)
+        if s is not None:
+            spacing = list(s)
+        origin = _floats(shaped.get("origin"), nd)
+        d = _floats(np.ravel(shaped.get("direction", [])).tolist(), nd * nd)
+        direction = None if d is None else np.reshape(d, (nd, nd))
+    if any(s <= 0 or not np.isfinite(s) for s in spacing):
+        spacing = [1.0] * nd
+    return Volume(array=array, spacing=tuple(spacing), origin=origin, direction=direction, metadata=meta)
+
+
+def _write_tiff(path: Path, volume: Volume) -> None:
+    import tifffile
+
+    arr = volume.array
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    nd = arr.ndim
+    sy, sx = volume.spacing[-2], volume.spacing[-1]
+    resolution = (1.0 / sx, 1.0 / sy)
+    if arr.dtype in _IMAGEJ_DTYPES:
+        metadata: dict[str, Any] = {"axes": "ZYX" if nd == 3 else "YX", "unit": "mm"}
+        if nd == 3:
+            metadata["spacing"] = float(volume.spacing[0])
+        metadata["simseg_origin"] = " ".join(repr(float(v)) for v in volume.origin)
+        metadata["simseg_direction"] = " ".join(
+            repr(float(v)) for v in np.asarray(volume.direction).ravel()
+        )
+        tifffile.imwrite(path, arr, imagej=True, resolution=resolution, metadata=metadata)
+    else:
+        metadata = {
+            "spacing": [float(s) for s in volume.spacing],
+            "origin": [float(o) for o in volume.origin],
+            "direction": np.asarray(volume.direction, dtype=float).tolist(),
+        }
+        tifffile.imwrite(
+            path, arr, resolution=resolution, metadata=metadata, photometric="minisblack"
+        )
+
+
+# --------------------------------------------------------------------------- public
+
+
+def read_image(path: PathLike) -> Volume:
+    """Read a 2D or 3D image file, or a DICOM series folder.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An image file with one of :data:`SUPPORTED_EXTENSIONS`, or a folder holding a
+        DICOM series.  When a folder holds several series, the one with the most
+        files (slices) is read; ties go to the first series UID in sorted order.  The
+        series read and the other series' sizes are recorded in
+        ``volume.metadata`` (``series_id``, ``all_series``).
+
+    Returns
+    -------
+    Volume
+        The array and its geometry, all in numpy axis order (see module docstring).
+
+    Raises
+    ------
+    ImageReadError
+        If the path does not exist, its type is not supported, or the file is
+        corrupt, truncated, multi-channel or not 2D/3D.  The message names the file
+        and the reason on one line.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(p, "no such file or folder")
+    if p.is_dir():
+        return _read_dicom_series(p)
+    fmt = _format_of(p)
+    if p.stat().st_size == 0:
+        raise ImageReadError(p, "the file is empty (0 bytes)")
+    if fmt == "TIFF":
+        return _read_tiff(p)
+    return _read_sitk_file(p, fmt)
+
+
+def read_image_info(path: PathLike) -> ImageInfo:
+    """Read an image's shape, spacing, origin and data type without its pixels.
+
+    Fast for NIfTI, NRRD and MetaImage files (header only); TIFF files and DICOM
+    folders are read in full.
+
+    Raises
+    ------
+    ImageReadError
+        As :func:`read_image`.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(p, "no such file or folder")
+    if p.is_dir():
+        vol = _read_dicom_series(p)
+        return ImageInfo(vol.shape, vol.spacing, vol.origin, vol.array.dtype)
+    fmt = _format_of(p)
+    if fmt == "TIFF":
+        vol = _read_tiff(p)  # TIFF tags and pixels come together; volumes are small
+        return ImageInfo(vol.shape, vol.spacing, vol.origin, vol.array.dtype)
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ImageReadError(
+            p, f"the file is corrupt or not a valid {fmt} file ({_summarise_itk_error(exc)})"
+        ) from None
+    size = list(reader.GetSize())
+    spacing = list(reader.GetSpacing())
+    origin = list(reader.GetOrigin())
+    while len(size) > 3 and size[-1] == 1:
+        size, spacing, origin = size[:-1], spacing[:-1], origin[:-1]
+    pixel = sitk.Image(1, 1, reader.GetPixelID()) if reader.GetNumberOfComponents() == 1 else None
+    dtype = sitk.GetArrayViewFromImage(pixel).dtype if pixel is not None else np.dtype(float)
+    return ImageInfo(
+        tuple(int(s) for s in size[::-1]),
+        tuple(float(s) for s in spacing[::-1]),
+        tuple(float(o) for o in origin[::-1]),
+        np.dtype(dtype),
+    )
+
+
+def write_image(path: PathLike, volume: Volume | np.ndarray) -> Path:
+    """Write a volume to an image file; the format follows the extension.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination with one of :data:`WRITABLE_EXTENSIONS`.  Missing parent folders
+        are created.  ``.mhd`` and ``.nhdr`` also write a detached data file beside
+        the header.  Data are compressed where the format allows it.
+    volume : Volume or numpy.ndarray
+        What to write; a bare array is written with unit spacing, zero origin and
+        identity direction.  ``volume.metadata`` is not written.  Boolean arrays are
+        written as uint8, float16 as float32.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    ImageWriteError
+        For DICOM (writing is not supported), an unknown extension, a direction
+        matrix the format cannot store, or an I/O failure.
+    """
+    p = Path(path)
+    vol = volume if isinstance(volume, Volume) else Volume(np.asarray(volume))
+    ext = split_extension(p)[1]
+    if ext == ".dcm" or p.is_dir():
+        raise ImageWriteError(
+            p,
+            "writing DICOM is not supported; write NIfTI (.nii.gz), NRRD, MetaImage "
+            "or TIFF instead",
+        )
+    if ext not in WRITABLE_EXTENSIONS:
+        raise ImageWriteError(
+            p, f"unsupported file type '{ext}'; use one of {', '.join(WRITABLE_EXTENSIONS)}"
+        )
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageWriteError(p, f"cannot create the folder ({exc.strerror})") from None
+    if ext in _TIFF_EXTENSIONS:
+        try:
+            _write_tiff(p, vol)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ImageWriteError(p, f"{type(exc).__name__}: {exc}") from None
+        return p
+    sitk = _sitk()
+    try:
+        img = _volume_to_sitk(vol)
+    except (RuntimeError, TypeError) as exc:
+        raise ImageWriteError(
+            p, f"data type {vol.array.dtype} cannot be stored ({_summarise_itk_error(exc)})"
+        ) from None
+    try:
+        sitk.WriteImage(img, str(p), useCompression=ext != ".nii")
+    except RuntimeError as exc:
+        raise ImageWriteError(p, _summarise_itk_error(exc)) from None
+    return p

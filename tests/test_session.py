@@ -1,0 +1,128 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_simseg.core.clicks import ClickError
+from napari_simseg.core.predictor import Predictor
+from napari_simseg.core.session import ImageError, InteractiveSession, load_log, replay_log
+
+
+@pytest.fixture
+def session(tiny_checkpoint, small_volume):
+    return InteractiveSession(small_volume, Predictor(tiny_checkpoint, device="cpu"))
+
+
+def test_round_changes_only_its_slice(session):
+    before = session.get_labels()
+    res = session.add_clicks(2, [(1, 15, 20), (2, 30, 40), (0, 2, 2)])
+    after = session.get_labels()
+    assert res.labels.shape == (40, 48) and res.probabilities.shape == (3, 40, 48)
+    np.testing.assert_allclose(res.probabilities.sum(0), 1, atol=1e-5)
+    np.testing.assert_array_equal(after[2], res.labels)
+    for z in (0, 1, 3):
+        np.testing.assert_array_equal(after[z], before[z])
+    assert session.n_rounds(2) == 1 and res.round == 1
+
+
+def test_undo_redo_restore_labels_exactly(session):
+    r1 = session.add_clicks(1, [(1, 15, 20)]).labels
+    r2 = session.add_clicks(1, [(2, 5, 5)]).labels
+    np.testing.assert_array_equal(session.undo(1), r1)
+    np.testing.assert_array_equal(session.redo(1), r2)
+    session.undo(1)
+    np.testing.assert_array_equal(session.undo(1), np.zeros_like(r1))
+    with pytest.raises(RuntimeError, match="nothing to undo"):
+        session.undo(1)
+
+
+def test_recurrent_state_is_carried_and_reset(session):
+    a = session.add_clicks(0, [(1, 15, 20)]).probabilities
+    b = session.add_clicks(0, []).probabilities  # no new clicks: only memory + LSTM differ
+    assert not np.allclose(a, b)
+    session.reset_slice(0)
+    c = session.add_clicks(0, [(1, 15, 20)]).probabilities
+    np.testing.assert_array_equal(a, c)  # reset really forgot everything
+    assert session.n_rounds(0) == 1
+
+
+def test_bad_clicks_change_nothing(session):
+    session.add_clicks(0, [(1, 5, 5)])
+    labels = session.get_labels()
+    with pytest.raises(ClickError, match="outside the 40x48"):
+        session.add_clicks(0, [(1, 5, 5), (1, 100, 5)])
+    with pytest.raises(ClickError, match="unknown class index 7"):
+        session.add_clicks(0, [(7, 5, 5)])
+    assert session.n_rounds(0) == 1
+    np.testing.assert_array_equal(session.get_labels(), labels)
+    with pytest.raises(IndexError, match="outside the image"):
+        session.add_clicks(9, [(1, 5, 5)])
+
+
+@pytest.mark.parametrize(
+    "image,match",
+    [
+        (np.zeros((4, 5, 6, 7)), "2D .* or 3D"),
+        (np.zeros((10, 12, 3, 2)), "2D .* or 3D"),
+        (np.zeros((0, 10, 10)), "empty"),
+        (np.full((10, 10), np.nan), "NaN"),
+        (np.ones((2, 10, 10)), "constant"),
+    ],
+)
+def test_bad_images_are_refused(tiny_checkpoint, image, match):
+    with pytest.raises(ImageError, match=match):
+        InteractiveSession(image, Predictor(tiny_checkpoint, device="cpu"))
+
+
+def test_2d_image_and_auto(tiny_checkpoint, small_volume):
+    s = InteractiveSession(small_volume[0], Predictor(tiny_checkpoint, device="cpu"))
+    labels = s.predict_auto()
+    assert labels.shape == (40, 48)
+    res = s.add_clicks(None, [(1, 10, 10)])
+    assert res.labels.shape == (40, 48)
+    # undo back to zero rounds shows the automatic result again
+    np.testing.assert_array_equal(s.undo(0), labels)
+
+
+def test_auto_volume_is_batched_with_progress_and_matches_single(session):
+    seen = []
+    vol = session.predict_auto(batch_size=3, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(0, 4), (3, 4), (4, 4)]
+    single = session.predict_auto(slice_index=1)
+    np.testing.assert_array_equal(single, vol[1])
+
+
+def test_auto_skips_slices_with_rounds(session):
+    mine = session.add_clicks(2, [(2, 10, 10)]).labels
+    session.predict_auto()
+    np.testing.assert_array_equal(session.get_labels()[2], mine)
+
+
+def test_log_replays_bit_for_bit(tmp_path, tiny_checkpoint, small_volume):
+    s = InteractiveSession(small_volume, Predictor(tiny_checkpoint, device="cpu"))
+    s.predict_auto(batch_size=2)
+    s.add_clicks(1, [(1, 15, 20), (2, 3, 3)])
+    s.add_clicks(1, [(0, 30, 30)])
+    s.undo(1)
+    s.redo(1)
+    s.add_clicks(3, [(2, 12, 12)])
+    s.reset_slice(0)
+    path = s.save_log(tmp_path / "log.json")
+    doc = load_log(path)
+    clicks = [e for e in doc["events"] if e["action"] == "clicks"]
+    assert clicks[0]["slice"] == 1 and clicks[0]["round"] == 1
+    assert clicks[0]["clicks"][0] == {"class": 1, "y": 15.0, "x": 20.0}
+    assert all("time" in e for e in doc["events"])
+    fresh = InteractiveSession(small_volume, Predictor(tiny_checkpoint, device="cpu"))
+    replay_log(fresh, path)
+    np.testing.assert_array_equal(fresh.get_labels(), s.get_labels())
+    assert fresh.n_rounds(1) == 2
+
+
+def test_log_with_other_classes_is_refused(tmp_path, session, make_checkpoint, small_volume):
+    session.add_clicks(0, [(1, 5, 5)])
+    path = session.save_log(tmp_path / "log.json")
+    other = make_checkpoint(class_names=("background", "x", "y", "z"))
+    s2 = InteractiveSession(small_volume, Predictor(other, device="cpu"))
+    with pytest.raises(ValueError, match="log was made with classes"):
+        replay_log(s2, path)
