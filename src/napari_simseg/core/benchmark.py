@@ -135,7 +135,11 @@ def benchmark_training(
     from .training import TrainConfig, _simulate_and_forward
 
     dev = resolve_device(device)
-    image, labels, names = make_phantom(shape=(batch_size, size, size), seed=0)
+    depth_z = max(4, batch_size)
+    image, labels, names = make_phantom(shape=(depth_z, max(32, size), max(32, size)), seed=0)
+    # the middle slices hold every class; the batch takes them
+    mid = depth_z // 2 - batch_size // 2
+    image, labels = image[mid : mid + batch_size, :size, :size], labels[mid : mid + batch_size, :size, :size]
     names = list(names)[:n_classes]
     labels = np.minimum(labels, len(names) - 1)
     n = len(names)

@@ -230,6 +230,8 @@ class SimSegNet(nn.Module):
             depth=config.encoder_depth,
             weights=None,
         )
+        if config.encoder_depth < 5:
+            _drop_unused_children(self.encoder, config.in_channels, 2**config.encoder_depth)
         if config.encoder_weights is not None:
             load_encoder_weights(self.encoder, config.encoder_weights)
         enc_ch = list(self.encoder.out_channels)[1:][::-1]  # deepest first
@@ -275,6 +277,30 @@ class SimSegNet(nn.Module):
         return logits, (tuple(new_state) if self.recurrent else None)
 
 
+def _drop_unused_children(encoder: nn.Module, in_channels: int, stride: int) -> None:
+    """Remove encoder stages a shallow encoder never runs.
+
+    smp keeps e.g. ResNet's ``layer3``/``layer4`` at ``depth=3``; unused parameters
+    waste memory and break DistributedDataParallel's gradient reduction.
+    """
+    called = set()
+    hooks = [
+        child.register_forward_hook(lambda m, i, o, name=name: called.add(name))
+        for name, child in encoder.named_children()
+    ]
+    try:
+        with torch.no_grad():
+            encoder.eval()
+            encoder(torch.zeros(1, in_channels, 2 * stride, 2 * stride))
+            encoder.train()
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, child in list(encoder.named_children()):
+        if name not in called and any(True for _ in child.parameters()):
+            setattr(encoder, name, nn.Identity())
+
+
 def load_encoder_weights(encoder: nn.Module, path: str) -> None:
     """Load a local encoder state dict, adapting the first convolution's input channels.
 
@@ -295,7 +321,10 @@ def load_encoder_weights(encoder: nn.Module, path: str) -> None:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     own = encoder.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    pruned = {n for n, c in encoder.named_children() if isinstance(c, nn.Identity)}
+    state = {
+        k: v for k, v in state.items() if not k.startswith("fc.") and k.split(".")[0] not in pruned
+    }
     for key, value in list(state.items()):
         if key in own and value.ndim == 4 and own[key].shape != value.shape:
             target = own[key]

@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_simseg.core.evaluation import evaluate, format_report, write_plot, write_table
+
+
+@pytest.fixture(scope="module")
+def phantom_data(tmp_path_factory):
+    from napari_simseg.core.phantom import make_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantom_eval")
+    make_phantom_dataset(root, n_volumes=2, seed=5, shape=(4, 40, 44), n_tumours=2)
+    return root
+
+
+@pytest.fixture
+def phantom_checkpoint(make_checkpoint):
+    return make_checkpoint(class_names=("background", "organ", "cavity", "tumour", "neighbour"))
+
+
+def test_schema_and_outputs(phantom_data, phantom_checkpoint, tmp_path):
+    res = evaluate(phantom_checkpoint, phantom_data, clicks=[0, 1, 3], noc_clicks=4, device="cpu", progress=False)
+    assert res["split"] == "all" and res["n_volumes"] == 2
+    assert res["classes"] == ["background", "organ", "cavity", "tumour", "neighbour"]
+    assert [r["clicks"] for r in res["results"]] == [0, 1, 3]
+    for r in res["results"]:
+        assert set(r["dice"]) == set(res["classes"]) == set(r["iou"])
+        for c, d in r["dice"].items():
+            assert d is None or 0.0 <= d <= 1.0
+    assert res["latency_ms"]["mean"] > 0
+    assert res["noc"]["max_clicks"] == 4
+    for thr in ("0.85", "0.9"):
+        for c in res["classes"]:
+            entry = res["noc"][thr][c]
+            assert entry["n"] == 0 or 1 <= entry["mean"] <= 4
+            assert 0 <= entry["failures"] <= entry["n"]
+    json.dumps(res)  # serialisable
+    table = write_table([res], tmp_path / "t.md")
+    text = table.read_text()
+    assert text.count("\n") == 2 + 3 and "organ IoU" in text
+    png = write_plot([res], tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "NoC@85" in format_report(res)
+
+
+def test_random_walker_improves_with_clicks(phantom_data):
+    res = evaluate(method="random_walker", data=phantom_data, clicks=[1, 4], noc_clicks=0, progress=False)
+    d1 = res["results"][0]["dice"]
+    d4 = res["results"][1]["dice"]
+    assert d4["organ"] > d1["organ"]
+    assert d4["background"] > 0.9
+
+
+def test_mismatched_classes_refused(phantom_data, tiny_checkpoint):
+    from napari_simseg.core.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="trained for classes"):
+        evaluate(tiny_checkpoint, phantom_data, progress=False)
+
+
+def test_saved_split_is_used(phantom_data, phantom_checkpoint, tmp_path):
+    from napari_simseg.core.data import discover_dataset, save_split
+
+    ids = discover_dataset(phantom_data).case_ids
+    (tmp_path / "elsewhere").mkdir()
+    split_file = tmp_path / "elsewhere" / "split.json"
+    save_split(split_file, {"train": ids[:1], "val": ids[1:], "test": []})
+    res = evaluate(phantom_checkpoint, phantom_data, split_file=str(split_file), clicks=[0], noc_clicks=0,
+                   device="cpu", progress=False)
+    assert res["split"] == "val" and res["volumes"] == ids[1:]
+    with pytest.raises(ValueError, match="has no 'test' volumes"):
+        evaluate(phantom_checkpoint, phantom_data, split_file=str(split_file), split="test", clicks=[0],
+                 noc_clicks=0, progress=False)
+    with pytest.raises(ValueError, match="needs a saved split"):
+        evaluate(phantom_checkpoint, phantom_data, split="test", clicks=[0], noc_clicks=0, progress=False)
+
+
+def test_cli_evaluate_writes_files(phantom_data, phantom_checkpoint, tmp_path, capsys):
+    from napari_simseg.cli import main
+
+    rc = main(["evaluate", "--checkpoint", str(phantom_checkpoint), "--data", str(phantom_data),
+               "--clicks", "0,2", "--noc-clicks", "2", "--device", "cpu",
+               "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png"), "--table", str(tmp_path / "r.md")])
+    assert rc == 0
+    assert json.loads((tmp_path / "r.json").read_text())["results"][1]["clicks"] == 2
+    assert (tmp_path / "r.png").is_file() and (tmp_path / "r.md").is_file()
+    assert "clicks" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from napari_simseg.cli import main
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"junk")
+    assert main(["evaluate", "--checkpoint", str(bad), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("simseg evaluate:") and "\n" not in err

@@ -1,0 +1,179 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_simseg.core.training import TrainConfig, _simulate_and_forward, train
+
+TINY = dict(encoder="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8], batch_size=4,
+            device="cpu", progress=False, val_clicks=1, val_batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def phantom_data(tmp_path_factory):
+    from napari_simseg.core.phantom import make_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantom")
+    make_phantom_dataset(root, n_volumes=5, seed=3, shape=(6, 40, 44))
+    return root
+
+
+def _cfg(data, out, **kw):
+    return TrainConfig(data=str(data), out=str(out), **{**TINY, **kw})
+
+
+def test_train_writes_everything_and_returns_best(phantom_data, tmp_path):
+    best = train(_cfg(phantom_data, tmp_path / "run", epochs=2, steps_per_epoch=2), log=lambda m: None)
+    out = tmp_path / "run"
+    assert best == out / "best.safetensors" and best.is_file()
+    for name in ("last.safetensors", "train_state.pt", "split.json", "config.yaml", "log.csv", "log.json"):
+        assert (out / name).is_file(), name
+    history = json.loads((out / "log.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert "val_dice_1clicks_organ" in history[0] and "val_iou_0clicks_background" in history[0]
+    split = json.loads((out / "split.json").read_text())
+    assert not set(split["train"]) & set(split["val"])  # split by volume
+    from napari_simseg.core.checkpoint import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(best)
+    assert meta.memory == "sim" and meta.depth == 3 and meta.simulation == "ddg"
+    assert meta.class_names[0] == "background"
+
+
+def test_resume_continues_exactly(phantom_data, tmp_path):
+    from safetensors.torch import load_file
+
+    straight = tmp_path / "straight"
+    train(_cfg(phantom_data, straight, epochs=2, steps_per_epoch=2), log=lambda m: None)
+    resumed = tmp_path / "resumed"
+    train(_cfg(phantom_data, resumed, epochs=1, steps_per_epoch=2), log=lambda m: None)
+    train(_cfg(phantom_data, resumed, epochs=2, steps_per_epoch=2, resume=True), log=lambda m: None)
+    a = load_file(str(straight / "last.safetensors"))
+    b = load_file(str(resumed / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert len(json.loads((resumed / "log.json").read_text())) == 2
+
+
+class _Spy(torch.nn.Module):
+    """Wraps a network and records how each call ran."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.calls = []
+
+    @property
+    def recurrent(self):
+        return self.net.recurrent
+
+    def forward(self, x, state=None):
+        self.calls.append({"grad": torch.is_grad_enabled(), "training": self.training,
+                           "batch": x.shape[0], "state": state is not None, "x": x.detach().clone()})
+        return self.net(x, state)
+
+
+def _batch(b=3):
+    labels = np.zeros((b, 32, 32), np.int64)
+    labels[:, 4:14, 4:14] = 1
+    labels[:, 18:28, 16:30] = 2
+    return {"image": torch.randn(b, 1, 32, 32), "labels": torch.from_numpy(labels)}
+
+
+def _net(cfg, n=3):
+    from napari_simseg.core.model import build_model
+
+    torch.manual_seed(0)
+    return _Spy(build_model(cfg.model_config(n)))
+
+
+def test_ddg_runs_rounds_without_grad_then_one_training_step():
+    from contextlib import nullcontext
+
+    cfg = _cfg("x", "y", memory="sim", depth=3, drop_fraction=0.0, drop_class=False)
+    spy = _net(cfg)
+    logits, _ = _simulate_and_forward(spy, spy, _batch(), cfg, 3, np.random.default_rng(0), torch.device("cpu"), nullcontext)
+    assert [c["grad"] for c in spy.calls] == [False, False, True]
+    assert [c["training"] for c in spy.calls] == [False, False, True]
+    assert all(c["batch"] == 3 for c in spy.calls)  # the whole batch at once
+    assert [c["state"] for c in spy.calls] == [False, True, True]  # LSTM state flows
+    assert logits.requires_grad
+    final = spy.calls[-1]["x"]
+    n = 3
+    # the training input holds D states: clicks of all 3 rounds, probabilities of rounds 1-2
+    assert final[:, 1:1 + n].sum() > 0  # first round's clicks (p = 1, nothing dropped)
+    assert final[:, 1 + n:1 + 2 * n].sum() > 0  # its probabilities
+    assert final[:, -n:].abs().sum() == 0  # newest round's output not known yet
+
+
+def test_sdg_and_auto_never_run_the_model_before_the_step():
+    from contextlib import nullcontext
+
+    for sim, memory in (("sdg", "none"), ("auto", "none")):
+        cfg = _cfg("x", "y", memory=memory, decoder="plain", simulation=sim, drop_fraction=0.0, drop_class=False)
+        spy = _net(cfg)
+        _simulate_and_forward(spy, spy, _batch(), cfg, 3, np.random.default_rng(0), torch.device("cpu"), nullcontext)
+        assert len(spy.calls) == 1 and spy.calls[0]["grad"]
+        clicks = spy.calls[0]["x"][:, 1:]
+        assert (clicks.sum() > 0) == (sim == "sdg")
+
+
+def test_bad_data_is_reported_by_file_name(tmp_path, phantom_data):
+    import shutil
+
+    from napari_simseg.core.data import DatasetError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(phantom_data, bad)
+    victim = sorted((bad / "labelsTr").glob("*.nii.gz"))[0]
+    victim.write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match=victim.name):
+        train(_cfg(bad, tmp_path / "o", epochs=1, steps_per_epoch=1, val_fraction=0.5), log=lambda m: None)
+    # skip: trains on the rest
+    best = train(_cfg(bad, tmp_path / "o2", epochs=1, steps_per_epoch=1, on_error="skip", val_fraction=0.4), log=lambda m: None)
+    assert best.is_file()
+
+
+def test_cli_train_last_line_is_best_checkpoint(phantom_data, tmp_path, capsys):
+    from napari_simseg.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["train", "--config", str(Path(__file__).resolve().parents[1] / "training/configs/ddg_sim.yaml"),
+               "--data", str(phantom_data), "--out", str(out), "--encoder", "resnet18", "--encoder-depth", "3",
+               "--decoder-channels", "16,8,8", "--epochs", "1", "--steps-per-epoch", "1", "--device", "cpu",
+               "--no-progress", "--val-clicks", "1"])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == str(out / "best.safetensors")
+
+
+def test_cli_train_rejects_unknown_config_keys(tmp_path, capsys):
+    from napari_simseg.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("memory: sim\nlearning_rate: 0.1\n")
+    assert main(["train", "--config", str(cfg), "--data", "x", "--out", "y"]) == 2
+    assert "unknown training option(s): learning_rate" in capsys.readouterr().err
+
+
+def test_torchrun_two_cpu_processes(phantom_data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "napari_simseg.cli", "train", "--data", str(phantom_data), "--out", str(out),
+           "--encoder", "resnet18", "--encoder-depth", "3", "--decoder-channels", "16,8,8",
+           "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--device", "cpu",
+           "--no-progress", "--val-clicks", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "best.safetensors").is_file()
+    # only rank 0 printed the result line and wrote one log row
+    assert proc.stdout.strip().splitlines()[-1] == str(out / "best.safetensors")
+    assert proc.stdout.count("best.safetensors") == 1
+    assert len(json.loads((out / "log.json").read_text())) == 1
