@@ -87,6 +87,28 @@ def _evaluate(args) -> int:
     return main_evaluate(args)
 
 
+def _report(args) -> int:
+    import json
+
+    from .core.evaluation import format_report, write_plot, write_table
+
+    results = []
+    for path in args.json:
+        try:
+            results.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read evaluation result {path}: {exc}") from None
+    for res in results:
+        print(format_report(res))
+        print()
+    if args.table:
+        write_table(results, args.table, clicks=args.clicks)
+        print(Path(args.table).read_text())
+    if args.plot:
+        write_plot(results, args.plot, title=args.title)
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -123,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="batch size for --train")
     p.add_argument("--repeats", type=int, default=20)
     p.set_defaults(func=_benchmark)
+
+    p = sub.add_parser("report", help="combine evaluation JSONs into one table and plot")
+    p.add_argument("--json", nargs="+", required=True, help="results written by simseg evaluate --json")
+    p.add_argument("--table", help="Markdown table (one row per result, or per click count)")
+    p.add_argument("--plot", help="PNG, one panel per result: Dice per class against clicks")
+    p.add_argument("--clicks", type=int, default=None, help="only this click count in the table")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="open napari with the sample and the demo model")
     p.add_argument("--headless", action="store_true",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DEMO_CHECKPOINT", "RESOURCES", "resolve_checkpoint"]
+__all__ = ["DEMO_CHECKPOINT", "RESOURCES", "SAMPLE_DIR", "resolve_checkpoint"]
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 DEMO_CHECKPOINT = RESOURCES / "demo_hippocampus.safetensors"
+# sample volumes in the plain-folder layout: images/, labels/, classes.json, LICENSE.txt
+SAMPLE_DIR = RESOURCES / "sample"
 
 
 def resolve_checkpoint(name) -> Path:
