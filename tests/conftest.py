@@ -7,6 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Load torch (and smp) before any napari canvas exists: with Mesa's LLVM-based OpenGL
+# already in the process, torch's optional triton import can crash it (see
+# napari_simseg/_llvm_guard.py). Tests that build models after a viewer are then safe.
+import segmentation_models_pytorch  # noqa: F401,E402
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus"
 NO_SHARED_DATA = (

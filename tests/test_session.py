@@ -126,3 +126,14 @@ def test_log_with_other_classes_is_refused(tmp_path, session, make_checkpoint, s
     s2 = InteractiveSession(small_volume, Predictor(other, device="cpu"))
     with pytest.raises(ValueError, match="log was made with classes"):
         replay_log(s2, path)
+
+
+def test_set_predictor_keeps_memories(tiny_checkpoint, small_volume, make_checkpoint):
+    s = InteractiveSession(small_volume, Predictor(tiny_checkpoint, device="cpu"))
+    s.add_clicks(0, [(1, 15, 20)])
+    s.set_predictor(Predictor(tiny_checkpoint, device="cpu"))
+    assert s.n_rounds(0) == 1
+    s.add_clicks(0, [(2, 5, 5)])
+    assert s.memory(0).rounds[0].payload is not None
+    with pytest.raises(ValueError, match="same classes"):
+        s.set_predictor(Predictor(make_checkpoint(class_names=("background", "x")), device="cpu"))

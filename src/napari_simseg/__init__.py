@@ -28,11 +28,11 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from ._qt.widget import SimSegWidget
-    from .core.clicks import Click
-    from .core.predictor import Predictor
-    from .core.session import ImageError, InteractiveSession, RoundResult
-    from .viewer_session import ViewerSession
+    from ._qt.widget import SimSegWidget  # noqa: F401
+    from .core.clicks import Click  # noqa: F401
+    from .core.predictor import Predictor  # noqa: F401
+    from .core.session import ImageError, InteractiveSession, RoundResult  # noqa: F401
+    from .viewer_session import ViewerSession  # noqa: F401
 
 
 def __getattr__(name: str):

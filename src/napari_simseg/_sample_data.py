@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ._colors import labels_layer_kwargs
 from ._reader import layer_data_from_volume
+from .core import resources as _resources
 from .core.io import Volume, read_image
 from .core.resources import DEMO_CHECKPOINT, RESOURCES
 
 __all__ = [
     "HIPPOCAMPUS_CLASSES",
-    "HIPPOCAMPUS_IMAGE",
-    "HIPPOCAMPUS_LABEL_CANDIDATES",
+    "SAMPLE_DIR",
+    "hippocampus_available",
     "hippocampus_sample",
     "phantom_sample",
 ]
 
-HIPPOCAMPUS_IMAGE = RESOURCES / "hippocampus_sample.nii.gz"
-#: Accepted names of the sample's label file, first found wins.
-HIPPOCAMPUS_LABEL_CANDIDATES = tuple(
-    RESOURCES / f"hippocampus_sample_{suffix}.nii.gz" for suffix in ("labels", "label", "seg")
-)
-HIPPOCAMPUS_LICENSE = RESOURCES / "LICENSE-hippocampus.txt"
+#: Bundled sample volumes in core.data's plain-folder layout: ``images/``,
+#: ``labels/`` (same file names), ``classes.json`` and ``LICENSE.txt``.
+SAMPLE_DIR = getattr(_resources, "SAMPLE_DIR", RESOURCES / "sample")
+# Older flat layout, still accepted: resources/hippocampus_sample.nii.gz (+ _labels).
+_FLAT_IMAGE = RESOURCES / "hippocampus_sample.nii.gz"
+_FLAT_LABELS = tuple(RESOURCES / f"hippocampus_sample_{s}.nii.gz" for s in ("labels", "label", "seg"))
 #: The Medical Segmentation Decathlon's names (Task04 dataset.json).
 HIPPOCAMPUS_CLASSES = ("background", "Anterior", "Posterior")
+_LICENSE_NOTE = (
+    "Medical Segmentation Decathlon Task04 (Vanderbilt University Medical Center), CC-BY-SA 4.0"
+)
 
 
 def _with_classes(layer_tuple: tuple, class_names) -> tuple:
@@ -35,15 +37,45 @@ def _with_classes(layer_tuple: tuple, class_names) -> tuple:
     return data, kwargs, kind
 
 
-def _hippocampus_classes() -> list:
+def _sample_case():
+    """(image path, label path or None, class names, licence file) of the bundled sample."""
+    images = SAMPLE_DIR / "images"
+    if images.is_dir() and any(p for p in images.iterdir() if not p.name.startswith(".")):
+        from ._llvm_guard import avoid_triton_llvm_clash
+
+        avoid_triton_llvm_clash()  # core.data imports torch
+        from .core.data import discover_dataset
+
+        spec = discover_dataset(SAMPLE_DIR)
+        if spec.cases:
+            hippo = [c for c in spec.cases if "hippocampus" in c.case_id.lower()]
+            case = (hippo or spec.cases)[0]
+            return case.image_path, case.label_path, list(spec.class_names), SAMPLE_DIR / "LICENSE.txt"
+    if _FLAT_IMAGE.is_file():
+        labels = next((p for p in _FLAT_LABELS if p.is_file()), None)
+        return _FLAT_IMAGE, labels, _flat_classes(), RESOURCES / "LICENSE-hippocampus.txt"
+    return None
+
+
+def _flat_classes() -> list:
     if DEMO_CHECKPOINT.is_file():
         try:  # the demo model knows the names it was trained with
+            from ._llvm_guard import avoid_triton_llvm_clash
+
+            avoid_triton_llvm_clash()
             from .core.checkpoint import read_checkpoint_meta
 
             return list(read_checkpoint_meta(DEMO_CHECKPOINT).class_names)
         except Exception:  # noqa: BLE001 - fall back to the data set's own names
             pass
     return list(HIPPOCAMPUS_CLASSES)
+
+
+def hippocampus_available() -> bool:
+    """Whether this installation ships the hippocampus sample."""
+    images = SAMPLE_DIR / "images"
+    has_folder = images.is_dir() and any(not p.name.startswith(".") for p in images.iterdir())
+    return has_folder or _FLAT_IMAGE.is_file()
 
 
 def hippocampus_sample() -> list:
@@ -54,22 +86,20 @@ def hippocampus_sample() -> list:
     FileNotFoundError
         When this installation does not ship the sample.
     """
-    if not HIPPOCAMPUS_IMAGE.is_file():
+    found = _sample_case() if hippocampus_available() else None
+    if found is None:
         raise FileNotFoundError(
-            f"the hippocampus sample is not installed ({HIPPOCAMPUS_IMAGE} is missing); "
-            "reinstall napari-simseg or use the 'phantom' sample"
+            f"the hippocampus sample is not installed ({SAMPLE_DIR / 'images'} is missing or "
+            "empty); reinstall napari-simseg or use the 'phantom' sample"
         )
-    image = read_image(HIPPOCAMPUS_IMAGE)
-    layers = [layer_data_from_volume(image, "hippocampus", "image")]
-    layers[0][1]["metadata"]["license"] = (
-        "Medical Segmentation Decathlon Task04 (Vanderbilt University Medical Center), "
-        f"CC-BY-SA 4.0; see {HIPPOCAMPUS_LICENSE.name}"
-    )
-    label_file = next((p for p in HIPPOCAMPUS_LABEL_CANDIDATES if p.is_file()), None)
-    if label_file is not None:
-        labels = read_image(label_file)
-        tup = layer_data_from_volume(labels, "hippocampus labels", "labels")
-        layers.append(_with_classes(tup, _hippocampus_classes()))
+    image_path, label_path, class_names, license_file = found
+    name = image_path.name.split(".")[0]
+    image = layer_data_from_volume(read_image(image_path), name, "image")
+    image[1]["metadata"]["license"] = f"{_LICENSE_NOTE}; see {license_file.name}"
+    layers = [image]
+    if label_path is not None and label_path.exists():
+        tup = layer_data_from_volume(read_image(label_path), f"{name} labels", "labels")
+        layers.append(_with_classes(tup, class_names))
     return layers
 
 

@@ -123,6 +123,28 @@ class InteractiveSession:
         self._log: list[dict] = []
         self.max_state_history = int(max_state_history)
 
+    def set_predictor(self, predictor: Predictor) -> None:
+        """Swap the network's device (same checkpoint): stored ConvLSTM states move along.
+
+        Raises
+        ------
+        ValueError
+            If the new predictor's classes or memory differ from this session's.
+        """
+        old = self.predictor.meta
+        new = predictor.meta
+        if (new.class_names, new.memory, new.depth) != (old.class_names, old.memory, old.depth):
+            raise ValueError("set_predictor needs the same classes and memory; start a new session")
+        device = predictor.device
+        for mem in self._memories.values():
+            for state in mem.rounds:
+                if state.payload is not None:
+                    state.payload = tuple((h.to(device), c.to(device)) for h, c in state.payload)
+            for state in mem._redo:
+                if state.payload is not None:
+                    state.payload = tuple((h.to(device), c.to(device)) for h, c in state.payload)
+        self.predictor = predictor
+
     # ------------------------------------------------------------------ helpers
     @property
     def n_slices(self) -> int:

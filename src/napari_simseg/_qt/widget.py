@@ -1,0 +1,709 @@
+"""The SimSeg dock widget: buttons and threading around a :class:`ViewerSession`.
+
+Every action on the image goes through :class:`~napari_simseg.viewer_session.ViewerSession`
+(the console API), so the widget and scripts cannot drift apart. What the widget adds:
+
+* the network runs on a napari worker thread, never on the GUI thread: a round is
+  ``ViewerSession.prepare_round`` (GUI thread) -> ``Job.compute`` (worker) ->
+  ``Job.finish`` (GUI thread, via the worker's ``returned`` signal);
+* clicks are debounced: each new point restarts a single-shot timer
+  (:attr:`SimSegWidget.DEBOUNCE_MS`), and when it fires the pending points of a slice
+  form one round; clicks placed while a round runs wait for the next one;
+* one job at a time: while a worker runs, the buttons that change the session are
+  disabled and key presses are refused with a message;
+* "Auto volume" runs a generator worker reporting ``(done, total)`` to a progress bar;
+  Cancel quits it between batches and the finished slices are kept.
+
+This module never imports torch; it gets numpy arrays back from the core.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Optional
+
+from qtpy.QtCore import QTimer, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.io import WRITABLE_EXTENSIONS
+from ..core.resources import DEMO_CHECKPOINT
+from ..viewer_session import OVERWRITE_POLICIES, Job, ViewerSession
+from .dialogs import ask_overwrite, ask_restart
+
+__all__ = ["SimSegWidget"]
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # as core.predictor.DEVICES, without importing torch
+_DEMO = "demo"
+
+# Keys bound on the plugin's own layers only. Ctrl-Z stays napari's paint undo on the
+# labels layer, so round undo/redo also have Alt bindings that work on every SimSeg layer.
+KEYS_UNDO = ("Control-Z", "Alt-Z")
+KEYS_REDO = ("Control-Shift-Z", "Alt-Shift-Z")
+KEY_RUN = "Enter"
+
+
+class _JobError(Exception):
+    """Carries a RuntimeError out of a generator worker (``__cause__`` is the original)."""
+
+
+def _shield_runtime_errors(gen_func):
+    """Wrap a generator function so that its RuntimeErrors reach ``errored``.
+
+    superqt's GeneratorWorker takes a RuntimeError raised by the generator for "the
+    worker was deleted" and ends without emitting ``errored`` or ``finished``; torch
+    reports most failures as RuntimeError.
+    """
+
+    def wrapper():
+        try:
+            yield from gen_func()
+        except RuntimeError as exc:
+            raise _JobError(str(exc)) from exc
+
+    return wrapper
+
+
+def _disconnect_all(connections) -> None:
+    for emitter, callback in connections:
+        try:
+            emitter.disconnect(callback)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    del connections[:]
+
+
+def _unbind_keys(layers) -> None:
+    for layer in layers:
+        for key in (*KEYS_UNDO, *KEYS_REDO, KEY_RUN):
+            try:
+                layer.bind_key(key, None)
+            except (KeyError, ValueError, TypeError):
+                pass
+    del layers[:]
+
+
+def _release(viewer_connections, layer_connections, bound_layers) -> None:
+    """Let go of the viewer once the Qt widget is gone (no call may reach it then)."""
+    _disconnect_all(viewer_connections)
+    _disconnect_all(layer_connections)
+    _unbind_keys(bound_layers)
+
+
+class SimSegWidget(QWidget):
+    """Interactive multi-class segmentation of an image layer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        Injected by napari when the widget is opened from the Plugins menu.
+
+    Attributes
+    ----------
+    session : ViewerSession or None
+        The running session (also usable from the console).
+    worker : napari worker or None
+        The worker of the job in progress.
+    overwrite_policy : {"ask", "always", "never"}
+        What to do when a result would replace hand-edited labels.
+
+    Signals
+    -------
+    round_finished(RoundResult)
+        A round's labels are on the layer.
+    job_finished(str kind, str message)
+        Any job (``round``, ``auto``, ``load``) ended: done, failed or cancelled.
+    """
+
+    DEBOUNCE_MS = 400
+
+    round_finished = Signal(object)
+    job_finished = Signal(str, str)
+
+    def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session: Optional[ViewerSession] = None
+        self.worker = None
+        self._job: Optional[Job] = None
+        self._ended = False  # whether the running job has reported its end
+        self._layer_connections: list = []  # (emitter, callback) on the session's layers
+        self._bound_layers: list = []
+        self._build_ui()
+
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(self.DEBOUNCE_MS)
+        self._debounce.timeout.connect(self._on_debounce)
+
+        self._viewer_connections = [
+            (self.viewer.layers.events.inserted, self._on_layers_changed),
+            (self.viewer.layers.events.removed, self._on_layers_changed),
+            (self.viewer.layers.events.moved, self._on_layers_changed),
+        ]
+        for emitter, callback in self._viewer_connections:
+            emitter.connect(callback)
+        for layer in self.viewer.layers:
+            self._watch_name(layer)
+        # the C++ widget can go before the viewer: then nothing may call into it
+        # (the lists are emptied in place, so the partial sees later additions)
+        self.destroyed.connect(
+            functools.partial(
+                _release, self._viewer_connections, self._layer_connections, self._bound_layers
+            )
+        )
+        self._refresh_image_combo()
+        if not DEMO_CHECKPOINT.is_file():
+            self._set_status(
+                "The bundled demo model is not installed: choose a checkpoint "
+                "(.safetensors) with Browse..."
+            )
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("Image layer to segment (2D or 3D, single channel)")
+        form.addRow("Image", self.image_combo)
+
+        self.checkpoint_edit = QLineEdit(_DEMO)
+        self.checkpoint_edit.setToolTip("'demo' for the bundled model, or a .safetensors checkpoint")
+        browse = QPushButton("Browse...")
+        browse.clicked.connect(self._browse_checkpoint)
+        row = QHBoxLayout()
+        row.addWidget(self.checkpoint_edit)
+        row.addWidget(browse)
+        form.addRow("Checkpoint", row)
+
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        self.device_combo.setToolTip("Where the network runs; changing it moves the loaded model")
+        self._device = "auto"
+        self.device_combo.currentTextChanged.connect(self._on_device_changed)
+        form.addRow("Device", self.device_combo)
+
+        self.policy_combo = QComboBox()
+        self.policy_combo.addItems(OVERWRITE_POLICIES)
+        self.policy_combo.setToolTip(
+            "When a result would replace labels you painted by hand: ask, always replace, never replace"
+        )
+        self.policy_combo.currentTextChanged.connect(self._on_policy_changed)
+        form.addRow("Hand edits", self.policy_combo)
+        layout.addLayout(form)
+
+        self.start_button = QPushButton("Start")
+        self.start_button.setToolTip("Load the checkpoint and create one click layer per class")
+        self.start_button.clicked.connect(self.start)
+        layout.addWidget(self.start_button)
+
+        grid = QGridLayout()
+        self.run_button = QPushButton("Run round")
+        self.run_button.setToolTip(f"Run a round now with the new clicks of this slice ({KEY_RUN})")
+        self.auto_slice_button = QPushButton("Auto slice")
+        self.auto_slice_button.setToolTip("Segment this slice without clicks")
+        self.auto_volume_button = QPushButton("Auto volume")
+        self.auto_volume_button.setToolTip("Segment every slice without clicks (slices with clicks are kept)")
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.setToolTip("Undo this slice's last round (Ctrl+Z on click layers, Alt+Z)")
+        self.redo_button = QPushButton("Redo")
+        self.redo_button.setToolTip("Redo this slice's last undone round (Ctrl+Shift+Z on click layers, Alt+Shift+Z)")
+        self.reset_button = QPushButton("Reset slice")
+        self.reset_button.setToolTip("Forget this slice's rounds and clicks and clear its labels")
+        for i, (button, slot) in enumerate(
+            (
+                (self.run_button, self.run_now),
+                (self.auto_slice_button, self.auto_slice),
+                (self.auto_volume_button, self.auto_volume),
+                (self.undo_button, self.undo),
+                (self.redo_button, self.redo),
+                (self.reset_button, self.reset_slice),
+            )
+        ):
+            button.clicked.connect(slot)
+            grid.addWidget(button, i // 3, i % 3)
+        layout.addLayout(grid)
+
+        progress_row = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        progress_row.addWidget(self.progress)
+        progress_row.addWidget(self.cancel_button)
+        layout.addLayout(progress_row)
+
+        files = QHBoxLayout()
+        self.save_button = QPushButton("Save...")
+        self.save_button.setToolTip("Write the labels and the interaction log (<name>.simseg.json)")
+        self.save_button.clicked.connect(self._save_dialog)
+        self.load_button = QPushButton("Load...")
+        self.load_button.setToolTip("Restore labels and, with their .simseg.json log, the interaction memories")
+        self.load_button.clicked.connect(self._load_dialog)
+        files.addWidget(self.save_button)
+        files.addWidget(self.load_button)
+        layout.addLayout(files)
+
+        self.latency_label = QLabel("")
+        self.status_label = QLabel("")
+        for label in (self.latency_label, self.status_label):
+            label.setWordWrap(True)
+            label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+            layout.addWidget(label)
+        layout.addStretch(1)
+        self._update_buttons()
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.setText(text)
+        if text:
+            logger.info("SimSeg: %s", text)
+
+    def _update_buttons(self) -> None:
+        running = self.session is not None
+        busy = self.worker is not None
+        for button in (
+            self.run_button, self.auto_slice_button, self.auto_volume_button,
+            self.undo_button, self.redo_button, self.reset_button,
+            self.save_button, self.load_button,
+        ):
+            button.setEnabled(running and not busy)
+        self.start_button.setEnabled(not busy)
+        self.device_combo.setEnabled(not busy)
+        self.start_button.setText("Restart" if running else "Start")
+
+    # ------------------------------------------------------------------ layers
+    def _watch_name(self, layer) -> None:
+        emitter = layer.events.name
+        emitter.connect(self._on_layers_changed)
+        self._viewer_connections.append((emitter, self._on_layers_changed))
+
+    def _on_layers_changed(self, event=None) -> None:
+        if event is not None and getattr(event, "type", None) == "inserted":
+            self._watch_name(event.value)
+        self._refresh_image_combo()
+
+    def _refresh_image_combo(self) -> None:
+        from napari.layers import Image
+
+        current = self.image_combo.currentText()
+        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        elif names:
+            active = self.viewer.layers.selection.active
+            self.image_combo.setCurrentText(active.name if isinstance(active, Image) else names[-1])
+        self.image_combo.blockSignals(False)
+
+    def selected_image_layer(self):
+        """The image layer chosen in the combo box, or None."""
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def configure(self, checkpoint=None, device=None, image_layer=None, start: bool = False) -> bool:
+        """Set the checkpoint, device and image (any left None stays), optionally Start.
+
+        Returns whether a session runs afterwards.
+        """
+        if checkpoint is not None:
+            self.set_checkpoint(checkpoint)
+        if device is not None:
+            self.device_combo.setCurrentText(str(device))
+        if image_layer is not None:
+            self.image_combo.setCurrentText(getattr(image_layer, "name", str(image_layer)))
+        if start:
+            return self.start()
+        return self.session is not None
+
+    def set_checkpoint(self, path) -> None:
+        """Use this checkpoint at the next Start (``"demo"``: the bundled model)."""
+        self.checkpoint_edit.setText(str(path))
+
+    def _browse_checkpoint(self) -> None:
+        start = str(DEMO_CHECKPOINT.parent) if DEMO_CHECKPOINT.parent.is_dir() else ""
+        path, _ = QFileDialog.getOpenFileName(self, "SimSeg checkpoint", start, "SimSeg checkpoints (*.safetensors)")
+        if path:
+            self.set_checkpoint(path)
+
+    # ------------------------------------------------------------------ start
+    @property
+    def overwrite_policy(self) -> str:
+        return self.policy_combo.currentText()
+
+    @overwrite_policy.setter
+    def overwrite_policy(self, value: str) -> None:
+        if value not in OVERWRITE_POLICIES:
+            raise ValueError(f"overwrite_policy must be one of {OVERWRITE_POLICIES}, got {value!r}")
+        self.policy_combo.setCurrentText(value)
+
+    def _on_policy_changed(self, value: str) -> None:
+        if self.session is not None:
+            self.session.overwrite_policy = value
+
+    def _confirm_overwrite(self, slices) -> bool:
+        return ask_overwrite(self, slices)
+
+    def _confirm_restart(self) -> bool:
+        return ask_restart(self)
+
+    def start(self) -> bool:
+        """Start (or restart) a session on the chosen image and checkpoint.
+
+        On any problem the status label shows one line and nothing changes.
+        Returns whether a session is now running.
+        """
+        if self.worker is not None:
+            self._set_status("SimSeg is busy; wait for the current job to finish")
+            return False
+        checkpoint = self.checkpoint_edit.text().strip() or _DEMO
+        if checkpoint == _DEMO and not DEMO_CHECKPOINT.is_file():
+            self._set_status(
+                f"the bundled demo model is not installed ({DEMO_CHECKPOINT.name}); choose a "
+                "checkpoint (.safetensors) with Browse..."
+            )
+            return False
+        if self.session is not None and self.session.has_rounds() and not self._confirm_restart():
+            return False
+        self._set_status("loading the checkpoint ...")
+        try:
+            session = ViewerSession(
+                self.viewer,
+                self.selected_image_layer(),
+                checkpoint=checkpoint,
+                device=self.device_combo.currentText(),
+                overwrite_policy=self.overwrite_policy,
+                confirm=self._confirm_overwrite,
+            )
+        except (ValueError, OSError, RuntimeError, IndexError) as exc:
+            # ImageError, CheckpointError, a missing file, an unavailable device
+            self._set_status(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            self._update_buttons()
+            return False
+        self._detach()
+        self.session = session
+        self._device = self.device_combo.currentText()
+        self._attach()
+        image = session.image_layer.name
+        slices = "" if session.is_2d else f" ({session.n_slices} slices)"
+        self._set_status(
+            f"segmenting '{image}'{slices} on {session.device} with classes "
+            f"{', '.join(session.class_names)}: click in a '<class> clicks' layer"
+        )
+        self.latency_label.setText("")
+        self._update_buttons()
+        return True
+
+    def _attach(self) -> None:
+        """Listen to the session's click layers and bind the SimSeg keys on its layers."""
+        s = self.session
+        for layer in s.click_layers:
+            layer.events.data.connect(self._on_points_changed)
+            self._layer_connections.append((layer.events.data, self._on_points_changed))
+        for layer in [*s.click_layers, s.labels_layer]:
+            is_labels = layer is s.labels_layer
+            for key in KEYS_UNDO:
+                if not (is_labels and key.startswith("Control")):
+                    layer.bind_key(key, self._key(self.undo), overwrite=True)
+            for key in KEYS_REDO:
+                if not (is_labels and key.startswith("Control")):
+                    layer.bind_key(key, self._key(self.redo), overwrite=True)
+            layer.bind_key(KEY_RUN, self._key(self.run_now), overwrite=True)
+            self._bound_layers.append(layer)
+
+    def _detach(self) -> None:
+        _disconnect_all(self._layer_connections)
+        _unbind_keys(self._bound_layers)
+        if self.session is not None:
+            self.session.close()
+
+    @staticmethod
+    def _key(action):
+        def handler(layer):
+            action()
+
+        return handler
+
+    # ------------------------------------------------------------------ device
+    def _on_device_changed(self, device: str) -> None:
+        if self.session is None:
+            self._device = device  # used at the next Start
+        elif device != self._device:
+            self.set_device(device)
+
+    def set_device(self, device: str) -> bool:
+        """Rebuild the predictor on ``device``; on failure the previous one stays."""
+        if self.session is None:
+            self.device_combo.setCurrentText(device)
+            return True
+        try:
+            if self.worker is not None:
+                raise RuntimeError("SimSeg is busy; change the device when the job is done")
+            name = self.session.set_device(device)
+        except (ValueError, RuntimeError, OSError) as exc:
+            self._set_status(str(exc))
+            self.device_combo.blockSignals(True)
+            self.device_combo.setCurrentText(self._device)
+            self.device_combo.blockSignals(False)
+            return False
+        self._device = device
+        self.device_combo.blockSignals(True)
+        self.device_combo.setCurrentText(device)
+        self.device_combo.blockSignals(False)
+        self._set_status(f"the network now runs on {name}")
+        return True
+
+    # ------------------------------------------------------------------ rounds
+    def _on_points_changed(self, event) -> None:
+        action = getattr(getattr(event, "action", None), "value", getattr(event, "action", None))
+        if action in ("adding", "removing", "changing"):
+            return  # the completed action follows
+        self._debounce.start()  # restarts: quick clicks form one round
+
+    def _on_debounce(self) -> None:
+        if self.session is None:
+            return
+        if self.worker is not None:
+            return  # picked up when the running job ends
+        try:
+            slices = self.session.pending_slices()
+            if slices:
+                self._start(self.session.prepare_round(slices[0]))
+        except (ValueError, RuntimeError, IndexError) as exc:
+            self._set_status(str(exc))
+
+    def run_now(self) -> None:
+        """Run a round now with the new clicks of the current slice."""
+        if not self._ready():
+            return
+        self._debounce.stop()
+        try:
+            job = self.session.prepare_round()
+        except (ValueError, RuntimeError, IndexError) as exc:
+            self._set_status(str(exc))
+            return
+        if job is None:
+            self._set_status(f"no new clicks on slice {self.session.current_slice()}")
+            return
+        self._start(job)
+
+    def auto_slice(self) -> None:
+        """Segment the current slice without clicks, on a worker."""
+        if self._ready():
+            self._start_guarded(lambda: self.session.prepare_auto(self.session.current_slice()))
+
+    def auto_volume(self) -> None:
+        """Segment every slice without clicks, on a generator worker with progress."""
+        if self._ready():
+            self._start_guarded(lambda: self.session.prepare_auto(None))
+
+    def cancel(self) -> None:
+        """Stop a running automatic segmentation after its current batch."""
+        if self.worker is not None and self._job is not None and self._job.is_generator:
+            self.worker.quit()
+            self.cancel_button.setEnabled(False)
+            self._set_status("cancelling after the current batch ...")
+
+    def undo(self) -> None:
+        """Undo the current slice's newest round (its clicks go too)."""
+        self._quick(lambda s: s.undo(), "undid the last round on slice {z}")
+
+    def redo(self) -> None:
+        """Redo the current slice's most recently undone round."""
+        self._quick(lambda s: s.redo(), "redid a round on slice {z}")
+
+    def reset_slice(self) -> None:
+        """Forget the current slice's rounds and clicks and clear its labels."""
+        self._quick(lambda s: s.reset(), "slice {z} reset")
+
+    def _quick(self, action, message: str) -> None:
+        # undo/redo/reset need no network: they run here, but never during a job
+        if not self._ready():
+            return
+        z = self.session.current_slice()
+        try:
+            action(self.session)
+        except (ValueError, RuntimeError, IndexError) as exc:
+            self._set_status(str(exc))
+            return
+        self._set_status(message.format(z=z))
+
+    def _ready(self) -> bool:
+        if self.session is None:
+            self._set_status("press Start first")
+            return False
+        if self.worker is not None:
+            self._set_status(f"SimSeg is busy ({self._job.description}); wait for it to finish")
+            return False
+        return True
+
+    # ------------------------------------------------------------------ files
+    def save(self, path) -> Optional[tuple]:
+        """Write the labels to ``path`` and the interaction log beside them."""
+        if not self._ready():
+            return None
+        try:
+            labels, log = self.session.save(path)
+        except (ValueError, OSError, RuntimeError) as exc:
+            self._set_status(str(exc))
+            return None
+        self._set_status(f"saved {labels.name} and {log.name}")
+        return labels, log
+
+    def load(self, path) -> None:
+        """Restore labels from ``path`` and replay their log (on a worker)."""
+        if self._ready():
+            self._start_guarded(lambda: self.session.prepare_load(path))
+
+    def _file_filter(self) -> str:
+        patterns = " ".join(f"*{e}" for e in WRITABLE_EXTENSIONS)
+        return f"Label images ({patterns})"
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save SimSeg labels", "labels.nii.gz", self._file_filter())
+        if path:
+            self.save(path)
+
+    def _load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load SimSeg labels", "", self._file_filter())
+        if path:
+            self.load(Path(path))
+
+    # ------------------------------------------------------------------ threading
+    def _start_guarded(self, prepare) -> None:
+        try:
+            job = prepare()
+        except (ValueError, RuntimeError, OSError, IndexError) as exc:
+            self._set_status(str(exc))
+            return
+        self._start(job)
+
+    def _start(self, job: Optional[Job]) -> None:
+        """Run ``job.compute`` on a napari worker; results come back as signals."""
+        if job is None:
+            return
+        from napari.qt.threading import create_worker
+
+        # errors are shown in the status line, not re-raised in the GUI thread
+        compute = _shield_runtime_errors(job.compute) if job.is_generator else job.compute
+        worker = create_worker(compute, _start_thread=False, _ignore_errors=True)
+        if job.is_generator:
+            worker.yielded.connect(self._on_yielded)
+            worker.aborted.connect(self._on_aborted)
+            self.progress.setRange(0, 0)  # busy until the first (done, total)
+            self.progress.setVisible(True)
+            self.cancel_button.setVisible(True)
+            self.cancel_button.setEnabled(True)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_worker_finished)
+        self.worker = worker
+        self._job = job
+        self._ended = False
+        self._set_status(f"{job.description} ...")
+        self._update_buttons()
+        worker.start()
+
+    def _on_yielded(self, value) -> None:
+        job = self._job
+        if job is None or job.on_yield is None:
+            return
+        done, total = value[0], value[1]
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        job.on_yield(value)
+
+    def _end(self, kind: str, message: str) -> None:
+        self._ended = True
+        self._set_status(message)
+        self.job_finished.emit(kind, message)
+
+    def _on_returned(self, result) -> None:
+        job = self._job
+        if job is None:
+            return
+        try:
+            out = job.finish(result)
+        except (ValueError, RuntimeError, OSError, IndexError) as exc:
+            self._end(job.kind, str(exc))
+            return
+        if job.kind == "round":
+            self._show_latency(out)
+            self._end(job.kind, self._round_message(out))
+            self.round_finished.emit(out)
+        else:
+            self._end(job.kind, str(out))
+
+    def _on_errored(self, exc) -> None:
+        job = self._job
+        if job is not None:
+            if isinstance(exc, _JobError) and exc.__cause__ is not None:
+                exc = exc.__cause__
+            self._end(job.kind, job.fail(exc))
+
+    def _on_aborted(self) -> None:
+        job = self._job
+        if job is not None and job.cancel is not None:
+            self._end(job.kind, job.cancel())
+
+    def _on_worker_finished(self) -> None:
+        job = self._job
+        if job is not None and not self._ended:
+            # a generator quit before it yielded again still has to release the session
+            message = job.cancel() if job.cancel is not None else job.fail(RuntimeError("stopped"))
+            self._end(job.kind, message)
+        self.worker = None
+        self._job = None
+        self.progress.setVisible(False)
+        self.cancel_button.setVisible(False)
+        self._update_buttons()
+        if self.session is not None and self.session.pending_points():
+            QTimer.singleShot(0, self._on_debounce)  # clicks placed while it ran
+
+    def _round_message(self, result) -> str:
+        s = self.session
+        where = "" if s.is_2d else f" on slice {result.slice_index}"
+        n = s.last_round_clicks
+        text = f"{n} new click{'s' * (n != 1)}{where}: round {result.round} done"
+        if not s.last_round_shown:
+            text += "; your hand-edited labels were kept (Undo/Reset slice, or set Hand edits)"
+        return text
+
+    def _show_latency(self, result) -> None:
+        where = "" if self.session.is_2d else f" on slice {result.slice_index}"
+        self.latency_label.setText(
+            f"round {result.round}{where}: {result.total_ms:.0f} ms "
+            f"(network {result.model_ms:.0f} ms)"
+        )
+
+    # ------------------------------------------------------------------ teardown
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop a running worker and let go of the viewer's layers."""
+        self._debounce.stop()
+        if self.worker is not None:
+            self.worker.quit()  # a generator stops at its next batch; a round just ends
+            self.worker.await_workers(msecs=10000)
+        self._detach()
+        _disconnect_all(self._viewer_connections)
