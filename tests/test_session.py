@@ -36,14 +36,43 @@ def test_undo_redo_restore_labels_exactly(session):
         session.undo(1)
 
 
-def test_recurrent_state_is_carried_and_reset(session):
-    a = session.add_clicks(0, [(1, 15, 20)]).probabilities
-    b = session.add_clicks(0, []).probabilities  # no new clicks: only memory + LSTM differ
-    assert not np.allclose(a, b)
-    session.reset_slice(0)
-    c = session.add_clicks(0, [(1, 15, 20)]).probabilities
+class _StatelessPredictor(Predictor):
+    """Drops the recurrent state: what the session would do if it forgot to pass it."""
+
+    def predict(self, inputs, state=None):
+        return super().predict(inputs, None)
+
+
+def test_recurrent_state_is_carried_restored_and_reset(tiny_checkpoint, small_volume):
+    s = InteractiveSession(small_volume, Predictor(tiny_checkpoint, device="cpu"))
+    ref = InteractiveSession(small_volume, _StatelessPredictor(tiny_checkpoint, device="cpu"))
+    a = s.add_clicks(0, [(1, 15, 20)]).probabilities
+    np.testing.assert_array_equal(a, ref.add_clicks(0, [(1, 15, 20)]).probabilities)  # round 1: zero state
+    b = s.add_clicks(0, [(2, 5, 5)]).probabilities
+    b_ref = ref.add_clicks(0, [(2, 5, 5)]).probabilities
+    assert not np.allclose(b, b_ref)  # same memory input: only the carried LSTM state differs
+    # undo restores the state of round 1: redoing round 2 by hand gives the same output
+    s.undo(0)
+    s._memories[0]._redo.clear()
+    np.testing.assert_array_equal(s.add_clicks(0, [(2, 5, 5)]).probabilities, b)
+    s.reset_slice(0)
+    c = s.add_clicks(0, [(1, 15, 20)]).probabilities
     np.testing.assert_array_equal(a, c)  # reset really forgot everything
-    assert session.n_rounds(0) == 1
+    assert s.n_rounds(0) == 1
+
+
+def test_failed_round_keeps_redo(session, monkeypatch):
+    session.add_clicks(0, [(1, 15, 20)])
+    session.add_clicks(0, [(2, 5, 5)])
+    session.undo(0)
+
+    def boom(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(session.predictor, "predict", boom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        session.add_clicks(0, [(1, 1, 1)])
+    assert session.n_rounds(0) == 1 and session.memory(0).can_redo
 
 
 def test_bad_clicks_change_nothing(session):
@@ -64,6 +93,8 @@ def test_bad_clicks_change_nothing(session):
     [
         (np.zeros((4, 5, 6, 7)), "2D .* or 3D"),
         (np.zeros((10, 12, 3, 2)), "2D .* or 3D"),
+        (np.zeros((64, 64, 3)), "RGB"),
+        (np.zeros((64, 64, 4)), "RGB"),
         (np.zeros((0, 10, 10)), "empty"),
         (np.full((10, 10), np.nan), "NaN"),
         (np.ones((2, 10, 10)), "constant"),

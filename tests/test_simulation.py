@@ -42,4 +42,22 @@ def test_evaluation_rounds_shapes_and_state():
         clicker=lambda g, p: (seen.append(p), user.next_round_batch(g, p))[1],
     )
     assert len(out) == 4 and out[0].shape == (2, 32, 32)
-    assert seen[0] is None and seen[1] is not None  # round 1 clicks the largest gt regions
+    # each round corrects what was shown after the previous one, round 1 the automatic result
+    for k in range(3):
+        np.testing.assert_array_equal(seen[k], out[k])
+
+
+def test_evaluation_rounds_carry_the_recurrent_state():
+    meta, model = tiny_meta_and_model()
+    gts = np.zeros((1, 32, 32), np.int64)
+    gts[:, 5:15, 5:15] = 1
+    images = torch.from_numpy(gts[:, None].astype(np.float32))
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, state=None):
+            calls.append(state is not None)
+            return model(x, state)
+
+    run_evaluation_rounds(Spy(), images, gts, 3, "sim", 3, 3, 2, clicker=lambda g, p: [[(1, 8, 8)]])
+    assert calls == [False, False, True, True]  # auto and round 1 start fresh

@@ -48,11 +48,17 @@ def test_train_writes_everything_and_returns_best(phantom_data, tmp_path):
 def test_resume_continues_exactly(phantom_data, tmp_path):
     from safetensors.torch import load_file
 
+    # float16 checkpoints on purpose: resume must use the float32 training state
     straight = tmp_path / "straight"
-    train(_cfg(phantom_data, straight, epochs=2, steps_per_epoch=2), log=lambda m: None)
+    train(_cfg(phantom_data, straight, epochs=2, steps_per_epoch=2, half_checkpoint=True), log=lambda m: None)
     resumed = tmp_path / "resumed"
-    train(_cfg(phantom_data, resumed, epochs=1, steps_per_epoch=2), log=lambda m: None)
-    train(_cfg(phantom_data, resumed, epochs=2, steps_per_epoch=2, resume=True), log=lambda m: None)
+    train(_cfg(phantom_data, resumed, epochs=1, steps_per_epoch=2, half_checkpoint=True), log=lambda m: None)
+    train(_cfg(phantom_data, resumed, epochs=2, steps_per_epoch=2, half_checkpoint=True, resume=True),
+          log=lambda m: None)
+    sa = torch.load(straight / "train_state.pt", weights_only=True)["model"]
+    sb = torch.load(resumed / "train_state.pt", weights_only=True)["model"]
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
     a = load_file(str(straight / "last.safetensors"))
     b = load_file(str(resumed / "last.safetensors"))
     assert a.keys() == b.keys()
@@ -96,7 +102,7 @@ def _net(cfg, n=3):
 def test_ddg_runs_rounds_without_grad_then_one_training_step():
     from contextlib import nullcontext
 
-    cfg = _cfg("x", "y", memory="sim", depth=3, drop_fraction=0.0, drop_class=False)
+    cfg = _cfg("x", "y", memory="sim", depth=3, drop_fraction=0.0, drop_class=False, random_rounds=False)
     spy = _net(cfg)
     logits, _ = _simulate_and_forward(spy, spy, _batch(), cfg, 3, np.random.default_rng(0), torch.device("cpu"), nullcontext)
     assert [c["grad"] for c in spy.calls] == [False, False, True]
@@ -110,6 +116,56 @@ def test_ddg_runs_rounds_without_grad_then_one_training_step():
     assert final[:, 1:1 + n].sum() > 0  # first round's clicks (p = 1, nothing dropped)
     assert final[:, 1 + n:1 + 2 * n].sum() > 0  # its probabilities
     assert final[:, -n:].abs().sum() == 0  # newest round's output not known yet
+
+
+def test_ddg_cim_runs_t_rounds_and_merges_clicks():
+    from contextlib import nullcontext
+
+    cfg = _cfg("x", "y", memory="cim", decoder="plain", max_clicks=3, drop_fraction=0.0, drop_class=False,
+               random_rounds=False)
+    spy = _net(cfg)
+    _simulate_and_forward(spy, spy, _batch(), cfg, 3, np.random.default_rng(0), torch.device("cpu"), nullcontext)
+    assert [c["grad"] for c in spy.calls] == [False, False, True]
+    # CIM: the training input's click channels hold at least the first round's clicks
+    assert (spy.calls[-1]["x"][:, 1:] >= spy.calls[0]["x"][:, 1:]).all()
+
+
+def test_padding_is_ignored_by_loss_and_never_clicked():
+    from contextlib import nullcontext
+
+    from napari_simseg.core.training import IGNORE_INDEX
+
+    cfg = _cfg("x", "y", memory="sim", depth=3, drop_fraction=0.0, drop_class=False, click_radius=0,
+               random_rounds=False)
+    spy = _net(cfg)
+    batch = _batch(2)
+    batch["crop"] = torch.tensor([[2, 30, 3, 29], [0, 32, 0, 20]])
+    _, targets = _simulate_and_forward(spy, spy, batch, cfg, 3, np.random.default_rng(1), torch.device("cpu"), nullcontext)
+    for i, (y0, y1, x0, x1) in enumerate(batch["crop"].tolist()):
+        inside = torch.zeros(32, 32, dtype=torch.bool)
+        inside[y0:y1, x0:x1] = True
+        assert (targets[i][~inside] == IGNORE_INDEX).all() and (targets[i][inside] >= 0).all()
+        n = 3
+        for call in spy.calls:
+            clicks = call["x"][i, 1:].reshape(3, 2, n, 32, 32)[:, 0]  # click masks of every state
+            assert clicks.sum() > 0 or call is spy.calls[0]
+            assert clicks[..., ~inside].sum() == 0
+
+
+def test_random_rounds_cover_every_round_count():
+    from contextlib import nullcontext
+
+    cfg = _cfg("x", "y", memory="sim", depth=3, max_clicks=3)
+    assert cfg.random_rounds  # the default
+    rng = np.random.default_rng(0)
+    counts = set()
+    spy = _net(cfg)
+    for _ in range(30):
+        spy.calls.clear()
+        _simulate_and_forward(spy, spy, _batch(1), cfg, 3, rng, torch.device("cpu"), nullcontext)
+        counts.add(len(spy.calls))
+        assert spy.calls[-1]["grad"] and not any(c["grad"] for c in spy.calls[:-1])
+    assert counts == {1, 2, 3}
 
 
 def test_sdg_and_auto_never_run_the_model_before_the_step():

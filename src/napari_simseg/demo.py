@@ -32,7 +32,7 @@ def run_headless(checkpoint: str = "demo", device: str = "auto", clicks=(0, 1, 2
 
 
 def run_gui(checkpoint: str = "demo", device: str = "auto") -> None:
-    """Open napari with the first sample volume, its reference labels and the SimSeg widget."""
+    """Open napari with the first sample volume, the demo model and the SimSeg widget."""
     import napari
 
     from ._reader import get_reader
@@ -45,7 +45,7 @@ def run_gui(checkpoint: str = "demo", device: str = "auto") -> None:
         getattr(viewer, f"add_{layer_type}")(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("napari-simseg", "SimSeg")
     if hasattr(widget, "configure"):
-        widget.configure(checkpoint=checkpoint, device=device)
+        widget.configure(checkpoint=checkpoint, device=device, start=True)
     napari.run()
 
 

@@ -912,16 +912,7 @@ class ViewerSession:
         self._ensure_idle()
         old = self.session.predictor
         new = Predictor(old.checkpoint, device=device)
-        if hasattr(self.session, "set_predictor"):
-            self.session.set_predictor(new)
-        else:
-            if new.device != old.device:
-                # recurrent states live on the old device; rounds restart them from zero
-                for z in range(self.n_slices):
-                    if self.session.n_rounds(z):
-                        for state in self.session.memory(z).rounds:
-                            state.payload = None
-            self.session.predictor = new
+        self.session.set_predictor(new)
         return str(new.device)
 
     # ------------------------------------------------------------------ files

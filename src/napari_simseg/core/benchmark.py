@@ -128,8 +128,8 @@ def benchmark_training(
     json_path: Optional[str] = None,
     log=print,
 ) -> dict:
-    """Time a DDG-SIM training step (its no-grad rounds included) and an SDG step
-    on the same phantom batch, same device, same network size."""
+    """Time a DDG-SIM training step (its no-grad rounds and virtual user included) and
+    an SDG step of the same network on the same phantom batch and device."""
     from .losses import FocalLoss
     from .phantom import make_phantom
     from .training import TrainConfig, _simulate_and_forward
@@ -146,18 +146,18 @@ def benchmark_training(
     img = (image - image.mean()) / (image.std() + 1e-6)
     batch = {"image": torch.from_numpy(img[:, None].astype(np.float32)),
              "labels": torch.from_numpy(labels.astype(np.int64))}
-    from contextlib import nullcontext
+    from .simulation import autocast_for
 
     amp = dev.type == "cuda"
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext()
+        return autocast_for(dev, amp)
 
     result = {"device": str(dev)}
     for name, sim_kind in (("ddg", "ddg"), ("sdg", "sdg")):
-        cfg = TrainConfig(data="-", out="-", memory="sim" if sim_kind == "ddg" else "none", depth=depth,
-                          decoder="convlstm" if sim_kind == "ddg" else "plain", simulation=sim_kind,
-                          encoder=encoder)
+        # the same network (SIM memory, ConvLSTM decoder) for both: only the simulation differs
+        cfg = TrainConfig(data="-", out="-", memory="sim", depth=depth, decoder="convlstm",
+                          simulation=sim_kind, encoder=encoder)
         torch.manual_seed(0)
         net = build_model(cfg.model_config(n)).to(dev)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -184,7 +184,7 @@ def benchmark_training(
     result["config"] = {"size": size, "batch_size": batch_size, "depth": depth, "n_classes": n,
                         "encoder": encoder, "repeats": repeats}
     log(f"training-step benchmark on {dev}: batch {batch_size} x {size}x{size}, D={depth}, N={n}, {encoder}")
-    log(f"  DDG-SIM step {result['ddg_step_ms']:.1f} ms (D-1 no-grad rounds + virtual user + training step)")
+    log(f"  DDG-SIM step {result['ddg_step_ms']:.1f} ms (t-1 no-grad rounds + virtual user + training step)")
     log(f"  SDG step     {result['sdg_step_ms']:.1f} ms")
     log(f"  ratio {result['ratio']:.2f}  (target <= 2.0)")
     if json_path:

@@ -178,8 +178,17 @@ def read_checkpoint_meta(path) -> CheckpointMeta:
     header = _read_header(path)
     try:
         raw = json.loads(header["simseg"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: corrupt napari-simseg metadata ({exc})") from None
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} is newer than this napari-simseg "
+            f"supports ({FORMAT_VERSION}); upgrade napari-simseg"
+        )
+    try:
         meta = CheckpointMeta(**raw)
-    except (json.JSONDecodeError, TypeError) as exc:
+    except TypeError as exc:
         raise CheckpointError(f"{path}: corrupt napari-simseg metadata ({exc})") from None
     return meta.validate(str(path))
 
@@ -214,7 +223,10 @@ def load_checkpoint(
             f"{path}: trained for classes {meta.class_names}, but this data has "
             f"{list(expected_classes)}; pick a checkpoint trained on these classes or retrain"
         )
-    cfg = meta.model_config
+    try:
+        cfg = meta.model_config
+    except ModelConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     if expected_channels is not None and cfg.in_channels != expected_channels:
         raise CheckpointError(
             f"{path}: network takes {cfg.in_channels} input channels, caller provides "

@@ -182,7 +182,8 @@ def evaluate(
 
         iterator = tqdm(cases, desc="evaluate", leave=False, dynamic_ncols=True)
     for case in iterator:
-        image, labels = D.load_case(case, axis=axis, low_pct=norm.get("low", 0.5), high_pct=norm.get("high", 99.5))
+        image, labels = D.load_case(case, axis=axis, n4=bool(norm.get("n4", False)),
+                                    low_pct=norm.get("low", 0.5), high_pct=norm.get("high", 99.5))
         image = np.asarray(image, np.float32)
         labels = np.asarray(labels).astype(np.int64)
         # labels_per_round[k] is (S, H, W)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional, Union
 
@@ -104,9 +103,9 @@ class Predictor:
         return self.model.recurrent
 
     def _autocast(self):
-        if self.amp:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return nullcontext()
+        from .simulation import autocast_for
+
+        return autocast_for(self.device, self.amp)
 
     def predict_tensor(self, x: torch.Tensor, state=None):
         """Run the network on a ``(B, C, H, W)`` tensor; returns (probabilities tensor, state)."""

@@ -45,9 +45,10 @@ def _check_image(image) -> np.ndarray:
         raise ImageError(f"image must be numeric, got dtype {arr.dtype}")
     if np.iscomplexobj(arr):
         raise ImageError("complex-valued images are not supported")
-    if arr.ndim not in (2, 3):
+    rgb_like = arr.ndim in (3, 4) and arr.shape[-1] in (3, 4) and min(arr.shape[:-1]) > 4
+    if arr.ndim not in (2, 3) or rgb_like:
         hint = ""
-        if arr.ndim == 3 or (arr.ndim >= 3 and arr.shape[-1] in (3, 4)):
+        if rgb_like:
             hint = " (an RGB/RGBA image? convert it to a single channel first)"
         elif arr.ndim == 4:
             hint = " (a time series or multi-channel volume? pick one 3D volume first)"
@@ -56,8 +57,8 @@ def _check_image(image) -> np.ndarray:
         )
     if arr.size == 0 or min(arr.shape) == 0:
         raise ImageError(f"image is empty (shape {arr.shape})")
-    if min(arr.shape[-2:]) < 4:
-        raise ImageError(f"slices of {arr.shape[-2]}x{arr.shape[-1]} pixels are too small")
+    if min(arr.shape[-2:]) < 8:
+        raise ImageError(f"slices of {arr.shape[-2]}x{arr.shape[-1]} pixels are too small (min 8x8)")
     if not np.all(np.isfinite(arr)):
         raise ImageError("image contains NaN or infinite values; fill or mask them first")
     return arr
@@ -105,9 +106,14 @@ class InteractiveSession:
         from .data import normalize_volume
 
         norm = dict(meta.normalization)
+        volume = volume.astype(np.float32, copy=False)
+        if norm.get("n4"):
+            from .data import n4_correct
+
+            volume = n4_correct(volume)  # the network was trained on N4-corrected images
         try:
             self.volume = normalize_volume(
-                volume.astype(np.float32, copy=False),
+                volume,
                 low_pct=float(norm.get("low", 0.5)),
                 high_pct=float(norm.get("high", 99.5)),
             )
@@ -124,7 +130,7 @@ class InteractiveSession:
         self.max_state_history = int(max_state_history)
 
     def set_predictor(self, predictor: Predictor) -> None:
-        """Swap the network's device (same checkpoint): stored ConvLSTM states move along.
+        """Swap the network's device (same checkpoint), keeping every slice's memory.
 
         Raises
         ------
@@ -135,14 +141,7 @@ class InteractiveSession:
         new = predictor.meta
         if (new.class_names, new.memory, new.depth) != (old.class_names, old.memory, old.depth):
             raise ValueError("set_predictor needs the same classes and memory; start a new session")
-        device = predictor.device
-        for mem in self._memories.values():
-            for state in mem.rounds:
-                if state.payload is not None:
-                    state.payload = tuple((h.to(device), c.to(device)) for h, c in state.payload)
-            for state in mem._redo:
-                if state.payload is not None:
-                    state.payload = tuple((h.to(device), c.to(device)) for h, c in state.payload)
+        # stored ConvLSTM states live on the CPU (see _state_to_storage): nothing to move
         self.predictor = predictor
 
     # ------------------------------------------------------------------ helpers
@@ -221,18 +220,19 @@ class InteractiveSession:
         mem = self.memory(idx)
         masks = encode_clicks(clicks, self.n_classes, (h, w), self.predictor.click_radius)
         prev = mem.last
-        state = prev.payload if prev is not None else None
+        state = self._state_to_device(prev.payload if prev is not None else None)
+        redo_before = list(mem._redo)
         mem.push(masks, click_list=[c.as_tuple() for c in clicks])
         x = mem.network_input(self.volume[idx])
         t1 = time.perf_counter()
         try:
             probs, new_state = self.predictor.predict(x, state)
         except Exception:
-            mem.undo()
-            mem._redo.pop()  # a failed round leaves no trace
+            mem.undo()  # a failed round leaves no trace, redo stack included
+            mem._redo[:] = redo_before
             raise
         model_ms = (time.perf_counter() - t1) * 1e3
-        mem.set_probabilities(probs, payload=new_state)
+        mem.set_probabilities(probs, payload=self._state_to_storage(new_state))
         self._trim_states(mem)
         labels = self._show_current(idx)
         self._record(
@@ -243,6 +243,18 @@ class InteractiveSession:
         )
         total_ms = (time.perf_counter() - t0) * 1e3
         return RoundResult(idx, mem.n_rounds, labels, probs, model_ms, total_ms)
+
+    def _state_to_storage(self, state):
+        # keep accelerator memory for the network: stored states live on the CPU
+        if state is None or self.predictor.device.type == "cpu":
+            return state
+        return tuple((h.to("cpu"), c.to("cpu")) for h, c in state)
+
+    def _state_to_device(self, state):
+        if state is None or self.predictor.device.type == "cpu":
+            return state
+        dev = self.predictor.device
+        return tuple((h.to(dev), c.to(dev)) for h, c in state)
 
     def _trim_states(self, mem: InteractionMemory) -> None:
         rounds = mem.rounds
@@ -370,8 +382,11 @@ def load_log(path) -> dict:
         doc = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read interaction log {path}: {exc}") from None
-    if doc.get("format") != "napari-simseg-log":
+    if not isinstance(doc, dict) or doc.get("format") != "napari-simseg-log":
         raise ValueError(f"{path} is not a napari-simseg interaction log")
+    missing = [k for k in ("class_names", "events") if k not in doc]
+    if missing:
+        raise ValueError(f"interaction log {path} lacks {', '.join(missing)}")
     if doc.get("version", 0) > LOG_VERSION:
         raise ValueError(f"{path}: log version {doc.get('version')} is newer than supported")
     return doc

@@ -16,10 +16,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .clicks import encode_clicks
+from .clicks import Click, as_clicks, encode_clicks
 from .memory import input_channels
 
-__all__ = ["BatchMemory", "encode_click_batch", "run_evaluation_rounds"]
+__all__ = ["BatchMemory", "autocast_for", "cropped_clicker", "encode_click_batch", "run_evaluation_rounds"]
 
 
 def encode_click_batch(clicks_per_image, n_classes, shape, radius, device=None) -> torch.Tensor:
@@ -85,10 +85,33 @@ class BatchMemory:
         return out
 
 
-def _autocast(device: torch.device, amp: bool):
+def autocast_for(device: torch.device, amp: bool):
+    """float16 autocast on CUDA when ``amp``; a no-op context elsewhere."""
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return nullcontext()
+
+
+def cropped_clicker(clicker, crops):
+    """Wrap a batch clicker so it sees only each image's real (unpadded) region.
+
+    ``crops`` holds ``(y0, y1, x0, x1)`` per image; the clicks come back in padded
+    coordinates. Without this, background clicks land in the padding (often the
+    background's distance-transform peak), where no user would ever click.
+    """
+    if crops is None:
+        return clicker
+    boxes = [tuple(int(v) for v in b) for b in crops]
+
+    def wrapped(gts, previous):
+        out = []
+        for i, (y0, y1, x0, x1) in enumerate(boxes):
+            prev = None if previous is None else previous[i : i + 1, y0:y1, x0:x1]
+            clicks = as_clicks(clicker(gts[i : i + 1, y0:y1, x0:x1], prev)[0])
+            out.append([Click(c.label, c.y + y0, c.x + x0) for c in clicks])
+        return out
+
+    return wrapped
 
 
 @torch.inference_mode()
@@ -108,9 +131,11 @@ def run_evaluation_rounds(
     """Run 0..``n_rounds`` rounds of a virtual user on a batch of slices.
 
     Round 0 is the automatic (0-click) prediction from an empty memory. Round ``k``
-    asks ``clicker(gts, previous)`` for the clicks of every slice (``previous`` is
-    ``None`` in round 1: the user clicks each class's largest region, as nothing
-    was corrected yet), pushes them, and predicts, carrying the ConvLSTM state.
+    asks ``clicker(gts, previous)`` for the clicks of every slice, where ``previous``
+    is the label map shown after round ``k - 1`` (in round 1, the automatic result:
+    the user corrects what they see), pushes them, and predicts, carrying the
+    ConvLSTM state. The automatic prediction itself is not a round: round 1 starts
+    from an empty memory and a fresh ConvLSTM state.
 
     Returns
     -------
@@ -132,7 +157,7 @@ def run_evaluation_rounds(
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with _autocast(device, amp):
+        with autocast_for(device, amp):
             logits, new_state = model(x, state if k > 0 else None)
         probs = torch.softmax(logits.float(), dim=1)
         labels = probs.argmax(1).cpu().numpy()
@@ -144,7 +169,7 @@ def run_evaluation_rounds(
             # the automatic prediction is not a round: the first round starts afresh
             state = None
         results.append(labels)
-        previous = labels if k > 0 else None
+        previous = labels
         if on_round is not None:
             on_round(k, labels, elapsed)
     return results

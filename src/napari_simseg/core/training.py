@@ -3,16 +3,25 @@
 Dynamic Data Generation, as implemented (paper section 4.2, our reading)
 ------------------------------------------------------------------------
 For every batch, and anew every time a sample is seen, the training virtual user
-(:class:`~napari_simseg.core.virtual_user.TrainingVirtualUser`, rules 1-4) runs ``D``
-rounds on the whole batch at once. In round ``k`` it clicks on the ground truth against
+(:class:`~napari_simseg.core.virtual_user.TrainingVirtualUser`, rules 1-4) runs
+``t = max_clicks`` rounds (the paper's "maximum number of training interactions",
+equal to the SIM depth ``D = 3`` in its setting; ``ddg_rounds`` overrides it) on the
+whole batch at once. In round ``k`` it clicks on the ground truth against
 the network's output of round ``k - 1`` (round 1: initial clicks in every component),
 the clicks are pushed into the interaction memory, and the network runs with fixed
 weights (eval mode, no-grad) to produce round ``k``'s probabilities for the next round.
-The forward passes of rounds ``1 .. D-1`` are those no-grad rounds; round ``D``'s
-forward is the training step itself, on the memory holding all ``D`` states, so the
-network is trained on exactly the input it gets in round ``D`` at test time. The
-ConvLSTM state flows through the rounds (detached). ``ddg_rounds`` changes the number of
-rounds (default ``D``); ``random_rounds`` draws it per batch in ``1..ddg_rounds``.
+The forward passes of rounds ``1 .. t-1`` are those no-grad rounds; round ``t``'s
+forward is the training step itself, on the memory holding all its states, so the
+network is trained on exactly the input it gets in round ``t`` at test time. The
+ConvLSTM state flows through the rounds (detached); ``random_rounds`` draws the number
+of rounds per batch in ``1..t``. Padded pixels are ignored by the loss and never
+clicked (the user sees each slice's real extent only).
+
+Resume: ``train_state.pt`` (float32 weights, optimiser, history) is written after every
+epoch, and each epoch's random streams derive from ``(seed, epoch)``, so a run killed at
+any point and resumed gives the same weights as one that was never interrupted. A run
+stopped by ``max_minutes`` mid-epoch resumes by redoing that epoch from the weights it
+stopped with.
 
 SDG: one round of clicks sampled once from the ground truth with no model in the loop.
 Auto: no clicks at all (a plain automatic U-Net trained through the same code).
@@ -35,11 +44,12 @@ import torch
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .memory import MEMORY_KINDS, input_channels
 from .model import ModelConfig, build_model
-from .simulation import BatchMemory, encode_click_batch, run_evaluation_rounds
+from .simulation import BatchMemory, autocast_for, cropped_clicker, encode_click_batch, run_evaluation_rounds
 
 __all__ = ["SIMULATIONS", "TrainConfig", "train"]
 
 SIMULATIONS = ("ddg", "sdg", "auto")
+IGNORE_INDEX = -100  # padded pixels in the training targets
 
 
 @dataclass
@@ -68,7 +78,7 @@ class TrainConfig:
     drop_fraction: float = 0.8
     decreasing_probability: bool = True
     ddg_rounds: Optional[int] = None
-    random_rounds: bool = False
+    random_rounds: bool = True
     # data
     axis: int = 0
     pad_to: Optional[list] = None
@@ -186,28 +196,44 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
 
     Returns the logits of the training forward (with grad) and the targets.
     """
-    from .virtual_user import TrainingVirtualUserBatch, sdg_clicks_batch
+    from .clicks import Click
+    from .virtual_user import TrainingVirtualUser, sdg_clicks
 
     images = batch["image"].to(device, non_blocking=True)
-    targets = batch["labels"].to(device, non_blocking=True)
     gts = batch["labels"].numpy()
     shape = tuple(images.shape[-2:])
+    crops = batch["crop"].tolist() if "crop" in batch else [(0, shape[0], 0, shape[1])] * len(gts)
+    # padding is no anatomy: the loss ignores it and the virtual user never clicks there
+    targets = batch["labels"].clone()
+    for i, (y0, y1, x0, x1) in enumerate(crops):
+        pad = torch.ones(shape, dtype=torch.bool)
+        pad[y0:y1, x0:x1] = False
+        targets[i][pad] = IGNORE_INDEX
+    targets = targets.to(device, non_blocking=True)
     memory = BatchMemory(cfg.memory, n_classes, cfg.effective_depth, images)
     state = None
     if cfg.simulation == "auto":
         pass  # empty memory: image + zeros
     elif cfg.simulation == "sdg":
-        clicks = sdg_clicks_batch(gts, n_classes, cfg.ddg_config(), rng)
+        clicks = [
+            [Click(c.label, c.y + y0, c.x + x0) for c in sdg_clicks(gts[i, y0:y1, x0:x1], n_classes, cfg.ddg_config(), rng)]
+            for i, (y0, y1, x0, x1) in enumerate(crops)
+        ]
         memory.push(encode_click_batch(clicks, n_classes, shape, cfg.click_radius, device))
     else:
-        rounds = cfg.ddg_rounds or cfg.effective_depth
+        rounds = cfg.ddg_rounds or cfg.max_clicks
         if cfg.random_rounds:
             rounds = int(rng.integers(1, rounds + 1))
-        user = TrainingVirtualUserBatch(n_classes, cfg.ddg_config(), rng)
-        user.start(gts)
+        users = [TrainingVirtualUser(n_classes, cfg.ddg_config(), rng) for _ in crops]
+        for user, (y0, y1, x0, x1), gt in zip(users, crops, gts):
+            user.start(gt[y0:y1, x0:x1])
         previous = None
         for k in range(rounds):
-            clicks = user.next_round(previous)
+            clicks = [
+                [Click(c.label, c.y + y0, c.x + x0)
+                 for c in user.next_round(None if previous is None else previous[i, y0:y1, x0:x1])]
+                for i, (user, (y0, y1, x0, x1)) in enumerate(zip(users, crops))
+            ]
             memory.push(encode_click_batch(clicks, n_classes, shape, cfg.click_radius, device))
             if k == rounds - 1:
                 break  # the last round's forward is the training step
@@ -229,7 +255,7 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
 def validate(net, dataset, cfg: TrainConfig, n_classes, device, amp) -> dict:
     """Dice and IoU per class on the validation slices, pooled over all of them,
     at 0 clicks and at ``val_clicks`` evaluation-user clicks per class."""
-    from .metrics import confusion_counts
+    from .metrics import confusion_counts, dice_iou_from_confusion
     from .virtual_user import EvaluationUser
 
     rounds = 0 if cfg.simulation == "auto" else max(0, int(cfg.val_clicks))
@@ -242,20 +268,16 @@ def validate(net, dataset, cfg: TrainConfig, n_classes, device, amp) -> dict:
         valid = np.zeros(gts.shape, bool)  # score the real pixels, not the padding
         for i, (y0, y1, x0, x1) in enumerate(batch["crop"].tolist()):
             valid[i, y0:y1, x0:x1] = True
+        clicker = cropped_clicker(user.next_round_batch, batch["crop"].tolist())
         preds = run_evaluation_rounds(
             net, images, gts, rounds, cfg.memory, cfg.effective_depth, n_classes,
-            cfg.click_radius, user.next_round_batch, amp=amp,
+            cfg.click_radius, clicker, amp=amp,
         )
         for k in conf:
             conf[k] += confusion_counts(preds[k][valid], gts[valid], n_classes)
     out = {}
     for k, c in conf.items():
-        tp = np.diag(c).astype(float)
-        fp = c.sum(0) - tp
-        fn = c.sum(1) - tp
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dice = 2 * tp / (2 * tp + fp + fn)
-            iou = tp / (tp + fp + fn)
+        dice, iou = dice_iou_from_confusion(c)
         out[k] = {"dice": dice.tolist(), "iou": iou.tolist()}
     return out
 
@@ -324,7 +346,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     net = build_model(cfg.model_config(n_classes)).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    loss_fn = FocalLoss(weights.to(device), gamma=cfg.focal_gamma)
+    loss_fn = FocalLoss(weights.to(device), gamma=cfg.focal_gamma, ignore_index=IGNORE_INDEX)
     train_net = net
     if dist.enabled:
         train_net = torch.nn.parallel.DistributedDataParallel(
@@ -337,9 +359,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         if not state_path.is_file():
             raise FileNotFoundError(f"--resume: no {state_path} to resume from")
         st = torch.load(state_path, map_location="cpu", weights_only=True)
-        from .checkpoint import load_checkpoint
-
-        net.load_state_dict(load_checkpoint(out / "last.safetensors").model.state_dict())
+        net.load_state_dict(st["model"])  # float32, even when checkpoints are stored in float16
         optimizer.load_state_dict(st["optimizer"])
         if "scaler" in st and amp:
             scaler.load_state_dict(st["scaler"])
@@ -355,16 +375,13 @@ def train(cfg: TrainConfig, log=print) -> Path:
         model=net.config.to_dict(),
         simulation=cfg.simulation,
     )
+    meta.normalization = {**meta.normalization, "n4": bool(cfg.n4)}
     if dist.main:
         cfg_doc = {k: v for k, v in asdict(cfg).items()}
         (out / "config.yaml").write_text(yaml.safe_dump(cfg_doc, sort_keys=False))
 
     def autocast():
-        if amp:
-            return torch.autocast("cuda", dtype=torch.float16)
-        from contextlib import nullcontext
-
-        return nullcontext()
+        return autocast_for(device, amp)
 
     sampler = None
     if dist.enabled:
@@ -412,9 +429,14 @@ def train(cfg: TrainConfig, log=print) -> Path:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            if cfg.max_minutes is not None and (time.monotonic() - t_start) / 60 > cfg.max_minutes:
-                stopped_early = True
-                break
+            if cfg.max_minutes is not None:
+                over = torch.tensor(float((time.monotonic() - t_start) / 60 > cfg.max_minutes))
+                if dist.enabled:  # every rank must stop at the same step, or DDP deadlocks
+                    over = over.to(device)
+                    torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
+                if bool(over.item()):
+                    stopped_early = True
+                    break
         if bar is not None:
             bar.close()
         train_s = time.monotonic() - t_epoch
@@ -439,7 +461,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
                 best = max(best, score)
                 save_checkpoint(best_path, net, meta, half=cfg.half_checkpoint)
             torch.save(
-                {"epoch": epoch + 1, "best": best, "optimizer": optimizer.state_dict(),
+                {"epoch": epoch + (0 if stopped_early else 1), "best": best, "model": net.state_dict(),
+                 "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict(), "history": json.dumps(history)},
                 str(state_path) + ".tmp",
             )
