@@ -21,7 +21,7 @@ def test_inference_benchmark_json(tmp_path, capsys):
 def test_training_benchmark_json(tmp_path):
     out = tmp_path / "t.json"
     assert main(["benchmark", "--train", "--device", "cpu", "--size", "32", "--encoder", "resnet18",
-                 "--batch-size", "2", "--json", str(out)]) == 0
+                 "--batch-size", "2", "--repeats", "1", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert set(res) >= {"device", "ddg_step_ms", "sdg_step_ms", "ratio"}
     assert res["ddg_step_ms"] > 0 and res["sdg_step_ms"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -166,7 +167,8 @@ def test_hippocampus_sample_from_sample_folder(tmp_path, monkeypatch):
 def test_manifest_is_valid():
     proc = subprocess.run(
         [sys.executable, "-c", "from npe2.cli import main; main()", "validate", "napari-simseg"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "valid" in proc.stdout

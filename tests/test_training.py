@@ -226,7 +226,7 @@ def test_torchrun_two_cpu_processes(phantom_data, tmp_path):
            "--encoder", "resnet18", "--encoder-depth", "3", "--decoder-channels", "16,8,8",
            "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--device", "cpu",
            "--no-progress", "--val-clicks", "1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "best.safetensors").is_file()
     # only rank 0 printed the result line and wrote one log row

@@ -74,10 +74,10 @@ def _benchmark(args) -> int:
 
     if args.train:
         benchmark_training(device=args.device, json_path=args.json, encoder=args.encoder,
-                           size=args.size or 64, batch_size=args.batch_size)
+                           size=args.size or 64, batch_size=args.batch_size, repeats=args.repeats or 5)
     else:
         benchmark_inference(device=args.device, size=args.size or 256, json_path=args.json,
-                            encoder=args.encoder, repeats=args.repeats)
+                            encoder=args.encoder, repeats=args.repeats or 20)
     return 0
 
 
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="time a DDG-SIM vs an SDG training step")
     p.add_argument("--encoder", default="resnet34")
     p.add_argument("--batch-size", type=int, default=4, help="batch size for --train")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 20; 5 with --train)")
     p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("report", help="combine evaluation JSONs into one table and plot")
