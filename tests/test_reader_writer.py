@@ -131,16 +131,22 @@ def test_phantom_sample_has_classes():
     assert labels.max() <= len(CLASS_NAMES) - 1
 
 
-def test_hippocampus_sample_present_or_explained():
-    from napari_simseg._sample_data import hippocampus_available, hippocampus_sample
+def test_bundled_hippocampus_sample():
+    from napari_simseg._sample_data import hippocampus_sample
 
-    if hippocampus_available():
-        layers = hippocampus_sample()
-        assert layers[0][2] == "image"
-        assert "CC-BY-SA" in layers[0][1]["metadata"]["license"]
-    else:
-        with pytest.raises(FileNotFoundError, match="hippocampus sample is not installed"):
-            hippocampus_sample()
+    (image, ikw, ikind), (labels, lkw, lkind) = hippocampus_sample()
+    assert ikind == "image" and lkind == "labels" and image.shape == labels.shape
+    assert "CC-BY-SA" in ikw["metadata"]["license"]
+    assert lkw["metadata"]["class_names"] == ["background", "Anterior", "Posterior"]
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_missing_hippocampus_sample_is_explained(tmp_path, monkeypatch):
+    import napari_simseg._sample_data as sd
+
+    monkeypatch.setattr(sd, "SAMPLE_DIR", tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="hippocampus sample is not installed"):
+        sd.hippocampus_sample()
 
 
 def test_hippocampus_sample_from_sample_folder(tmp_path, monkeypatch):

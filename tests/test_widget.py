@@ -249,11 +249,13 @@ def test_checkpoint_classes_must_fit_existing_labels(viewer, volume, make_checkp
     w.shutdown()
 
 
-def test_missing_demo_model_is_explained(viewer, volume):
-    from napari_simseg.core.resources import DEMO_CHECKPOINT
+def test_missing_demo_model_is_explained(viewer, volume, tmp_path, monkeypatch):
+    import napari_simseg._qt.widget as widget_module
+    import napari_simseg.core.resources as resources
 
-    if DEMO_CHECKPOINT.is_file():
-        pytest.skip("the demo model is installed")
+    # as in an installation whose demo model file went missing
+    monkeypatch.setattr(resources, "DEMO_CHECKPOINT", tmp_path / "missing.safetensors")
+    monkeypatch.setattr(widget_module, "DEMO_CHECKPOINT", tmp_path / "missing.safetensors")
     viewer.add_image(volume, name="mri")
     w = _add_widget(viewer)
     assert "demo model is not installed" in w.status_label.text()

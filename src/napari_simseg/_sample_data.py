@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from ._colors import labels_layer_kwargs
 from ._reader import layer_data_from_volume
-from .core import resources as _resources
 from .core.io import Volume, read_image
-from .core.resources import DEMO_CHECKPOINT, RESOURCES
+from .core.resources import SAMPLE_DIR
 
 __all__ = [
     "HIPPOCAMPUS_CLASSES",
@@ -16,12 +15,8 @@ __all__ = [
     "phantom_sample",
 ]
 
-#: Bundled sample volumes in core.data's plain-folder layout: ``images/``,
-#: ``labels/`` (same file names), ``classes.json`` and ``LICENSE.txt``.
-SAMPLE_DIR = getattr(_resources, "SAMPLE_DIR", RESOURCES / "sample")
-# Older flat layout, still accepted: resources/hippocampus_sample.nii.gz (+ _labels).
-_FLAT_IMAGE = RESOURCES / "hippocampus_sample.nii.gz"
-_FLAT_LABELS = tuple(RESOURCES / f"hippocampus_sample_{s}.nii.gz" for s in ("labels", "label", "seg"))
+# SAMPLE_DIR holds the bundled volumes in core.data's plain-folder layout: images/,
+# labels/ (same file names), classes.json and LICENSE.txt.
 #: The Medical Segmentation Decathlon's names (Task04 dataset.json).
 HIPPOCAMPUS_CLASSES = ("background", "Anterior", "Posterior")
 _LICENSE_NOTE = (
@@ -51,31 +46,14 @@ def _sample_case():
             hippo = [c for c in spec.cases if "hippocampus" in c.case_id.lower()]
             case = (hippo or spec.cases)[0]
             return case.image_path, case.label_path, list(spec.class_names), SAMPLE_DIR / "LICENSE.txt"
-    if _FLAT_IMAGE.is_file():
-        labels = next((p for p in _FLAT_LABELS if p.is_file()), None)
-        return _FLAT_IMAGE, labels, _flat_classes(), RESOURCES / "LICENSE-hippocampus.txt"
     return None
-
-
-def _flat_classes() -> list:
-    if DEMO_CHECKPOINT.is_file():
-        try:  # the demo model knows the names it was trained with
-            from ._llvm_guard import avoid_triton_llvm_clash
-
-            avoid_triton_llvm_clash()
-            from .core.checkpoint import read_checkpoint_meta
-
-            return list(read_checkpoint_meta(DEMO_CHECKPOINT).class_names)
-        except Exception:  # noqa: BLE001 - fall back to the data set's own names
-            pass
-    return list(HIPPOCAMPUS_CLASSES)
 
 
 def hippocampus_available() -> bool:
     """Whether this installation ships the hippocampus sample."""
     images = SAMPLE_DIR / "images"
     has_folder = images.is_dir() and any(not p.name.startswith(".") for p in images.iterdir())
-    return has_folder or _FLAT_IMAGE.is_file()
+    return has_folder
 
 
 def hippocampus_sample() -> list:
