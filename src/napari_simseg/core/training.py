@@ -251,6 +251,17 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
     return logits, targets
 
 
+def training_step(net, train_net, batch, cfg, n_classes, rng, device, autocast, loss_fn, optimizer, scaler):
+    """One optimisation step: simulated rounds, forward, focal loss, (scaled) backward."""
+    logits, targets = _simulate_and_forward(net, train_net, batch, cfg, n_classes, rng, device, autocast)
+    loss = loss_fn(logits.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 # ---------------------------------------------------------------------- validation
 def validate(net, dataset, cfg: TrainConfig, n_classes, device, amp) -> dict:
     """Dice and IoU per class on the validation slices, pooled over all of them,
@@ -419,12 +430,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
-            logits, targets = _simulate_and_forward(net, train_net, batch, cfg, n_classes, rng, device, autocast)
-            loss = loss_fn(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss = training_step(net, train_net, batch, cfg, n_classes, rng, device, autocast,
+                                 loss_fn, optimizer, scaler)
             losses.append(float(loss.detach()))
             if bar is not None:
                 bar.update(1)
