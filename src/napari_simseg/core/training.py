@@ -461,6 +461,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
             history.append(row)
             meta.training = {
                 "epoch": epoch + 1, "score": score, "val": val, "data": str(cfg.data),
+                "train_volumes": list(train_ds.case_ids), "val_volumes": list(val_ds.case_ids),
                 "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")},
             }
             save_checkpoint(out / "last.safetensors", net, meta, half=cfg.half_checkpoint)

@@ -1,0 +1,36 @@
+"""Copy a trained checkpoint into the package as the bundled demo model.
+
+    python training/bundle_demo.py runs/demo_hippocampus
+
+Stores the weights as float16 (the package file must stay under 30 MB) and records the
+training/validation volumes of the run's split.json in the checkpoint's header, so anyone
+can check that the bundled sample volumes were never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from napari_simseg.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_simseg.core.resources import DEMO_CHECKPOINT
+
+
+def main(run_dir: str) -> Path:
+    run = Path(run_dir)
+    ck = load_checkpoint(run / "best.safetensors")
+    split = json.loads((run / "split.json").read_text())
+    ck.meta.training = {
+        **ck.meta.training,
+        "train_volumes": split["train"],
+        "val_volumes": split["val"],
+        "bundled_from": str(run / "best.safetensors"),
+    }
+    out = save_checkpoint(DEMO_CHECKPOINT, ck.model, ck.meta, half=True)
+    print(f"{out} ({out.stat().st_size / 2**20:.1f} MB), epoch {ck.meta.training.get('epoch')}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/demo_hippocampus")
