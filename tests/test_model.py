@@ -81,3 +81,17 @@ def test_local_encoder_weights_are_loaded_and_channel_adapted(tmp_path):
     w = m.encoder.conv1.weight
     assert w.shape[1] == 5
     torch.testing.assert_close(w[:, 0], src.conv1.weight.mean(1) * 3 / 5)
+
+
+def test_internal_padding_is_centred_like_the_trainers():
+    """A slice must sit where training put it (core.data pads slices centred)."""
+    from napari_simseg.core.data import pad_to_multiple
+
+    m = tiny("plain", c=3)
+    x = torch.randn(1, 3, 20, 27)
+    padded, box = pad_to_multiple(x[0].numpy(), target=(32, 32))
+    with torch.no_grad():
+        direct, _ = m(x)
+        via_padding, _ = m(torch.from_numpy(np.ascontiguousarray(padded))[None])
+    y0, y1, x0, x1 = box
+    torch.testing.assert_close(direct, via_padding[..., y0:y1, x0:x1])

@@ -257,8 +257,11 @@ class SimSegNet(nn.Module):
             )
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
+        # centred, as the trainer pads slices (core.data.pad_to_multiple): the network
+        # then sees a slice at the same place in its canvas in training and at test time
+        top, left = ph // 2, pw // 2
         if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
+            x = F.pad(x, (left, pw - left, top, ph - top))
         if state is not None:
             expected = (x.shape[0], self.stages[0].lstm.hidden_channels)
             got = tuple(state[0][0].shape[:2])
@@ -273,7 +276,7 @@ class SimSegNet(nn.Module):
             skip = skips[i + 1] if i + 1 < len(skips) else None
             y, s = stage(y, sizes[i + 1], skip, None if state is None else state[i])
             new_state.append(s)
-        logits = self.head(y)[..., :h, :w]
+        logits = self.head(y)[..., top : top + h, left : left + w]
         return logits, (tuple(new_state) if self.recurrent else None)
 
 
