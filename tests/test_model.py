@@ -89,7 +89,7 @@ def test_internal_padding_is_centred_like_the_trainers():
 
     m = tiny("plain", c=3)
     x = torch.randn(1, 3, 20, 27)
-    padded, box = pad_to_multiple(x[0].numpy(), target=(32, 32))
+    padded, box = pad_to_multiple(x[0].numpy(), multiple=m.stride)  # 24 x 32 for stride 8
     with torch.no_grad():
         direct, _ = m(x)
         via_padding, _ = m(torch.from_numpy(np.ascontiguousarray(padded))[None])
