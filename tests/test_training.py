@@ -233,3 +233,19 @@ def test_torchrun_two_cpu_processes(phantom_data, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == str(out / "best.safetensors")
     assert proc.stdout.count("best.safetensors") == 1
     assert len(json.loads((out / "log.json").read_text())) == 1
+
+
+def test_init_from_fine_tunes_and_checks_architecture(phantom_data, tmp_path):
+    from napari_simseg.core.checkpoint import CheckpointError, load_checkpoint
+
+    first = train(_cfg(phantom_data, tmp_path / "a", epochs=1, steps_per_epoch=1), log=lambda m: None)
+    # lr 0: the fine-tuned network must equal its starting point
+    second = train(_cfg(phantom_data, tmp_path / "b", epochs=1, steps_per_epoch=1, init_from=str(first), lr=0.0),
+                   log=lambda m: None)
+    a, b = load_checkpoint(first).model.state_dict(), load_checkpoint(second).model.state_dict()
+    for k in a:
+        if a[k].is_floating_point() and "running" not in k:
+            torch.testing.assert_close(a[k], b[k], msg=k)
+    with pytest.raises(CheckpointError, match="architecture"):
+        train(_cfg(phantom_data, tmp_path / "c", epochs=1, steps_per_epoch=1, init_from=str(first),
+                   decoder="plain"), log=lambda m: None)

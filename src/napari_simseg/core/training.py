@@ -70,6 +70,7 @@ class TrainConfig:
     lstm_kernel_size: int = 3
     lstm_separable: bool = True
     encoder_weights: Optional[str] = None
+    init_from: Optional[str] = None
     # virtual user
     click_radius: int = 2
     max_clicks: int = 3
@@ -355,6 +356,10 @@ def train(cfg: TrainConfig, log=print) -> Path:
     # ---- model
     _seed_everything(cfg.seed)
     net = build_model(cfg.model_config(n_classes)).to(device)
+    if cfg.init_from and not cfg.resume:
+        _init_from(net, cfg.init_from, class_names)
+        if dist.main:
+            log(f"initialised from {cfg.init_from}")
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loss_fn = FocalLoss(weights.to(device), gamma=cfg.focal_gamma, ignore_index=IGNORE_INDEX)
@@ -486,6 +491,20 @@ def train(cfg: TrainConfig, log=print) -> Path:
             break
     dist.close()
     return best_path
+
+
+def _init_from(net, path, class_names) -> None:
+    """Start from a checkpoint's weights (fine-tuning); it must have this architecture."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .resources import resolve_checkpoint
+
+    ck = load_checkpoint(resolve_checkpoint(path), expected_classes=class_names)
+    if ck.model.config.to_dict() != {**net.config.to_dict(), "encoder_weights": ck.model.config.encoder_weights}:
+        raise CheckpointError(
+            f"--init-from {path}: its architecture {ck.model.config.to_dict()} differs from this "
+            f"run's {net.config.to_dict()}; use the same memory, depth, encoder and decoder options"
+        )
+    net.load_state_dict(ck.model.state_dict())
 
 
 def _write_logs(out: Path, history: list) -> None:
