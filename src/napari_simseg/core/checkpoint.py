@@ -147,6 +147,9 @@ def save_checkpoint(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a checkpoint is shareable
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

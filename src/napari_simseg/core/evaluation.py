@@ -307,7 +307,11 @@ def write_table(results: Sequence[dict], path, clicks: Optional[int] = None) -> 
     sep = "|---|---:|" + "---:|" * (2 * len(names))
     rows = []
     for res in results:
-        rows_src = res["results"] if clicks is None else [r for r in res["results"] if r["clicks"] == clicks]
+        if clicks is None:
+            rows_src = res["results"]
+        else:  # the requested count, else the most this result has below it (Auto: 0)
+            fit = [r for r in res["results"] if r["clicks"] <= clicks]
+            rows_src = fit[-1:] if fit else []
         for r in rows_src:
             cells = []
             for c in names:
