@@ -30,14 +30,16 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip=()) -> Non
         hint = hints[f.name]
         args = typing.get_args(hint)
         base = next((a for a in args if a is not type(None)), hint) if args else hint
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        text = f"default: {default}"
         if base is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif base in (list, typing.List) or typing.get_origin(base) is list:
-            parser.add_argument(flag, dest=f.name, type=_parse_list, default=None, metavar="A,B,...")
+            parser.add_argument(flag, dest=f.name, type=_parse_list, default=None, metavar="A,B,...", help=text)
         elif base in (int, float, str):
-            parser.add_argument(flag, dest=f.name, type=base, default=None)
+            parser.add_argument(flag, dest=f.name, type=base, default=None, help=text)
         else:
-            parser.add_argument(flag, dest=f.name, default=None)
+            parser.add_argument(flag, dest=f.name, default=None, help=text)
 
 
 def _train(args) -> int:
