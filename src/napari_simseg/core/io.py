@@ -72,20 +72,6 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: File extensions :func:`read_image` accepts (lower case); a folder is read as a
-#: DICOM series.
-SUPPORTED_EXTENSIONS: tuple[str, ...] = (
-    ".nii.gz",
-    ".nii",
-    ".nrrd",
-    ".nhdr",
-    ".mha",
-    ".mhd",
-    ".tif",
-    ".tiff",
-    ".dcm",
-)
-
 #: File extensions :func:`write_image` accepts.
 WRITABLE_EXTENSIONS: tuple[str, ...] = (
     ".nii.gz",
@@ -97,6 +83,10 @@ WRITABLE_EXTENSIONS: tuple[str, ...] = (
     ".tif",
     ".tiff",
 )
+
+#: File extensions :func:`read_image` accepts (lower case); a folder is read as a
+#: DICOM series.
+SUPPORTED_EXTENSIONS: tuple[str, ...] = WRITABLE_EXTENSIONS + (".dcm",)
 
 _SITK_FORMATS = {
     ".nii.gz": "NIfTI",
