@@ -286,9 +286,15 @@ def central_click(region_mask) -> tuple[int, int]:
     """
     mask = _check_mask(region_mask)
     sl = _bbox(mask)
-    dist = _padded_edt(mask[sl])
-    dy, dx = divmod(int(np.argmax(dist)), dist.shape[1])
+    dy, dx = _central_in_crop(mask[sl])
     return int(sl[0].start + dy), int(sl[1].start + dx)
+
+
+def _central_in_crop(sub: np.ndarray) -> tuple[int, int]:
+    """Distance-transform maximum of a cropped region (first in raster order on ties)."""
+    dist = _padded_edt(sub)
+    dy, dx = divmod(int(np.argmax(dist)), dist.shape[1])
+    return dy, dx
 
 
 def largest_mislabelled_region(
@@ -855,8 +861,7 @@ class EvaluationUser:
             if found is None:
                 continue
             sl, sub = found
-            dist = _padded_edt(sub)
-            dy, dx = divmod(int(np.argmax(dist)), dist.shape[1])
+            dy, dx = _central_in_crop(sub)
             clicks.append(_make_click(c, sl[0].start + dy, sl[1].start + dx))
         return clicks
 
