@@ -95,3 +95,50 @@ def test_internal_padding_is_centred_like_the_trainers():
         via_padding, _ = m(torch.from_numpy(np.ascontiguousarray(padded))[None])
     y0, y1, x0, x1 = box
     torch.testing.assert_close(direct, via_padding[..., y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize("hw", [(37, 53), (35, 50), (8, 9)])
+def test_stem_stride_one_keeps_full_resolution_and_parameters(hw):
+    coarse, fine = tiny(), tiny(encoder_stem_stride=1)
+    # same parameter names and shapes: weights move between the two settings
+    a, b = coarse.state_dict(), fine.state_dict()
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    fine.load_state_dict(a)
+    x = torch.randn(2, 7, *hw)
+    with torch.no_grad():
+        feats = fine.encoder(torch.nn.functional.pad(x, (0, (-hw[1]) % fine.stride, 0, (-hw[0]) % fine.stride)))
+        logits, state = fine(x)
+        coarse_logits, _ = coarse(x)
+    assert feats[1].shape[-2:] == feats[0].shape[-2:]  # the stem no longer halves
+    assert fine.stride == coarse.stride // 2
+    padded = tuple(n + (-n) % fine.stride for n in hw)
+    assert logits.shape == (2, 3, *hw) and tuple(state[-1][0].shape[-2:]) == padded
+    # same weights, different network: the option must change what is computed
+    assert not torch.allclose(logits, coarse_logits, atol=1e-4)
+
+
+def test_stem_stride_config_errors():
+    with pytest.raises(ModelConfigError, match="encoder_stem_stride must be 1 or 2"):
+        tiny(encoder_stem_stride=4)
+    from napari_simseg.core.model import _unstride_stem
+
+    stem = torch.nn.Sequential(torch.nn.Conv2d(7, 8, 3, stride=1))
+    with pytest.raises(ModelConfigError, match="first convolution has stride 2"):
+        _unstride_stem(stem, ModelConfig(in_channels=7, n_classes=3))
+
+
+def test_stem_stride_round_trips_through_checkpoints(tmp_path):
+    from napari_simseg.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+
+    m = tiny(encoder_stem_stride=1)
+    meta = CheckpointMeta(class_names=["background", "a", "b"], memory="sim", depth=1, click_radius=1,
+                          model=m.config.to_dict())
+    save_checkpoint(tmp_path / "m.safetensors", m, meta)
+    back = load_checkpoint(tmp_path / "m.safetensors").model.eval()
+    assert back.config.encoder_stem_stride == 1
+    x = torch.randn(1, 7, 30, 33)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x)[0], m(x)[0])
+    # checkpoints written before the option existed load as stride 2
+    old = {k: v for k, v in m.config.to_dict().items() if k != "encoder_stem_stride"}
+    assert ModelConfig.from_dict(old).encoder_stem_stride == 2

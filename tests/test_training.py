@@ -249,3 +249,44 @@ def test_init_from_fine_tunes_and_checks_architecture(phantom_data, tmp_path):
     with pytest.raises(CheckpointError, match="architecture"):
         train(_cfg(phantom_data, tmp_path / "c", epochs=1, steps_per_epoch=1, init_from=str(first),
                    decoder="plain"), log=lambda m: None)
+
+
+def test_cosine_schedule_runs_from_lr_to_final_fraction():
+    cfg = TrainConfig(data="d", out="o", lr=1e-3, epochs=5, lr_schedule="cosine", lr_final_fraction=0.1)
+    lrs = [cfg.learning_rate(e) for e in range(5)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
+    assert lrs[2] == pytest.approx(0.5 * (1e-3 + 1e-4))  # half way down the half cosine
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    const = TrainConfig(data="d", out="o", lr=1e-3, epochs=5)
+    assert [const.learning_rate(e) for e in range(5)] == [1e-3] * 5
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig(data="d", out="o", lr_schedule="step").validate()
+
+
+def test_cosine_schedule_sets_the_optimizer_each_epoch_and_resumes(phantom_data, tmp_path):
+    kw = dict(steps_per_epoch=1, lr=1e-3, lr_schedule="cosine", lr_final_fraction=0.5, epochs=3)
+    train(_cfg(phantom_data, tmp_path / "s", **kw), log=lambda m: None)
+    history = json.loads((tmp_path / "s" / "log.json").read_text())
+    assert [round(h["lr"], 8) for h in history] == [1e-3, 7.5e-4, 5e-4]
+    state = torch.load(tmp_path / "s" / "train_state.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-4)
+    # interrupted after epoch 1 and resumed: the same curve, the same weights
+    train(_cfg(phantom_data, tmp_path / "r", **{**kw, "epochs": 1}), log=lambda m: None)
+    train(_cfg(phantom_data, tmp_path / "r", **kw, resume=True), log=lambda m: None)
+    resumed = torch.load(tmp_path / "r" / "train_state.pt", weights_only=True)["model"]
+    for k, v in state["model"].items():
+        torch.testing.assert_close(v, resumed[k], rtol=0, atol=0, msg=k)
+
+
+def test_init_from_carries_weights_across_the_stem_stride(phantom_data, tmp_path):
+    from napari_simseg.core.checkpoint import load_checkpoint
+
+    first = train(_cfg(phantom_data, tmp_path / "a", epochs=1, steps_per_epoch=1), log=lambda m: None)
+    second = train(_cfg(phantom_data, tmp_path / "b", epochs=1, steps_per_epoch=1, init_from=str(first),
+                        lr=0.0, encoder_stem_stride=1), log=lambda m: None)
+    a, b = load_checkpoint(first).model, load_checkpoint(second).model
+    assert a.config.encoder_stem_stride == 2 and b.config.encoder_stem_stride == 1
+    sa, sb = a.state_dict(), b.state_dict()
+    for k in sa:
+        if sa[k].is_floating_point() and "running" not in k:
+            torch.testing.assert_close(sa[k], sb[k], msg=k)

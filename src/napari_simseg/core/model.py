@@ -80,6 +80,13 @@ class ModelConfig:
         pointwise one (default) instead of one dense ``k x k`` convolution. The dense
         form costs about 8x a standard 3x3 layer per stage and makes the network
         ~2.5x slower than a plain U-Net on CPU; the separable one keeps it within 2x.
+    encoder_stem_stride : {2, 1}
+        Stride of the encoder's first convolution. ``2`` is the encoder as published.
+        ``1`` keeps the stem's features at the input resolution, so the decoder gets a
+        full-resolution skip (image and click maps seen at every pixel) and each later
+        stage works at twice the usual resolution: for structures a few pixels wide
+        (hippocampus slices are ~35x50), at about 4x the compute. The parameters are
+        the same, so weights move between the two settings.
     encoder_weights : str or None
         ``None`` (random initialisation) or the path of a local state-dict file
         (``.pth``/``.pt`` loaded with ``weights_only=True``, or ``.safetensors``) for the
@@ -94,6 +101,7 @@ class ModelConfig:
     decoder_channels: Sequence[int] = field(default_factory=lambda: (256, 128, 64, 32, 16))
     lstm_kernel_size: int = 3
     lstm_separable: bool = True
+    encoder_stem_stride: int = 2
     encoder_weights: Optional[str] = None
 
     def validate(self) -> "ModelConfig":
@@ -124,6 +132,10 @@ class ModelConfig:
         if self.lstm_kernel_size < 1 or self.lstm_kernel_size % 2 == 0:
             raise ModelConfigError(
                 f"lstm_kernel_size must be odd and >= 1, got {self.lstm_kernel_size}"
+            )
+        if self.encoder_stem_stride not in (1, 2):
+            raise ModelConfigError(
+                f"encoder_stem_stride must be 1 or 2, got {self.encoder_stem_stride}"
             )
         if self.encoder_weights is not None and not Path(str(self.encoder_weights)).is_file():
             raise ModelConfigError(
@@ -230,8 +242,11 @@ class SimSegNet(nn.Module):
             depth=config.encoder_depth,
             weights=None,
         )
+        if config.encoder_stem_stride == 1:
+            _unstride_stem(self.encoder, config)
+        self.stride = 2 ** (config.encoder_depth - (2 - config.encoder_stem_stride))
         if config.encoder_depth < 5:
-            _drop_unused_children(self.encoder, config.in_channels, 2**config.encoder_depth)
+            _drop_unused_children(self.encoder, config.in_channels, self.stride)
         if config.encoder_weights is not None:
             load_encoder_weights(self.encoder, config.encoder_weights)
         enc_ch = list(self.encoder.out_channels)[1:][::-1]  # deepest first
@@ -244,7 +259,6 @@ class SimSegNet(nn.Module):
             for i, s, o in zip(in_chs, skip_chs, dec_ch)
         )
         self.head = nn.Conv2d(dec_ch[-1], config.n_classes, kernel_size=3, padding=1)
-        self.stride = 2**config.encoder_depth
 
     @property
     def recurrent(self) -> bool:
@@ -278,6 +292,31 @@ class SimSegNet(nn.Module):
             new_state.append(s)
         logits = self.head(y)[..., top : top + h, left : left + w]
         return logits, (tuple(new_state) if self.recurrent else None)
+
+
+def _unstride_stem(encoder: nn.Module, config: ModelConfig) -> None:
+    """Give the encoder's first convolution stride 1 (``encoder_stem_stride=1``).
+
+    Checked on a dummy input: the first feature map must then have the input's size,
+    otherwise the encoder has no single strided stem and the option is refused.
+    """
+    first = next((m for m in encoder.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None or tuple(first.stride) != (2, 2):
+        raise ModelConfigError(
+            f"encoder_stem_stride=1 needs an encoder whose first convolution has stride 2; "
+            f"{config.encoder!r} has none (use encoder_stem_stride=2)"
+        )
+    first.stride = (1, 1)
+    size = 2 ** config.encoder_depth
+    with torch.no_grad():
+        encoder.eval()
+        feats = encoder(torch.zeros(1, config.in_channels, size, size))
+        encoder.train()
+    if len(feats) < 2 or tuple(feats[1].shape[-2:]) != (size, size):
+        raise ModelConfigError(
+            f"encoder_stem_stride=1 is not supported for {config.encoder!r}: its first "
+            "stage does not follow the stem's stride (use encoder_stem_stride=2)"
+        )
 
 
 def _drop_unused_children(encoder: nn.Module, in_channels: int, stride: int) -> None:

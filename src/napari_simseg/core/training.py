@@ -49,6 +49,7 @@ from .simulation import BatchMemory, autocast_for, cropped_clicker, encode_click
 __all__ = ["SIMULATIONS", "TrainConfig", "train"]
 
 SIMULATIONS = ("ddg", "sdg", "auto")
+LR_SCHEDULES = ("constant", "cosine")
 IGNORE_INDEX = -100  # padded pixels in the training targets
 
 
@@ -69,6 +70,7 @@ class TrainConfig:
     decoder_channels: list = field(default_factory=lambda: [256, 128, 64, 32, 16])
     lstm_kernel_size: int = 3
     lstm_separable: bool = True
+    encoder_stem_stride: int = 2
     encoder_weights: Optional[str] = None
     init_from: Optional[str] = None
     # virtual user
@@ -94,6 +96,8 @@ class TrainConfig:
     epochs: int = 75
     batch_size: int = 4
     lr: float = 5e-5
+    lr_schedule: str = "constant"
+    lr_final_fraction: float = 0.02
     focal_gamma: float = 2.0
     class_weighting: str = "inverse_sqrt_frequency"
     max_minutes: Optional[float] = None
@@ -119,6 +123,10 @@ class TrainConfig:
             raise ValueError(f"simulation must be one of {SIMULATIONS}, got {self.simulation!r}")
         if self.on_error not in ("stop", "skip"):
             raise ValueError(f"on_error must be 'stop' or 'skip', got {self.on_error!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.lr_final_fraction <= 1.0:
+            raise ValueError(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
         return self
@@ -145,8 +153,19 @@ class TrainConfig:
             decoder_channels=tuple(self.decoder_channels),
             lstm_kernel_size=self.lstm_kernel_size,
             lstm_separable=self.lstm_separable,
+            encoder_stem_stride=self.encoder_stem_stride,
             encoder_weights=self.encoder_weights,
         )
+
+    def learning_rate(self, epoch: int) -> float:
+        """Learning rate of 0-based ``epoch``: ``lr`` throughout (``constant``), or a
+        half cosine from ``lr`` in the first epoch to ``lr * lr_final_fraction`` in the
+        last one (``cosine``). Set per epoch, so a resumed run follows the same curve."""
+        if self.lr_schedule == "constant" or self.epochs <= 1:
+            return float(self.lr)
+        t = min(max(epoch, 0), self.epochs - 1) / (self.epochs - 1)
+        final = self.lr * self.lr_final_fraction
+        return float(final + 0.5 * (self.lr - final) * (1.0 + math.cos(math.pi * t)))
 
     def ddg_config(self):
         from .virtual_user import DDGConfig
@@ -412,6 +431,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
         _seed_everything(epoch_seed)
         rng = np.random.default_rng(epoch_seed)
         train_ds.set_epoch(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.learning_rate(epoch)
         generator = torch.Generator().manual_seed(epoch_seed)
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -452,7 +473,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         if bar is not None:
             bar.close()
         train_s = time.monotonic() - t_epoch
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        row = {"epoch": epoch + 1, "lr": cfg.learning_rate(epoch), "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "steps": len(losses), "train_seconds": round(train_s, 2)}
         if dist.main:
             val = validate(net, val_ds, cfg, n_classes, device, amp)
@@ -494,12 +515,16 @@ def train(cfg: TrainConfig, log=print) -> Path:
 
 
 def _init_from(net, path, class_names) -> None:
-    """Start from a checkpoint's weights (fine-tuning); it must have this architecture."""
+    """Start from a checkpoint's weights (fine-tuning); it must have this architecture
+    up to options that change no parameter (``encoder_stem_stride``)."""
     from .checkpoint import CheckpointError, load_checkpoint
     from .resources import resolve_checkpoint
 
     ck = load_checkpoint(resolve_checkpoint(path), expected_classes=class_names)
-    if ck.model.config.to_dict() != {**net.config.to_dict(), "encoder_weights": ck.model.config.encoder_weights}:
+    # options that change no parameter shape may differ between the two networks
+    same_weights = {"encoder_weights": ck.model.config.encoder_weights,
+                    "encoder_stem_stride": ck.model.config.encoder_stem_stride}
+    if ck.model.config.to_dict() != {**net.config.to_dict(), **same_weights}:
         raise CheckpointError(
             f"--init-from {path}: its architecture {ck.model.config.to_dict()} differs from this "
             f"run's {net.config.to_dict()}; use the same memory, depth, encoder and decoder options"
