@@ -290,3 +290,47 @@ def test_init_from_carries_weights_across_the_stem_stride(phantom_data, tmp_path
     for k in sa:
         if sa[k].is_floating_point() and "running" not in k:
             torch.testing.assert_close(sa[k], sb[k], msg=k)
+
+
+def test_auto_fraction_trains_that_share_of_batches_on_the_empty_memory():
+    from contextlib import nullcontext
+
+    cfg = _cfg("x", "y", memory="sim", depth=3, max_clicks=3, drop_fraction=0.0, drop_class=False,
+               random_rounds=False, auto_fraction=0.25)
+    spy = _net(cfg)
+    rng = np.random.default_rng(5)
+    automatic = 0
+    for _ in range(80):
+        spy.calls.clear()
+        _simulate_and_forward(spy, spy, _batch(2), cfg, 3, rng, torch.device("cpu"), nullcontext)
+        if len(spy.calls) == 1:
+            automatic += 1
+            call = spy.calls[0]
+            assert call["grad"] and not call["state"]  # one training forward, fresh state
+            assert call["x"][:, 1:].abs().sum() == 0  # image only: no clicks, no probabilities
+        else:
+            assert len(spy.calls) == 3 and spy.calls[-1]["x"][:, 1:].abs().sum() > 0
+    assert 8 <= automatic <= 35  # ~20 of 80 expected
+    with pytest.raises(ValueError, match="auto_fraction"):
+        _cfg("x", "y", auto_fraction=1.5).validate()
+
+
+def test_auto_fraction_zero_keeps_the_random_stream():
+    from contextlib import nullcontext
+
+    def inputs(**kw):
+        cfg = _cfg("x", "y", memory="sim", depth=3, **kw)
+        spy = _net(cfg)
+        _simulate_and_forward(spy, spy, _batch(2), cfg, 3, np.random.default_rng(9), torch.device("cpu"), nullcontext)
+        return [c["x"] for c in spy.calls]
+
+    a, b = inputs(), inputs(auto_fraction=0.0)
+    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_stop_after_epoch_ends_early_on_the_full_schedule(phantom_data, tmp_path):
+    kw = dict(steps_per_epoch=1, lr=1e-3, lr_schedule="cosine", lr_final_fraction=0.0, epochs=5)
+    train(_cfg(phantom_data, tmp_path / "s", stop_after_epoch=2, **kw), log=lambda m: None)
+    history = json.loads((tmp_path / "s" / "log.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[1]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi / 4)))  # epoch 2 of 5

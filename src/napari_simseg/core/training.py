@@ -14,7 +14,10 @@ The forward passes of rounds ``1 .. t-1`` are those no-grad rounds; round ``t``'
 forward is the training step itself, on the memory holding all its states, so the
 network is trained on exactly the input it gets in round ``t`` at test time. The
 ConvLSTM state flows through the rounds (detached); ``random_rounds`` draws the number
-of rounds per batch in ``1..t``. Padded pixels are ignored by the loss and never
+of rounds per batch in ``1..t``. ``auto_fraction`` (default 0, the paper's DDG) trains
+that share of batches on the automatic input (empty memory, one forward), for a model
+that must also segment with no clicks while ``drop_fraction`` is lowered so that it
+sees several clicks per class. Padded pixels are ignored by the loss and never
 clicked (the user sees each slice's real extent only).
 
 Resume: ``train_state.pt`` (float32 weights, optimiser, history) is written after every
@@ -82,6 +85,7 @@ class TrainConfig:
     decreasing_probability: bool = True
     ddg_rounds: Optional[int] = None
     random_rounds: bool = True
+    auto_fraction: float = 0.0
     # data
     axis: int = 0
     pad_to: Optional[list] = None
@@ -101,6 +105,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     class_weighting: str = "inverse_sqrt_frequency"
     max_minutes: Optional[float] = None
+    stop_after_epoch: Optional[int] = None
     steps_per_epoch: Optional[int] = None
     seed: int = 0
     device: str = "auto"
@@ -125,6 +130,10 @@ class TrainConfig:
             raise ValueError(f"on_error must be 'stop' or 'skip', got {self.on_error!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.stop_after_epoch is not None and self.stop_after_epoch < 1:
+            raise ValueError(f"stop_after_epoch must be >= 1, got {self.stop_after_epoch}")
+        if not 0.0 <= self.auto_fraction <= 1.0:
+            raise ValueError(f"auto_fraction must be in [0, 1], got {self.auto_fraction}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
             raise ValueError(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}")
         if self.batch_size < 1 or self.epochs < 1:
@@ -232,7 +241,10 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
     targets = targets.to(device, non_blocking=True)
     memory = BatchMemory(cfg.memory, n_classes, cfg.effective_depth, images)
     state = None
-    if cfg.simulation == "auto":
+    # auto_fraction: some batches get the automatic (0-click) input; drawn only when on,
+    # so runs without it keep their random streams
+    automatic = cfg.simulation == "auto" or (cfg.auto_fraction > 0 and rng.random() < cfg.auto_fraction)
+    if automatic:
         pass  # empty memory: image + zeros
     elif cfg.simulation == "sdg":
         clicks = [
@@ -425,7 +437,9 @@ def train(cfg: TrainConfig, log=print) -> Path:
     val_rounds = 0 if cfg.simulation == "auto" else max(0, int(cfg.val_clicks))
     best_path = out / "best.safetensors"
     stopped_early = False
-    for epoch in range(start_epoch, cfg.epochs):
+    # stop_after_epoch ends the run early while the lr schedule still spans ``epochs``
+    last_epoch = cfg.epochs if cfg.stop_after_epoch is None else min(cfg.epochs, cfg.stop_after_epoch)
+    for epoch in range(start_epoch, last_epoch):
         # per-epoch seeds: a resumed run repeats exactly what the uninterrupted one does
         epoch_seed = cfg.seed * 100003 + epoch * 7919 + dist.rank
         _seed_everything(epoch_seed)
