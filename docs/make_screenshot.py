@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     widget.image_combo.setCurrentText(image.name)
     widget.set_checkpoint(checkpoint)
     widget.overwrite_policy = "always"
-    if not widget.start():
+    if not widget.start(wait=True):
         print(f"could not start: {widget.status_label.text()}", file=sys.stderr)
         return 1
 

@@ -55,7 +55,7 @@ def widget(viewer, volume, make_checkpoint):
 
 @pytest.fixture
 def started(widget, viewer):
-    assert widget.start(), widget.status_label.text()
+    assert widget.start(wait=True), widget.status_label.text()
     viewer.dims.set_current_step(0, 2)
     return widget
 
@@ -168,7 +168,7 @@ def test_auto_volume_progress_and_cancel(viewer, make_checkpoint, qtbot):
     w = _add_widget(viewer)
     w.set_checkpoint(make_checkpoint(class_names=CLASSES, seed=1))
     w.device_combo.setCurrentText("cpu")
-    assert w.start(), w.status_label.text()
+    assert w.start(wait=True), w.status_label.text()
     w.session.batch_size = 2
     lab = viewer.layers["SimSeg labels"]
 
@@ -218,7 +218,7 @@ def test_bad_images_change_nothing(viewer, make_checkpoint, setup, expected):
     w = _add_widget(viewer)
     w.set_checkpoint(make_checkpoint(class_names=CLASSES))
     names = _layer_names(viewer)
-    assert not w.start()
+    assert not w.start(wait=True)
     assert expected in w.status_label.text()
     assert _layer_names(viewer) == names
     assert w.session is None
@@ -235,7 +235,7 @@ def test_checkpoint_classes_must_fit_existing_labels(viewer, volume, make_checkp
     w.image_combo.setCurrentText("mri")
     w.set_checkpoint(make_checkpoint(class_names=CLASSES))
     names = _layer_names(viewer)
-    assert not w.start()
+    assert not w.start(wait=True)
     text = w.status_label.text()
     assert "trained for classes" in text and "\n" not in text
     assert _layer_names(viewer) == names
@@ -243,7 +243,7 @@ def test_checkpoint_classes_must_fit_existing_labels(viewer, volume, make_checkp
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a checkpoint")
     w.set_checkpoint(broken)
-    assert not w.start()
+    assert not w.start(wait=True)
     assert "broken.safetensors" in w.status_label.text()
     assert _layer_names(viewer) == names
     w.shutdown()
@@ -259,7 +259,7 @@ def test_missing_demo_model_is_explained(viewer, volume, tmp_path, monkeypatch):
     viewer.add_image(volume, name="mri")
     w = _add_widget(viewer)
     assert "demo model is not installed" in w.status_label.text()
-    assert not w.start()
+    assert not w.start(wait=True)
     assert "demo model is not installed" in w.status_label.text()
     w.shutdown()
 
@@ -311,7 +311,7 @@ def test_2d_image(viewer, make_checkpoint, qtbot):
     w = _add_widget(viewer)
     w.set_checkpoint(make_checkpoint(class_names=CLASSES, seed=1))
     w.device_combo.setCurrentText("cpu")
-    assert w.start(), w.status_label.text()
+    assert w.start(wait=True), w.status_label.text()
     with qtbot.waitSignal(w.round_finished, timeout=TIMEOUT):
         viewer.layers["b clicks"].add([10, 12])
     assert (viewer.layers["SimSeg labels"].data == 1).all()
@@ -349,11 +349,35 @@ def test_restart_asks_before_forgetting_memories(started, viewer, qtbot, monkeyp
     assert "1 new click on slice 2" in started.status_label.text()
     session = started.session
     monkeypatch.setattr(widget_module, "ask_restart", lambda parent: False)
-    assert not started.start()
+    assert not started.start(wait=True)
     assert started.session is session and len(viewer.layers["a clicks"].data) == 1
     monkeypatch.setattr(widget_module, "ask_restart", lambda parent: True)
-    assert started.start(), started.status_label.text()
+    assert started.start(wait=True), started.status_label.text()
     assert started.session is not session
     assert len(viewer.layers["a clicks"].data) == 0  # the old session's clicks go
     assert (viewer.layers["SimSeg labels"].data[2] == 1).all()  # labels stay
     assert started.session.hand_edited == {2}  # and are protected as the user's
+
+
+def test_start_loads_the_checkpoint_on_a_worker_thread(widget, viewer, qtbot, monkeypatch):
+    from napari_simseg.viewer_session import ViewerSession
+
+    original = ViewerSession.load_predictor
+    threads = []
+
+    def spy(checkpoint, device="auto"):
+        threads.append(threading.get_ident())
+        return original(checkpoint, device)
+
+    monkeypatch.setattr(ViewerSession, "load_predictor", staticmethod(spy))
+    names = _layer_names(viewer)
+    with qtbot.waitSignal(widget.job_finished, timeout=TIMEOUT) as blocker:
+        widget.start_button.click()
+        # the click returned before the checkpoint was loaded: nothing changed yet
+        assert widget.session is None and widget.worker is not None
+        assert "loading the checkpoint" in widget.status_label.text()
+        assert _layer_names(viewer) == names
+    kind, message = blocker.args
+    assert kind == "start" and message.startswith("segmenting 'mri'"), message
+    assert threads and threads[0] != threading.get_ident()
+    assert widget.session is not None and "a clicks" in viewer.layers

@@ -295,6 +295,26 @@ class ViewerSession:
         return image_layer
 
     @staticmethod
+    def import_model_stack() -> None:
+        """Import torch and the model code on the calling (GUI) thread.
+
+        Call it before loading a checkpoint on a worker thread: the LLVM guard must run
+        before torch's first import, and a first import is best not done off the main
+        thread.
+        """
+        from ._llvm_guard import avoid_triton_llvm_clash
+
+        avoid_triton_llvm_clash()
+        from .core import checkpoint, predictor  # noqa: F401
+
+    @staticmethod
+    def load_predictor(checkpoint, device: str = "auto") -> "Predictor":
+        """Load a checkpoint (path, ``"demo"``) onto ``device``; touches no layer, so it
+        may run on a worker thread. Pass the result as ``checkpoint=`` to the
+        constructor, which then checks its classes against an existing labels layer."""
+        return ViewerSession._load_predictor(checkpoint, device)
+
+    @staticmethod
     def _load_predictor(checkpoint, device: str, expected_classes=None) -> "Predictor":
         from .core.checkpoint import CheckpointError, load_checkpoint
         from .core.predictor import Predictor, resolve_device

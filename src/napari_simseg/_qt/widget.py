@@ -42,12 +42,18 @@ from qtpy.QtWidgets import (
 
 from ..core.io import WRITABLE_EXTENSIONS
 from ..core.resources import DEMO_CHECKPOINT
-from ..viewer_session import OVERWRITE_POLICIES, Job, ViewerSession
+from ..viewer_session import OVERWRITE_POLICIES, Job, ViewerSession, check_image_layer
 from .dialogs import ask_overwrite, ask_restart
 
 __all__ = ["SimSegWidget"]
 
 logger = logging.getLogger(__name__)
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message (the status label has one line)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # as core.predictor.DEVICES, without importing torch
 _DEMO = "demo"
@@ -210,7 +216,7 @@ class SimSegWidget(QWidget):
 
         self.start_button = QPushButton("Start")
         self.start_button.setToolTip("Load the checkpoint and create one click layer per class")
-        self.start_button.clicked.connect(self.start)
+        self.start_button.clicked.connect(lambda: self.start())
         layout.addWidget(self.start_button)
 
         grid = QGridLayout()
@@ -331,7 +337,7 @@ class SimSegWidget(QWidget):
         if image_layer is not None:
             self.image_combo.setCurrentText(getattr(image_layer, "name", str(image_layer)))
         if start:
-            return self.start()
+            return self.start(wait=True)
         return self.session is not None
 
     def set_checkpoint(self, path) -> None:
@@ -365,11 +371,25 @@ class SimSegWidget(QWidget):
     def _confirm_restart(self) -> bool:
         return ask_restart(self)
 
-    def start(self) -> bool:
+    def start(self, wait: bool = False) -> bool:
         """Start (or restart) a session on the chosen image and checkpoint.
 
-        On any problem the status label shows one line and nothing changes.
-        Returns whether a session is now running.
+        The image is checked at once; the checkpoint then loads on a worker thread (the
+        GUI stays responsive) and the session replaces the previous one when it is
+        ready, with ``job_finished("start", message)``. On any problem the status label
+        shows one line and nothing changes.
+
+        Parameters
+        ----------
+        wait : bool
+            Return only when loading has ended, running the Qt event loop meanwhile
+            (scripts, ``configure(start=True)``).
+
+        Returns
+        -------
+        bool
+            ``wait=False``: whether loading started. ``wait=True``: whether a new
+            session now runs.
         """
         if self.worker is not None:
             self._set_status("SimSeg is busy; wait for the current job to finish")
@@ -381,36 +401,53 @@ class SimSegWidget(QWidget):
                 "checkpoint (.safetensors) with Browse..."
             )
             return False
+        ViewerSession.import_model_stack()  # the LLVM guard comes before torch's first import
+        image = self.selected_image_layer()
+        try:
+            check_image_layer(image)
+        except (ValueError, TypeError) as exc:
+            self._set_status(_one_line(exc))
+            self._update_buttons()
+            return False
         if self.session is not None and self.session.has_rounds() and not self._confirm_restart():
             return False
-        self._set_status("loading the checkpoint ...")
-        try:
+        device = self.device_combo.currentText()
+        previous = self.session
+
+        def load():
+            return ViewerSession.load_predictor(checkpoint, device)
+
+        def finish(predictor) -> str:
             session = ViewerSession(
                 self.viewer,
-                self.selected_image_layer(),
-                checkpoint=checkpoint,
-                device=self.device_combo.currentText(),
+                image,
+                checkpoint=predictor,
+                device=device,
                 overwrite_policy=self.overwrite_policy,
                 confirm=self._confirm_overwrite,
             )
-        except (ValueError, OSError, RuntimeError, IndexError) as exc:
-            # ImageError, CheckpointError, a missing file, an unavailable device
-            self._set_status(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            self._update_buttons()
-            return False
-        self._detach()
-        self.session = session
-        self._device = self.device_combo.currentText()
-        self._attach()
-        image = session.image_layer.name
-        slices = "" if session.is_2d else f" ({session.n_slices} slices)"
-        self._set_status(
-            f"segmenting '{image}'{slices} on {session.device} with classes "
-            f"{', '.join(session.class_names)}: click in a '<class> clicks' layer"
-        )
-        self.latency_label.setText("")
-        self._update_buttons()
-        return True
+            self._detach()
+            self.session = session
+            self._device = device
+            self._attach()
+            self.latency_label.setText("")
+            slices = "" if session.is_2d else f" ({session.n_slices} slices)"
+            return (
+                f"segmenting '{image.name}'{slices} on {session.device} with classes "
+                f"{', '.join(session.class_names)}: click in a '<class> clicks' layer"
+            )
+
+        self._start(Job("start", "loading the checkpoint", load, finish, _one_line))
+        if not wait:
+            return True
+        if self.worker is not None:
+            from qtpy.QtCore import QEventLoop
+
+            loop = QEventLoop()
+            # connected after _on_worker_finished, so it quits once the widget is idle
+            self.worker.finished.connect(loop.quit)
+            loop.exec()
+        return self.session is not None and self.session is not previous
 
     def _attach(self) -> None:
         """Listen to the session's click layers and bind the SimSeg keys on its layers."""
@@ -643,7 +680,7 @@ class SimSegWidget(QWidget):
         try:
             out = job.finish(result)
         except (ValueError, RuntimeError, OSError, IndexError) as exc:
-            self._end(job.kind, str(exc))
+            self._end(job.kind, _one_line(exc))
             return
         if job.kind == "round":
             self._show_latency(out)
