@@ -188,6 +188,7 @@ def test_auto_volume_progress_and_cancel(viewer, make_checkpoint, qtbot):
         w.auto_volume()
     assert "done" in blocker.args[1]
     assert (lab.data == 1).all()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=TIMEOUT)  # job_finished comes first
     assert w.progress.isHidden()
     w.shutdown()
 
