@@ -49,6 +49,7 @@ __all__ = ["SimSegWidget"]
 
 logger = logging.getLogger(__name__)
 
+
 def _one_line(exc: BaseException) -> str:
     """The first line of an error's message (the status label has one line)."""
     text = str(exc).strip()

@@ -445,8 +445,9 @@ def train(cfg: TrainConfig, log=print) -> Path:
         _seed_everything(epoch_seed)
         rng = np.random.default_rng(epoch_seed)
         train_ds.set_epoch(epoch)
+        lr = cfg.learning_rate(epoch)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.learning_rate(epoch)
+            group["lr"] = lr
         generator = torch.Generator().manual_seed(epoch_seed)
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -487,7 +488,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         if bar is not None:
             bar.close()
         train_s = time.monotonic() - t_epoch
-        row = {"epoch": epoch + 1, "lr": cfg.learning_rate(epoch), "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "steps": len(losses), "train_seconds": round(train_s, 2)}
         if dist.main:
             val = validate(net, val_ds, cfg, n_classes, device, amp)
