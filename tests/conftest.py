@@ -22,7 +22,8 @@ NO_SHARED_DATA = (
 TINY_MODEL = dict(encoder="resnet18", encoder_depth=3, decoder_channels=(32, 16, 8))
 
 
-def tiny_meta_and_model(memory="sim", depth=3, class_names=("background", "a", "b"), decoder="convlstm", radius=2, seed=0):
+def tiny_meta_and_model(memory="sim", depth=3, class_names=("background", "a", "b"), decoder="convlstm", radius=2, seed=0,
+                        context_slices=0):
     import torch
 
     from napari_simseg.core.checkpoint import CheckpointMeta
@@ -32,7 +33,7 @@ def tiny_meta_and_model(memory="sim", depth=3, class_names=("background", "a", "
     torch.manual_seed(seed)
     n = len(class_names)
     cfg = ModelConfig(
-        in_channels=input_channels(memory, n, depth), n_classes=n, decoder=decoder, **TINY_MODEL
+        in_channels=input_channels(memory, n, depth, context_slices), n_classes=n, decoder=decoder, **TINY_MODEL
     )
     model = build_model(cfg).eval()
     meta = CheckpointMeta(
@@ -41,6 +42,7 @@ def tiny_meta_and_model(memory="sim", depth=3, class_names=("background", "a", "
         depth=depth if memory == "sim" else 1,
         click_radius=radius,
         model=cfg.to_dict(),
+        context_slices=context_slices,
     )
     return meta, model
 

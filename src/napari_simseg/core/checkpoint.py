@@ -62,6 +62,9 @@ class CheckpointMeta:
         How clicks were simulated in training (``ddg``, ``sdg`` or ``auto``).
     training : dict
         Free-form provenance (epochs, data, metrics).
+    context_slices : int
+        Neighbouring slices on each side the network sees (0: 2D, as in the paper;
+        see ``core.memory``). Absent from older checkpoints, which read as 0.
     """
 
     class_names: list
@@ -74,6 +77,7 @@ class CheckpointMeta:
     )
     simulation: str = "ddg"
     training: dict = field(default_factory=dict)
+    context_slices: int = 0
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -97,13 +101,16 @@ class CheckpointMeta:
             raise CheckpointError(f"{source}: unknown memory kind {self.memory!r}")
         if len(self.class_names) < 2:
             raise CheckpointError(f"{source}: needs at least 2 classes, has {self.class_names}")
-        expected = input_channels(self.memory, self.n_classes, self.depth)
+        ctx = self.context_slices
+        if isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 0:
+            raise CheckpointError(f"{source}: context_slices must be an integer >= 0, got {ctx!r}")
+        expected = input_channels(self.memory, self.n_classes, self.depth, ctx)
         cfg = self.model
         if cfg.get("in_channels") != expected or cfg.get("n_classes") != self.n_classes:
             raise CheckpointError(
                 f"{source}: network has {cfg.get('in_channels')} input channels and "
-                f"{cfg.get('n_classes')} outputs, but memory {self.memory!r} (depth {self.depth}) "
-                f"with {self.n_classes} classes needs {expected} and {self.n_classes}"
+                f"{cfg.get('n_classes')} outputs, but memory {self.memory!r} (depth {self.depth}, "
+                f"{ctx} context slices) with {self.n_classes} classes needs {expected} and {self.n_classes}"
             )
         return self
 

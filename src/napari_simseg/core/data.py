@@ -57,6 +57,7 @@ __all__ = [
     "SliceDataset",
     "check_case",
     "check_dataset",
+    "context_stack",
     "discover_dataset",
     "largest_slice_shape",
     "load_case",
@@ -819,6 +820,41 @@ def slice_volume(
     return img, lab
 
 
+def context_stack(slices: np.ndarray, index, context_slices: int = 0) -> np.ndarray:
+    """A slice with its ``context_slices`` neighbours on each side, for a 2.5D network.
+
+    Parameters
+    ----------
+    slices : numpy.ndarray
+        ``(S, H, W)`` stack of slices (see :func:`slice_volume`).
+    index : int or sequence of int
+        Slice(s) to take.
+    context_slices : int
+        k; 0 gives the slice alone.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(1 + 2k, H, W)`` for one index, ``(len(index), 1 + 2k, H, W)`` for several:
+        the slice, then ``z-1, z+1, z-2, z+2, ...``. Neighbours beyond the first or last
+        slice repeat the end slice (the reading least likely to invent structure; a 2D
+        image therefore gets ``1 + 2k`` copies of itself).
+    """
+    slices = np.asarray(slices)
+    if slices.ndim != 3:
+        raise ValueError(f"expected an (S, H, W) stack of slices; got shape {slices.shape}")
+    k = int(context_slices)
+    if k < 0:
+        raise ValueError(f"context_slices must be >= 0; got {context_slices}")
+    idx = np.asarray(index, dtype=np.int64)
+    s = slices.shape[0]
+    if np.any((idx < 0) | (idx >= s)):
+        raise IndexError(f"slice index {index} outside 0..{s - 1}")
+    offsets = [0] + [sign * d for d in range(1, k + 1) for sign in (-1, 1)]
+    rows = np.clip(idx[..., None] + np.asarray(offsets), 0, s - 1)
+    return slices[rows]
+
+
 class CropBox(NamedTuple):
     """Where the original slice lies inside a padded one: rows ``y0:y1``, columns ``x0:x1``."""
 
@@ -1082,11 +1118,14 @@ class Augmenter:
     def __call__(
         self, image: np.ndarray, labels: np.ndarray | None = None, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Augment one 2D slice.
+        """Augment one 2D slice (with its neighbours, for a 2.5D network).
 
         Parameters
         ----------
-        image : numpy.ndarray, shape (H, W)
+        image : numpy.ndarray, shape (H, W) or (C, H, W)
+            A slice, or a :func:`context_stack`; every channel gets the same flips
+            and intensity changes (blur and sharpening act within each channel; gamma
+            rescales with the whole stack's range, one mapping for all channels).
         labels : numpy.ndarray, shape (H, W), optional
         rng : numpy.random.Generator, optional
             Source of randomness; the augmenter's own seeded generator when omitted.
@@ -1098,19 +1137,20 @@ class Augmenter:
         """
         rng = self._rng if rng is None else rng
         img = np.asarray(image, dtype=np.float32)
-        if img.ndim != 2:
-            raise ValueError(f"Augmenter works on 2D slices; got shape {img.shape}")
+        if img.ndim not in (2, 3):
+            raise ValueError(f"Augmenter works on (H, W) slices or (C, H, W) stacks; got shape {img.shape}")
         lab = None if labels is None else np.asarray(labels)
-        if lab is not None and lab.shape != img.shape:
-            raise ValueError(f"labels shape {lab.shape} differs from image shape {img.shape}")
+        if lab is not None and lab.shape != img.shape[-2:]:
+            raise ValueError(f"labels shape {lab.shape} differs from image shape {img.shape[-2:]}")
         fire = rng.random(5) < self.p  # vflip, hflip, brightness, gamma, sharpness
         u = rng.random(4)  # brightness, gamma, sharpness kind, sharpness strength
         if fire[0] and self.flip_vertical:
-            img = img[::-1]
+            img = img[..., ::-1, :]
             lab = None if lab is None else lab[::-1]
         if fire[1] and self.flip_horizontal:
-            img = img[:, ::-1]
+            img = img[..., ::-1]
             lab = None if lab is None else lab[:, ::-1]
+        in_plane = (0,) * (img.ndim - 2)  # no blur across the channel axis
         img = np.array(img, dtype=np.float32)  # contiguous copy
         if fire[2] and self.brightness > 0:
             img += np.float32((2 * u[0] - 1) * self.brightness)
@@ -1125,10 +1165,11 @@ class Augmenter:
                 kind = kinds[min(int(u[2] * len(kinds)), len(kinds) - 1)]
                 if kind == "blur":
                     s = self.blur_sigma[0] + u[3] * (self.blur_sigma[1] - self.blur_sigma[0])
-                    img = ndimage.gaussian_filter(img, s)
+                    img = ndimage.gaussian_filter(img, (*in_plane, s, s))
                 else:
                     a = self.unsharp_amount[0] + u[3] * (self.unsharp_amount[1] - self.unsharp_amount[0])
-                    img = img + np.float32(a) * (img - ndimage.gaussian_filter(img, self.unsharp_sigma))
+                    sig = self.unsharp_sigma
+                    img = img + np.float32(a) * (img - ndimage.gaussian_filter(img, (*in_plane, sig, sig)))
         lab = None if lab is None else np.ascontiguousarray(lab)
         return img.astype(np.float32, copy=False), lab
 
@@ -1172,6 +1213,9 @@ class SliceDataset(torch.utils.data.Dataset):
     seed : int
         Base seed of the augmentation; item ``i`` of epoch ``e`` uses
         ``numpy.random.default_rng([seed, e, i])``.
+    context_slices : int
+        k neighbouring slices on each side stacked after the slice (see
+        :func:`context_stack`); items' ``image`` is then ``(1 + 2k, H, W)``.
 
     Notes
     -----
@@ -1179,7 +1223,7 @@ class SliceDataset(torch.utils.data.Dataset):
     reproducibly.  With ``DataLoader(num_workers > 0)`` keep
     ``persistent_workers=False`` (the default) so workers see the new epoch.
 
-    Items are dicts ``{"image": float32 tensor (1, H, W), "labels": int64 tensor
+    Items are dicts ``{"image": float32 tensor (1 + 2k, H, W), "labels": int64 tensor
     (H, W), "case_id": str, "slice_index": int, "crop": int64 tensor (4,)}``; ``crop``
     holds ``(y0, y1, x0, x1)`` of the unpadded slice (see :class:`CropBox`).
     """
@@ -1201,7 +1245,11 @@ class SliceDataset(torch.utils.data.Dataset):
         on_error: str = "stop",
         pad_value: float = 0.0,
         seed: int = 0,
+        context_slices: int = 0,
     ):
+        if isinstance(context_slices, bool) or int(context_slices) != context_slices or context_slices < 0:
+            raise ValueError(f"context_slices must be an integer >= 0; got {context_slices!r}")
+        self.context_slices = int(context_slices)
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be 'stop' or 'skip'; got {on_error!r}")
         self.spec = spec
@@ -1281,6 +1329,8 @@ class SliceDataset(torch.utils.data.Dataset):
         idx = int(idx) % len(self)
         case_id, k = self.index[idx]
         image = self.images[case_id][k]
+        if self.context_slices:
+            image = context_stack(self.images[case_id], k, self.context_slices)
         labels = self.labels[case_id][k]
         if self.augmenter is not None:
             rng = np.random.default_rng([self.seed, self.epoch, idx])
@@ -1288,7 +1338,7 @@ class SliceDataset(torch.utils.data.Dataset):
         image, box = pad_to_multiple(image, target=self.target_shape, value=self.pad_value)
         labels, _ = pad_to_multiple(labels, target=self.target_shape, value=0)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None]),
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32).reshape(-1, *labels.shape)),
             "labels": torch.from_numpy(labels.astype(np.int64)),
             "case_id": case_id,
             "slice_index": k,

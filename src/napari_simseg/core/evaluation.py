@@ -192,7 +192,8 @@ def evaluate(
             sl = slice(start, start + batch_size)
             gts = labels[sl]
             if method == "model":
-                x = torch.from_numpy(image[sl, None]).to(dev)
+                idx = np.arange(image.shape[0])[sl]
+                x = torch.from_numpy(D.context_stack(image, idx, meta.context_slices)).to(dev)
 
                 def on_round(k, lab, seconds, b=gts.shape[0]):
                     if k <= clicks[-1]:

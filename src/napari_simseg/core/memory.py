@@ -25,6 +25,15 @@ are then seen by the network in the following rounds. States that do not exist y
 always occupies the last ``2N`` channels. Training (DDG) builds its inputs with the same
 code, so train and test inputs have the same layout.
 
+Neighbouring slices (2.5D context, an extension beyond the paper)
+-----------------------------------------------------------------
+With ``context_slices = k > 0`` the network also sees the ``2k`` slices around the
+current one, appended *after* the memory channels in the order ``z-1, z+1, z-2, z+2,
+...`` (clamped at the volume's ends, see :func:`napari_simseg.core.data.context_stack`).
+Appending keeps channel 0 and the memory layout unchanged, so a 2D network can be
+fine-tuned into a 2.5D one by giving the first convolution zero weights for the new
+channels. ``k = 0`` (the default) is the paper's 2D input.
+
 Every memory keeps the full round history, so undo and redo are exact, and a
 ``payload`` per round (the session stores the convolutional LSTM's hidden state there).
 """
@@ -42,7 +51,7 @@ MemoryKind = Literal["none", "cim", "sim"]
 MEMORY_KINDS = ("none", "cim", "sim")
 
 
-def input_channels(kind: str, n_classes: int, depth: int = 1) -> int:
+def input_channels(kind: str, n_classes: int, depth: int = 1, context_slices: int = 0) -> int:
     """Number of network input channels for a memory kind.
 
     Parameters
@@ -52,11 +61,20 @@ def input_channels(kind: str, n_classes: int, depth: int = 1) -> int:
         N, background included.
     depth : int
         D, used by ``sim`` only.
+    context_slices : int
+        k neighbouring slices on each side (``2k`` extra channels at the end).
     """
     _check_kind(kind)
+    _check_context(context_slices)
+    extra = 2 * int(context_slices)
     if kind == "sim":
-        return 1 + 2 * int(depth) * int(n_classes)
-    return 1 + int(n_classes)
+        return 1 + 2 * int(depth) * int(n_classes) + extra
+    return 1 + int(n_classes) + extra
+
+
+def _check_context(context_slices) -> None:
+    if isinstance(context_slices, bool) or not isinstance(context_slices, (int, np.integer)) or context_slices < 0:
+        raise ValueError(f"context_slices must be an integer >= 0; got {context_slices!r}")
 
 
 def _check_kind(kind: str) -> None:
@@ -89,6 +107,8 @@ class InteractionMemory:
         Slice shape.
     depth : int
         SIM depth D (ignored by the other kinds).
+    context_slices : int
+        k neighbouring slices on each side the network sees (0: the slice alone).
 
     Notes
     -----
@@ -97,8 +117,9 @@ class InteractionMemory:
     returns the float32 ``(C, H, W)`` tensor for the current round.
     """
 
-    def __init__(self, kind: str, n_classes: int, shape, depth: int = 3):
+    def __init__(self, kind: str, n_classes: int, shape, depth: int = 3, context_slices: int = 0):
         _check_kind(kind)
+        _check_context(context_slices)
         if n_classes < 2:
             raise ValueError(f"need at least 2 classes (background + one), got {n_classes}")
         if kind == "sim" and depth < 1:
@@ -107,13 +128,14 @@ class InteractionMemory:
         self.n_classes = int(n_classes)
         self.shape = (int(shape[0]), int(shape[1]))
         self.depth = int(depth) if kind == "sim" else 1
+        self.context_slices = int(context_slices)
         self._rounds: list[MemoryState] = []
         self._redo: list[MemoryState] = []
 
     # -- introspection -------------------------------------------------
     @property
     def channels(self) -> int:
-        return input_channels(self.kind, self.n_classes, self.depth)
+        return input_channels(self.kind, self.n_classes, self.depth, self.context_slices)
 
     @property
     def n_rounds(self) -> int:
@@ -184,19 +206,33 @@ class InteractionMemory:
 
     # -- network input ---------------------------------------------------
     def network_input(self, image: np.ndarray) -> np.ndarray:
-        """Build the float32 ``(C, H, W)`` network input of the current round."""
+        """Build the float32 ``(C, H, W)`` network input of the current round.
+
+        Parameters
+        ----------
+        image : ndarray
+            The ``(H, W)`` slice, or with ``context_slices = k > 0`` its
+            ``(1 + 2k, H, W)`` :func:`~napari_simseg.core.data.context_stack`
+            (the slice first, then its neighbours).
+        """
         image = np.asarray(image, dtype=np.float32)
-        if image.shape != self.shape:
-            raise ValueError(f"image slice must have shape {self.shape}, got {image.shape}")
+        n_img = 1 + 2 * self.context_slices
+        if image.shape == self.shape and n_img == 1:
+            image = image[None]
+        if image.shape != (n_img, *self.shape):
+            want = self.shape if n_img == 1 else (n_img, *self.shape)
+            raise ValueError(f"image slice must have shape {want}, got {image.shape}")
         n, (h, w) = self.n_classes, self.shape
         out = np.zeros((self.channels, h, w), dtype=np.float32)
-        out[0] = image
+        out[0] = image[0]
+        if n_img > 1:
+            out[self.channels - (n_img - 1):] = image[1:]
         if not self._rounds:
             return out
         if self.kind == "none":
-            out[1:] = self._rounds[-1].clicks
+            out[1 : 1 + n] = self._rounds[-1].clicks
         elif self.kind == "cim":
-            merged = out[1:]
+            merged = out[1 : 1 + n]
             for state in self._rounds:
                 np.maximum(merged, state.clicks, out=merged)
         else:

@@ -91,6 +91,11 @@ class Predictor:
         return self.meta.depth
 
     @property
+    def context_slices(self) -> int:
+        """Neighbouring slices on each side the network sees (0: the slice alone)."""
+        return int(self.meta.context_slices)
+
+    @property
     def click_radius(self) -> int:
         return self.meta.click_radius
 

@@ -139,7 +139,8 @@ class InteractiveSession:
         """
         old = self.predictor.meta
         new = predictor.meta
-        if (new.class_names, new.memory, new.depth) != (old.class_names, old.memory, old.depth):
+        key = ("class_names", "memory", "depth", "context_slices")
+        if any(getattr(new, k) != getattr(old, k) for k in key):
             raise ValueError("set_predictor needs the same classes and memory; start a new session")
         # stored ConvLSTM states live on the CPU (see _state_to_storage): nothing to move
         self.predictor = predictor
@@ -166,9 +167,18 @@ class InteractiveSession:
         mem = self._memories.get(idx)
         if mem is None:
             p = self.predictor
-            mem = InteractionMemory(p.memory_kind, self.n_classes, self.shape[1:], p.depth)
+            mem = InteractionMemory(p.memory_kind, self.n_classes, self.shape[1:], p.depth, p.context_slices)
             self._memories[idx] = mem
         return mem
+
+    def _image_input(self, idx: int) -> np.ndarray:
+        """The slice, with its neighbours when the network is 2.5D (see ``core.memory``)."""
+        k = self.predictor.context_slices
+        if k == 0:
+            return self.volume[idx]
+        from .data import context_stack
+
+        return context_stack(self.volume, idx, k)
 
     def n_rounds(self, slice_index: int) -> int:
         idx = self._slice(slice_index)
@@ -223,7 +233,7 @@ class InteractiveSession:
         state = self._state_to_device(prev.payload if prev is not None else None)
         redo_before = list(mem._redo)
         mem.push(masks, click_list=[c.as_tuple() for c in clicks])
-        x = mem.network_input(self.volume[idx])
+        x = mem.network_input(self._image_input(idx))
         t1 = time.perf_counter()
         try:
             probs, new_state = self.predictor.predict(x, state)
@@ -317,14 +327,13 @@ class InteractiveSession:
             slices = range(self.n_slices)
         todo = [self._slice(s) for s in slices]
         todo = [s for s in todo if self.n_rounds(s) == 0]
-        empty = InteractionMemory(
-            self.predictor.memory_kind, self.n_classes, self.shape[1:], self.predictor.depth
-        )
+        p = self.predictor
+        empty = InteractionMemory(p.memory_kind, self.n_classes, self.shape[1:], p.depth, p.context_slices)
         total = len(todo)
         yield 0, total
         for start in range(0, total, max(1, int(batch_size))):
             chunk = todo[start : start + batch_size]
-            x = np.stack([empty.network_input(self.volume[s]) for s in chunk])
+            x = np.stack([empty.network_input(self._image_input(s)) for s in chunk])
             probs, _ = self.predictor.predict(x, None)
             for s, p in zip(chunk, probs):
                 self._base_labels[s] = self._to_labels(p)

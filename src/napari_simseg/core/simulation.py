@@ -37,15 +37,19 @@ class BatchMemory:
     n_classes : int
     depth : int
     images : Tensor
-        ``(B, 1, H, W)`` normalised slices.
+        ``(B, 1 + 2k, H, W)`` normalised slices: the slice, then its ``2k``
+        neighbours (``k = 0``: ``(B, 1, H, W)``; see ``core.memory`` for the layout).
     """
 
     def __init__(self, kind: str, n_classes: int, depth: int, images: torch.Tensor):
+        if images.ndim != 4 or images.shape[1] % 2 != 1:
+            raise ValueError(f"images must be (B, 1 + 2k, H, W); got {tuple(images.shape)}")
         self.kind = kind
         self.n_classes = int(n_classes)
         self.depth = int(depth) if kind == "sim" else 1
         self.images = images
-        self.channels = input_channels(kind, n_classes, self.depth)
+        self.context_slices = (images.shape[1] - 1) // 2
+        self.channels = input_channels(kind, n_classes, self.depth, self.context_slices)
         self._clicks: list[torch.Tensor] = []
         self._probs: list[Optional[torch.Tensor]] = []
 
@@ -67,13 +71,15 @@ class BatchMemory:
         b, _, h, w = self.images.shape
         n = self.n_classes
         out = self.images.new_zeros(b, self.channels, h, w)
-        out[:, :1] = self.images
+        out[:, :1] = self.images[:, :1]
+        if self.context_slices:
+            out[:, self.channels - 2 * self.context_slices :] = self.images[:, 1:]
         if not self._clicks:
             return out
         if self.kind == "none":
-            out[:, 1:] = self._clicks[-1]
+            out[:, 1 : 1 + n] = self._clicks[-1]
         elif self.kind == "cim":
-            out[:, 1:] = torch.stack(self._clicks).amax(dim=0)
+            out[:, 1 : 1 + n] = torch.stack(self._clicks).amax(dim=0)
         else:
             k0 = max(0, len(self._clicks) - self.depth)
             first_slot = self.depth - (len(self._clicks) - k0)

@@ -88,6 +88,7 @@ class TrainConfig:
     auto_fraction: float = 0.0
     # data
     axis: int = 0
+    context_slices: int = 0
     pad_to: Optional[list] = None
     n4: bool = False
     on_error: str = "stop"
@@ -136,6 +137,9 @@ class TrainConfig:
             raise ValueError(f"auto_fraction must be in [0, 1], got {self.auto_fraction}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
             raise ValueError(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}")
+        if isinstance(self.context_slices, bool) or not isinstance(self.context_slices, int) \
+                or self.context_slices < 0:
+            raise ValueError(f"context_slices must be an integer >= 0, got {self.context_slices!r}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
         return self
@@ -154,7 +158,7 @@ class TrainConfig:
 
     def model_config(self, n_classes: int) -> ModelConfig:
         return ModelConfig(
-            in_channels=input_channels(self.memory, n_classes, self.effective_depth),
+            in_channels=input_channels(self.memory, n_classes, self.effective_depth, self.context_slices),
             n_classes=n_classes,
             encoder=self.encoder,
             encoder_depth=self.encoder_depth,
@@ -371,7 +375,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
         if dist.main:
             D.save_split(split_path, split)
     augmenter = D.Augmenter() if cfg.augment else None
-    common = dict(axis=cfg.axis, n4=cfg.n4, cache_dir=out / "cache", on_error=cfg.on_error)
+    common = dict(axis=cfg.axis, n4=cfg.n4, cache_dir=out / "cache", on_error=cfg.on_error,
+                  context_slices=cfg.context_slices)
     pad_to = tuple(cfg.pad_to) if cfg.pad_to else D.largest_slice_shape(spec, axis=cfg.axis)
     train_ds = D.SliceDataset(spec, split["train"], target_shape=pad_to, augmenter=augmenter, seed=cfg.seed, **common)
     val_ds = D.SliceDataset(spec, split["val"], target_shape=pad_to, augmenter=None, seed=cfg.seed, **common)
@@ -388,7 +393,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     _seed_everything(cfg.seed)
     net = build_model(cfg.model_config(n_classes)).to(device)
     if cfg.init_from and not cfg.resume:
-        _init_from(net, cfg.init_from, class_names)
+        _init_from(net, cfg.init_from, class_names, cfg.context_slices)
         if dist.main:
             log(f"initialised from {cfg.init_from}")
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -421,6 +426,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         click_radius=cfg.click_radius,
         model=net.config.to_dict(),
         simulation=cfg.simulation,
+        context_slices=cfg.context_slices,
     )
     meta.normalization = {**meta.normalization, "n4": bool(cfg.n4)}
     if dist.main:
@@ -529,22 +535,41 @@ def train(cfg: TrainConfig, log=print) -> Path:
     return best_path
 
 
-def _init_from(net, path, class_names) -> None:
+def _init_from(net, path, class_names, context_slices: int = 0) -> None:
     """Start from a checkpoint's weights (fine-tuning); it must have this architecture
-    up to options that change no parameter (``encoder_stem_stride``)."""
+    up to options that change no parameter (``encoder_stem_stride``).
+
+    A checkpoint with fewer neighbouring slices (``context_slices``) than this run is
+    accepted too: the first convolution gets zero weights for the extra input channels,
+    which the memory layout appends last, so the new network starts out computing
+    exactly what the old one did.
+    """
     from .checkpoint import CheckpointError, load_checkpoint
     from .resources import resolve_checkpoint
 
     ck = load_checkpoint(resolve_checkpoint(path), expected_classes=class_names)
+    old_ctx = int(ck.meta.context_slices)
+    extra = 2 * (int(context_slices) - old_ctx)
     # options that change no parameter shape may differ between the two networks
     same_weights = {"encoder_weights": ck.model.config.encoder_weights,
                     "encoder_stem_stride": ck.model.config.encoder_stem_stride}
-    if ck.model.config.to_dict() != {**net.config.to_dict(), **same_weights}:
+    if extra >= 0:
+        same_weights["in_channels"] = net.config.in_channels - extra
+    if extra < 0 or ck.model.config.to_dict() != {**net.config.to_dict(), **same_weights}:
         raise CheckpointError(
-            f"--init-from {path}: its architecture {ck.model.config.to_dict()} differs from this "
-            f"run's {net.config.to_dict()}; use the same memory, depth, encoder and decoder options"
+            f"--init-from {path}: its architecture {ck.model.config.to_dict()} (context_slices "
+            f"{old_ctx}) differs from this run's {net.config.to_dict()} (context_slices "
+            f"{context_slices}); use the same memory, depth, encoder and decoder options"
         )
-    net.load_state_dict(ck.model.state_dict())
+    state = ck.model.state_dict()
+    if extra:
+        own = net.state_dict()
+        widened = [k for k, v in state.items() if v.ndim == 4 and own[k].shape[1] == v.shape[1] + extra]
+        if len(widened) != 1:
+            raise CheckpointError(f"--init-from {path}: cannot find the first convolution to widen ({widened})")
+        w = state[widened[0]]
+        state[widened[0]] = torch.cat([w, w.new_zeros(w.shape[0], extra, *w.shape[2:])], dim=1)
+    net.load_state_dict(state)
 
 
 def _write_logs(out: Path, history: list) -> None:
