@@ -38,3 +38,13 @@ def test_malformed_and_nan():
         encode_clicks([(1, 2)], 3, (10, 10))
     with pytest.raises(ClickError, match="finite"):
         encode_clicks([(1, float("nan"), 2)], 3, (10, 10))
+
+
+def test_honour_clicks_sets_only_the_clicked_pixels_newest_wins():
+    from napari_simseg.core.clicks import honour_clicks
+
+    labels = np.zeros((5, 6), np.uint8)
+    out = honour_clicks(labels, [(1, 2.4, 3.6), (2, 0, 0), (1, 0, 0)])
+    assert out is labels
+    assert labels[2, 4] == 1 and labels[0, 0] == 1  # rounded; the later click on (0, 0) wins
+    assert np.count_nonzero(labels) == 2

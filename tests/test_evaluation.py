@@ -97,3 +97,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(bad), "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("simseg evaluate:") and "\n" not in err
+
+
+def test_honour_clicks_is_recorded_and_can_be_switched_off(phantom_data, phantom_checkpoint):
+    on = evaluate(phantom_checkpoint, phantom_data, clicks=[0, 2], noc_clicks=0, device="cpu", progress=False)
+    off = evaluate(phantom_checkpoint, phantom_data, clicks=[0, 2], noc_clicks=0, device="cpu", progress=False,
+                   honour_clicks=False)
+    assert on["honour_clicks"] is True and off["honour_clicks"] is False
+    assert on["results"][0] == off["results"][0]  # 0 clicks: nothing to honour
+    assert "not honoured" in format_report(off) and "not honoured" not in format_report(on)

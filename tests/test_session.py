@@ -168,3 +168,33 @@ def test_set_predictor_keeps_memories(tiny_checkpoint, small_volume, make_checkp
     assert s.memory(0).rounds[0].payload is not None
     with pytest.raises(ValueError, match="same classes"):
         s.set_predictor(Predictor(make_checkpoint(class_names=("background", "x")), device="cpu"))
+
+
+def test_clicked_pixels_show_their_class_until_undone(tiny_checkpoint, small_volume):
+    from napari_simseg.core.session import InteractiveSession
+
+    plain = InteractiveSession(small_volume, tiny_checkpoint, device="cpu", honour_clicks=False)
+    honoured = InteractiveSession(small_volume, tiny_checkpoint, device="cpu")
+    # a random network: find a pixel whose argmax is not class 2, and click class 2 there
+    first = plain.add_clicks(1, [(1, 5, 5)])
+    y, x = map(int, np.argwhere(first.labels != 2)[0])
+    a = plain.add_clicks(1, [(2, y, x)])
+    honoured.add_clicks(1, [(1, 5, 5)])
+    b = honoured.add_clicks(1, [(2, y, x)])
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)  # the network is untouched
+    np.testing.assert_array_equal(a.labels, a.probabilities.argmax(0))
+    assert b.labels[y, x] == 2 and b.labels[5, 5] == 1
+    diff = np.argwhere(a.labels != b.labels).tolist()
+    assert all(p in ([y, x], [5, 5]) for p in diff)
+    assert honoured.get_labels()[1, y, x] == 2
+    honoured.undo(1)
+    assert honoured.get_labels()[1, 5, 5] == 1  # round 1's click is still honoured
+    np.testing.assert_array_equal(honoured.get_labels()[1], honour_expected(honoured, 1))
+
+
+def honour_expected(session, idx):
+    labels = session.memory(idx).last.probabilities.argmax(0).astype(np.uint8)
+    for state in session.memory(idx).rounds:
+        for c, y, x in state.meta["click_list"]:
+            labels[int(round(y)), int(round(x))] = c
+    return labels

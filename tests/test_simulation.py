@@ -61,3 +61,38 @@ def test_evaluation_rounds_carry_the_recurrent_state():
 
     run_evaluation_rounds(Spy(), images, gts, 3, "sim", 3, 3, 2, clicker=lambda g, p: [[(1, 8, 8)]])
     assert calls == [False, False, True, True]  # auto and round 1 start fresh
+
+
+
+def test_evaluation_rounds_honour_clicks_only_when_asked():
+    from napari_simseg.core.clicks import Click
+
+    meta, model = tiny_meta_and_model(memory="sim", depth=3)
+    rng = np.random.default_rng(3)
+    images = torch.from_numpy(rng.normal(size=(2, 1, 32, 32)).astype(np.float32))
+    gts = np.zeros((2, 32, 32), np.int64)
+    # the same clicks whatever the previous output, so both runs see the same inputs
+    fixed = [
+        [[Click(1, 3, 4), Click(2, 10, 10)], [Click(0, 5, 5)]],
+        [[Click(2, 3, 4)], [Click(1, 20, 21), Click(2, 30, 31)]],
+        [[], [Click(0, 20, 21)]],
+    ]
+    calls = {"plain": 0, "honoured": 0}
+
+    def clicker_for(name):
+        def clicker(g, previous):
+            calls[name] += 1
+            return fixed[calls[name] - 1]
+        return clicker
+
+    plain = run_evaluation_rounds(model, images, gts, 3, "sim", 3, 3, 2, clicker_for("plain"))
+    honoured = run_evaluation_rounds(model, images, gts, 3, "sim", 3, 3, 2, clicker_for("honoured"), honour=True)
+    np.testing.assert_array_equal(plain[0], honoured[0])  # no clicks yet
+    for k in range(1, 4):
+        want = plain[k].copy()
+        for round_clicks in fixed[:k]:
+            for i, image_clicks in enumerate(round_clicks):
+                for c in image_clicks:
+                    want[i, c.y, c.x] = c.label  # in order: the newest click on a pixel wins
+        np.testing.assert_array_equal(honoured[k], want, err_msg=f"round {k}")
+    assert honoured[2][0, 3, 4] == 2 and honoured[3][1, 20, 21] == 0

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["Click", "ClickError", "as_clicks", "encode_clicks", "validate_click"]
+__all__ = ["Click", "ClickError", "as_clicks", "encode_clicks", "honour_clicks", "validate_click"]
 
 
 class ClickError(ValueError):
@@ -129,3 +129,32 @@ def encode_clicks(
         keep = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
         masks[click.label, ys[keep], xs[keep]] = 1.0
     return masks
+
+
+def honour_clicks(labels: np.ndarray, clicks: Iterable) -> np.ndarray:
+    """Give every clicked pixel its click's class, in place (later clicks win).
+
+    A click is the user's explicit statement about one pixel, so the label map shown
+    after a round never contradicts it, even where the network's argmax does (a click
+    on a one-pixel boundary error, or one older than the SIM depth remembers). Only the
+    click's own pixel is set, not the encoding disk, which may cross a boundary.
+
+    Parameters
+    ----------
+    labels : ndarray
+        ``(H, W)`` label map, modified in place.
+    clicks : iterable of Click or (label, y, x)
+        Clicks already checked against this slice (see :func:`validate_click`).
+
+    Returns
+    -------
+    ndarray
+        ``labels``.
+    """
+    h, w = labels.shape[-2:]
+    for click in as_clicks(clicks):
+        row, col = int(round(click.y)), int(round(click.x))
+        if 0 <= row < h and 0 <= col < w:
+            labels[row, col] = click.label
+    return labels
+

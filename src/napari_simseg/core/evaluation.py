@@ -5,13 +5,16 @@ prediction; in round ``k >= 1`` the :class:`~napari_simseg.core.virtual_user.Eva
 adds one click per class in that class's largest mislabelled region of the round
 ``k - 1`` output (in round 1, the largest region of the class), at the region's
 distance-transform maximum, never dropping a click. The labels after ``k`` rounds are
-the "k clicks" result. Dice and IoU are computed per volume in 3D over the reassembled
+the "k clicks" result; as in the interactive session, every pixel clicked so far shows
+its click's class (``honour_clicks``; ``--no-honour-clicks`` scores the network's argmax
+alone). Dice and IoU are computed per volume in 3D over the reassembled
 prediction and averaged over volumes (a class absent from a volume's ground truth and
 prediction is left out of that class's mean).
 
 JSON written by ``--json``::
 
-    {"checkpoint": str, "data": str, "method": str, "memory": str, "split": str,
+    {"checkpoint": str, "data": str, "method": str, "memory": str,
+     "honour_clicks": bool (model) or null, "split": str,
      "classes": [names], "n_volumes": int, "volumes": [case ids],
      "results": [{"clicks": k, "dice": {class: mean}, "iou": {class: mean}}, ...],
      "latency_ms": {"mean": ms, "std": ms},   # per slice and round, batched
@@ -50,6 +53,8 @@ def add_evaluate_arguments(p) -> None:
                    help="click budget for NoC@85/90 (0 disables NoC)")
     p.add_argument("--max-volumes", type=int, default=None, help="evaluate only the first N volumes")
     p.add_argument("--axis", type=int, default=None, help="slicing axis (default: the checkpoint's)")
+    p.add_argument("--no-honour-clicks", dest="honour_clicks", action="store_false",
+                   help="score the network's argmax alone, without giving clicked pixels their class")
     p.add_argument("--name", default=None, help="row name in tables and plots")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="PNG of Dice per class against clicks")
@@ -118,6 +123,7 @@ def evaluate(
     name: Optional[str] = None,
     progress: bool = True,
     log=print,
+    honour_clicks: bool = True,
 ) -> dict:
     """Evaluate a checkpoint (or a classical method) with the evaluation virtual user.
 
@@ -202,6 +208,7 @@ def evaluate(
                 preds = run_evaluation_rounds(
                     net, x, gts, rounds, mem_kind, meta.depth if mem_kind == "sim" else 1, n,
                     meta.click_radius, user.next_round_batch, amp=amp, on_round=on_round,
+                    honour=honour_clicks,
                 )
             else:
                 preds = _classical_rounds(segmenter, image[sl], gts, rounds, n, user, latency)
@@ -232,6 +239,7 @@ def evaluate(
         "method": method,
         "name": name or (Path(ckpt_path).parent.name if ckpt_path else method),
         "memory": mem_kind,
+        "honour_clicks": bool(honour_clicks) if method == "model" else None,
         "split": which,
         "split_file": str(split_src) if split_src else None,
         "axis": axis,
@@ -281,7 +289,8 @@ def format_report(result: dict) -> str:
     names = result["classes"]
     width = max(10, *(len(c) + 2 for c in names))
     lines = [f"{result['name']}: {result['n_volumes']} volumes ({result['split']}), method {result['method']}, "
-             f"memory {result['memory']}"]
+             f"memory {result['memory']}"
+             + ("" if result.get("honour_clicks") is not False else ", network argmax alone (clicks not honoured)")]
     lines.append("Dice".ljust(8) + "".join(c.rjust(width) for c in names))
     for row in result["results"]:
         vals = "".join(("-" if row["dice"][c] is None else f"{row['dice'][c]:.3f}").rjust(width) for c in names)
@@ -361,7 +370,7 @@ def main_evaluate(args) -> int:
         checkpoint=args.checkpoint, data=args.data, split=args.split, split_file=args.split_file,
         clicks=clicks, method=args.method, memory=args.memory, device=args.device,
         batch_size=args.batch_size, noc_clicks=args.noc_clicks, max_volumes=args.max_volumes,
-        axis=args.axis, name=args.name,
+        axis=args.axis, name=args.name, honour_clicks=args.honour_clicks,
     )
     print(format_report(result))
     if args.json:

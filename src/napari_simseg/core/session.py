@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .clicks import Click, as_clicks, encode_clicks, validate_click
+from .clicks import Click, as_clicks, encode_clicks, honour_clicks, validate_click
 from .memory import InteractionMemory
 from .predictor import Predictor
 
@@ -79,10 +79,14 @@ class InteractiveSession:
         How many rounds per slice keep their ConvLSTM state for undo; older rounds keep
         their labels and clicks but, when undone to, the next round restarts the LSTM
         from zero states.
+    honour_clicks : bool
+        Show every clicked pixel in its click's class (see Notes).
 
     Notes
     -----
-    A slice's labels are the argmax of its newest round's probabilities. Before any
+    A slice's labels are the argmax of its newest round's probabilities, with every
+    pixel clicked in that slice's rounds so far set to its click's class (the newest
+    click wins; ``honour_clicks=False`` shows the network's argmax alone). Before any
     round (or after undoing all of them) a slice shows its *base labels*: those of the
     last automatic prediction, or whatever was given with :meth:`set_labels`.
     Automatic prediction starts from an empty memory and pushes no round, exactly like
@@ -95,8 +99,10 @@ class InteractiveSession:
         predictor: Union[Predictor, str, Path] = "demo",
         device: str = "auto",
         max_state_history: int = 8,
+        honour_clicks: bool = True,
     ):
         arr = _check_image(image)
+        self.honour_clicks = bool(honour_clicks)
         self.is_2d = arr.ndim == 2
         volume = arr[None] if self.is_2d else arr
         if not isinstance(predictor, Predictor):
@@ -191,7 +197,11 @@ class InteractiveSession:
     def _show_current(self, idx: int) -> np.ndarray:
         mem = self._memories.get(idx)
         if mem is not None and mem.last is not None and mem.last.probabilities is not None:
-            self.labels[idx] = self._to_labels(mem.last.probabilities)
+            labels = self._to_labels(mem.last.probabilities)
+            if self.honour_clicks:
+                for state in mem.rounds:
+                    honour_clicks(labels, state.meta.get("click_list", ()))
+            self.labels[idx] = labels
         else:
             base = self._base_labels.get(idx)
             self.labels[idx] = 0 if base is None else base

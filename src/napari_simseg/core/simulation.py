@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .clicks import Click, as_clicks, encode_clicks
+from .clicks import Click, as_clicks, encode_clicks, honour_clicks
 from .memory import input_channels
 
 __all__ = ["BatchMemory", "autocast_for", "cropped_clicker", "encode_click_batch", "run_evaluation_rounds"]
@@ -133,6 +133,7 @@ def run_evaluation_rounds(
     clicker: Callable[[np.ndarray, Optional[np.ndarray]], Sequence[Sequence]],
     amp: bool = False,
     on_round: Optional[Callable[[int, np.ndarray, float], None]] = None,
+    honour: bool = False,
 ) -> list[np.ndarray]:
     """Run 0..``n_rounds`` rounds of a virtual user on a batch of slices.
 
@@ -142,6 +143,11 @@ def run_evaluation_rounds(
     the user corrects what they see), pushes them, and predicts, carrying the
     ConvLSTM state. The automatic prediction itself is not a round: round 1 starts
     from an empty memory and a fresh ConvLSTM state.
+
+    With ``honour=True`` the label maps (returned, and shown to the clicker) give every
+    pixel clicked so far its click's class, as the interactive session does
+    (:func:`~napari_simseg.core.clicks.honour_clicks`); the memory keeps the network's
+    own probabilities either way.
 
     Returns
     -------
@@ -155,9 +161,13 @@ def run_evaluation_rounds(
     results = []
     state = None
     previous = None
+    placed = [[] for _ in range(images.shape[0])]
     for k in range(n_rounds + 1):
         if k > 0:
             clicks = clicker(gts, previous)
+            if honour:
+                for i, image_clicks in enumerate(clicks):
+                    placed[i].extend(as_clicks(image_clicks))
             memory.push(encode_click_batch(clicks, n_classes, shape, radius, device))
         x = memory.network_input()
         if device.type == "cuda":
@@ -167,6 +177,8 @@ def run_evaluation_rounds(
             logits, new_state = model(x, state if k > 0 else None)
         probs = torch.softmax(logits.float(), dim=1)
         labels = probs.argmax(1).cpu().numpy()
+        for i, image_clicks in enumerate(placed):
+            honour_clicks(labels[i], image_clicks)
         elapsed = time.perf_counter() - t0
         if k > 0:
             memory.set_probabilities(probs)
