@@ -106,3 +106,12 @@ def test_honour_clicks_is_recorded_and_can_be_switched_off(phantom_data, phantom
     assert on["honour_clicks"] is True and off["honour_clicks"] is False
     assert on["results"][0] == off["results"][0]  # 0 clicks: nothing to honour
     assert "not honoured" in format_report(off) and "not honoured" not in format_report(on)
+
+
+def test_flip_averaging_is_recorded_and_can_be_switched_off(phantom_data, phantom_checkpoint):
+    on = evaluate(phantom_checkpoint, phantom_data, clicks=[0], noc_clicks=0, device="cpu", progress=False)
+    off = evaluate(phantom_checkpoint, phantom_data, clicks=[0], noc_clicks=0, device="cpu", progress=False, tta=False)
+    assert on["tta"] is True and off["tta"] is False
+    assert "no flip averaging" in format_report(off) and "no flip averaging" not in format_report(on)
+    rw = evaluate(None, phantom_data, clicks=[0, 1], method="random_walker", noc_clicks=0, progress=False)
+    assert rw["tta"] is None and rw["honour_clicks"] is None

@@ -931,7 +931,7 @@ class ViewerSession:
 
         self._ensure_idle()
         old = self.session.predictor
-        new = Predictor(old.checkpoint, device=device)
+        new = Predictor(old.checkpoint, device=device, tta=old.tta)
         self.session.set_predictor(new)
         return str(new.device)
 

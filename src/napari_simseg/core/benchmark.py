@@ -84,7 +84,8 @@ def benchmark_inference(
 
     names = ["background"] + [f"class_{i}" for i in range(1, n_classes)]
     meta = CheckpointMeta(class_names=names, memory="sim", depth=depth, click_radius=3, model=sim.config.to_dict())
-    predictor = Predictor(Checkpoint(meta=meta, model=sim.cpu()), device=str(dev))
+    # the bare network, as timed above (the session default, tta, runs it on four flips)
+    predictor = Predictor(Checkpoint(meta=meta, model=sim.cpu()), device=str(dev), tta=False)
     rng = np.random.default_rng(0)
     volume = rng.normal(size=(4, size, size)).astype(np.float32)
     session = InteractiveSession(volume, predictor)

@@ -7,14 +7,16 @@ adds one click per class in that class's largest mislabelled region of the round
 distance-transform maximum, never dropping a click. The labels after ``k`` rounds are
 the "k clicks" result; as in the interactive session, every pixel clicked so far shows
 its click's class (``honour_clicks``; ``--no-honour-clicks`` scores the network's argmax
-alone). Dice and IoU are computed per volume in 3D over the reassembled
-prediction and averaged over volumes (a class absent from a volume's ground truth and
-prediction is left out of that class's mean).
+alone). The network is averaged over the four flips of its input, as the session's
+:class:`~napari_simseg.core.predictor.Predictor` does by default (``--no-tta``: once).
+Dice and IoU are computed per volume in 3D over the reassembled prediction and
+averaged over volumes (a class absent from a volume's ground truth and prediction is
+left out of that class's mean).
 
 JSON written by ``--json``::
 
     {"checkpoint": str, "data": str, "method": str, "memory": str,
-     "honour_clicks": bool (model) or null, "split": str,
+     "honour_clicks": bool (model) or null, "tta": bool (model) or null, "split": str,
      "classes": [names], "n_volumes": int, "volumes": [case ids],
      "results": [{"clicks": k, "dice": {class: mean}, "iou": {class: mean}}, ...],
      "latency_ms": {"mean": ms, "std": ms},   # per slice and round, batched
@@ -55,6 +57,8 @@ def add_evaluate_arguments(p) -> None:
     p.add_argument("--axis", type=int, default=None, help="slicing axis (default: the checkpoint's)")
     p.add_argument("--no-honour-clicks", dest="honour_clicks", action="store_false",
                    help="score the network's argmax alone, without giving clicked pixels their class")
+    p.add_argument("--no-tta", dest="tta", action="store_false",
+                   help="run the network once per round instead of averaging it over four flips")
     p.add_argument("--name", default=None, help="row name in tables and plots")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="PNG of Dice per class against clicks")
@@ -124,6 +128,7 @@ def evaluate(
     progress: bool = True,
     log=print,
     honour_clicks: bool = True,
+    tta: bool = True,
 ) -> dict:
     """Evaluate a checkpoint (or a classical method) with the evaluation virtual user.
 
@@ -163,6 +168,10 @@ def evaluate(
             )
         dev = resolve_device(device)
         net = ck.model.to(dev).eval()
+        if tta:
+            from .model import FlipEnsemble
+
+            net = FlipEnsemble(net).eval()
         amp = dev.type == "cuda"
         norm = dict(meta.normalization)
         if axis is None:
@@ -240,6 +249,7 @@ def evaluate(
         "name": name or (Path(ckpt_path).parent.name if ckpt_path else method),
         "memory": mem_kind,
         "honour_clicks": bool(honour_clicks) if method == "model" else None,
+        "tta": bool(tta) if method == "model" else None,
         "split": which,
         "split_file": str(split_src) if split_src else None,
         "axis": axis,
@@ -290,7 +300,8 @@ def format_report(result: dict) -> str:
     width = max(10, *(len(c) + 2 for c in names))
     lines = [f"{result['name']}: {result['n_volumes']} volumes ({result['split']}), method {result['method']}, "
              f"memory {result['memory']}"
-             + ("" if result.get("honour_clicks") is not False else ", network argmax alone (clicks not honoured)")]
+             + ("" if result.get("honour_clicks") is not False else ", network argmax alone (clicks not honoured)")
+             + ("" if result.get("tta") is not False else ", no flip averaging")]
     lines.append("Dice".ljust(8) + "".join(c.rjust(width) for c in names))
     for row in result["results"]:
         vals = "".join(("-" if row["dice"][c] is None else f"{row['dice'][c]:.3f}").rjust(width) for c in names)
@@ -371,6 +382,7 @@ def main_evaluate(args) -> int:
         clicks=clicks, method=args.method, memory=args.memory, device=args.device,
         batch_size=args.batch_size, noc_clicks=args.noc_clicks, max_volumes=args.max_volumes,
         axis=args.axis, name=args.name, honour_clicks=args.honour_clicks,
+        tta=args.tta,
     )
     print(format_report(result))
     if args.json:

@@ -1,0 +1,79 @@
+"""Flip averaging (test-time augmentation) of the network."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_simseg.core.model import FlipEnsemble
+
+from conftest import tiny_meta_and_model
+
+
+@pytest.fixture
+def net():
+    return tiny_meta_and_model()[1].eval()
+
+
+def test_probabilities_are_the_mean_over_the_four_flips(net):
+    x = torch.randn(2, net.config.in_channels, 24, 40)
+    with torch.no_grad():
+        logits, state = FlipEnsemble(net)(x)
+        want = 0
+        for dims in ((), (-1,), (-2,), (-2, -1)):
+            xi = x.flip(dims) if dims else x
+            p = torch.softmax(net(xi)[0], 1)
+            want = want + (p.flip(dims) if dims else p)
+        want = want / 4
+    torch.testing.assert_close(torch.softmax(logits, 1), want, rtol=1e-5, atol=1e-6)
+    assert logits.shape == (2, 3, 24, 40)
+    assert state[0][0].shape[0] == 8  # one recurrent state per flipped view
+
+
+def test_the_ensemble_is_flip_equivariant(net):
+    x = torch.randn(1, net.config.in_channels, 32, 32)  # no padding: exact symmetry
+    ens = FlipEnsemble(net)
+    with torch.no_grad():
+        p = torch.softmax(ens(x)[0], 1)
+        for dims in ((-1,), (-2,)):
+            q = torch.softmax(ens(x.flip(dims))[0], 1)
+            torch.testing.assert_close(q.flip(dims), p, rtol=1e-5, atol=1e-6)
+        # the bare network is not: the ensemble does add something
+        a = torch.softmax(net(x.flip(-1))[0], 1).flip(-1)
+        b = torch.softmax(net(x)[0], 1)
+        assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_recurrent_state_is_carried_per_view(net):
+    ens = FlipEnsemble(net)
+    x = torch.randn(2, net.config.in_channels, 24, 24)
+    with torch.no_grad():
+        _, s1 = ens(x)
+        a, _ = ens(x, s1)
+        b, _ = ens(x, None)
+        # round 2 with round 1's state differs from a fresh start
+        assert not torch.allclose(a, b)
+        # view k of the state is the bare network's state on flip k
+        _, s_plain = net(x.flip(-1))
+        torch.testing.assert_close(s1[0][0][2:4], s_plain[0][0])
+
+
+def test_predictor_and_session_flip_by_default_and_can_run_once(tiny_checkpoint, small_volume):
+    from napari_simseg.core.predictor import Predictor
+    from napari_simseg.core.session import InteractiveSession
+
+    on, off = Predictor(tiny_checkpoint, device="cpu"), Predictor(tiny_checkpoint, device="cpu", tta=False)
+    assert on.tta and not off.tta
+    x = np.random.default_rng(0).normal(size=(on.in_channels, 20, 28)).astype(np.float32)
+    p_on, _ = on.predict(x)
+    p_off, _ = off.predict(x)
+    with torch.no_grad():
+        raw = torch.softmax(off.network(torch.from_numpy(x[None]))[0], 1)[0].numpy()
+    np.testing.assert_allclose(p_off, raw, rtol=1e-5, atol=1e-6)
+    assert np.abs(p_on - p_off).max() > 1e-6  # a random tiny network is nearly flat, yet not symmetric
+    np.testing.assert_allclose(p_on.sum(0), 1.0, atol=1e-5)
+    session = InteractiveSession(small_volume, on)
+    for r in range(3):  # the state of the four views goes round after round, undo included
+        session.add_clicks(2, [(1, 12 + r, 20)])
+    session.undo(2)
+    session.add_clicks(2, [(2, 30, 30)])
+    assert session.n_rounds(2) == 3
