@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # How the bundled demo model was made: DDG-SIM on Task04_Hippocampus on a 2-core CPU,
-# in three stages; the last stage's best validation epoch is stored in the package as
+# in four stages; the last stage's best validation epoch is stored in the package as
 # float16 (under 30 MB).
 #   stage 1: demo_hippocampus.yaml from random weights (published stride-2 stem)
 #   stage 2: demo_hippocampus_fullres.yaml from stage 1's best epoch, encoder stem at
 #            stride 1, cosine lr decay planned over 26 epochs, stopped after epoch 10
 #   stage 3: demo_hippocampus_clicks.yaml from stage 2's best epoch: denser training
 #            clicks (30 % dropped instead of 80 %) and 20 % automatic (0-click) batches
+#   stage 4: demo_hippocampus_context.yaml from stage 3's best epoch: 2.5D input (the two
+#            slices on each side as extra channels, started at zero weight)
 #
 #   DATA=../shared/data/Task04_Hippocampus bash training/demo_model.sh
 #
@@ -26,4 +28,7 @@ simseg train --config "$HERE/configs/demo_hippocampus_fullres.yaml" --data "$DAT
 simseg train --config "$HERE/configs/demo_hippocampus_clicks.yaml" --data "$DATA" \
   --out "${OUT}_clicks" --init-from "${OUT}_fullres/best.safetensors" \
   --device "$DEVICE" | tail -n 1
-python "$HERE/bundle_demo.py" "${OUT}_clicks"
+simseg train --config "$HERE/configs/demo_hippocampus_context.yaml" --data "$DATA" \
+  --out "${OUT}_context" --init-from "${OUT}_clicks/best.safetensors" \
+  --device "$DEVICE" | tail -n 1
+python "$HERE/bundle_demo.py" "${OUT}_context"

@@ -1,21 +1,24 @@
-"""Per-round latency of the bundled demo model in an InteractiveSession (one slice, CPU)."""
+"""Per-round latency of the bundled demo model in an InteractiveSession (one slice, CPU),
+with flip averaging (the default) and with one forward per round."""
 import statistics, sys
 import numpy as np, torch
 from napari_simseg import InteractiveSession
 from napari_simseg.core.io import read_image
+from napari_simseg.core.predictor import Predictor
 from napari_simseg.core.resources import SAMPLE_DIR
 
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
 path = sorted((SAMPLE_DIR / "images").iterdir())[0]
 vol = np.asarray(read_image(path).array, np.float32)
-s = InteractiveSession(vol, "demo", device="cpu")
-z, h, w = vol.shape
-total, model = [], []
-for i in range(12):
-    r = s.add_clicks(z // 2, [(1 + i % 2, h // 2, w // 2 + i % 3)])
-    if i >= 2:
-        total.append(r.total_ms); model.append(r.model_ms)
-    if r.round >= 3:
-        s.reset_slice(z // 2)
-print(f"{path.name} {vol.shape}: round {statistics.median(total):.1f} ms median "
-      f"(network {statistics.median(model):.1f} ms), {len(total)} rounds, {torch.get_num_threads()} threads")
+for tta in (True, False):
+    s = InteractiveSession(vol, Predictor("demo", device="cpu", tta=tta))
+    z, h, w = vol.shape
+    total, model = [], []
+    for i in range(12):
+        r = s.add_clicks(z // 2, [(1 + i % 2, h // 2, w // 2 + i % 3)])
+        if i >= 2:
+            total.append(r.total_ms); model.append(r.model_ms)
+        if r.round >= 3:
+            s.reset_slice(z // 2)
+    print(f"{path.name} {vol.shape}, tta={tta}: round {statistics.median(total):.1f} ms median "
+          f"(network {statistics.median(model):.1f} ms), {len(total)} rounds, {torch.get_num_threads()} threads")
