@@ -31,7 +31,7 @@ def main(checkpoint: str = "demo", n_volumes: int = 12, data="../shared/data/Tas
     spec = D.discover_dataset(data)
     split = json.loads(open(split_file).read())
     ds = D.SliceDataset(spec, split["val"][:n_volumes], target_shape=(64, 64), augmenter=None, seed=0,
-                        axis=0, n4=False, cache_dir=None, on_error="stop")
+                        axis=0, n4=False, cache_dir=None, on_error="stop", context_slices=ck.meta.context_slices)
     user = EvaluationUser(n)
     stats = {k: dict(err=0, rim=0, fg=0) for k in (0, 3)}
     areas = []
