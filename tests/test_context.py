@@ -212,3 +212,25 @@ def test_train_and_evaluate_a_context_network_end_to_end(tmp_path):
     assert all(0.0 <= v <= 1.0 for r in res["results"] for v in r["dice"].values() if v is not None)
     with pytest.raises(ValueError, match="context_slices"):
         TrainConfig(data="d", out="o", context_slices=-1).validate()
+
+
+def test_header_keeps_2d_checkpoints_at_version_1_and_marks_context_as_2(tmp_path):
+    from safetensors import safe_open
+
+    from napari_simseg.core.checkpoint import save_checkpoint
+
+    def header(path):
+        with safe_open(str(path), "pt") as f:
+            return json.loads(f.metadata()["simseg"])
+
+    flat = save_checkpoint(tmp_path / "flat.safetensors", *reversed(tiny_meta_and_model()))
+    wide = save_checkpoint(tmp_path / "wide.safetensors", *reversed(tiny_meta_and_model(context_slices=1)))
+    # a version without context_slices reads 2D checkpoints; it refuses 2.5D ones as newer
+    assert "context_slices" not in header(flat) and header(flat)["format_version"] == 1
+    assert header(wide)["context_slices"] == 1 and header(wide)["format_version"] == 2
+    assert load_checkpoint(wide).meta.context_slices == 1 and load_checkpoint(flat).meta.context_slices == 0
+
+
+def test_context_stack_refuses_float_indices():
+    with pytest.raises(IndexError, match="integers"):
+        context_stack(np.zeros((3, 4, 4)), 1.5, 1)

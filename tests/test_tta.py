@@ -77,3 +77,20 @@ def test_predictor_and_session_flip_by_default_and_can_run_once(tiny_checkpoint,
     session.undo(2)
     session.add_clicks(2, [(2, 30, 30)])
     assert session.n_rounds(2) == 3
+
+
+def test_switching_flip_averaging_drops_stored_states_but_keeps_the_work(tiny_checkpoint, small_volume):
+    from napari_simseg.core.predictor import Predictor
+    from napari_simseg.core.session import InteractiveSession
+
+    session = InteractiveSession(small_volume, Predictor(tiny_checkpoint, device="cpu"))
+    session.add_clicks(1, [(1, 10, 10)])
+    session.add_clicks(1, [(2, 20, 20)])
+    labels = session.get_labels()
+    session.set_predictor(Predictor(tiny_checkpoint, device="cpu", tta=False))
+    np.testing.assert_array_equal(session.get_labels(), labels)
+    assert all(s.payload is None for s in session.memory(1).rounds)
+    res = session.add_clicks(1, [(1, 30, 30)])  # the 4-view state would not fit any more
+    assert res.round == 3
+    session.undo(1)
+    np.testing.assert_array_equal(session.get_labels(), labels)

@@ -18,10 +18,11 @@ for row in auto sdg_base ddg_cim ddg_sim; do
     simseg train --config "$HERE/configs/$row.yaml" --data "$DATA" --out "$OUT/$row" --device "$DEVICE" "$@" | tail -n 1
   fi
 done
+# the paper's systems: the network alone (no flip averaging, clicks not forced)
 ev() {  # name checkpoint-folder [extra evaluate flags]
   local name=$1 dir=$2; shift 2
   simseg evaluate --checkpoint "$OUT/$dir/best.safetensors" --data "$DATA" --split val --clicks "$CLICKS" \
-    --noc-clicks "${NOC:-0}" --device "$DEVICE" --name "$name" --json "$OUT/$name.json" "$@"
+    --noc-clicks "${NOC:-0}" --device "$DEVICE" --no-tta --no-honour-clicks --name "$name" --json "$OUT/$name.json" "$@"
 }
 ev Auto auto --clicks 0
 ev SDG-base sdg_base

@@ -18,10 +18,11 @@ train() {  # folder config [flags]
   [ -f "$OUT/$dir/best.safetensors" ] || \
     simseg train --config "$HERE/configs/$cfg.yaml" --data "$DATA" --out "$OUT/$dir" --device "$DEVICE" "$@" | tail -n 1
 }
+# the paper's systems: the network alone (no flip averaging, clicks not forced)
 ev() {  # name folder clicks [flags]
   local name=$1 dir=$2 clicks=$3; shift 3
   simseg evaluate --checkpoint "$OUT/$dir/best.safetensors" --data "$DATA" --split val --clicks "$clicks" \
-    --noc-clicks 0 --device "$DEVICE" --name "$name" --json "$OUT/$name.json" "$@"
+    --noc-clicks 0 --device "$DEVICE" --no-tta --no-honour-clicks --name "$name" --json "$OUT/$name.json" "$@"
 }
 train auto auto "$@"
 train ddg_sim ddg_sim "$@"

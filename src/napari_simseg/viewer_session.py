@@ -1007,11 +1007,13 @@ class ViewerSession:
                 )
         image, predictor = self._image, self.session.predictor
         max_states = self.session.max_state_history
+        honour = self.session.honour_clicks
 
         def compute():
             from .core.session import InteractiveSession, replay_log
 
-            fresh = InteractiveSession(image, predictor, max_state_history=max_states)
+            fresh = InteractiveSession(image, predictor, max_state_history=max_states,
+                                       honour_clicks=honour)
             if doc is not None:
                 replay_log(fresh, doc)
             return fresh

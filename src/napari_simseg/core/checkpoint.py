@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "napari-simseg"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: context_slices (written only when > 0; 2D checkpoints stay version 1)
 
 
 class CheckpointError(ValueError):
@@ -149,7 +149,13 @@ def save_checkpoint(
         if half and v.is_floating_point():
             v = v.half()
         tensors[k] = v.contiguous()
-    header = {"simseg": json.dumps(asdict(meta))}
+    doc = asdict(meta)
+    if doc["context_slices"] == 0:
+        doc.pop("context_slices")  # a 2D checkpoint: readable by versions without the key
+        doc["format_version"] = min(int(doc["format_version"]), 1)
+    else:
+        doc["format_version"] = max(int(doc["format_version"]), 2)  # older versions: "upgrade"
+    header = {"simseg": json.dumps(doc)}
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
     os.close(fd)
     try:

@@ -846,7 +846,10 @@ def context_stack(slices: np.ndarray, index, context_slices: int = 0) -> np.ndar
     k = int(context_slices)
     if k < 0:
         raise ValueError(f"context_slices must be >= 0; got {context_slices}")
-    idx = np.asarray(index, dtype=np.int64)
+    idx = np.asarray(index)
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise IndexError(f"slice indices must be integers; got {index!r}")
+    idx = idx.astype(np.int64)
     s = slices.shape[0]
     if np.any((idx < 0) | (idx >= s)):
         raise IndexError(f"slice index {index} outside 0..{s - 1}")
@@ -1247,7 +1250,8 @@ class SliceDataset(torch.utils.data.Dataset):
         seed: int = 0,
         context_slices: int = 0,
     ):
-        if isinstance(context_slices, bool) or int(context_slices) != context_slices or context_slices < 0:
+        if isinstance(context_slices, bool) or not isinstance(context_slices, (int, np.integer)) \
+                or context_slices < 0:
             raise ValueError(f"context_slices must be an integer >= 0; got {context_slices!r}")
         self.context_slices = int(context_slices)
         if on_error not in ON_ERROR_CHOICES:

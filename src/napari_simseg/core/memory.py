@@ -22,7 +22,8 @@ probability maps are still missing and read as zeros; they are filled in
 (:meth:`InteractionMemory.set_probabilities`) once the round's prediction exists and
 are then seen by the network in the following rounds. States that do not exist yet
 (fewer than ``D`` rounds) are zeros, placed at the oldest end so that the newest state
-always occupies the last ``2N`` channels. Training (DDG) builds its inputs with the same
+always occupies the last ``2N`` channels of the memory block (before any context
+channels, see below). Training (DDG) builds its inputs with the same
 code, so train and test inputs have the same layout.
 
 Neighbouring slices (2.5D context, an extension beyond the paper)

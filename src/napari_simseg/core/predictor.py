@@ -79,7 +79,8 @@ class Predictor:
         self.tta = bool(tta)
         self.model = FlipEnsemble(self.network).eval() if self.tta else self.network
         self.amp = bool(amp) and self.device.type == "cuda"
-        self.last_forward_ms = float("nan")  # the bare network time of the last call
+        # time of the last network call: all four views with flip averaging, one without
+        self.last_forward_ms = float("nan")
 
     # convenience views of the metadata
     @property

@@ -142,6 +142,13 @@ class InteractiveSession:
         ------
         ValueError
             If the new predictor's classes or memory differ from this session's.
+
+        Notes
+        -----
+        With flip averaging switched on or off (``Predictor(tta=...)``) the stored
+        ConvLSTM states no longer fit the network's batch of views; they are dropped, so
+        each slice's next round restarts the LSTM from zero (clicks, labels and the
+        memory's probabilities are kept).
         """
         old = self.predictor.meta
         new = predictor.meta
@@ -149,6 +156,10 @@ class InteractiveSession:
         if any(getattr(new, k) != getattr(old, k) for k in key):
             raise ValueError("set_predictor needs the same classes and memory; start a new session")
         # stored ConvLSTM states live on the CPU (see _state_to_storage): nothing to move
+        if getattr(predictor, "tta", False) != getattr(self.predictor, "tta", False):
+            for mem in self._memories.values():
+                for state in mem.rounds:
+                    state.payload = None
         self.predictor = predictor
 
     # ------------------------------------------------------------------ helpers
