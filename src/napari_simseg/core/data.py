@@ -44,6 +44,7 @@ import torch
 from scipy import ndimage
 
 from .io import ImageReadError, Volume, is_supported, read_image, read_image_info, split_extension
+from .memory import check_context_slices
 
 __all__ = [
     "Augmenter",
@@ -1250,9 +1251,7 @@ class SliceDataset(torch.utils.data.Dataset):
         seed: int = 0,
         context_slices: int = 0,
     ):
-        if isinstance(context_slices, bool) or not isinstance(context_slices, (int, np.integer)) \
-                or context_slices < 0:
-            raise ValueError(f"context_slices must be an integer >= 0; got {context_slices!r}")
+        check_context_slices(context_slices)
         self.context_slices = int(context_slices)
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be 'stop' or 'skip'; got {on_error!r}")
@@ -1332,9 +1331,10 @@ class SliceDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {idx} out of range for {len(self)} slices")
         idx = int(idx) % len(self)
         case_id, k = self.index[idx]
-        image = self.images[case_id][k]
         if self.context_slices:
             image = context_stack(self.images[case_id], k, self.context_slices)
+        else:
+            image = self.images[case_id][k]
         labels = self.labels[case_id][k]
         if self.augmenter is not None:
             rng = np.random.default_rng([self.seed, self.epoch, idx])

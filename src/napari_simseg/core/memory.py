@@ -66,14 +66,15 @@ def input_channels(kind: str, n_classes: int, depth: int = 1, context_slices: in
         k neighbouring slices on each side (``2k`` extra channels at the end).
     """
     _check_kind(kind)
-    _check_context(context_slices)
+    check_context_slices(context_slices)
     extra = 2 * int(context_slices)
     if kind == "sim":
         return 1 + 2 * int(depth) * int(n_classes) + extra
     return 1 + int(n_classes) + extra
 
 
-def _check_context(context_slices) -> None:
+def check_context_slices(context_slices) -> None:
+    """Raise ``ValueError`` unless ``context_slices`` is an integer >= 0."""
     if isinstance(context_slices, bool) or not isinstance(context_slices, (int, np.integer)) or context_slices < 0:
         raise ValueError(f"context_slices must be an integer >= 0; got {context_slices!r}")
 
@@ -120,7 +121,7 @@ class InteractionMemory:
 
     def __init__(self, kind: str, n_classes: int, shape, depth: int = 3, context_slices: int = 0):
         _check_kind(kind)
-        _check_context(context_slices)
+        check_context_slices(context_slices)
         if n_classes < 2:
             raise ValueError(f"need at least 2 classes (background + one), got {n_classes}")
         if kind == "sim" and depth < 1:

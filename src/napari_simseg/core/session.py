@@ -156,7 +156,7 @@ class InteractiveSession:
         if any(getattr(new, k) != getattr(old, k) for k in key):
             raise ValueError("set_predictor needs the same classes and memory; start a new session")
         # stored ConvLSTM states live on the CPU (see _state_to_storage): nothing to move
-        if getattr(predictor, "tta", False) != getattr(self.predictor, "tta", False):
+        if predictor.tta != self.predictor.tta:
             for mem in self._memories.values():
                 for state in mem.rounds:
                     state.payload = None
