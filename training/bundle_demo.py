@@ -1,6 +1,9 @@
 """Copy a trained checkpoint into the package as the bundled demo model.
 
-    python training/bundle_demo.py runs/demo_hippocampus
+    python training/bundle_demo.py runs/demo_hippocampus_context calibrated.safetensors
+
+The second argument names the checkpoint inside the run folder (default
+``best.safetensors``; ``calibrated.safetensors`` is what ``simseg calibrate`` wrote).
 
 Stores the weights as float16 (the package file must stay under 30 MB) and records the
 training/validation volumes of the run's split.json in the checkpoint's header, so anyone
@@ -17,15 +20,15 @@ from napari_simseg.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_simseg.core.resources import DEMO_CHECKPOINT
 
 
-def main(run_dir: str) -> Path:
+def main(run_dir: str, name: str = "best.safetensors") -> Path:
     run = Path(run_dir)
-    ck = load_checkpoint(run / "best.safetensors")
+    ck = load_checkpoint(run / name)
     split = json.loads((run / "split.json").read_text())
     ck.meta.training = {
         **ck.meta.training,
         "train_volumes": split["train"],
         "val_volumes": split["val"],
-        "bundled_from": str(run / "best.safetensors"),
+        "bundled_from": str(run / name),
     }
     out = save_checkpoint(DEMO_CHECKPOINT, ck.model, ck.meta, half=True)
     print(f"{out} ({out.stat().st_size / 2**20:.1f} MB), epoch {ck.meta.training.get('epoch')}")
@@ -33,4 +36,4 @@ def main(run_dir: str) -> Path:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/demo_hippocampus")
+    main(*(sys.argv[1:3] if len(sys.argv) > 1 else ["runs/demo_hippocampus"]))

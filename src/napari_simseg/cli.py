@@ -89,6 +89,12 @@ def _evaluate(args) -> int:
     return main_evaluate(args)
 
 
+def _calibrate(args) -> int:
+    from .core.calibration import main_calibrate
+
+    return main_calibrate(args)
+
+
 def _report(args) -> int:
     import json
 
@@ -137,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate_arguments(p)
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit per-class decision offsets on the training split",
+                       description="Fit the per-class offsets that turn the network's probabilities "
+                                   "into labels (see napari_simseg.core.calibration) and write a "
+                                   "checkpoint carrying them.")
+    from .core.calibration import add_calibrate_arguments
+
+    add_calibrate_arguments(p)
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("benchmark", help="measure latency and training-step cost")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")

@@ -1008,12 +1008,13 @@ class ViewerSession:
         image, predictor = self._image, self.session.predictor
         max_states = self.session.max_state_history
         honour = self.session.honour_clicks
+        offsets = self.session.decision_offsets
 
         def compute():
             from .core.session import InteractiveSession, replay_log
 
             fresh = InteractiveSession(image, predictor, max_state_history=max_states,
-                                       honour_clicks=honour)
+                                       honour_clicks=honour, decision_offsets=offsets)
             if doc is not None:
                 replay_log(fresh, doc)
             return fresh

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .memory import MEMORY_KINDS, input_channels
@@ -30,10 +31,13 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint_meta",
     "save_checkpoint",
+    "update_checkpoint_meta",
 ]
 
 FORMAT_NAME = "napari-simseg"
-FORMAT_VERSION = 2  # 2: context_slices (written only when > 0; 2D checkpoints stay version 1)
+# 2: context_slices; 3: decision_offsets. A file is written with the lowest version that
+# holds its fields, so a plain 2D checkpoint stays readable by version-1 readers.
+FORMAT_VERSION = 3
 
 
 class CheckpointError(ValueError):
@@ -65,6 +69,9 @@ class CheckpointMeta:
     context_slices : int
         Neighbouring slices on each side the network sees (0: 2D, as in the paper;
         see ``core.memory``). Absent from older checkpoints, which read as 0.
+    decision_offsets : list of float, optional
+        Per-class offsets added to the log-probabilities before the argmax that
+        decides labels (see ``core.calibration``); ``None``: plain argmax.
     """
 
     class_names: list
@@ -78,6 +85,7 @@ class CheckpointMeta:
     simulation: str = "ddg"
     training: dict = field(default_factory=dict)
     context_slices: int = 0
+    decision_offsets: Optional[list] = None
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -104,6 +112,16 @@ class CheckpointMeta:
         ctx = self.context_slices
         if isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 0:
             raise CheckpointError(f"{source}: context_slices must be an integer >= 0, got {ctx!r}")
+        offsets = self.decision_offsets
+        if offsets is not None:
+            ok = isinstance(offsets, (list, tuple)) and len(offsets) == self.n_classes and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                for v in offsets)
+            if not ok:
+                raise CheckpointError(
+                    f"{source}: decision_offsets must be {self.n_classes} finite numbers (one per "
+                    f"class), got {offsets!r}; recalibrate with `simseg calibrate`"
+                )
         expected = input_channels(self.memory, self.n_classes, self.depth, ctx)
         cfg = self.model
         if cfg.get("in_channels") != expected or cfg.get("n_classes") != self.n_classes:
@@ -137,8 +155,6 @@ def save_checkpoint(
     half : bool
         Store floating-point tensors as float16 (half the size; loaded back as float32).
     """
-    from safetensors.torch import save_file
-
     meta.model = model.config.to_dict()
     meta.validate(str(path))
     path = Path(path)
@@ -149,13 +165,32 @@ def save_checkpoint(
         if half and v.is_floating_point():
             v = v.half()
         tensors[k] = v.contiguous()
+    _write_file(path, tensors, meta)
+    return path
+
+
+def _header_for(meta: CheckpointMeta) -> dict:
+    """The JSON header, with the lowest format version that holds its fields."""
     doc = asdict(meta)
+    version = 1
     if doc["context_slices"] == 0:
         doc.pop("context_slices")  # a 2D checkpoint: readable by versions without the key
-        doc["format_version"] = min(int(doc["format_version"]), 1)
     else:
-        doc["format_version"] = max(int(doc["format_version"]), 2)  # older versions: "upgrade"
-    header = {"simseg": json.dumps(doc)}
+        version = 2
+    if doc["decision_offsets"] is None:
+        doc.pop("decision_offsets")
+    else:
+        doc["decision_offsets"] = [float(v) for v in doc["decision_offsets"]]
+        version = 3
+    # older readers refuse newer versions with "upgrade" instead of misreading the file
+    doc["format_version"] = version
+    return {"simseg": json.dumps(doc)}
+
+
+def _write_file(path: Path, tensors: dict, meta: CheckpointMeta) -> None:
+    from safetensors.torch import save_file
+
+    header = _header_for(meta)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
     os.close(fd)
     try:
@@ -167,7 +202,37 @@ def save_checkpoint(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+
+
+def update_checkpoint_meta(path, output, **changes) -> Path:
+    """Copy a checkpoint to ``output`` with some header fields changed.
+
+    The tensors are copied bit for bit (a float16 checkpoint stays float16);
+    ``output`` may be ``path`` itself (the write is atomic).
+
+    Parameters
+    ----------
+    path, output : str or Path
+    **changes
+        :class:`CheckpointMeta` fields to replace, e.g. ``decision_offsets=[0, -0.2]``.
+    """
+    from safetensors.torch import load_file
+
+    path, output = Path(path), Path(output)
+    meta = read_checkpoint_meta(path)
+    unknown = sorted(set(changes) - set(asdict(meta)))
+    if unknown:
+        raise ValueError(f"unknown checkpoint fields {unknown}")
+    for k, v in changes.items():
+        setattr(meta, k, v)
+    meta.validate(str(output))
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: corrupt tensor data ({str(exc).splitlines()[0][:120]})") from None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _write_file(output, tensors, meta)
+    return output
 
 
 def _read_header(path: Path) -> dict:

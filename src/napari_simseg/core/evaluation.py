@@ -9,6 +9,10 @@ the "k clicks" result; as in the interactive session, every pixel clicked so far
 its click's class (``honour_clicks``; ``--no-honour-clicks`` scores the network's argmax
 alone). The network is averaged over the four flips of its input, as the session's
 :class:`~napari_simseg.core.predictor.Predictor` does by default (``--no-tta``: once).
+Labels are decided with the checkpoint's per-class decision offsets when it has them
+(fitted on the training split by ``simseg calibrate``; see
+:mod:`~napari_simseg.core.calibration`), as the session does; ``--no-decision-offsets``
+takes the plain argmax.
 Dice and IoU are computed per volume in 3D over the reassembled prediction and
 averaged over volumes (a class absent from a volume's ground truth and prediction is
 left out of that class's mean).
@@ -16,7 +20,8 @@ left out of that class's mean).
 JSON written by ``--json``::
 
     {"checkpoint": str, "data": str, "method": str, "memory": str,
-     "honour_clicks": bool (model) or null, "tta": bool (model) or null, "split": str,
+     "honour_clicks": bool (model) or null, "tta": bool (model) or null,
+     "decision_offsets": [one per class] or null, "split": str,
      "classes": [names], "n_volumes": int, "volumes": [case ids],
      "results": [{"clicks": k, "dice": {class: mean}, "iou": {class: mean}}, ...],
      "latency_ms": {"mean": ms, "std": ms},   # per slice and round, batched
@@ -59,6 +64,9 @@ def add_evaluate_arguments(p) -> None:
                    help="score the network's argmax alone, without giving clicked pixels their class")
     p.add_argument("--no-tta", dest="tta", action="store_false",
                    help="run the network once per round instead of averaging it over four flips")
+    p.add_argument("--no-decision-offsets", dest="decision_offsets", action="store_false",
+                   help="decide labels by the plain argmax, ignoring the checkpoint's calibrated "
+                        "per-class offsets")
     p.add_argument("--name", default=None, help="row name in tables and plots")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="PNG of Dice per class against clicks")
@@ -129,6 +137,7 @@ def evaluate(
     log=print,
     honour_clicks: bool = True,
     tta: bool = True,
+    decision_offsets: bool = True,
 ) -> dict:
     """Evaluate a checkpoint (or a classical method) with the evaluation virtual user.
 
@@ -155,6 +164,7 @@ def evaluate(
     rounds = max(clicks[-1], noc_clicks)
 
     ckpt_path = None
+    offsets = None
     norm = {"low": 0.5, "high": 99.5}
     if method == "model":
         ckpt_path = resolve_checkpoint(checkpoint)
@@ -173,6 +183,8 @@ def evaluate(
 
             net = FlipEnsemble(net).eval()
         amp = dev.type == "cuda"
+        if decision_offsets and meta.decision_offsets is not None:
+            offsets = [float(v) for v in meta.decision_offsets]
         norm = dict(meta.normalization)
         if axis is None:
             axis = int(meta.training.get("config", {}).get("axis", 0))
@@ -217,7 +229,7 @@ def evaluate(
                 preds = run_evaluation_rounds(
                     net, x, gts, rounds, mem_kind, meta.depth if mem_kind == "sim" else 1, n,
                     meta.click_radius, user.next_round_batch, amp=amp, on_round=on_round,
-                    honour=honour_clicks,
+                    honour=honour_clicks, decision_offsets=offsets,
                 )
             else:
                 preds = _classical_rounds(segmenter, image[sl], gts, rounds, n, user, latency)
@@ -250,6 +262,7 @@ def evaluate(
         "memory": mem_kind,
         "honour_clicks": bool(honour_clicks) if method == "model" else None,
         "tta": bool(tta) if method == "model" else None,
+        "decision_offsets": offsets,
         "split": which,
         "split_file": str(split_src) if split_src else None,
         "axis": axis,
@@ -301,7 +314,9 @@ def format_report(result: dict) -> str:
     lines = [f"{result['name']}: {result['n_volumes']} volumes ({result['split']}), method {result['method']}, "
              f"memory {result['memory']}"
              + ("" if result.get("honour_clicks") is not False else ", network argmax alone (clicks not honoured)")
-             + ("" if result.get("tta") is not False else ", no flip averaging")]
+             + ("" if result.get("tta") is not False else ", no flip averaging")
+             + ("" if not result.get("decision_offsets") else
+                ", decision offsets " + "/".join(f"{v:+.2f}" for v in result["decision_offsets"]))]
     lines.append("Dice".ljust(8) + "".join(c.rjust(width) for c in names))
     for row in result["results"]:
         vals = "".join(("-" if row["dice"][c] is None else f"{row['dice'][c]:.3f}").rjust(width) for c in names)
@@ -382,7 +397,7 @@ def main_evaluate(args) -> int:
         clicks=clicks, method=args.method, memory=args.memory, device=args.device,
         batch_size=args.batch_size, noc_clicks=args.noc_clicks, max_volumes=args.max_volumes,
         axis=args.axis, name=args.name, honour_clicks=args.honour_clicks,
-        tta=args.tta,
+        tta=args.tta, decision_offsets=args.decision_offsets,
     )
     print(format_report(result))
     if args.json:

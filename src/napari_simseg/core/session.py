@@ -81,10 +81,15 @@ class InteractiveSession:
         from zero states.
     honour_clicks : bool
         Show every clicked pixel in its click's class (see Notes).
+    decision_offsets : bool
+        Decide labels with the checkpoint's calibrated per-class offsets, when it has
+        them (see Notes); ``False`` takes the plain argmax.
 
     Notes
     -----
-    A slice's labels are the argmax of its newest round's probabilities, with every
+    A slice's labels are the argmax of its newest round's probabilities (after adding
+    the checkpoint's per-class ``decision_offsets`` to their logarithms, see
+    :mod:`~napari_simseg.core.calibration`; the memory keeps the raw probabilities), with every
     pixel clicked in that slice's rounds so far set to its click's class (the newest
     click wins; ``honour_clicks=False`` shows the network's argmax alone). Before any
     round (or after undoing all of them) a slice shows its *base labels*: those of the
@@ -100,9 +105,11 @@ class InteractiveSession:
         device: str = "auto",
         max_state_history: int = 8,
         honour_clicks: bool = True,
+        decision_offsets: bool = True,
     ):
         arr = _check_image(image)
         self.honour_clicks = bool(honour_clicks)
+        self.decision_offsets = bool(decision_offsets)
         self.is_2d = arr.ndim == 2
         volume = arr[None] if self.is_2d else arr
         if not isinstance(predictor, Predictor):
@@ -202,8 +209,17 @@ class InteractiveSession:
         mem = self._memories.get(idx)
         return 0 if mem is None else mem.n_rounds
 
+    @property
+    def offsets(self) -> Optional[list]:
+        """The per-class decision offsets in use (``None``: plain argmax)."""
+        if not self.decision_offsets:
+            return None
+        return self.predictor.meta.decision_offsets
+
     def _to_labels(self, probabilities: np.ndarray) -> np.ndarray:
-        return probabilities.argmax(axis=0).astype(self.labels.dtype)
+        from .calibration import decide_labels
+
+        return decide_labels(probabilities, self.offsets, axis=0).astype(self.labels.dtype)
 
     def _show_current(self, idx: int) -> np.ndarray:
         mem = self._memories.get(idx)

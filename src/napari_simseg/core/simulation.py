@@ -134,6 +134,7 @@ def run_evaluation_rounds(
     amp: bool = False,
     on_round: Optional[Callable[[int, np.ndarray, float], None]] = None,
     honour: bool = False,
+    decision_offsets: Optional[Sequence[float]] = None,
 ) -> list[np.ndarray]:
     """Run 0..``n_rounds`` rounds of a virtual user on a batch of slices.
 
@@ -147,7 +148,9 @@ def run_evaluation_rounds(
     With ``honour=True`` the label maps (returned, and shown to the clicker) give every
     pixel clicked so far its click's class, as the interactive session does
     (:func:`~napari_simseg.core.clicks.honour_clicks`); the memory keeps the network's
-    own probabilities either way.
+    own probabilities either way. ``decision_offsets`` (one per class) are added to the
+    log-probabilities before the argmax that gives the labels
+    (:mod:`~napari_simseg.core.calibration`); the memory is unaffected.
 
     Returns
     -------
@@ -158,6 +161,12 @@ def run_evaluation_rounds(
     model.eval()
     memory = BatchMemory(memory_kind, n_classes, depth, images)
     shape = tuple(images.shape[-2:])
+    offsets = None
+    if decision_offsets is not None and np.any(np.asarray(decision_offsets, float)):
+        offsets = torch.as_tensor(np.asarray(decision_offsets, np.float32), device=device)
+        if offsets.numel() != n_classes:
+            raise ValueError(f"{offsets.numel()} decision offsets for {n_classes} classes")
+        offsets = offsets.view(1, -1, 1, 1)
     results = []
     state = None
     previous = None
@@ -176,7 +185,10 @@ def run_evaluation_rounds(
         with autocast_for(device, amp):
             logits, new_state = model(x, state if k > 0 else None)
         probs = torch.softmax(logits.float(), dim=1)
-        labels = probs.argmax(1).cpu().numpy()
+        if offsets is None:
+            labels = probs.argmax(1).cpu().numpy()
+        else:
+            labels = (torch.log_softmax(logits.float(), dim=1) + offsets).argmax(1).cpu().numpy()
         for i, image_clicks in enumerate(placed):
             honour_clicks(labels[i], image_clicks)
         elapsed = time.perf_counter() - t0
