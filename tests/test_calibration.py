@@ -221,3 +221,20 @@ def test_calibrate_end_to_end_writes_a_checkpoint_that_evaluate_uses(tmp_path, c
     a, b = load_file(str(src)), load_file(str(out))
     assert all(bool((a[k] == b[k]).all()) for k in a)
     assert "decision offsets:" in printed
+
+
+def test_calibrate_without_a_saved_split_is_a_one_line_error(tmp_path, capsys):
+    from conftest import tiny_meta_and_model
+    from napari_simseg.cli import main
+    from napari_simseg.core.checkpoint import save_checkpoint
+    from napari_simseg.core.phantom import make_phantom_dataset
+
+    data = make_phantom_dataset(tmp_path / "ph", n_volumes=1, seed=4, shape=(4, 36, 40), n_tumours=1)
+    meta, model = tiny_meta_and_model(class_names=("background", "organ", "cavity", "tumour", "neighbour"))
+    src = save_checkpoint(tmp_path / "net.safetensors", model, meta)
+    out = tmp_path / "calibrated.safetensors"
+    assert main(["calibrate", "--checkpoint", str(src), "--data", str(data), "--output", str(out),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("simseg calibrate:") and "needs a saved split" in err and "\n" not in err
+    assert not out.exists()

@@ -349,6 +349,40 @@ def test_augmenter_deterministic_and_flips_consistent():
         Augmenter(p=2)
 
 
+def test_augmenter_rotation_and_scaling_keep_image_and_labels_aligned():
+    lab = np.zeros((40, 50), np.uint8)
+    lab[10:30, 15:35] = 1
+    lab[18:24, 20:26] = 2
+    img = np.stack([lab, lab * 2]).astype(np.float32)  # a 2.5D stack: every channel moves alike
+    spatial = dict(p=1.0, flip_vertical=False, flip_horizontal=False, brightness=0, gamma=None,
+                   blur_sigma=None, unsharp_amount=None)
+    moved = 0
+    for seed in range(6):
+        ri, rl = Augmenter(rotate_degrees=20, scale=(0.8, 1.25), **spatial)(img, lab, np.random.default_rng(seed))
+        assert ri.shape == img.shape and rl.shape == lab.shape and rl.dtype == lab.dtype
+        assert set(np.unique(rl)) <= {0, 1, 2}  # nearest for labels: no new classes
+        # linear interpolation of the image agrees with the nearest-neighbour labels
+        # everywhere but on the edges of the regions
+        assert np.mean(np.round(ri[0]) == rl) > 0.97
+        np.testing.assert_allclose(ri[1], 2 * ri[0], atol=1e-5)
+        moved += not np.array_equal(rl, lab)
+    assert moved == 6
+    # zooming in (> 1) enlarges the anatomy, zooming out shrinks it
+    big = Augmenter(scale=(1.3, 1.3), **spatial)(img, lab, np.random.default_rng(0))[1]
+    small = Augmenter(scale=(0.7, 0.7), **spatial)(img, lab, np.random.default_rng(0))[1]
+    assert (big > 0).sum() > 1.4 * (lab > 0).sum() > 1.4 ** 2 * (small > 0).sum()
+    # off by default: the random streams, and so earlier runs, are unchanged
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    a = Augmenter(p=0.7)(img, lab, rng_a)
+    b = Augmenter(p=0.7, rotate_degrees=0.0, scale=None)(img, lab, rng_b)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert rng_a.random() == rng_b.random()
+    with pytest.raises(ValueError, match="rotate_degrees"):
+        Augmenter(rotate_degrees=200)
+    with pytest.raises(ValueError, match="scale must be"):
+        Augmenter(scale=(1.2, 0.9))
+
+
 # --------------------------------------------------------------------------- datasets
 
 

@@ -334,3 +334,14 @@ def test_stop_after_epoch_ends_early_on_the_full_schedule(phantom_data, tmp_path
     history = json.loads((tmp_path / "s" / "log.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[1]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi / 4)))  # epoch 2 of 5
+
+
+def test_spatial_augmentation_options_are_checked():
+    from napari_simseg.core.training import TrainConfig
+
+    cfg = TrainConfig(data="d", out="o", aug_rotate_degrees=15, aug_scale=["0.9", 1.1]).validate()
+    assert cfg.aug_scale == [0.9, 1.1]
+    with pytest.raises(ValueError, match="aug_scale must be"):
+        TrainConfig(data="d", out="o", aug_scale=[1.2, 0.8]).validate()
+    with pytest.raises(ValueError, match="aug_rotate_degrees"):
+        TrainConfig(data="d", out="o", aug_rotate_degrees=-5).validate()

@@ -1048,7 +1048,8 @@ class Augmenter:
     """Random 2D augmentations of section 5.1.2 of the paper.
 
     Each augmentation is applied independently with probability ``p``, in this
-    order: vertical flip, horizontal flip (image *and* labels), brightness shift,
+    order: (optionally, beyond the paper) a rotation and scaling about the slice
+    centre, vertical flip, horizontal flip (image *and* labels), brightness shift,
     gamma correction, then a sharpness change -- Gaussian blur or unsharp masking,
     one of the two chosen at random (intensity changes touch the image only).
 
@@ -1072,6 +1073,13 @@ class Augmenter:
         Range of the unsharp-masking amount: ``x + amount * (x - blur(x, unsharp_sigma))``.
     unsharp_sigma : float
         Blur sigma of the unsharp mask.
+    rotate_degrees : float
+        Largest in-plane rotation, in degrees (uniform in ``[-r, r]``); 0 disables.
+    scale : (float, float) or None
+        Range of the zoom factor (``> 1`` enlarges the anatomy); ``None`` disables.
+        Rotation and scaling are one affine resampling of every channel (linear) and
+        of the labels (nearest), with edge values repeated; they are not part of the
+        paper's list and are off by default.
 
     Notes
     -----
@@ -1092,6 +1100,8 @@ class Augmenter:
         blur_sigma: tuple[float, float] | None = (0.5, 1.2),
         unsharp_amount: tuple[float, float] | None = (0.3, 1.5),
         unsharp_sigma: float = 1.0,
+        rotate_degrees: float = 0.0,
+        scale: tuple[float, float] | None = None,
     ):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1]; got {p}")
@@ -1100,6 +1110,12 @@ class Augmenter:
                 raise ValueError(f"{name} must be a (low, high) range of non-negative values; got {rng_}")
         if gamma is not None and gamma[0] <= 0:
             raise ValueError(f"gamma must be positive; got {gamma}")
+        if not 0.0 <= float(rotate_degrees) <= 180.0:
+            raise ValueError(f"rotate_degrees must be in [0, 180]; got {rotate_degrees}")
+        if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
+            raise ValueError(f"scale must be a (low, high) range of positive factors; got {scale}")
+        self.rotate_degrees = float(rotate_degrees)
+        self.scale = None if scale is None else (float(scale[0]), float(scale[1]))
         self.seed = seed
         self.p = float(p)
         self.flip_vertical = flip_vertical
@@ -1116,7 +1132,8 @@ class Augmenter:
             f"Augmenter(seed={self.seed}, p={self.p}, flip_vertical={self.flip_vertical}, "
             f"flip_horizontal={self.flip_horizontal}, brightness={self.brightness}, "
             f"gamma={self.gamma}, blur_sigma={self.blur_sigma}, "
-            f"unsharp_amount={self.unsharp_amount}, unsharp_sigma={self.unsharp_sigma})"
+            f"unsharp_amount={self.unsharp_amount}, unsharp_sigma={self.unsharp_sigma}, "
+            f"rotate_degrees={self.rotate_degrees}, scale={self.scale})"
         )
 
     def __call__(
@@ -1146,6 +1163,11 @@ class Augmenter:
         lab = None if labels is None else np.asarray(labels)
         if lab is not None and lab.shape != img.shape[-2:]:
             raise ValueError(f"labels shape {lab.shape} differs from image shape {img.shape[-2:]}")
+        if self.rotate_degrees > 0 or self.scale is not None:
+            # drawn only when enabled, so runs without it keep their random streams
+            spatial = rng.random(3)  # fire, angle, zoom
+            if spatial[0] < self.p:
+                img, lab = self._rotate_scale(img, lab, spatial[1], spatial[2])
         fire = rng.random(5) < self.p  # vflip, hflip, brightness, gamma, sharpness
         u = rng.random(4)  # brightness, gamma, sharpness kind, sharpness strength
         if fire[0] and self.flip_vertical:
@@ -1176,6 +1198,22 @@ class Augmenter:
                     img = img + np.float32(a) * (img - ndimage.gaussian_filter(img, (*in_plane, sig, sig)))
         lab = None if lab is None else np.ascontiguousarray(lab)
         return img.astype(np.float32, copy=False), lab
+
+    def _rotate_scale(self, img, lab, u_angle, u_zoom):
+        """Rotate by ``(2u - 1) * rotate_degrees`` and zoom within ``scale`` about the centre."""
+        angle = np.deg2rad((2 * u_angle - 1) * self.rotate_degrees)
+        zoom = 1.0 if self.scale is None else self.scale[0] + u_zoom * (self.scale[1] - self.scale[0])
+        c, s_ = np.cos(angle), np.sin(angle)
+        # output pixel o maps to input pixel M @ (o - centre) + centre
+        matrix = np.array([[c, -s_], [s_, c]]) / zoom
+        centre = (np.array(img.shape[-2:], float) - 1) / 2
+        offset = centre - matrix @ centre
+        planes = img.reshape(-1, *img.shape[-2:])
+        out = np.stack([ndimage.affine_transform(pl, matrix, offset, order=1, mode="nearest")
+                        for pl in planes]).reshape(img.shape).astype(np.float32)
+        if lab is not None:
+            lab = ndimage.affine_transform(lab, matrix, offset, order=0, mode="nearest")
+        return out, lab
 
 
 # --------------------------------------------------------------------------- torch dataset

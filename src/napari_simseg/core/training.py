@@ -97,6 +97,8 @@ class TrainConfig:
     split_seed: int = 0
     max_volumes: Optional[int] = None
     augment: bool = True
+    aug_rotate_degrees: float = 0.0
+    aug_scale: Optional[list] = None
     # optimisation
     epochs: int = 75
     batch_size: int = 4
@@ -133,6 +135,14 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.stop_after_epoch is not None and self.stop_after_epoch < 1:
             raise ValueError(f"stop_after_epoch must be >= 1, got {self.stop_after_epoch}")
+        if not 0.0 <= float(self.aug_rotate_degrees) <= 180.0:
+            raise ValueError(f"aug_rotate_degrees must be in [0, 180], got {self.aug_rotate_degrees}")
+        if self.aug_scale is not None:
+            sc = list(self.aug_scale)
+            if len(sc) != 2 or not 0 < float(sc[0]) <= float(sc[1]):
+                raise ValueError(f"aug_scale must be [low, high] zoom factors with 0 < low <= high, "
+                                 f"got {self.aug_scale}")
+            self.aug_scale = [float(v) for v in sc]
         if not 0.0 <= self.auto_fraction <= 1.0:
             raise ValueError(f"auto_fraction must be in [0, 1], got {self.auto_fraction}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
@@ -374,7 +384,10 @@ def train(cfg: TrainConfig, log=print) -> Path:
             split = {k: v[: max(1, int(cfg.max_volumes * len(v) / max(1, len(ids))))] for k, v in split.items()}
         if dist.main:
             D.save_split(split_path, split)
-    augmenter = D.Augmenter() if cfg.augment else None
+    augmenter = None
+    if cfg.augment:
+        augmenter = D.Augmenter(rotate_degrees=cfg.aug_rotate_degrees,
+                                scale=None if cfg.aug_scale is None else tuple(cfg.aug_scale))
     common = dict(axis=cfg.axis, n4=cfg.n4, cache_dir=out / "cache", on_error=cfg.on_error,
                   context_slices=cfg.context_slices)
     pad_to = tuple(cfg.pad_to) if cfg.pad_to else D.largest_slice_shape(spec, axis=cfg.axis)
