@@ -29,18 +29,36 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 __all__ = [
+    "active_offsets",
     "calibrate",
     "collect_rounds",
     "decide_labels",
     "fit_decision_offsets",
     "score_offsets",
 ]
+
+
+def active_offsets(offsets: Optional[Sequence[float]], n_classes: int) -> Optional[np.ndarray]:
+    """``offsets`` as float32, or ``None`` when they change nothing (absent or all zero).
+
+    Raises
+    ------
+    ValueError
+        If there is not one offset per class.
+    """
+    if offsets is None:
+        return None
+    off = np.asarray(offsets, np.float32).reshape(-1)
+    if off.size != n_classes:
+        raise ValueError(f"{off.size} decision offsets for {n_classes} classes")
+    return off if np.any(off) else None
 
 
 def decide_labels(probabilities: np.ndarray, offsets: Optional[Sequence[float]] = None,
@@ -63,11 +81,9 @@ def decide_labels(probabilities: np.ndarray, offsets: Optional[Sequence[float]] 
         The array without ``axis``.
     """
     p = np.asarray(probabilities)
-    if offsets is None or not np.any(np.asarray(offsets, float)):
+    off = active_offsets(offsets, p.shape[axis])
+    if off is None:
         return p.argmax(axis=axis)
-    off = np.asarray(offsets, np.float32)
-    if off.shape != (p.shape[axis],):
-        raise ValueError(f"{off.size} decision offsets for {p.shape[axis]} classes")
     shape = [1] * p.ndim
     shape[axis] = -1
     with np.errstate(divide="ignore"):
@@ -101,12 +117,9 @@ def score_offsets(volumes, offsets, n_classes: int, rounds: Sequence[int]) -> fl
             _honour(labels, vol["clicked"][r])
             d, _ = dice_iou_per_class(labels, vol["gt"], n_classes)
             dice.append(d[1:])
-        with np.errstate(invalid="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                per_round.append(np.nanmean(np.asarray(dice, float)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from every volume
+            per_round.append(np.nanmean(np.asarray(dice, float)))
     return float(np.nanmean(per_round))
 
 
@@ -157,26 +170,15 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
     import torch
 
     from . import data as D
-    from .checkpoint import load_checkpoint
     from .clicks import as_clicks
-    from .evaluation import _find_split, _select_cases
-    from .predictor import resolve_device
-    from .resources import resolve_checkpoint
-    from .simulation import run_evaluation_rounds
+    from .evaluation import (_checkpoint_axis, _find_split, _load_volume, _network_rounds,
+                             _open_network, _select_cases)
     from .virtual_user import EvaluationUser
 
-    path = resolve_checkpoint(checkpoint)
     data = Path(data)
     spec = D.discover_dataset(data)
-    ck = load_checkpoint(path, expected_classes=list(spec.class_names))
-    meta = ck.meta
+    path, meta, net, dev = _open_network(checkpoint, list(spec.class_names), device, tta)
     n = meta.n_classes
-    dev = resolve_device(device)
-    net = ck.model.to(dev).eval()
-    if tta:
-        from .model import FlipEnsemble
-
-        net = FlipEnsemble(net).eval()
     split_doc, _ = _find_split(data, Path(path), split_file)
     cases, which = _select_cases(spec, split_doc, split)
     if max_volumes:
@@ -197,7 +199,7 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
 
     recorder = _Recorder(net).eval()
     norm = dict(meta.normalization)
-    axis = int(meta.training.get("config", {}).get("axis", 0))
+    axis = _checkpoint_axis(meta)
     iterator = cases
     if progress:
         from tqdm.auto import tqdm
@@ -205,33 +207,27 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
         iterator = tqdm(cases, desc="calibrate", leave=False, dynamic_ncols=True)
     volumes = []
     for case in iterator:
-        image, labels = D.load_case(case, axis=axis, n4=bool(norm.get("n4", False)),
-                                    low_pct=norm.get("low", 0.5), high_pct=norm.get("high", 99.5))
-        image = np.asarray(image, np.float32)
-        labels = np.asarray(labels).astype(np.int64)
-        logp_chunks, click_rows = [], [[] for _ in range(rounds + 1)]
+        image, labels = _load_volume(case, norm, axis)
+        logp_chunks = []
+        new_rows = [[] for _ in range(rounds + 1)]  # (z, y, x, class) of the clicks of round r
         for start in range(0, image.shape[0], batch_size):
-            idx = np.arange(image.shape[0])[start : start + batch_size]
             user = EvaluationUser(n)
             round_no = [0]
 
             def clicker(gts, previous, z0=start):
                 round_no[0] += 1
                 clicks = user.next_round_batch(gts, previous)
-                rows = [(z0 + i, int(round(c.y)), int(round(c.x)), c.label)
-                        for i, cs in enumerate(clicks) for c in as_clicks(cs)]
-                for r in range(round_no[0], rounds + 1):
-                    click_rows[r].extend(rows)
+                new_rows[round_no[0]].extend((z0 + i, int(round(c.y)), int(round(c.x)), c.label)
+                                             for i, cs in enumerate(clicks) for c in as_clicks(cs))
                 return clicks
 
             recorded.clear()
-            x = torch.from_numpy(D.context_stack(image, idx, meta.context_slices)).to(dev)
-            run_evaluation_rounds(recorder, x, labels[idx], rounds, meta.memory,
-                                  meta.depth if meta.memory == "sim" else 1, n, meta.click_radius,
-                                  clicker, amp=dev.type == "cuda", honour=True)
+            _network_rounds(recorder, meta, meta.memory, image, labels,
+                            slice(start, start + batch_size), rounds, clicker, dev, honour=True)
             logp_chunks.append(np.stack(recorded))
-        # clicks within a round: order by round (rows were appended oldest first)
-        clicked = [np.asarray(rows, np.int64).reshape(-1, 4) for rows in click_rows]
+        # after round r every click of rounds 1..r is honoured, oldest first
+        clicked = [np.asarray([row for rr in new_rows[: r + 1] for row in rr], np.int64).reshape(-1, 4)
+                   for r in range(rounds + 1)]
         volumes.append({"gt": labels.astype(np.uint8 if n <= 255 else np.int64),
                         "logp": np.concatenate(logp_chunks, axis=1), "clicked": clicked})
     return {"volumes": volumes, "case_ids": [c.case_id for c in cases], "meta": meta,

@@ -106,6 +106,61 @@ def _select_cases(spec, split, which):
     return [by_id[i] for i in chosen], which
 
 
+def _open_network(checkpoint, class_names, device: str, tta: bool):
+    """Load a checkpoint for virtual-user rounds.
+
+    Returns ``(path, meta, network, device)``: the network in eval mode on ``device``,
+    averaged over flips (:class:`~napari_simseg.core.model.FlipEnsemble`) when ``tta``.
+    """
+    from .checkpoint import load_checkpoint
+    from .predictor import resolve_device
+    from .resources import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    ck = load_checkpoint(path, expected_classes=class_names)
+    dev = resolve_device(device)
+    net = ck.model.to(dev).eval()
+    if tta:
+        from .model import FlipEnsemble
+
+        net = FlipEnsemble(net).eval()
+    return path, ck.meta, net, dev
+
+
+def _checkpoint_axis(meta) -> int:
+    """The slicing axis the checkpoint was trained on (0 when not recorded)."""
+    return int(meta.training.get("config", {}).get("axis", 0))
+
+
+def _load_volume(case, norm: dict, axis: int):
+    """One case as a normalised float32 image and int64 labels, sliced along ``axis``."""
+    from . import data as D
+
+    image, labels = D.load_case(case, axis=axis, n4=bool(norm.get("n4", False)),
+                                low_pct=norm.get("low", 0.5), high_pct=norm.get("high", 99.5))
+    return np.asarray(image, np.float32), np.asarray(labels).astype(np.int64)
+
+
+def _network_rounds(net, meta, memory_kind: str, image, labels, sl: slice, rounds: int, clicker,
+                    device, **kwargs):
+    """:func:`~napari_simseg.core.simulation.run_evaluation_rounds` on slices ``sl`` of a volume.
+
+    The slices get their context neighbours from the whole ``image``; ``kwargs`` go to
+    ``run_evaluation_rounds`` (``on_round``, ``honour``, ``decision_offsets``).
+    """
+    import torch
+
+    from .data import context_stack
+    from .simulation import run_evaluation_rounds
+
+    idx = np.arange(image.shape[0])[sl]
+    x = torch.from_numpy(context_stack(image, idx, meta.context_slices)).to(device)
+    return run_evaluation_rounds(
+        net, x, labels[sl], rounds, memory_kind, meta.depth if memory_kind == "sim" else 1,
+        meta.n_classes, meta.click_radius, clicker, amp=device.type == "cuda", **kwargs,
+    )
+
+
 def _slice_ious(pred: np.ndarray, gt: np.ndarray, n: int) -> np.ndarray:
     """IoU per slice and class for (S, H, W) arrays; NaN where the class is absent from gt."""
     out = np.full((pred.shape[0], n), np.nan)
@@ -143,14 +198,8 @@ def evaluate(
 
     Returns the result dictionary documented in the module docstring.
     """
-    import torch
-
     from . import data as D
-    from .checkpoint import load_checkpoint, read_checkpoint_meta
     from .metrics import dice_iou_per_class, noc
-    from .predictor import resolve_device
-    from .resources import resolve_checkpoint
-    from .simulation import run_evaluation_rounds
     from .virtual_user import EvaluationUser
 
     t_start = time.monotonic()
@@ -167,27 +216,18 @@ def evaluate(
     offsets = None
     norm = {"low": 0.5, "high": 99.5}
     if method == "model":
-        ckpt_path = resolve_checkpoint(checkpoint)
-        ck = load_checkpoint(ckpt_path, expected_classes=class_names)
-        meta = ck.meta
+        ckpt_path, meta, net, dev = _open_network(checkpoint, class_names, device, tta)
         mem_kind = memory or meta.memory
         if memory and (memory == "sim") != (meta.memory == "sim"):
             raise ValueError(
                 f"--memory {memory} needs a network trained with the same input layout; "
                 f"this checkpoint uses {meta.memory!r}"
             )
-        dev = resolve_device(device)
-        net = ck.model.to(dev).eval()
-        if tta:
-            from .model import FlipEnsemble
-
-            net = FlipEnsemble(net).eval()
-        amp = dev.type == "cuda"
         if decision_offsets and meta.decision_offsets is not None:
             offsets = [float(v) for v in meta.decision_offsets]
         norm = dict(meta.normalization)
         if axis is None:
-            axis = int(meta.training.get("config", {}).get("axis", 0))
+            axis = _checkpoint_axis(meta)
     else:
         from .baselines import get_segmenter
 
@@ -209,28 +249,20 @@ def evaluate(
 
         iterator = tqdm(cases, desc="evaluate", leave=False, dynamic_ncols=True)
     for case in iterator:
-        image, labels = D.load_case(case, axis=axis, n4=bool(norm.get("n4", False)),
-                                    low_pct=norm.get("low", 0.5), high_pct=norm.get("high", 99.5))
-        image = np.asarray(image, np.float32)
-        labels = np.asarray(labels).astype(np.int64)
+        image, labels = _load_volume(case, norm, axis)
         # labels_per_round[k] is (S, H, W)
         outputs = [np.zeros_like(labels) for _ in range(rounds + 1)]
         for start in range(0, image.shape[0], batch_size):
             sl = slice(start, start + batch_size)
             gts = labels[sl]
             if method == "model":
-                idx = np.arange(image.shape[0])[sl]
-                x = torch.from_numpy(D.context_stack(image, idx, meta.context_slices)).to(dev)
-
                 def on_round(k, lab, seconds, b=gts.shape[0]):
                     if k <= clicks[-1]:
                         latency.append(seconds * 1e3 / b)
 
-                preds = run_evaluation_rounds(
-                    net, x, gts, rounds, mem_kind, meta.depth if mem_kind == "sim" else 1, n,
-                    meta.click_radius, user.next_round_batch, amp=amp, on_round=on_round,
-                    honour=honour_clicks, decision_offsets=offsets,
-                )
+                preds = _network_rounds(net, meta, mem_kind, image, labels, sl, rounds,
+                                        user.next_round_batch, dev, on_round=on_round,
+                                        honour=honour_clicks, decision_offsets=offsets)
             else:
                 preds = _classical_rounds(segmenter, image[sl], gts, rounds, n, user, latency)
             for k in range(rounds + 1):

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .calibration import active_offsets
 from .clicks import Click, as_clicks, encode_clicks, honour_clicks
 from .memory import input_channels
 
@@ -161,12 +162,9 @@ def run_evaluation_rounds(
     model.eval()
     memory = BatchMemory(memory_kind, n_classes, depth, images)
     shape = tuple(images.shape[-2:])
-    offsets = None
-    if decision_offsets is not None and np.any(np.asarray(decision_offsets, float)):
-        offsets = torch.as_tensor(np.asarray(decision_offsets, np.float32), device=device)
-        if offsets.numel() != n_classes:
-            raise ValueError(f"{offsets.numel()} decision offsets for {n_classes} classes")
-        offsets = offsets.view(1, -1, 1, 1)
+    offsets = active_offsets(decision_offsets, n_classes)
+    if offsets is not None:
+        offsets = torch.from_numpy(offsets).to(device).view(1, -1, 1, 1)
     results = []
     state = None
     previous = None
