@@ -167,3 +167,63 @@ def test_inverse_sqrt_frequency_is_gentler():
     assert float(sq.mean()) == pytest.approx(1.0)
     assert sq[1] > sq[0] and float(sq[1] / sq[0]) == pytest.approx((970 / 15) ** 0.5, rel=1e-4)
     assert float(inv[1] / inv[0]) > float(sq[1] / sq[0])
+
+
+def _soft_dice_manual(logits, target, classes):
+    p = logits.softmax(1)
+    vals = []
+    for c in classes:
+        g = (target == c).float()
+        vals.append((2 * (p[:, c] * g).sum() + 1) / (p[:, c].sum() + g.sum() + 1))
+    return 1 - torch.stack(vals).mean()
+
+
+def test_soft_dice_matches_the_batch_pooled_formula_over_foreground_classes():
+    from napari_simseg.core.losses import SoftDiceLoss
+
+    logits, target = _data(7)
+    torch.testing.assert_close(SoftDiceLoss()(logits, target), _soft_dice_manual(logits, target, (1, 2, 3)))
+    torch.testing.assert_close(SoftDiceLoss(include_background=True)(logits, target),
+                               _soft_dice_manual(logits, target, (0, 1, 2, 3)))
+
+
+def test_soft_dice_is_zero_for_a_perfect_prediction_and_near_one_for_a_wrong_one():
+    from napari_simseg.core.losses import SoftDiceLoss
+
+    _, target = _data(8, h=16, w=16)
+    onehot = F.one_hot(target, 4).movedim(-1, 1).float()
+    assert float(SoftDiceLoss()(onehot * 40, target)) == pytest.approx(0.0, abs=1e-6)
+    wrong = torch.roll(onehot, 1, dims=1)  # every pixel confidently another class
+    assert float(SoftDiceLoss()(wrong * 40, target)) > 0.99
+
+
+def test_soft_dice_ignores_padded_pixels_and_has_finite_gradients():
+    from napari_simseg.core.losses import SoftDiceLoss
+
+    logits, target = _data(9)
+    padded = target.clone()
+    padded[:, :2] = 255
+    loss_fn = SoftDiceLoss(ignore_index=255)
+    changed = logits.clone()
+    changed[:, :, :2] = torch.randn_like(changed[:, :, :2]) * 50  # only the ignored pixels
+    torch.testing.assert_close(loss_fn(logits, padded), loss_fn(changed, padded))
+    kept = _soft_dice_manual(logits[:, :, 2:], target[:, 2:], (1, 2, 3))
+    torch.testing.assert_close(loss_fn(logits, padded), kept)
+    x = logits.half().requires_grad_()
+    loss_fn(x, padded).backward()
+    assert torch.isfinite(x.grad).all() and x.grad[:, :, :2].abs().max() == 0
+
+
+def test_focal_dice_is_focal_plus_weighted_dice_and_checks_its_inputs():
+    from napari_simseg.core.losses import FocalDiceLoss, SoftDiceLoss
+
+    logits, target = _data(10)
+    focal, dice = FocalLoss(gamma=2.0), SoftDiceLoss()
+    torch.testing.assert_close(FocalDiceLoss(focal, dice, 0.3)(logits, target),
+                               focal(logits, target) + 0.3 * dice(logits, target))
+    with pytest.raises(ValueError, match="dice_weight must be > 0"):
+        FocalDiceLoss(focal, dice, 0.0)
+    with pytest.raises(ValueError, match="do not match"):
+        dice(logits, target[:, :-1])
+    with pytest.raises(ValueError, match="at least one foreground class"):
+        dice(logits[:, :1], target.clamp(max=0))

@@ -345,3 +345,20 @@ def test_spatial_augmentation_options_are_checked():
         TrainConfig(data="d", out="o", aug_scale=[1.2, 0.8]).validate()
     with pytest.raises(ValueError, match="aug_rotate_degrees"):
         TrainConfig(data="d", out="o", aug_rotate_degrees=-5).validate()
+
+
+def test_dice_loss_weight_adds_the_weighted_dice_term_to_the_first_step(phantom_data, tmp_path):
+    kw = dict(epochs=1, steps_per_epoch=1, batch_size=2)
+    train(_cfg(phantom_data, tmp_path / "focal", **kw), log=lambda m: None)
+    train(_cfg(phantom_data, tmp_path / "dice", dice_loss_weight=0.5, **kw), log=lambda m: None)
+    focal = json.loads((tmp_path / "focal" / "log.json").read_text())[0]["train_loss"]
+    both = json.loads((tmp_path / "dice" / "log.json").read_text())[0]["train_loss"]
+    # same seed, same weights, same batch: the first step differs by 0.5 * (a Dice loss in (0, 1])
+    assert 0.0 < both - focal <= 0.5
+
+
+def test_dice_loss_weight_is_checked():
+    assert TrainConfig(data="d", out="o", dice_loss_weight=0.1).validate().dice_loss_weight == 0.1
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="dice_loss_weight must be a number >= 0"):
+            TrainConfig(data="d", out="o", dice_loss_weight=bad).validate()

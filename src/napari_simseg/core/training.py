@@ -106,6 +106,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_final_fraction: float = 0.02
     focal_gamma: float = 2.0
+    dice_loss_weight: float = 0.0
     class_weighting: str = "inverse_sqrt_frequency"
     max_minutes: Optional[float] = None
     stop_after_epoch: Optional[int] = None
@@ -143,6 +144,9 @@ class TrainConfig:
                 raise ValueError(f"aug_scale must be [low, high] zoom factors with 0 < low <= high, "
                                  f"got {self.aug_scale}")
             self.aug_scale = [float(v) for v in sc]
+        if not (np.isfinite(float(self.dice_loss_weight)) and float(self.dice_loss_weight) >= 0):
+            raise ValueError(f"dice_loss_weight must be a number >= 0 (0: the paper's focal loss "
+                             f"alone), got {self.dice_loss_weight}")
         if not 0.0 <= self.auto_fraction <= 1.0:
             raise ValueError(f"auto_fraction must be in [0, 1], got {self.auto_fraction}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
@@ -298,7 +302,7 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
 
 
 def training_step(net, train_net, batch, cfg, n_classes, rng, device, autocast, loss_fn, optimizer, scaler):
-    """One optimisation step: simulated rounds, forward, focal loss, (scaled) backward."""
+    """One optimisation step: simulated rounds, forward, loss (focal [+ Dice]), (scaled) backward."""
     logits, targets = _simulate_and_forward(net, train_net, batch, cfg, n_classes, rng, device, autocast)
     loss = loss_fn(logits.float(), targets)
     optimizer.zero_grad(set_to_none=True)
@@ -355,7 +359,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     import yaml
 
     from . import data as D
-    from .losses import FocalLoss, class_weights_from_counts
+    from .losses import FocalDiceLoss, FocalLoss, SoftDiceLoss, class_weights_from_counts
     from .predictor import resolve_device
 
     cfg.validate()
@@ -412,6 +416,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loss_fn = FocalLoss(weights.to(device), gamma=cfg.focal_gamma, ignore_index=IGNORE_INDEX)
+    if cfg.dice_loss_weight > 0:
+        loss_fn = FocalDiceLoss(loss_fn, SoftDiceLoss(ignore_index=IGNORE_INDEX), cfg.dice_loss_weight)
     train_net = net
     if dist.enabled:
         train_net = torch.nn.parallel.DistributedDataParallel(
