@@ -1,6 +1,6 @@
 """Copy a trained checkpoint into the package as the bundled demo model.
 
-    python training/bundle_demo.py runs/demo_hippocampus_context calibrated.safetensors
+    python training/bundle_demo.py runs/demo_hippocampus_dice2 calibrated.safetensors
 
 The second argument names the checkpoint inside the run folder (default
 ``best.safetensors``; ``calibrated.safetensors`` is what ``simseg calibrate`` wrote).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How the bundled demo model was made: DDG-SIM on Task04_Hippocampus on a 2-core CPU,
-# in four stages and a calibration; the last stage's best validation epoch, calibrated,
+# in six stages and a calibration; the last stage's best validation epoch, calibrated,
 # is stored in the package as float16 (under 30 MB).
 #   stage 1: demo_hippocampus.yaml from random weights (published stride-2 stem)
 #   stage 2: demo_hippocampus_fullres.yaml from stage 1's best epoch, encoder stem at
@@ -9,6 +9,11 @@
 #            clicks (30 % dropped instead of 80 %) and 20 % automatic (0-click) batches
 #   stage 4: demo_hippocampus_context.yaml from stage 3's best epoch: 2.5D input (the two
 #            slices on each side as extra channels, started at zero weight)
+#   stage 6: demo_hippocampus_dice.yaml from stage 4's best epoch: a soft Dice term added
+#            to the focal loss (dice_loss_weight 0.1), cosine lr from 1e-4, 8 epochs
+#   stage 7: demo_hippocampus_dice2.yaml from stage 6's best epoch: Dice weight 0.3,
+#            cosine lr from 5e-5, 5 epochs
+#   (stage 5, demo_hippocampus_spatial.yaml, was tried and is not part of the recipe)
 #   calibration: `simseg calibrate` fits per-class decision offsets on 40 training
 #            volumes (never the validation ones) and writes calibrated.safetensors,
 #            the file that is bundled
@@ -34,6 +39,12 @@ simseg train --config "$HERE/configs/demo_hippocampus_clicks.yaml" --data "$DATA
 simseg train --config "$HERE/configs/demo_hippocampus_context.yaml" --data "$DATA" \
   --out "${OUT}_context" --init-from "${OUT}_clicks/best.safetensors" \
   --device "$DEVICE" | tail -n 1
-simseg calibrate --checkpoint "${OUT}_context/best.safetensors" --data "$DATA" --split train \
-  --output "${OUT}_context/calibrated.safetensors" --device "$DEVICE" | tail -n 1
-python "$HERE/bundle_demo.py" "${OUT}_context" calibrated.safetensors
+simseg train --config "$HERE/configs/demo_hippocampus_dice.yaml" --data "$DATA" \
+  --out "${OUT}_dice" --init-from "${OUT}_context/best.safetensors" \
+  --device "$DEVICE" | tail -n 1
+simseg train --config "$HERE/configs/demo_hippocampus_dice2.yaml" --data "$DATA" \
+  --out "${OUT}_dice2" --init-from "${OUT}_dice/best.safetensors" \
+  --device "$DEVICE" | tail -n 1
+simseg calibrate --checkpoint "${OUT}_dice2/best.safetensors" --data "$DATA" --split train \
+  --output "${OUT}_dice2/calibrated.safetensors" --device "$DEVICE" | tail -n 1
+python "$HERE/bundle_demo.py" "${OUT}_dice2" calibrated.safetensors
