@@ -359,6 +359,7 @@ def test_dice_loss_weight_adds_the_weighted_dice_term_to_the_first_step(phantom_
 
 def test_dice_loss_weight_is_checked():
     assert TrainConfig(data="d", out="o", dice_loss_weight=0.1).validate().dice_loss_weight == 0.1
-    for bad in (-0.1, float("nan"), float("inf")):
+    assert TrainConfig(data="d", out="o", dice_loss_weight="0.3").validate().dice_loss_weight == 0.3
+    for bad in (-0.1, float("nan"), float("inf"), "heavy", None):
         with pytest.raises(ValueError, match="dice_loss_weight must be a number >= 0"):
             TrainConfig(data="d", out="o", dice_loss_weight=bad).validate()

@@ -144,9 +144,14 @@ class TrainConfig:
                 raise ValueError(f"aug_scale must be [low, high] zoom factors with 0 < low <= high, "
                                  f"got {self.aug_scale}")
             self.aug_scale = [float(v) for v in sc]
-        if not (np.isfinite(float(self.dice_loss_weight)) and float(self.dice_loss_weight) >= 0):
+        try:
+            dice_weight = float(self.dice_loss_weight)
+        except (TypeError, ValueError):
+            dice_weight = float("nan")
+        if not (np.isfinite(dice_weight) and dice_weight >= 0):
             raise ValueError(f"dice_loss_weight must be a number >= 0 (0: the paper's focal loss "
-                             f"alone), got {self.dice_loss_weight}")
+                             f"alone), got {self.dice_loss_weight!r}")
+        self.dice_loss_weight = dice_weight
         if not 0.0 <= self.auto_fraction <= 1.0:
             raise ValueError(f"auto_fraction must be in [0, 1], got {self.auto_fraction}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
