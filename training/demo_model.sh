@@ -30,21 +30,16 @@ DEVICE=${DEVICE:-auto}
 HERE=$(cd "$(dirname "$0")" && pwd)
 simseg train --config "$HERE/configs/demo_hippocampus.yaml" --data "$DATA" --out "$OUT" \
   --device "$DEVICE" --max-minutes "${MINUTES:-60}" | tail -n 1
-simseg train --config "$HERE/configs/demo_hippocampus_fullres.yaml" --data "$DATA" \
-  --out "${OUT}_fullres" --init-from "$OUT/best.safetensors" --stop-after-epoch 10 \
-  --device "$DEVICE" | tail -n 1
-simseg train --config "$HERE/configs/demo_hippocampus_clicks.yaml" --data "$DATA" \
-  --out "${OUT}_clicks" --init-from "${OUT}_fullres/best.safetensors" \
-  --device "$DEVICE" | tail -n 1
-simseg train --config "$HERE/configs/demo_hippocampus_context.yaml" --data "$DATA" \
-  --out "${OUT}_context" --init-from "${OUT}_clicks/best.safetensors" \
-  --device "$DEVICE" | tail -n 1
-simseg train --config "$HERE/configs/demo_hippocampus_dice.yaml" --data "$DATA" \
-  --out "${OUT}_dice" --init-from "${OUT}_context/best.safetensors" \
-  --device "$DEVICE" | tail -n 1
-simseg train --config "$HERE/configs/demo_hippocampus_dice2.yaml" --data "$DATA" \
-  --out "${OUT}_dice2" --init-from "${OUT}_dice/best.safetensors" \
-  --device "$DEVICE" | tail -n 1
+# fine_tune CONFIG OUT_DIR FROM_DIR [more simseg train options]: a stage from FROM_DIR's best epoch
+fine_tune() {
+  simseg train --config "$HERE/configs/$1" --data "$DATA" --out "$2" \
+    --init-from "$3/best.safetensors" --device "$DEVICE" "${@:4}" | tail -n 1
+}
+fine_tune demo_hippocampus_fullres.yaml "${OUT}_fullres" "$OUT" --stop-after-epoch 10
+fine_tune demo_hippocampus_clicks.yaml "${OUT}_clicks" "${OUT}_fullres"
+fine_tune demo_hippocampus_context.yaml "${OUT}_context" "${OUT}_clicks"
+fine_tune demo_hippocampus_dice.yaml "${OUT}_dice" "${OUT}_context"
+fine_tune demo_hippocampus_dice2.yaml "${OUT}_dice2" "${OUT}_dice"
 simseg calibrate --checkpoint "${OUT}_dice2/best.safetensors" --data "$DATA" --split train \
   --output "${OUT}_dice2/calibrated.safetensors" --device "$DEVICE" | tail -n 1
 python "$HERE/bundle_demo.py" "${OUT}_dice2" calibrated.safetensors

@@ -21,6 +21,25 @@ from torch import Tensor, nn
 __all__ = ["FocalLoss", "SoftDiceLoss", "FocalDiceLoss", "class_weights_from_counts"]
 
 
+def _checked_target(logits: Tensor, target: Tensor) -> Tensor:
+    """``target`` as int64 after checking it matches ``logits`` (B, N, *spatial)."""
+    if logits.ndim < 2 or target.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(
+            f"logits (B, N, *spatial) and target (B, *spatial) do not match: "
+            f"{tuple(logits.shape)} vs {tuple(target.shape)}"
+        )
+    return target if target.dtype == torch.long else target.long()
+
+
+def _split_ignored(target: Tensor, ignore_index: int | None) -> tuple[Tensor | None, Tensor]:
+    """``(valid, safe_target)``: the mask of counted pixels (``None``: all) and the
+    target with ignored pixels set to class 0, so it can index and one-hot."""
+    if ignore_index is None:
+        return None, target
+    valid = target != ignore_index
+    return valid, torch.where(valid, target, torch.zeros_like(target))
+
+
 class FocalLoss(nn.Module):
     """Multi-class focal loss on logits (Lin et al., 2017).
 
@@ -94,13 +113,7 @@ class FocalLoss(nn.Module):
         Tensor
             Scalar float32 loss.
         """
-        if logits.ndim < 2 or target.shape != logits.shape[:1] + logits.shape[2:]:
-            raise ValueError(
-                f"logits (B, N, *spatial) and target (B, *spatial) do not match: "
-                f"{tuple(logits.shape)} vs {tuple(target.shape)}"
-            )
-        if target.dtype != torch.long:
-            target = target.long()
+        target = _checked_target(logits, target)
         n_classes = logits.shape[1]
         if self.class_weights is not None and self.class_weights.numel() != n_classes:
             raise ValueError(
@@ -109,12 +122,7 @@ class FocalLoss(nn.Module):
 
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logp = F.log_softmax(logits.float(), dim=1)
-            if self.ignore_index is not None:
-                valid = target != self.ignore_index
-                safe_target = torch.where(valid, target, torch.zeros_like(target))
-            else:
-                valid = None
-                safe_target = target
+            valid, safe_target = _split_ignored(target, self.ignore_index)
             logpt = logp.gather(1, safe_target.unsqueeze(1)).squeeze(1)
             loss = -logpt
             if self.gamma != 0:
@@ -159,25 +167,18 @@ class SoftDiceLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Mean Dice loss over the (foreground) classes; scalar float32."""
-        if logits.ndim < 2 or target.shape != logits.shape[:1] + logits.shape[2:]:
-            raise ValueError(
-                f"logits (B, N, *spatial) and target (B, *spatial) do not match: "
-                f"{tuple(logits.shape)} vs {tuple(target.shape)}"
-            )
+        target = _checked_target(logits, target)
         n_classes = logits.shape[1]
         first = 0 if self.include_background else 1
         if n_classes - first < 1:
             raise ValueError("SoftDiceLoss needs at least one foreground class")
         with torch.autocast(device_type=logits.device.type, enabled=False):
             prob = F.softmax(logits.float(), dim=1)
-            target = target.long()
-            if self.ignore_index is not None:
-                valid = (target != self.ignore_index).unsqueeze(1).float()
-                target = torch.where(target == self.ignore_index, torch.zeros_like(target), target)
-            else:
-                valid = torch.ones_like(prob[:, :1])
-            onehot = F.one_hot(target, n_classes).movedim(-1, 1).float() * valid
-            prob = prob * valid
+            valid, safe_target = _split_ignored(target, self.ignore_index)
+            onehot = F.one_hot(safe_target, n_classes).movedim(-1, 1).float()
+            if valid is not None:
+                mask = valid.unsqueeze(1).float()
+                onehot, prob = onehot * mask, prob * mask
             dims = (0,) + tuple(range(2, logits.ndim))
             inter = (prob * onehot).sum(dims)[first:]
             total = (prob.sum(dims) + onehot.sum(dims))[first:]
