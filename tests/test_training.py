@@ -363,3 +363,47 @@ def test_dice_loss_weight_is_checked():
     for bad in (-0.1, float("nan"), float("inf"), "heavy", None):
         with pytest.raises(ValueError, match="dice_loss_weight must be a number >= 0"):
             TrainConfig(data="d", out="o", dice_loss_weight=bad).validate()
+
+
+def test_ema_decay_is_checked():
+    assert TrainConfig(data="d", out="o", ema_decay="0.999").validate().ema_decay == 0.999
+    assert TrainConfig(data="d", out="o").validate().ema_decay == 0.0  # the paper's recipe: off
+    for bad in (1.0, -0.1, float("nan"), "slow", None):
+        with pytest.raises(ValueError, match=r"ema_decay must be a number in \[0, 1\)"):
+            TrainConfig(data="d", out="o", ema_decay=bad).validate()
+
+
+def test_ema_checkpoints_hold_the_moving_average_and_resume_continues_it(phantom_data, tmp_path):
+    from safetensors.torch import load_file
+
+    decay = 0.75
+    kw = dict(steps_per_epoch=1, lr=1e-2, ema_decay=decay)
+    # straight: two epochs of one step; split: one epoch, then resumed for the second
+    train(_cfg(phantom_data, tmp_path / "straight", epochs=2, **kw), log=lambda m: None)
+    train(_cfg(phantom_data, tmp_path / "split", epochs=1, **kw), log=lambda m: None)
+    first = torch.load(tmp_path / "split" / "train_state.pt", weights_only=True)
+    # the first update copies the weights (the average of one set of weights)
+    for k, v in first["model"].items():
+        torch.testing.assert_close(first["ema"]["module." + k], v, rtol=0, atol=0, msg=k)
+    train(_cfg(phantom_data, tmp_path / "split", epochs=2, resume=True, **kw), log=lambda m: None)
+    second = torch.load(tmp_path / "split" / "train_state.pt", weights_only=True)
+    straight = torch.load(tmp_path / "straight" / "train_state.pt", weights_only=True)
+    saved = load_file(str(tmp_path / "split" / "last.safetensors"))
+    moved = 0
+    for k, w2 in second["model"].items():
+        if not w2.is_floating_point():
+            continue
+        expected = decay * first["model"][k] + (1 - decay) * w2  # weights and batch-norm statistics
+        torch.testing.assert_close(second["ema"]["module." + k], expected, msg=k)
+        torch.testing.assert_close(saved[k], expected, msg=k)  # the checkpoint is the average
+        torch.testing.assert_close(straight["ema"]["module." + k], second["ema"]["module." + k],
+                                   rtol=0, atol=0, msg=k)  # resuming changes nothing
+        moved += int(not torch.equal(w2, expected))
+    assert moved > 10  # the raw weights moved away from the average: the test has teeth
+
+
+def test_resume_with_ema_needs_a_state_that_has_one(phantom_data, tmp_path):
+    train(_cfg(phantom_data, tmp_path / "r", epochs=1, steps_per_epoch=1), log=lambda m: None)
+    with pytest.raises(ValueError, match="written without weight averaging"):
+        train(_cfg(phantom_data, tmp_path / "r", epochs=2, steps_per_epoch=1, ema_decay=0.9, resume=True),
+              log=lambda m: None)

@@ -20,6 +20,13 @@ that must also segment with no clicks while ``drop_fraction`` is lowered so that
 sees several clicks per class. Padded pixels are ignored by the loss and never
 clicked (the user sees each slice's real extent only).
 
+Weight averaging: ``ema_decay > 0`` keeps an exponential moving average of the
+weights (and of the batch-norm statistics), updated after every optimisation step
+(:class:`torch.optim.swa_utils.AveragedModel`). Validation and the saved checkpoints
+use the averaged network; the virtual user of DDG keeps running the network being
+optimised, whose weights are "the model" of the paper's data generation. 0 (the
+default, the paper's recipe) saves the optimised weights themselves.
+
 Resume: ``train_state.pt`` (float32 weights, optimiser, history) is written after every
 epoch, and each epoch's random streams derive from ``(seed, epoch)``, so a run killed at
 any point and resumed gives the same weights as one that was never interrupted. A run
@@ -107,6 +114,7 @@ class TrainConfig:
     lr_final_fraction: float = 0.02
     focal_gamma: float = 2.0
     dice_loss_weight: float = 0.0
+    ema_decay: float = 0.0
     class_weighting: str = "inverse_sqrt_frequency"
     max_minutes: Optional[float] = None
     stop_after_epoch: Optional[int] = None
@@ -152,6 +160,14 @@ class TrainConfig:
             raise ValueError(f"dice_loss_weight must be a number >= 0 (0: the paper's focal loss "
                              f"alone), got {self.dice_loss_weight!r}")
         self.dice_loss_weight = dice_weight
+        try:
+            ema_decay = float(self.ema_decay)
+        except (TypeError, ValueError):
+            ema_decay = float("nan")
+        if not 0.0 <= ema_decay < 1.0:  # also refuses NaN
+            raise ValueError(f"ema_decay must be a number in [0, 1) (0: no averaging; e.g. 0.999 "
+                             f"averages over the last ~1000 steps), got {self.ema_decay!r}")
+        self.ema_decay = ema_decay
         if not 0.0 <= self.auto_fraction <= 1.0:
             raise ValueError(f"auto_fraction must be in [0, 1], got {self.auto_fraction}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
@@ -423,6 +439,12 @@ def train(cfg: TrainConfig, log=print) -> Path:
     loss_fn = FocalLoss(weights.to(device), gamma=cfg.focal_gamma, ignore_index=IGNORE_INDEX)
     if cfg.dice_loss_weight > 0:
         loss_fn = FocalDiceLoss(loss_fn, SoftDiceLoss(ignore_index=IGNORE_INDEX), cfg.dice_loss_weight)
+    # the averaged copy starts from the initial (possibly --init-from) weights
+    ema = None
+    if cfg.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     train_net = net
     if dist.enabled:
         train_net = torch.nn.parallel.DistributedDataParallel(
@@ -436,6 +458,11 @@ def train(cfg: TrainConfig, log=print) -> Path:
             raise FileNotFoundError(f"--resume: no {state_path} to resume from")
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         net.load_state_dict(st["model"])  # float32, even when checkpoints are stored in float16
+        if ema is not None:
+            if "ema" not in st:
+                raise ValueError(f"--resume with ema_decay {cfg.ema_decay}: {state_path} was written "
+                                 f"without weight averaging; resume with the run's own options")
+            ema.load_state_dict(st["ema"])
         optimizer.load_state_dict(st["optimizer"])
         if "scaler" in st and amp:
             scaler.load_state_dict(st["scaler"])
@@ -503,6 +530,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
                 break
             loss = training_step(net, train_net, batch, cfg, n_classes, rng, device, autocast,
                                  loss_fn, optimizer, scaler)
+            if ema is not None:
+                ema.update_parameters(net)
             losses.append(float(loss.detach()))
             if bar is not None:
                 bar.update(1)
@@ -521,7 +550,9 @@ def train(cfg: TrainConfig, log=print) -> Path:
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "steps": len(losses), "train_seconds": round(train_s, 2)}
         if dist.main:
-            val = validate(net, val_ds, cfg, n_classes, device, amp)
+            # the network that is validated and saved: the averaged one when averaging
+            saved_net = net if ema is None else ema.module
+            val = validate(saved_net, val_ds, cfg, n_classes, device, amp)
             score = _score(val, val_rounds)
             for k, v in val.items():
                 for metric in ("dice", "iou"):
@@ -535,16 +566,16 @@ def train(cfg: TrainConfig, log=print) -> Path:
                 "train_volumes": list(train_ds.case_ids), "val_volumes": list(val_ds.case_ids),
                 "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")},
             }
-            save_checkpoint(out / "last.safetensors", net, meta, half=cfg.half_checkpoint)
+            save_checkpoint(out / "last.safetensors", saved_net, meta, half=cfg.half_checkpoint)
             if score > best or not best_path.is_file():
                 best = max(best, score)
-                save_checkpoint(best_path, net, meta, half=cfg.half_checkpoint)
-            torch.save(
-                {"epoch": epoch + (0 if stopped_early else 1), "best": best, "model": net.state_dict(),
-                 "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "history": json.dumps(history)},
-                str(state_path) + ".tmp",
-            )
+                save_checkpoint(best_path, saved_net, meta, half=cfg.half_checkpoint)
+            train_state = {"epoch": epoch + (0 if stopped_early else 1), "best": best, "model": net.state_dict(),
+                           "optimizer": optimizer.state_dict(),
+                           "scaler": scaler.state_dict(), "history": json.dumps(history)}
+            if ema is not None:
+                train_state["ema"] = ema.state_dict()
+            torch.save(train_state, str(state_path) + ".tmp")
             os.replace(str(state_path) + ".tmp", state_path)
             _write_logs(out, history)
             dice_txt = ", ".join(f"{n}={d:.3f}" for n, d in zip(class_names, val[val_rounds]["dice"]))
