@@ -407,3 +407,13 @@ def test_resume_with_ema_needs_a_state_that_has_one(phantom_data, tmp_path):
     with pytest.raises(ValueError, match="written without weight averaging"):
         train(_cfg(phantom_data, tmp_path / "r", epochs=2, steps_per_epoch=1, ema_decay=0.9, resume=True),
               log=lambda m: None)
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "training/configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_training_config_is_valid(config):
+    import yaml
+
+    values = yaml.safe_load(config.read_text())
+    cfg = TrainConfig.from_dict({**values, "data": "d", "out": "o"}).validate()  # unknown keys raise here
+    assert cfg.memory in ("none", "cim", "sim") and cfg.epochs >= 1
