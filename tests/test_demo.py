@@ -52,3 +52,12 @@ def test_demo_gui_opens_sample_model_and_widget(make_napari_viewer, monkeypatch)
     names = [layer.name for layer in viewer.layers]
     assert any(n.startswith("hippocampus") for n in names)
     assert "SimSeg labels" in names and "Anterior clicks" in names
+
+
+def test_evaluating_the_bundled_model_names_its_row_demo():
+    from napari_simseg.core.evaluation import evaluate
+
+    res = evaluate("demo", SAMPLE_DIR, split="all", clicks=[0], noc_clicks=0, max_volumes=1,
+                   device="cpu", progress=False, tta=False)
+    assert res["name"] == "demo"  # not the package folder the file happens to live in
+    assert list(res["per_volume"]) == res["volumes"] and res["n_volumes"] == 1

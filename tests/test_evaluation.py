@@ -115,3 +115,22 @@ def test_flip_averaging_is_recorded_and_can_be_switched_off(phantom_data, phanto
     assert "no flip averaging" in format_report(off) and "no flip averaging" not in format_report(on)
     rw = evaluate(None, phantom_data, clicks=[0, 1], method="random_walker", noc_clicks=0, progress=False)
     assert rw["tta"] is None and rw["honour_clicks"] is None
+
+
+def test_per_volume_dice_and_its_standard_error_agree_with_the_means(phantom_data, phantom_checkpoint):
+    res = evaluate(phantom_checkpoint, phantom_data, clicks=[0, 2], noc_clicks=0, device="cpu", progress=False)
+    assert list(res["per_volume"]) == res["volumes"]
+    for row in res["results"]:
+        k = str(row["clicks"])
+        for c in res["classes"]:
+            values = [v["dice"][k][c] for v in res["per_volume"].values() if v["dice"][k][c] is not None]
+            if not values:
+                assert row["dice"][c] is None and row["dice_sem"][c] is None
+                continue
+            assert row["dice"][c] == pytest.approx(np.mean(values), abs=1e-4)
+            if len(values) < 2:
+                assert row["dice_sem"][c] is None  # one volume: no spread to estimate
+            else:
+                assert row["dice_sem"][c] == pytest.approx(np.std(values, ddof=1) / np.sqrt(len(values)), abs=1e-4)
+    # the volumes differ, so some class has a non-zero spread: the check above is not vacuous
+    assert any(s for row in res["results"] for s in row["dice_sem"].values())

@@ -23,7 +23,9 @@ JSON written by ``--json``::
      "honour_clicks": bool (model) or null, "tta": bool (model) or null,
      "decision_offsets": [one per class] or null, "split": str,
      "classes": [names], "n_volumes": int, "volumes": [case ids],
-     "results": [{"clicks": k, "dice": {class: mean}, "iou": {class: mean}}, ...],
+     "results": [{"clicks": k, "dice": {class: mean}, "iou": {class: mean},
+                  "dice_sem": {class: standard error of that mean over volumes}}, ...],
+     "per_volume": {case id: {"dice": {"k": {class: Dice}}}},
      "latency_ms": {"mean": ms, "std": ms},   # per slice and round, batched
      "noc": {"max_clicks": 20, "0.85": {class: {"mean", "failures", "n"}},
              "0.9": {...}},                       # when --noc-clicks > 0
@@ -286,11 +288,25 @@ def evaluate(
                 m = np.nanmean(arr, axis=0)
         return {name_: (None if np.isnan(v) else round(float(v), 5)) for name_, v in zip(class_names, m)}
 
+    def sem_dict(values):
+        # standard error of the mean over the volumes where the class is scored
+        arr = np.asarray(values, float).reshape(len(values), -1)
+        out = {}
+        for name_, col in zip(class_names, arr.T):
+            col = col[~np.isnan(col)]
+            out[name_] = round(float(col.std(ddof=1) / np.sqrt(col.size)), 5) if col.size >= 2 else None
+        return out
+
+    def per_class(values):
+        return {name_: (None if np.isnan(v) else round(float(v), 5)) for name_, v in zip(class_names, values)}
+
     result = {
         "checkpoint": str(ckpt_path) if ckpt_path else None,
         "data": str(data),
         "method": method,
-        "name": name or (Path(ckpt_path).parent.name if ckpt_path else method),
+        # default row name: the run folder of a trained checkpoint ("demo" for the bundled one)
+        "name": name or ("demo" if str(checkpoint) == "demo" and method == "model"
+                         else Path(ckpt_path).parent.name if ckpt_path else method),
         "memory": mem_kind,
         "honour_clicks": bool(honour_clicks) if method == "model" else None,
         "tta": bool(tta) if method == "model" else None,
@@ -302,9 +318,14 @@ def evaluate(
         "n_volumes": len(cases),
         "volumes": [c.case_id for c in cases],
         "results": [
-            {"clicks": k, "dice": mean_dict(per_volume[k]["dice"]), "iou": mean_dict(per_volume[k]["iou"])}
+            {"clicks": k, "dice": mean_dict(per_volume[k]["dice"]), "iou": mean_dict(per_volume[k]["iou"]),
+             "dice_sem": sem_dict(per_volume[k]["dice"])}
             for k in clicks
         ],
+        "per_volume": {
+            c.case_id: {"dice": {str(k): per_class(per_volume[k]["dice"][v]) for k in clicks}}
+            for v, c in enumerate(cases)
+        },
         "latency_ms": {
             "mean": round(statistics.fmean(latency), 3) if latency else None,
             "std": round(statistics.pstdev(latency), 3) if latency else None,
