@@ -439,7 +439,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     loss_fn = FocalLoss(weights.to(device), gamma=cfg.focal_gamma, ignore_index=IGNORE_INDEX)
     if cfg.dice_loss_weight > 0:
         loss_fn = FocalDiceLoss(loss_fn, SoftDiceLoss(ignore_index=IGNORE_INDEX), cfg.dice_loss_weight)
-    # the averaged copy starts from the initial (possibly --init-from) weights
+    # AveragedModel copies the weights on its first update: the average starts after step 1
     ema = None
     if cfg.ema_decay > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
