@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -278,27 +279,19 @@ def evaluate(
             iou_curves.append(curve)
             present.append(np.stack([(labels == c).any((1, 2)) for c in range(n)], axis=1))
 
-    def mean_dict(values):
-        arr = np.asarray(values, float)
-        with np.errstate(invalid="ignore"):
-            import warnings
+    def per_class(values):
+        return {name_: (None if np.isnan(v) else round(float(v), 5)) for name_, v in zip(class_names, values)}
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                m = np.nanmean(arr, axis=0)
-        return {name_: (None if np.isnan(v) else round(float(v), 5)) for name_, v in zip(class_names, m)}
+    def mean_dict(values):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from every volume
+            return per_class(np.nanmean(np.asarray(values, float), axis=0))
 
     def sem_dict(values):
         # standard error of the mean over the volumes where the class is scored
         arr = np.asarray(values, float).reshape(len(values), -1)
-        out = {}
-        for name_, col in zip(class_names, arr.T):
-            col = col[~np.isnan(col)]
-            out[name_] = round(float(col.std(ddof=1) / np.sqrt(col.size)), 5) if col.size >= 2 else None
-        return out
-
-    def per_class(values):
-        return {name_: (None if np.isnan(v) else round(float(v), 5)) for name_, v in zip(class_names, values)}
+        cols = [col[~np.isnan(col)] for col in arr.T]
+        return per_class([col.std(ddof=1) / np.sqrt(col.size) if col.size >= 2 else np.nan for col in cols])
 
     result = {
         "checkpoint": str(ckpt_path) if ckpt_path else None,

@@ -63,6 +63,14 @@ LR_SCHEDULES = ("constant", "cosine")
 IGNORE_INDEX = -100  # padded pixels in the training targets
 
 
+def _as_float(value) -> float:
+    """``value`` as a float (YAML and CLI give text too); NaN when it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; every field is a YAML key and a CLI option."""
@@ -152,18 +160,12 @@ class TrainConfig:
                 raise ValueError(f"aug_scale must be [low, high] zoom factors with 0 < low <= high, "
                                  f"got {self.aug_scale}")
             self.aug_scale = [float(v) for v in sc]
-        try:
-            dice_weight = float(self.dice_loss_weight)
-        except (TypeError, ValueError):
-            dice_weight = float("nan")
+        dice_weight = _as_float(self.dice_loss_weight)
         if not (np.isfinite(dice_weight) and dice_weight >= 0):
             raise ValueError(f"dice_loss_weight must be a number >= 0 (0: the paper's focal loss "
                              f"alone), got {self.dice_loss_weight!r}")
         self.dice_loss_weight = dice_weight
-        try:
-            ema_decay = float(self.ema_decay)
-        except (TypeError, ValueError):
-            ema_decay = float("nan")
+        ema_decay = _as_float(self.ema_decay)
         if not 0.0 <= ema_decay < 1.0:  # also refuses NaN
             raise ValueError(f"ema_decay must be a number in [0, 1) (0: no averaging; e.g. 0.999 "
                              f"averages over the last ~1000 steps), got {self.ema_decay!r}")
