@@ -417,3 +417,46 @@ def test_every_shipped_training_config_is_valid(config):
     values = yaml.safe_load(config.read_text())
     cfg = TrainConfig.from_dict({**values, "data": "d", "out": "o"}).validate()  # unknown keys raise here
     assert cfg.memory in ("none", "cim", "sim") and cfg.epochs >= 1
+
+
+def test_train_axes_are_checked():
+    assert TrainConfig(data="d", out="o", train_axes=[0, 1, 2]).validate().train_axes == [0, 1, 2]
+    assert TrainConfig(data="d", out="o", axis=1, train_axes=[1, 2]).validate().train_axes == [1, 2]
+    assert TrainConfig(data="d", out="o").validate().train_axes is None  # the slicing axis alone
+    for bad in ([1, 2], [0, 0], [0, 3], [], [0, True], ["0", 1]):
+        with pytest.raises(ValueError, match="train_axes must be distinct axes"):
+            TrainConfig(data="d", out="o", train_axes=bad).validate()
+
+
+def test_train_axes_train_on_every_axis_and_validate_on_one(phantom_data, tmp_path):
+    messages = []
+    train(_cfg(phantom_data, tmp_path / "m", epochs=1, steps_per_epoch=1, train_axes=[0, 1, 2]),
+          log=messages.append)
+    split = json.loads((tmp_path / "m" / "split.json").read_text())
+    data_line = next(m for m in messages if m.startswith("data:"))
+    # phantom volumes are (6, 40, 44): 6 + 40 + 44 training slices each, 6 validation slices each
+    n_train, n_val = len(split["train"]), len(split["val"])
+    assert f"{90 * n_train} / {6 * n_val} slices" in data_line
+    history = json.loads((tmp_path / "m" / "log.json").read_text())
+    assert np.isfinite(history[0]["train_loss"]) and "val_dice_1clicks_organ" in history[0]
+
+
+def test_multi_axis_slices_joins_the_axes_of_the_same_cases(phantom_data):
+    from napari_simseg.core import data as D
+
+    spec = D.discover_dataset(phantom_data)
+    ids = spec.case_ids[:2]
+    parts = [D.SliceDataset(spec, ids, axis=a, target_shape=(48, 48), context_slices=1) for a in (0, 1, 2)]
+    joined = D.MultiAxisSlices(parts)
+    assert len(joined) == 2 * (6 + 40 + 44) and joined.axes == [0, 1, 2] and joined.case_ids == ids
+    item = joined[2 * 6 + 2 * 40]  # the first slice along axis 2
+    assert item["image"].shape == (3, 48, 48) and item["labels"].shape == (48, 48)
+    np.testing.assert_array_equal(item["labels"].numpy(), parts[2][0]["labels"].numpy())
+    np.testing.assert_array_equal(joined.class_pixel_counts(), parts[0].class_pixel_counts())
+    joined.set_epoch(3)
+    assert [p.epoch for p in parts] == [3, 3, 3]
+    with pytest.raises(ValueError, match="different axes"):
+        D.MultiAxisSlices([parts[0], parts[0]])
+    other = D.SliceDataset(spec, ids[:1], axis=1, target_shape=(48, 48), context_slices=1)
+    with pytest.raises(ValueError, match="same cases"):
+        D.MultiAxisSlices([parts[0], other])

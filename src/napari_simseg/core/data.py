@@ -55,6 +55,7 @@ __all__ = [
     "CropBox",
     "DatasetError",
     "DatasetSpec",
+    "MultiAxisSlices",
     "SliceDataset",
     "check_case",
     "check_dataset",
@@ -1406,3 +1407,50 @@ class SliceDataset(torch.utils.data.Dataset):
         """``(case_id, CaseArrays)`` of every loaded case."""
         for c in self.cases:
             yield c.case_id, self.volume(c.case_id)
+
+
+class MultiAxisSlices(torch.utils.data.ConcatDataset):
+    """The slices of the same volumes along several axes, as one training set.
+
+    Multi-planar training: a 2D network sees each volume cut along every axis in
+    ``parts``, up to three times the slices of one axis, for data sets too small for
+    the network (``TrainConfig.train_axes``). Items are those of the parts, in order;
+    validation and inference stay on one axis.
+
+    Parameters
+    ----------
+    parts : sequence of SliceDataset
+        The same cases and ``target_shape``, each along a different ``axis``.
+    """
+
+    def __init__(self, parts: Sequence[SliceDataset]):
+        parts = list(parts)
+        if not parts:
+            raise ValueError("MultiAxisSlices needs at least one SliceDataset")
+        first = parts[0]
+        for p in parts[1:]:
+            if p.case_ids != first.case_ids or tuple(p.target_shape) != tuple(first.target_shape):
+                raise ValueError("MultiAxisSlices parts must hold the same cases padded to the same shape")
+        if len({p.axis for p in parts}) != len(parts):
+            raise ValueError(f"MultiAxisSlices parts must slice along different axes, "
+                             f"got {[p.axis for p in parts]}")
+        super().__init__(parts)
+        self.parts = parts
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Identifiers of the cases (the same in every part)."""
+        return self.parts[0].case_ids
+
+    @property
+    def axes(self) -> list[int]:
+        return [p.axis for p in self.parts]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch`` in every part."""
+        for p in self.parts:
+            p.set_epoch(epoch)
+
+    def class_pixel_counts(self) -> np.ndarray:
+        """Voxel count of each class (the volumes are the same along every axis)."""
+        return self.parts[0].class_pixel_counts()

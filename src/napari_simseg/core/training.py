@@ -27,6 +27,12 @@ use the averaged network; the virtual user of DDG keeps running the network bein
 optimised, whose weights are "the model" of the paper's data generation. 0 (the
 default, the paper's recipe) saves the optimised weights themselves.
 
+Multi-planar training: ``train_axes`` (e.g. ``[0, 1, 2]``) trains on the slices of every
+training volume along each listed axis (:class:`~napari_simseg.core.data.MultiAxisSlices`),
+padded to one shape that holds them all; validation and the checkpoint use ``axis`` only,
+so the network is used exactly as one trained on ``axis`` alone. ``None`` (the default)
+is ``[axis]``.
+
 Resume: ``train_state.pt`` (float32 weights, optimiser, history) is written after every
 epoch, and each epoch's random streams derive from ``(seed, epoch)``, so a run killed at
 any point and resumed gives the same weights as one that was never interrupted. A run
@@ -103,6 +109,7 @@ class TrainConfig:
     auto_fraction: float = 0.0
     # data
     axis: int = 0
+    train_axes: Optional[list] = None
     context_slices: int = 0
     pad_to: Optional[list] = None
     n4: bool = False
@@ -174,6 +181,14 @@ class TrainConfig:
             raise ValueError(f"auto_fraction must be in [0, 1], got {self.auto_fraction}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
             raise ValueError(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}")
+        if self.train_axes is not None:
+            axes = list(self.train_axes)
+            if (not axes or any(isinstance(a, bool) or not isinstance(a, int) or not 0 <= a <= 2 for a in axes)
+                    or len(set(axes)) != len(axes) or self.axis not in axes):
+                raise ValueError(f"train_axes must be distinct axes out of 0, 1, 2 that include axis "
+                                 f"{self.axis} (the one validation and the checkpoint use), e.g. "
+                                 f"[0, 1, 2]; got {self.train_axes!r}")
+            self.train_axes = axes
         if isinstance(self.context_slices, bool) or not isinstance(self.context_slices, int) \
                 or self.context_slices < 0:
             raise ValueError(f"context_slices must be an integer >= 0, got {self.context_slices!r}")
@@ -415,11 +430,19 @@ def train(cfg: TrainConfig, log=print) -> Path:
     if cfg.augment:
         augmenter = D.Augmenter(rotate_degrees=cfg.aug_rotate_degrees,
                                 scale=None if cfg.aug_scale is None else tuple(cfg.aug_scale))
-    common = dict(axis=cfg.axis, n4=cfg.n4, cache_dir=out / "cache", on_error=cfg.on_error,
+    common = dict(n4=cfg.n4, cache_dir=out / "cache", on_error=cfg.on_error,
                   context_slices=cfg.context_slices)
-    pad_to = tuple(cfg.pad_to) if cfg.pad_to else D.largest_slice_shape(spec, axis=cfg.axis)
-    train_ds = D.SliceDataset(spec, split["train"], target_shape=pad_to, augmenter=augmenter, seed=cfg.seed, **common)
-    val_ds = D.SliceDataset(spec, split["val"], target_shape=pad_to, augmenter=None, seed=cfg.seed, **common)
+    train_axes = cfg.train_axes or [cfg.axis]
+    if cfg.pad_to:
+        pad_to = tuple(cfg.pad_to)
+    else:  # one size that holds the slices along every training axis
+        shapes = [D.largest_slice_shape(spec, axis=a) for a in train_axes]
+        pad_to = (max(h for h, _ in shapes), max(w for _, w in shapes))
+    parts = [D.SliceDataset(spec, split["train"], axis=a, target_shape=pad_to, augmenter=augmenter,
+                            seed=cfg.seed, **common) for a in train_axes]
+    train_ds = parts[0] if len(parts) == 1 else D.MultiAxisSlices(parts)
+    val_ds = D.SliceDataset(spec, split["val"], axis=cfg.axis, target_shape=pad_to, augmenter=None,
+                            seed=cfg.seed, **common)
     counts = train_ds.class_pixel_counts()
     weights = class_weights_from_counts(counts, method=cfg.class_weighting)
     if dist.main:
