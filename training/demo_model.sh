@@ -14,8 +14,8 @@
 #   stage 7: demo_hippocampus_dice2.yaml from stage 6's best epoch: Dice weight 0.3,
 #            cosine lr from 5e-5, 5 epochs
 #   (tried and not part of the recipe: stage 5, demo_hippocampus_spatial.yaml, from stage 4;
-#   stages 8, 9 and 10, demo_hippocampus_ema.yaml, demo_hippocampus_rounds.yaml and
-#   demo_hippocampus_long.yaml, from stage 7)
+#   stages 8-11, demo_hippocampus_ema.yaml, demo_hippocampus_rounds.yaml,
+#   demo_hippocampus_long.yaml and demo_hippocampus_planes.yaml, from stage 7)
 #   calibration: `simseg calibrate` fits per-class decision offsets on 40 training
 #            volumes (never the validation ones) and writes calibrated.safetensors,
 #            the file that is bundled
