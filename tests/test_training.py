@@ -460,3 +460,21 @@ def test_multi_axis_slices_joins_the_axes_of_the_same_cases(phantom_data):
     other = D.SliceDataset(spec, ids[:1], axis=1, target_shape=(48, 48), context_slices=1)
     with pytest.raises(ValueError, match="same cases"):
         D.MultiAxisSlices([parts[0], other])
+
+
+def test_along_views_the_loaded_volumes_along_another_axis(phantom_data):
+    from napari_simseg.core import data as D
+
+    spec = D.discover_dataset(phantom_data)
+    ids = spec.case_ids[:2]
+    base = D.SliceDataset(spec, ids, axis=0, target_shape=(48, 48), context_slices=1)
+    for axis in (1, 2):
+        read = D.SliceDataset(spec, ids, axis=axis, target_shape=(48, 48), context_slices=1)
+        viewed = base.along(axis)
+        assert viewed.axis == axis and len(viewed) == len(read) and base.axis == 0 and len(base) == 12
+        for i in (0, len(read) // 2, len(read) - 1):
+            a, b = viewed[i], read[i]
+            assert a["slice_index"] == b["slice_index"] and a["case_id"] == b["case_id"]
+            np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
+            np.testing.assert_array_equal(a["labels"].numpy(), b["labels"].numpy())
+        assert np.shares_memory(viewed.images[ids[0]], base.images[ids[0]])

@@ -30,6 +30,7 @@ ignored everywhere.  Labels are never remapped: a label value ``k`` is class ``k
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -1330,6 +1331,10 @@ class SliceDataset(torch.utils.data.Dataset):
         if target_shape is None:
             target_shape = largest_slice_shape(spec, axis=axis, multiple=multiple)
         self.target_shape = (int(target_shape[0]), int(target_shape[1]))
+        self._index_slices()
+
+    def _index_slices(self) -> None:
+        """Check every slice against ``target_shape`` and list ``(case_id, k)`` items."""
         th, tw = self.target_shape
         too_big = [
             f"{cid} {img.shape[1:]}" for cid, img in self.images.items()
@@ -1343,6 +1348,22 @@ class SliceDataset(torch.utils.data.Dataset):
         self.index: list[tuple[str, int]] = [
             (c.case_id, k) for c in self.cases for k in range(self.images[c.case_id].shape[0])
         ]
+
+    def along(self, axis: int) -> "SliceDataset":
+        """The same loaded volumes sliced along ``axis`` instead.
+
+        Nothing is read or preprocessed again: the arrays are views of this dataset's
+        (no extra memory); every other setting is shared. Slices must still fit
+        ``target_shape``.
+        """
+        other = copy.copy(self)
+        other.axis = axis
+        other.images, other.labels = {}, {}
+        for cid, img in self.images.items():
+            volume, labels = np.moveaxis(img, 0, self.axis), np.moveaxis(self.labels[cid], 0, self.axis)
+            other.images[cid], other.labels[cid] = slice_volume(volume, labels, axis)
+        other._index_slices()
+        return other
 
     @property
     def n_classes(self) -> int:
@@ -1420,7 +1441,8 @@ class MultiAxisSlices(torch.utils.data.ConcatDataset):
     Parameters
     ----------
     parts : sequence of SliceDataset
-        The same cases and ``target_shape``, each along a different ``axis``.
+        The same cases and ``target_shape``, each along a different ``axis`` (e.g. one
+        dataset and its :meth:`SliceDataset.along` the other axes).
     """
 
     def __init__(self, parts: Sequence[SliceDataset]):

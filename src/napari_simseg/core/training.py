@@ -438,9 +438,10 @@ def train(cfg: TrainConfig, log=print) -> Path:
     else:  # one size that holds the slices along every training axis
         shapes = [D.largest_slice_shape(spec, axis=a) for a in train_axes]
         pad_to = (max(h for h, _ in shapes), max(w for _, w in shapes))
-    parts = [D.SliceDataset(spec, split["train"], axis=a, target_shape=pad_to, augmenter=augmenter,
-                            seed=cfg.seed, **common) for a in train_axes]
-    train_ds = parts[0] if len(parts) == 1 else D.MultiAxisSlices(parts)
+    train_ds = D.SliceDataset(spec, split["train"], axis=cfg.axis, target_shape=pad_to, augmenter=augmenter,
+                              seed=cfg.seed, **common)
+    if len(train_axes) > 1:  # the volumes read once, viewed along every axis
+        train_ds = D.MultiAxisSlices([train_ds if a == cfg.axis else train_ds.along(a) for a in train_axes])
     val_ds = D.SliceDataset(spec, split["val"], axis=cfg.axis, target_shape=pad_to, augmenter=None,
                             seed=cfg.seed, **common)
     counts = train_ds.class_pixel_counts()
