@@ -1,4 +1,5 @@
-"""The ``simseg`` command: ``train``, ``evaluate``, ``benchmark`` and ``demo``."""
+"""The ``simseg`` command: ``train``, ``evaluate``, ``calibrate``, ``average``, ``benchmark``,
+``report`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -95,6 +96,22 @@ def _calibrate(args) -> int:
     return main_calibrate(args)
 
 
+def _average(args) -> int:
+    from .core.checkpoint import average_checkpoints
+
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+    out = average_checkpoints(args.checkpoints, args.output, weights=weights, half=args.half)
+    print(f"{out}: average of {len(args.checkpoints)} checkpoints "
+          f"({out.stat().st_size / 2**20:.1f} MB), no decision offsets: run `simseg calibrate` "
+          f"on it to fit them")
+    return 0
+
+
 def _report(args) -> int:
     import json
 
@@ -152,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_calibrate_arguments(p)
     p.set_defaults(func=_calibrate)
+
+    p = sub.add_parser("average", help="average the weights of fine-tuned checkpoints (model soup)",
+                       description="Write one checkpoint whose weights are the (weighted) mean of "
+                                   "several checkpoints of the same network, e.g. fine-tuning runs "
+                                   "from one starting point (a uniform model soup). The result has "
+                                   "no decision offsets: calibrate it with `simseg calibrate`.")
+    p.add_argument("checkpoints", nargs="+", help="two or more .safetensors checkpoints")
+    p.add_argument("--output", required=True, help="where to write the averaged checkpoint")
+    p.add_argument("--weights", default=None, help="comma-separated positive weights (default: equal)")
+    p.add_argument("--half", action=argparse.BooleanOptionalAction, default=None,
+                   help="store float16 (default: only if every input is float16)")
+    p.set_defaults(func=_average)
 
     p = sub.add_parser("benchmark", help="measure latency and training-step cost")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")

@@ -24,6 +24,7 @@ from .model import ModelConfig, ModelConfigError, SimSegNet, build_model
 
 __all__ = [
     "FORMAT_NAME",
+    "average_checkpoints",
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
@@ -334,3 +335,132 @@ def load_checkpoint(
     model.load_state_dict(tensors)
     model.eval()
     return Checkpoint(meta=meta, model=model, path=str(path))
+
+
+# Header fields that must agree for two checkpoints' weights to be averaged: the same
+# network reading the same input the same way.
+_AVERAGE_MUST_MATCH = ("class_names", "memory", "depth", "click_radius", "model",
+                       "normalization", "context_slices")
+
+
+def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[float]] = None,
+                        half: Optional[bool] = None) -> Path:
+    """Average the weights of several checkpoints of one network (a "model soup").
+
+    Fine-tuning runs that start from the same checkpoint stay in one basin of the loss,
+    so the average of their weights is a network in its own right, often better than
+    each of them, at the cost of one network (Wortsman et al. 2022, "Model soups",
+    uniform soup). Every floating-point tensor is the weighted mean of the inputs',
+    computed in float32; this includes batch-norm running means and variances, which
+    for runs this close is what re-estimating them would give up to noise. Integer
+    buffers (batch-norm step counters, unused at inference) take the largest value.
+
+    The result carries no decision offsets: offsets fitted to one network do not
+    belong to another, so run ``simseg calibrate`` on the average (on training
+    volumes) if the inputs were calibrated.
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        Two or more checkpoints of the same architecture, classes, memory, click
+        encoding, normalisation, context slices and slicing axis.
+    output : str or Path
+        Where to write the average (``.safetensors``, atomic write).
+    weights : sequence of float, optional
+        One positive weight per checkpoint (normalised to sum to 1); default uniform.
+    half : bool, optional
+        Store float16; default: float16 only if every input is float16.
+
+    Returns
+    -------
+    Path
+        ``output``.
+
+    Raises
+    ------
+    CheckpointError
+        Fewer than two inputs, bad weights, or inputs that are not the same network;
+        the message names the field and the files.
+    """
+    from safetensors.torch import load_file
+
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise CheckpointError(f"averaging needs at least 2 checkpoints, got {len(paths)}")
+    if weights is None:
+        weights = [1.0] * len(paths)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(paths) or not all(np.isfinite(w) and w > 0 for w in weights):
+        raise CheckpointError(
+            f"averaging weights must be {len(paths)} positive numbers (one per checkpoint), "
+            f"got {weights}"
+        )
+    total = sum(weights)
+    weights = [w / total for w in weights]
+    metas = [read_checkpoint_meta(p) for p in paths]
+    first = metas[0]
+    for path, meta in zip(paths[1:], metas[1:]):
+        for name in _AVERAGE_MUST_MATCH:
+            if getattr(meta, name) != getattr(first, name):
+                raise CheckpointError(
+                    f"cannot average {paths[0]} and {path}: their {name} differ "
+                    f"({getattr(first, name)!r} vs {getattr(meta, name)!r}); only checkpoints "
+                    f"of the same network trained for the same input can be averaged"
+                )
+        axes = [m.training.get("config", {}).get("axis", 0) for m in (first, meta)]
+        if axes[0] != axes[1]:
+            raise CheckpointError(
+                f"cannot average {paths[0]} and {path}: trained on slices along axis "
+                f"{axes[0]} and {axes[1]}"
+            )
+    sums: dict = {}
+    dtypes: dict = {}
+    all_half = True
+    for path, weight in zip(paths, weights):
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(
+                f"{path}: corrupt tensor data ({str(exc).splitlines()[0][:120]})") from None
+        if sums and set(tensors) != set(sums):
+            raise CheckpointError(f"cannot average {paths[0]} and {path}: different tensors")
+        for key, value in tensors.items():
+            if key in sums and tuple(value.shape) != tuple(sums[key].shape):
+                raise CheckpointError(
+                    f"cannot average {paths[0]} and {path}: tensor {key} has shapes "
+                    f"{tuple(sums[key].shape)} and {tuple(value.shape)}"
+                )
+            if value.is_floating_point():
+                all_half &= value.dtype == torch.float16
+                acc = value.to(torch.float32) * weight
+                sums[key] = acc if key not in sums else sums[key] + acc
+            else:
+                sums[key] = value.clone() if key not in sums else torch.maximum(sums[key], value)
+            dtypes[key] = value.dtype
+    store_half = all_half if half is None else bool(half)
+    out_tensors = {}
+    for key, value in sums.items():
+        if value.is_floating_point():
+            value = value.to(torch.float16 if store_half else torch.float32)
+        out_tensors[key] = value.contiguous()
+    meta = CheckpointMeta(**asdict(first))
+    meta.decision_offsets = None
+    meta.format_version = FORMAT_VERSION
+    meta.training = {
+        "config": first.training.get("config", {}),
+        "data": first.training.get("data"),
+        "averaged_from": [
+            {"path": str(p), "weight": w, "epoch": m.training.get("epoch"),
+             "score": m.training.get("score")}
+            for p, w, m in zip(paths, weights, metas)
+        ],
+    }
+    for key in ("train_volumes", "val_volumes"):
+        values = [m.training.get(key) for m in metas]
+        if values[0] is not None and all(v == values[0] for v in values):
+            meta.training[key] = values[0]
+    meta.validate(str(output))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _write_file(output, out_tensors, meta)
+    return output
