@@ -1,6 +1,6 @@
 """Copy a trained checkpoint into the package as the bundled demo model.
 
-    python training/bundle_demo.py runs/demo_hippocampus_dice2 calibrated.safetensors
+    python training/bundle_demo.py runs/demo_hippocampus_soup calibrated.safetensors
 
 The second argument names the checkpoint inside the run folder (default
 ``best.safetensors``; ``calibrated.safetensors`` is what ``simseg calibrate`` wrote).
@@ -31,7 +31,10 @@ def main(run_dir: str, name: str = "best.safetensors") -> Path:
         "bundled_from": str(run / name),
     }
     out = save_checkpoint(DEMO_CHECKPOINT, ck.model, ck.meta, half=True)
-    print(f"{out} ({out.stat().st_size / 2**20:.1f} MB), epoch {ck.meta.training.get('epoch')}")
+    averaged = ck.meta.training.get("averaged_from")
+    origin = (f"average of {len(averaged)} checkpoints" if averaged
+              else f"epoch {ck.meta.training.get('epoch')}")
+    print(f"{out} ({out.stat().st_size / 2**20:.1f} MB), {origin}")
     return out
 
 
