@@ -121,8 +121,9 @@ def _two_runs(tmp_path, **kwargs):
     """Two checkpoints of one network with different weights (as two fine-tuning runs)."""
     meta_a, model_a = tiny_meta_and_model(seed=0, **kwargs)
     meta_b, model_b = tiny_meta_and_model(seed=1, **kwargs)
-    meta_a.training = {"epoch": 2, "score": 0.8, "config": {"axis": 0}}
-    meta_b.training = {"epoch": 5, "score": 0.7, "config": {"axis": 0}}
+    split = {"train_volumes": ["t1", "t2"], "val_volumes": ["v1"]}
+    meta_a.training = {"epoch": 2, "score": 0.8, "data": "D", "config": {"axis": 0, "lr": 1e-4}, **split}
+    meta_b.training = {"epoch": 5, "score": 0.7, "data": "D", "config": {"axis": 0, "lr": 3e-4}, **split}
     meta_a.decision_offsets = [0.0, -0.2, -0.1]
     with torch.no_grad():  # distinct batch-norm statistics and step counters too
         for i, m in enumerate((model_a, model_b)):
@@ -141,6 +142,7 @@ def test_average_is_the_weighted_mean_of_every_tensor(tmp_path):
 
     a, b, model_a, model_b = _two_runs(tmp_path)
     out = average_checkpoints([a, b], tmp_path / "soup.safetensors", weights=[3, 1])
+    assert not list(tmp_path.glob(".tmp-*"))  # atomic write left no temp file
     sa, sb = model_a.state_dict(), model_b.state_dict()
     got = load_checkpoint(out)
     soup = got.model.state_dict()
@@ -159,26 +161,42 @@ def test_average_is_the_weighted_mean_of_every_tensor(tmp_path):
     assert torch.isfinite(y).all() and not torch.allclose(y, ya)
     meta = got.meta
     assert meta.decision_offsets is None  # offsets of one network do not fit another
-    assert [r["weight"] for r in meta.training["averaged_from"]] == [0.75, 0.25]
-    assert [r["epoch"] for r in meta.training["averaged_from"]] == [2, 5]
+    sources = meta.training["averaged_from"]
+    assert [r["weight"] for r in sources] == [0.75, 0.25]
+    assert [r["epoch"] for r in sources] == [2, 5]
+    assert [r["config"]["lr"] for r in sources] == [1e-4, 3e-4]  # every input's own config
+    # the top-level config is no input's: only what using the network needs
     assert meta.training["config"] == {"axis": 0}
+    assert meta.training["data"] == "D"
+    assert meta.training["train_volumes"] == ["t1", "t2"] and meta.training["val_volumes"] == ["v1"]
     assert meta.class_names == ["background", "a", "b"] and meta.memory == "sim"
 
 
-def test_average_keeps_float16_storage_unless_told(tmp_path):
+def test_average_accumulates_in_float32_and_keeps_float16_storage_unless_told(tmp_path):
+    from safetensors.torch import load_file
+
     from napari_simseg.core.checkpoint import average_checkpoints
 
     meta, model = tiny_meta_and_model(seed=0)
     h1 = save_checkpoint(tmp_path / "h1.safetensors", model, meta, half=True)
+    f1 = save_checkpoint(tmp_path / "f1.safetensors", model, meta)
     meta2, model2 = tiny_meta_and_model(seed=3)
     h2 = save_checkpoint(tmp_path / "h2.safetensors", model2, meta2, half=True)
-    half = average_checkpoints([h1, h2], tmp_path / "half.safetensors")
-    full = average_checkpoints([h1, h2], tmp_path / "full.safetensors", half=False)
-    assert os.path.getsize(half) < 0.6 * os.path.getsize(full)
-    # equal weights by default; the mean of two float16 tensors is computed in float32
-    same = average_checkpoints([h1, h1], tmp_path / "same.safetensors")
-    torch.testing.assert_close(load_checkpoint(same).model.state_dict(),
-                               load_checkpoint(h1).model.state_dict())
+    half = average_checkpoints([h1, h2], tmp_path / "half.safetensors", weights=[1, 2])
+    full = average_checkpoints([h1, h2], tmp_path / "full.safetensors", weights=[1, 2], half=False)
+    mixed = average_checkpoints([f1, h2], tmp_path / "mixed.safetensors")
+    forced = average_checkpoints([f1, h2], tmp_path / "forced.safetensors", half=True)
+    t1, t2 = load_file(str(h1)), load_file(str(h2))
+    got_full, got_half = load_file(str(full)), load_file(str(half))
+    floats = [k for k in t1 if t1[k].is_floating_point()]
+    for k in floats:
+        expected = (t1[k].float() + 2 * t2[k].float()) / 3
+        torch.testing.assert_close(got_full[k], expected, msg=k)  # float32 sums, not float16
+        assert got_full[k].dtype == torch.float32 and got_half[k].dtype == torch.float16
+        torch.testing.assert_close(got_half[k], expected.half(), msg=k)
+    # float16 only when every input is float16, or when asked
+    assert all(v.dtype == torch.float32 for k, v in load_file(str(mixed)).items() if k in floats)
+    assert all(v.dtype == torch.float16 for k, v in load_file(str(forced)).items() if k in floats)
 
 
 @pytest.mark.parametrize(
@@ -188,6 +206,8 @@ def test_average_keeps_float16_storage_unless_told(tmp_path):
         (dict(radius=3), "click_radius"),
         (dict(decoder="plain"), "model"),
         (dict(memory="cim", depth=1), "memory"),
+        (dict(depth=2), "depth"),
+        (dict(context_slices=1), "context_slices"),
     ],
 )
 def test_average_refuses_different_networks(tmp_path, other, field):
@@ -198,40 +218,91 @@ def test_average_refuses_different_networks(tmp_path, other, field):
     meta2, model2 = tiny_meta_and_model(seed=1, **other)
     b = save_checkpoint(tmp_path / "b.safetensors", model2, meta2)
     out = tmp_path / "soup.safetensors"
-    with pytest.raises(CheckpointError, match=f"cannot average .*their {field} differ"):
+    with pytest.raises(CheckpointError, match=f"cannot average .*their {field} fields do not match"):
         average_checkpoints([a, b], out)
     assert not out.exists()
 
 
-def test_average_refuses_other_axes_one_input_and_bad_weights(tmp_path):
+def test_average_refuses_other_normalisation_axes_tensors_and_repeats(tmp_path):
+    from safetensors.torch import load_file, save_file
+
     from napari_simseg.core.checkpoint import average_checkpoints
 
     a, b, *_ = _two_runs(tmp_path)
+    out = tmp_path / "x.safetensors"
+    model = load_checkpoint(b).model
+    meta = read_checkpoint_meta(b)
+    meta.normalization = {"method": "minmax"}
+    c = save_checkpoint(tmp_path / "c.safetensors", model, meta)
+    with pytest.raises(CheckpointError, match="their normalization fields do not match"):
+        average_checkpoints([a, c], out)
     meta = read_checkpoint_meta(b)
     meta.training["config"] = {"axis": 2}
-    model = load_checkpoint(b).model
     c = save_checkpoint(tmp_path / "c.safetensors", model, meta)
     with pytest.raises(CheckpointError, match="along axis 0 and 2"):
-        average_checkpoints([a, c], tmp_path / "x.safetensors")
+        average_checkpoints([a, c], out)
+    # a tensor of another shape, or one missing, under the same header
+    header = {"simseg": __import__("json").dumps(__import__("dataclasses").asdict(read_checkpoint_meta(b)))}
+    tensors = load_file(str(b))
+    key = next(k for k, v in tensors.items() if v.ndim == 4)
+    save_file({**tensors, key: tensors[key][:1].contiguous()}, str(tmp_path / "shape.safetensors"), metadata=header)
+    with pytest.raises(CheckpointError, match=f"tensor {key} is"):
+        average_checkpoints([a, tmp_path / "shape.safetensors"], out)
+    save_file({k: v for k, v in tensors.items() if k != key}, str(tmp_path / "less.safetensors"), metadata=header)
+    with pytest.raises(CheckpointError, match="different tensors"):
+        average_checkpoints([a, tmp_path / "less.safetensors"], out)
+    with pytest.raises(CheckpointError, match="given more than once"):
+        average_checkpoints([a, b, tmp_path / "." / "a.safetensors"], out)
+    assert not out.exists()
+
+
+def test_average_refuses_one_input_bad_weights_and_missing_files(tmp_path):
+    from napari_simseg.core.checkpoint import average_checkpoints
+
+    a, b, *_ = _two_runs(tmp_path)
+    out = tmp_path / "x.safetensors"
     with pytest.raises(CheckpointError, match="at least 2 checkpoints"):
-        average_checkpoints([a], tmp_path / "x.safetensors")
+        average_checkpoints([a], out)
     for weights in ([1.0], [1.0, -1.0], [1.0, float("nan")]):
         with pytest.raises(CheckpointError, match="2 positive numbers"):
-            average_checkpoints([a, b], tmp_path / "x.safetensors", weights=weights)
+            average_checkpoints([a, b], out, weights=weights)
+    with pytest.raises(CheckpointError, match="must be numbers"):
+        average_checkpoints([a, b], out, weights=[1.0, "x"])
     with pytest.raises(CheckpointError, match="does not exist"):
-        average_checkpoints([a, tmp_path / "missing.safetensors"], tmp_path / "x.safetensors")
-    assert not (tmp_path / "x.safetensors").exists()
+        average_checkpoints([a, tmp_path / "missing.safetensors"], out)
+    assert not out.exists()
+
+
+def test_average_of_runs_on_different_splits_records_no_split_and_warns(tmp_path):
+    from napari_simseg.core.checkpoint import average_checkpoints
+
+    a, b, *_ = _two_runs(tmp_path)
+    model = load_checkpoint(b).model
+    meta = read_checkpoint_meta(b)
+    meta.training["val_volumes"] = ["t1"]  # validated on what the other trained on
+    meta.training["data"] = "E"
+    meta.simulation = "sdg"
+    c = save_checkpoint(tmp_path / "c.safetensors", model, meta)
+    with pytest.warns(UserWarning, match="different val_volumes"):
+        out = average_checkpoints([a, c], tmp_path / "soup.safetensors")
+    training = read_checkpoint_meta(out).training
+    assert "val_volumes" not in training and training["train_volumes"] == ["t1", "t2"]
+    assert "data" not in training and [r["data"] for r in training["averaged_from"]] == ["D", "E"]
+    assert read_checkpoint_meta(out).simulation == "ddg+sdg"
 
 
 def test_simseg_average_command(tmp_path, capsys):
+    from safetensors.torch import load_file
+
     from napari_simseg.cli import main
 
     a, b, *_ = _two_runs(tmp_path)
     out = tmp_path / "soup.safetensors"
-    assert main(["average", str(a), str(b), "--output", str(out)]) == 0
+    assert main(["average", str(a), str(b), "--output", str(out), "--half"]) == 0
     printed = capsys.readouterr().out
     assert "average of 2 checkpoints" in printed and "simseg calibrate" in printed
     assert [r["weight"] for r in read_checkpoint_meta(out).training["averaged_from"]] == [0.5, 0.5]
+    assert all(v.dtype == torch.float16 for v in load_file(str(out)).values() if v.is_floating_point())
     assert main(["average", str(a), "--output", str(tmp_path / "y.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("simseg average: averaging needs at least 2") and len(err.strip().splitlines()) == 1

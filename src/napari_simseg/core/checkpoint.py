@@ -24,11 +24,11 @@ from .model import ModelConfig, ModelConfigError, SimSegNet, build_model
 
 __all__ = [
     "FORMAT_NAME",
-    "average_checkpoints",
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
     "CheckpointMeta",
+    "average_checkpoints",
     "load_checkpoint",
     "read_checkpoint_meta",
     "save_checkpoint",
@@ -64,7 +64,8 @@ class CheckpointMeta:
     normalization : dict
         How images are normalised before the network (see ``core.data``).
     simulation : str
-        How clicks were simulated in training (``ddg``, ``sdg`` or ``auto``).
+        How clicks were simulated in training (``ddg``, ``sdg`` or ``auto``; e.g.
+        ``ddg+sdg`` for an average of runs trained both ways).
     training : dict
         Free-form provenance (epochs, data, metrics).
     context_slices : int
@@ -338,9 +339,10 @@ def load_checkpoint(
 
 
 # Header fields that must agree for two checkpoints' weights to be averaged: the same
-# network reading the same input the same way.
-_AVERAGE_MUST_MATCH = ("class_names", "memory", "depth", "click_radius", "model",
-                       "normalization", "context_slices")
+# network reading the same input the same way. The architecture comes last: a different
+# memory or context changes its input channels too, and the message should name the cause.
+_AVERAGE_MUST_MATCH = ("class_names", "memory", "depth", "click_radius", "normalization",
+                       "context_slices", "model")
 
 
 def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[float]] = None,
@@ -357,15 +359,21 @@ def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[floa
 
     The result carries no decision offsets: offsets fitted to one network do not
     belong to another, so run ``simseg calibrate`` on the average (on training
-    volumes) if the inputs were calibrated.
+    volumes) if the inputs were calibrated. Its ``training`` header records every
+    input (path, weight, epoch, score, simulation, training config) under
+    ``averaged_from``; ``config`` holds only what all inputs share and what using the
+    network needs (the slicing axis). The training and validation volumes are kept
+    when all inputs agree on them; otherwise they are left out with a warning, because
+    a volume one input validated on may have been trained on by another.
 
     Parameters
     ----------
     paths : sequence of str or Path
-        Two or more checkpoints of the same architecture, classes, memory, click
-        encoding, normalisation, context slices and slicing axis.
+        Two or more distinct checkpoints of the same architecture, classes, memory,
+        click encoding, normalisation, context slices and slicing axis.
     output : str or Path
-        Where to write the average (``.safetensors``, atomic write).
+        Where to write the average (``.safetensors``, atomic write; nothing is written
+        when the inputs are refused).
     weights : sequence of float, optional
         One positive weight per checkpoint (normalised to sum to 1); default uniform.
     half : bool, optional
@@ -379,17 +387,29 @@ def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[floa
     Raises
     ------
     CheckpointError
-        Fewer than two inputs, bad weights, or inputs that are not the same network;
-        the message names the field and the files.
+        Fewer than two or repeated inputs, bad weights, or inputs that are not the same
+        network; the message names the field and the files.
     """
+    import warnings
+
     from safetensors.torch import load_file
 
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise CheckpointError(f"averaging needs at least 2 checkpoints, got {len(paths)}")
+    resolved = [p.resolve() for p in paths]
+    repeated = sorted({str(p) for p in paths if resolved.count(p.resolve()) > 1})
+    if repeated:
+        raise CheckpointError(
+            f"checkpoint {repeated[0]} is given more than once; give it a larger --weights "
+            f"entry instead"
+        )
     if weights is None:
         weights = [1.0] * len(paths)
-    weights = [float(w) for w in weights]
+    try:
+        weights = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise CheckpointError(f"averaging weights must be numbers, got {list(weights)!r}") from None
     if len(weights) != len(paths) or not all(np.isfinite(w) and w > 0 for w in weights):
         raise CheckpointError(
             f"averaging weights must be {len(paths)} positive numbers (one per checkpoint), "
@@ -399,22 +419,22 @@ def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[floa
     weights = [w / total for w in weights]
     metas = [read_checkpoint_meta(p) for p in paths]
     first = metas[0]
+    axis = first.training.get("config", {}).get("axis", 0)
     for path, meta in zip(paths[1:], metas[1:]):
         for name in _AVERAGE_MUST_MATCH:
             if getattr(meta, name) != getattr(first, name):
                 raise CheckpointError(
-                    f"cannot average {paths[0]} and {path}: their {name} differ "
+                    f"cannot average {paths[0]} and {path}: their {name} fields do not match "
                     f"({getattr(first, name)!r} vs {getattr(meta, name)!r}); only checkpoints "
                     f"of the same network trained for the same input can be averaged"
                 )
-        axes = [m.training.get("config", {}).get("axis", 0) for m in (first, meta)]
-        if axes[0] != axes[1]:
+        other_axis = meta.training.get("config", {}).get("axis", 0)
+        if other_axis != axis:
             raise CheckpointError(
                 f"cannot average {paths[0]} and {path}: trained on slices along axis "
-                f"{axes[0]} and {axes[1]}"
+                f"{axis} and {other_axis}"
             )
     sums: dict = {}
-    dtypes: dict = {}
     all_half = True
     for path, weight in zip(paths, weights):
         try:
@@ -423,12 +443,16 @@ def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[floa
             raise CheckpointError(
                 f"{path}: corrupt tensor data ({str(exc).splitlines()[0][:120]})") from None
         if sums and set(tensors) != set(sums):
-            raise CheckpointError(f"cannot average {paths[0]} and {path}: different tensors")
+            odd = sorted(set(tensors) ^ set(sums))
+            raise CheckpointError(
+                f"cannot average {paths[0]} and {path}: different tensors ({odd[:2]})")
         for key, value in tensors.items():
-            if key in sums and tuple(value.shape) != tuple(sums[key].shape):
+            if key in sums and (tuple(value.shape) != tuple(sums[key].shape)
+                                or value.is_floating_point() != sums[key].is_floating_point()):
                 raise CheckpointError(
-                    f"cannot average {paths[0]} and {path}: tensor {key} has shapes "
-                    f"{tuple(sums[key].shape)} and {tuple(value.shape)}"
+                    f"cannot average {paths[0]} and {path}: tensor {key} is "
+                    f"{sums[key].dtype} {tuple(sums[key].shape)} in one and "
+                    f"{value.dtype} {tuple(value.shape)} in the other"
                 )
             if value.is_floating_point():
                 all_half &= value.dtype == torch.float16
@@ -436,7 +460,6 @@ def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[floa
                 sums[key] = acc if key not in sums else sums[key] + acc
             else:
                 sums[key] = value.clone() if key not in sums else torch.maximum(sums[key], value)
-            dtypes[key] = value.dtype
     store_half = all_half if half is None else bool(half)
     out_tensors = {}
     for key, value in sums.items():
@@ -447,18 +470,31 @@ def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[floa
     meta.decision_offsets = None
     meta.format_version = FORMAT_VERSION
     meta.training = {
-        "config": first.training.get("config", {}),
-        "data": first.training.get("data"),
+        "config": {"axis": axis},
         "averaged_from": [
             {"path": str(p), "weight": w, "epoch": m.training.get("epoch"),
-             "score": m.training.get("score")}
+             "score": m.training.get("score"), "simulation": m.simulation,
+             "data": m.training.get("data"), "config": m.training.get("config", {})}
             for p, w, m in zip(paths, weights, metas)
         ],
     }
+    data = [m.training.get("data") for m in metas]
+    if all(d == data[0] for d in data):
+        meta.training["data"] = data[0]
+    simulations = {m.simulation for m in metas}
+    if len(simulations) > 1:
+        meta.simulation = "+".join(sorted(simulations))
     for key in ("train_volumes", "val_volumes"):
         values = [m.training.get(key) for m in metas]
-        if values[0] is not None and all(v == values[0] for v in values):
-            meta.training[key] = values[0]
+        if all(v == values[0] for v in values):
+            if values[0] is not None:
+                meta.training[key] = values[0]
+        else:
+            warnings.warn(
+                f"the inputs list different {key}: the average records none, and a volume "
+                f"one input validated on may have been trained on by another",
+                UserWarning, stacklevel=2,
+            )
     meta.validate(str(output))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
