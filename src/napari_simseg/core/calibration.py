@@ -171,7 +171,7 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
 
     from . import data as D
     from .clicks import as_clicks
-    from .evaluation import (_checkpoint_axis, _find_split, _load_volume, _network_rounds,
+    from .evaluation import (_find_split, _load_volume, _network_rounds,
                              _open_network, _select_cases)
     from .virtual_user import EvaluationUser
 
@@ -199,7 +199,7 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
 
     recorder = _Recorder(net).eval()
     norm = dict(meta.normalization)
-    axis = _checkpoint_axis(meta)
+    axis = meta.axis
     iterator = cases
     if progress:
         from tqdm.auto import tqdm

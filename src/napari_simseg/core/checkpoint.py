@@ -96,6 +96,11 @@ class CheckpointMeta:
         return len(self.class_names)
 
     @property
+    def axis(self) -> int:
+        """The slicing axis the network was trained on (0 when not recorded)."""
+        return int(self.training.get("config", {}).get("axis", 0))
+
+    @property
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict(self.model)
 
@@ -218,8 +223,6 @@ def update_checkpoint_meta(path, output, **changes) -> Path:
     **changes
         :class:`CheckpointMeta` fields to replace, e.g. ``decision_offsets=[0, -0.2]``.
     """
-    from safetensors.torch import load_file
-
     path, output = Path(path), Path(output)
     meta = read_checkpoint_meta(path)
     unknown = sorted(set(changes) - set(asdict(meta)))
@@ -228,13 +231,20 @@ def update_checkpoint_meta(path, output, **changes) -> Path:
     for k, v in changes.items():
         setattr(meta, k, v)
     meta.validate(str(output))
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: corrupt tensor data ({str(exc).splitlines()[0][:120]})") from None
+    tensors = _load_tensors(path)
     output.parent.mkdir(parents=True, exist_ok=True)
     _write_file(output, tensors, meta)
     return output
+
+
+def _load_tensors(path: Path) -> dict:
+    """A checkpoint's tensors; unreadable data is a one-line :class:`CheckpointError`."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: corrupt tensor data ({str(exc).splitlines()[0][:120]})") from None
 
 
 def _read_header(path: Path) -> dict:
@@ -297,8 +307,6 @@ def load_checkpoint(
     CheckpointError
         One line naming the file and what does not fit.
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
     meta = read_checkpoint_meta(path)
     if expected_classes is not None and list(expected_classes) != list(meta.class_names):
@@ -319,10 +327,7 @@ def load_checkpoint(
         model = build_model(cfg)
     except ModelConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: corrupt tensor data ({str(exc).splitlines()[0][:120]})") from None
+    tensors = _load_tensors(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
@@ -392,18 +397,16 @@ def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[floa
     """
     import warnings
 
-    from safetensors.torch import load_file
-
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise CheckpointError(f"averaging needs at least 2 checkpoints, got {len(paths)}")
-    resolved = [p.resolve() for p in paths]
-    repeated = sorted({str(p) for p in paths if resolved.count(p.resolve()) > 1})
-    if repeated:
-        raise CheckpointError(
-            f"checkpoint {repeated[0]} is given more than once; give it a larger --weights "
-            f"entry instead"
-        )
+    seen = set()
+    for p in paths:
+        if p.resolve() in seen:
+            raise CheckpointError(
+                f"checkpoint {p} is given more than once; give it a larger --weights entry instead"
+            )
+        seen.add(p.resolve())
     if weights is None:
         weights = [1.0] * len(paths)
     try:
@@ -419,7 +422,6 @@ def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[floa
     weights = [w / total for w in weights]
     metas = [read_checkpoint_meta(p) for p in paths]
     first = metas[0]
-    axis = first.training.get("config", {}).get("axis", 0)
     for path, meta in zip(paths[1:], metas[1:]):
         for name in _AVERAGE_MUST_MATCH:
             if getattr(meta, name) != getattr(first, name):
@@ -428,20 +430,15 @@ def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[floa
                     f"({getattr(first, name)!r} vs {getattr(meta, name)!r}); only checkpoints "
                     f"of the same network trained for the same input can be averaged"
                 )
-        other_axis = meta.training.get("config", {}).get("axis", 0)
-        if other_axis != axis:
+        if meta.axis != first.axis:
             raise CheckpointError(
                 f"cannot average {paths[0]} and {path}: trained on slices along axis "
-                f"{axis} and {other_axis}"
+                f"{first.axis} and {meta.axis}"
             )
     sums: dict = {}
     all_half = True
     for path, weight in zip(paths, weights):
-        try:
-            tensors = load_file(str(path))
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(
-                f"{path}: corrupt tensor data ({str(exc).splitlines()[0][:120]})") from None
+        tensors = _load_tensors(path)
         if sums and set(tensors) != set(sums):
             odd = sorted(set(tensors) ^ set(sums))
             raise CheckpointError(
@@ -470,7 +467,7 @@ def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[floa
     meta.decision_offsets = None
     meta.format_version = FORMAT_VERSION
     meta.training = {
-        "config": {"axis": axis},
+        "config": {"axis": first.axis},
         "averaged_from": [
             {"path": str(p), "weight": w, "epoch": m.training.get("epoch"),
              "score": m.training.get("score"), "simulation": m.simulation,

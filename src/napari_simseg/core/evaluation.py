@@ -130,11 +130,6 @@ def _open_network(checkpoint, class_names, device: str, tta: bool):
     return path, ck.meta, net, dev
 
 
-def _checkpoint_axis(meta) -> int:
-    """The slicing axis the checkpoint was trained on (0 when not recorded)."""
-    return int(meta.training.get("config", {}).get("axis", 0))
-
-
 def _load_volume(case, norm: dict, axis: int):
     """One case as a normalised float32 image and int64 labels, sliced along ``axis``."""
     from . import data as D
@@ -230,7 +225,7 @@ def evaluate(
             offsets = [float(v) for v in meta.decision_offsets]
         norm = dict(meta.normalization)
         if axis is None:
-            axis = _checkpoint_axis(meta)
+            axis = meta.axis
     else:
         from .baselines import get_segmenter
 
