@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_simseg.core.calibration import decide_labels, fit_decision_offsets, score_offsets
+from napari_simseg.core.calibration import fit_decision_offsets, score_offsets
+from napari_simseg.core.decision import decide_labels
 
 
 def test_decide_labels_zero_offsets_is_argmax_and_offsets_shift_the_decision():
@@ -128,7 +129,7 @@ def test_evaluation_rounds_use_offsets_for_labels_not_memory():
     import torch
 
     from conftest import tiny_meta_and_model
-    from napari_simseg.core.simulation import run_evaluation_rounds
+    from napari_simseg.core.rounds import run_rounds
     from napari_simseg.core.virtual_user import EvaluationUser
 
     meta, model = tiny_meta_and_model(memory="sim", depth=2)
@@ -139,16 +140,16 @@ def test_evaluation_rounds_use_offsets_for_labels_not_memory():
     gts[:, 20:28, 4:12] = 2
     user = EvaluationUser(3)
     args = (model, images, gts, 2, "sim", 2, 3, 1, user.next_round_batch)
-    plain = run_evaluation_rounds(*args)
-    zero = run_evaluation_rounds(*args, decision_offsets=[0, 0, 0])
+    plain = run_rounds(*args)
+    zero = run_rounds(*args, decision_offsets=[0, 0, 0])
     for a, b in zip(plain, zero):
         np.testing.assert_array_equal(a, b)
-    banned = run_evaluation_rounds(*args, decision_offsets=[0, -1e6, 0])
+    banned = run_rounds(*args, decision_offsets=[0, -1e6, 0])
     assert all(not (lab == 1).any() for lab in banned)  # clicks not honoured: class 1 never wins
-    honoured = run_evaluation_rounds(*args, decision_offsets=[0, -1e6, 0], honour=True)
+    honoured = run_rounds(*args, decision_offsets=[0, -1e6, 0], honour=True)
     assert any((lab == 1).any() for lab in honoured[1:])  # ... except where it was clicked
     with pytest.raises(ValueError, match="2 decision offsets for 3 classes"):
-        run_evaluation_rounds(*args, decision_offsets=[0, 1])
+        run_rounds(*args, decision_offsets=[0, 1])
 
 
 def test_session_decides_with_the_checkpoint_offsets(tmp_path, small_volume):

@@ -1,7 +1,6 @@
 import os
 import pickle
 
-import numpy as np
 import pytest
 import torch
 
@@ -138,7 +137,7 @@ def _two_runs(tmp_path, **kwargs):
 
 
 def test_average_is_the_weighted_mean_of_every_tensor(tmp_path):
-    from napari_simseg.core.checkpoint import average_checkpoints
+    from napari_simseg.core.averaging import average_checkpoints
 
     a, b, model_a, model_b = _two_runs(tmp_path)
     out = average_checkpoints([a, b], tmp_path / "soup.safetensors", weights=[3, 1])
@@ -175,7 +174,7 @@ def test_average_is_the_weighted_mean_of_every_tensor(tmp_path):
 def test_average_accumulates_in_float32_and_keeps_float16_storage_unless_told(tmp_path):
     from safetensors.torch import load_file
 
-    from napari_simseg.core.checkpoint import average_checkpoints
+    from napari_simseg.core.averaging import average_checkpoints
 
     meta, model = tiny_meta_and_model(seed=0)
     h1 = save_checkpoint(tmp_path / "h1.safetensors", model, meta, half=True)
@@ -211,7 +210,7 @@ def test_average_accumulates_in_float32_and_keeps_float16_storage_unless_told(tm
     ],
 )
 def test_average_refuses_different_networks(tmp_path, other, field):
-    from napari_simseg.core.checkpoint import average_checkpoints
+    from napari_simseg.core.averaging import average_checkpoints
 
     meta, model = tiny_meta_and_model(seed=0)
     a = save_checkpoint(tmp_path / "a.safetensors", model, meta)
@@ -226,7 +225,7 @@ def test_average_refuses_different_networks(tmp_path, other, field):
 def test_average_refuses_other_normalisation_axes_tensors_and_repeats(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from napari_simseg.core.checkpoint import average_checkpoints
+    from napari_simseg.core.averaging import average_checkpoints
 
     a, b, *_ = _two_runs(tmp_path)
     out = tmp_path / "x.safetensors"
@@ -257,7 +256,7 @@ def test_average_refuses_other_normalisation_axes_tensors_and_repeats(tmp_path):
 
 
 def test_average_refuses_one_input_bad_weights_and_missing_files(tmp_path):
-    from napari_simseg.core.checkpoint import average_checkpoints
+    from napari_simseg.core.averaging import average_checkpoints
 
     a, b, *_ = _two_runs(tmp_path)
     out = tmp_path / "x.safetensors"
@@ -274,7 +273,7 @@ def test_average_refuses_one_input_bad_weights_and_missing_files(tmp_path):
 
 
 def test_average_of_runs_on_different_splits_records_no_split_and_warns(tmp_path):
-    from napari_simseg.core.checkpoint import average_checkpoints
+    from napari_simseg.core.averaging import average_checkpoints
 
     a, b, *_ = _two_runs(tmp_path)
     model = load_checkpoint(b).model

@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from napari_simseg.core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
-from napari_simseg.core.data import Augmenter, SliceDataset, context_stack, discover_dataset
+from napari_simseg.core.augmentation import Augmenter
+from napari_simseg.core.datasets import discover_dataset
 from napari_simseg.core.memory import InteractionMemory, input_channels
-from napari_simseg.core.simulation import BatchMemory
+from napari_simseg.core.preprocessing import context_stack
+from napari_simseg.core.rounds import BatchMemory
+from napari_simseg.core.slices import SliceDataset
 
 from conftest import tiny_meta_and_model
 

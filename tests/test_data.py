@@ -1,4 +1,4 @@
-"""Tests of napari_simseg.core.data: discovery, checks, splits, preprocessing, datasets."""
+"""Tests of the data modules: discovery and checks (datasets), splits, preprocessing, augmentation, slice datasets."""
 
 from __future__ import annotations
 
@@ -12,26 +12,27 @@ import numpy as np
 import pytest
 import torch
 
-from napari_simseg.core.data import (
-    Augmenter,
+from napari_simseg.core.augmentation import Augmenter
+from napari_simseg.core.datasets import (
     Case,
-    CropBox,
     DatasetError,
-    SliceDataset,
     check_case,
     check_dataset,
     discover_dataset,
     largest_slice_shape,
     load_case,
-    load_split,
+)
+from napari_simseg.core.preprocessing import (
+    CropBox,
+    ImageError,
     n4_correct,
     normalize_volume,
     pad_to_multiple,
-    save_split,
     slice_volume,
-    split_cases,
     unpad,
 )
+from napari_simseg.core.slices import SliceDataset
+from napari_simseg.core.splits import load_split, save_split, split_cases
 from napari_simseg.core.io import read_image, write_image
 from napari_simseg.core.phantom import CLASS_NAMES, make_phantom, make_phantom_dataset
 
@@ -246,11 +247,11 @@ def test_normalize_volume():
     sparse = np.zeros((10, 10, 10))
     sparse[0, 0, :3] = 5.0  # clipping alone would make it constant
     assert normalize_volume(sparse).std() == pytest.approx(1.0, abs=1e-5)
-    with pytest.raises(DatasetError, match="image 'scan.nii.gz' is constant"):
+    with pytest.raises(ImageError, match="image 'scan.nii.gz' is constant"):
         normalize_volume(np.zeros((3, 3, 3)), name="scan.nii.gz")
     bad = np.ones((3, 3, 3))
     bad[1, 1, 1] = np.inf
-    with pytest.raises(DatasetError, match="image 'x.nrrd' contains 1 NaN or infinite"):
+    with pytest.raises(ImageError, match="image 'x.nrrd' contains 1 NaN or infinite"):
         normalize_volume(bad, name="x.nrrd")
 
 

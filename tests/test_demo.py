@@ -1,6 +1,5 @@
 """The bundled demo: model file, sample, `simseg demo` headless and in napari."""
 
-import numpy as np
 import pytest
 
 from napari_simseg.core.resources import DEMO_CHECKPOINT, SAMPLE_DIR
@@ -18,7 +17,7 @@ def test_bundled_demo_model_is_small_and_self_describing():
 
 def test_sample_is_in_the_demo_models_validation_split():
     from napari_simseg.core.checkpoint import read_checkpoint_meta
-    from napari_simseg.core.data import discover_dataset
+    from napari_simseg.core.datasets import discover_dataset
 
     meta = read_checkpoint_meta(DEMO_CHECKPOINT)
     val = set(meta.training["val_volumes"])

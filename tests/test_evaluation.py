@@ -61,7 +61,8 @@ def test_mismatched_classes_refused(phantom_data, tiny_checkpoint):
 
 
 def test_saved_split_is_used(phantom_data, phantom_checkpoint, tmp_path):
-    from napari_simseg.core.data import discover_dataset, save_split
+    from napari_simseg.core.datasets import discover_dataset
+    from napari_simseg.core.splits import save_split
 
     ids = discover_dataset(phantom_data).case_ids
     (tmp_path / "elsewhere").mkdir()

@@ -84,8 +84,8 @@ def test_local_encoder_weights_are_loaded_and_channel_adapted(tmp_path):
 
 
 def test_internal_padding_is_centred_like_the_trainers():
-    """A slice must sit where training put it (core.data pads slices centred)."""
-    from napari_simseg.core.data import pad_to_multiple
+    """A slice must sit where training put it (core.preprocessing pads slices centred)."""
+    from napari_simseg.core.preprocessing import pad_to_multiple
 
     m = tiny("plain", c=3)
     x = torch.randn(1, 3, 20, 27)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_simseg.core.predictor import Predictor, resolve_device
+from napari_simseg.core.devices import resolve_device
+from napari_simseg.core.predictor import Predictor
 
 
 def test_resolve_device():

@@ -183,7 +183,7 @@ def test_sdg_and_auto_never_run_the_model_before_the_step():
 def test_bad_data_is_reported_by_file_name(tmp_path, phantom_data):
     import shutil
 
-    from napari_simseg.core.data import DatasetError
+    from napari_simseg.core.datasets import DatasetError
 
     bad = tmp_path / "bad"
     shutil.copytree(phantom_data, bad)
@@ -442,12 +442,12 @@ def test_train_axes_train_on_every_axis_and_validate_on_one(phantom_data, tmp_pa
 
 
 def test_multi_axis_slices_joins_the_axes_of_the_same_cases(phantom_data):
-    from napari_simseg.core import data as D
+    from napari_simseg.core import datasets, slices
 
-    spec = D.discover_dataset(phantom_data)
+    spec = datasets.discover_dataset(phantom_data)
     ids = spec.case_ids[:2]
-    parts = [D.SliceDataset(spec, ids, axis=a, target_shape=(48, 48), context_slices=1) for a in (0, 1, 2)]
-    joined = D.MultiAxisSlices(parts)
+    parts = [slices.SliceDataset(spec, ids, axis=a, target_shape=(48, 48), context_slices=1) for a in (0, 1, 2)]
+    joined = slices.MultiAxisSlices(parts)
     assert len(joined) == 2 * (6 + 40 + 44) and joined.axes == [0, 1, 2] and joined.case_ids == ids
     item = joined[2 * 6 + 2 * 40]  # the first slice along axis 2
     assert item["image"].shape == (3, 48, 48) and item["labels"].shape == (48, 48)
@@ -456,20 +456,20 @@ def test_multi_axis_slices_joins_the_axes_of_the_same_cases(phantom_data):
     joined.set_epoch(3)
     assert [p.epoch for p in parts] == [3, 3, 3]
     with pytest.raises(ValueError, match="different axes"):
-        D.MultiAxisSlices([parts[0], parts[0]])
-    other = D.SliceDataset(spec, ids[:1], axis=1, target_shape=(48, 48), context_slices=1)
+        slices.MultiAxisSlices([parts[0], parts[0]])
+    other = slices.SliceDataset(spec, ids[:1], axis=1, target_shape=(48, 48), context_slices=1)
     with pytest.raises(ValueError, match="same cases"):
-        D.MultiAxisSlices([parts[0], other])
+        slices.MultiAxisSlices([parts[0], other])
 
 
 def test_along_views_the_loaded_volumes_along_another_axis(phantom_data):
-    from napari_simseg.core import data as D
+    from napari_simseg.core import datasets, slices
 
-    spec = D.discover_dataset(phantom_data)
+    spec = datasets.discover_dataset(phantom_data)
     ids = spec.case_ids[:2]
-    base = D.SliceDataset(spec, ids, axis=0, target_shape=(48, 48), context_slices=1)
+    base = slices.SliceDataset(spec, ids, axis=0, target_shape=(48, 48), context_slices=1)
     for axis in (1, 2):
-        read = D.SliceDataset(spec, ids, axis=axis, target_shape=(48, 48), context_slices=1)
+        read = slices.SliceDataset(spec, ids, axis=axis, target_shape=(48, 48), context_slices=1)
         viewed = base.along(axis)
         assert viewed.axis == axis and len(viewed) == len(read) and base.axis == 0 and len(base) == 12
         for i in (0, len(read) // 2, len(read) - 1):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_simseg.core.model import FlipEnsemble
+from napari_simseg.core.predictor import FlipEnsemble
 
 from conftest import tiny_meta_and_model
 

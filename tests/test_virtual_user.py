@@ -16,13 +16,10 @@ from napari_simseg.core.virtual_user import (
     DDGConfig,
     EvaluationUser,
     TrainingVirtualUser,
-    TrainingVirtualUserBatch,
     central_click,
     click_probability_map,
     sample_click,
     sdg_clicks,
-    sdg_clicks_batch,
-    simulate_round_batch,
 )
 from napari_simseg.core.virtual_user import _Components
 
@@ -409,45 +406,6 @@ def test_perfect_prediction_gives_no_corrective_clicks():
     user.start(gt)
     user.next_round(None)
     assert user.next_round(gt.copy()) == []
-
-
-# --------------------------------------------------------------------------- batch
-
-
-def test_batch_matches_sequential_users_and_validates():
-    rng = np.random.default_rng(13)
-    gts = np.stack([blocky_gt(rng) for _ in range(3)])
-    preds = [rng.integers(0, N_CLASSES, size=gts.shape) for _ in range(2)]
-    cfg = DDGConfig()
-
-    batch = TrainingVirtualUserBatch(N_CLASSES, cfg, rng=21)
-    batch.start(gts)
-    out = [batch.next_round(None)] + [batch.next_round(p) for p in preds]
-
-    shared = np.random.default_rng(21)
-    users = [TrainingVirtualUser(N_CLASSES, cfg, rng=shared) for _ in range(3)]
-    for u, g in zip(users, gts):
-        u.start(g)
-    ref = [simulate_round_batch(users, None)] + [simulate_round_batch(users, p) for p in preds]
-
-    assert out == ref
-    assert len(batch) == 3 and all(len(r) == 3 for r in out)
-    for rnd in out:
-        for clicks, g in zip(rnd, gts):
-            assert_on_right_class(clicks, g)
-    assert batch.p == pytest.approx([0.0] * 3)
-    with pytest.raises(ValueError, match="predictions"):
-        simulate_round_batch(users, preds[0][:2])
-
-
-def test_sdg_batch_returns_one_list_per_image():
-    rng = np.random.default_rng(3)
-    gts = np.stack([blocky_gt(rng) for _ in range(4)])
-    out = sdg_clicks_batch(gts, N_CLASSES, DDGConfig(), rng=5)
-    assert len(out) == 4
-    for clicks, g in zip(out, gts):
-        assert_on_right_class(clicks, g)
-    assert out == sdg_clicks_batch(gts, N_CLASSES, DDGConfig(), rng=5)
 
 
 # --------------------------------------------------------------------------- SDG

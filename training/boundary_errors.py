@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from napari_simseg.core import data as D
 from napari_simseg.core.checkpoint import load_checkpoint
+from napari_simseg.core.datasets import discover_dataset
 from napari_simseg.core.resources import resolve_checkpoint
-from napari_simseg.core.simulation import cropped_clicker, run_evaluation_rounds
+from napari_simseg.core.rounds import cropped_clicker, run_rounds
+from napari_simseg.core.slices import SliceDataset
 from napari_simseg.core.virtual_user import EvaluationUser
 
 
@@ -28,17 +29,17 @@ def main(checkpoint: str = "demo", n_volumes: int = 12, data="../shared/data/Tas
     ck = load_checkpoint(resolve_checkpoint(checkpoint))
     net = ck.model.eval()
     n = len(ck.meta.class_names)
-    spec = D.discover_dataset(data)
+    spec = discover_dataset(data)
     split = json.loads(open(split_file).read())
-    ds = D.SliceDataset(spec, split["val"][:n_volumes], target_shape=(64, 64), augmenter=None, seed=0,
+    ds = SliceDataset(spec, split["val"][:n_volumes], target_shape=(64, 64), augmenter=None, seed=0,
                         axis=0, n4=False, cache_dir=None, on_error="stop", context_slices=ck.meta.context_slices)
     user = EvaluationUser(n)
     stats = {k: dict(err=0, rim=0, fg=0) for k in (0, 3)}
     areas = []
     for batch in torch.utils.data.DataLoader(ds, batch_size=64):
         gts, crops = batch["labels"].numpy(), batch["crop"].tolist()
-        preds = run_evaluation_rounds(net, batch["image"], gts, 3, ck.meta.memory, ck.meta.depth, n,
-                                      ck.meta.click_radius, cropped_clicker(user.next_round_batch, crops))
+        preds = run_rounds(net, batch["image"], gts, 3, ck.meta.memory, ck.meta.depth, n,
+                           ck.meta.click_radius, cropped_clicker(user.next_round_batch, crops))
         for k in stats:
             for i, (y0, y1, x0, x1) in enumerate(crops):
                 g, p = gts[i, y0:y1, x0:x1], preds[k][i, y0:y1, x0:x1]

@@ -15,7 +15,7 @@ __all__ = [
     "phantom_sample",
 ]
 
-# SAMPLE_DIR holds the bundled volumes in core.data's plain-folder layout: images/,
+# SAMPLE_DIR holds the bundled volumes in core.datasets' plain-folder layout: images/,
 # labels/ (same file names), classes.json and LICENSE.txt.
 #: The Medical Segmentation Decathlon's names (Task04 dataset.json).
 HIPPOCAMPUS_CLASSES = ("background", "Anterior", "Posterior")
@@ -36,10 +36,7 @@ def _sample_case():
     """(image path, label path or None, class names, licence file) of the bundled sample."""
     images = SAMPLE_DIR / "images"
     if images.is_dir() and any(p for p in images.iterdir() if not p.name.startswith(".")):
-        from ._llvm_guard import avoid_triton_llvm_clash
-
-        avoid_triton_llvm_clash()  # core.data imports torch
-        from .core.data import discover_dataset
+        from .core.datasets import discover_dataset
 
         spec = discover_dataset(SAMPLE_DIR)
         if spec.cases:

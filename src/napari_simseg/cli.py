@@ -43,7 +43,8 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip=()) -> Non
             parser.add_argument(flag, dest=f.name, default=None, help=text)
 
 
-def _train(args) -> int:
+def main_train(args) -> int:
+    """``simseg train``: the YAML config, overridden by the flags typed; prints the best checkpoint."""
     import yaml
 
     from .core.training import TrainConfig, train
@@ -72,7 +73,8 @@ def _train(args) -> int:
     return 0
 
 
-def _benchmark(args) -> int:
+def main_benchmark(args) -> int:
+    """``simseg benchmark``: inference latency, or with ``--train`` the training-step cost."""
     from .core.benchmark import benchmark_inference, benchmark_training
 
     if args.train:
@@ -84,20 +86,95 @@ def _benchmark(args) -> int:
     return 0
 
 
-def _evaluate(args) -> int:
-    from .core.evaluation import main_evaluate
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``simseg evaluate``."""
+    p.add_argument("--checkpoint", default="demo", help="checkpoint file, or 'demo' (default)")
+    p.add_argument("--data", required=True, help="dataset folder (MSD layout or images/ + labels/)")
+    p.add_argument("--split", default=None, choices=["all", "train", "val", "test"],
+                   help="which volumes (default: test, else val, of a saved split; 'all' when none)")
+    p.add_argument("--split-file", default=None,
+                   help="split.json to use (default: DIR/split.json, else the checkpoint folder's)")
+    p.add_argument("--clicks", default="0,1,2,3,6", help="click counts to report, e.g. 0,1,2,3,6")
+    p.add_argument("--method", default="model", choices=["model", "random_walker", "grabcut"])
+    p.add_argument("--memory", default=None, choices=["none", "cim", "sim"],
+                   help="override the checkpoint's memory (e.g. cim for SDG-CIM on an SDG-base model)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64, help="slices per forward pass")
+    p.add_argument("--noc-clicks", type=int, default=0,
+                   help="also compute NoC@85/90 with this click budget, e.g. 20 (runs that many "
+                        "rounds on every slice; default 0: no NoC)")
+    p.add_argument("--max-volumes", type=int, default=None, help="evaluate only the first N volumes")
+    p.add_argument("--axis", type=int, default=None, help="slicing axis (default: the checkpoint's)")
+    p.add_argument("--no-honour-clicks", dest="honour_clicks", action="store_false",
+                   help="score the network's argmax alone, without giving clicked pixels their class")
+    p.add_argument("--no-tta", dest="tta", action="store_false",
+                   help="run the network once per round instead of averaging it over four flips")
+    p.add_argument("--no-decision-offsets", dest="decision_offsets", action="store_false",
+                   help="decide labels by the plain argmax, ignoring the checkpoint's calibrated "
+                        "per-class offsets")
+    p.add_argument("--name", default=None, help="row name in tables and plots")
+    p.add_argument("--json", default=None)
+    p.add_argument("--plot", default=None, help="PNG of Dice per class against clicks")
+    p.add_argument("--table", default=None, help="Markdown table (IoU and Dice per class)")
 
-    return main_evaluate(args)
+
+def main_evaluate(args) -> int:
+    """``simseg evaluate``: print the report; write the JSON, table and plot asked for."""
+    import json
+
+    from .core.evaluation import evaluate, format_report, write_plot, write_table
+
+    clicks = [int(k) for k in str(args.clicks).split(",") if k.strip()]
+    result = evaluate(
+        checkpoint=args.checkpoint, data=args.data, split=args.split, split_file=args.split_file,
+        clicks=clicks, method=args.method, memory=args.memory, device=args.device,
+        batch_size=args.batch_size, noc_clicks=args.noc_clicks, max_volumes=args.max_volumes,
+        axis=args.axis, name=args.name, honour_clicks=args.honour_clicks,
+        tta=args.tta, decision_offsets=args.decision_offsets,
+    )
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.table:
+        write_table([result], args.table)
+    if args.plot:
+        write_plot([result], args.plot)
+    return 0
 
 
-def _calibrate(args) -> int:
-    from .core.calibration import main_calibrate
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``simseg calibrate``."""
+    p.add_argument("--checkpoint", default="demo", help="checkpoint file, or 'demo'")
+    p.add_argument("--data", required=True, help="dataset folder the checkpoint was trained on")
+    p.add_argument("--output", required=True,
+                   help="checkpoint to write (may equal --checkpoint to update it in place)")
+    p.add_argument("--split", default="train", choices=["train", "all", "val", "test"],
+                   help="volumes to fit on (default: train; never the split you report)")
+    p.add_argument("--split-file", default=None,
+                   help="split.json (default: DIR/split.json, else the checkpoint folder's)")
+    p.add_argument("--max-volumes", type=int, default=40, help="fit on the first N volumes (0: all)")
+    p.add_argument("--rounds", type=int, default=3, help="click rounds to fit over (0..N)")
+    p.add_argument("--no-tta", dest="tta", action="store_false",
+                   help="fit for the network run once per round instead of flip averaging")
+    p.add_argument("--device", default="auto")
 
-    return main_calibrate(args)
+
+def main_calibrate(args) -> int:
+    """``simseg calibrate``: fit and write; print the offsets and the objective as JSON."""
+    import json
+
+    from .core.calibration import calibrate
+
+    result = calibrate(args.checkpoint, args.data, args.output, split=args.split,
+                       split_file=args.split_file, max_volumes=args.max_volumes or None,
+                       rounds=args.rounds, tta=args.tta, device=args.device)
+    print(json.dumps({k: result[k] for k in ("offsets", "dice_before", "dice_after", "volumes")}))
+    return 0
 
 
-def _average(args) -> int:
-    from .core.checkpoint import average_checkpoints
+def main_average(args) -> int:
+    """``simseg average``: write the weighted mean of several checkpoints."""
+    from .core.averaging import average_checkpoints
 
     weights = None
     if args.weights:
@@ -112,7 +189,8 @@ def _average(args) -> int:
     return 0
 
 
-def _report(args) -> int:
+def main_report(args) -> int:
+    """``simseg report``: several evaluation JSONs as one table and plot."""
     import json
 
     from .core.evaluation import format_report, write_plot, write_table
@@ -134,7 +212,8 @@ def _report(args) -> int:
     return 0
 
 
-def _demo(args) -> int:
+def main_demo(args) -> int:
+    """``simseg demo``: napari with the sample and the demo model, or ``--headless``."""
     from .demo import run_demo
 
     return run_demo(args)
@@ -153,22 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a SimSeg network. Options override the YAML --config.")
     p.add_argument("--config", help="YAML file with training options (see training/configs/)")
     _add_dataclass_options(p, TrainConfig)
-    p.set_defaults(func=_train)
+    p.set_defaults(func=main_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint with the virtual user")
-    from .core.evaluation import add_evaluate_arguments
-
     add_evaluate_arguments(p)
-    p.set_defaults(func=_evaluate)
+    p.set_defaults(func=main_evaluate)
 
     p = sub.add_parser("calibrate", help="fit per-class decision offsets on the training split",
                        description="Fit the per-class offsets that turn the network's probabilities "
                                    "into labels (see napari_simseg.core.calibration) and write a "
                                    "checkpoint carrying them.")
-    from .core.calibration import add_calibrate_arguments
-
     add_calibrate_arguments(p)
-    p.set_defaults(func=_calibrate)
+    p.set_defaults(func=main_calibrate)
 
     p = sub.add_parser("average", help="average the weights of fine-tuned checkpoints (model soup)",
                        description="Write one checkpoint whose weights are the (weighted) mean of "
@@ -180,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="comma-separated positive weights (default: equal)")
     p.add_argument("--half", action=argparse.BooleanOptionalAction, default=None,
                    help="store float16 (default: only if every input is float16)")
-    p.set_defaults(func=_average)
+    p.set_defaults(func=main_average)
 
     p = sub.add_parser("benchmark", help="measure latency and training-step cost")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
@@ -190,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default="resnet34")
     p.add_argument("--batch-size", type=int, default=4, help="batch size for --train")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 20; 5 with --train)")
-    p.set_defaults(func=_benchmark)
+    p.set_defaults(func=main_benchmark)
 
     p = sub.add_parser("report", help="combine evaluation JSONs into one table and plot")
     p.add_argument("--json", nargs="+", required=True, help="results written by simseg evaluate --json")
@@ -198,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG, one panel per result: Dice per class against clicks")
     p.add_argument("--clicks", type=int, default=None, help="only this click count in the table")
     p.add_argument("--title", default=None)
-    p.set_defaults(func=_report)
+    p.set_defaults(func=main_report)
 
     p = sub.add_parser("demo", help="open napari with the sample and the demo model")
     p.add_argument("--headless", action="store_true",
@@ -206,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="demo")
     p.add_argument("--device", default="auto")
     p.add_argument("--clicks", default="0,1,2,3")
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=main_demo)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .core.resources import RESOURCES, SAMPLE_DIR
+from .core.resources import SAMPLE_DIR
 
 __all__ = ["run_demo"]
 

@@ -317,7 +317,8 @@ class ViewerSession:
     @staticmethod
     def _load_predictor(checkpoint, device: str, expected_classes=None) -> "Predictor":
         from .core.checkpoint import CheckpointError, load_checkpoint
-        from .core.predictor import Predictor, resolve_device
+        from .core.devices import resolve_device
+        from .core.predictor import Predictor
         from .core.resources import resolve_checkpoint
 
         resolve_device(device)  # an unavailable device fails before the slow load

@@ -29,7 +29,7 @@ from typing import Iterable
 import numpy as np
 from scipy import ndimage as ndi
 
-from .clicks import _disk_offsets, as_clicks, validate_click
+from .clicks import disk_offsets, as_clicks, validate_click
 
 __all__ = [
     "ClassicalSegmenter",
@@ -79,7 +79,7 @@ def seed_map(
         raise ValueError(f"click radius must be >= 0, got {radius}")
     h, w = int(shape[0]), int(shape[1])
     seeds = np.full((h, w), -1, dtype=np.int64)
-    dy, dx = _disk_offsets(radius)
+    dy, dx = disk_offsets(radius)
     placed = []
     for click in as_clicks(clicks):
         row, col = validate_click(click, n_classes, (h, w))

@@ -16,7 +16,7 @@ import torch
 
 from .memory import input_channels
 from .model import ModelConfig, build_model
-from .predictor import resolve_device
+from .devices import autocast_for, resolve_device
 
 __all__ = ["benchmark_inference", "benchmark_training"]
 
@@ -150,8 +150,6 @@ def benchmark_training(
     img = (image - image.mean()) / (image.std() + 1e-6)
     batch = {"image": torch.from_numpy(img[:, None].astype(np.float32)),
              "labels": torch.from_numpy(labels.astype(np.int64))}
-    from .simulation import autocast_for
-
     amp = dev.type == "cuda"
 
     def autocast():

@@ -1,15 +1,15 @@
-"""Per-class decision offsets: how labels are read from the network's probabilities.
+"""Fitting the per-class decision offsets (``simseg calibrate``).
 
 The network is trained with a class-weighted focal loss (dataset-wide weights, paper
 section 4.3), which deliberately pushes it towards the rarer foreground classes. Its
 argmax therefore over-segments: on the demo data's validation volumes the foreground
 predicted after 3 clicks is 13-17 % larger than the ground truth (0 clicks: 6-23 %).
-A *decision offset* per class corrects that bias where labels are decided::
+A *decision offset* per class corrects that bias where labels are decided
+(:mod:`~napari_simseg.core.decision`)::
 
     labels = argmax_c( log p_c + offset_c )
 
-``offset_0 = 0`` (only differences matter); a negative offset makes a class harder to
-win. The offsets are fitted by :func:`calibrate` (``simseg calibrate``) on the
+The offsets are fitted by :func:`calibrate` (``simseg calibrate``) on the
 **training** split, never on the volumes the model is judged on: the evaluation virtual
 user runs 0..3 rounds on training volumes with the offsets off, the per-round
 probabilities and clicks are kept, and a coordinate search over a grid picks the
@@ -27,7 +27,6 @@ internal validation decides by plain argmax. ``--no-decision-offsets`` (evaluate
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
 from pathlib import Path
@@ -35,66 +34,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = [
-    "active_offsets",
-    "calibrate",
-    "collect_rounds",
-    "decide_labels",
-    "fit_decision_offsets",
-    "score_offsets",
-]
+from .clicks import as_clicks, honour_clicks
+from .datasets import discover_dataset, load_case_with
+from .decision import decide_labels
+from .metrics import dice_iou_per_class
+from .splits import find_split, select_cases
+from .virtual_user import EvaluationUser
 
-
-def active_offsets(offsets: Optional[Sequence[float]], n_classes: int) -> Optional[np.ndarray]:
-    """``offsets`` as float32, or ``None`` when they change nothing (absent or all zero).
-
-    Raises
-    ------
-    ValueError
-        If there is not one offset per class.
-    """
-    if offsets is None:
-        return None
-    off = np.asarray(offsets, np.float32).reshape(-1)
-    if off.size != n_classes:
-        raise ValueError(f"{off.size} decision offsets for {n_classes} classes")
-    return off if np.any(off) else None
-
-
-def decide_labels(probabilities: np.ndarray, offsets: Optional[Sequence[float]] = None,
-                  axis: int = 0) -> np.ndarray:
-    """Labels from class probabilities, with optional per-class log offsets.
-
-    Parameters
-    ----------
-    probabilities : ndarray
-        Probabilities with the classes along ``axis``.
-    offsets : sequence of float, optional
-        One offset per class added to ``log p`` before the argmax; ``None`` (or all
-        zeros) is the plain argmax.
-    axis : int
-        The class axis.
-
-    Returns
-    -------
-    ndarray of int64
-        The array without ``axis``.
-    """
-    p = np.asarray(probabilities)
-    off = active_offsets(offsets, p.shape[axis])
-    if off is None:
-        return p.argmax(axis=axis)
-    shape = [1] * p.ndim
-    shape[axis] = -1
-    with np.errstate(divide="ignore"):
-        logp = np.log(p.astype(np.float32, copy=False))
-    return (logp + off.reshape(shape)).argmax(axis=axis)
-
-
-def _honour(labels: np.ndarray, clicked) -> None:
-    """Set clicked pixels (``(z, y, x, class)`` rows, oldest first) in place."""
-    if len(clicked):
-        labels[clicked[:, 0], clicked[:, 1], clicked[:, 2]] = clicked[:, 3]
+__all__ = ["calibrate", "collect_rounds", "fit_decision_offsets", "score_offsets"]
 
 
 def score_offsets(volumes, offsets, n_classes: int, rounds: Sequence[int]) -> float:
@@ -106,15 +53,12 @@ def score_offsets(volumes, offsets, n_classes: int, rounds: Sequence[int]) -> fl
         From :func:`collect_rounds`: ``gt`` ``(S, H, W)``, ``logp`` ``(R + 1, S, N, H, W)``,
         ``clicked`` (per round, the ``(z, y, x, class)`` rows of the clicks so far).
     """
-    from .metrics import dice_iou_per_class
-
-    off = np.asarray(offsets, np.float32).reshape(1, -1, 1, 1)
     per_round = []
     for r in rounds:
         dice = []
         for vol in volumes:
-            labels = (vol["logp"][r].astype(np.float32) + off).argmax(1)
-            _honour(labels, vol["clicked"][r])
+            labels = decide_labels(vol["logp"][r], offsets, axis=1, log=True)
+            honour_clicks(labels, vol["clicked"][r])
             d, _ = dice_iou_per_class(labels, vol["gt"], n_classes)
             dice.append(d[1:])
         with warnings.catch_warnings():
@@ -169,18 +113,16 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
     """
     import torch
 
-    from . import data as D
-    from .clicks import as_clicks
-    from .evaluation import (_find_split, _load_volume, _network_rounds,
-                             _open_network, _select_cases)
-    from .virtual_user import EvaluationUser
+    from .predictor import Predictor
+    from .rounds import run_volume_rounds
 
     data = Path(data)
-    spec = D.discover_dataset(data)
-    path, meta, net, dev = _open_network(checkpoint, list(spec.class_names), device, tta)
+    spec = discover_dataset(data)
+    predictor = Predictor(checkpoint, device=device, tta=tta, expected_classes=list(spec.class_names))
+    path, meta, net, dev = Path(predictor.checkpoint.path), predictor.meta, predictor.model, predictor.device
     n = meta.n_classes
-    split_doc, _ = _find_split(data, Path(path), split_file)
-    cases, which = _select_cases(spec, split_doc, split)
+    split_doc, _ = find_split(data, path, split_file)
+    cases, which = select_cases(spec, split_doc, split)
     if max_volumes:
         cases = cases[: int(max_volumes)]
     if not cases:
@@ -207,7 +149,7 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
         iterator = tqdm(cases, desc="calibrate", leave=False, dynamic_ncols=True)
     volumes = []
     for case in iterator:
-        image, labels = _load_volume(case, norm, axis)
+        image, labels = load_case_with(case, norm, axis)
         logp_chunks = []
         new_rows = [[] for _ in range(rounds + 1)]  # (z, y, x, class) of the clicks of round r
         for start in range(0, image.shape[0], batch_size):
@@ -222,8 +164,8 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
                 return clicks
 
             recorded.clear()
-            _network_rounds(recorder, meta, meta.memory, image, labels,
-                            slice(start, start + batch_size), rounds, clicker, dev, honour=True)
+            run_volume_rounds(recorder, meta, meta.memory, image, labels,
+                              slice(start, start + batch_size), rounds, clicker, dev, honour=True)
             logp_chunks.append(np.stack(recorded))
         # after round r every click of rounds 1..r is honoured, oldest first
         clicked = [np.asarray([row for rr in new_rows[: r + 1] for row in rr], np.int64).reshape(-1, 4)
@@ -280,29 +222,3 @@ def calibrate(checkpoint, data, output, split: str = "train", split_file: Option
         f"volumes: {before:.4f} -> {after:.4f}  ({result['seconds']} s)")
     log(f"wrote {out}")
     return result
-
-
-def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default="demo", help="checkpoint file, or 'demo'")
-    p.add_argument("--data", required=True, help="dataset folder the checkpoint was trained on")
-    p.add_argument("--output", required=True,
-                   help="checkpoint to write (may equal --checkpoint to update it in place)")
-    p.add_argument("--split", default="train", choices=["train", "all", "val", "test"],
-                   help="volumes to fit on (default: train; never the split you report)")
-    p.add_argument("--split-file", default=None,
-                   help="split.json (default: DIR/split.json, else the checkpoint folder's)")
-    p.add_argument("--max-volumes", type=int, default=40, help="fit on the first N volumes (0: all)")
-    p.add_argument("--rounds", type=int, default=3, help="click rounds to fit over (0..N)")
-    p.add_argument("--no-tta", dest="tta", action="store_false",
-                   help="fit for the network run once per round instead of flip averaging")
-    p.add_argument("--device", default="auto")
-
-
-def main_calibrate(args) -> int:
-    import json
-
-    result = calibrate(args.checkpoint, args.data, args.output, split=args.split,
-                       split_file=args.split_file, max_volumes=args.max_volumes or None,
-                       rounds=args.rounds, tta=args.tta, device=args.device)
-    print(json.dumps({k: result[k] for k in ("offsets", "dice_before", "dice_after", "volumes")}))
-    return 0

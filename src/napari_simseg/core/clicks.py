@@ -13,7 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["Click", "ClickError", "as_clicks", "encode_clicks", "honour_clicks", "validate_click"]
+__all__ = ["Click", "ClickError", "as_clicks", "disk_offsets", "encode_clicks", "honour_clicks", "shift_clicks",
+           "validate_click"]
 
 
 class ClickError(ValueError):
@@ -87,7 +88,14 @@ def validate_click(click: Click, n_classes: int, shape: Sequence[int]) -> tuple[
     return row, col
 
 
-def _disk_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
+def shift_clicks(clicks: Iterable, dy: float, dx: float) -> list[Click]:
+    """The clicks moved by ``(dy, dx)`` pixels, e.g. from a crop's coordinates to the
+    full slice's (``dy, dx`` = the crop's top-left corner) or back (their negatives)."""
+    return [Click(c.label, c.y + dy, c.x + dx) for c in as_clicks(clicks)]
+
+
+def disk_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column offsets of the pixels of a disk of ``radius`` around ``(0, 0)``."""
     r = int(radius)
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     keep = yy * yy + xx * xx <= r * r
@@ -122,7 +130,7 @@ def encode_clicks(
         raise ValueError(f"click radius must be >= 0, got {radius}")
     h, w = int(shape[0]), int(shape[1])
     masks = np.zeros((n_classes, h, w), dtype=np.float32)
-    dy, dx = _disk_offsets(radius)
+    dy, dx = disk_offsets(radius)
     for click in as_clicks(clicks):
         row, col = validate_click(click, n_classes, (h, w))
         ys, xs = row + dy, col + dx
@@ -131,7 +139,7 @@ def encode_clicks(
     return masks
 
 
-def honour_clicks(labels: np.ndarray, clicks: Iterable) -> np.ndarray:
+def honour_clicks(labels: np.ndarray, clicks) -> np.ndarray:
     """Give every clicked pixel its click's class, in place (later clicks win).
 
     A click is the user's explicit statement about one pixel, so the label map shown
@@ -142,19 +150,25 @@ def honour_clicks(labels: np.ndarray, clicks: Iterable) -> np.ndarray:
     Parameters
     ----------
     labels : ndarray
-        ``(H, W)`` label map, modified in place.
-    clicks : iterable of Click or (label, y, x)
-        Clicks already checked against this slice (see :func:`validate_click`).
+        ``(H, W)`` label map, or any label array when ``clicks`` are index rows;
+        modified in place.
+    clicks : iterable of Click or (label, y, x), or ndarray of int
+        Clicks already checked against this slice (see :func:`validate_click`), or an
+        ``(M, labels.ndim + 1)`` integer array of ``(index..., class)`` rows, oldest
+        first (e.g. ``(z, y, x, class)`` for a volume).
 
     Returns
     -------
     ndarray
         ``labels``.
     """
+    if isinstance(clicks, np.ndarray) and np.issubdtype(clicks.dtype, np.integer):
+        if len(clicks):
+            labels[tuple(clicks[:, :-1].T)] = clicks[:, -1]
+        return labels
     h, w = labels.shape[-2:]
     for click in as_clicks(clicks):
         row, col = int(round(click.y)), int(round(click.x))
         if 0 <= row < h and 0 <= col < w:
             labels[row, col] = click.label
     return labels
-

@@ -30,7 +30,7 @@ Neighbouring slices (2.5D context, an extension beyond the paper)
 -----------------------------------------------------------------
 With ``context_slices = k > 0`` the network also sees the ``2k`` slices around the
 current one, appended *after* the memory channels in the order ``z-1, z+1, z-2, z+2,
-...`` (clamped at the volume's ends, see :func:`napari_simseg.core.data.context_stack`).
+...`` (clamped at the volume's ends, see :func:`napari_simseg.core.preprocessing.context_stack`).
 Appending keeps channel 0 and the memory layout unchanged, so a 2D network can be
 fine-tuned into a 2.5D one by giving the first convolution zero weights for the new
 channels. ``k = 0`` (the default) is the paper's 2D input.
@@ -133,6 +133,7 @@ class InteractionMemory:
         self.context_slices = int(context_slices)
         self._rounds: list[MemoryState] = []
         self._redo: list[MemoryState] = []
+        self._redo_before_push: list[MemoryState] = []
 
     # -- introspection -------------------------------------------------
     @property
@@ -168,8 +169,19 @@ class InteractionMemory:
             raise ValueError(f"click masks must have shape {expected}, got {clicks.shape}")
         state = MemoryState(clicks=clicks, payload=payload, meta=dict(meta))
         self._rounds.append(state)
+        self._redo_before_push = self._redo[:]
         self._redo.clear()
         return state
+
+    def abandon(self) -> None:
+        """Drop the newest round as if it had never been pushed (its prediction failed).
+
+        The redo stack that :meth:`push` cleared comes back.
+        """
+        if not self._rounds:
+            raise RuntimeError("no round to abandon")
+        self._rounds.pop()
+        self._redo[:] = self._redo_before_push
 
     def set_probabilities(self, probabilities: np.ndarray, payload: Any = None) -> None:
         """Store the probabilities the newest round produced (and its payload)."""
@@ -214,7 +226,7 @@ class InteractionMemory:
         ----------
         image : ndarray
             The ``(H, W)`` slice, or with ``context_slices = k > 0`` its
-            ``(1 + 2k, H, W)`` :func:`~napari_simseg.core.data.context_stack`
+            ``(1 + 2k, H, W)`` :func:`~napari_simseg.core.preprocessing.context_stack`
             (the slice first, then its neighbours).
         """
         image = np.asarray(image, dtype=np.float32)

@@ -39,7 +39,6 @@ import torch.nn.functional as F
 __all__ = [
     "DECODERS",
     "ConvLSTMCell",
-    "FlipEnsemble",
     "ModelConfig",
     "ModelConfigError",
     "SimSegNet",
@@ -274,7 +273,7 @@ class SimSegNet(nn.Module):
             )
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
-        # centred, as the trainer pads slices (core.data.pad_to_multiple): the network
+        # centred, as the trainer pads slices (core.preprocessing.pad_to_multiple): the network
         # then sees a slice at the same place in its canvas in training and at test time
         top, left = ph // 2, pw // 2
         if ph or pw:
@@ -295,47 +294,6 @@ class SimSegNet(nn.Module):
             new_state.append(s)
         logits = self.head(y)[..., top : top + h, left : left + w]
         return logits, (tuple(new_state) if self.recurrent else None)
-
-
-class FlipEnsemble(nn.Module):
-    """Test-time augmentation: a network averaged over the four flips of its input.
-
-    ``forward(x, state)`` runs ``net`` once on a batch holding ``x``, ``x`` flipped
-    left-right, up-down and both, flips the outputs back and averages the class
-    probabilities; it returns their logarithm as logits (so that ``softmax`` gives the
-    averaged probabilities exactly). The recurrent state is that of the ``4B`` flipped
-    images, so the ConvLSTM of each flip sees its own history: it is a state like any
-    other to the session, which stores and restores it without looking inside. Memory
-    inputs (clicks, earlier probabilities) are flipped with the image. The network was
-    trained with random flips, so its flipped predictions are as good as its plain ones;
-    the average removes part of their independent errors at 4x the compute.
-
-    Parameters
-    ----------
-    net : SimSegNet
-    """
-
-    FLIPS = ((), (-1,), (-2,), (-2, -1))
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    @property
-    def config(self) -> ModelConfig:
-        return self.net.config
-
-    @property
-    def recurrent(self) -> bool:
-        return self.net.recurrent
-
-    def forward(self, x: torch.Tensor, state: RecurrentState = None):
-        b = x.shape[0]
-        views = torch.cat([x.flip(d) if d else x for d in self.FLIPS], dim=0)
-        logits, new_state = self.net(views, state)
-        probs = torch.softmax(logits.float(), dim=1)
-        mean = sum((p.flip(d) if d else p) for p, d in zip(probs.split(b), self.FLIPS)) / len(self.FLIPS)
-        return torch.log(mean.clamp_min(1e-12)), new_state
 
 
 def _unstride_stem(encoder: nn.Module, config: ModelConfig) -> None:

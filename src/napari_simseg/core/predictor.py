@@ -1,45 +1,66 @@
-"""Run a checkpoint on slices: the one place inference happens."""
+"""The one way a checkpoint becomes a running network: :class:`Predictor`.
+
+The session, the evaluation, the calibration and the widget all load networks here;
+flip averaging (:class:`FlipEnsemble`) is part of the predictor.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .model import FlipEnsemble
+from .devices import autocast_for, resolve_device
+from .model import ModelConfig, RecurrentState
+from .resources import resolve_checkpoint
 
-__all__ = ["DEVICES", "Predictor", "resolve_device"]
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
+__all__ = ["FlipEnsemble", "Predictor"]
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """Turn ``auto|cpu|cuda|mps`` (or ``cuda:1``) into an available ``torch.device``.
+class FlipEnsemble(nn.Module):
+    """Test-time augmentation: a network averaged over the four flips of its input.
 
-    ``auto`` picks CUDA, then MPS, then CPU. Asking for an absent accelerator is an error
-    that says what is available.
+    ``forward(x, state)`` runs ``net`` once on a batch holding ``x``, ``x`` flipped
+    left-right, up-down and both, flips the outputs back and averages the class
+    probabilities; it returns their logarithm as logits (so that ``softmax`` gives the
+    averaged probabilities exactly). The recurrent state is that of the ``4B`` flipped
+    images, so the ConvLSTM of each flip sees its own history: it is a state like any
+    other to the session, which stores and restores it without looking inside. Memory
+    inputs (clicks, earlier probabilities) are flipped with the image. The network was
+    trained with random flips, so its flipped predictions are as good as its plain ones;
+    the average removes part of their independent errors at 4x the compute.
+
+    Parameters
+    ----------
+    net : SimSegNet
     """
-    name = str(device).lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    base = name.split(":")[0]
-    if base not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    if base == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use 'cpu' or 'auto'")
-    if base == "mps" and not (
-        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    ):
-        raise ValueError("device 'mps' requested but MPS is not available; use 'cpu' or 'auto'")
-    return torch.device(name)
+
+    FLIPS = ((), (-1,), (-2,), (-2, -1))
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.net.config
+
+    @property
+    def recurrent(self) -> bool:
+        return self.net.recurrent
+
+    def forward(self, x: torch.Tensor, state: RecurrentState = None):
+        b = x.shape[0]
+        views = torch.cat([x.flip(d) if d else x for d in self.FLIPS], dim=0)
+        logits, new_state = self.net(views, state)
+        probs = torch.softmax(logits.float(), dim=1)
+        mean = sum((p.flip(d) if d else p) for p, d in zip(probs.split(b), self.FLIPS)) / len(self.FLIPS)
+        return torch.log(mean.clamp_min(1e-12)), new_state
 
 
 class Predictor:
@@ -54,9 +75,20 @@ class Predictor:
     amp : bool
         Mixed precision (float16 autocast) on CUDA; ignored elsewhere.
     tta : bool
-        Average the network over the four flips of each input
-        (:class:`~napari_simseg.core.model.FlipEnsemble`): measurably better labels on
-        the demo data at 4x the compute per round. ``False`` runs the network once.
+        Average the network over the four flips of each input (:class:`FlipEnsemble`):
+        measurably better labels on the demo data at 4x the compute per round.
+        ``False`` runs the network once.
+    expected_classes : sequence of str, optional
+        The class names the caller works with (a data set's, an existing labels
+        layer's); a checkpoint trained for other classes is refused with a
+        :class:`~napari_simseg.core.checkpoint.CheckpointError`.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The network as run: the :class:`FlipEnsemble` with ``tta``, else the network.
+    network : SimSegNet
+        The bare network, on :attr:`device`, in eval mode.
     """
 
     def __init__(
@@ -65,16 +97,22 @@ class Predictor:
         device: str = "auto",
         amp: bool = True,
         tta: bool = True,
+        expected_classes: Optional[Sequence[str]] = None,
     ):
+        self.device = resolve_device(device)  # an unavailable device fails before the load
         if isinstance(checkpoint, Checkpoint):
             ckpt = checkpoint
-        else:
-            from .resources import resolve_checkpoint
+            if expected_classes is not None and list(expected_classes) != list(ckpt.meta.class_names):
+                from .checkpoint import CheckpointError
 
-            ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
+                raise CheckpointError(
+                    f"{ckpt.path}: trained for classes {list(ckpt.meta.class_names)}, but "
+                    f"{list(expected_classes)} are expected; pick a checkpoint trained on these classes"
+                )
+        else:
+            ckpt = load_checkpoint(resolve_checkpoint(checkpoint), expected_classes=expected_classes)
         self.checkpoint = ckpt
         self.meta = ckpt.meta
-        self.device = resolve_device(device)
         self.network = ckpt.model.to(self.device).eval()
         self.tta = bool(tta)
         self.model = FlipEnsemble(self.network).eval() if self.tta else self.network
@@ -117,8 +155,6 @@ class Predictor:
         return self.model.recurrent
 
     def _autocast(self):
-        from .simulation import autocast_for
-
         return autocast_for(self.device, self.amp)
 
     def predict_tensor(self, x: torch.Tensor, state=None):

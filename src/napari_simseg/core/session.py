@@ -6,7 +6,6 @@ returns is numpy.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,17 +13,14 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .clicks import Click, as_clicks, encode_clicks, honour_clicks, validate_click
+from .clicks import as_clicks, encode_clicks, honour_clicks, validate_click
+from .decision import decide_labels
+from .interaction_log import load_log, replay_log, write_log
 from .memory import InteractionMemory
 from .predictor import Predictor
+from .preprocessing import ImageError, check_image, context_stack, n4_correct, normalize_volume
 
 __all__ = ["ImageError", "InteractiveSession", "RoundResult", "load_log", "replay_log"]
-
-LOG_VERSION = 1
-
-
-class ImageError(ValueError):
-    """An image the session cannot work on."""
 
 
 @dataclass
@@ -37,31 +33,6 @@ class RoundResult:
     probabilities: np.ndarray  # (N, H, W) float32
     model_ms: float
     total_ms: float
-
-
-def _check_image(image) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.number)):
-        raise ImageError(f"image must be numeric, got dtype {arr.dtype}")
-    if np.iscomplexobj(arr):
-        raise ImageError("complex-valued images are not supported")
-    rgb_like = arr.ndim in (3, 4) and arr.shape[-1] in (3, 4) and min(arr.shape[:-1]) > 4
-    if arr.ndim not in (2, 3) or rgb_like:
-        hint = ""
-        if rgb_like:
-            hint = " (an RGB/RGBA image? convert it to a single channel first)"
-        elif arr.ndim == 4:
-            hint = " (a time series or multi-channel volume? pick one 3D volume first)"
-        raise ImageError(
-            f"SimSeg segments 2D (H, W) or 3D (Z, H, W) images; got shape {arr.shape}{hint}"
-        )
-    if arr.size == 0 or min(arr.shape) == 0:
-        raise ImageError(f"image is empty (shape {arr.shape})")
-    if min(arr.shape[-2:]) < 8:
-        raise ImageError(f"slices of {arr.shape[-2]}x{arr.shape[-1]} pixels are too small (min 8x8)")
-    if not np.all(np.isfinite(arr)):
-        raise ImageError("image contains NaN or infinite values; fill or mask them first")
-    return arr
 
 
 class InteractiveSession:
@@ -107,7 +78,7 @@ class InteractiveSession:
         honour_clicks: bool = True,
         decision_offsets: bool = True,
     ):
-        arr = _check_image(image)
+        arr = check_image(image)
         self.honour_clicks = bool(honour_clicks)
         self.decision_offsets = bool(decision_offsets)
         self.is_2d = arr.ndim == 2
@@ -116,13 +87,9 @@ class InteractiveSession:
             predictor = Predictor(predictor, device=device)
         self.predictor = predictor
         meta = predictor.meta
-        from .data import normalize_volume
-
         norm = dict(meta.normalization)
         volume = volume.astype(np.float32, copy=False)
         if norm.get("n4"):
-            from .data import n4_correct
-
             volume = n4_correct(volume)  # the network was trained on N4-corrected images
         try:
             self.volume = normalize_volume(
@@ -174,7 +141,14 @@ class InteractiveSession:
     def n_slices(self) -> int:
         return self.shape[0]
 
-    def _slice(self, slice_index) -> int:
+    def check_slice(self, slice_index) -> int:
+        """``slice_index`` as a valid slice number (``None`` is slice 0 of a 2D image).
+
+        Raises
+        ------
+        IndexError
+            For a non-integer or a slice outside the image.
+        """
         if self.is_2d and slice_index is None:
             return 0
         try:
@@ -187,7 +161,7 @@ class InteractiveSession:
 
     def memory(self, slice_index: int) -> InteractionMemory:
         """The interaction memory of a slice (created empty on first use)."""
-        idx = self._slice(slice_index)
+        idx = self.check_slice(slice_index)
         mem = self._memories.get(idx)
         if mem is None:
             p = self.predictor
@@ -200,12 +174,10 @@ class InteractiveSession:
         k = self.predictor.context_slices
         if k == 0:
             return self.volume[idx]
-        from .data import context_stack
-
         return context_stack(self.volume, idx, k)
 
     def n_rounds(self, slice_index: int) -> int:
-        idx = self._slice(slice_index)
+        idx = self.check_slice(slice_index)
         mem = self._memories.get(idx)
         return 0 if mem is None else mem.n_rounds
 
@@ -217,8 +189,6 @@ class InteractiveSession:
         return self.predictor.meta.decision_offsets
 
     def _to_labels(self, probabilities: np.ndarray) -> np.ndarray:
-        from .calibration import decide_labels
-
         return decide_labels(probabilities, self.offsets, axis=0).astype(self.labels.dtype)
 
     def _show_current(self, idx: int) -> np.ndarray:
@@ -259,7 +229,7 @@ class InteractiveSession:
             For a click outside the slice or with an unknown class; nothing changes.
         """
         t0 = time.perf_counter()
-        idx = self._slice(slice_index)
+        idx = self.check_slice(slice_index)
         clicks = as_clicks(clicks)
         h, w = self.shape[1:]
         for c in clicks:  # validate all before touching any state
@@ -268,15 +238,13 @@ class InteractiveSession:
         masks = encode_clicks(clicks, self.n_classes, (h, w), self.predictor.click_radius)
         prev = mem.last
         state = self._state_to_device(prev.payload if prev is not None else None)
-        redo_before = list(mem._redo)
         mem.push(masks, click_list=[c.as_tuple() for c in clicks])
         x = mem.network_input(self._image_input(idx))
         t1 = time.perf_counter()
         try:
             probs, new_state = self.predictor.predict(x, state)
         except Exception:
-            mem.undo()  # a failed round leaves no trace, redo stack included
-            mem._redo[:] = redo_before
+            mem.abandon()  # a failed round leaves no trace, redo stack included
             raise
         model_ms = (time.perf_counter() - t1) * 1e3
         mem.set_probabilities(probs, payload=self._state_to_storage(new_state))
@@ -310,7 +278,7 @@ class InteractiveSession:
 
     def undo(self, slice_index) -> np.ndarray:
         """Undo the newest round of a slice; returns its labels as they were before it."""
-        idx = self._slice(slice_index)
+        idx = self.check_slice(slice_index)
         mem = self.memory(idx)
         if not mem.can_undo:
             raise RuntimeError(f"nothing to undo on slice {idx}")
@@ -320,7 +288,7 @@ class InteractiveSession:
 
     def redo(self, slice_index) -> np.ndarray:
         """Redo the most recently undone round of a slice."""
-        idx = self._slice(slice_index)
+        idx = self.check_slice(slice_index)
         mem = self.memory(idx)
         if not mem.can_redo:
             raise RuntimeError(f"nothing to redo on slice {idx}")
@@ -330,7 +298,7 @@ class InteractiveSession:
 
     def reset_slice(self, slice_index) -> np.ndarray:
         """Forget every round of a slice and clear its labels (base labels included)."""
-        idx = self._slice(slice_index)
+        idx = self.check_slice(slice_index)
         self.memory(idx).reset()
         self._base_labels.pop(idx, None)
         self._record("reset", slice=idx)
@@ -338,7 +306,7 @@ class InteractiveSession:
 
     def set_labels(self, slice_index, labels: np.ndarray) -> None:
         """Make hand-edited labels the slice's base labels (its memory is reset)."""
-        idx = self._slice(slice_index)
+        idx = self.check_slice(slice_index)
         labels = np.asarray(labels)
         if labels.shape != self.shape[1:]:
             raise ValueError(f"labels must have shape {self.shape[1:]}, got {labels.shape}")
@@ -362,7 +330,7 @@ class InteractiveSession:
         """
         if slices is None:
             slices = range(self.n_slices)
-        todo = [self._slice(s) for s in slices]
+        todo = [self.check_slice(s) for s in slices]
         todo = [s for s in todo if self.n_rounds(s) == 0]
         p = self.predictor
         empty = InteractionMemory(p.memory_kind, self.n_classes, self.shape[1:], p.depth, p.context_slices)
@@ -394,7 +362,7 @@ class InteractiveSession:
                 progress(done, total)
         if slice_index is None:
             return self.get_labels()
-        return self.labels[self._slice(slice_index)].copy()
+        return self.labels[self.check_slice(slice_index)].copy()
 
     # ------------------------------------------------------------------ outputs
     def get_labels(self) -> np.ndarray:
@@ -406,70 +374,6 @@ class InteractiveSession:
         return [dict(e) for e in self._log]
 
     def save_log(self, path) -> Path:
-        """Write the ordered interaction log as JSON (atomically)."""
-        path = Path(path)
-        doc = {
-            "format": "napari-simseg-log",
-            "version": LOG_VERSION,
-            "image_shape": list(self.shape if not self.is_2d else self.shape[1:]),
-            "class_names": self.class_names,
-            "checkpoint": self.predictor.checkpoint.path,
-            "events": self._log,
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(path)
-        return path
-
-
-def load_log(path) -> dict:
-    """Read an interaction log written by :meth:`InteractiveSession.save_log`."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read interaction log {path}: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("format") != "napari-simseg-log":
-        raise ValueError(f"{path} is not a napari-simseg interaction log")
-    missing = [k for k in ("class_names", "events") if k not in doc]
-    if missing:
-        raise ValueError(f"interaction log {path} lacks {', '.join(missing)}")
-    if doc.get("version", 0) > LOG_VERSION:
-        raise ValueError(f"{path}: log version {doc.get('version')} is newer than supported")
-    return doc
-
-
-def replay_log(session: InteractiveSession, log) -> InteractiveSession:
-    """Apply a saved log's events, in order, to a fresh session on the same image.
-
-    Parameters
-    ----------
-    session : InteractiveSession
-        A new session on the same image and checkpoint.
-    log : dict, str or Path
-        The log document or its file.
-    """
-    doc = log if isinstance(log, dict) else load_log(log)
-    if list(doc["class_names"]) != session.class_names:
-        raise ValueError(
-            f"log was made with classes {doc['class_names']}, session has {session.class_names}"
-        )
-    for event in doc["events"]:
-        action = event["action"]
-        if action == "clicks":
-            clicks = [Click(c["class"], c["y"], c["x"]) for c in event["clicks"]]
-            session.add_clicks(event["slice"], clicks)
-        elif action == "undo":
-            session.undo(event["slice"])
-        elif action == "redo":
-            session.redo(event["slice"])
-        elif action == "reset":
-            session.reset_slice(event["slice"])
-        elif action == "auto":
-            # the same batch as recorded: batch composition can change float rounding
-            for _ in session.iter_auto(event["slices"], batch_size=len(event["slices"])):
-                pass
-        elif action == "set_labels":
-            session.set_labels(event["slice"], np.asarray(event["labels"]))
-        else:
-            raise ValueError(f"unknown log action {action!r}")
-    return session
+        """Write the ordered interaction log as JSON (atomically); see ``core.interaction_log``."""
+        shape = self.shape if not self.is_2d else self.shape[1:]
+        return write_log(path, shape, self.class_names, self.predictor.checkpoint.path, self._log)

@@ -28,7 +28,7 @@ optimised, whose weights are "the model" of the paper's data generation. 0 (the
 default, the paper's recipe) saves the optimised weights themselves.
 
 Multi-planar training: ``train_axes`` (e.g. ``[0, 1, 2]``) trains on the slices of every
-training volume along each listed axis (:class:`~napari_simseg.core.data.MultiAxisSlices`),
+training volume along each listed axis (:class:`~napari_simseg.core.slices.MultiAxisSlices`),
 padded to one shape that holds them all; validation and the checkpoint use ``axis`` only,
 so the network is used exactly as one trained on ``axis`` alone. ``None`` (the default)
 is ``[axis]``.
@@ -57,10 +57,16 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .augmentation import Augmenter
 from .checkpoint import CheckpointMeta, save_checkpoint
+from .clicks import shift_clicks
+from .datasets import discover_dataset, largest_slice_shape
+from .devices import autocast_for, resolve_device
 from .memory import MEMORY_KINDS, input_channels
 from .model import ModelConfig, build_model
-from .simulation import BatchMemory, autocast_for, cropped_clicker, encode_click_batch, run_evaluation_rounds
+from .rounds import BatchMemory, cropped_clicker, encode_click_batch, run_rounds
+from .slices import MultiAxisSlices, SliceDataset
+from .splits import load_split, save_split, split_cases
 
 __all__ = ["SIMULATIONS", "TrainConfig", "train"]
 
@@ -281,7 +287,6 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
 
     Returns the logits of the training forward (with grad) and the targets.
     """
-    from .clicks import Click
     from .virtual_user import TrainingVirtualUser, sdg_clicks
 
     images = batch["image"].to(device, non_blocking=True)
@@ -303,10 +308,8 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
     if automatic:
         pass  # empty memory: image + zeros
     elif cfg.simulation == "sdg":
-        clicks = [
-            [Click(c.label, c.y + y0, c.x + x0) for c in sdg_clicks(gts[i, y0:y1, x0:x1], n_classes, cfg.ddg_config(), rng)]
-            for i, (y0, y1, x0, x1) in enumerate(crops)
-        ]
+        clicks = [shift_clicks(sdg_clicks(gts[i, y0:y1, x0:x1], n_classes, cfg.ddg_config(), rng), y0, x0)
+                  for i, (y0, y1, x0, x1) in enumerate(crops)]
         memory.push(encode_click_batch(clicks, n_classes, shape, cfg.click_radius, device))
     else:
         rounds = cfg.ddg_rounds or cfg.max_clicks
@@ -318,8 +321,7 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
         previous = None
         for k in range(rounds):
             clicks = [
-                [Click(c.label, c.y + y0, c.x + x0)
-                 for c in user.next_round(None if previous is None else previous[i, y0:y1, x0:x1])]
+                shift_clicks(user.next_round(None if previous is None else previous[i, y0:y1, x0:x1]), y0, x0)
                 for i, (user, (y0, y1, x0, x1)) in enumerate(zip(users, crops))
             ]
             memory.push(encode_click_batch(clicks, n_classes, shape, cfg.click_radius, device))
@@ -368,7 +370,7 @@ def validate(net, dataset, cfg: TrainConfig, n_classes, device, amp) -> dict:
         for i, (y0, y1, x0, x1) in enumerate(batch["crop"].tolist()):
             valid[i, y0:y1, x0:x1] = True
         clicker = cropped_clicker(user.next_round_batch, batch["crop"].tolist())
-        preds = run_evaluation_rounds(
+        preds = run_rounds(
             net, images, gts, rounds, cfg.memory, cfg.effective_depth, n_classes,
             cfg.click_radius, clicker, amp=amp,
         )
@@ -387,73 +389,105 @@ def _score(val: dict, rounds: int) -> float:
 
 
 # ---------------------------------------------------------------------- the loop
-def train(cfg: TrainConfig, log=print) -> Path:
-    """Train a network; returns the path of the best checkpoint.
+@dataclass
+class _Run:
+    """What a training run works with, once set up."""
 
-    Writes into ``cfg.out``: ``config.yaml``, ``split.json``, ``best.safetensors``,
-    ``last.safetensors``, ``train_state.pt`` (for ``resume``), ``log.csv`` and
-    ``log.json``.
-    """
-    import yaml
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    dist: _Dist
+    amp: bool
+    class_names: list
+    train_ds: object
+    val_ds: SliceDataset
+    net: torch.nn.Module
+    train_net: torch.nn.Module
+    ema: object
+    optimizer: torch.optim.Optimizer
+    scaler: object
+    loss_fn: torch.nn.Module
+    meta: CheckpointMeta
+    log: object
 
-    from . import data as D
-    from .losses import FocalDiceLoss, FocalLoss, SoftDiceLoss, class_weights_from_counts
-    from .predictor import resolve_device
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
 
-    cfg.validate()
+    def autocast(self):
+        return autocast_for(self.device, self.amp)
+
+
+def _setup_device(cfg: TrainConfig):
     device = resolve_device(cfg.device)
     dist = _Dist(device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    out = Path(cfg.out)
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    amp = bool(cfg.amp) and device.type == "cuda"
+    return device, dist
 
-    # ---- data
-    spec = D.discover_dataset(cfg.data)
+
+def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
+    """The split (written to ``out/split.json``) and the training and validation slices.
+
+    Returns
+    -------
+    class_names, train_ds, val_ds, summary
+        ``summary`` is the first half of the run's "data:" line.
+    """
+    spec = discover_dataset(cfg.data)
     class_names = list(spec.class_names)
-    n_classes = len(class_names)
     ids = [c.case_id for c in spec.cases]
     split_path = out / "split.json"
     if cfg.resume and split_path.is_file():
-        split = D.load_split(split_path)
+        split = load_split(split_path)
     else:
-        split = D.split_cases(ids, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        split = split_cases(ids, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         if cfg.max_volumes:
             split = {k: v[: max(1, int(cfg.max_volumes * len(v) / max(1, len(ids))))] for k, v in split.items()}
         if dist.main:
-            D.save_split(split_path, split)
+            save_split(split_path, split)
     augmenter = None
     if cfg.augment:
-        augmenter = D.Augmenter(rotate_degrees=cfg.aug_rotate_degrees,
-                                scale=None if cfg.aug_scale is None else tuple(cfg.aug_scale))
+        augmenter = Augmenter(rotate_degrees=cfg.aug_rotate_degrees,
+                              scale=None if cfg.aug_scale is None else tuple(cfg.aug_scale))
     common = dict(n4=cfg.n4, cache_dir=out / "cache", on_error=cfg.on_error,
                   context_slices=cfg.context_slices)
     train_axes = cfg.train_axes or [cfg.axis]
     if cfg.pad_to:
         pad_to = tuple(cfg.pad_to)
     else:  # one size that holds the slices along every training axis
-        shapes = [D.largest_slice_shape(spec, axis=a) for a in train_axes]
+        shapes = [largest_slice_shape(spec, axis=a) for a in train_axes]
         pad_to = (max(h for h, _ in shapes), max(w for _, w in shapes))
-    train_ds = D.SliceDataset(spec, split["train"], axis=cfg.axis, target_shape=pad_to, augmenter=augmenter,
-                              seed=cfg.seed, **common)
-    if len(train_axes) > 1:  # the volumes read once, viewed along every axis
-        train_ds = D.MultiAxisSlices([train_ds if a == cfg.axis else train_ds.along(a) for a in train_axes])
-    val_ds = D.SliceDataset(spec, split["val"], axis=cfg.axis, target_shape=pad_to, augmenter=None,
+    train_ds = SliceDataset(spec, split["train"], axis=cfg.axis, target_shape=pad_to, augmenter=augmenter,
                             seed=cfg.seed, **common)
-    counts = train_ds.class_pixel_counts()
-    weights = class_weights_from_counts(counts, method=cfg.class_weighting)
-    if dist.main:
-        log(
-            f"data: {len(split['train'])} train / {len(split['val'])} val volumes, "
-            f"{len(train_ds)} / {len(val_ds)} slices, padded to {pad_to[0]}x{pad_to[1]}, "
-            f"classes {class_names}, weights {np.round(weights.numpy(), 3).tolist()}"
-        )
+    if len(train_axes) > 1:  # the volumes read once, viewed along every axis
+        train_ds = MultiAxisSlices([train_ds if a == cfg.axis else train_ds.along(a) for a in train_axes])
+    val_ds = SliceDataset(spec, split["val"], axis=cfg.axis, target_shape=pad_to, augmenter=None,
+                          seed=cfg.seed, **common)
+    summary = (f"data: {len(split['train'])} train / {len(split['val'])} val volumes, "
+               f"{len(train_ds)} / {len(val_ds)} slices, padded to {pad_to[0]}x{pad_to[1]}, "
+               f"classes {class_names}")
+    return class_names, train_ds, val_ds, summary
 
-    # ---- model
+
+def _setup(cfg: TrainConfig, log) -> _Run:
+    """Device, data, network, optimiser, loss and checkpoint header of a run."""
+    from .losses import FocalDiceLoss, FocalLoss, SoftDiceLoss, class_weights_from_counts
+
+    cfg.validate()
+    device, dist = _setup_device(cfg)
+    out = Path(cfg.out)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    amp = bool(cfg.amp) and device.type == "cuda"
+    class_names, train_ds, val_ds, summary = _load_data(cfg, out, dist)
+    n_classes = len(class_names)
+    weights = class_weights_from_counts(train_ds.class_pixel_counts(), method=cfg.class_weighting)
+    if dist.main:
+        log(f"{summary}, weights {np.round(weights.numpy(), 3).tolist()}")
+
     _seed_everything(cfg.seed)
     net = build_model(cfg.model_config(n_classes)).to(device)
     if cfg.init_from and not cfg.resume:
@@ -476,26 +510,6 @@ def train(cfg: TrainConfig, log=print) -> Path:
         train_net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
-
-    start_epoch, best, history = 0, -math.inf, []
-    state_path = out / "train_state.pt"
-    if cfg.resume:
-        if not state_path.is_file():
-            raise FileNotFoundError(f"--resume: no {state_path} to resume from")
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(st["model"])  # float32, even when checkpoints are stored in float16
-        if ema is not None:
-            if "ema" not in st:
-                raise ValueError(f"--resume with ema_decay {cfg.ema_decay}: {state_path} was written "
-                                 f"without weight averaging; resume with the run's own options")
-            ema.load_state_dict(st["ema"])
-        optimizer.load_state_dict(st["optimizer"])
-        if "scaler" in st and amp:
-            scaler.load_state_dict(st["scaler"])
-        start_epoch, best, history = int(st["epoch"]), float(st["best"]), json.loads(st["history"])
-        if dist.main:
-            log(f"resuming after epoch {start_epoch} (best score {best:.4f})")
-
     meta = CheckpointMeta(
         class_names=class_names,
         memory=cfg.memory,
@@ -506,114 +520,165 @@ def train(cfg: TrainConfig, log=print) -> Path:
         context_slices=cfg.context_slices,
     )
     meta.normalization = {**meta.normalization, "n4": bool(cfg.n4)}
+    return _Run(cfg, out, device, dist, amp, class_names, train_ds, val_ds, net, train_net, ema, optimizer,
+                scaler, loss_fn, meta, log)
+
+
+def _resume(run: _Run):
+    """``(start_epoch, best score, history)``: from ``train_state.pt`` with ``resume``."""
+    cfg, state_path = run.cfg, run.out / "train_state.pt"
+    if not cfg.resume:
+        return 0, -math.inf, []
+    if not state_path.is_file():
+        raise FileNotFoundError(f"--resume: no {state_path} to resume from")
+    st = torch.load(state_path, map_location="cpu", weights_only=True)
+    run.net.load_state_dict(st["model"])  # float32, even when checkpoints are stored in float16
+    if run.ema is not None:
+        if "ema" not in st:
+            raise ValueError(f"--resume with ema_decay {cfg.ema_decay}: {state_path} was written "
+                             f"without weight averaging; resume with the run's own options")
+        run.ema.load_state_dict(st["ema"])
+    run.optimizer.load_state_dict(st["optimizer"])
+    if "scaler" in st and run.amp:
+        run.scaler.load_state_dict(st["scaler"])
+    start_epoch, best, history = int(st["epoch"]), float(st["best"]), json.loads(st["history"])
+    if run.dist.main:
+        run.log(f"resuming after epoch {start_epoch} (best score {best:.4f})")
+    return start_epoch, best, history
+
+
+def _train_epoch(run: _Run, epoch: int, sampler, t_start: float):
+    """One epoch of optimisation steps; returns ``(losses, lr, stopped by max_minutes)``."""
+    cfg, dist = run.cfg, run.dist
+    # per-epoch seeds: a resumed run repeats exactly what the uninterrupted one does
+    epoch_seed = cfg.seed * 100003 + epoch * 7919 + dist.rank
+    _seed_everything(epoch_seed)
+    rng = np.random.default_rng(epoch_seed)
+    run.train_ds.set_epoch(epoch)
+    lr = cfg.learning_rate(epoch)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    generator = torch.Generator().manual_seed(epoch_seed)
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    loader = torch.utils.data.DataLoader(
+        run.train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator,
+        num_workers=cfg.num_workers,
+        drop_last=len(run.train_ds) >= cfg.batch_size * max(1, dist.world),
+    )
+    steps = len(loader) if cfg.steps_per_epoch is None else min(len(loader), cfg.steps_per_epoch)
+    bar = None
+    if dist.main and cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+    losses, stopped = [], False
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            break
+        loss = training_step(run.net, run.train_net, batch, cfg, run.n_classes, rng, run.device, run.autocast,
+                             run.loss_fn, run.optimizer, run.scaler)
+        if run.ema is not None:
+            run.ema.update_parameters(run.net)
+        losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if cfg.max_minutes is not None and _over_time(run, t_start):
+            stopped = True
+            break
+    if bar is not None:
+        bar.close()
+    return losses, lr, stopped
+
+
+def _over_time(run: _Run, t_start: float) -> bool:
+    over = torch.tensor(float((time.monotonic() - t_start) / 60 > run.cfg.max_minutes))
+    if run.dist.enabled:  # every rank must stop at the same step, or DDP deadlocks
+        over = over.to(run.device)
+        torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
+    return bool(over.item())
+
+
+def _end_epoch(run: _Run, epoch: int, row: dict, history: list, best: float, stopped: bool, t_start: float):
+    """Validate, save ``last``/``best``/``train_state.pt`` and the logs; returns the best score."""
+    cfg, class_names = run.cfg, run.class_names
+    val_rounds = 0 if cfg.simulation == "auto" else max(0, int(cfg.val_clicks))
+    best_path = run.out / "best.safetensors"
+    # the network that is validated and saved: the averaged one when averaging
+    saved_net = run.net if run.ema is None else run.ema.module
+    val = validate(saved_net, run.val_ds, cfg, run.n_classes, run.device, run.amp)
+    score = _score(val, val_rounds)
+    for k, v in val.items():
+        for metric in ("dice", "iou"):
+            for name, value in zip(class_names, v[metric]):
+                row[f"val_{metric}_{k}clicks_{name}"] = round(float(value), 5)
+    row["score"] = round(score, 5)
+    row["minutes"] = round((time.monotonic() - t_start) / 60, 2)
+    history.append(row)
+    run.meta.training = {
+        "epoch": epoch + 1, "score": score, "val": val, "data": str(cfg.data),
+        "train_volumes": list(run.train_ds.case_ids), "val_volumes": list(run.val_ds.case_ids),
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")},
+    }
+    save_checkpoint(run.out / "last.safetensors", saved_net, run.meta, half=cfg.half_checkpoint)
+    if score > best or not best_path.is_file():
+        best = max(best, score)
+        save_checkpoint(best_path, saved_net, run.meta, half=cfg.half_checkpoint)
+    train_state = {"epoch": epoch + (0 if stopped else 1), "best": best, "model": run.net.state_dict(),
+                   "optimizer": run.optimizer.state_dict(),
+                   "scaler": run.scaler.state_dict(), "history": json.dumps(history)}
+    if run.ema is not None:
+        train_state["ema"] = run.ema.state_dict()
+    state_path = run.out / "train_state.pt"
+    torch.save(train_state, str(state_path) + ".tmp")
+    os.replace(str(state_path) + ".tmp", state_path)
+    _write_logs(run.out, history)
+    dice_txt = ", ".join(f"{n}={d:.3f}" for n, d in zip(class_names, val[val_rounds]["dice"]))
+    run.log(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}, val Dice @{val_rounds} clicks: {dice_txt} "
+            f"({row['train_seconds']:.0f}s train)")
+    return best
+
+
+def train(cfg: TrainConfig, log=print) -> Path:
+    """Train a network; returns the path of the best checkpoint.
+
+    Writes into ``cfg.out``: ``config.yaml``, ``split.json``, ``best.safetensors``,
+    ``last.safetensors``, ``train_state.pt`` (for ``resume``), ``log.csv`` and
+    ``log.json``.
+    """
+    import yaml
+
+    run = _setup(cfg, log)
+    start_epoch, best, history = _resume(run)
+    dist = run.dist
     if dist.main:
         cfg_doc = {k: v for k, v in asdict(cfg).items()}
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg_doc, sort_keys=False))
-
-    def autocast():
-        return autocast_for(device, amp)
-
+        (run.out / "config.yaml").write_text(yaml.safe_dump(cfg_doc, sort_keys=False))
     sampler = None
     if dist.enabled:
-        sampler = torch.utils.data.distributed.DistributedSampler(train_ds, shuffle=True, seed=cfg.seed)
+        sampler = torch.utils.data.distributed.DistributedSampler(run.train_ds, shuffle=True, seed=cfg.seed)
     t_start = time.monotonic()
-    val_rounds = 0 if cfg.simulation == "auto" else max(0, int(cfg.val_clicks))
-    best_path = out / "best.safetensors"
-    stopped_early = False
     # stop_after_epoch ends the run early while the lr schedule still spans ``epochs``
     last_epoch = cfg.epochs if cfg.stop_after_epoch is None else min(cfg.epochs, cfg.stop_after_epoch)
     for epoch in range(start_epoch, last_epoch):
-        # per-epoch seeds: a resumed run repeats exactly what the uninterrupted one does
-        epoch_seed = cfg.seed * 100003 + epoch * 7919 + dist.rank
-        _seed_everything(epoch_seed)
-        rng = np.random.default_rng(epoch_seed)
-        train_ds.set_epoch(epoch)
-        lr = cfg.learning_rate(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        generator = torch.Generator().manual_seed(epoch_seed)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            train_ds,
-            batch_size=cfg.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            generator=generator,
-            num_workers=cfg.num_workers,
-            drop_last=len(train_ds) >= cfg.batch_size * max(1, dist.world),
-        )
-        steps = len(loader) if cfg.steps_per_epoch is None else min(len(loader), cfg.steps_per_epoch)
-        bar = None
-        if dist.main and cfg.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
         t_epoch = time.monotonic()
-        losses = []
-        for step, batch in enumerate(loader):
-            if step >= steps:
-                break
-            loss = training_step(net, train_net, batch, cfg, n_classes, rng, device, autocast,
-                                 loss_fn, optimizer, scaler)
-            if ema is not None:
-                ema.update_parameters(net)
-            losses.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            if cfg.max_minutes is not None:
-                over = torch.tensor(float((time.monotonic() - t_start) / 60 > cfg.max_minutes))
-                if dist.enabled:  # every rank must stop at the same step, or DDP deadlocks
-                    over = over.to(device)
-                    torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
-                if bool(over.item()):
-                    stopped_early = True
-                    break
-        if bar is not None:
-            bar.close()
-        train_s = time.monotonic() - t_epoch
+        losses, lr, stopped = _train_epoch(run, epoch, sampler, t_start)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               "steps": len(losses), "train_seconds": round(train_s, 2)}
+               "steps": len(losses), "train_seconds": round(time.monotonic() - t_epoch, 2)}
         if dist.main:
-            # the network that is validated and saved: the averaged one when averaging
-            saved_net = net if ema is None else ema.module
-            val = validate(saved_net, val_ds, cfg, n_classes, device, amp)
-            score = _score(val, val_rounds)
-            for k, v in val.items():
-                for metric in ("dice", "iou"):
-                    for name, value in zip(class_names, v[metric]):
-                        row[f"val_{metric}_{k}clicks_{name}"] = round(float(value), 5)
-            row["score"] = round(score, 5)
-            row["minutes"] = round((time.monotonic() - t_start) / 60, 2)
-            history.append(row)
-            meta.training = {
-                "epoch": epoch + 1, "score": score, "val": val, "data": str(cfg.data),
-                "train_volumes": list(train_ds.case_ids), "val_volumes": list(val_ds.case_ids),
-                "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")},
-            }
-            save_checkpoint(out / "last.safetensors", saved_net, meta, half=cfg.half_checkpoint)
-            if score > best or not best_path.is_file():
-                best = max(best, score)
-                save_checkpoint(best_path, saved_net, meta, half=cfg.half_checkpoint)
-            train_state = {"epoch": epoch + (0 if stopped_early else 1), "best": best, "model": net.state_dict(),
-                           "optimizer": optimizer.state_dict(),
-                           "scaler": scaler.state_dict(), "history": json.dumps(history)}
-            if ema is not None:
-                train_state["ema"] = ema.state_dict()
-            torch.save(train_state, str(state_path) + ".tmp")
-            os.replace(str(state_path) + ".tmp", state_path)
-            _write_logs(out, history)
-            dice_txt = ", ".join(f"{n}={d:.3f}" for n, d in zip(class_names, val[val_rounds]["dice"]))
-            log(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}, val Dice @{val_rounds} clicks: {dice_txt} "
-                f"({train_s:.0f}s train)")
+            best = _end_epoch(run, epoch, row, history, best, stopped, t_start)
         dist.barrier()
-        if stopped_early:
+        if stopped:
             if dist.main:
                 log(f"stopping: --max-minutes {cfg.max_minutes} reached")
             break
     dist.close()
-    return best_path
+    return run.out / "best.safetensors"
 
 
 def _init_from(net, path, class_names, context_slices: int = 0) -> None:

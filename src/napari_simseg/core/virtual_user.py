@@ -77,7 +77,7 @@ Choices where the paper is vague
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 from scipy import ndimage
@@ -89,14 +89,11 @@ __all__ = [
     "DDGClicker",
     "EvaluationUser",
     "TrainingVirtualUser",
-    "TrainingVirtualUserBatch",
     "central_click",
     "click_probability_map",
     "largest_mislabelled_region",
     "sample_click",
     "sdg_clicks",
-    "sdg_clicks_batch",
-    "simulate_round_batch",
 ]
 
 RngLike = Union[np.random.Generator, int, None]
@@ -688,74 +685,6 @@ class TrainingVirtualUser:
         return self._require().history
 
 
-def simulate_round_batch(users: Sequence[TrainingVirtualUser], predictions=None) -> list[list[Click]]:
-    """Run one round for a batch of started users.
-
-    Parameters
-    ----------
-    users : sequence of TrainingVirtualUser
-        One started user per image.
-    predictions : array_like, shape (B, H, W), sequence of (H, W), or None
-        Latest predictions; ``None`` for the first round.
-
-    Returns
-    -------
-    list of list of Click
-        The kept clicks of each image.
-    """
-    if predictions is None:
-        return [u.next_round(None) for u in users]
-    if len(predictions) != len(users):
-        raise ValueError(f"got {len(predictions)} predictions for {len(users)} images")
-    return [u.next_round(pred) for u, pred in zip(users, predictions)]
-
-
-class TrainingVirtualUserBatch:
-    """DDG virtual users for a batch of images given as ``(B, H, W)`` arrays.
-
-    Parameters
-    ----------
-    n_classes : int
-        Number of classes, background included.
-    config : DDGConfig, optional
-        Shared configuration.
-    rng : numpy.random.Generator, int or None
-        One generator shared by all images (images are processed in batch
-        order, so results are reproducible for a given seed).
-    """
-
-    def __init__(self, n_classes: int, config: Optional[DDGConfig] = None, rng: RngLike = None) -> None:
-        if int(n_classes) < 1:
-            raise ValueError(f"n_classes must be >= 1, got {n_classes}")
-        self.n_classes = int(n_classes)
-        self.config = config if config is not None else DDGConfig()
-        self.rng = _as_rng(rng)
-        self.users: list[TrainingVirtualUser] = []
-
-    def start(self, gt_batch) -> None:
-        """Begin an episode for every image of ``gt_batch`` (shape ``(B, H, W)``)."""
-        gt = _check_gt(gt_batch, self.n_classes, ndim=3)
-        self.users = []
-        for g in gt:
-            user = TrainingVirtualUser(self.n_classes, self.config, self.rng)
-            user.start(g)
-            self.users.append(user)
-
-    def next_round(self, predictions=None) -> list[list[Click]]:
-        """One round for every image; ``predictions`` is ``(B, H, W)`` or None."""
-        if not self.users:
-            raise RuntimeError("call start(gt_batch) before next_round()")
-        return simulate_round_batch(self.users, predictions)
-
-    @property
-    def p(self) -> list[float]:
-        """Next-round click probability of every image."""
-        return [u.p for u in self.users]
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-
 # --------------------------------------------------------------------------- SDG
 
 
@@ -798,15 +727,6 @@ def sdg_clicks(gt_labels, n_classes: int, config: Optional[DDGConfig] = None, rn
     keep = _apply_rules_3_4(labels, ignored, float(cfg.drop_fraction), gen)
     ys, xs = np.divmod(flat[keep], gt.shape[1])
     return [_make_click(l, y, x) for l, y, x in zip(labels[keep], ys, xs)]
-
-
-def sdg_clicks_batch(
-    gt_batch, n_classes: int, config: Optional[DDGConfig] = None, rng: RngLike = None
-) -> list[list[Click]]:
-    """:func:`sdg_clicks` for every image of a ``(B, H, W)`` batch (one shared generator)."""
-    gt = _check_gt(gt_batch, n_classes, ndim=3)
-    gen = _as_rng(rng)
-    return [sdg_clicks(g, n_classes, config, gen) for g in gt]
 
 
 # --------------------------------------------------------------------------- evaluation

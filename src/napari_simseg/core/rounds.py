@@ -1,5 +1,7 @@
-"""Batched interaction rounds: the engine shared by training (DDG/SDG), validation
-and evaluation.
+"""The batched interaction-round engine: many slices, one network call per round.
+
+Shared by training (DDG/SDG memories), its validation, the evaluation and the
+calibration.
 
 :class:`BatchMemory` is the torch, batched twin of
 :class:`~napari_simseg.core.memory.InteractionMemory`; both build the same channel
@@ -10,17 +12,18 @@ in the napari session.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .calibration import active_offsets
-from .clicks import Click, as_clicks, encode_clicks, honour_clicks
+from .clicks import as_clicks, encode_clicks, honour_clicks, shift_clicks
+from .decision import active_offsets, decide_labels
+from .devices import autocast_for
 from .memory import input_channels
+from .preprocessing import context_stack
 
-__all__ = ["BatchMemory", "autocast_for", "cropped_clicker", "encode_click_batch", "run_evaluation_rounds"]
+__all__ = ["BatchMemory", "cropped_clicker", "encode_click_batch", "run_rounds", "run_volume_rounds"]
 
 
 def encode_click_batch(clicks_per_image, n_classes, shape, radius, device=None) -> torch.Tensor:
@@ -92,13 +95,6 @@ class BatchMemory:
         return out
 
 
-def autocast_for(device: torch.device, amp: bool):
-    """float16 autocast on CUDA when ``amp``; a no-op context elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
-
-
 def cropped_clicker(clicker, crops):
     """Wrap a batch clicker so it sees only each image's real (unpadded) region.
 
@@ -114,15 +110,14 @@ def cropped_clicker(clicker, crops):
         out = []
         for i, (y0, y1, x0, x1) in enumerate(boxes):
             prev = None if previous is None else previous[i : i + 1, y0:y1, x0:x1]
-            clicks = as_clicks(clicker(gts[i : i + 1, y0:y1, x0:x1], prev)[0])
-            out.append([Click(c.label, c.y + y0, c.x + x0) for c in clicks])
+            out.append(shift_clicks(clicker(gts[i : i + 1, y0:y1, x0:x1], prev)[0], y0, x0))
         return out
 
     return wrapped
 
 
 @torch.inference_mode()
-def run_evaluation_rounds(
+def run_rounds(
     model: torch.nn.Module,
     images: torch.Tensor,
     gts: np.ndarray,
@@ -151,7 +146,7 @@ def run_evaluation_rounds(
     (:func:`~napari_simseg.core.clicks.honour_clicks`); the memory keeps the network's
     own probabilities either way. ``decision_offsets`` (one per class) are added to the
     log-probabilities before the argmax that gives the labels
-    (:mod:`~napari_simseg.core.calibration`); the memory is unaffected.
+    (:mod:`~napari_simseg.core.decision`); the memory is unaffected.
 
     Returns
     -------
@@ -163,8 +158,6 @@ def run_evaluation_rounds(
     memory = BatchMemory(memory_kind, n_classes, depth, images)
     shape = tuple(images.shape[-2:])
     offsets = active_offsets(decision_offsets, n_classes)
-    if offsets is not None:
-        offsets = torch.from_numpy(offsets).to(device).view(1, -1, 1, 1)
     results = []
     state = None
     previous = None
@@ -184,9 +177,9 @@ def run_evaluation_rounds(
             logits, new_state = model(x, state if k > 0 else None)
         probs = torch.softmax(logits.float(), dim=1)
         if offsets is None:
-            labels = probs.argmax(1).cpu().numpy()
+            labels = decide_labels(probs, axis=1).cpu().numpy()
         else:
-            labels = (torch.log_softmax(logits.float(), dim=1) + offsets).argmax(1).cpu().numpy()
+            labels = decide_labels(torch.log_softmax(logits.float(), dim=1), offsets, axis=1, log=True).cpu().numpy()
         for i, image_clicks in enumerate(placed):
             honour_clicks(labels[i], image_clicks)
         elapsed = time.perf_counter() - t0
@@ -201,3 +194,26 @@ def run_evaluation_rounds(
         if on_round is not None:
             on_round(k, labels, elapsed)
     return results
+
+
+def run_volume_rounds(model, meta, memory_kind: str, image: np.ndarray, labels: np.ndarray, sl: slice,
+                      rounds: int, clicker, device, **kwargs) -> list[np.ndarray]:
+    """:func:`run_rounds` on the slices ``sl`` of one preprocessed volume.
+
+    The slices get their context neighbours from the whole ``image``
+    (``meta.context_slices``); ``kwargs`` go to :func:`run_rounds` (``on_round``,
+    ``honour``, ``decision_offsets``).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network as run (e.g. ``Predictor.model``), on ``device``.
+    meta : CheckpointMeta
+        Its checkpoint's header (classes, depth, click radius, context slices).
+    """
+    idx = np.arange(image.shape[0])[sl]
+    x = torch.from_numpy(context_stack(image, idx, meta.context_slices)).to(device)
+    return run_rounds(
+        model, x, labels[sl], rounds, memory_kind, meta.depth if memory_kind == "sim" else 1,
+        meta.n_classes, meta.click_radius, clicker, amp=device.type == "cuda", **kwargs,
+    )

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from napari_simseg.core.memory import InteractionMemory
-from napari_simseg.core.simulation import BatchMemory, run_evaluation_rounds
+from napari_simseg.core.rounds import BatchMemory, run_rounds
 from napari_simseg.core.virtual_user import EvaluationUser
 
 from conftest import tiny_meta_and_model
@@ -37,7 +37,7 @@ def test_evaluation_rounds_shapes_and_state():
     images = torch.from_numpy(gts[:, None].astype(np.float32))
     user = EvaluationUser(3)
     seen = []
-    out = run_evaluation_rounds(
+    out = run_rounds(
         model, images, gts, 3, "sim", 3, 3, 2,
         clicker=lambda g, p: (seen.append(p), user.next_round_batch(g, p))[1],
     )
@@ -59,7 +59,7 @@ def test_evaluation_rounds_carry_the_recurrent_state():
             calls.append(state is not None)
             return model(x, state)
 
-    run_evaluation_rounds(Spy(), images, gts, 3, "sim", 3, 3, 2, clicker=lambda g, p: [[(1, 8, 8)]])
+    run_rounds(Spy(), images, gts, 3, "sim", 3, 3, 2, clicker=lambda g, p: [[(1, 8, 8)]])
     assert calls == [False, False, True, True]  # auto and round 1 start fresh
 
 
@@ -85,8 +85,8 @@ def test_evaluation_rounds_honour_clicks_only_when_asked():
             return fixed[calls[name] - 1]
         return clicker
 
-    plain = run_evaluation_rounds(model, images, gts, 3, "sim", 3, 3, 2, clicker_for("plain"))
-    honoured = run_evaluation_rounds(model, images, gts, 3, "sim", 3, 3, 2, clicker_for("honoured"), honour=True)
+    plain = run_rounds(model, images, gts, 3, "sim", 3, 3, 2, clicker_for("plain"))
+    honoured = run_rounds(model, images, gts, 3, "sim", 3, 3, 2, clicker_for("honoured"), honour=True)
     np.testing.assert_array_equal(plain[0], honoured[0])  # no clicks yet
     for k in range(1, 4):
         want = plain[k].copy()

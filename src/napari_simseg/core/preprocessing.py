@@ -1,0 +1,353 @@
+"""Image preprocessing shared by training, evaluation and the interactive session (no torch).
+
+Per volume: check the pixels (:func:`check_image`), optional N4 bias-field correction
+(:func:`n4_correct`), clipping at percentiles and standardisation
+(:func:`normalize_volume`); then slicing along an axis (:func:`slice_volume`), the
+2.5D neighbour stack (:func:`context_stack`) and centred padding
+(:func:`pad_to_multiple`, undone by :func:`unpad`). The training pipeline
+(section 5.1.2 of the paper) and inference use exactly these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+__all__ = [
+    "CropBox",
+    "ImageError",
+    "check_image",
+    "context_stack",
+    "n4_correct",
+    "normalize_volume",
+    "pad_to_multiple",
+    "round_up",
+    "slice_volume",
+    "unpad",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ImageError(ValueError):
+    """An image that cannot be segmented as it is (wrong shape, type or values)."""
+
+
+def check_image(image) -> np.ndarray:
+    """The image as an array if SimSeg can segment it, else an :class:`ImageError`.
+
+    Accepts 2D ``(H, W)`` and 3D ``(Z, H, W)`` numeric, finite images with slices of
+    at least 8 x 8 pixels; the message says what to do otherwise.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.number)):
+        raise ImageError(f"image must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise ImageError("complex-valued images are not supported")
+    rgb_like = arr.ndim in (3, 4) and arr.shape[-1] in (3, 4) and min(arr.shape[:-1]) > 4
+    if arr.ndim not in (2, 3) or rgb_like:
+        hint = ""
+        if rgb_like:
+            hint = " (an RGB/RGBA image? convert it to a single channel first)"
+        elif arr.ndim == 4:
+            hint = " (a time series or multi-channel volume? pick one 3D volume first)"
+        raise ImageError(
+            f"SimSeg segments 2D (H, W) or 3D (Z, H, W) images; got shape {arr.shape}{hint}"
+        )
+    if arr.size == 0 or min(arr.shape) == 0:
+        raise ImageError(f"image is empty (shape {arr.shape})")
+    if min(arr.shape[-2:]) < 8:
+        raise ImageError(f"slices of {arr.shape[-2]}x{arr.shape[-1]} pixels are too small (min 8x8)")
+    if not np.all(np.isfinite(arr)):
+        raise ImageError("image contains NaN or infinite values; fill or mask them first")
+    return arr
+
+
+# --------------------------------------------------------------------------- intensity
+
+
+def normalize_volume(
+    array: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5, name: str | None = None
+) -> np.ndarray:
+    """Clip a volume at percentiles, then standardise it to zero mean, unit std.
+
+    Statistics are computed over the whole volume.  If clipping leaves a constant
+    volume while the original is not (more than ``100 - high_pct`` percent of the
+    voxels share one value), the unclipped values are standardised instead.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        Any numeric array.
+    low_pct, high_pct : float
+        Percentiles (0-100) to clip at; ``0, 100`` disables clipping.
+    name : str, optional
+        File or case name used in error messages.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+
+    Raises
+    ------
+    ImageError
+        If the volume has NaN/inf values, is empty or constant.
+    """
+    what = f"image '{name}'" if name else "image"
+    if not 0 <= low_pct < high_pct <= 100:
+        raise ValueError(f"need 0 <= low_pct < high_pct <= 100; got {low_pct}, {high_pct}")
+    a = np.asarray(array, dtype=np.float64)
+    if a.size == 0:
+        raise ImageError(f"{what} is empty")
+    finite = np.isfinite(a)
+    if not finite.all():
+        raise ImageError(f"{what} contains {a.size - int(finite.sum())} NaN or infinite voxel(s)")
+    lo, hi = np.percentile(a, [low_pct, high_pct])
+    clipped = np.clip(a, lo, hi)
+    std = clipped.std()
+    if std == 0 or not np.isfinite(std):
+        clipped = a
+        std = a.std()
+        if std == 0:
+            raise ImageError(f"{what} is constant (every voxel is {a.flat[0]:g}); cannot normalise it")
+    return ((clipped - clipped.mean()) / std).astype(np.float32)
+
+
+def n4_correct(
+    array: np.ndarray,
+    cache_dir: str | os.PathLike | None = None,
+    key: str | os.PathLike | None = None,
+    *,
+    shrink_factor: int = 4,
+    iterations: Sequence[int] = (30, 20, 10),
+) -> np.ndarray:
+    """N4 bias-field correction (SimpleITK ``N4BiasFieldCorrectionImageFilter``).
+
+    The bias field is fitted on a copy shrunk by up to ``shrink_factor`` per axis
+    (never below about 16 voxels) inside an Otsu foreground mask, then evaluated
+    at full resolution and divided out.  Meant for MRI: a negative minimum is shifted
+    to 0 before the correction and the shift is added back afterwards.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        2D or 3D image.
+    cache_dir : path, optional
+        Folder for cached results (``n4_<hash>.npy``).  Used only with ``key``.
+    key : str or path, optional
+        Identifies the input, normally the source image path: when it names an
+        existing file, the cache key is its resolved path, modification time and
+        size (so an edited file is corrected again); any other value is used as
+        given.  The N4 settings and the array shape are part of the key.
+    shrink_factor : int
+        Largest shrink factor per axis for the fit.
+    iterations : sequence of int
+        Iterations per fitting level.
+
+    Returns
+    -------
+    numpy.ndarray of float32
+    """
+    import SimpleITK as sitk
+
+    arr = np.asarray(array, dtype=np.float32)
+    cache_file = None
+    if cache_dir is not None and key is not None:
+        kp = Path(key)
+        if kp.exists():
+            st = kp.stat()
+            base = f"{kp.resolve()}|{st.st_mtime_ns}|{st.st_size}"
+        else:
+            base = str(key)
+        base += f"|{arr.shape}|{shrink_factor}|{tuple(iterations)}|v1"
+        digest = hashlib.sha1(base.encode()).hexdigest()[:24]
+        cache_file = Path(cache_dir) / f"n4_{digest}.npy"
+        if cache_file.is_file():
+            try:
+                cached = np.load(cache_file)
+                if cached.shape == arr.shape:
+                    return cached
+            except (OSError, ValueError):
+                logger.warning("ignoring unreadable N4 cache file %s", cache_file)
+    shift = float(min(arr.min(), 0.0))
+    img = sitk.GetImageFromArray(arr - shift)
+    mask = sitk.OtsuThreshold(img, 0, 1, 200)
+    factors = [int(max(1, min(shrink_factor, s // 16))) for s in img.GetSize()]
+    small = sitk.Shrink(img, factors)
+    small_mask = sitk.Shrink(mask, factors)
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])
+    try:
+        corrector.Execute(small, small_mask)
+    except RuntimeError:
+        # e.g. an empty Otsu mask on an odd image: fit on the whole image instead
+        corrector.Execute(small)
+    log_bias = corrector.GetLogBiasFieldAsImage(img)
+    out = sitk.GetArrayFromImage(img / sitk.Exp(log_bias)).astype(np.float32) + np.float32(shift)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(cache_file.stem + f".{os.getpid()}.tmp.npy")
+        np.save(tmp, out)
+        os.replace(tmp, cache_file)
+    return out
+
+
+# --------------------------------------------------------------------------- slicing & padding
+
+
+def slice_volume(
+    image: np.ndarray, labels: np.ndarray | None = None, axis: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """View a volume as a stack of 2D slices along ``axis``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        3D volume, or a 2D image (one slice; ``axis`` is then ignored).
+    labels : numpy.ndarray, optional
+        Label volume of the same shape.
+    axis : int
+        Slicing axis of the 3D volume (0 = Z in numpy order, axial for most scans).
+
+    Returns
+    -------
+    (image_slices, label_slices)
+        Arrays of shape ``(n_slices, H, W)`` (views where possible): element ``k`` is
+        slice ``k``.  ``label_slices`` is ``None`` without labels.
+    """
+    image = np.asarray(image)
+    if labels is not None and np.shape(labels) != image.shape:
+        raise ValueError(f"labels shape {np.shape(labels)} differs from image shape {image.shape}")
+    if image.ndim == 2:
+        return image[None], (None if labels is None else np.asarray(labels)[None])
+    if image.ndim != 3:
+        raise ValueError(f"expected a 2D or 3D array; got shape {image.shape}")
+    if not -3 <= axis < 3:
+        raise ValueError(f"axis must be 0, 1 or 2 for a 3D volume; got {axis}")
+    img = np.moveaxis(image, axis, 0)
+    lab = None if labels is None else np.moveaxis(np.asarray(labels), axis, 0)
+    return img, lab
+
+
+def context_stack(slices: np.ndarray, index, context_slices: int = 0) -> np.ndarray:
+    """A slice with its ``context_slices`` neighbours on each side, for a 2.5D network.
+
+    Parameters
+    ----------
+    slices : numpy.ndarray
+        ``(S, H, W)`` stack of slices (see :func:`slice_volume`).
+    index : int or sequence of int
+        Slice(s) to take.
+    context_slices : int
+        k; 0 gives the slice alone.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(1 + 2k, H, W)`` for one index, ``(len(index), 1 + 2k, H, W)`` for several:
+        the slice, then ``z-1, z+1, z-2, z+2, ...``. Neighbours beyond the first or last
+        slice repeat the end slice (the reading least likely to invent structure; a 2D
+        image therefore gets ``1 + 2k`` copies of itself).
+    """
+    slices = np.asarray(slices)
+    if slices.ndim != 3:
+        raise ValueError(f"expected an (S, H, W) stack of slices; got shape {slices.shape}")
+    k = int(context_slices)
+    if k < 0:
+        raise ValueError(f"context_slices must be >= 0; got {context_slices}")
+    idx = np.asarray(index)
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise IndexError(f"slice indices must be integers; got {index!r}")
+    idx = idx.astype(np.int64)
+    s = slices.shape[0]
+    if np.any((idx < 0) | (idx >= s)):
+        raise IndexError(f"slice index {index} outside 0..{s - 1}")
+    offsets = [0] + [sign * d for d in range(1, k + 1) for sign in (-1, 1)]
+    rows = np.clip(idx[..., None] + np.asarray(offsets), 0, s - 1)
+    return slices[rows]
+
+
+class CropBox(NamedTuple):
+    """Where the original slice lies inside a padded one: rows ``y0:y1``, columns ``x0:x1``."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """``(slice(y0, y1), slice(x0, x1))``."""
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+    def crop(self, array: np.ndarray) -> np.ndarray:
+        """Undo the padding on the last two axes of ``array``."""
+        return array[..., self.y0:self.y1, self.x0:self.x1]
+
+
+def unpad(array, box: CropBox):
+    """Undo :func:`pad_to_multiple` on the last two axes (numpy array or torch tensor)."""
+    return CropBox(*box).crop(array)
+
+
+def round_up(n: int, multiple: int) -> int:
+    return int(-(-int(n) // multiple) * multiple)
+
+
+def pad_to_multiple(
+    array: np.ndarray, multiple: int = 32, target: Sequence[int] | None = None, value: float = 0
+) -> tuple[np.ndarray, CropBox]:
+    """Pad the last two axes, centring the content.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        ``(..., H, W)``: a slice or a stack of slices, image or labels.
+    multiple : int
+        Without ``target``, pad H and W up to the next multiple of this (networks
+        with 5 down-samplings need 32).
+    target : (H, W), optional
+        Exact output size; must be at least the input size.
+    value : float
+        Constant fill.  The default 0 is the background label for label maps, and
+        the mean intensity for images standardised by :func:`normalize_volume`
+        (the choice made here for training and inference alike).
+
+    Returns
+    -------
+    padded : numpy.ndarray
+    box : CropBox
+        ``box.crop(padded)`` (or :func:`unpad`) gives back ``array``.  The extra rows
+        and columns are split evenly, the odd one going to the bottom/right.
+
+    Raises
+    ------
+    ValueError
+        If the slice is larger than ``target``.
+    """
+    array = np.asarray(array)
+    if array.ndim < 2:
+        raise ValueError(f"need at least 2 dimensions (H, W); got shape {array.shape}")
+    h, w = array.shape[-2:]
+    if target is None:
+        if multiple < 1:
+            raise ValueError(f"multiple must be >= 1; got {multiple}")
+        th, tw = round_up(h, multiple), round_up(w, multiple)
+    else:
+        th, tw = (int(v) for v in target)
+        if th < h or tw < w:
+            raise ValueError(
+                f"slice of size {(h, w)} is larger than the padding target {(th, tw)}; use a "
+                "larger target (see largest_slice_shape) or crop the image"
+            )
+    top, left = (th - h) // 2, (tw - w) // 2
+    pad = [(0, 0)] * (array.ndim - 2) + [(top, th - h - top), (left, tw - w - left)]
+    padded = np.pad(array, pad, mode="constant", constant_values=value) if (th, tw) != (h, w) else array.copy()
+    return padded, CropBox(top, top + h, left, left + w)
+
+
