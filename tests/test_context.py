@@ -125,7 +125,7 @@ def test_slice_dataset_stacks_neighbours(tmp_path):
         assert torch.equal(a["labels"], b["labels"])
     raw = SliceDataset(spec, target_shape=(64, 64), context_slices=1)
     case_id, k = raw.index[2]
-    vol = raw.volume(case_id).image
+    vol = raw.volume(case_id).image[0]  # (C, S, H, W) with one channel
     y0, y1, x0, x1 = raw[2]["crop"].tolist()
     np.testing.assert_array_equal(raw[2]["image"][:, y0:y1, x0:x1].numpy(), vol[[k, k - 1, k + 1]])
     with pytest.raises(ValueError, match="context_slices"):
@@ -164,11 +164,12 @@ def test_session_feeds_the_neighbours_of_the_clicked_slice(small_volume, tmp_pat
     assert res.labels.shape == small_volume.shape[1:]
     x = seen[-1]
     assert x.shape[0] == pred.in_channels
-    np.testing.assert_array_equal(x[0], session.volume[3])
-    np.testing.assert_array_equal(x[-2], session.volume[2])
-    np.testing.assert_array_equal(x[-1], session.volume[3])  # last slice: z+1 repeats it
+    volume = session.volume[0]  # the one channel, (Z, H, W)
+    np.testing.assert_array_equal(x[0], volume[3])
+    np.testing.assert_array_equal(x[-2], volume[2])
+    np.testing.assert_array_equal(x[-1], volume[3])  # last slice: z+1 repeats it
     session.predict_auto(0)
-    np.testing.assert_array_equal(seen[-1][0, -2:], session.volume[[0, 1]])
+    np.testing.assert_array_equal(seen[-1][0, -2:], volume[[0, 1]])
 
 
 def test_init_from_widens_a_2d_network_into_the_same_function(tmp_path):

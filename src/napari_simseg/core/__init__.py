@@ -1,6 +1,29 @@
-"""Non-GUI core of napari-simseg: memories, clicks, virtual user, model, training, evaluation.
+"""Non-GUI core of napari-simseg: numpy in, numpy out. Never imports napari, Qt or magicgui.
 
-This package never imports napari, Qt or magicgui.
+Layers, bottom to top. A module imports only from its own layer (without a circle) or
+from the layers below it, never from above, counting imports inside functions
+(``tests/test_architecture.py`` checks this)::
+
+    foundation   resources devices clicks decision memory io preprocessing metrics
+                 phantom virtual_user
+    network      model checkpoint predictor
+    interaction  interaction_log session
+    data         layouts datasets splits augmentation slices
+    engine       rounds losses baselines train_config
+    jobs         evaluation calibration training averaging benchmark datacheck
+    app          (outside core) cli demo _layers viewer_session _widget _reader
+                 _writer _sample_data _colors _llvm_guard
+
+One job per module: ``devices`` resolves devices and autocast; ``clicks`` encodes,
+shifts and honours clicks; ``decision`` turns probabilities into labels (with
+per-class offsets, numpy and torch); ``memory`` is one slice's none/CIM/SIM memory;
+``io`` reads and writes images with their geometry; ``preprocessing`` normalises,
+slices, stacks neighbours and pads (no torch); ``predictor`` is the one way a
+checkpoint becomes a running network (flip averaging inside); ``interaction_log``
+writes, reads and replays the ``.simseg.json`` log; ``session`` is the interactive
+session; ``datasets``, ``splits``, ``augmentation`` and ``slices`` turn labelled folders
+into training slices; ``rounds`` is the batched interaction-round engine of training,
+evaluation and calibration; the jobs are the ``simseg`` commands' work.
 """
 
 from .clicks import Click, ClickError, encode_clicks

@@ -18,8 +18,8 @@ __all__ = ["average_checkpoints"]
 # Header fields that must agree for two checkpoints' weights to be averaged: the same
 # network reading the same input the same way. The architecture comes last: a different
 # memory or context changes its input channels too, and the message should name the cause.
-_AVERAGE_MUST_MATCH = ("class_names", "memory", "depth", "click_radius", "normalization",
-                       "context_slices", "model")
+_AVERAGE_MUST_MATCH = ("class_names", "channel_names", "memory", "depth", "click_radius", "normalization",
+                       "context_slices", "working_size", "flips", "model")
 
 
 def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[float]] = None,

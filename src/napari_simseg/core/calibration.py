@@ -38,6 +38,7 @@ from .clicks import as_clicks, honour_clicks
 from .datasets import discover_dataset, load_case_with
 from .decision import decide_labels
 from .metrics import dice_iou_per_class
+from .preprocessing import resize_labels, working_volume
 from .splits import find_split, select_cases
 from .virtual_user import EvaluationUser
 
@@ -150,9 +151,12 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
     volumes = []
     for case in iterator:
         image, labels = load_case_with(case, norm, axis)
+        # fitted on the working grid: the probabilities the network gives, at bounded memory
+        image = working_volume(image, meta.working_size)
+        labels = resize_labels(labels, image.shape[-2:])
         logp_chunks = []
         new_rows = [[] for _ in range(rounds + 1)]  # (z, y, x, class) of the clicks of round r
-        for start in range(0, image.shape[0], batch_size):
+        for start in range(0, labels.shape[0], batch_size):
             user = EvaluationUser(n)
             round_no = [0]
 

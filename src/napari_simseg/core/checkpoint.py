@@ -36,9 +36,12 @@ __all__ = [
 ]
 
 FORMAT_NAME = "napari-simseg"
-# 2: context_slices; 3: decision_offsets. A file is written with the lowest version that
-# holds its fields, so a plain 2D checkpoint stays readable by version-1 readers.
-FORMAT_VERSION = 3
+# 2: context_slices; 3: decision_offsets; 4: channel_names, working_size, flips. A file is
+# written with the lowest version that holds its fields, so a plain 2D checkpoint stays
+# readable by version-1 readers.
+FORMAT_VERSION = 4
+#: The flips a network can be trained with (and averaged over at inference).
+FLIP_AXES = ("vertical", "horizontal")
 
 
 class CheckpointError(ValueError):
@@ -73,7 +76,18 @@ class CheckpointMeta:
         see ``core.memory``). Absent from older checkpoints, which read as 0.
     decision_offsets : list of float, optional
         Per-class offsets added to the log-probabilities before the argmax that
-        decides labels (see ``core.calibration``); ``None``: plain argmax.
+        decides labels (see ``core.decision``); ``None``: plain argmax.
+    channel_names : list of str
+        The image channels (modalities) the network reads, in order; ``["image"]`` for
+        a single-channel image.
+    working_size : int, optional
+        The working resolution: slices whose longest side exceeds it are shrunk to it
+        before the network (see ``core.preprocessing.working_scale``); ``None`` (older
+        checkpoints): every slice at its own resolution.
+    flips : list of str, optional
+        The flips of the training augmentation (``"vertical"``, ``"horizontal"``);
+        flip averaging at inference uses only these. ``None`` (older checkpoints):
+        both.
     """
 
     class_names: list
@@ -88,12 +102,25 @@ class CheckpointMeta:
     training: dict = field(default_factory=dict)
     context_slices: int = 0
     decision_offsets: Optional[list] = None
+    channel_names: list = field(default_factory=lambda: ["image"])
+    working_size: Optional[int] = None
+    flips: Optional[list] = None
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def n_channels(self) -> int:
+        """C, the image channels the network reads."""
+        return len(self.channel_names)
+
+    @property
+    def trained_flips(self) -> tuple:
+        """The flips the network was trained with (both for older checkpoints)."""
+        return FLIP_AXES if self.flips is None else tuple(self.flips)
 
     @property
     def axis(self) -> int:
@@ -129,13 +156,24 @@ class CheckpointMeta:
                     f"{source}: decision_offsets must be {self.n_classes} finite numbers (one per "
                     f"class), got {offsets!r}; recalibrate with `simseg calibrate`"
                 )
-        expected = input_channels(self.memory, self.n_classes, self.depth, ctx)
+        names = self.channel_names
+        if (not isinstance(names, list) or not names
+                or not all(isinstance(n, str) and n for n in names)):
+            raise CheckpointError(f"{source}: channel_names must be a non-empty list of names, got {names!r}")
+        ws = self.working_size
+        if ws is not None and (isinstance(ws, bool) or not isinstance(ws, int) or ws < 16):
+            raise CheckpointError(f"{source}: working_size must be an integer >= 16 or null, got {ws!r}")
+        if self.flips is not None and (not isinstance(self.flips, list)
+                                       or any(f not in FLIP_AXES for f in self.flips)):
+            raise CheckpointError(f"{source}: flips must be a list out of {list(FLIP_AXES)}, got {self.flips!r}")
+        expected = input_channels(self.memory, self.n_classes, self.depth, ctx, len(names))
         cfg = self.model
         if cfg.get("in_channels") != expected or cfg.get("n_classes") != self.n_classes:
             raise CheckpointError(
                 f"{source}: network has {cfg.get('in_channels')} input channels and "
                 f"{cfg.get('n_classes')} outputs, but memory {self.memory!r} (depth {self.depth}, "
-                f"{ctx} context slices) with {self.n_classes} classes needs {expected} and {self.n_classes}"
+                f"{ctx} context slices, {len(names)} image channels) with {self.n_classes} classes "
+                f"needs {expected} and {self.n_classes}"
             )
         return self
 
@@ -189,6 +227,13 @@ def _header_for(meta: CheckpointMeta) -> dict:
     else:
         doc["decision_offsets"] = [float(v) for v in doc["decision_offsets"]]
         version = 3
+    # fields of version 4, left out when they hold what older readers assume
+    defaults = {"channel_names": ["image"], "working_size": None, "flips": None}
+    for key, default in defaults.items():
+        if doc[key] == default:
+            doc.pop(key)
+        else:
+            version = 4
     # older readers refuse newer versions with "upgrade" instead of misreading the file
     doc["format_version"] = version
     return {"simseg": json.dumps(doc)}

@@ -47,6 +47,7 @@ import numpy as np
 
 from .datasets import discover_dataset, load_case_with
 from .metrics import dice_iou_per_class, noc
+from .preprocessing import working_volume
 from .splits import find_split, select_cases
 from .virtual_user import EvaluationUser
 
@@ -59,6 +60,7 @@ class _Method:
 
     name: str
     run: Callable  # run(image, labels, sl, rounds, user, latency, clicks) -> label maps per round
+    prepare: Callable  # prepare(image (C, S, H, W)) -> the image ``run`` reads (e.g. at working size)
     memory: str
     normalization: dict
     axis: int
@@ -91,7 +93,10 @@ def _model_method(checkpoint, class_names, device, tta, memory, decision_offsets
                                  user.next_round_batch, predictor.device, on_round=on_round,
                                  honour=honour, decision_offsets=offsets)
 
-    return _Method("model", run, mem_kind, dict(meta.normalization), meta.axis if axis is None else axis,
+    def prepare(image):
+        return working_volume(image, meta.working_size)
+
+    return _Method("model", run, prepare, mem_kind, dict(meta.normalization), meta.axis if axis is None else axis,
                    Path(predictor.checkpoint.path), offsets)
 
 
@@ -103,13 +108,17 @@ def _classical_method(method: str, n: int, axis) -> _Method:
     def run(image, labels, sl, rounds, user, latency, clicks):
         return _classical_rounds(segmenter, image[sl], labels[sl], rounds, n, user, latency)
 
-    return _Method(method, run, "cim", {"low": 0.5, "high": 99.5}, 0 if axis is None else axis)
+    def prepare(image):
+        return image if image.ndim == 3 else image[0]  # the classical methods read one channel
+
+    return _Method(method, run, prepare, "cim", {"low": 0.5, "high": 99.5}, 0 if axis is None else axis)
 
 
 def _volume_outputs(method: _Method, image, labels, rounds, batch_size, user, latency, clicks):
     """Label maps ``(S, H, W)`` of one volume after 0..``rounds`` rounds."""
     outputs = [np.zeros_like(labels) for _ in range(rounds + 1)]
-    for start in range(0, image.shape[0], batch_size):
+    image = method.prepare(image)
+    for start in range(0, labels.shape[0], batch_size):
         sl = slice(start, start + batch_size)
         preds = method.run(image, labels, sl, rounds, user, latency, clicks)
         for k in range(rounds + 1):

@@ -35,6 +35,12 @@ Appending keeps channel 0 and the memory layout unchanged, so a 2D network can b
 fine-tuned into a 2.5D one by giving the first convolution zero weights for the new
 channels. ``k = 0`` (the default) is the paper's 2D input.
 
+Several image channels (modalities, an extension beyond the paper)
+------------------------------------------------------------------
+An image of ``C`` channels (e.g. T1, T2, FLAIR) takes the first ``C`` input channels
+instead of one, so the paper's ``1 + 2DN`` becomes ``C + 2DN``; each neighbouring slice
+brings its ``C`` channels (``2kC`` context channels). ``C = 1`` is the paper's layout.
+
 Every memory keeps the full round history, so undo and redo are exact, and a
 ``payload`` per round (the session stores the convolutional LSTM's hidden state there).
 """
@@ -52,7 +58,8 @@ MemoryKind = Literal["none", "cim", "sim"]
 MEMORY_KINDS = ("none", "cim", "sim")
 
 
-def input_channels(kind: str, n_classes: int, depth: int = 1, context_slices: int = 0) -> int:
+def input_channels(kind: str, n_classes: int, depth: int = 1, context_slices: int = 0,
+                   image_channels: int = 1) -> int:
     """Number of network input channels for a memory kind.
 
     Parameters
@@ -63,14 +70,19 @@ def input_channels(kind: str, n_classes: int, depth: int = 1, context_slices: in
     depth : int
         D, used by ``sim`` only.
     context_slices : int
-        k neighbouring slices on each side (``2k`` extra channels at the end).
+        k neighbouring slices on each side (``2kC`` extra channels at the end).
+    image_channels : int
+        C, the image's channels (modalities).
     """
     _check_kind(kind)
     check_context_slices(context_slices)
-    extra = 2 * int(context_slices)
+    c = int(image_channels)
+    if c < 1:
+        raise ValueError(f"image_channels must be >= 1, got {image_channels}")
+    extra = 2 * int(context_slices) * c
     if kind == "sim":
-        return 1 + 2 * int(depth) * int(n_classes) + extra
-    return 1 + int(n_classes) + extra
+        return c + 2 * int(depth) * int(n_classes) + extra
+    return c + int(n_classes) + extra
 
 
 def check_context_slices(context_slices) -> None:
@@ -111,6 +123,8 @@ class InteractionMemory:
         SIM depth D (ignored by the other kinds).
     context_slices : int
         k neighbouring slices on each side the network sees (0: the slice alone).
+    image_channels : int
+        C, the image's channels (modalities).
 
     Notes
     -----
@@ -119,7 +133,8 @@ class InteractionMemory:
     returns the float32 ``(C, H, W)`` tensor for the current round.
     """
 
-    def __init__(self, kind: str, n_classes: int, shape, depth: int = 3, context_slices: int = 0):
+    def __init__(self, kind: str, n_classes: int, shape, depth: int = 3, context_slices: int = 0,
+                 image_channels: int = 1):
         _check_kind(kind)
         check_context_slices(context_slices)
         if n_classes < 2:
@@ -131,6 +146,7 @@ class InteractionMemory:
         self.shape = (int(shape[0]), int(shape[1]))
         self.depth = int(depth) if kind == "sim" else 1
         self.context_slices = int(context_slices)
+        self.image_channels = int(image_channels)
         self._rounds: list[MemoryState] = []
         self._redo: list[MemoryState] = []
         self._redo_before_push: list[MemoryState] = []
@@ -138,7 +154,7 @@ class InteractionMemory:
     # -- introspection -------------------------------------------------
     @property
     def channels(self) -> int:
-        return input_channels(self.kind, self.n_classes, self.depth, self.context_slices)
+        return input_channels(self.kind, self.n_classes, self.depth, self.context_slices, self.image_channels)
 
     @property
     def n_rounds(self) -> int:
@@ -220,17 +236,18 @@ class InteractionMemory:
 
     # -- network input ---------------------------------------------------
     def network_input(self, image: np.ndarray) -> np.ndarray:
-        """Build the float32 ``(C, H, W)`` network input of the current round.
+        """Build the float32 ``(C_in, H, W)`` network input of the current round.
 
         Parameters
         ----------
         image : ndarray
-            The ``(H, W)`` slice, or with ``context_slices = k > 0`` its
-            ``(1 + 2k, H, W)`` :func:`~napari_simseg.core.preprocessing.context_stack`
-            (the slice first, then its neighbours).
+            The ``(H, W)`` slice, or its ``(C (1 + 2k), H, W)``
+            :func:`~napari_simseg.core.preprocessing.context_stack` (the slice's ``C``
+            channels first, then its neighbours').
         """
         image = np.asarray(image, dtype=np.float32)
-        n_img = 1 + 2 * self.context_slices
+        c = self.image_channels
+        n_img = c * (1 + 2 * self.context_slices)
         if image.shape == self.shape and n_img == 1:
             image = image[None]
         if image.shape != (n_img, *self.shape):
@@ -238,22 +255,22 @@ class InteractionMemory:
             raise ValueError(f"image slice must have shape {want}, got {image.shape}")
         n, (h, w) = self.n_classes, self.shape
         out = np.zeros((self.channels, h, w), dtype=np.float32)
-        out[0] = image[0]
-        if n_img > 1:
-            out[self.channels - (n_img - 1):] = image[1:]
+        out[:c] = image[:c]
+        if n_img > c:
+            out[self.channels - (n_img - c):] = image[c:]
         if not self._rounds:
             return out
         if self.kind == "none":
-            out[1 : 1 + n] = self._rounds[-1].clicks
+            out[c : c + n] = self._rounds[-1].clicks
         elif self.kind == "cim":
-            merged = out[1 : 1 + n]
+            merged = out[c : c + n]
             for state in self._rounds:
                 np.maximum(merged, state.clicks, out=merged)
         else:
             recent = self._rounds[-self.depth :]
             first_slot = self.depth - len(recent)  # missing states stay zero, oldest end
             for k, state in enumerate(recent):
-                base = 1 + 2 * n * (first_slot + k)
+                base = c + 2 * n * (first_slot + k)
                 out[base : base + n] = state.clicks
                 if state.probabilities is not None:
                     out[base + n : base + 2 * n] = state.probabilities

@@ -38,13 +38,20 @@ class FlipEnsemble(nn.Module):
     Parameters
     ----------
     net : SimSegNet
+    flips : sequence of {"vertical", "horizontal"}
+        The flips to average over: those the network was trained with (a network
+        trained without horizontal flips, e.g. for left and right lungs as two classes,
+        must not be averaged over them). Default both: the four views.
     """
 
     FLIPS = ((), (-1,), (-2,), (-2, -1))
+    _DIMS = {"vertical": -2, "horizontal": -1}
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, flips: Sequence[str] = ("vertical", "horizontal")):
         super().__init__()
         self.net = net
+        allowed = {self._DIMS[f] for f in flips}
+        self.flips = tuple(v for v in self.FLIPS if set(v) <= allowed)
 
     @property
     def config(self) -> ModelConfig:
@@ -56,10 +63,10 @@ class FlipEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor, state: RecurrentState = None):
         b = x.shape[0]
-        views = torch.cat([x.flip(d) if d else x for d in self.FLIPS], dim=0)
+        views = torch.cat([x.flip(d) if d else x for d in self.flips], dim=0)
         logits, new_state = self.net(views, state)
         probs = torch.softmax(logits.float(), dim=1)
-        mean = sum((p.flip(d) if d else p) for p, d in zip(probs.split(b), self.FLIPS)) / len(self.FLIPS)
+        mean = sum((p.flip(d) if d else p) for p, d in zip(probs.split(b), self.flips)) / len(self.flips)
         return torch.log(mean.clamp_min(1e-12)), new_state
 
 
@@ -75,9 +82,10 @@ class Predictor:
     amp : bool
         Mixed precision (float16 autocast) on CUDA; ignored elsewhere.
     tta : bool
-        Average the network over the four flips of each input (:class:`FlipEnsemble`):
+        Average the network over the flips of each input it was trained with
+        (:class:`FlipEnsemble`; all four views for a network trained with both flips):
         measurably better labels on the demo data at 4x the compute per round.
-        ``False`` runs the network once.
+        ``False``, or a network trained without flips, runs the network once.
     expected_classes : sequence of str, optional
         The class names the caller works with (a data set's, an existing labels
         layer's); a checkpoint trained for other classes is refused with a
@@ -114,8 +122,8 @@ class Predictor:
         self.checkpoint = ckpt
         self.meta = ckpt.meta
         self.network = ckpt.model.to(self.device).eval()
-        self.tta = bool(tta)
-        self.model = FlipEnsemble(self.network).eval() if self.tta else self.network
+        self.tta = bool(tta) and bool(self.meta.trained_flips)
+        self.model = FlipEnsemble(self.network, self.meta.trained_flips).eval() if self.tta else self.network
         self.amp = bool(amp) and self.device.type == "cuda"
         # time of the last network call: all four views with flip averaging, one without
         self.last_forward_ms = float("nan")
@@ -141,6 +149,20 @@ class Predictor:
     def context_slices(self) -> int:
         """Neighbouring slices on each side the network sees (0: the slice alone)."""
         return int(self.meta.context_slices)
+
+    @property
+    def channel_names(self) -> list:
+        """The image channels (modalities) the network reads, in order."""
+        return list(self.meta.channel_names)
+
+    @property
+    def n_channels(self) -> int:
+        return self.meta.n_channels
+
+    @property
+    def working_size(self):
+        """Longest slice side the network works at (None: every slice at its own resolution)."""
+        return self.meta.working_size
 
     @property
     def click_radius(self) -> int:

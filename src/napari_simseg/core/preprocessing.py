@@ -26,9 +26,16 @@ __all__ = [
     "n4_correct",
     "normalize_volume",
     "pad_to_multiple",
+    "resize_image",
+    "resize_labels",
+    "resize_probabilities",
     "round_up",
     "slice_volume",
+    "to_working_coordinates",
     "unpad",
+    "working_scale",
+    "working_shape",
+    "working_volume",
 ]
 
 logger = logging.getLogger(__name__)
@@ -240,7 +247,8 @@ def context_stack(slices: np.ndarray, index, context_slices: int = 0) -> np.ndar
     Parameters
     ----------
     slices : numpy.ndarray
-        ``(S, H, W)`` stack of slices (see :func:`slice_volume`).
+        ``(S, H, W)`` stack of slices (see :func:`slice_volume`), or ``(C, S, H, W)``
+        for an image of ``C`` channels (modalities).
     index : int or sequence of int
         Slice(s) to take.
     context_slices : int
@@ -249,14 +257,15 @@ def context_stack(slices: np.ndarray, index, context_slices: int = 0) -> np.ndar
     Returns
     -------
     numpy.ndarray
-        ``(1 + 2k, H, W)`` for one index, ``(len(index), 1 + 2k, H, W)`` for several:
-        the slice, then ``z-1, z+1, z-2, z+2, ...``. Neighbours beyond the first or last
-        slice repeat the end slice (the reading least likely to invent structure; a 2D
-        image therefore gets ``1 + 2k`` copies of itself).
+        ``(C (1 + 2k), H, W)`` for one index, ``(len(index), C (1 + 2k), H, W)`` for
+        several (``C = 1`` for an ``(S, H, W)`` stack): the slice's ``C`` channels, then
+        those of ``z-1``, ``z+1``, ``z-2``, ``z+2``, ... Neighbours beyond the first or
+        last slice repeat the end slice (the reading least likely to invent structure;
+        a 2D image therefore gets ``1 + 2k`` copies of itself).
     """
     slices = np.asarray(slices)
-    if slices.ndim != 3:
-        raise ValueError(f"expected an (S, H, W) stack of slices; got shape {slices.shape}")
+    if slices.ndim not in (3, 4):
+        raise ValueError(f"expected an (S, H, W) or (C, S, H, W) stack of slices; got shape {slices.shape}")
     k = int(context_slices)
     if k < 0:
         raise ValueError(f"context_slices must be >= 0; got {context_slices}")
@@ -264,12 +273,101 @@ def context_stack(slices: np.ndarray, index, context_slices: int = 0) -> np.ndar
     if not np.issubdtype(idx.dtype, np.integer):
         raise IndexError(f"slice indices must be integers; got {index!r}")
     idx = idx.astype(np.int64)
-    s = slices.shape[0]
+    s = slices.shape[-3]
     if np.any((idx < 0) | (idx >= s)):
         raise IndexError(f"slice index {index} outside 0..{s - 1}")
     offsets = [0] + [sign * d for d in range(1, k + 1) for sign in (-1, 1)]
     rows = np.clip(idx[..., None] + np.asarray(offsets), 0, s - 1)
-    return slices[rows]
+    if slices.ndim == 3:
+        return slices[rows]
+    stack = np.moveaxis(slices[:, rows], 0, -3)  # (..., 1 + 2k, C, H, W): neighbour-major
+    return stack.reshape(*stack.shape[:-4], -1, *stack.shape[-2:])
+
+
+# --------------------------------------------------------------------------- working resolution
+
+
+def working_scale(shape: Sequence[int], working_size: int | None) -> float:
+    """The factor a slice of ``shape`` (``(..., H, W)``) is resized by for the network.
+
+    The network works at a *working resolution*: slices whose longest side exceeds
+    ``working_size`` are shrunk so that it equals ``working_size``; smaller slices keep
+    their resolution (``None``: every slice keeps it). Training and inference use the
+    same rule, so the network sees anatomy at the scale it was trained on.
+    """
+    if working_size is None:
+        return 1.0
+    longest = max(int(shape[-2]), int(shape[-1]))
+    return min(1.0, float(working_size) / longest)
+
+
+def working_shape(shape: Sequence[int], scale: float) -> tuple[int, int]:
+    """The ``(h, w)`` of a slice of ``shape`` at ``scale`` (at least one pixel each)."""
+    h, w = int(shape[-2]), int(shape[-1])
+    if scale == 1.0:
+        return h, w
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+
+def _resize_planes(array: np.ndarray, shape: Sequence[int], interpolation: int) -> np.ndarray:
+    import cv2
+
+    h, w = int(shape[0]), int(shape[1])
+    planes = np.ascontiguousarray(array).reshape(-1, *array.shape[-2:])
+    out = np.empty((planes.shape[0], h, w), dtype=planes.dtype)
+    for i, plane in enumerate(planes):
+        out[i] = cv2.resize(plane, (w, h), interpolation=interpolation)
+    return out.reshape(*array.shape[:-2], h, w)
+
+
+def resize_image(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resize the last two axes of a float image to ``shape``: area averaging when
+    shrinking (no aliasing), bilinear when enlarging. Returns float32."""
+    import cv2
+
+    array = np.asarray(array, dtype=np.float32)
+    if tuple(array.shape[-2:]) == tuple(int(v) for v in shape):
+        return array
+    shrink = shape[0] <= array.shape[-2] and shape[1] <= array.shape[-1]
+    return _resize_planes(array, shape, cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resize the last two axes of a label map to ``shape`` by nearest neighbour
+    (labels are never interpolated)."""
+    import cv2
+
+    labels = np.asarray(labels)
+    if tuple(labels.shape[-2:]) == tuple(int(v) for v in shape):
+        return labels
+    if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
+        raise ValueError("label values must lie in 0..65535 to be resized")
+    work = labels.astype(np.uint16)  # a type every OpenCV interpolation takes
+    return _resize_planes(work, shape, cv2.INTER_NEAREST_EXACT).astype(labels.dtype)
+
+
+def resize_probabilities(probabilities: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Class probabilities ``(..., N, h, w)`` resampled bilinearly to ``shape`` (still
+    summing to 1 over the classes)."""
+    import cv2
+
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    if tuple(probabilities.shape[-2:]) == tuple(int(v) for v in shape):
+        return probabilities
+    return _resize_planes(probabilities, shape, cv2.INTER_LINEAR)
+
+
+def working_volume(image: np.ndarray, working_size: int | None) -> np.ndarray:
+    """A ``(..., S, H, W)`` volume with every slice resized to the working resolution."""
+    scale = working_scale(image.shape, working_size)
+    return resize_image(image, working_shape(image.shape, scale)) if scale != 1.0 else np.asarray(image)
+
+
+def to_working_coordinates(y: float, x: float, scale: float) -> tuple[float, float]:
+    """A pixel position on the image grid mapped to the working grid (pixel centres aligned)."""
+    if scale == 1.0:
+        return float(y), float(x)
+    return (float(y) + 0.5) * scale - 0.5, (float(x) + 0.5) * scale - 0.5
 
 
 class CropBox(NamedTuple):

@@ -16,8 +16,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .clicks import as_clicks, encode_clicks, honour_clicks, shift_clicks
+from .clicks import Click, as_clicks, encode_clicks, honour_clicks, shift_clicks
 from .decision import active_offsets, decide_labels
 from .devices import autocast_for
 from .memory import input_channels
@@ -41,19 +42,24 @@ class BatchMemory:
     n_classes : int
     depth : int
     images : Tensor
-        ``(B, 1 + 2k, H, W)`` normalised slices: the slice, then its ``2k``
-        neighbours (``k = 0``: ``(B, 1, H, W)``; see ``core.memory`` for the layout).
+        ``(B, C (1 + 2k), H, W)`` normalised slices: the slice's ``C`` channels, then
+        its ``2k`` neighbours' (``k = 0``: ``(B, C, H, W)``; see ``core.memory`` for the
+        layout).
+    image_channels : int
+        C, the image's channels.
     """
 
-    def __init__(self, kind: str, n_classes: int, depth: int, images: torch.Tensor):
-        if images.ndim != 4 or images.shape[1] % 2 != 1:
-            raise ValueError(f"images must be (B, 1 + 2k, H, W); got {tuple(images.shape)}")
+    def __init__(self, kind: str, n_classes: int, depth: int, images: torch.Tensor, image_channels: int = 1):
+        c = int(image_channels)
+        if images.ndim != 4 or images.shape[1] % c or (images.shape[1] // c) % 2 != 1:
+            raise ValueError(f"images must be (B, {c} (1 + 2k), H, W); got {tuple(images.shape)}")
         self.kind = kind
         self.n_classes = int(n_classes)
         self.depth = int(depth) if kind == "sim" else 1
         self.images = images
-        self.context_slices = (images.shape[1] - 1) // 2
-        self.channels = input_channels(kind, n_classes, self.depth, self.context_slices)
+        self.image_channels = c
+        self.context_slices = (images.shape[1] // c - 1) // 2
+        self.channels = input_channels(kind, n_classes, self.depth, self.context_slices, c)
         self._clicks: list[torch.Tensor] = []
         self._probs: list[Optional[torch.Tensor]] = []
 
@@ -73,22 +79,22 @@ class BatchMemory:
     def network_input(self) -> torch.Tensor:
         """The ``(B, C, H, W)`` input of the current round (same layout as InteractionMemory)."""
         b, _, h, w = self.images.shape
-        n = self.n_classes
+        n, c = self.n_classes, self.image_channels
         out = self.images.new_zeros(b, self.channels, h, w)
-        out[:, :1] = self.images[:, :1]
+        out[:, :c] = self.images[:, :c]
         if self.context_slices:
-            out[:, self.channels - 2 * self.context_slices :] = self.images[:, 1:]
+            out[:, self.channels - 2 * self.context_slices * c :] = self.images[:, c:]
         if not self._clicks:
             return out
         if self.kind == "none":
-            out[:, 1 : 1 + n] = self._clicks[-1]
+            out[:, c : c + n] = self._clicks[-1]
         elif self.kind == "cim":
-            out[:, 1 : 1 + n] = torch.stack(self._clicks).amax(dim=0)
+            out[:, c : c + n] = torch.stack(self._clicks).amax(dim=0)
         else:
             k0 = max(0, len(self._clicks) - self.depth)
             first_slot = self.depth - (len(self._clicks) - k0)
             for j, k in enumerate(range(k0, len(self._clicks))):
-                base = 1 + 2 * n * (first_slot + j)
+                base = c + 2 * n * (first_slot + j)
                 out[:, base : base + n] = self._clicks[k]
                 if self._probs[k] is not None:
                     out[:, base + n : base + 2 * n] = self._probs[k]
@@ -131,8 +137,15 @@ def run_rounds(
     on_round: Optional[Callable[[int, np.ndarray, float], None]] = None,
     honour: bool = False,
     decision_offsets: Optional[Sequence[float]] = None,
+    image_channels: int = 1,
 ) -> list[np.ndarray]:
     """Run 0..``n_rounds`` rounds of a virtual user on a batch of slices.
+
+    ``images`` are at the network's working resolution; ``gts`` may be on a finer image
+    grid (the slices' own resolution): then the probabilities are resampled
+    bilinearly to that grid before labels are decided, the clicker sees and clicks on
+    that grid, and its clicks are mapped to the working grid to be encoded, so labels
+    and scores are at the image's own resolution, as in the session.
 
     Round 0 is the automatic (0-click) prediction from an empty memory. Round ``k``
     asks ``clicker(gts, previous)`` for the clicks of every slice, where ``previous``
@@ -155,8 +168,10 @@ def run_rounds(
     """
     device = images.device
     model.eval()
-    memory = BatchMemory(memory_kind, n_classes, depth, images)
+    memory = BatchMemory(memory_kind, n_classes, depth, images, image_channels)
     shape = tuple(images.shape[-2:])
+    out_shape = tuple(np.shape(gts)[-2:])
+    scale = (shape[0] / out_shape[0], shape[1] / out_shape[1])
     offsets = active_offsets(decision_offsets, n_classes)
     results = []
     state = None
@@ -168,7 +183,7 @@ def run_rounds(
             if honour:
                 for i, image_clicks in enumerate(clicks):
                     placed[i].extend(as_clicks(image_clicks))
-            memory.push(encode_click_batch(clicks, n_classes, shape, radius, device))
+            memory.push(encode_click_batch([_to_grid(c, scale) for c in clicks], n_classes, shape, radius, device))
         x = memory.network_input()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -176,10 +191,14 @@ def run_rounds(
         with autocast_for(device, amp):
             logits, new_state = model(x, state if k > 0 else None)
         probs = torch.softmax(logits.float(), dim=1)
+        shown = probs if out_shape == shape else F.interpolate(probs, size=out_shape, mode="bilinear",
+                                                               align_corners=False)
         if offsets is None:
-            labels = decide_labels(probs, axis=1).cpu().numpy()
+            labels = decide_labels(shown, axis=1).cpu().numpy()
         else:
-            labels = decide_labels(torch.log_softmax(logits.float(), dim=1), offsets, axis=1, log=True).cpu().numpy()
+            labels = decide_labels(torch.log(shown.clamp_min(1e-12)) if shown is not probs
+                                   else torch.log_softmax(logits.float(), dim=1),
+                                   offsets, axis=1, log=True).cpu().numpy()
         for i, image_clicks in enumerate(placed):
             honour_clicks(labels[i], image_clicks)
         elapsed = time.perf_counter() - t0
@@ -196,6 +215,13 @@ def run_rounds(
     return results
 
 
+def _to_grid(clicks, scale: tuple) -> list:
+    """Clicks on the image grid mapped to the working grid (pixel centres aligned)."""
+    if scale == (1.0, 1.0):
+        return clicks
+    return [Click(c.label, (c.y + 0.5) * scale[0] - 0.5, (c.x + 0.5) * scale[1] - 0.5) for c in as_clicks(clicks)]
+
+
 def run_volume_rounds(model, meta, memory_kind: str, image: np.ndarray, labels: np.ndarray, sl: slice,
                       rounds: int, clicker, device, **kwargs) -> list[np.ndarray]:
     """:func:`run_rounds` on the slices ``sl`` of one preprocessed volume.
@@ -209,11 +235,17 @@ def run_volume_rounds(model, meta, memory_kind: str, image: np.ndarray, labels: 
     model : torch.nn.Module
         The network as run (e.g. ``Predictor.model``), on ``device``.
     meta : CheckpointMeta
-        Its checkpoint's header (classes, depth, click radius, context slices).
+        Its checkpoint's header (classes, channels, depth, click radius, context slices).
+    image : ndarray
+        ``(C, S, h, w)`` (or ``(S, h, w)`` for one channel) normalised volume at the
+        network's working resolution (:func:`~napari_simseg.core.preprocessing.working_volume`).
+    labels : ndarray
+        ``(S, H, W)`` ground truth on the image's own grid, where labels are scored.
     """
-    idx = np.arange(image.shape[0])[sl]
-    x = torch.from_numpy(context_stack(image, idx, meta.context_slices)).to(device)
+    idx = np.arange(image.shape[-3])[sl]
+    x = torch.from_numpy(np.ascontiguousarray(context_stack(image, idx, meta.context_slices))).to(device)
     return run_rounds(
         model, x, labels[sl], rounds, memory_kind, meta.depth if memory_kind == "sim" else 1,
-        meta.n_classes, meta.click_radius, clicker, amp=device.type == "cuda", **kwargs,
+        meta.n_classes, meta.click_radius, clicker, amp=device.type == "cuda",
+        image_channels=1 if image.ndim == 3 else image.shape[0], **kwargs,
     )

@@ -13,12 +13,13 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .clicks import as_clicks, encode_clicks, honour_clicks, validate_click
+from .clicks import Click, as_clicks, encode_clicks, honour_clicks, validate_click
 from .decision import decide_labels
 from .interaction_log import load_log, replay_log, write_log
 from .memory import InteractionMemory
 from .predictor import Predictor
-from .preprocessing import ImageError, check_image, context_stack, n4_correct, normalize_volume
+from .preprocessing import (ImageError, check_image, context_stack, n4_correct, normalize_volume, resize_image,
+                            resize_probabilities, to_working_coordinates, working_scale, working_shape)
 
 __all__ = ["ImageError", "InteractiveSession", "RoundResult", "load_log", "replay_log"]
 
@@ -29,10 +30,53 @@ class RoundResult:
 
     slice_index: int
     round: int
-    labels: np.ndarray  # (H, W) uint8/uint16
-    probabilities: np.ndarray  # (N, H, W) float32
+    labels: np.ndarray  # (H, W) uint8/uint16, on the image's grid
+    probabilities: np.ndarray  # (N, h, w) float32, on the network's working grid
     model_ms: float
     total_ms: float
+
+
+def _channel_arrays(image, channel_axis: Optional[int], channel_names: Sequence[str]) -> list:
+    """The image as a list of checked ``(H, W)`` or ``(Z, H, W)`` arrays, one per channel."""
+    names = list(channel_names)
+    if channel_axis is not None:
+        arr = np.asarray(image)
+        try:
+            channels = list(np.moveaxis(arr, channel_axis, 0))
+        except np.exceptions.AxisError:
+            raise ImageError(f"channel_axis {channel_axis} does not exist in an image of shape {arr.shape}") from None
+    elif isinstance(image, (list, tuple)):
+        channels = list(image)
+    else:
+        channels = [image]
+    if len(channels) != len(names):
+        raise ImageError(
+            f"this network reads {len(names)} image channel(s) {names}, got {len(channels)}: give one "
+            f"array per channel (or channel_axis=) in that order"
+        )
+    channels = [check_image(c) for c in channels]
+    shapes = {c.shape for c in channels}
+    if len(shapes) > 1:
+        raise ImageError(f"the channels {names} must have one shape; got {[c.shape for c in channels]}")
+    return channels
+
+
+def _normalised_volume(channels: list, normalization: dict) -> np.ndarray:
+    """``(C, Z, H, W)`` float32: each channel N4-corrected (when the network was trained
+    so) and normalised on its own, as in training."""
+    norm = dict(normalization)
+    out = []
+    for arr in channels:
+        volume = (arr[None] if arr.ndim == 2 else arr).astype(np.float32, copy=False)
+        if norm.get("n4"):
+            volume = n4_correct(volume)  # the network was trained on N4-corrected images
+        try:
+            volume = normalize_volume(volume, low_pct=float(norm.get("low", 0.5)),
+                                      high_pct=float(norm.get("high", 99.5)))
+        except ValueError as exc:
+            raise ImageError(str(exc)) from None
+        out.append(volume)
+    return np.stack(out)
 
 
 class InteractiveSession:
@@ -40,8 +84,11 @@ class InteractiveSession:
 
     Parameters
     ----------
-    image : ndarray
-        ``(H, W)`` or ``(Z, H, W)``; slices are taken along the first axis.
+    image : ndarray or sequence of ndarray
+        ``(H, W)`` or ``(Z, H, W)``; slices are taken along the first axis. For a
+        network that reads ``C`` channels (modalities, ``Predictor.channel_names``):
+        a sequence of ``C`` such arrays of one shape, or one array with a channel axis
+        given by ``channel_axis``.
     predictor : Predictor, str or Path
         A loaded :class:`Predictor`, a checkpoint path, or ``"demo"``.
     device : str
@@ -55,6 +102,8 @@ class InteractiveSession:
     decision_offsets : bool
         Decide labels with the checkpoint's calibrated per-class offsets, when it has
         them (see Notes); ``False`` takes the plain argmax.
+    channel_axis : int, optional
+        The axis of ``image`` that holds the channels, when it is one array.
 
     Notes
     -----
@@ -67,6 +116,12 @@ class InteractiveSession:
     last automatic prediction, or whatever was given with :meth:`set_labels`.
     Automatic prediction starts from an empty memory and pushes no round, exactly like
     the evaluation's 0-click result.
+
+    A checkpoint with a *working size* (``Predictor.working_size``) runs on slices
+    shrunk so that their longest side is that size (:attr:`scale`); the memory (click
+    masks, probabilities) lives on that working grid, clicks are given and labels
+    returned on the image's own grid, and probabilities are resampled bilinearly to it
+    before labels are decided.
     """
 
     def __init__(
@@ -77,32 +132,22 @@ class InteractiveSession:
         max_state_history: int = 8,
         honour_clicks: bool = True,
         decision_offsets: bool = True,
+        channel_axis: Optional[int] = None,
     ):
-        arr = check_image(image)
-        self.honour_clicks = bool(honour_clicks)
-        self.decision_offsets = bool(decision_offsets)
-        self.is_2d = arr.ndim == 2
-        volume = arr[None] if self.is_2d else arr
         if not isinstance(predictor, Predictor):
             predictor = Predictor(predictor, device=device)
         self.predictor = predictor
-        meta = predictor.meta
-        norm = dict(meta.normalization)
-        volume = volume.astype(np.float32, copy=False)
-        if norm.get("n4"):
-            volume = n4_correct(volume)  # the network was trained on N4-corrected images
-        try:
-            self.volume = normalize_volume(
-                volume,
-                low_pct=float(norm.get("low", 0.5)),
-                high_pct=float(norm.get("high", 99.5)),
-            )
-        except ValueError as exc:
-            raise ImageError(str(exc)) from None
-        self.shape = self.volume.shape
-        n = meta.n_classes
+        self.honour_clicks = bool(honour_clicks)
+        self.decision_offsets = bool(decision_offsets)
+        channels = _channel_arrays(image, channel_axis, predictor.channel_names)
+        self.is_2d = channels[0].ndim == 2
+        self.volume = _normalised_volume(channels, predictor.meta.normalization)  # (C, Z, H, W)
+        self.shape = self.volume.shape[1:]
+        self.scale = working_scale(self.shape, predictor.working_size)
+        self.work_shape = working_shape(self.shape, self.scale)
+        n = predictor.meta.n_classes
         self.n_classes = n
-        self.class_names = list(meta.class_names)
+        self.class_names = list(predictor.meta.class_names)
         self.labels = np.zeros(self.shape, dtype=np.uint8 if n <= 255 else np.uint16)
         self._base_labels: dict[int, np.ndarray] = {}
         self._memories: dict[int, InteractionMemory] = {}
@@ -126,7 +171,7 @@ class InteractiveSession:
         """
         old = self.predictor.meta
         new = predictor.meta
-        key = ("class_names", "memory", "depth", "context_slices")
+        key = ("class_names", "channel_names", "memory", "depth", "context_slices", "working_size")
         if any(getattr(new, k) != getattr(old, k) for k in key):
             raise ValueError("set_predictor needs the same classes and memory; start a new session")
         # stored ConvLSTM states live on the CPU (see _state_to_storage): nothing to move
@@ -164,17 +209,20 @@ class InteractiveSession:
         idx = self.check_slice(slice_index)
         mem = self._memories.get(idx)
         if mem is None:
-            p = self.predictor
-            mem = InteractionMemory(p.memory_kind, self.n_classes, self.shape[1:], p.depth, p.context_slices)
+            mem = self._new_memory()
             self._memories[idx] = mem
         return mem
 
+    def _new_memory(self) -> InteractionMemory:
+        p = self.predictor
+        return InteractionMemory(p.memory_kind, self.n_classes, self.work_shape, p.depth, p.context_slices,
+                                 p.n_channels)
+
     def _image_input(self, idx: int) -> np.ndarray:
-        """The slice, with its neighbours when the network is 2.5D (see ``core.memory``)."""
-        k = self.predictor.context_slices
-        if k == 0:
-            return self.volume[idx]
-        return context_stack(self.volume, idx, k)
+        """The slice's channels, with its neighbours' when the network is 2.5D (see
+        ``core.memory``), on the working grid."""
+        stack = context_stack(self.volume, idx, self.predictor.context_slices)
+        return resize_image(stack, self.work_shape) if self.scale != 1.0 else stack
 
     def n_rounds(self, slice_index: int) -> int:
         idx = self.check_slice(slice_index)
@@ -189,6 +237,8 @@ class InteractiveSession:
         return self.predictor.meta.decision_offsets
 
     def _to_labels(self, probabilities: np.ndarray) -> np.ndarray:
+        if self.scale != 1.0:
+            probabilities = resize_probabilities(probabilities, self.shape[1:])
         return decide_labels(probabilities, self.offsets, axis=0).astype(self.labels.dtype)
 
     def _show_current(self, idx: int) -> np.ndarray:
@@ -235,7 +285,8 @@ class InteractiveSession:
         for c in clicks:  # validate all before touching any state
             validate_click(c, self.n_classes, (h, w))
         mem = self.memory(idx)
-        masks = encode_clicks(clicks, self.n_classes, (h, w), self.predictor.click_radius)
+        on_grid = [Click(c.label, *to_working_coordinates(c.y, c.x, self.scale)) for c in clicks]
+        masks = encode_clicks(on_grid, self.n_classes, self.work_shape, self.predictor.click_radius)
         prev = mem.last
         state = self._state_to_device(prev.payload if prev is not None else None)
         mem.push(masks, click_list=[c.as_tuple() for c in clicks])
@@ -332,8 +383,7 @@ class InteractiveSession:
             slices = range(self.n_slices)
         todo = [self.check_slice(s) for s in slices]
         todo = [s for s in todo if self.n_rounds(s) == 0]
-        p = self.predictor
-        empty = InteractionMemory(p.memory_kind, self.n_classes, self.shape[1:], p.depth, p.context_slices)
+        empty = self._new_memory()
         total = len(todo)
         yield 0, total
         for start in range(0, total, max(1, int(batch_size))):

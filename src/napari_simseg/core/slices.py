@@ -3,32 +3,38 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from .augmentation import Augmenter
-from .datasets import (ON_ERROR_CHOICES, CaseArrays, CaseIssue, DatasetError, DatasetSpec,
-                       apply_error_policy, issue_message, largest_slice_shape, preprocess_case,
-                       read_and_check)
+from .datasets import (ON_ERROR_CHOICES, CaseArrays, CaseIssue, DatasetError, DatasetSpec, apply_error_policy,
+                       issue_message, load_case)
 from .memory import check_context_slices
-from .preprocessing import context_stack, pad_to_multiple, slice_volume
+from .preprocessing import (context_stack, pad_to_multiple, resize_image, resize_labels, round_up, slice_volume,
+                            working_scale, working_shape)
 
 __all__ = ["MultiAxisSlices", "SliceDataset"]
 
-
-# --------------------------------------------------------------------------- torch dataset
+# bump when the cached arrays' meaning changes
+_CACHE_VERSION = 1
 
 
 class SliceDataset(torch.utils.data.Dataset):
     """2D slices of preprocessed labelled volumes, for training and validation.
 
-    Every volume is read, checked, (optionally) N4-corrected and normalised once at
-    construction and kept in memory (image float32, labels uint8); items are the
-    slices along ``axis``, augmented (when an :class:`Augmenter` is given) and then
-    padded to ``target_shape``.
+    Every volume is read, checked, (optionally) N4-corrected, normalised per channel
+    and resized to the working resolution once, at construction, and kept in memory
+    (image float32 ``(C, S, h, w)``, labels uint8 ``(S, h, w)``); with ``cache_dir``
+    these arrays are also cached on disk, so the next run on the same files and
+    settings reads no image file at all. Items are the slices along ``axis``,
+    augmented (when an :class:`Augmenter` is given), cut to ``crop_size`` (training)
+    and padded to ``target_shape``.
 
     Parameters
     ----------
@@ -38,29 +44,42 @@ class SliceDataset(torch.utils.data.Dataset):
     axis : int
         Slicing axis (0 = Z).
     target_shape : (H, W), optional
-        Padding target; defaults to :func:`largest_slice_shape` of the *whole* data
-        set, so train and validation sets get the same size.
+        Padding target; defaults to the largest slice of these cases at the working
+        resolution (or ``crop_size``), rounded up to ``multiple``. Call
+        :meth:`pad_to` to give train and validation sets one size.
     multiple : int
         Rounding of the default target.
     augmenter : Augmenter, optional
         Training augmentation; ``None`` for validation.
     normalize, low_pct, high_pct
-        Per-volume :func:`normalize_volume`.
+        Per-volume, per-channel :func:`~napari_simseg.core.preprocessing.normalize_volume`.
     n4 : bool
-        Apply :func:`n4_correct` before normalisation.
+        Apply N4 bias-field correction before normalisation.
     cache_dir : path, optional
-        N4 cache folder.
+        Folder for the N4 cache and the preprocessed arrays.
     on_error : {"stop", "skip"}
-        What to do with unusable cases (see :func:`check_dataset`); skipped ones are
-        in :attr:`skipped` and their problems in :attr:`issues`.
+        What to do with unusable cases (see ``check_dataset``); skipped ones are in
+        :attr:`skipped` and their problems in :attr:`issues`.
     pad_value : float
         Image fill value of the padding (labels are padded with 0 = background).
     seed : int
-        Base seed of the augmentation; item ``i`` of epoch ``e`` uses
+        Base seed of the augmentation and the crops; item ``i`` of epoch ``e`` uses
         ``numpy.random.default_rng([seed, e, i])``.
     context_slices : int
         k neighbouring slices on each side stacked after the slice (see
-        :func:`context_stack`); items' ``image`` is then ``(1 + 2k, H, W)``.
+        :func:`~napari_simseg.core.preprocessing.context_stack`); items' ``image`` is
+        then ``(C (1 + 2k), H, W)``.
+    working_size : int, optional
+        Slices whose longest side exceeds it are shrunk to it (see
+        :func:`~napari_simseg.core.preprocessing.working_scale`); ``None``: every slice
+        at its own resolution.
+    crop_size : int, optional
+        Training items are ``crop_size`` squares of the working-resolution slice,
+        centred on a pixel of a random structure (foreground class) with probability
+        ``foreground_crop``, anywhere otherwise: detail at the cost of a smaller
+        image. ``None``: whole slices.
+    foreground_crop : float
+        See ``crop_size``.
 
     Notes
     -----
@@ -68,9 +87,10 @@ class SliceDataset(torch.utils.data.Dataset):
     reproducibly.  With ``DataLoader(num_workers > 0)`` keep
     ``persistent_workers=False`` (the default) so workers see the new epoch.
 
-    Items are dicts ``{"image": float32 tensor (1 + 2k, H, W), "labels": int64 tensor
-    (H, W), "case_id": str, "slice_index": int, "crop": int64 tensor (4,)}``; ``crop``
-    holds ``(y0, y1, x0, x1)`` of the unpadded slice (see :class:`CropBox`).
+    Items are dicts ``{"image": float32 tensor (C (1 + 2k), H, W), "labels": int64
+    tensor (H, W), "case_id": str, "slice_index": int, "crop": int64 tensor (4,)}``;
+    ``crop`` holds ``(y0, y1, x0, x1)`` of the real (unpadded) pixels (see
+    :class:`~napari_simseg.core.preprocessing.CropBox`).
     """
 
     def __init__(
@@ -91,6 +111,9 @@ class SliceDataset(torch.utils.data.Dataset):
         pad_value: float = 0.0,
         seed: int = 0,
         context_slices: int = 0,
+        working_size: int | None = None,
+        crop_size: int | None = None,
+        foreground_crop: float = 0.67,
     ):
         check_context_slices(context_slices)
         self.context_slices = int(context_slices)
@@ -103,24 +126,24 @@ class SliceDataset(torch.utils.data.Dataset):
         self.pad_value = float(pad_value)
         self.seed = int(seed)
         self.epoch = 0
+        self.working_size = working_size
+        self.crop_size = None if crop_size is None else int(crop_size)
+        self.foreground_crop = float(foreground_crop)
+        self.scales: dict[str, float] = {}
         cases = spec.get_cases(case_ids)
         self.images: dict[str, np.ndarray] = {}
         self.labels: dict[str, np.ndarray] = {}
+        settings = dict(axis=axis, normalize=normalize, low_pct=low_pct, high_pct=high_pct, n4=n4,
+                        working_size=working_size)
         issues: list[CaseIssue] = []
         for case in cases:
-            image, labels, case_issues = read_and_check(case, spec.n_classes)
-            if not case_issues:
-                try:
-                    img = preprocess_case(case, image.array, n4=n4, cache_dir=cache_dir, normalize=normalize,
-                                      low_pct=low_pct, high_pct=high_pct)
-                except DatasetError as exc:
-                    case_issues = [CaseIssue(case.case_id, case.image_path, str(exc))]
-            if case_issues:
-                issues += case_issues
+            try:
+                image, labels, scale = _cached_case(case, spec, settings, cache_dir)
+            except DatasetError as exc:
+                issues += exc.issues or [CaseIssue(case.case_id, case.image_path, str(exc))]
                 continue
-            img_s, lab_s = slice_volume(img, labels, axis)
-            self.images[case.case_id] = np.ascontiguousarray(img_s, dtype=np.float32)
-            self.labels[case.case_id] = np.ascontiguousarray(lab_s)
+            self.images[case.case_id], self.labels[case.case_id] = image, labels
+            self.scales[case.case_id] = scale
         apply_error_policy(issues, len(cases), on_error)
         bad = {i.case_id for i in issues}
         self.issues = issues
@@ -130,39 +153,69 @@ class SliceDataset(torch.utils.data.Dataset):
             detail = f":\n{issue_message(issues, len(cases))}" if issues else ""
             raise DatasetError(f"no usable case among the {len(cases)} requested{detail}", issues)
         if target_shape is None:
-            target_shape = largest_slice_shape(spec, axis=axis, multiple=multiple)
+            target_shape = self.largest_item_shape(multiple)
+        self.target_shape = (int(target_shape[0]), int(target_shape[1]))
+        self._index_slices()
+
+    @property
+    def n_channels(self) -> int:
+        """C, the image channels."""
+        return next(iter(self.images.values())).shape[0]
+
+    def largest_item_shape(self, multiple: int = 32) -> tuple[int, int]:
+        """The smallest ``(H, W)``, multiple of ``multiple``, that holds every item."""
+        if self.crop_size is not None:
+            return round_up(self.crop_size, multiple), round_up(self.crop_size, multiple)
+        h = max(img.shape[-2] for img in self.images.values())
+        w = max(img.shape[-1] for img in self.images.values())
+        return round_up(h, multiple), round_up(w, multiple)
+
+    def pad_to(self, target_shape: Sequence[int]) -> None:
+        """Pad every item to ``target_shape`` (e.g. the largest of train and validation)."""
         self.target_shape = (int(target_shape[0]), int(target_shape[1]))
         self._index_slices()
 
     def _index_slices(self) -> None:
         """Check every slice against ``target_shape`` and list ``(case_id, k)`` items."""
         th, tw = self.target_shape
-        too_big = [
-            f"{cid} {img.shape[1:]}" for cid, img in self.images.items()
-            if img.shape[1] > th or img.shape[2] > tw
+        too_big = [] if self.crop_size is not None else [
+            f"{cid} {img.shape[-2:]}" for cid, img in self.images.items()
+            if img.shape[-2] > th or img.shape[-1] > tw
         ]
-        if too_big:
+        if too_big or (self.crop_size is not None and (self.crop_size > th or self.crop_size > tw)):
             raise DatasetError(
-                f"slices larger than target_shape {self.target_shape}: {', '.join(too_big[:10])}; "
-                "use largest_slice_shape(spec) or a larger target"
+                f"slices larger than target_shape {self.target_shape}: {', '.join(too_big[:10]) or self.crop_size}; "
+                "use a larger target"
             )
         self.index: list[tuple[str, int]] = [
-            (c.case_id, k) for c in self.cases for k in range(self.images[c.case_id].shape[0])
+            (c.case_id, k) for c in self.cases for k in range(self.images[c.case_id].shape[1])
         ]
+
+    def subsample(self, max_items: int) -> None:
+        """Keep at most ``max_items`` items, evenly spread over the cases and slices
+        (a cheaper validation pass on a large set)."""
+        if len(self.index) > max_items:
+            keep = np.linspace(0, len(self.index) - 1, int(max_items)).round().astype(int)
+            self.index = [self.index[i] for i in keep]
 
     def along(self, axis: int) -> "SliceDataset":
         """The same loaded volumes sliced along ``axis`` instead.
 
         Nothing is read or preprocessed again: the arrays are views of this dataset's
         (no extra memory); every other setting is shared. Slices must still fit
-        ``target_shape``.
+        ``target_shape``, and the volumes must be at their own resolution (a working
+        size shrinks slices in-plane only).
         """
+        if any(s != 1.0 for s in self.scales.values()):
+            raise ValueError("slices along other axes need volumes at their own resolution; "
+                             "a working size shrank these in-plane (drop train_axes or the working size)")
         other = copy.copy(self)
         other.axis = axis
         other.images, other.labels = {}, {}
         for cid, img in self.images.items():
-            volume, labels = np.moveaxis(img, 0, self.axis), np.moveaxis(self.labels[cid], 0, self.axis)
-            other.images[cid], other.labels[cid] = slice_volume(volume, labels, axis)
+            volume, labels = np.moveaxis(img, 1, 1 + self.axis), np.moveaxis(self.labels[cid], 0, self.axis)
+            other.images[cid] = np.moveaxis(volume, 1 + axis, 1)
+            other.labels[cid] = slice_volume(volume[0], labels, axis)[1]
         other._index_slices()
         return other
 
@@ -184,7 +237,8 @@ class SliceDataset(torch.utils.data.Dataset):
         return len(self.index)
 
     def volume(self, case_id: str) -> CaseArrays:
-        """Preprocessed, unpadded, unaugmented ``(image, labels)`` of a case, slicing axis first."""
+        """Preprocessed (working resolution), unpadded, unaugmented ``(image (C, S, h, w),
+        labels (S, h, w))`` of a case, slicing axis first."""
         return CaseArrays(self.images[case_id], self.labels[case_id])
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
@@ -192,14 +246,13 @@ class SliceDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {idx} out of range for {len(self)} slices")
         idx = int(idx) % len(self)
         case_id, k = self.index[idx]
-        if self.context_slices:
-            image = context_stack(self.images[case_id], k, self.context_slices)
-        else:
-            image = self.images[case_id][k]
+        image = context_stack(self.images[case_id], k, self.context_slices)
         labels = self.labels[case_id][k]
+        rng = np.random.default_rng([self.seed, self.epoch, idx])
         if self.augmenter is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, idx])
             image, labels = self.augmenter(image, labels, rng)
+        if self.crop_size is not None:
+            image, labels = self._crop(image, labels, rng)
         image, box = pad_to_multiple(image, target=self.target_shape, value=self.pad_value)
         labels, _ = pad_to_multiple(labels, target=self.target_shape, value=0)
         return {
@@ -209,6 +262,22 @@ class SliceDataset(torch.utils.data.Dataset):
             "slice_index": k,
             "crop": torch.tensor(tuple(box), dtype=torch.int64),
         }
+
+    def _crop(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+        """A ``crop_size`` square around a random structure pixel (or anywhere)."""
+        size = self.crop_size
+        h, w = labels.shape
+        u = rng.random(3)  # foreground or not, which pixel, jitter: drawn every time
+        fg = np.flatnonzero(labels)
+        if fg.size and u[0] < self.foreground_crop:
+            cy, cx = divmod(int(fg[min(int(u[1] * fg.size), fg.size - 1)]), w)
+            jitter = int((u[2] - 0.5) * size / 2)  # the structure is not always dead centre
+            y0, x0 = cy - size // 2 + jitter, cx - size // 2 - jitter
+        else:
+            y0, x0 = int(u[1] * max(0, h - size + 1)), int(u[2] * max(0, w - size + 1))
+        y0 = int(np.clip(y0, 0, max(0, h - size)))
+        x0 = int(np.clip(x0, 0, max(0, w - size)))
+        return image[..., y0:y0 + size, x0:x0 + size], labels[y0:y0 + size, x0:x0 + size]
 
     def class_pixel_counts(self) -> np.ndarray:
         """Voxel count of each class over all loaded label volumes.
@@ -224,6 +293,46 @@ class SliceDataset(torch.utils.data.Dataset):
         for lab in self.labels.values():
             counts += np.bincount(lab.ravel(), minlength=self.n_classes)[: self.n_classes].astype(np.int64)
         return counts
+
+
+def _working_case(case, spec: DatasetSpec, settings: dict):
+    """A case preprocessed and resized to the working resolution: ``(image, labels, scale)``."""
+    image, labels = load_case(case, n4=settings["n4"], cache_dir=settings.get("n4_cache"), axis=settings["axis"],
+                              n_classes=spec.n_classes, normalize=settings["normalize"],
+                              low_pct=settings["low_pct"], high_pct=settings["high_pct"])
+    if image.ndim == 3:  # one channel
+        image = image[None]
+    scale = working_scale(labels.shape, settings["working_size"])
+    if scale != 1.0:
+        shape = working_shape(labels.shape, scale)
+        image, labels = resize_image(image, shape), resize_labels(labels, shape)
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(labels), scale
+
+
+def _cached_case(case, spec: DatasetSpec, settings: dict, cache_dir):
+    """:func:`_working_case`, read from (or written to) the on-disk cache when there is one."""
+    if cache_dir is None:
+        return _working_case(case, spec, settings)
+    cache_dir = Path(cache_dir)
+    settings = dict(settings, n4_cache=str(cache_dir))
+    files = [Path(p) for p in (*case.image_paths, case.label_path, *(m for _, m in getattr(case, "mask_paths", ())))
+             if p is not None]
+    stamp = [(str(f.resolve()), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.exists()]
+    key = json.dumps([_CACHE_VERSION, stamp, {k: v for k, v in settings.items() if k != "n4_cache"},
+                      list(spec.class_names)], sort_keys=True, default=str)
+    path = cache_dir / f"case_{hashlib.sha1(key.encode()).hexdigest()[:24]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                return z["image"], z["labels"], float(z["scale"])
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable (a killed write): recompute below
+    image, labels, scale = _working_case(case, spec, settings)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, image=image, labels=labels, scale=np.float64(scale))
+    os.replace(tmp, path)
+    return image, labels, scale
 
 
 class MultiAxisSlices(torch.utils.data.ConcatDataset):

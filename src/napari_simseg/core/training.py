@@ -50,205 +50,24 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
 from .augmentation import Augmenter
-from .checkpoint import CheckpointMeta, save_checkpoint
+from .checkpoint import FLIP_AXES, CheckpointMeta, save_checkpoint
 from .clicks import shift_clicks
 from .datasets import discover_dataset, largest_slice_shape
 from .devices import autocast_for, resolve_device
-from .memory import MEMORY_KINDS, input_channels
-from .model import ModelConfig, build_model
+from .model import build_model
 from .rounds import BatchMemory, cropped_clicker, encode_click_batch, run_rounds
 from .slices import MultiAxisSlices, SliceDataset
 from .splits import load_split, save_split, split_cases
+from .train_config import IGNORE_INDEX, SIMULATIONS, TrainConfig
 
-__all__ = ["SIMULATIONS", "TrainConfig", "train"]
-
-SIMULATIONS = ("ddg", "sdg", "auto")
-LR_SCHEDULES = ("constant", "cosine")
-IGNORE_INDEX = -100  # padded pixels in the training targets
-
-
-def _as_float(value) -> float:
-    """``value`` as a float (YAML and CLI give text too); NaN when it is not a number."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; every field is a YAML key and a CLI option."""
-
-    data: str = ""
-    out: str = ""
-    # system
-    memory: str = "sim"
-    depth: int = 3
-    decoder: str = "convlstm"
-    simulation: str = "ddg"
-    # network
-    encoder: str = "resnet34"
-    encoder_depth: int = 5
-    decoder_channels: list = field(default_factory=lambda: [256, 128, 64, 32, 16])
-    lstm_kernel_size: int = 3
-    lstm_separable: bool = True
-    encoder_stem_stride: int = 2
-    encoder_weights: Optional[str] = None
-    init_from: Optional[str] = None
-    # virtual user
-    click_radius: int = 2
-    max_clicks: int = 3
-    max_clicks_per_component: int = 3
-    drop_class: bool = True
-    drop_fraction: float = 0.8
-    decreasing_probability: bool = True
-    ddg_rounds: Optional[int] = None
-    random_rounds: bool = True
-    auto_fraction: float = 0.0
-    # data
-    axis: int = 0
-    train_axes: Optional[list] = None
-    context_slices: int = 0
-    pad_to: Optional[list] = None
-    n4: bool = False
-    on_error: str = "stop"
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
-    split_seed: int = 0
-    max_volumes: Optional[int] = None
-    augment: bool = True
-    aug_rotate_degrees: float = 0.0
-    aug_scale: Optional[list] = None
-    # optimisation
-    epochs: int = 75
-    batch_size: int = 4
-    lr: float = 5e-5
-    lr_schedule: str = "constant"
-    lr_final_fraction: float = 0.02
-    focal_gamma: float = 2.0
-    dice_loss_weight: float = 0.0
-    ema_decay: float = 0.0
-    class_weighting: str = "inverse_sqrt_frequency"
-    max_minutes: Optional[float] = None
-    stop_after_epoch: Optional[int] = None
-    steps_per_epoch: Optional[int] = None
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    num_workers: int = 0
-    resume: bool = False
-    val_clicks: int = 3
-    val_batch_size: int = 32
-    half_checkpoint: bool = False
-    progress: bool = True
-
-    def validate(self) -> "TrainConfig":
-        if not self.data:
-            raise ValueError("no data folder given (--data DIR)")
-        if not self.out:
-            raise ValueError("no output folder given (--out DIR)")
-        if self.memory not in MEMORY_KINDS:
-            raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {self.memory!r}")
-        if self.simulation not in SIMULATIONS:
-            raise ValueError(f"simulation must be one of {SIMULATIONS}, got {self.simulation!r}")
-        if self.on_error not in ("stop", "skip"):
-            raise ValueError(f"on_error must be 'stop' or 'skip', got {self.on_error!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.stop_after_epoch is not None and self.stop_after_epoch < 1:
-            raise ValueError(f"stop_after_epoch must be >= 1, got {self.stop_after_epoch}")
-        if not 0.0 <= float(self.aug_rotate_degrees) <= 180.0:
-            raise ValueError(f"aug_rotate_degrees must be in [0, 180], got {self.aug_rotate_degrees}")
-        if self.aug_scale is not None:
-            sc = list(self.aug_scale)
-            if len(sc) != 2 or not 0 < float(sc[0]) <= float(sc[1]):
-                raise ValueError(f"aug_scale must be [low, high] zoom factors with 0 < low <= high, "
-                                 f"got {self.aug_scale}")
-            self.aug_scale = [float(v) for v in sc]
-        dice_weight = _as_float(self.dice_loss_weight)
-        if not (np.isfinite(dice_weight) and dice_weight >= 0):
-            raise ValueError(f"dice_loss_weight must be a number >= 0 (0: the paper's focal loss "
-                             f"alone), got {self.dice_loss_weight!r}")
-        self.dice_loss_weight = dice_weight
-        ema_decay = _as_float(self.ema_decay)
-        if not 0.0 <= ema_decay < 1.0:  # also refuses NaN
-            raise ValueError(f"ema_decay must be a number in [0, 1) (0: no averaging; e.g. 0.999 "
-                             f"averages over the last ~1000 steps), got {self.ema_decay!r}")
-        self.ema_decay = ema_decay
-        if not 0.0 <= self.auto_fraction <= 1.0:
-            raise ValueError(f"auto_fraction must be in [0, 1], got {self.auto_fraction}")
-        if not 0.0 <= self.lr_final_fraction <= 1.0:
-            raise ValueError(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}")
-        if self.train_axes is not None:
-            axes = list(self.train_axes)
-            if (not axes or any(isinstance(a, bool) or not isinstance(a, int) or not 0 <= a <= 2 for a in axes)
-                    or len(set(axes)) != len(axes) or self.axis not in axes):
-                raise ValueError(f"train_axes must be distinct axes out of 0, 1, 2 that include axis "
-                                 f"{self.axis} (the one validation and the checkpoint use), e.g. "
-                                 f"[0, 1, 2]; got {self.train_axes!r}")
-            self.train_axes = axes
-        if isinstance(self.context_slices, bool) or not isinstance(self.context_slices, int) \
-                or self.context_slices < 0:
-            raise ValueError(f"context_slices must be an integer >= 0, got {self.context_slices!r}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("batch_size and epochs must be >= 1")
-        return self
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    @property
-    def effective_depth(self) -> int:
-        return self.depth if self.memory == "sim" else 1
-
-    def model_config(self, n_classes: int) -> ModelConfig:
-        return ModelConfig(
-            in_channels=input_channels(self.memory, n_classes, self.effective_depth, self.context_slices),
-            n_classes=n_classes,
-            encoder=self.encoder,
-            encoder_depth=self.encoder_depth,
-            decoder=self.decoder,
-            decoder_channels=tuple(self.decoder_channels),
-            lstm_kernel_size=self.lstm_kernel_size,
-            lstm_separable=self.lstm_separable,
-            encoder_stem_stride=self.encoder_stem_stride,
-            encoder_weights=self.encoder_weights,
-        )
-
-    def learning_rate(self, epoch: int) -> float:
-        """Learning rate of 0-based ``epoch``: ``lr`` throughout (``constant``), or a
-        half cosine from ``lr`` in the first epoch to ``lr * lr_final_fraction`` in the
-        last one (``cosine``). Set per epoch, so a resumed run follows the same curve."""
-        if self.lr_schedule == "constant" or self.epochs <= 1:
-            return float(self.lr)
-        t = min(max(epoch, 0), self.epochs - 1) / (self.epochs - 1)
-        final = self.lr * self.lr_final_fraction
-        return float(final + 0.5 * (self.lr - final) * (1.0 + math.cos(math.pi * t)))
-
-    def ddg_config(self):
-        from .virtual_user import DDGConfig
-
-        return DDGConfig(
-            max_rounds=self.max_clicks,
-            max_clicks_per_component=self.max_clicks_per_component,
-            drop_class=self.drop_class,
-            drop_fraction=self.drop_fraction,
-            decreasing_probability=self.decreasing_probability,
-        )
-
+__all__ = ["SIMULATIONS", "TrainConfig", "train", "training_step", "validate"]
 
 # ---------------------------------------------------------------------- distributed
 class _Dist:
@@ -432,7 +251,7 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
 
     Returns
     -------
-    class_names, train_ds, val_ds, summary
+    class_names, channel_names, train_ds, val_ds, summary
         ``summary`` is the first half of the run's "data:" line.
     """
     spec = discover_dataset(cfg.data)
@@ -450,25 +269,41 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
     augmenter = None
     if cfg.augment:
         augmenter = Augmenter(rotate_degrees=cfg.aug_rotate_degrees,
-                              scale=None if cfg.aug_scale is None else tuple(cfg.aug_scale))
+                              scale=None if cfg.aug_scale is None else tuple(cfg.aug_scale),
+                              flip_vertical="vertical" in cfg.aug_flips,
+                              flip_horizontal="horizontal" in cfg.aug_flips)
     common = dict(n4=cfg.n4, cache_dir=out / "cache", on_error=cfg.on_error,
-                  context_slices=cfg.context_slices)
+                  context_slices=cfg.context_slices, working_size=cfg.working_size)
     train_axes = cfg.train_axes or [cfg.axis]
+    pad_to = None
     if cfg.pad_to:
         pad_to = tuple(cfg.pad_to)
-    else:  # one size that holds the slices along every training axis
+    elif cfg.working_size is None and cfg.crop_size is None:
+        # one size that holds the slices along every training axis, read from the headers
         shapes = [largest_slice_shape(spec, axis=a) for a in train_axes]
         pad_to = (max(h for h, _ in shapes), max(w for _, w in shapes))
     train_ds = SliceDataset(spec, split["train"], axis=cfg.axis, target_shape=pad_to, augmenter=augmenter,
-                            seed=cfg.seed, **common)
-    if len(train_axes) > 1:  # the volumes read once, viewed along every axis
-        train_ds = MultiAxisSlices([train_ds if a == cfg.axis else train_ds.along(a) for a in train_axes])
+                            seed=cfg.seed, crop_size=cfg.crop_size, **common)
     val_ds = SliceDataset(spec, split["val"], axis=cfg.axis, target_shape=pad_to, augmenter=None,
                           seed=cfg.seed, **common)
+    if pad_to is None:  # slices at the working size: the sets' own largest, train and val alike
+        if cfg.crop_size is None:
+            both = [train_ds.largest_item_shape(), val_ds.largest_item_shape()]
+            train_ds.pad_to((max(h for h, _ in both), max(w for _, w in both)))
+            val_ds.pad_to(train_ds.target_shape)
+        pad_to = train_ds.target_shape
+    if cfg.val_max_slices:
+        val_ds.subsample(cfg.val_max_slices)
+    channel_names = list(getattr(spec, "channel_names", None) or ["image"])
+    if train_ds.n_channels != len(channel_names):
+        raise ValueError(f"the data set names {len(channel_names)} channel(s) {channel_names} but its images "
+                         f"have {train_ds.n_channels}")
+    if len(train_axes) > 1:  # the volumes read once, viewed along every axis
+        train_ds = MultiAxisSlices([train_ds if a == cfg.axis else train_ds.along(a) for a in train_axes])
     summary = (f"data: {len(split['train'])} train / {len(split['val'])} val volumes, "
                f"{len(train_ds)} / {len(val_ds)} slices, padded to {pad_to[0]}x{pad_to[1]}, "
                f"classes {class_names}")
-    return class_names, train_ds, val_ds, summary
+    return class_names, channel_names, train_ds, val_ds, summary
 
 
 def _setup(cfg: TrainConfig, log) -> _Run:
@@ -482,14 +317,17 @@ def _setup(cfg: TrainConfig, log) -> _Run:
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     amp = bool(cfg.amp) and device.type == "cuda"
-    class_names, train_ds, val_ds, summary = _load_data(cfg, out, dist)
+    class_names, channel_names, train_ds, val_ds, summary = _load_data(cfg, out, dist)
     n_classes = len(class_names)
-    weights = class_weights_from_counts(train_ds.class_pixel_counts(), method=cfg.class_weighting)
+    if cfg.class_weighting == "uniform":
+        weights = torch.ones(n_classes)
+    else:
+        weights = class_weights_from_counts(train_ds.class_pixel_counts(), method=cfg.class_weighting)
     if dist.main:
         log(f"{summary}, weights {np.round(weights.numpy(), 3).tolist()}")
 
     _seed_everything(cfg.seed)
-    net = build_model(cfg.model_config(n_classes)).to(device)
+    net = build_model(cfg.model_config(n_classes, len(channel_names))).to(device)
     if cfg.init_from and not cfg.resume:
         _init_from(net, cfg.init_from, class_names, cfg.context_slices)
         if dist.main:
@@ -518,10 +356,19 @@ def _setup(cfg: TrainConfig, log) -> _Run:
         model=net.config.to_dict(),
         simulation=cfg.simulation,
         context_slices=cfg.context_slices,
+        channel_names=channel_names,
+        working_size=cfg.working_size,
+        flips=_trained_flips(cfg),
     )
     meta.normalization = {**meta.normalization, "n4": bool(cfg.n4)}
     return _Run(cfg, out, device, dist, amp, class_names, train_ds, val_ds, net, train_net, ema, optimizer,
                 scaler, loss_fn, meta, log)
+
+
+def _trained_flips(cfg: TrainConfig):
+    """The flips recorded in the checkpoint (None: both, the paper's augmentation)."""
+    flips = list(cfg.aug_flips) if cfg.augment else []
+    return None if sorted(flips) == sorted(FLIP_AXES) else flips
 
 
 def _resume(run: _Run):
@@ -561,6 +408,10 @@ def _train_epoch(run: _Run, epoch: int, sampler, t_start: float):
     generator = torch.Generator().manual_seed(epoch_seed)
     if sampler is not None:
         sampler.set_epoch(epoch)
+    elif cfg.steps_per_epoch is not None and cfg.steps_per_epoch * cfg.batch_size > len(run.train_ds):
+        # an "epoch" of more items than the set: whole shuffled passes, one after the other
+        sampler = torch.utils.data.RandomSampler(run.train_ds, num_samples=cfg.steps_per_epoch * cfg.batch_size,
+                                                 generator=generator)
     loader = torch.utils.data.DataLoader(
         run.train_ds,
         batch_size=cfg.batch_size,
@@ -580,6 +431,10 @@ def _train_epoch(run: _Run, epoch: int, sampler, t_start: float):
     for step, batch in enumerate(loader):
         if step >= steps:
             break
+        if cfg.lr_schedule == "onecycle":
+            lr = cfg.learning_rate(epoch, step / steps)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
         loss = training_step(run.net, run.train_net, batch, cfg, run.n_classes, rng, run.device, run.autocast,
                              run.loss_fn, run.optimizer, run.scaler)
         if run.ema is not None:
@@ -656,6 +511,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
     run = _setup(cfg, log)
     start_epoch, best, history = _resume(run)
     dist = run.dist
+    if cfg.plan_steps:
+        _plan_steps(run)
     if dist.main:
         cfg_doc = {k: v for k, v in asdict(cfg).items()}
         (run.out / "config.yaml").write_text(yaml.safe_dump(cfg_doc, sort_keys=False))
@@ -679,6 +536,49 @@ def train(cfg: TrainConfig, log=print) -> Path:
             break
     dist.close()
     return run.out / "best.safetensors"
+
+
+def _plan_steps(run: _Run) -> None:
+    """Size ``steps_per_epoch`` so that ``epochs`` epochs, validation included, fill
+    ``max_minutes`` on this machine (timed on a throw-away copy of the network).
+
+    The result replaces ``plan_steps`` in the config (and so in ``config.yaml``): a
+    resumed run follows the same plan.
+    """
+    import copy
+
+    cfg = run.cfg
+    net = copy.deepcopy(run.net)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    loader = torch.utils.data.DataLoader(run.train_ds, batch_size=cfg.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    rng = np.random.default_rng(cfg.seed + 1)
+    times = []
+    for i, batch in enumerate(loader):
+        t0 = time.perf_counter()
+        training_step(net, net, batch, cfg, run.n_classes, rng, run.device, run.autocast, run.loss_fn,
+                      optimizer, run.scaler)
+        times.append(time.perf_counter() - t0)
+        if i >= 3:
+            break
+    step_s = float(np.median(times[1:] if len(times) > 1 else times))
+    val_rounds = 0 if cfg.simulation == "auto" else max(0, int(cfg.val_clicks))
+    batch = next(iter(torch.utils.data.DataLoader(run.val_ds, batch_size=cfg.val_batch_size)))
+    net.eval()
+    with torch.no_grad(), run.autocast():
+        x = torch.zeros(batch["image"].shape[0], net.config.in_channels, *batch["image"].shape[-2:],
+                        device=run.device)
+        t0 = time.perf_counter()
+        net(x)
+        forward_s = time.perf_counter() - t0
+    val_s = forward_s * (val_rounds + 1) * math.ceil(len(run.val_ds) / cfg.val_batch_size) * 1.3
+    budget = cfg.max_minutes * 60 * 0.92  # a margin for the last checkpoint and the clock's noise
+    total = max(cfg.epochs, int((budget - cfg.epochs * val_s) / step_s))
+    cfg.steps_per_epoch = max(1, total // cfg.epochs)
+    cfg.plan_steps = False
+    if run.dist.main:
+        run.log(f"plan: {step_s:.2f} s per step, ~{val_s:.0f} s per validation: {cfg.epochs} epochs of "
+                f"{cfg.steps_per_epoch} steps fill --max-minutes {cfg.max_minutes}")
 
 
 def _init_from(net, path, class_names, context_slices: int = 0) -> None:

@@ -1,1 +1,0 @@
-"""Qt widgets of napari-simseg (import napari/Qt; never imported by core)."""

@@ -1,0 +1,224 @@
+"""The package's layers, checked on its source: the import graph (imports inside
+functions included) has no circle and no upward edge, no module imports another
+module's private name, modules and functions stay short, argparse stays out of core,
+and a click's path (the session) passes through no data, rounds or job module.
+
+The layers are written down in ``core/__init__.py``'s docstring, the README's "Project
+layout" and ``docs/architecture.md``; a new module must be placed in ``LAYERS``.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "napari_simseg"
+ROOT = Path(__file__).resolve().parents[1] / "src" / PACKAGE
+
+# bottom to top: a module may import from its own layer (without a circle) and below
+LAYERS = {
+    "foundation": ["core", "core.resources", "core.devices", "core.clicks", "core.decision", "core.memory",
+                   "core.io", "core.preprocessing", "core.metrics", "core.phantom", "core.virtual_user"],
+    "network": ["core.model", "core.checkpoint", "core.predictor"],
+    "interaction": ["core.interaction_log", "core.session"],
+    "data": ["core.layouts", "core.datasets", "core.splits", "core.augmentation", "core.slices"],
+    "engine": ["core.rounds", "core.losses", "core.baselines", "core.train_config"],
+    "jobs": ["core.evaluation", "core.calibration", "core.training", "core.averaging", "core.benchmark",
+             "core.datacheck"],
+    "app": ["", "cli", "demo", "_llvm_guard", "_colors", "_reader", "_writer", "_sample_data", "_layers",
+            "viewer_session", "_widget"],
+}
+LEVEL = {name: i for i, names in enumerate(LAYERS.values()) for name in names}
+MAX_MODULE_LINES = 800
+MAX_FUNCTION_LINES = 100
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+@lru_cache(maxsize=None)
+def _modules() -> dict:
+    """Module name (relative to the package, "" for the package) -> (path, ast)."""
+    return {_module_name(p): (p, ast.parse(p.read_text(), str(p))) for p in sorted(ROOT.rglob("*.py"))}
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str | None:
+    """The package-relative module an ``ImportFrom`` reads from (None: outside the package)."""
+    if node.level == 0:
+        name = node.module or ""
+        if name != PACKAGE and not name.startswith(PACKAGE + "."):
+            return None
+        return name[len(PACKAGE) + 1:] if name != PACKAGE else ""
+    base = module.split(".") if module else []
+    if not is_package:
+        base = base[:-1]
+    base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+    return ".".join([*base, *(node.module.split(".") if node.module else [])])
+
+
+def _imports(module: str):
+    """``(imported module, names taken from it)`` for every import in ``module``, function-level ones too."""
+    path, tree = _modules()[module]
+    known = _modules()
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == PACKAGE or alias.name.startswith(PACKAGE + "."):
+                    out.append((alias.name[len(PACKAGE) + 1:] if alias.name != PACKAGE else "", []))
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve(module, path.name == "__init__.py", node)
+            if target is None:
+                continue
+            names = []
+            for alias in node.names:
+                sub = f"{target}.{alias.name}" if target else alias.name
+                if sub in known:  # ``from . import datasets``: an import of that module
+                    out.append((sub, []))
+                else:
+                    names.append(alias.name)
+            if names or target in known:
+                out.append((target, names))
+    return out
+
+
+def _graph() -> dict:
+    return {m: sorted({t for t, _ in _imports(m) if t != m}) for m in _modules()}
+
+
+def test_every_module_has_a_layer():
+    missing = sorted(set(_modules()) - set(LEVEL))
+    assert not missing, f"place these modules in a layer of LAYERS: {missing}"
+    gone = sorted(set(LEVEL) - set(_modules()))
+    assert not gone, f"LAYERS names modules that do not exist: {gone}"
+
+
+def test_imports_only_go_down():
+    upward = [f"{m} ({_layer(m)}) imports {t} ({_layer(t)})"
+              for m, targets in _graph().items() for t in targets if LEVEL[t] > LEVEL[m]]
+    assert not upward, "\n".join(upward)
+
+
+def _layer(module: str) -> str:
+    return list(LAYERS)[LEVEL[module]]
+
+
+def test_no_import_circle():
+    graph = _graph()
+    state: dict = {}
+    stack: list = []
+    circles = []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for t in graph.get(m, ()):
+            if state.get(t) == "open":
+                circles.append(" -> ".join(stack[stack.index(t):] + [t]))
+            elif t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = "done"
+
+    for m in graph:
+        if m not in state:
+            visit(m)
+    assert not circles, "\n".join(circles)
+
+
+def test_no_module_imports_another_modules_private_names():
+    bad = []
+    for m in _modules():
+        for target, names in _imports(m):
+            bad += [f"{m} imports {target}.{n}" for n in names if n.startswith("_") and target != m]
+        # ``module._name`` on a module imported whole
+        aliases = {}
+        for node in ast.walk(_modules()[m][1]):
+            if isinstance(node, ast.ImportFrom):
+                target = _resolve(m, _modules()[m][0].name == "__init__.py", node)
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}" if target else alias.name
+                    if target is not None and sub in _modules():
+                        aliases[alias.asname or alias.name] = sub
+        for node in ast.walk(_modules()[m][1]):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and node.attr.startswith("_")):
+                bad.append(f"{m} uses {aliases[node.value.id]}.{node.attr}")
+    assert not bad, "\n".join(bad)
+
+
+def test_modules_and_functions_stay_short():
+    long = []
+    for m, (path, tree) in _modules().items():
+        n = len(path.read_text().splitlines())
+        if n > MAX_MODULE_LINES:
+            long.append(f"{path.name}: {n} lines")
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_FUNCTION_LINES:
+                    long.append(f"{path.name}:{node.lineno} {node.name}: {size} lines")
+    assert not long, "\n".join(long)
+
+
+def _imported_top_level(module: str) -> set:
+    """Every top-level package (``argparse``, ``torch`` ...) a module imports, anywhere in it."""
+    out = set()
+    for node in ast.walk(_modules()[module][1]):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_no_argparse_and_no_gui_under_core():
+    for m in _modules():
+        if m == "core" or m.startswith("core."):
+            used = _imported_top_level(m)
+            assert "argparse" not in used, f"{m} imports argparse: parsers live in napari_simseg.cli"
+            gui = used & {"napari", "qtpy", "magicgui", "PyQt6", "PyQt5", "PySide6", "vispy", "superqt"}
+            assert not gui, f"{m} imports {gui}"
+
+
+def test_widget_and_viewer_session_stay_in_their_lanes():
+    assert "torch" not in _imported_top_level("_widget"), "the widget gets numpy from core, never torch"
+    for m in ("viewer_session", "_layers"):
+        assert not _imported_top_level(m) & {"qtpy", "PyQt6", "superqt"}, f"{m} must stay Qt-free"
+
+
+def _closure(module: str) -> set:
+    graph, seen, todo = _graph(), set(), [module]
+    while todo:
+        m = todo.pop()
+        for t in graph.get(m, ()):
+            if t not in seen:
+                seen.add(t)
+                todo.append(t)
+    return seen
+
+
+@pytest.mark.parametrize("start", ["core.session", "viewer_session"])
+def test_a_click_passes_no_data_rounds_or_job_module(start):
+    """points -> widget -> ViewerSession -> session -> predictor -> decision, nothing else."""
+    forbidden = {"core.rounds", "core.evaluation", "core.calibration", "core.training", "core.datasets",
+                 "core.splits", "core.slices", "core.augmentation", "core.losses", "core.benchmark"}
+    assert not _closure(start) & forbidden, sorted(_closure(start) & forbidden)
+    assert {"core.predictor", "core.decision", "core.memory", "core.clicks"} <= _closure("core.session")
+
+
+def test_the_layer_table_is_the_documented_one():
+    doc = ast.get_docstring(_modules()["core"][1])
+    for layer, names in LAYERS.items():
+        for name in names:
+            if name.startswith("core."):
+                assert name.split(".")[1] in doc, f"core/__init__.py's docstring does not list {name}"
+        assert layer in doc, f"core/__init__.py's docstring does not name the {layer} layer"
