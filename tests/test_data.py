@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import HIPPOCAMPUS, NO_SHARED_DATA
 
 from napari_simseg.core.augmentation import Augmenter
 from napari_simseg.core.datasets import (
@@ -37,8 +38,6 @@ from napari_simseg.core.io import read_image, write_image
 from napari_simseg.core.phantom import CLASS_NAMES, make_phantom, make_phantom_dataset
 
 SHAPE = (8, 40, 56)  # small phantoms keep the tests fast
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus"
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,9 @@ def test_discover_msd(msd_root):
     assert spec.layout == "msd" and spec.name == "SimSegPhantom"
     assert spec.class_names == list(CLASS_NAMES) and spec.n_classes == 5
     assert spec.case_ids == ["phantom_000", "phantom_001", "phantom_002", "phantom_003"]
+    assert spec.channel_names == ["MRI"] and not spec.channels_in_last_axis
     c = spec.cases[0]
+    assert c.image_paths == (msd_root / "imagesTr" / "phantom_000.nii.gz",)
     assert c.image_path == msd_root / "imagesTr" / "phantom_000.nii.gz"
     assert c.label_path == msd_root / "labelsTr" / "phantom_000.nii.gz"
     assert c.image_path.exists() and c.label_path.exists()
@@ -91,8 +92,9 @@ def test_discover_nnunet_style(msd_copy):
     for p in (msd_copy / "imagesTr").iterdir():
         p.rename(p.with_name(p.name.replace(".nii.gz", "_0000.nii.gz")))
     spec = discover_dataset(msd_copy)
-    assert spec.class_names == list(CLASS_NAMES)
+    assert spec.layout == "msd" and spec.class_names == list(CLASS_NAMES)
     assert len(spec.cases) == 4 and spec.cases[1].case_id == "phantom_001"
+    assert spec.cases[1].image_paths == (msd_copy / "imagesTr" / "phantom_001_0000.nii.gz",)
 
 
 def make_folder_dataset(root, n=2, classes=None):
@@ -419,7 +421,7 @@ def test_slice_dataset_counts_and_options(msd_root):
     spec = discover_dataset(msd_root)
     ds = SliceDataset(spec, spec.case_ids[:2], axis=2, target_shape=(96, 96))
     assert len(ds) == 2 * SHAPE[2]
-    assert ds.images[spec.case_ids[0]].shape == (SHAPE[2], SHAPE[0], SHAPE[1])
+    assert ds.images[spec.case_ids[0]].shape == (1, SHAPE[2], SHAPE[0], SHAPE[1])  # (C, S, H, W)
     expected = sum(
         np.bincount(read_image(c.label_path).array.ravel(), minlength=5) for c in spec.cases[:2]
     )
@@ -434,18 +436,18 @@ def test_slice_dataset_counts_and_options(msd_root):
 def test_load_case_axis_and_errors(msd_root, tmp_path):
     spec = discover_dataset(msd_root)
     img, lab = load_case(spec.cases[0], axis=1)
-    assert img.shape == lab.shape == (SHAPE[1], SHAPE[0], SHAPE[2])
+    assert img.shape == (1, SHAPE[1], SHAPE[0], SHAPE[2])  # (C, S, H, W)
+    assert lab.shape == (SHAPE[1], SHAPE[0], SHAPE[2])
     assert img.dtype == np.float32 and lab.dtype == np.uint8
     write_image(tmp_path / "l.nii.gz", np.zeros((2, 2, 2), np.uint8))
-    with pytest.raises(DatasetError, match="l.nii.gz: label shape"):
+    with pytest.raises(DatasetError, match="l.nii.gz: label shape .* differs from image shape"):
         load_case(Case("x", spec.cases[0].image_path, tmp_path / "l.nii.gz"))
+    rebuilt = Case("y", spec.cases[0].image_path, spec.cases[0].label_path)  # a single path, positional
+    np.testing.assert_array_equal(load_case(rebuilt, spec=spec).image, load_case(spec.cases[0]).image)
 
 
 @pytest.mark.shared_data
-@pytest.mark.skipif(
-    not HIPPOCAMPUS.exists(),
-    reason="../shared/data not present (only in the project's development and CI machines)",
-)
+@pytest.mark.skipif(not HIPPOCAMPUS.is_dir(), reason=NO_SHARED_DATA)
 def test_real_hippocampus_two_cases():
     spec = discover_dataset(HIPPOCAMPUS)
     assert spec.class_names == ["background", "Anterior", "Posterior"]

@@ -119,10 +119,21 @@ def test_tiff_from_imagej_and_plain_files(tmp_path):
     assert vol.shape == (4, 5) and vol.spacing == (1.0, 1.0)
 
 
-def test_rgb_tiff_rejected(tmp_path):
-    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((4, 5, 3), np.uint8), photometric="rgb")
-    with pytest.raises(ImageReadError, match="rgb.tif.*samples per pixel"):
+def test_rgb_tiff_of_grey_content_read_as_grey_true_colour_refused(tmp_path):
+    grey = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    tifffile.imwrite(tmp_path / "grey_rgb.tif", np.stack([grey] * 3, -1), photometric="rgb")
+    vol = read_image(tmp_path / "grey_rgb.tif")
+    np.testing.assert_array_equal(vol.array, grey)
+    assert vol.metadata["notes"] == ["RGB picture of grey content read as one grey channel"]
+    colour = np.stack([grey, grey, grey + 1], -1)
+    tifffile.imwrite(tmp_path / "rgb.tif", colour, photometric="rgb")
+    with pytest.raises(ImageReadError, match=r"rgb\.tif.*true-colour RGB") as err:
         read_image(tmp_path / "rgb.tif")
+    assert "\n" not in str(err.value)
+    tifffile.imwrite(tmp_path / "many.tif", np.zeros((4, 5, 6), np.uint8), planarconfig="contig",
+                     photometric="minisblack", extrasamples=[0] * 5)
+    with pytest.raises(ImageReadError, match="many.tif.*samples per pixel"):
+        read_image(tmp_path / "many.tif")
 
 
 def write_dicom_series(folder, array, spacing, origin, direction, uid):
@@ -198,8 +209,11 @@ def test_truncated_file(tmp_path, ext):
 def test_missing_unsupported_empty(tmp_path):
     with pytest.raises(ImageReadError, match="no such file"):
         read_image(tmp_path / "nope.nii.gz")
+    (tmp_path / "a.gif").write_bytes(b"GIF89a")
+    with pytest.raises(ImageReadError, match=r"a\.gif.*unsupported file type '\.gif'"):
+        read_image(tmp_path / "a.gif")
     (tmp_path / "a.png").write_bytes(b"\x89PNG")
-    with pytest.raises(ImageReadError, match=r"a\.png.*unsupported file type '\.png'"):
+    with pytest.raises(ImageReadError, match=r"a\.png.*not a valid PNG file"):
         read_image(tmp_path / "a.png")
     (tmp_path / "e.nrrd").write_bytes(b"")
     with pytest.raises(ImageReadError, match="empty"):
@@ -214,7 +228,8 @@ def test_names_and_support():
     assert split_extension("noext") == ("noext", "")
     assert ".nii.gz" in SUPPORTED_EXTENSIONS
     assert is_supported("a.NII.GZ") and is_supported("b.nhdr") and is_supported("c.mhd")
-    assert not is_supported("a.png") and not is_supported("a.gz")
+    assert is_supported("a.png") and is_supported("b.JPEG") and is_supported("c.bmp")
+    assert not is_supported("a.gif") and not is_supported("a.gz")
 
 
 def test_volume_validation():

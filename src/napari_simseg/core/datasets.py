@@ -1,29 +1,58 @@
-"""Labelled data sets on disk: layouts, discovery, checks and loading one case.
+"""Labelled data sets on disk: layouts, reading, checks and loading one case.
 
-A case is read (:func:`~napari_simseg.core.io.read_image`), checked
-(:func:`check_case`: every problem listed by file), preprocessed
-(:mod:`~napari_simseg.core.preprocessing`) and sliced along an axis
-(:func:`load_case`). Splits live in :mod:`~napari_simseg.core.splits`, augmentation in
-:mod:`~napari_simseg.core.augmentation` and the torch slice datasets in
-:mod:`~napari_simseg.core.slices`. No torch here.
+A data set folder is discovered (:func:`discover_dataset`, in
+:mod:`~napari_simseg.core.layouts`), each case read and checked
+(:func:`read_and_check`: every problem listed by file), preprocessed
+(:func:`preprocess_case`, each channel on its own) and sliced along an axis
+(:func:`load_case`).  Splits live in :mod:`~napari_simseg.core.splits`, augmentation
+in :mod:`~napari_simseg.core.augmentation` and the torch slice datasets in
+:mod:`~napari_simseg.core.slices`.  No torch here.
 
 Data set layouts understood by :func:`discover_dataset`
 -------------------------------------------------------
-1. Medical Segmentation Decathlon (MSD): ``dataset.json`` with ``"labels"``
-   (``{"0": "background", "1": ...}``) and ``"training"`` (a list of
-   ``{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}``).  Without
-   ``"training"``, ``imagesTr/`` and ``labelsTr/`` are matched by file name (an
-   nnU-Net channel suffix ``_0000`` on image names is ignored).  nnU-Net v2
-   ``"labels"`` (``{"background": 0, ...}``) are accepted too.  Without
-   ``dataset.json`` but with ``imagesTr/`` and ``labelsTr/``, the classes are
-   inferred as for a plain folder.
-2. Plain folder: ``images/`` and ``labels/`` matched by file name without
-   extension (so ``a.nii.gz`` matches ``a.nrrd``; a sub-folder is a DICOM series
-   named after the folder).  Class names come from ``classes.json`` (a list of
-   names, ``{"0": "background", ...}`` or an MSD-like ``{"labels": {...}}``) or
-   ``classes.txt`` (one name per line, line ``k`` naming label ``k``, or lines
-   ``"k name"``).  Without either, every label file is read and classes are
-   named ``"background"`` (0) and ``"class_k"`` for ``k = 1 .. max label``.
+``layout`` names the one found (checked in this order):
+
+``"nnunet"`` (nnU-Net v2 raw data)
+    ``dataset.json`` with ``"channel_names"`` (``{"0": "T1", "1": "T2"}``),
+    ``"labels"`` (``{"background": 0, "edema": 1, ...}``) and ``"file_ending"``
+    (``".nii.gz"``, ``".png"`` ...); ``imagesTr/<case>_0000<ending>``,
+    ``<case>_0001<ending>`` ... (one file per channel, every channel used) and
+    ``labelsTr/<case><ending>``.  A case missing a channel file is a problem listed
+    by that file.
+``"msd"`` (Medical Segmentation Decathlon)
+    ``dataset.json`` with ``"labels"`` (``{"0": "background", "1": ...}``; the
+    nnU-Net ``{name: value}`` form is accepted too), ``"modality"`` (the channel
+    names) and ``"training"`` (a list of ``{"image": "./imagesTr/x.nii.gz",
+    "label": "./labelsTr/x.nii.gz"}``).  With several modalities and one image file
+    per case, the file is 4D and its last (SimpleITK) axis holds the channels
+    (``channels_in_last_axis``).  Without ``"training"``, ``imagesTr/`` and
+    ``labelsTr/`` are matched by file name, nnU-Net channel suffixes (``_0000``,
+    ``_0001`` ...) giving the channels.  Without ``dataset.json`` but with
+    ``imagesTr/`` and ``labelsTr/``, the classes are inferred as for a plain folder.
+``"folder"`` (one label image per case)
+    ``images/`` and ``labels/`` matched by file name without extension (so
+    ``a.nii.gz`` matches ``a.nrrd``; a sub-folder is a DICOM series named after the
+    folder).  Class names come from ``classes.json`` (a list of names,
+    ``{"0": "background", ...}`` or an MSD-like ``{"labels": {...}}``) or
+    ``classes.txt`` (one name per line, line ``k`` naming label ``k``, or lines
+    ``"k name"``).  Without either, every label file is read and classes are named
+    ``"background"`` (0) and ``"class_k"`` for ``k = 1 .. max label``.
+``"masks"`` (one binary mask per class)
+    ``images/<case>.<ext>`` and ``masks/<class name>/<case>.<ext>``; a mask is "in"
+    where it is nonzero.  ``classes.json`` (or ``classes.txt``) gives the order
+    (index = label value, index 0 the background); where masks overlap the later
+    class wins, and the overlapping pixels are counted per class pair
+    (:attr:`CaseRead.overlaps`).  A class folder not in the list is a problem
+    listed by folder; a case without a mask of some class has that class empty (a
+    note).  Without a class list: background + the folder names sorted, with a note.
+
+Files: every format of :mod:`~napari_simseg.core.io`, 2D pictures (PNG, JPEG, BMP,
+TIFF) included; an RGB(A) picture of grey content is read as one channel (a note),
+true colour is refused.  An image whose label grid differs by an integer factor per
+axis (at most :data:`MAX_RESAMPLE_FACTOR`; e.g. a 2048 x 2048 image with 1024 x 1024
+labels) is resampled to the label grid with a note: down by block mean, up by linear
+interpolation; labels are never interpolated.  Any other mismatch is a problem listed
+by the label file with both shapes.
 
 Files whose names start with ``.`` (including macOS ``._`` resource forks) are
 ignored everywhere.  Labels are never remapped: a label value ``k`` is class ``k``.
@@ -31,31 +60,39 @@ ignored everywhere.  Labels are never remapped: a label value ``k`` is class ``k
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from .io import ImageReadError, Volume, is_supported, read_image, read_image_info, split_extension
+from .io import ImageReadError, Volume, read_channels, read_image, read_image_info
+from .layouts import LAYOUTS, Case, CaseIssue, DatasetError, DatasetSpec, discover_dataset, read_json
 from .preprocessing import ImageError, n4_correct, normalize_volume, round_up, slice_volume
 
 __all__ = [
+    "LAYOUTS",
+    "MAX_RESAMPLE_FACTOR",
+    "ON_ERROR_CHOICES",
     "Case",
     "CaseArrays",
     "CaseIssue",
+    "CaseRead",
     "CheckReport",
     "DatasetError",
     "DatasetSpec",
+    "apply_error_policy",
     "check_case",
     "check_dataset",
     "discover_dataset",
+    "issue_message",
     "largest_slice_shape",
     "load_case",
+    "load_case_with",
+    "preprocess_case",
+    "read_and_check",
     "read_json",
 ]
 
@@ -63,422 +100,312 @@ logger = logging.getLogger(__name__)
 
 ON_ERROR_CHOICES = ("stop", "skip")
 
-
-class DatasetError(ValueError):
-    """A data set, case or volume that cannot be used as it is.
-
-    Attributes
-    ----------
-    issues : list of CaseIssue
-        The problems found, one per file and reason (may be empty when the error is
-        not about specific files).
-    """
-
-    def __init__(self, message: str, issues: Sequence["CaseIssue"] = ()):
-        self.issues = list(issues)
-        super().__init__(message)
+#: The largest integer factor per axis by which an image is resampled to its label grid.
+MAX_RESAMPLE_FACTOR = 8
 
 
-# --------------------------------------------------------------------------- spec
-
-
-@dataclass(frozen=True)
-class Case:
-    """One labelled volume.
-
-    Attributes
-    ----------
-    case_id : str
-        Identifier, the image file name without extension.
-    image_path, label_path : pathlib.Path
-        The image and its label map.
-    """
-
-    case_id: str
-    image_path: Path
-    label_path: Path
+# --------------------------------------------------------------------------- reading
 
 
 @dataclass
-class DatasetSpec:
-    """What :func:`discover_dataset` found.
+class CaseRead:
+    """One case read from disk and checked (see :func:`read_and_check`).
 
     Attributes
     ----------
-    root : pathlib.Path
-        The data set folder.
-    class_names : list of str
-        Class names; the index is the label value, 0 is the background.
-    cases : list of Case
-        Cases sorted by ``case_id``.
-    layout : str
-        ``"msd"`` or ``"folder"``.
-    name : str
-        Data set name (``dataset.json``'s ``"name"`` or the folder name).
-    unmatched : list of pathlib.Path
-        Images without a label and labels without an image (not in ``cases``).
+    case : Case
+    image : numpy.ndarray or None
+        float32 ``(C, *spatial)`` on the label grid (resampled when needed); ``None``
+        when an image file has a problem.
+    labels : numpy.ndarray or None
+        ``spatial`` integer labels (uint8, int32 beyond 256 classes); ``None`` when
+        a label or mask file has a problem.
+    spacing : tuple of float or None
+        Voxel size of the label grid (as the label file, or the first mask, states
+        it), numpy axis order.
+    image_shape : tuple of int or None
+        Spatial shape of the image files, before any resampling.
+    notes : list of str
+        What was done that a user should know (grey RGB converted, image
+        resampled, a class without mask ...), without the case id.
+    issues : list of CaseIssue
+        Why the case cannot be used, by file; empty when it can.
+    overlaps : dict
+        Mask layout: ``{(class_a, class_b): pixels}`` where both masks are in (the
+        later class wins there); only pairs that overlap.
     """
 
-    root: Path
-    class_names: list[str]
-    cases: list[Case]
-    layout: str = "msd"
-    name: str = ""
-    unmatched: list[Path] = field(default_factory=list)
+    case: Case
+    image: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    spacing: tuple[float, ...] | None = None
+    image_shape: tuple[int, ...] | None = None
+    notes: list[str] = field(default_factory=list)
+    issues: list[CaseIssue] = field(default_factory=list)
+    overlaps: dict[tuple[str, str], int] = field(default_factory=dict)
 
-    @property
-    def n_classes(self) -> int:
-        """Number of classes, background included."""
-        return len(self.class_names)
-
-    @property
-    def case_ids(self) -> list[str]:
-        """All case identifiers, sorted."""
-        return [c.case_id for c in self.cases]
-
-    def get_cases(self, case_ids: Iterable[str] | None = None) -> list[Case]:
-        """The cases with the given identifiers (all cases when ``None``), in order.
-
-        Raises
-        ------
-        DatasetError
-            If an identifier is not in this data set (all unknown ones are listed).
-        """
-        if case_ids is None:
-            return list(self.cases)
-        by_id = {c.case_id: c for c in self.cases}
-        ids = list(case_ids)
-        unknown = [i for i in ids if i not in by_id]
-        if unknown:
-            shown = ", ".join(map(repr, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
-            raise DatasetError(
-                f"{len(unknown)} case id(s) not in data set '{self.root}': {shown} "
-                f"(stale split file? the data set has {len(by_id)} cases)"
-            )
-        return [by_id[i] for i in ids]
-
-
-@dataclass(frozen=True)
-class CaseIssue:
-    """A problem with one file of one case."""
-
-    case_id: str
-    path: Path
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-def _hidden(p: Path) -> bool:
-    return p.name.startswith(".")
-
-
-def _case_id(p: Path) -> str:
-    return p.name if p.is_dir() else split_extension(p)[0]
-
-
-def _list_images(folder: Path, strip_channel: bool = False) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    dupes: dict[str, list[Path]] = {}
-    ignored: list[str] = []
-    for p in sorted(folder.iterdir()):
-        if _hidden(p):
-            continue
-        if not is_supported(p):
-            ignored.append(p.name)
-            continue
-        cid = _case_id(p)
-        if strip_channel and not p.is_dir():
-            m = re.fullmatch(r"(.+)_(\d{4})", cid)
-            if m:
-                if m.group(2) != "0000":
-                    logger.warning("%s: extra image channel ignored (only _0000 is used)", p)
-                    continue
-                cid = m.group(1)
-        if cid in out:
-            dupes.setdefault(cid, [out[cid]]).append(p)
-        out[cid] = p
-    if ignored:
-        logger.warning(
-            "%s: %d file(s) of unsupported type ignored: %s", folder, len(ignored),
-            ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""),
-        )
-    if dupes:
-        lines = "; ".join(f"{k}: {', '.join(q.name for q in v)}" for k, v in dupes.items())
-        raise DatasetError(
-            f"{folder}: several files share a case name ({lines}); keep one file per case"
-        )
-    return out
-
-
-def _match(images: dict[str, Path], labels: dict[str, Path]) -> tuple[list[Case], list[Path]]:
-    cases = [Case(k, images[k], labels[k]) for k in sorted(images) if k in labels]
-    unmatched = [images[k] for k in sorted(images) if k not in labels]
-    unmatched += [labels[k] for k in sorted(labels) if k not in images]
-    if unmatched:
-        shown = ", ".join(p.name for p in unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")
-        logger.warning("%d file(s) without a matching image/label were left out: %s", len(unmatched), shown)
-    return cases, unmatched
-
-
-def _names_from_mapping(mapping: dict[int, str], source: str) -> list[str]:
-    if not mapping:
-        raise DatasetError(f"{source}: no classes declared")
-    if min(mapping) < 0:
-        raise DatasetError(f"{source}: negative label value {min(mapping)} in the class list")
-    if 0 not in mapping:
-        logger.warning("%s: label 0 not declared; naming it 'background'", source)
-    names = []
-    missing = []
-    for k in range(max(mapping) + 1):
-        if k in mapping:
-            names.append(str(mapping[k]))
-        else:
-            names.append("background" if k == 0 else f"class_{k}")
-            if k:
-                missing.append(k)
-    if missing:
-        logger.warning("%s: label value(s) %s not declared; named class_k", source, missing)
-    return names
-
-
-def _parse_labels(obj: Any, source: str) -> list[str]:
-    """Class names from a list, ``{"0": name}`` or nnU-Net ``{name: 0}`` mapping."""
-    if isinstance(obj, list):
-        return [str(n) for n in obj]
-    if not isinstance(obj, dict) or not obj:
-        raise DatasetError(f"{source}: 'labels' must be a non-empty mapping or list; got {obj!r}")
-    try:
-        if all(str(k).strip().lstrip("-").isdigit() for k in obj):
-            return _names_from_mapping({int(k): str(v) for k, v in obj.items()}, source)
-        if all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in obj.values()):
-            return _names_from_mapping({int(v): str(k) for k, v in obj.items()}, source)
-    except (TypeError, ValueError):
-        pass
-    raise DatasetError(
-        f"{source}: cannot read the class list {obj!r}; expected {{\"0\": \"background\", "
-        "\"1\": \"name\", ...}"
-    )
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
-def _classes_from_txt(path: Path) -> list[str]:
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    pairs = [re.fullmatch(r"(\d+)\s*[:=,\s]\s*(.+)", ln) for ln in lines]
-    if lines and all(pairs):
-        return _names_from_mapping({int(m.group(1)): m.group(2).strip() for m in pairs}, str(path))
-    return lines
-
-
-def _infer_class_names(label_paths: Sequence[Path], source: str) -> list[str]:
-    top = -1
-    for p in label_paths:
-        try:
-            arr = read_image(p).array
-        except ImageReadError:
-            continue  # reported by check_case later
-        if arr.size:
-            top = max(top, int(np.nanmax(arr)))
-    if top < 0:
-        raise DatasetError(f"{source}: no readable label file to infer the classes from")
-    logger.info("%s: no class list; inferred %d classes from label values", source, top + 1)
-    return ["background"] + [f"class_{k}" for k in range(1, top + 1)]
-
-
-def discover_dataset(root: str | os.PathLike) -> DatasetSpec:
-    """Find the cases and class names of a data set folder.
-
-    See the module docstring for the layouts understood.  Files are not opened
-    (except label files when classes must be inferred); use :func:`check_dataset`
-    or :class:`SliceDataset` to validate them.
-
-    Parameters
-    ----------
-    root : path
-        The data set folder.
-
-    Returns
-    -------
-    DatasetSpec
-
-    Raises
-    ------
-    DatasetError
-        If the folder does not exist, matches no layout, ``dataset.json`` is invalid
-        or no case is found.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"data set folder '{root}' does not exist or is not a folder")
-    meta_path = root / "dataset.json"
-    if meta_path.is_file() or ((root / "imagesTr").is_dir() and (root / "labelsTr").is_dir()):
-        spec = _discover_msd(root, meta_path)
-    elif (root / "images").is_dir() and (root / "labels").is_dir():
-        spec = _discover_folder(root)
-    else:
-        raise DatasetError(
-            f"'{root}' is not a data set folder: expected dataset.json with imagesTr/ and "
-            "labelsTr/ (Medical Segmentation Decathlon layout) or images/ and labels/ "
-            "subfolders"
-        )
-    if not spec.cases:
-        raise DatasetError(f"'{root}': no image/label pair found")
-    return spec
-
-
-def _discover_msd(root: Path, meta_path: Path) -> DatasetSpec:
-    meta: dict = {}
-    if meta_path.is_file():
-        meta = read_json(meta_path)
-        if not isinstance(meta, dict):
-            raise DatasetError(f"{meta_path}: expected a JSON object")
-    training = meta.get("training")
-    unmatched: list[Path] = []
-    if training:
-        cases = []
-        seen = set()
-        for i, entry in enumerate(training):
-            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-                raise DatasetError(
-                    f"{meta_path}: training entry {i} must be {{\"image\": ..., \"label\": ...}}; got {entry!r}"
-                )
-            if not isinstance(entry["image"], str) or not isinstance(entry["label"], str):
-                raise DatasetError(f"{meta_path}: training entry {i}: only one image file per case is supported")
-            img = root / entry["image"]
-            lab = root / entry["label"]
-            if _hidden(img) or _hidden(lab):
-                continue
-            cid = _case_id(img)
-            if cid in seen:
-                raise DatasetError(f"{meta_path}: case '{cid}' is listed twice in 'training'")
-            seen.add(cid)
-            cases.append(Case(cid, img, lab))
-        cases.sort(key=lambda c: c.case_id)
-    else:
-        for sub in ("imagesTr", "labelsTr"):
-            if not (root / sub).is_dir():
-                raise DatasetError(f"{meta_path}: no 'training' list and no {sub}/ folder to list")
-        cases, unmatched = _match(
-            _list_images(root / "imagesTr", strip_channel=True), _list_images(root / "labelsTr")
-        )
-    if "labels" in meta:
-        class_names = _parse_labels(meta["labels"], str(meta_path))
-    else:
-        class_names = _infer_class_names([c.label_path for c in cases], str(root))
-    return DatasetSpec(
-        root=root,
-        class_names=class_names,
-        cases=cases,
-        layout="msd",
-        name=str(meta.get("name", root.name)),
-        unmatched=unmatched,
-    )
-
-
-def _discover_folder(root: Path) -> DatasetSpec:
-    cases, unmatched = _match(_list_images(root / "images"), _list_images(root / "labels"))
-    if (root / "classes.json").is_file():
-        obj = read_json(root / "classes.json")
-        if isinstance(obj, dict) and "labels" in obj:
-            obj = obj["labels"]
-        class_names = _parse_labels(obj, str(root / "classes.json"))
-    elif (root / "classes.txt").is_file():
-        class_names = _classes_from_txt(root / "classes.txt")
-        if not class_names:
-            raise DatasetError(f"{root / 'classes.txt'}: no class names")
-    else:
-        class_names = _infer_class_names([c.label_path for c in cases], str(root))
-    return DatasetSpec(root, class_names, cases, "folder", root.name, unmatched)
-
-
-# --------------------------------------------------------------------------- checks
+    def problem(self, path: Path, reason: str) -> None:
+        """Add an issue about ``path``."""
+        self.issues.append(CaseIssue(self.case.case_id, Path(path), reason))
 
 
 def _label_dtype(n_classes: int) -> np.dtype:
     return np.dtype(np.uint8) if n_classes <= 256 else np.dtype(np.int32)
 
 
-def read_and_check(
-    case: Case, n_classes: int | None
-) -> tuple[Volume | None, np.ndarray | None, list[CaseIssue]]:
-    """Read a case; return (image volume, integer labels, issues)."""
-    issues: list[CaseIssue] = []
-    image = labels = None
-    try:
-        image = read_image(case.image_path)
-    except ImageReadError as exc:
-        issues.append(CaseIssue(case.case_id, case.image_path, exc.reason))
-    try:
-        labels = read_image(case.label_path).array
-    except ImageReadError as exc:
-        issues.append(CaseIssue(case.case_id, case.label_path, exc.reason))
-    if image is not None:
-        arr = image.array
-        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-            issues.append(CaseIssue(case.case_id, case.image_path, f"unsupported pixel type {arr.dtype}"))
-        else:
-            bad = arr.size - int(np.count_nonzero(np.isfinite(arr))) if arr.dtype.kind == "f" else 0
-            if bad:
-                issues.append(CaseIssue(case.case_id, case.image_path, f"contains {bad} NaN or infinite voxel(s)"))
-            elif arr.size == 0 or arr.min() == arr.max():
-                v = arr.flat[0] if arr.size else "n/a"
-                issues.append(CaseIssue(case.case_id, case.image_path, f"image is constant (every voxel is {v})"))
-    if labels is not None:
-        if image is not None and labels.shape != image.array.shape:
-            issues.append(
-                CaseIssue(
-                    case.case_id,
-                    case.label_path,
-                    f"label shape {labels.shape} differs from image shape {image.array.shape} "
-                    f"({case.image_path.name})",
-                )
-            )
-        if labels.dtype.kind == "f":
-            finite = np.isfinite(labels)
-            if not finite.all() or not np.array_equal(labels, np.round(labels)):
-                issues.append(CaseIssue(case.case_id, case.label_path, "label values are not all integers"))
-                labels = None
-        elif labels.dtype.kind not in "iub":
-            issues.append(CaseIssue(case.case_id, case.label_path, f"unsupported label pixel type {labels.dtype}"))
-            labels = None
-    if labels is not None:
-        values = np.unique(labels)
-        limit = n_classes if n_classes is not None else np.inf
-        outside = values[(values < 0) | (values >= limit)]
-        if outside.size:
-            shown = ", ".join(str(int(v)) for v in outside[:10]) + (" ..." if outside.size > 10 else "")
-            issues.append(
-                CaseIssue(
-                    case.case_id,
-                    case.label_path,
-                    f"label value(s) {shown} outside the {n_classes} declared classes "
-                    f"(0..{n_classes - 1})",
-                )
-            )
-        elif values.size and values.max() >= 2**31:
-            issues.append(CaseIssue(case.case_id, case.label_path, f"label value {int(values.max())} too large"))
-        else:
-            top = int(values.max()) + 1 if values.size else 1
-            labels = labels.astype(_label_dtype(max(top, n_classes or 0)), copy=False)
-    return image, labels, issues
+def _pixel_problem(arr: np.ndarray) -> str | None:
+    """Why an image's pixels cannot be used (None when they can)."""
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        return f"unsupported pixel type {arr.dtype}"
+    bad = arr.size - int(np.count_nonzero(np.isfinite(arr))) if arr.dtype.kind == "f" else 0
+    if bad:
+        return f"contains {bad} NaN or infinite voxel(s)"
+    if arr.size == 0 or arr.min() == arr.max():
+        return f"image is constant (every voxel is {arr.flat[0] if arr.size else 'n/a'})"
+    return None
 
 
-def check_case(case: Case, n_classes: int) -> list[CaseIssue]:
+def _channel_names(spec: DatasetSpec | None, n: int) -> list[str]:
+    if spec is not None and spec.n_channels == n:
+        return list(spec.channel_names)
+    return ["image"] if n == 1 else [f"channel_{k}" for k in range(n)]
+
+
+def _read_image_channels(read: CaseRead, spec: DatasetSpec | None,
+                         blocked: set[Path]) -> list[tuple[Volume, Path]] | None:
+    """Every channel of the case as ``(volume, file)``; None after a problem."""
+    case = read.case
+    channels: list[tuple[Volume, Path]] = []
+    n_before = len(read.issues)
+    for path in case.image_paths:
+        if path in blocked:
+            continue
+        try:
+            volumes = read_channels(path)
+        except ImageReadError as exc:
+            read.problem(path, exc.reason)
+            continue
+        for v in volumes:
+            read.notes += v.metadata.get("notes", [])
+            channels.append((v, path))
+    if len(read.issues) > n_before or any(p in blocked for p in case.image_paths):
+        return None
+    if spec is not None and len(channels) != spec.n_channels:
+        where = " (along its last axis)" if len(case.image_paths) == 1 else ""
+        read.problem(case.image_path, f"{len(channels)} image channel(s){where}, the data set has "
+                                      f"{spec.n_channels} ({', '.join(spec.channel_names)})")
+        return None
+    names = _channel_names(spec, len(channels))
+    first, first_path = channels[0]
+    for k, (v, path) in enumerate(channels):
+        which = f"channel '{names[k]}': " if len(channels) > 1 else ""
+        if v.shape != first.shape:
+            read.problem(path, f"{which}shape {v.shape} differs from {first.shape} of channel "
+                               f"'{names[0]}' ({first_path.name})")
+        elif (reason := _pixel_problem(v.array)) is not None:
+            read.problem(path, which + reason)
+    return None if len(read.issues) > n_before else channels
+
+
+def _integer_labels(read: CaseRead, labels: np.ndarray, path: Path, n_classes: int | None) -> np.ndarray | None:
+    """The labels as uint8/int32 once their values are checked; None after a problem."""
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or not np.array_equal(labels, np.round(labels)):
+            read.problem(path, "label values are not all integers")
+            return None
+    elif labels.dtype.kind not in "iub":
+        read.problem(path, f"unsupported label pixel type {labels.dtype}")
+        return None
+    values = np.unique(labels)
+    limit = n_classes if n_classes is not None else np.inf
+    outside = values[(values < 0) | (values >= limit)]
+    if outside.size:
+        shown = ", ".join(str(int(v)) for v in outside[:10]) + (" ..." if outside.size > 10 else "")
+        read.problem(path, f"label value(s) {shown} outside the {n_classes} declared classes "
+                           f"(0..{n_classes - 1})")
+        return None
+    if values.size and values.max() >= 2**31:
+        read.problem(path, f"label value {int(values.max())} too large")
+        return None
+    top = int(values.max()) + 1 if values.size else 1
+    return labels.astype(_label_dtype(max(top, n_classes or 0)), copy=False)
+
+
+def _merge_masks(read: CaseRead) -> tuple[np.ndarray, Path, tuple[float, ...]] | None:
+    """One label image from the case's class masks (a later class wins); None after a problem."""
+    case = read.case
+    inside: dict[str, np.ndarray] = {}
+    grid_path: Path | None = None
+    n_before = len(read.issues)
+    for name, path in case.mask_paths:
+        if path is None:
+            read.notes.append(f"no mask for class '{name}': empty there")
+            continue
+        try:
+            volume = read_image(path)
+        except ImageReadError as exc:
+            read.problem(path, exc.reason)
+            continue
+        read.notes += volume.metadata.get("notes", [])
+        if not np.issubdtype(volume.array.dtype, np.number):
+            read.problem(path, f"unsupported mask pixel type {volume.array.dtype}")
+            continue
+        if grid_path is None:
+            grid_path, grid, spacing = path, volume.shape, volume.spacing
+        elif volume.shape != grid:
+            read.problem(path, f"mask shape {volume.shape} differs from {grid} of "
+                               f"{grid_path.parent.name}/{grid_path.name} "
+                               f"(the class masks of one case share one grid)")
+            continue
+        inside[name] = volume.array != 0
+    if len(read.issues) > n_before:
+        return None
+    if grid_path is None:
+        read.problem(case.image_path, "no mask file for any class")
+        return None
+    labels = np.zeros(grid, _label_dtype(len(case.mask_paths) + 1))
+    names = [name for name, _ in case.mask_paths]
+    for value, name in enumerate(names, start=1):
+        if name in inside:
+            labels[inside[name]] = value
+    present = [n for n in names if n in inside]
+    for i, a in enumerate(present):
+        for b in present[i + 1:]:
+            n = int(np.count_nonzero(inside[a] & inside[b]))
+            if n:
+                read.overlaps[(a, b)] = n
+    return labels, grid_path, spacing
+
+
+def _grid_factors(image_shape: Sequence[int], label_shape: Sequence[int]) -> list[int] | None:
+    """Per axis: 1 (same size), k (image k times larger), -k (k times smaller); None otherwise."""
+    if len(image_shape) != len(label_shape):
+        return None
+    factors = []
+    for i, n in zip(image_shape, label_shape):
+        if i == n:
+            factors.append(1)
+        elif n and i % n == 0 and i // n <= MAX_RESAMPLE_FACTOR:
+            factors.append(i // n)
+        elif i and n % i == 0 and n // i <= MAX_RESAMPLE_FACTOR:
+            factors.append(-(n // i))
+        else:
+            return None
+    return factors
+
+
+def _block_mean(array: np.ndarray, axis: int, k: int) -> np.ndarray:
+    """Shrink ``axis`` by ``k``: each output pixel is the mean of the ``k`` it covers."""
+    a = np.moveaxis(array, axis, -1)
+    a = a.reshape(*a.shape[:-1], a.shape[-1] // k, k).mean(axis=-1)
+    return np.moveaxis(a, -1, axis)
+
+
+def _linear_upsample(array: np.ndarray, axis: int, k: int) -> np.ndarray:
+    """Grow ``axis`` by ``k`` with linear interpolation between pixel centres (edges held)."""
+    n = array.shape[axis]
+    pos = np.clip((np.arange(n * k) + 0.5) / k - 0.5, 0, n - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    shape = [1] * array.ndim
+    shape[axis] = n * k
+    w = (pos - lo).reshape(shape)
+    return np.take(array, lo, axis=axis) * (1 - w) + np.take(array, hi, axis=axis) * w
+
+
+def _resample(image: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """A ``(C, *spatial)`` image brought to the label grid by :func:`_grid_factors`' factors."""
+    out = image.astype(np.float64)
+    for axis, f in enumerate(factors, start=1):
+        if f > 1:
+            out = _block_mean(out, axis, f)
+        elif f < -1:
+            out = _linear_upsample(out, axis, -f)
+    return out.astype(np.float32)
+
+
+def _resample_note(image_shape: tuple, label_shape: tuple, factors: Sequence[int]) -> str:
+    methods = [m for m, used in (("block mean", any(f > 1 for f in factors)),
+                                 ("linear interpolation", any(f < -1 for f in factors))) if used]
+    scale = " x ".join(f"1/{f}" if f > 1 else str(-f) if f < -1 else "1" for f in factors)
+    return (f"image {'x'.join(map(str, image_shape))} resampled to the {'x'.join(map(str, label_shape))} "
+            f"label grid ({' and '.join(methods)}, scale {scale})")
+
+
+def read_and_check(case: Case, n_classes: int | None = None, *, spec: DatasetSpec | None = None) -> CaseRead:
+    """Read a case and check that it can be used, without raising.
+
+    Reads every channel (a 4D file gives its channels) and the labels (the label
+    image, or the class masks merged); checks that the files can be read, that each
+    channel is finite and not constant, that the channels share one grid, that the
+    label values are integers in ``0 .. n_classes - 1``, and that the image grid
+    matches the label grid or differs by an integer factor per axis (the image is
+    then resampled to the label grid).
+
+    Parameters
+    ----------
+    case : Case
+    n_classes : int, optional
+        Number of declared classes (``spec.n_classes`` when a spec is given).
+    spec : DatasetSpec, optional
+        The case's data set: the number of channels is then checked too.
+
+    Returns
+    -------
+    CaseRead
+        ``issues`` is empty when the case is usable; ``image`` is then float32
+        ``(C, *spatial)`` on the label grid.
+    """
+    if n_classes is None and spec is not None:
+        n_classes = spec.n_classes
+    read = CaseRead(case)
+    for path, reason in case.problems:
+        read.problem(path, reason)
+    blocked = {path for path, _ in case.problems}
+    channels = _read_image_channels(read, spec, blocked)
+    if case.label_path is None:
+        merged = _merge_masks(read)
+    elif case.label_path in blocked:
+        merged = None
+    else:
+        try:
+            volume = read_image(case.label_path)
+            read.notes += volume.metadata.get("notes", [])
+            merged = volume.array, case.label_path, volume.spacing
+        except ImageReadError as exc:
+            read.problem(case.label_path, exc.reason)
+            merged = None
+    labels = None if merged is None else _integer_labels(read, merged[0], merged[1], n_classes)
+    if channels is not None:
+        read.image_shape = channels[0][0].shape
+    if merged is not None:
+        read.spacing = tuple(float(s) for s in merged[2])  # the label grid's, as its file states it
+    if channels is None or labels is None:
+        read.notes = list(dict.fromkeys(read.notes))
+        return read
+    image = np.stack([v.array.astype(np.float32, copy=False) for v, _ in channels])
+    factors = _grid_factors(image.shape[1:], labels.shape)
+    if factors is None:
+        what = "label" if case.label_path is not None else "mask"
+        read.problem(merged[1], f"{what} shape {labels.shape} differs from image shape {image.shape[1:]} "
+                                f"({case.image_path.name}) by no integer factor up to {MAX_RESAMPLE_FACTOR} "
+                                "per axis; resample one of them")
+    else:
+        if any(f != 1 for f in factors):
+            read.notes.append(_resample_note(image.shape[1:], labels.shape, factors))
+            image = _resample(image, factors)
+        read.image, read.labels = image, labels
+    read.notes = list(dict.fromkeys(read.notes))
+    return read
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_case(case: Case, n_classes: int | None = None, *, spec: DatasetSpec | None = None) -> list[CaseIssue]:
     """Check that a case can be used for training, without raising.
 
-    Checks that both files can be read, that the image is 2D/3D, finite and not
-    constant, that the label map has the image's shape and integer values in
-    ``0 .. n_classes - 1``.
+    See :func:`read_and_check` for what is checked.
 
     Returns
     -------
@@ -486,7 +413,7 @@ def check_case(case: Case, n_classes: int) -> list[CaseIssue]:
         Empty when the case is usable; otherwise one entry per problem, naming the
         file.
     """
-    return read_and_check(case, n_classes)[2]
+    return read_and_check(case, n_classes, spec=spec).issues
 
 
 @dataclass
@@ -499,12 +426,14 @@ class CheckReport:
 
 
 def issue_message(issues: Sequence[CaseIssue], n_total: int) -> str:
+    """``"k of n case(s) cannot be used:"`` and one line per issue."""
     n_bad = len({i.case_id for i in issues})
     lines = "\n".join(f"  - {i}" for i in issues)
     return f"{n_bad} of {n_total} case(s) cannot be used:\n{lines}"
 
 
 def apply_error_policy(issues: Sequence[CaseIssue], n_total: int, on_error: str) -> None:
+    """Raise (``"stop"``) or warn (``"skip"``) about the issues found in ``n_total`` cases."""
     if on_error not in ON_ERROR_CHOICES:
         raise ValueError(f"on_error must be 'stop' or 'skip'; got {on_error!r}")
     if not issues:
@@ -537,7 +466,7 @@ def check_dataset(
     cases = spec.get_cases(case_ids)
     issues: list[CaseIssue] = []
     for c in cases:
-        issues += check_case(c, spec.n_classes)
+        issues += check_case(c, spec=spec)
     apply_error_policy(issues, len(cases), on_error)
     bad = {i.case_id for i in issues}
     return CheckReport(
@@ -553,11 +482,12 @@ def largest_slice_shape(
     """The smallest (H, W), multiple of ``multiple``, that holds every slice.
 
     This is the data-set-wide padding target (the paper pads to 512 x 512, its
-    largest slice).  Only image headers are read; unreadable images are skipped.
+    largest slice).  Slices are measured on the label grid (the grid images are
+    resampled to), from file headers only; unreadable files are skipped.
 
     Parameters
     ----------
-    dataset : DatasetSpec or iterable of Case or image paths
+    dataset : DatasetSpec or iterable of Case or label paths
     axis : int
         Slicing axis (as in :func:`slice_volume`).
     multiple : int
@@ -569,17 +499,20 @@ def largest_slice_shape(
     items = dataset.cases if isinstance(dataset, DatasetSpec) else list(dataset)
     hmax = wmax = 0
     for item in items:
-        path = item.image_path if isinstance(item, Case) else Path(item)
+        path = item.label_grid_path if isinstance(item, Case) else Path(item)
+        if path is None:
+            continue
         try:
             shape = read_image_info(path).shape
         except ImageReadError as exc:
             logger.warning("largest_slice_shape: %s", exc)
             continue
+        shape = shape[-3:]  # a 4D file: channels first
         if len(shape) == 3:
             shape = tuple(s for i, s in enumerate(shape) if i != axis % 3)
         hmax, wmax = max(hmax, shape[0]), max(wmax, shape[1])
     if hmax == 0:
-        raise DatasetError("largest_slice_shape: no readable image")
+        raise DatasetError("largest_slice_shape: no readable label file")
     return round_up(hmax, multiple), round_up(wmax, multiple)
 
 
@@ -587,31 +520,67 @@ def largest_slice_shape(
 
 
 class CaseArrays(NamedTuple):
-    """A preprocessed case: ``image`` (float32) and ``labels``, slicing axis first."""
+    """A preprocessed case: ``image`` float32 ``(C, S, H, W)`` and ``labels`` ``(S, H, W)``,
+    slicing axis first (``S = 1`` for a 2D image)."""
 
     image: np.ndarray
     labels: np.ndarray
 
 
+def _n4_key(case: Case, channel: int, n_channels: int) -> Path | str:
+    """N4 cache key of one channel: its file, or the shared 4D file and the channel."""
+    if len(case.image_paths) == n_channels:
+        return case.image_paths[channel]
+    path = case.image_path
+    try:
+        st = path.stat()
+        return f"{path.resolve()}|{st.st_mtime_ns}|{st.st_size}|channel {channel}"
+    except OSError:
+        return f"{path}|channel {channel}"
+
+
 def preprocess_case(
     case: Case, image: np.ndarray, *, n4: bool, cache_dir, normalize: bool, low_pct: float, high_pct: float
 ) -> np.ndarray:
-    """A case's image as float32, N4-corrected (cached) and normalised as asked.
+    """A case's image as float32, each channel on its own N4-corrected (cached) and
+    normalised as asked.
+
+    Parameters
+    ----------
+    case : Case
+        The case the image comes from (names the files in errors and keys the N4 cache).
+    image : numpy.ndarray
+        ``(C, *spatial)``, e.g. :attr:`CaseRead.image`.
+    n4, cache_dir, normalize, low_pct, high_pct
+        As in :func:`load_case`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(C, *spatial)``.
 
     Raises
     ------
     DatasetError
-        When the image cannot be normalised (constant, NaN), naming the file.
+        When a channel cannot be normalised (constant, NaN), naming its file.
     """
-    img = image.astype(np.float32, copy=False)
-    if n4:
-        img = n4_correct(img, cache_dir=cache_dir, key=case.image_path)
-    if normalize:
-        try:
-            img = normalize_volume(img, low_pct, high_pct, name=str(case.image_path))
-        except ImageError as exc:
-            raise DatasetError(str(exc), [CaseIssue(case.case_id, case.image_path, str(exc))]) from None
-    return img
+    img = np.asarray(image, dtype=np.float32)
+    out = np.empty_like(img)
+    n = img.shape[0]
+    for k in range(n):
+        channel = img[k]
+        own_file = len(case.image_paths) == n
+        path = case.image_paths[k] if own_file else case.image_path
+        if n4:
+            channel = n4_correct(channel, cache_dir=cache_dir, key=_n4_key(case, k, n))
+        if normalize:
+            try:
+                name = str(path) if own_file or n == 1 else f"{path} channel {k}"
+                channel = normalize_volume(channel, low_pct, high_pct, name=name)
+            except ImageError as exc:
+                raise DatasetError(str(exc), [CaseIssue(case.case_id, path, str(exc))]) from None
+        out[k] = channel
+    return out
 
 
 def load_case(
@@ -624,6 +593,7 @@ def load_case(
     normalize: bool = True,
     low_pct: float = 0.5,
     high_pct: float = 99.5,
+    spec: DatasetSpec | None = None,
 ) -> CaseArrays:
     """Read, check and preprocess one case, as used for training and evaluation.
 
@@ -631,45 +601,48 @@ def load_case(
     ----------
     case : Case
     n4 : bool
-        Apply :func:`n4_correct` (cached in ``cache_dir`` when given).
+        Apply :func:`n4_correct` to each channel (cached in ``cache_dir`` when given).
     cache_dir : path, optional
     axis : int
         Slicing axis, moved first in the output (ignored for 2D images).
     n_classes : int, optional
         When given, label values must lie in ``0 .. n_classes - 1``.
     normalize, low_pct, high_pct
-        Apply :func:`normalize_volume` with these percentiles.
+        Apply :func:`normalize_volume` with these percentiles, each channel on its own.
+    spec : DatasetSpec, optional
+        The case's data set (its class and channel counts are checked).
 
     Returns
     -------
     CaseArrays
-        ``(image, labels)`` of shape ``(n_slices, H, W)``; image float32, labels
-        uint8 (int32 beyond 256 classes).
+        ``image`` float32 ``(C, S, H, W)``, ``labels`` ``(S, H, W)`` uint8 (int32
+        beyond 256 classes); ``S = 1`` for a 2D image.
 
     Raises
     ------
     DatasetError
         Listing every problem of the case by file name.
     """
-    image, labels, issues = read_and_check(case, n_classes)
-    if issues:
-        raise DatasetError(issue_message(issues, 1), issues)
-    img = preprocess_case(case, image.array, n4=n4, cache_dir=cache_dir, normalize=normalize,
-                      low_pct=low_pct, high_pct=high_pct)
-    img_s, lab_s = slice_volume(img, labels, axis)
+    read = read_and_check(case, n_classes, spec=spec)
+    if read.issues:
+        raise DatasetError(issue_message(read.issues, 1), read.issues)
+    img = preprocess_case(case, read.image, n4=n4, cache_dir=cache_dir, normalize=normalize,
+                          low_pct=low_pct, high_pct=high_pct)
+    img_s = np.stack([slice_volume(channel, None, axis)[0] for channel in img])
+    lab_s = slice_volume(read.labels, None, axis)[0]
     return CaseArrays(np.ascontiguousarray(img_s), np.ascontiguousarray(lab_s))
 
 
-
-
-def load_case_with(case: Case, normalization: dict, axis: int) -> CaseArrays:
+def load_case_with(case: Case, normalization: dict, axis: int, *, spec: DatasetSpec | None = None) -> CaseArrays:
     """One case preprocessed as a checkpoint's ``normalization`` header says.
 
     Returns
     -------
     CaseArrays
-        float32 image and int64 labels, sliced along ``axis`` (slices first).
+        float32 image ``(C, S, H, W)`` and int64 labels ``(S, H, W)``, sliced along
+        ``axis`` (slices first).
     """
     image, labels = load_case(case, axis=axis, n4=bool(normalization.get("n4", False)),
-                              low_pct=normalization.get("low", 0.5), high_pct=normalization.get("high", 99.5))
+                              low_pct=normalization.get("low", 0.5), high_pct=normalization.get("high", 99.5),
+                              spec=spec)
     return CaseArrays(np.asarray(image, np.float32), np.asarray(labels).astype(np.int64))

@@ -28,7 +28,13 @@ MetaImage                 ``.mha``, ``.mhd`` (detached header)            yes
 TIFF (tifffile)           ``.tif``, ``.tiff``                             yes
 DICOM, single file        ``.dcm``                                        no
 DICOM series              a folder (see :func:`read_image`)               no
+PNG, JPEG, BMP            ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``         no
 ========================  ==============================================  =========
+
+Pictures (PNG 8/16-bit, JPEG, BMP, TIFF) read as ``(Y, X)``.  An RGB(A) picture of
+grey content (R = G = B everywhere, alpha constant) becomes one grey channel, noted in
+``volume.metadata["notes"]``; true colour is refused.  :func:`read_channels` also
+reads a 4D file whose last (SimpleITK) axis holds channels as one 3D volume each.
 
 TIFF geometry: the Y/X spacing is stored in the XResolution/YResolution tags
 (pixels per unit, no unit conversion is done on reading) and the Z spacing in the
@@ -55,6 +61,7 @@ from typing import Any, Union
 import numpy as np
 
 __all__ = [
+    "PICTURE_EXTENSIONS",
     "SUPPORTED_EXTENSIONS",
     "WRITABLE_EXTENSIONS",
     "ImageReadError",
@@ -62,6 +69,7 @@ __all__ = [
     "ImageInfo",
     "Volume",
     "is_supported",
+    "read_channels",
     "read_image",
     "read_image_info",
     "split_extension",
@@ -84,9 +92,12 @@ WRITABLE_EXTENSIONS: tuple[str, ...] = (
     ".tiff",
 )
 
+#: 2D picture formats, read (not written) through SimpleITK.
+PICTURE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
+
 #: File extensions :func:`read_image` accepts (lower case); a folder is read as a
 #: DICOM series.
-SUPPORTED_EXTENSIONS: tuple[str, ...] = WRITABLE_EXTENSIONS + (".dcm",)
+SUPPORTED_EXTENSIONS: tuple[str, ...] = WRITABLE_EXTENSIONS + (".dcm",) + PICTURE_EXTENSIONS
 
 _SITK_FORMATS = {
     ".nii.gz": "NIfTI",
@@ -96,6 +107,10 @@ _SITK_FORMATS = {
     ".mha": "MetaImage",
     ".mhd": "MetaImage",
     ".dcm": "DICOM",
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".bmp": "BMP",
 }
 _TIFF_EXTENSIONS = (".tif", ".tiff")
 _IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
@@ -315,11 +330,12 @@ def _sitk():
 def _volume_from_sitk(img, fmt: str, path: Path) -> Volume:
     sitk = _sitk()
     nd = img.GetDimension()
-    if img.GetNumberOfComponentsPerPixel() != 1:
+    n_components = img.GetNumberOfComponentsPerPixel()
+    if n_components not in (1, 2, 3, 4):
         raise ImageReadError(
             path,
-            f"it has {img.GetNumberOfComponentsPerPixel()} components per pixel "
-            "(colour or vector image); convert it to a single-channel image",
+            f"it has {n_components} components per pixel (a vector image); convert it "
+            "to a single-channel image",
         )
     if nd == 4 and img.GetSize()[3] == 1:
         img = img[:, :, :, 0]
@@ -332,18 +348,48 @@ def _volume_from_sitk(img, fmt: str, path: Path) -> Volume:
             "series first)",
         )
     array = sitk.GetArrayFromImage(img)
+    notes = []
+    if n_components > 1:
+        array, note = _grey_from_colour(array, path)
+        notes.append(note)
     header = {}
     for k in img.GetMetaDataKeys():
         v = img.GetMetaData(k)
         if "UNKNOWN_PRINT_CHARACTERISTICS" not in v:
             header[k] = v
+    meta: dict[str, Any] = {"format": fmt, "path": str(path), "header": header}
+    if notes:
+        meta["notes"] = notes
     return Volume(
         array=array,
         spacing=tuple(img.GetSpacing())[::-1],
         origin=tuple(img.GetOrigin())[::-1],
         direction=np.asarray(img.GetDirection(), dtype=float).reshape(nd, nd)[::-1, ::-1],
-        metadata={"format": fmt, "path": str(path), "header": header},
+        metadata=meta,
     )
+
+
+def _grey_from_colour(array: np.ndarray, path: Path) -> tuple[np.ndarray, str]:
+    """``(grey channel, note)`` of a grey+alpha, RGB or RGBA picture (last axis) of grey
+    content with a constant alpha; an :class:`ImageReadError` for anything else."""
+    n = array.shape[-1]
+    kind = {2: "grey + alpha", 3: "RGB", 4: "RGBA"}[n]
+    if n in (2, 4):
+        alpha = array[..., -1]
+        if alpha.size and alpha.min() != alpha.max():
+            raise ImageReadError(
+                path, f"{kind} picture whose alpha channel varies ({alpha.min()} to "
+                      f"{alpha.max()}); save it without transparency"
+            )
+    colour = array[..., : 3 if n >= 3 else 1]
+    grey = colour[..., 0]
+    differ = int(np.count_nonzero((colour != grey[..., None]).any(axis=-1)))
+    if differ:
+        raise ImageReadError(
+            path, f"it is a true-colour {kind} picture (R, G, B differ at {differ} pixel(s)); "
+                  "SimSeg reads greyscale images: convert it to greyscale first"
+        )
+    return np.ascontiguousarray(grey), f"{kind} picture of grey content read as one grey channel"
 
 
 def _volume_to_sitk(volume: Volume):
@@ -397,18 +443,23 @@ def _check_nifti_complete(path: Path, img) -> None:
         )
 
 
-def _read_sitk_file(path: Path, fmt: str) -> Volume:
+def _open_sitk_file(path: Path, fmt: str):
+    """The SimpleITK image of a file, its read errors as :class:`ImageReadError`."""
     sitk = _sitk()
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        reason = _summarise_itk_error(exc)
+        reason = _summarise_itk_error(exc).replace(str(path), "the file")  # named once, by the error
         raise ImageReadError(
             path, f"the file is corrupt, truncated or not a valid {fmt} file ({reason})"
         ) from None
     if fmt == "NIfTI":
         _check_nifti_complete(path, img)
-    return _volume_from_sitk(img, fmt, path)
+    return img
+
+
+def _read_sitk_file(path: Path, fmt: str) -> Volume:
+    return _volume_from_sitk(_open_sitk_file(path, fmt), fmt, path)
 
 
 def _read_dicom_series(folder: Path) -> Volume:
@@ -484,12 +535,16 @@ def _read_tiff(path: Path) -> Volume:
         raise ImageReadError(
             path, f"the file is corrupt or not a valid TIFF ({type(exc).__name__}: {exc})"
         ) from None
+    notes = []
     if "S" in axes and array.shape[axes.index("S")] > 1:
-        raise ImageReadError(
-            path,
-            f"it has {array.shape[axes.index('S')]} samples per pixel (RGB or "
-            "multi-channel); convert it to a single-channel image",
-        )
+        samples = array.shape[axes.index("S")]
+        if samples > 4:
+            raise ImageReadError(
+                path, f"it has {samples} samples per pixel (multi-channel); convert it to a "
+                      "single-channel image"
+            )
+        array, note = _grey_from_colour(np.moveaxis(array, axes.index("S"), -1), path)
+        notes.append(note)
     if array.ndim > 3:
         array = np.squeeze(array)
         if array.ndim > 3:
@@ -513,6 +568,8 @@ def _read_tiff(path: Path) -> Volume:
             pass
     origin = direction = None
     meta: dict[str, Any] = {"format": "TIFF", "path": str(path)}
+    if notes:
+        meta["notes"] = notes
     if ij:
         origin = _floats(ij.get("simseg_origin"), nd)
         d = _floats(ij.get("simseg_direction"), nd * nd)
@@ -584,8 +641,8 @@ def read_image(path: PathLike) -> Volume:
     ------
     ImageReadError
         If the path does not exist, its type is not supported, or the file is
-        corrupt, truncated, multi-channel or not 2D/3D.  The message names the file
-        and the reason on one line.
+        corrupt, truncated, in true colour, multi-channel or not 2D/3D.  The message
+        names the file and the reason on one line.
     """
     p = Path(path)
     if not p.exists():
@@ -598,6 +655,33 @@ def read_image(path: PathLike) -> Volume:
     if fmt == "TIFF":
         return _read_tiff(p)
     return _read_sitk_file(p, fmt)
+
+
+def read_channels(path: PathLike) -> list[Volume]:
+    """Read an image as its channels, one :class:`Volume` each.
+
+    A 4D NIfTI, NRRD or MetaImage file whose last SimpleITK axis (numpy axis 0)
+    holds ``C > 1`` entries, such as a multi-modal Medical Segmentation Decathlon
+    MRI, gives ``C`` 3D volumes sharing the geometry of the first three axes
+    (``metadata["channel"]`` is the index).  Any other image is read by
+    :func:`read_image` as one channel.
+
+    Raises
+    ------
+    ImageReadError
+        As :func:`read_image`.
+    """
+    p = Path(path)
+    fmt = _format_of(p) if p.is_file() else None
+    if fmt not in ("NIfTI", "NRRD", "MetaImage") or p.stat().st_size == 0:
+        return [read_image(p)]
+    img = _open_sitk_file(p, fmt)
+    if img.GetDimension() != 4 or img.GetSize()[3] == 1:
+        return [_volume_from_sitk(img, fmt, p)]
+    channels = [_volume_from_sitk(img[:, :, :, k], fmt, p) for k in range(img.GetSize()[3])]
+    for k, volume in enumerate(channels):
+        volume.metadata["channel"] = k
+    return channels
 
 
 def read_image_info(path: PathLike) -> ImageInfo:
