@@ -1,5 +1,5 @@
 """The ``simseg`` command: ``train``, ``evaluate``, ``calibrate``, ``average``, ``benchmark``,
-``report`` and ``demo``."""
+``report``, ``check-data`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -212,6 +212,30 @@ def main_report(args) -> int:
     return 0
 
 
+def add_check_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``simseg check-data``."""
+    p.add_argument("data", help="data set folder (MSD, nnU-Net, images/ + labels/ or images/ + masks/<class>/)")
+    p.add_argument("--json", default=None, help="also write the summary as JSON to this file")
+
+
+def main_check_data(args) -> int:
+    """``simseg check-data``: print what the folder holds; exit 0 when usable, 2 otherwise."""
+    import json
+
+    from .core.datacheck import check_data, format_data_check
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\rchecked {done}/{total} case(s)", end="\n" if done == total else "", file=sys.stderr,
+                  flush=True)
+
+    summary = check_data(args.data, progress=progress)
+    print(format_data_check(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0 if summary["usable"] else 2
+
+
 def main_demo(args) -> int:
     """``simseg demo``: napari with the sample and the demo model, or ``--headless``."""
     from .demo import run_demo
@@ -274,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clicks", type=int, default=None, help="only this click count in the table")
     p.add_argument("--title", default=None)
     p.set_defaults(func=main_report)
+
+    p = sub.add_parser("check-data", help="check a data set folder before training",
+                       description="Read every case of a data set folder once and print its layout, "
+                                   "cases, classes (voxels per class), channels, shapes, spacings, mask "
+                                   "overlaps, notes and problems (by file), and the working resolution and "
+                                   "seconds per training step `simseg train` would use here. Exit status 0 "
+                                   "when at least 2 cases are usable, 2 otherwise.")
+    add_check_data_arguments(p)
+    p.set_defaults(func=main_check_data)
 
     p = sub.add_parser("demo", help="open napari with the sample and the demo model")
     p.add_argument("--headless", action="store_true",
