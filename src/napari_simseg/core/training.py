@@ -570,15 +570,20 @@ def _plan_steps(run: _Run) -> None:
                         device=run.device)
         t0 = time.perf_counter()
         net(x)
-        forward_s = time.perf_counter() - t0
-    val_s = forward_s * (val_rounds + 1) * math.ceil(len(run.val_ds) / cfg.val_batch_size) * 1.3
+        item_s = (time.perf_counter() - t0) / x.shape[0] * (val_rounds + 1) * 1.3  # + the virtual user
     budget = cfg.max_minutes * 60 * 0.92  # a margin for the last checkpoint and the clock's noise
+    # validation takes at most ~15 % of the budget: fewer slices when it would take more
+    max_items = max(16, int(0.15 * budget / cfg.epochs / item_s))
+    if len(run.val_ds) > max_items:
+        run.val_ds.subsample(max_items)
+    val_s = item_s * len(run.val_ds)
     total = max(cfg.epochs, int((budget - cfg.epochs * val_s) / step_s))
     cfg.steps_per_epoch = max(1, total // cfg.epochs)
+    cfg.val_max_slices = min(len(run.val_ds), cfg.val_max_slices or len(run.val_ds))
     cfg.plan_steps = False
     if run.dist.main:
-        run.log(f"plan: {step_s:.2f} s per step, ~{val_s:.0f} s per validation: {cfg.epochs} epochs of "
-                f"{cfg.steps_per_epoch} steps fill --max-minutes {cfg.max_minutes}")
+        run.log(f"plan: {step_s:.2f} s per step, ~{val_s:.0f} s per validation on {len(run.val_ds)} slices: "
+                f"{cfg.epochs} epochs of {cfg.steps_per_epoch} steps fill --max-minutes {cfg.max_minutes}")
 
 
 def _init_from(net, path, class_names, context_slices: int = 0) -> None:
