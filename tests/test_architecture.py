@@ -27,7 +27,7 @@ LAYERS = {
     "data": ["core.layouts", "core.datasets", "core.splits", "core.augmentation", "core.slices"],
     "engine": ["core.rounds", "core.losses", "core.baselines", "core.train_config"],
     "jobs": ["core.evaluation", "core.calibration", "core.training", "core.averaging", "core.benchmark",
-             "core.datacheck"],
+             "core.recipe", "core.datacheck"],
     "app": ["", "cli", "demo", "_llvm_guard", "_colors", "_reader", "_writer", "_sample_data", "_layers",
             "viewer_session", "_widget"],
 }
@@ -47,7 +47,8 @@ def _module_name(path: Path) -> str:
 @lru_cache(maxsize=None)
 def _modules() -> dict:
     """Module name (relative to the package, "" for the package) -> (path, ast)."""
-    return {_module_name(p): (p, ast.parse(p.read_text(), str(p))) for p in sorted(ROOT.rglob("*.py"))}
+    return {_module_name(p): (p, ast.parse(p.read_text(encoding="utf-8"), str(p)))
+            for p in sorted(ROOT.rglob("*.py"))}
 
 
 def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str | None:
@@ -158,7 +159,7 @@ def test_no_module_imports_another_modules_private_names():
 def test_modules_and_functions_stay_short():
     long = []
     for m, (path, tree) in _modules().items():
-        n = len(path.read_text().splitlines())
+        n = len(path.read_text(encoding="utf-8").splitlines())
         if n > MAX_MODULE_LINES:
             long.append(f"{path.name}: {n} lines")
         for node in ast.walk(tree):

@@ -44,33 +44,53 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip=()) -> Non
 
 
 def main_train(args) -> int:
-    """``simseg train``: the YAML config, overridden by the flags typed; prints the best checkpoint."""
+    """``simseg train``: the YAML ``--config`` (else the default recipe for the data),
+    overridden by the flags typed; prints the best checkpoint last."""
+    import os
+
     import yaml
 
     from .core.training import TrainConfig, train
 
-    values = {}
+    typed = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
     if args.config:
         try:
             values = yaml.safe_load(Path(args.config).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             print(f"simseg train: cannot read config {args.config}: {exc}", file=sys.stderr)
             return 2
-    for f in dataclasses.fields(TrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
+    else:
+        values = _recipe_values(typed)
+    values.update(typed)
+    if "steps_per_epoch" in typed:
+        values["plan_steps"] = False  # the user's own schedule
     try:
         cfg = TrainConfig.from_dict(values).validate()
     except (TypeError, ValueError) as exc:
         print(f"simseg train: {exc}", file=sys.stderr)
         return 2
     best = train(cfg, log=lambda m: print(m, flush=True))
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         print(best, flush=True)
     return 0
+
+
+def _recipe_values(typed: dict) -> dict:
+    """The default recipe's options for ``typed["data"]`` (printed first, by rank 0)."""
+    import os
+
+    from .core.datasets import discover_dataset
+    from .core.recipe import case_shapes, default_recipe, describe_recipe
+
+    if not typed.get("data"):
+        return {}  # TrainConfig.validate says what is missing
+    spec = discover_dataset(typed["data"])
+    values = default_recipe(case_shapes(spec), spec.class_names, spec.channel_names,
+                            max_minutes=typed.get("max_minutes") or 20.0)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(describe_recipe(values), flush=True)
+    return values
 
 
 def main_benchmark(args) -> int:

@@ -10,7 +10,7 @@ from the layers below it, never from above, counting imports inside functions
     interaction  interaction_log session
     data         layouts datasets splits augmentation slices
     engine       rounds losses baselines train_config
-    jobs         evaluation calibration training averaging benchmark datacheck
+    jobs         evaluation calibration training averaging benchmark recipe datacheck
     app          (outside core) cli demo _layers viewer_session _widget _reader
                  _writer _sample_data _colors _llvm_guard
 

@@ -19,7 +19,6 @@ from typing import Callable
 import numpy as np
 
 from .datasets import CaseRead, DatasetError, DatasetSpec, discover_dataset, read_and_check
-from .preprocessing import round_up
 
 __all__ = ["MIN_USABLE_CASES", "check_data", "format_data_check"]
 
@@ -177,13 +176,12 @@ def _training_estimate(summary: dict) -> dict:
     ``seconds_per_step`` (a few real training steps timed on random data).
     """
     # ---- THE call into core.recipe: the default training recipe and its cost here ----
-    from .recipe import default_recipe, estimate_step_seconds, working_slice_shape
+    from .recipe import default_recipe, estimate_step_seconds, item_shape, working_slice_shape
 
     shapes = list(summary["shapes"]["per_case"].values())
     options = default_recipe(shapes, summary["classes"], summary["channels"])
     working = working_slice_shape(shapes, options["working_size"])
-    crop = options["crop_size"]
-    item = tuple(round_up(v, 32) for v in ((crop, crop) if crop else working))
+    item = item_shape(options, shapes)
     seconds = estimate_step_seconds(options, len(summary["classes"]), len(summary["channels"]), item)
     return {"working_size": options["working_size"], "working_shape": list(working), "item_shape": list(item),
             "batch_size": options["batch_size"], "seconds_per_step": seconds}

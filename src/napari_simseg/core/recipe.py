@@ -47,7 +47,7 @@ import numpy as np
 from .preprocessing import round_up, working_scale, working_shape
 
 __all__ = ["RECIPE_NAME", "case_shapes", "default_recipe", "describe_recipe", "estimate_step_seconds",
-           "working_slice_shape"]
+           "item_shape", "working_slice_shape"]
 
 RECIPE_NAME = "cpu-fast-v1"
 WORKING_SIZE = 256  # longest slice side the network works at
@@ -75,9 +75,10 @@ def case_shapes(spec, max_cases: int = 64) -> list[tuple]:
         cases = [cases[i] for i in np.linspace(0, len(cases) - 1, max_cases).round().astype(int)]
     shapes = []
     for case in cases:
-        grid = case.label_path or next((p for _, p in case.mask_paths if p is not None), None) or case.image_path
+        if case.label_grid_path is None:
+            continue  # no labels at all: reported when the case is read
         try:
-            shapes.append(tuple(read_image_info(grid).shape))
+            shapes.append(tuple(read_image_info(case.label_grid_path).shape))
         except ImageReadError:
             continue  # reported when the case is read
     return shapes
@@ -99,6 +100,14 @@ def describe_recipe(options: dict) -> str:
         "  (the paper's GPU configuration: --config training/configs/ddg_sim.yaml)",
     ]
     return "\n".join(lines)
+
+
+def item_shape(options: dict, shapes: Sequence[Sequence[int]]) -> tuple[int, int]:
+    """The padded ``(H, W)`` of one training item under ``options`` (a crop, or the largest
+    slice at the working resolution, rounded up to 32), as the slice dataset pads it."""
+    crop = options.get("crop_size")
+    working = working_slice_shape(shapes, options.get("working_size"))
+    return tuple(round_up(v, 32) for v in ((crop, crop) if crop else working))
 
 
 def default_recipe(shapes: Sequence[Sequence[int]], class_names: Sequence[str],
@@ -128,7 +137,7 @@ def default_recipe(shapes: Sequence[Sequence[int]], class_names: Sequence[str],
     working_size = WORKING_SIZE if longest > WORKING_SIZE else None
     h, w = working_slice_shape(shapes, working_size)
     crop = CROP_SIZE if max(h, w) > CROP_SIZE else None
-    item = (round_up(crop, 32),) * 2 if crop else (round_up(h, 32), round_up(w, 32))
+    item = item_shape({"crop_size": crop, "working_size": working_size}, shapes)
     stem_stride = 1 if max(h, w) <= SMALL_SLICE else 2
     # a full-resolution stem makes every encoder stage 4x the pixels
     batch = int(np.clip(round(PIXELS_PER_BATCH / (item[0] * item[1] * (4 if stem_stride == 1 else 1))), 4, 32))

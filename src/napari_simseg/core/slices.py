@@ -299,9 +299,7 @@ def _working_case(case, spec: DatasetSpec, settings: dict):
     """A case preprocessed and resized to the working resolution: ``(image, labels, scale)``."""
     image, labels = load_case(case, n4=settings["n4"], cache_dir=settings.get("n4_cache"), axis=settings["axis"],
                               n_classes=spec.n_classes, normalize=settings["normalize"],
-                              low_pct=settings["low_pct"], high_pct=settings["high_pct"])
-    if image.ndim == 3:  # one channel
-        image = image[None]
+                              low_pct=settings["low_pct"], high_pct=settings["high_pct"], spec=spec)
     scale = working_scale(labels.shape, settings["working_size"])
     if scale != 1.0:
         shape = working_shape(labels.shape, scale)

@@ -119,7 +119,8 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
         pad[y0:y1, x0:x1] = False
         targets[i][pad] = IGNORE_INDEX
     targets = targets.to(device, non_blocking=True)
-    memory = BatchMemory(cfg.memory, n_classes, cfg.effective_depth, images)
+    memory = BatchMemory(cfg.memory, n_classes, cfg.effective_depth, images,
+                         image_channels=images.shape[1] // (1 + 2 * cfg.context_slices))
     state = None
     # auto_fraction: some batches get the automatic (0-click) input; drawn only when on,
     # so runs without it keep their random streams
