@@ -90,7 +90,7 @@ def main(argv=None) -> int:
 
     viewer = napari.Viewer(title="napari-simseg")
     width, height = (int(v) for v in args.size.lower().split("x"))
-    viewer.window._qt_window.resize(width, height)
+    viewer.window.resize(width, height)
     layers = viewer.open_sample("napari-simseg", sample)
     image = next(lay for lay in layers if lay._type_string == "image")
     reference = next((lay for lay in layers if lay._type_string == "labels"), None)

@@ -192,3 +192,50 @@ def test_refuses_bad_layers_without_changes(viewer, make_checkpoint):
     with pytest.raises(CheckpointError, match="trained for classes"):
         ViewerSession(viewer, "ok", checkpoint=ckpt)
     assert [layer.name for layer in viewer.layers] == names
+
+
+def test_prepare_round_picks_the_slice_and_run_keeps_the_current_one(viewer, session):
+    viewer.dims.set_current_step(0, 3)
+    viewer.layers["a clicks"].add([1, 20, 20])
+    assert session.run() is None  # run(): the current slice only
+    job = session.prepare_round()  # the widget's path: the first slice with new clicks
+    assert job.slice == 1
+    assert job.finish(job.compute()).slice_index == 1
+    assert session.pending_points() == {}
+    viewer.layers["a clicks"].add([[0, 5, 5], [3, 5, 5]])
+    job = session.prepare_round()
+    assert job.slice == 3  # the current slice comes first
+    job.finish(job.compute())
+    job = session.prepare_round()
+    assert job.slice == 0
+    job.finish(job.compute())
+    assert session.prepare_round() is None
+
+
+def test_ask_without_confirm_keeps_hand_edits(viewer, image3d, make_checkpoint):
+    from napari_simseg import ViewerSession
+
+    viewer.add_image(image3d, name="mri")
+    vs = ViewerSession(viewer, "mri", checkpoint=make_checkpoint(class_names=CLASSES, seed=1), device="cpu")
+    assert vs.overwrite_policy == "ask" and vs.confirm is None
+    lab = viewer.layers["SimSeg labels"]
+    lab.data[1, :5, :5] = 2
+    lab.data[0, 0, 0] = 1
+    vs.add_clicks(1, [(1, 20, 20)])
+    assert not vs.last_round_shown
+    assert (lab.data[1, :5, :5] == 2).all() and lab.data[1, 20, 20] == 0
+    assert "1 hand-edited kept" in vs.auto()
+    assert lab.data[0, 0, 0] == 1 and (lab.data[0] == 0).any()  # slice 0 kept as painted
+    assert (lab.data[2:] == 1).all()
+    assert vs.hand_edited == {0, 1}
+
+
+def test_image_layer_pixels_are_checked_by_core(viewer):
+    from napari_simseg._layers import check_image_layer
+    from napari_simseg.core.preprocessing import ImageError
+
+    image = np.ones((3, 16, 16), np.float32)
+    image[1, 2, 2] = np.nan
+    layer = viewer.add_image(image, name="holes")
+    with pytest.raises(ImageError, match="'holes': image contains NaN"):
+        check_image_layer(layer)

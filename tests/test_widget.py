@@ -74,7 +74,7 @@ def _layer_names(viewer):
 
 
 def test_widget_comes_from_the_manifest(widget):
-    from napari_simseg._qt.widget import SimSegWidget
+    from napari_simseg._widget import SimSegWidget
 
     assert isinstance(widget, SimSegWidget)
     assert widget.image_combo.currentText() == "mri"
@@ -151,7 +151,7 @@ def test_keyboard_shortcuts_on_plugin_layers(started, viewer, qtbot):
 
 
 def test_hand_edited_slice_is_not_overwritten_without_asking(started, viewer, qtbot, monkeypatch):
-    import napari_simseg._qt.widget as widget_module
+    import napari_simseg._widget as widget_module
 
     asked = []
     monkeypatch.setattr(widget_module, "ask_overwrite", lambda parent, slices: asked.append(slices) or False)
@@ -261,7 +261,7 @@ def test_checkpoint_classes_must_fit_existing_labels(viewer, volume, make_checkp
 
 
 def test_missing_demo_model_is_explained(viewer, volume, tmp_path, monkeypatch):
-    import napari_simseg._qt.widget as widget_module
+    import napari_simseg._widget as widget_module
     import napari_simseg.core.resources as resources
 
     # as in an installation whose demo model file went missing
@@ -352,7 +352,7 @@ def test_llvm_guard_prevents_the_triton_crash(tmp_path):
 
 
 def test_restart_asks_before_forgetting_memories(started, viewer, qtbot, monkeypatch):
-    import napari_simseg._qt.widget as widget_module
+    import napari_simseg._widget as widget_module
 
     with qtbot.waitSignal(started.round_finished, timeout=TIMEOUT):
         viewer.layers["a clicks"].add([2, 15, 20])

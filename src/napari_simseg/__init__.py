@@ -22,13 +22,13 @@ _LAZY = {
     "Predictor": "napari_simseg.core.predictor",
     "Click": "napari_simseg.core.clicks",
     "ViewerSession": "napari_simseg.viewer_session",
-    "SimSegWidget": "napari_simseg._qt.widget",
+    "SimSegWidget": "napari_simseg._widget",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from ._qt.widget import SimSegWidget  # noqa: F401
+    from ._widget import SimSegWidget  # noqa: F401
     from .core.clicks import Click  # noqa: F401
     from .core.predictor import Predictor  # noqa: F401
     from .core.session import ImageError, InteractiveSession, RoundResult  # noqa: F401

@@ -1,4 +1,4 @@
-"""The SimSeg dock widget: buttons and threading around a :class:`ViewerSession`.
+"""The SimSeg dock widget (buttons and threading around a :class:`ViewerSession`) and its dialogs.
 
 Every action on the image goes through :class:`~napari_simseg.viewer_session.ViewerSession`
 (the console API), so the widget and scripts cannot drift apart. What the widget adds:
@@ -7,12 +7,15 @@ Every action on the image goes through :class:`~napari_simseg.viewer_session.Vie
   ``ViewerSession.prepare_round`` (GUI thread) -> ``Job.compute`` (worker) ->
   ``Job.finish`` (GUI thread, via the worker's ``returned`` signal);
 * clicks are debounced: each new point restarts a single-shot timer
-  (:attr:`SimSegWidget.DEBOUNCE_MS`), and when it fires the pending points of a slice
-  form one round; clicks placed while a round runs wait for the next one;
+  (:attr:`SimSegWidget.DEBOUNCE_MS`), and when it fires ``ViewerSession.prepare_round()``
+  gathers the pending points of one slice into a round; clicks placed while a round
+  runs wait for the next one;
 * one job at a time: while a worker runs, the buttons that change the session are
   disabled and key presses are refused with a message;
 * "Auto volume" runs a generator worker reporting ``(done, total)`` to a progress bar;
-  Cancel quits it between batches and the finished slices are kept.
+  Cancel quits it between batches and the finished slices are kept;
+* questions go through Qt dialogs (:func:`ask_overwrite`, passed to the session as its
+  ``confirm``, and :func:`ask_restart`).
 
 This module never imports torch; it gets numpy arrays back from the core.
 """
@@ -33,6 +36,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -40,12 +44,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.io import WRITABLE_EXTENSIONS
-from ..core.resources import DEMO_CHECKPOINT
-from ..viewer_session import OVERWRITE_POLICIES, Job, ViewerSession, check_image_layer
-from .dialogs import ask_overwrite, ask_restart
+from ._layers import check_image_layer
+from .core.devices import DEVICES
+from .core.io import WRITABLE_EXTENSIONS
+from .core.resources import DEMO_CHECKPOINT
+from .viewer_session import OVERWRITE_POLICIES, Job, ViewerSession
 
-__all__ = ["SimSegWidget"]
+__all__ = ["SimSegWidget", "ask_overwrite", "ask_restart"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +61,6 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-DEVICES = ("auto", "cpu", "cuda", "mps")  # as core.predictor.DEVICES, without importing torch
 _DEMO = "demo"
 
 # Keys bound on the plugin's own layers only. Ctrl-Z stays napari's paint undo on the
@@ -64,6 +68,38 @@ _DEMO = "demo"
 KEYS_UNDO = ("Control-Z", "Alt-Z")
 KEYS_REDO = ("Control-Shift-Z", "Alt-Shift-Z")
 KEY_RUN = "Enter"
+
+
+def ask_overwrite(parent, slices) -> bool:
+    """Ask whether SimSeg may replace hand-edited labels on ``slices``."""
+    slices = sorted(int(z) for z in slices)
+    if len(slices) == 1:
+        what = f"Slice {slices[0]} was"
+    else:
+        shown = ", ".join(str(z) for z in slices[:12]) + (" ..." if len(slices) > 12 else "")
+        what = f"Slices {shown} were"
+    answer = QMessageBox.question(
+        parent,
+        "SimSeg: replace hand-edited labels?",
+        f"{what} edited by hand since SimSeg last wrote there.\n\n"
+        "Replace those edits with SimSeg's new result?",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def ask_restart(parent) -> bool:
+    """Ask before a restart forgets the interaction memories of the running session."""
+    answer = QMessageBox.question(
+        parent,
+        "SimSeg: restart?",
+        "Restarting forgets the clicks and interaction memories of this session "
+        "(the labels stay; Save first to keep the memories).\n\nRestart?",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
 
 
 class _JobError(Exception):
@@ -142,6 +178,7 @@ class SimSegWidget(QWidget):
 
     round_finished = Signal(object)
     job_finished = Signal(str, str)
+    _idle = Signal()  # a job's worker is gone and the widget is ready for the next one
 
     def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -438,16 +475,22 @@ class SimSegWidget(QWidget):
                 f"{', '.join(session.class_names)}: click in a '<class> clicks' layer"
             )
 
-        self._start(Job("start", "loading the checkpoint", load, finish, _one_line))
+        job = Job("start", "loading the checkpoint", load, finish, _one_line)
         if not wait:
+            self._start(job)
             return True
-        if self.worker is not None:
-            from qtpy.QtCore import QEventLoop
+        from qtpy.QtCore import QEventLoop
 
-            loop = QEventLoop()
-            # connected after _on_worker_finished, so it quits once the widget is idle
-            self.worker.finished.connect(loop.quit)
-            loop.exec()
+        loop = QEventLoop()
+        # connected before the worker starts: a load that fails at once must not end
+        # before anyone listens (the loop would then wait forever)
+        self._idle.connect(loop.quit)
+        try:
+            self._start(job)
+            if self.worker is not None:
+                loop.exec()
+        finally:
+            self._idle.disconnect(loop.quit)
         return self.session is not None and self.session is not previous
 
     def _attach(self) -> None:
@@ -522,9 +565,8 @@ class SimSegWidget(QWidget):
         if self.worker is not None:
             return  # picked up when the running job ends
         try:
-            slices = self.session.pending_slices()
-            if slices:
-                self._start(self.session.prepare_round(slices[0]))
+            # the session picks the slice: the current one if it has new clicks, else the first that has
+            self._start(self.session.prepare_round())
         except (ValueError, RuntimeError, IndexError) as exc:
             self._set_status(str(exc))
 
@@ -534,7 +576,7 @@ class SimSegWidget(QWidget):
             return
         self._debounce.stop()
         try:
-            job = self.session.prepare_round()
+            job = self.session.prepare_round(self.session.current_slice())
         except (ValueError, RuntimeError, IndexError) as exc:
             self._set_status(str(exc))
             return
@@ -713,6 +755,7 @@ class SimSegWidget(QWidget):
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)
         self._update_buttons()
+        self._idle.emit()
         if self.session is not None and self.session.pending_points():
             QTimer.singleShot(0, self._on_debounce)  # clicks placed while it ran
 
