@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 # bottom to top: a module may import from its own layer (without a circle) and below
 LAYERS = {
     "foundation": ["core", "core.resources", "core.devices", "core.clicks", "core.decision", "core.memory",
-                   "core.io", "core.preprocessing", "core.metrics", "core.phantom", "core.virtual_user"],
+                   "core.io", "core.preprocessing", "core.metrics", "core.phantom", "core.virtual_user",
+                   "core.regions"],
     "network": ["core.model", "core.checkpoint", "core.predictor"],
     "interaction": ["core.interaction_log", "core.session"],
     "data": ["core.layouts", "core.datasets", "core.splits", "core.augmentation", "core.slices"],

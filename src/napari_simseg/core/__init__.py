@@ -5,7 +5,7 @@ from the layers below it, never from above, counting imports inside functions
 (``tests/test_architecture.py`` checks this)::
 
     foundation   resources devices clicks decision memory io preprocessing metrics
-                 phantom virtual_user
+                 phantom virtual_user regions
     network      model checkpoint predictor
     interaction  interaction_log session
     data         layouts datasets splits augmentation slices

@@ -229,6 +229,34 @@ class InteractionMemory:
         self._rounds.append(state)
         return state
 
+    def reframe(self, shape, offset) -> None:
+        """Grow the memory's frame to ``shape``, the old frame placed at ``offset = (dy, dx)``.
+
+        Every round (and undone round) keeps its click masks and probabilities, padded
+        with zeros (no click, no probability) outside the old frame; their payloads (the
+        ConvLSTM states, whose size was the old frame's) are dropped, so the next round
+        restarts the LSTM.
+        """
+        shape = (int(shape[0]), int(shape[1]))
+        dy, dx = int(offset[0]), int(offset[1])
+        h, w = self.shape
+        if dy < 0 or dx < 0 or dy + h > shape[0] or dx + w > shape[1]:
+            raise ValueError(f"a {self.shape} frame at {offset} does not fit in {shape}")
+
+        def grow(array):
+            if array is None:
+                return None
+            out = np.zeros((array.shape[0], *shape), dtype=array.dtype)
+            out[:, dy:dy + h, dx:dx + w] = array
+            return out
+
+        states = {id(st): st for st in (*self._rounds, *self._redo, *self._redo_before_push)}
+        for state in states.values():
+            state.clicks = grow(state.clicks)
+            state.probabilities = grow(state.probabilities)
+            state.payload = None
+        self.shape = shape
+
     def reset(self) -> None:
         """Forget every round (and the redo stack)."""
         self._rounds.clear()

@@ -18,7 +18,9 @@ chosen to learn a new task in about 20 CPU minutes, from the data alone:
 * **Optimisation.** Adam at 1e-3 with a one-cycle schedule (5 % warm-up, cosine to
   1 %) sized to ``--max-minutes`` (20 by default) on this machine: the first steps are
   timed and ``steps_per_epoch`` set so that 10 epochs and their validation fill the
-  budget (``plan_steps``). Cross-entropy plus a soft Dice term (weight 1), no class
+  budget (``plan_steps``); on a machine busier than when it was timed, the epochs and
+  the schedule follow the clock instead (``time_schedule``), so the run still ends at
+  the budget with its learning rate annealed. Cross-entropy plus a soft Dice term (weight 1), no class
   weights: Dice balances the classes without the over-segmentation class weights
   cause.
 * **Augmentation.** No flips: left and right structures are often classes of their
@@ -153,7 +155,7 @@ def default_recipe(shapes: Sequence[Sequence[int]], class_names: Sequence[str],
         "augment": True, "aug_flips": [], "aug_rotate_degrees": 10.0, "aug_scale": [0.9, 1.1],
         "epochs": 10, "batch_size": batch, "lr": 1e-3, "lr_schedule": "onecycle", "lr_final_fraction": 0.01,
         "focal_gamma": 0.0, "class_weighting": "uniform", "dice_loss_weight": 1.0,
-        "max_minutes": float(max_minutes), "plan_steps": True,
+        "max_minutes": float(max_minutes), "plan_steps": True, "time_schedule": True,
         "val_fraction": 0.2, "val_clicks": 3, "val_batch_size": 32, "val_max_slices": 256,
     }
 

@@ -13,11 +13,12 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .clicks import Click, as_clicks, encode_clicks, honour_clicks, validate_click
+from .clicks import Click, as_clicks, encode_clicks, honour_clicks, shift_clicks, validate_click
 from .decision import decide_labels
 from .interaction_log import load_log, replay_log, write_log
 from .memory import InteractionMemory
 from .predictor import Predictor
+from .regions import FULL_SLICE_PIXELS, box_around, foreground_box, grow_box, scale_box, tiles
 from .preprocessing import (ImageError, check_image, context_stack, n4_correct, normalize_volume, resize_image,
                             resize_probabilities, to_working_coordinates, working_scale, working_shape)
 
@@ -31,9 +32,10 @@ class RoundResult:
     slice_index: int
     round: int
     labels: np.ndarray  # (H, W) uint8/uint16, on the image's grid
-    probabilities: np.ndarray  # (N, h, w) float32, on the network's working grid
+    probabilities: np.ndarray  # (N, h, w) float32, on the working grid of ``box``
     model_ms: float
     total_ms: float
+    box: tuple = ()  # (y0, y1, x0, x1) of the image the round ran on (see core.regions)
 
 
 def _channel_arrays(image, channel_axis: Optional[int], channel_names: Sequence[str]) -> list:
@@ -122,6 +124,11 @@ class InteractiveSession:
     masks, probabilities) lives on that working grid, clicks are given and labels
     returned on the image's own grid, and probabilities are resampled bilinearly to it
     before labels are decided.
+
+    On a slice larger than 256 x 256 pixels at the working resolution, rounds run on a
+    region around the slice's clicks and current labels and automatic segmentation on
+    tiles (:mod:`~napari_simseg.core.regions`): a round's cost depends on the structures,
+    not on the image size.
     """
 
     def __init__(
@@ -151,6 +158,7 @@ class InteractiveSession:
         self.labels = np.zeros(self.shape, dtype=np.uint8 if n <= 255 else np.uint16)
         self._base_labels: dict[int, np.ndarray] = {}
         self._memories: dict[int, InteractionMemory] = {}
+        self._regions: dict[int, tuple] = {}  # working-grid box each slice's memory covers
         self._log: list[dict] = []
         self.max_state_history = int(max_state_history)
 
@@ -213,16 +221,51 @@ class InteractiveSession:
             self._memories[idx] = mem
         return mem
 
-    def _new_memory(self) -> InteractionMemory:
+    def _new_memory(self, shape=None) -> InteractionMemory:
         p = self.predictor
-        return InteractionMemory(p.memory_kind, self.n_classes, self.work_shape, p.depth, p.context_slices,
-                                 p.n_channels)
+        return InteractionMemory(p.memory_kind, self.n_classes, shape or self.work_shape, p.depth,
+                                 p.context_slices, p.n_channels)
 
-    def _image_input(self, idx: int) -> np.ndarray:
+    @property
+    def _whole(self) -> tuple:
+        return 0, self.work_shape[0], 0, self.work_shape[1]
+
+    def _image_box(self, box: tuple) -> tuple:
+        """A working-grid box on the image grid."""
+        return box if self.scale == 1.0 else scale_box(box, 1.0 / self.scale, self.shape[1:])
+
+    def _image_input(self, idx: int, box: Optional[tuple] = None) -> np.ndarray:
         """The slice's channels, with its neighbours' when the network is 2.5D (see
-        ``core.memory``), on the working grid."""
-        stack = context_stack(self.volume, idx, self.predictor.context_slices)
-        return resize_image(stack, self.work_shape) if self.scale != 1.0 else stack
+        ``core.memory``), on the working grid, cut to ``box`` (working grid; default
+        the whole slice)."""
+        box = box or self._whole
+        y0, y1, x0, x1 = self._image_box(box)
+        stack = context_stack(self.volume[..., y0:y1, x0:x1], idx, self.predictor.context_slices)
+        shape = (box[1] - box[0], box[3] - box[2])
+        return resize_image(stack, shape) if stack.shape[-2:] != shape else stack
+
+    def _region(self, idx: int, clicks_on_grid: list) -> tuple:
+        """The working-grid box a round of ``idx`` runs on (see ``core.regions``); it
+        (re)frames the slice's memory when the box is new or grows."""
+        h, w = self.work_shape
+        if h * w <= FULL_SLICE_PIXELS:
+            return self._whole
+        points = [(c.y, c.x) for c in clicks_on_grid]
+        mem = self._memories.get(idx)
+        box = self._regions.get(idx)
+        if mem is not None and box is not None and (mem.n_rounds or mem.can_redo):
+            grown = grow_box(box, self.work_shape, points)
+            if grown != box:
+                mem.reframe((grown[1] - grown[0], grown[3] - grown[2]), (box[0] - grown[0], box[2] - grown[2]))
+                self._regions[idx] = grown
+            return grown
+        labels_box = foreground_box(self.labels[idx])
+        if labels_box is not None and self.scale != 1.0:
+            labels_box = scale_box(labels_box, self.scale, self.work_shape)
+        box = box_around(self.work_shape, points, [labels_box])
+        self._memories[idx] = self._new_memory((box[1] - box[0], box[3] - box[2]))
+        self._regions[idx] = box
+        return box
 
     def n_rounds(self, slice_index: int) -> int:
         idx = self.check_slice(slice_index)
@@ -236,23 +279,25 @@ class InteractiveSession:
             return None
         return self.predictor.meta.decision_offsets
 
-    def _to_labels(self, probabilities: np.ndarray) -> np.ndarray:
-        if self.scale != 1.0:
-            probabilities = resize_probabilities(probabilities, self.shape[1:])
+    def _to_labels(self, probabilities: np.ndarray, shape=None) -> np.ndarray:
+        """Labels on the image grid (``shape``, default the slice's) from working-grid probabilities."""
+        shape = tuple(shape or self.shape[1:])
+        if probabilities.shape[-2:] != shape:
+            probabilities = resize_probabilities(probabilities, shape)
         return decide_labels(probabilities, self.offsets, axis=0).astype(self.labels.dtype)
 
     def _show_current(self, idx: int) -> np.ndarray:
+        base = self._base_labels.get(idx)
+        labels = np.zeros(self.shape[1:], self.labels.dtype) if base is None else base.copy()
         mem = self._memories.get(idx)
         if mem is not None and mem.last is not None and mem.last.probabilities is not None:
-            labels = self._to_labels(mem.last.probabilities)
+            y0, y1, x0, x1 = self._image_box(self._regions.get(idx, self._whole))
+            labels[y0:y1, x0:x1] = self._to_labels(mem.last.probabilities, (y1 - y0, x1 - x0))
             if self.honour_clicks:
                 for state in mem.rounds:
                     honour_clicks(labels, state.meta.get("click_list", ()))
-            self.labels[idx] = labels
-        else:
-            base = self._base_labels.get(idx)
-            self.labels[idx] = 0 if base is None else base
-        return self.labels[idx].copy()
+        self.labels[idx] = labels
+        return labels.copy()
 
     def _record(self, action: str, **fields) -> None:
         self._log.append({"action": action, "time": time.time(), **fields})
@@ -284,13 +329,15 @@ class InteractiveSession:
         h, w = self.shape[1:]
         for c in clicks:  # validate all before touching any state
             validate_click(c, self.n_classes, (h, w))
-        mem = self.memory(idx)
         on_grid = [Click(c.label, *to_working_coordinates(c.y, c.x, self.scale)) for c in clicks]
-        masks = encode_clicks(on_grid, self.n_classes, self.work_shape, self.predictor.click_radius)
+        box = self._region(idx, on_grid)
+        mem = self.memory(idx)
+        in_box = shift_clicks(on_grid, -box[0], -box[2])
+        masks = encode_clicks(in_box, self.n_classes, mem.shape, self.predictor.click_radius)
         prev = mem.last
         state = self._state_to_device(prev.payload if prev is not None else None)
         mem.push(masks, click_list=[c.as_tuple() for c in clicks])
-        x = mem.network_input(self._image_input(idx))
+        x = mem.network_input(self._image_input(idx, box))
         t1 = time.perf_counter()
         try:
             probs, new_state = self.predictor.predict(x, state)
@@ -308,7 +355,7 @@ class InteractiveSession:
             clicks=[{"class": c.label, "y": c.y, "x": c.x} for c in clicks],
         )
         total_ms = (time.perf_counter() - t0) * 1e3
-        return RoundResult(idx, mem.n_rounds, labels, probs, model_ms, total_ms)
+        return RoundResult(idx, mem.n_rounds, labels, probs, model_ms, total_ms, self._image_box(box))
 
     def _state_to_storage(self, state):
         # keep accelerator memory for the network: stored states live on the CPU
@@ -351,6 +398,7 @@ class InteractiveSession:
         """Forget every round of a slice and clear its labels (base labels included)."""
         idx = self.check_slice(slice_index)
         self.memory(idx).reset()
+        self._regions.pop(idx, None)
         self._base_labels.pop(idx, None)
         self._record("reset", slice=idx)
         return self._show_current(idx)
@@ -364,6 +412,7 @@ class InteractiveSession:
         if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
             raise ValueError(f"label values must lie in 0..{self.n_classes - 1}")
         self.memory(idx).reset()
+        self._regions.pop(idx, None)
         self._base_labels[idx] = labels.astype(self.labels.dtype)
         self._record("set_labels", slice=idx, labels=labels.astype(int).tolist())
         self._show_current(idx)
@@ -383,18 +432,42 @@ class InteractiveSession:
             slices = range(self.n_slices)
         todo = [self.check_slice(s) for s in slices]
         todo = [s for s in todo if self.n_rounds(s) == 0]
+        h, w = self.work_shape
+        tiled = h * w > FULL_SLICE_PIXELS
         empty = self._new_memory()
         total = len(todo)
         yield 0, total
         for start in range(0, total, max(1, int(batch_size))):
             chunk = todo[start : start + batch_size]
-            x = np.stack([empty.network_input(self._image_input(s)) for s in chunk])
-            probs, _ = self.predictor.predict(x, None)
+            if tiled:
+                probs = [self._tiled_probabilities(s, batch_size) for s in chunk]
+            else:
+                probs, _ = self.predictor.predict(np.stack([empty.network_input(self._image_input(s))
+                                                            for s in chunk]), None)
             for s, p in zip(chunk, probs):
                 self._base_labels[s] = self._to_labels(p)
                 self._show_current(s)
             self._record("auto", slices=chunk)
             yield min(start + len(chunk), total), total
+
+    def _tiled_probabilities(self, idx: int, batch_size: int) -> np.ndarray:
+        """0-click probabilities of a large slice on the working grid, from overlapping
+        tiles averaged where they overlap (memory bounded by the tile size)."""
+        boxes = tiles(self.work_shape)
+        out = np.zeros((self.n_classes, *self.work_shape), np.float32)
+        weight = np.zeros(self.work_shape, np.float32)
+        for start in range(0, len(boxes), max(1, int(batch_size))):
+            part = boxes[start:start + batch_size]
+            shapes = {(b[1] - b[0], b[3] - b[2]) for b in part}
+            for shape in shapes:  # a batch holds tiles of one size
+                same = [b for b in part if (b[1] - b[0], b[3] - b[2]) == shape]
+                empty = self._new_memory(shape)
+                x = np.stack([empty.network_input(self._image_input(idx, b)) for b in same])
+                probs, _ = self.predictor.predict(x, None)
+                for (y0, y1, x0, x1), p in zip(same, probs):
+                    out[:, y0:y1, x0:x1] += p
+                    weight[y0:y1, x0:x1] += 1
+        return out / weight
 
     def predict_auto(
         self,

@@ -90,6 +90,7 @@ class TrainConfig:
     stop_after_epoch: Optional[int] = None
     steps_per_epoch: Optional[int] = None
     plan_steps: bool = False
+    time_schedule: bool = False
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -124,8 +125,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 16):
                 raise ValueError(f"{name} must be an integer >= 16 (or null), got {value!r}")
-        if self.plan_steps and self.max_minutes is None:
-            raise ValueError("plan_steps sizes the schedule to max_minutes: give --max-minutes too")
+        if (self.plan_steps or self.time_schedule) and self.max_minutes is None:
+            raise ValueError("plan_steps and time_schedule size the schedule to max_minutes: give --max-minutes too")
         if self.stop_after_epoch is not None and self.stop_after_epoch < 1:
             raise ValueError(f"stop_after_epoch must be >= 1, got {self.stop_after_epoch}")
         if not 0.0 <= float(self.aug_rotate_degrees) <= 180.0:

@@ -229,6 +229,7 @@ class _Run:
     loss_fn: torch.nn.Module
     meta: CheckpointMeta
     log: object
+    start_epoch: int = 0
 
     @property
     def n_classes(self) -> int:
@@ -429,11 +430,17 @@ def _train_epoch(run: _Run, epoch: int, sampler, t_start: float):
 
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
     losses, stopped = [], False
+    # time_schedule: the run follows the clock when it is slower than planned (a busy
+    # machine): epoch k ends by k / epochs of the budget and the schedule keeps pace
+    clock = cfg.max_minutes * 60 * 0.92 / cfg.epochs if cfg.time_schedule and cfg.max_minutes else None
     for step, batch in enumerate(loader):
         if step >= steps:
             break
         if cfg.lr_schedule == "onecycle":
-            lr = cfg.learning_rate(epoch, step / steps)
+            progress = step / steps
+            if clock is not None:
+                progress = max(progress, (time.monotonic() - t_start) / clock + run.start_epoch - epoch)
+            lr = cfg.learning_rate(epoch, min(progress, 1.0))
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
         loss = training_step(run.net, run.train_net, batch, cfg, run.n_classes, rng, run.device, run.autocast,
@@ -444,16 +451,19 @@ def _train_epoch(run: _Run, epoch: int, sampler, t_start: float):
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        if cfg.max_minutes is not None and _over_time(run, t_start):
+        if cfg.max_minutes is not None and _over_time(run, t_start, cfg.max_minutes * 60):
             stopped = True
             break
+        if clock is not None and _over_time(run, t_start, (epoch + 1 - run.start_epoch) * clock):
+            break  # this epoch's share of the clock is used up
     if bar is not None:
         bar.close()
     return losses, lr, stopped
 
 
-def _over_time(run: _Run, t_start: float) -> bool:
-    over = torch.tensor(float((time.monotonic() - t_start) / 60 > run.cfg.max_minutes))
+def _over_time(run: _Run, t_start: float, seconds: float) -> bool:
+    """Whether ``seconds`` have passed since ``t_start`` (on every rank at once)."""
+    over = torch.tensor(float(time.monotonic() - t_start > seconds))
     if run.dist.enabled:  # every rank must stop at the same step, or DDP deadlocks
         over = over.to(run.device)
         torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
@@ -511,6 +521,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
 
     run = _setup(cfg, log)
     start_epoch, best, history = _resume(run)
+    run.start_epoch = start_epoch
     dist = run.dist
     if cfg.plan_steps:
         _plan_steps(run)
