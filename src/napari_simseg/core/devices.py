@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-__all__ = ["DEVICES", "autocast_for", "resolve_device"]
+__all__ = ["DEVICES", "MemoryGuardError", "autocast_for", "available_memory", "check_memory", "format_bytes",
+           "resolve_device"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -53,3 +54,60 @@ def autocast_for(device, amp: bool):
 
         return torch.autocast("cuda", dtype=torch.float16)
     return nullcontext()
+
+
+class MemoryGuardError(MemoryError):
+    """A computation refused before it starts because it would not fit in memory.
+
+    The message names the size and what helps; nothing has changed when it is raised.
+    """
+
+
+def available_memory(device) -> int | None:
+    """Bytes the next computation on ``device`` can still use (``None``: unknown).
+
+    CPU: the system's available memory (``MemAvailable``); CUDA: the free memory of the
+    device; anything else: unknown (no guard).
+    """
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    if getattr(device, "type", str(device)) != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in GB (or MB below one GB), for messages."""
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+def check_memory(device, needed: int, what: str, helps: str) -> None:
+    """Refuse (:class:`MemoryGuardError`) when ``needed`` bytes would not fit on ``device``.
+
+    Parameters
+    ----------
+    what : str
+        The computation and its size, e.g. ``"a round on a 2048x2048 region"``.
+    helps : str
+        What the user can do about it.
+    """
+    free = available_memory(device)
+    if free is not None and needed > 0.9 * free:
+        raise MemoryGuardError(
+            f"{what} needs about {format_bytes(needed)} but only {format_bytes(free)} are free on "
+            f"{getattr(device, 'type', device)}: {helps}"
+        )

@@ -266,6 +266,31 @@ class SimSegNet(nn.Module):
     def recurrent(self) -> bool:
         return self.config.decoder == "convlstm"
 
+    def activation_floats_per_pixel(self) -> float:
+        """The floats every layer's output takes per input pixel, summed (measured once on
+        a small input): an upper bound of what one image's forward pass holds at once."""
+        if getattr(self, "_floats_per_pixel", None) is None:
+            total = [0]
+
+            def count(module, inputs, output):
+                outputs = output if isinstance(output, tuple) else (output,)
+                total[0] += sum(t.numel() for t in outputs if torch.is_tensor(t))
+
+            leaves = [m for m in self.modules() if not list(m.children())]
+            hooks = [m.register_forward_hook(count) for m in leaves]
+            size = 2 * self.stride
+            try:
+                with torch.no_grad():
+                    was_training = self.training
+                    self.eval()
+                    self(torch.zeros(1, self.config.in_channels, size, size))
+                    self.train(was_training)
+            finally:
+                for h in hooks:
+                    h.remove()
+            self._floats_per_pixel = total[0] / (size * size)
+        return self._floats_per_pixel
+
     def forward(self, x: torch.Tensor, state: RecurrentState = None):
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(

@@ -2,8 +2,9 @@
 
 A round's cost must depend on the structures, not on the image size: on a slice
 larger than :data:`FULL_SLICE_PIXELS` at the working resolution, the session runs the
-network on a *region* around the round's clicks and the slice's current labels, with
-a margin of :data:`MARGIN` pixels and at least :data:`MIN_SIDE` pixels a side. The region
+network on a *region* around the round's clicks and the labelled structures they touch
+(:func:`touched_boxes`: connected labels within the margin of a click), with a margin
+of :data:`MARGIN` pixels and at least :data:`MIN_SIDE` pixels a side. The region
 is chosen at the slice's first round and kept while the clicks fall inside it (the
 interaction memory and the ConvLSTM state live on it); a click outside grows it, the
 memory is padded to the new frame and the ConvLSTM restarts. Outside the region the
@@ -24,14 +25,15 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["FULL_SLICE_PIXELS", "MARGIN", "MIN_SIDE", "TILE", "TILE_OVERLAP", "box_around", "foreground_box",
-           "grow_box", "scale_box", "tiles"]
+__all__ = ["FULL_SLICE_PIXELS", "MARGIN", "MIN_SIDE", "TILE", "TILE_BATCH_BYTES", "TILE_OVERLAP", "box_around", "foreground_box",
+           "grow_box", "scale_box", "tiles", "touched_boxes"]
 
 FULL_SLICE_PIXELS = 256 * 256
 MARGIN = 32
 MIN_SIDE = 128
-TILE = 256
+TILE = 320
 TILE_OVERLAP = 32
+TILE_BATCH_BYTES = 2**30  # tiles per network call: about this much memory at most
 
 Box = tuple[int, int, int, int]
 
@@ -81,11 +83,33 @@ def box_around(shape: Sequence[int], points: Iterable[Sequence[float]], boxes: I
 
 
 def grow_box(box: Box, shape: Sequence[int], points: Iterable[Sequence[float]], margin: int = MARGIN) -> Box:
-    """``box``, grown (with ``margin``) just enough to hold every point; unchanged when they are inside."""
+    """``box``, grown just enough to hold every point with ``margin`` around it; unchanged
+    when they are all inside."""
     points = [(float(y), float(x)) for y, x in points]
     if all(box[0] <= y < box[1] and box[2] <= x < box[3] for y, x in points):
         return box
-    return box_around(shape, points, [box], margin=margin, min_side=0)
+    around = box_around(shape, points, margin=margin, min_side=0)
+    return min(box[0], around[0]), max(box[1], around[1]), min(box[2], around[2]), max(box[3], around[3])
+
+
+def touched_boxes(labels: np.ndarray, points: Iterable[Sequence[float]], margin: int = MARGIN) -> list[Box]:
+    """The bounding boxes of the labelled regions (connected foreground, any class) that
+    come within ``margin`` of a point: the structures a round's clicks are about."""
+    from scipy import ndimage
+
+    points = [(float(y), float(x)) for y, x in points]
+    if not points or not labels.any():
+        return []
+    regions, _ = ndimage.label(labels > 0)
+    out = []
+    for sl in ndimage.find_objects(regions):
+        if sl is None:
+            continue
+        box = (sl[0].start, sl[0].stop, sl[1].start, sl[1].stop)
+        if any(box[0] - margin <= y < box[1] + margin and box[2] - margin <= x < box[3] + margin
+               for y, x in points):
+            out.append(box)
+    return out
 
 
 def scale_box(box: Box, scale: float, shape: Sequence[int]) -> Box:

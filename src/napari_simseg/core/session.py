@@ -18,9 +18,9 @@ from .decision import decide_labels
 from .interaction_log import load_log, replay_log, write_log
 from .memory import InteractionMemory
 from .predictor import Predictor
-from .regions import FULL_SLICE_PIXELS, box_around, foreground_box, grow_box, scale_box, tiles
+from .regions import FULL_SLICE_PIXELS, TILE_BATCH_BYTES, box_around, grow_box, scale_box, tiles, touched_boxes
 from .preprocessing import (ImageError, check_image, context_stack, n4_correct, normalize_volume, resize_image,
-                            resize_probabilities, to_working_coordinates, working_scale, working_shape)
+                            resize_labels, resize_probabilities, to_working_coordinates, working_scale, working_shape)
 
 __all__ = ["ImageError", "InteractiveSession", "RoundResult", "load_log", "replay_log"]
 
@@ -259,10 +259,10 @@ class InteractiveSession:
                 mem.reframe((grown[1] - grown[0], grown[3] - grown[2]), (box[0] - grown[0], box[2] - grown[2]))
                 self._regions[idx] = grown
             return grown
-        labels_box = foreground_box(self.labels[idx])
-        if labels_box is not None and self.scale != 1.0:
-            labels_box = scale_box(labels_box, self.scale, self.work_shape)
-        box = box_around(self.work_shape, points, [labels_box])
+        labels = self.labels[idx]
+        if self.scale != 1.0:
+            labels = resize_labels(labels, self.work_shape)
+        box = box_around(self.work_shape, points, touched_boxes(labels, points))
         self._memories[idx] = self._new_memory((box[1] - box[0], box[3] - box[2]))
         self._regions[idx] = box
         return box
@@ -456,7 +456,10 @@ class InteractiveSession:
         boxes = tiles(self.work_shape)
         out = np.zeros((self.n_classes, *self.work_shape), np.float32)
         weight = np.zeros(self.work_shape, np.float32)
-        for start in range(0, len(boxes), max(1, int(batch_size))):
+        b0 = boxes[0]
+        per_tile = self.predictor.required_bytes(1, b0[1] - b0[0], b0[3] - b0[2])
+        batch_size = max(1, min(int(batch_size), TILE_BATCH_BYTES // per_tile))  # memory stays bounded
+        for start in range(0, len(boxes), batch_size):
             part = boxes[start:start + batch_size]
             shapes = {(b[1] - b[0], b[3] - b[2]) for b in part}
             for shape in shapes:  # a batch holds tiles of one size

@@ -60,7 +60,7 @@ from .augmentation import Augmenter
 from .checkpoint import FLIP_AXES, CheckpointMeta, save_checkpoint
 from .clicks import shift_clicks
 from .datasets import discover_dataset, largest_slice_shape
-from .devices import autocast_for, resolve_device
+from .devices import autocast_for, check_memory, resolve_device
 from .model import build_model
 from .rounds import BatchMemory, cropped_clicker, encode_click_batch, run_rounds
 from .slices import MultiAxisSlices, SliceDataset
@@ -330,6 +330,7 @@ def _setup(cfg: TrainConfig, log) -> _Run:
 
     _seed_everything(cfg.seed)
     net = build_model(cfg.model_config(n_classes, len(channel_names))).to(device)
+    _check_training_memory(net, cfg, device, train_ds)
     if cfg.init_from and not cfg.resume:
         _init_from(net, cfg.init_from, class_names, cfg.context_slices)
         if dist.main:
@@ -365,6 +366,19 @@ def _setup(cfg: TrainConfig, log) -> _Run:
     meta.normalization = {**meta.normalization, "n4": bool(cfg.n4)}
     return _Run(cfg, out, device, dist, amp, class_names, train_ds, val_ds, net, train_net, ema, optimizer,
                 scaler, loss_fn, meta, log)
+
+
+def _check_training_memory(net, cfg: TrainConfig, device, train_ds) -> None:
+    """Refuse a run whose training step would not fit in memory, before the first step.
+
+    A step keeps every layer's output for the backward pass and as much again for the
+    gradients: about twice the sum of the layers' outputs, per item.
+    """
+    parts = getattr(train_ds, "parts", [train_ds])
+    h, w = parts[0].target_shape
+    need = int(2 * 4 * net.activation_floats_per_pixel() * cfg.batch_size * h * w)
+    check_memory(device, need, f"a training step of {cfg.batch_size} x {h}x{w} pixels",
+                 "lower --batch-size, or train on crops (--crop-size) or at a working size (--working-size)")
 
 
 def _trained_flips(cfg: TrainConfig):
