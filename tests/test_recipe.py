@@ -35,6 +35,14 @@ def test_small_volumes_keep_their_resolution_with_a_full_resolution_stem():
     assert r["working_size"] is None and r["crop_size"] is None
     assert r["encoder_stem_stride"] == 1 and r["context_slices"] == 1 and r["batch_size"] == 8
     assert r["max_minutes"] == 5
+    assert r["aug_flips"] == ["vertical", "horizontal"]  # no left/right class: flips, and flip averaging
+
+
+def test_lateral_class_names_are_recognised():
+    from napari_simseg.core.recipe import lateral_classes
+
+    names = ["background", "kidney_R", "rectum", "Lt. clavicle", "liver", "left lung", "Right-Atrium", "sinus"]
+    assert lateral_classes(names) == ["kidney_R", "Lt. clavicle", "left lung", "Right-Atrium"]
 
 
 def test_estimate_step_seconds_times_a_real_step():
@@ -58,9 +66,9 @@ def test_cli_train_without_config_uses_the_recipe_and_plans_the_budget(phantom_d
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     # the plan is written down, so a resumed run follows it
     assert cfg["plan_steps"] is False and cfg["steps_per_epoch"] >= 1 and cfg["lr_schedule"] == "onecycle"
-    assert cfg["encoder"] == "resnet18" and cfg["aug_flips"] == [] and cfg["encoder_depth"] == 3
+    assert cfg["encoder"] == "resnet18" and cfg["encoder_depth"] == 3
     meta = read_checkpoint_meta(out / "best.safetensors")
-    assert meta.flips == [] and len(meta.channel_names) == 1  # the phantom names its channel "MRI"
+    assert meta.flips is None and len(meta.channel_names) == 1  # both flips; the phantom's channel is "MRI"
     history = json.loads((out / "log.json").read_text())
     assert 1 <= len(history) <= 2 and np.isfinite(history[0]["train_loss"])
 

@@ -23,14 +23,17 @@ chosen to learn a new task in about 20 CPU minutes, from the data alone:
   the budget with its learning rate annealed. Cross-entropy plus a soft Dice term (weight 1), no class
   weights: Dice balances the classes without the over-segmentation class weights
   cause.
-* **Augmentation.** No flips: left and right structures are often classes of their
-  own (left lung, right clavicle), and flip averaging at inference is then wrong too
-  (the checkpoint records the flips it was trained with). Rotations up to 10 degrees,
-  zoom 0.9-1.1, brightness, gamma, blur and sharpening.
+* **Augmentation.** Rotations up to 10 degrees, zoom 0.9-1.1, brightness, gamma, blur
+  and sharpening, and both flips (which also turns on flip averaging at inference,
+  worth a few Dice points) unless a class name says left or right (``left lung``,
+  ``kidney_R``...): a flip would swap such classes, and averaging over flips would
+  then mix them (the checkpoint records the flips it was trained with).
 * **Interaction (DDG-SIM).** The SIM of depth 3 and the paper's virtual user with
-  1-3 rounds per batch, but half of the clicks dropped (the paper drops 80 %) and a
-  quarter of the batches without clicks, so the network segments on its own and
-  learns to use clicks early in a short run.
+  1-3 rounds per batch, but every class gets a corrective click in every round (rule 2
+  off: the paper's decreasing click probability makes a third round of clicks rare in
+  training, and the network then gets worse at the third round of a real user) and
+  30 % of the clicks are dropped (the paper drops 80 %); a quarter of the batches have
+  no clicks, so the network also segments on its own.
 * **3D data.** Slices along the first axis, with one neighbour on each side as
   context (2.5D).
 * **Validation.** 20 % of the cases; at most 256 slices per validation pass.
@@ -41,6 +44,7 @@ per step this recipe would use.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Optional, Sequence
 
@@ -49,13 +53,20 @@ import numpy as np
 from .preprocessing import round_up, working_scale, working_shape
 
 __all__ = ["RECIPE_NAME", "case_shapes", "default_recipe", "describe_recipe", "estimate_step_seconds",
-           "item_shape", "working_slice_shape"]
+           "item_shape", "lateral_classes", "working_slice_shape"]
 
 RECIPE_NAME = "cpu-fast-v1"
 WORKING_SIZE = 256  # longest slice side the network works at
 CROP_SIZE = 160  # training crops of larger slices
 SMALL_SLICE = 96  # at most this longest side: full-resolution encoder stem
 PIXELS_PER_BATCH = 8 * 128 * 128
+# a class name that says left or right: "left lung", "kidney_R", "Lt. clavicle", "lung-rechts"
+_LATERAL = re.compile(r"(^|[^a-z])(left|right|l|r|lt|rt|links|rechts|gauche|droite|sin|dex)([^a-z]|$)")
+
+
+def lateral_classes(class_names: Sequence[str]) -> list[str]:
+    """The class names that say left or right (flips would swap such classes)."""
+    return [n for n in class_names if _LATERAL.search(str(n).lower().replace("_", " "))]
 
 
 def working_slice_shape(shapes: Sequence[Sequence[int]], working_size: Optional[int]) -> tuple[int, int]:
@@ -97,8 +108,9 @@ def describe_recipe(options: dict) -> str:
         + f"batch {options['batch_size']}, context slices {options['context_slices']}, "
         f"stem stride {options['encoder_stem_stride']}",
         f"  Adam {options['lr']:g} {options['lr_schedule']} over {options['epochs']} epochs sized to "
-        f"{options['max_minutes']:g} minutes; cross-entropy + Dice; no flips, rotations "
-        f"{options['aug_rotate_degrees']:g} deg, zoom {options['aug_scale']}",
+        f"{options['max_minutes']:g} minutes; cross-entropy + Dice; "
+        + (f"flips {'+'.join(options['aug_flips'])}" if options["aug_flips"] else "no flips (left/right classes)")
+        + f", rotations {options['aug_rotate_degrees']:g} deg, zoom {options['aug_scale']}",
         "  (the paper's GPU configuration: --config training/configs/ddg_sim.yaml)",
     ]
     return "\n".join(lines)
@@ -148,11 +160,12 @@ def default_recipe(shapes: Sequence[Sequence[int]], class_names: Sequence[str],
         "memory": "sim", "depth": 3, "decoder": "convlstm", "simulation": "ddg",
         "encoder": "resnet18", "encoder_depth": 5, "decoder_channels": [128, 64, 32, 16, 16],
         "encoder_stem_stride": stem_stride,
-        "click_radius": 2, "max_clicks": 3, "random_rounds": True, "drop_fraction": 0.5,
-        "auto_fraction": 0.25,
+        "click_radius": 2, "max_clicks": 3, "random_rounds": True, "drop_fraction": 0.3,
+        "decreasing_probability": False, "auto_fraction": 0.25,
         "axis": 0, "context_slices": 1 if volumes else 0,
         "working_size": working_size, "crop_size": crop,
-        "augment": True, "aug_flips": [], "aug_rotate_degrees": 10.0, "aug_scale": [0.9, 1.1],
+        "augment": True, "aug_flips": [] if lateral_classes(class_names) else ["vertical", "horizontal"],
+        "aug_rotate_degrees": 10.0, "aug_scale": [0.9, 1.1],
         "epochs": 10, "batch_size": batch, "lr": 1e-3, "lr_schedule": "onecycle", "lr_final_fraction": 0.01,
         "focal_gamma": 0.0, "class_weighting": "uniform", "dice_loss_weight": 1.0,
         "max_minutes": float(max_minutes), "plan_steps": True, "time_schedule": True,

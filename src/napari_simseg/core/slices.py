@@ -157,6 +157,51 @@ class SliceDataset(torch.utils.data.Dataset):
         self.target_shape = (int(target_shape[0]), int(target_shape[1]))
         self._index_slices()
 
+    @classmethod
+    def from_arrays(cls, images: dict, labels: dict, class_names: Sequence[str], *,
+                    slices: dict | None = None, working_size: int | None = None, crop_size: int | None = None,
+                    augmenter: Augmenter | None = None, context_slices: int = 0, seed: int = 0,
+                    target_shape: Sequence[int] | None = None, multiple: int = 32,
+                    pad_value: float = 0.0) -> "SliceDataset":
+        """A dataset of volumes already in memory (e.g. what a user labelled in napari).
+
+        Parameters
+        ----------
+        images : dict of str -> ndarray
+            ``(C, S, H, W)`` float32 volumes, already normalised, per case id.
+        labels : dict of str -> ndarray
+            ``(S, H, W)`` integer labels per case id.
+        slices : dict of str -> list of int, optional
+            The labelled slices of each case: only these become items (their
+            neighbours still feed the 2.5D context). All slices when not given.
+        working_size, crop_size, augmenter, context_slices, seed, target_shape, multiple, pad_value
+            As for the constructor.
+        """
+        from .layouts import Case
+
+        check_context_slices(context_slices)
+        ds = cls.__new__(cls)
+        ds.context_slices, ds.axis, ds.augmenter = int(context_slices), 0, augmenter
+        ds.pad_value, ds.seed, ds.epoch = float(pad_value), int(seed), 0
+        ds.working_size = working_size
+        ds.crop_size = None if crop_size is None else int(crop_size)
+        ds.foreground_crop = 0.67
+        ds.class_names, ds.spec, ds.issues, ds.skipped = list(class_names), None, [], []
+        ds.images, ds.labels, ds.scales = {}, {}, {}
+        for cid, image in images.items():
+            lab = np.asarray(labels[cid])
+            image = np.asarray(image, dtype=np.float32)
+            scale = working_scale(lab.shape, working_size)
+            if scale != 1.0:
+                shape = working_shape(lab.shape, scale)
+                image, lab = resize_image(image, shape), resize_labels(lab, shape)
+            ds.images[cid], ds.labels[cid], ds.scales[cid] = np.ascontiguousarray(image), np.ascontiguousarray(lab), scale
+        ds.cases = [Case(cid, Path(cid), label_path=Path(cid)) for cid in images]  # in memory: no files
+        ds.labelled = {cid: sorted(int(k) for k in ks) for cid, ks in (slices or {}).items()}
+        ds.target_shape = tuple(target_shape) if target_shape is not None else ds.largest_item_shape(multiple)
+        ds._index_slices()
+        return ds
+
     @property
     def n_channels(self) -> int:
         """C, the image channels."""
@@ -187,8 +232,10 @@ class SliceDataset(torch.utils.data.Dataset):
                 f"slices larger than target_shape {self.target_shape}: {', '.join(too_big[:10]) or self.crop_size}; "
                 "use a larger target"
             )
+        only = getattr(self, "labelled", None) or {}
         self.index: list[tuple[str, int]] = [
-            (c.case_id, k) for c in self.cases for k in range(self.images[c.case_id].shape[1])
+            (c.case_id, k) for c in self.cases
+            for k in (only[c.case_id] if c.case_id in only else range(self.images[c.case_id].shape[1]))
         ]
 
     def subsample(self, max_items: int) -> None:

@@ -48,6 +48,7 @@ class TrainConfig:
     encoder_stem_stride: int = 2
     encoder_weights: Optional[str] = None
     init_from: Optional[str] = None
+    init_transfer: bool = False
     # virtual user
     click_radius: int = 2
     max_clicks: int = 3
