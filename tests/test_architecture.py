@@ -24,13 +24,13 @@ LAYERS = {
                    "core.io", "core.preprocessing", "core.metrics", "core.phantom", "core.virtual_user",
                    "core.regions"],
     "network": ["core.model", "core.checkpoint", "core.predictor"],
-    "interaction": ["core.interaction_log", "core.session"],
+    "interaction": ["core.interaction_log", "core.session", "core.teaching"],
     "data": ["core.layouts", "core.datasets", "core.splits", "core.augmentation", "core.slices"],
     "engine": ["core.rounds", "core.losses", "core.baselines", "core.train_config"],
     "jobs": ["core.evaluation", "core.calibration", "core.training", "core.averaging", "core.benchmark",
-             "core.recipe", "core.datacheck"],
+             "core.recipe", "core.datacheck", "core.teach_worker"],
     "app": ["", "cli", "demo", "_llvm_guard", "_colors", "_reader", "_writer", "_sample_data", "_layers",
-            "viewer_session", "_widget"],
+            "viewer_session", "_widget", "_teach", "_teach_panel"],
 }
 LEVEL = {name: i for i, names in enumerate(LAYERS.values()) for name in names}
 MAX_MODULE_LINES = 800
@@ -215,6 +215,14 @@ def test_a_click_passes_no_data_rounds_or_job_module(start):
                  "core.splits", "core.slices", "core.augmentation", "core.losses", "core.benchmark"}
     assert not _closure(start) & forbidden, sorted(_closure(start) & forbidden)
     assert {"core.predictor", "core.decision", "core.memory", "core.clicks"} <= _closure("core.session")
+
+
+def test_the_viewer_process_never_imports_the_trainer():
+    """Teaching trains in a process of its own: ``core.teaching`` starts ``core.teach_worker`` by
+    module name, so the viewer's process (and its event loop) never loads the training stack."""
+    trainer = {"core.training", "core.teach_worker", "core.slices", "core.datasets", "core.rounds", "core.losses"}
+    assert not _closure("core.teaching") & trainer
+    assert "core.teaching" in _closure("viewer_session")
 
 
 def test_the_layer_table_is_the_documented_one():

@@ -45,6 +45,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._layers import check_image_layer
+from ._teach_panel import TeachPanel
 from .core.devices import DEVICES
 from .core.io import WRITABLE_EXTENSIONS
 from .core.resources import DEMO_CHECKPOINT
@@ -305,6 +306,8 @@ class SimSegWidget(QWidget):
         files.addWidget(self.load_button)
         layout.addLayout(files)
 
+        self.teach_panel = TeachPanel(lambda: self.session)  # Teach: budget, progress, Cancel, Dice
+        layout.addWidget(self.teach_panel)
         self.latency_label = QLabel("")
         self.status_label = QLabel("")
         for label in (self.latency_label, self.status_label):

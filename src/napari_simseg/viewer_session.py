@@ -163,6 +163,7 @@ class ViewerSession:
         self.confirm = confirm
         self.batch_size = int(batch_size)
         self._job: Optional[Job] = None
+        self.teach_job = None  # the running or last teach() job (napari_simseg._teach.ViewerTeachJob)
         self.last_result: Optional[RoundResult] = None
         self.last_round_clicks = 0  # clicks of the last finished round
         self.last_round_shown = True  # whether its labels reached the layer
@@ -209,7 +210,9 @@ class ViewerSession:
         return predictor
 
     def close(self) -> None:
-        """Stop listening to the layers (the layers and their contents stay)."""
+        """Stop listening to the layers (the layers and their contents stay) and cancel a running teach job."""
+        if self.teach_job is not None:
+            self.teach_job.cancel()
         self._labels.close()
 
     # ------------------------------------------------------------------ properties
@@ -523,6 +526,60 @@ class ViewerSession:
         new = Predictor(old.checkpoint, device=device, tta=old.tta)
         self.session.set_predictor(new)
         return str(new.device)
+
+    # ------------------------------------------------------------------ teaching
+    @property
+    def checkpoint(self) -> str:
+        """The checkpoint file the network runs now (the bundled model's file for ``"demo"``)."""
+        return str(self.session.predictor.checkpoint.path)
+
+    def set_checkpoint(self, checkpoint) -> str:
+        """Run another checkpoint (a path, or a loaded Predictor) of the same classes, channels and
+        memory layout (e.g. a taught one), keeping every slice's labels and memory (the LSTM states restart)."""
+        from .core.predictor import Predictor
+
+        self._ensure_idle()
+        old = self.session.predictor
+        if not isinstance(checkpoint, Predictor):
+            checkpoint = Predictor(checkpoint, device=str(old.device), tta=old.tta, expected_classes=self.class_names)
+        self.session.set_predictor(checkpoint)
+        return self.checkpoint
+
+    def teach(self, max_minutes: float = 3.0, slices="accepted", checkpoint="current", output=None,
+              options: Optional[dict] = None):
+        """Fine-tune the network on this session's labelled slices in a background process.
+
+        Parameters
+        ----------
+        max_minutes : float
+            The time budget, until the new checkpoint is written.
+        slices : {"accepted", "edited"} or sequence of int
+            ``"accepted"``: slices with rounds, kept propagations and hand-painted slices;
+            ``"edited"``: without the propagated ones (``core.teaching.accepted_slices``);
+            or the slices themselves. Labels are taken as the labels layer shows them.
+        checkpoint : "current", "demo", path or None
+            Where teaching starts: this session's network, the bundled model, any
+            checkpoint (of other classes: transfer), or a fresh network (``None``).
+        output : str or Path, optional
+            The new checkpoint's file or folder (default: beside the image file, else the
+            working directory), named ``<image>.taught-<time>.safetensors``.
+        options : dict, optional
+            Training options that override the teaching recipe (``core.teach_worker``).
+
+        Returns
+        -------
+        napari_simseg._teach.ViewerTeachJob
+            At once: ``done()``, ``result()`` (the new checkpoint's path), ``cancel()``,
+            ``state``. Once done (checked by ``done()``/``result()``, the widget every
+            200 ms), the session runs the new checkpoint (:attr:`checkpoint`), keeping
+            every slice's labels and memory. :meth:`close` cancels it.
+        """
+        from ._teach import start_viewer_teaching
+
+        if self.teach_job is not None and not self.teach_job.done():
+            raise RuntimeError("SimSeg is already teaching; wait for it or cancel it first")
+        self.teach_job = start_viewer_teaching(self, max_minutes, slices, checkpoint, output, options)
+        return self.teach_job
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> tuple[Path, Path]:

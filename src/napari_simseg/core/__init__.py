@@ -7,12 +7,13 @@ from the layers below it, never from above, counting imports inside functions
     foundation   resources devices clicks decision memory io preprocessing metrics
                  phantom virtual_user regions
     network      model checkpoint predictor
-    interaction  interaction_log session
+    interaction  interaction_log session teaching
     data         layouts datasets splits augmentation slices
     engine       rounds losses baselines train_config
     jobs         evaluation calibration training averaging benchmark recipe datacheck
+                 teach_worker
     app          (outside core) cli demo _layers viewer_session _widget _reader
-                 _writer _sample_data _colors _llvm_guard
+                 _writer _sample_data _colors _llvm_guard _teach _teach_panel
 
 One job per module: ``devices`` resolves devices and autocast; ``clicks`` encodes,
 shifts and honours clicks; ``decision`` turns probabilities into labels (with
@@ -21,9 +22,11 @@ per-class offsets, numpy and torch); ``memory`` is one slice's none/CIM/SIM memo
 slices, stacks neighbours and pads (no torch); ``predictor`` is the one way a
 checkpoint becomes a running network (flip averaging inside); ``interaction_log``
 writes, reads and replays the ``.simseg.json`` log; ``session`` is the interactive
-session; ``datasets``, ``splits``, ``augmentation`` and ``slices`` turn labelled folders
-into training slices; ``rounds`` is the batched interaction-round engine of training,
-evaluation and calibration; the jobs are the ``simseg`` commands' work.
+session; ``teaching`` picks a session's labelled slices and runs ``teach_worker`` (the
+trainer on those slices) in a spawned process, never importing it; ``datasets``,
+``splits``, ``augmentation`` and ``slices`` turn labelled folders into training slices;
+``rounds`` is the batched interaction-round engine of training, evaluation and
+calibration; the jobs are the ``simseg`` commands' work.
 """
 
 from .clicks import Click, ClickError, encode_clicks

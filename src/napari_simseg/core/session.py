@@ -163,27 +163,33 @@ class InteractiveSession:
         self.max_state_history = int(max_state_history)
 
     def set_predictor(self, predictor: Predictor) -> None:
-        """Swap the network's device (same checkpoint), keeping every slice's memory.
+        """Swap the network: another device, or another checkpoint of the same classes,
+        channels and memory layout (e.g. one taught on this session's slices,
+        ``core.teaching``), keeping every slice's labels and memory.
 
         Raises
         ------
         ValueError
-            If the new predictor's classes or memory differ from this session's.
+            If the new predictor's classes, channels, memory layout or normalisation
+            differ from this session's.
 
         Notes
         -----
-        With flip averaging switched on or off (``Predictor(tta=...)``) the stored
-        ConvLSTM states no longer fit the network's batch of views; they are dropped, so
-        each slice's next round restarts the LSTM from zero (clicks, labels and the
-        memory's probabilities are kept).
+        With another checkpoint, or flip averaging switched on or off
+        (``Predictor(tta=...)``), the stored ConvLSTM states no longer fit the network;
+        they are dropped, so each slice's next round restarts the LSTM from zero
+        (clicks, labels and the memory's probabilities are kept).
         """
         old = self.predictor.meta
         new = predictor.meta
         key = ("class_names", "channel_names", "memory", "depth", "context_slices", "working_size")
-        if any(getattr(new, k) != getattr(old, k) for k in key):
-            raise ValueError("set_predictor needs the same classes and memory; start a new session")
+        if any(getattr(new, k) != getattr(old, k) for k in key) or \
+                {"n4": False, **new.normalization} != {"n4": False, **old.normalization}:
+            raise ValueError("set_predictor needs the same classes, channels, memory and normalisation; "
+                             "start a new session")
         # stored ConvLSTM states live on the CPU (see _state_to_storage): nothing to move
-        if predictor.tta != self.predictor.tta:
+        same_file = str(predictor.checkpoint.path) == str(self.predictor.checkpoint.path)
+        if predictor.tta != self.predictor.tta or not same_file:
             for mem in self._memories.values():
                 for state in mem.rounds:
                     state.payload = None
