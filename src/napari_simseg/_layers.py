@@ -536,9 +536,14 @@ class ClickLayers:
         return keys_from_clicks(z, clicks, self.is_2d)
 
     def slice_of(self, coords: Sequence[float]) -> int:
-        return 0 if self.is_2d else int(round(coords[0]))
+        """The slice a point lies on (-1 for a non-finite coordinate: on no slice)."""
+        if self.is_2d:
+            return 0
+        return int(round(coords[0])) if np.isfinite(coords[0]) else -1
 
     def _inside(self, coords: Sequence[float]) -> bool:
+        if not np.all(np.isfinite(coords)):
+            return False  # a NaN/inf point (typed in, or from a script) lies nowhere
         n, h, w = self.shape
         y, x = int(round(coords[-2])), int(round(coords[-1]))
         return 0 <= self.slice_of(coords) < n and 0 <= y < h and 0 <= x < w
@@ -573,12 +578,19 @@ class ClickLayers:
         slices = sorted(self.pending())
         return ([current] if current in slices else []) + [z for z in slices if z != current]
 
+    def drop_nonfinite(self) -> int:
+        """Remove unused points with a NaN or infinite coordinate; returns how many."""
+        return self._drop(lambda coords: not np.all(np.isfinite(coords)))
+
     def drop_outside(self) -> int:
         """Remove unused points that lie outside the image; returns how many."""
+        return self._drop(lambda coords: not self._inside(coords))
+
+    def _drop(self, unwanted: Callable) -> int:
         bad: dict[int, list[int]] = defaultdict(list)
         layers = {}
         for cls, layer, i, key in self._unused_rows():
-            if not self._inside(key[1]):
+            if unwanted(key[1]):
                 bad[cls].append(i)
                 layers[cls] = layer
         for cls, rows in bad.items():

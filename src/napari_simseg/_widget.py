@@ -14,8 +14,9 @@ Every action on the image goes through :class:`~napari_simseg.viewer_session.Vie
   disabled and key presses are refused with a message;
 * "Auto volume" runs a generator worker reporting ``(done, total)`` to a progress bar;
   Cancel quits it between batches and the finished slices are kept;
-* questions go through Qt dialogs (:func:`ask_overwrite`, passed to the session as its
-  ``confirm``, and :func:`ask_restart`).
+* questions go through Qt dialogs (:func:`ask_overwrite` and :func:`ask_discard`, passed
+  to the session as its ``confirm`` and ``confirm_discard``, and :func:`ask_restart`);
+* "Load" replays the log as a generator job, with the progress bar and Cancel.
 
 This module never imports torch; it gets numpy arrays back from the core.
 """
@@ -51,7 +52,7 @@ from .core.io import WRITABLE_EXTENSIONS
 from .core.resources import DEMO_CHECKPOINT
 from .viewer_session import OVERWRITE_POLICIES, Job, ViewerSession
 
-__all__ = ["SimSegWidget", "ask_overwrite", "ask_restart"]
+__all__ = ["SimSegWidget", "ask_discard", "ask_overwrite", "ask_restart"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ KEYS_REDO = ("Control-Shift-Z", "Alt-Shift-Z")
 KEY_RUN = "Enter"
 
 
+def _ask(parent, title: str, text: str) -> bool:
+    """A Yes/No question whose default (Enter, Escape) is No."""
+    buttons = QMessageBox.StandardButton
+    return QMessageBox.question(parent, title, text, buttons.Yes | buttons.No, buttons.No) == buttons.Yes
+
+
 def ask_overwrite(parent, slices) -> bool:
     """Ask whether SimSeg may replace hand-edited labels on ``slices``."""
     slices = sorted(int(z) for z in slices)
@@ -79,28 +86,20 @@ def ask_overwrite(parent, slices) -> bool:
     else:
         shown = ", ".join(str(z) for z in slices[:12]) + (" ..." if len(slices) > 12 else "")
         what = f"Slices {shown} were"
-    answer = QMessageBox.question(
-        parent,
-        "SimSeg: replace hand-edited labels?",
-        f"{what} edited by hand since SimSeg last wrote there.\n\n"
-        "Replace those edits with SimSeg's new result?",
-        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-        QMessageBox.StandardButton.No,
-    )
-    return answer == QMessageBox.StandardButton.Yes
+    return _ask(parent, "SimSeg: replace hand-edited labels?", f"{what} edited by hand since SimSeg last "
+                "wrote there.\n\nReplace those edits with SimSeg's new result?")
 
 
 def ask_restart(parent) -> bool:
     """Ask before a restart forgets the interaction memories of the running session."""
-    answer = QMessageBox.question(
-        parent,
-        "SimSeg: restart?",
-        "Restarting forgets the clicks and interaction memories of this session "
-        "(the labels stay; Save first to keep the memories).\n\nRestart?",
-        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-        QMessageBox.StandardButton.No,
-    )
-    return answer == QMessageBox.StandardButton.Yes
+    return _ask(parent, "SimSeg: restart?", "Restarting forgets the clicks and interaction memories of this "
+                "session (the labels stay; Save first to keep the memories).\n\nRestart?")
+
+
+def ask_discard(parent, question: str) -> bool:
+    """Ask before a Load replaces rounds made since the last save (``question`` says which)."""
+    return _ask(parent, "SimSeg: discard unsaved rounds?", f"{question}\n\nThey are lost unless you Save "
+                "first.\n\nLoad anyway?")
 
 
 class _JobError(Exception):
@@ -466,6 +465,7 @@ class SimSegWidget(QWidget):
                 device=device,
                 overwrite_policy=self.overwrite_policy,
                 confirm=self._confirm_overwrite,
+                confirm_discard=lambda question: ask_discard(self, question),
             )
             self._detach()
             self.session = session
@@ -569,9 +569,13 @@ class SimSegWidget(QWidget):
             return  # picked up when the running job ends
         try:
             # the session picks the slice: the current one if it has new clicks, else the first that has
-            self._start(self.session.prepare_round())
+            job = self.session.prepare_round()
         except (ValueError, RuntimeError, IndexError) as exc:
             self._set_status(str(exc))
+            return
+        if job is None and self.session.ignored_points:
+            self._set_status(self.session.ignored_note)
+        self._start(job)
 
     def run_now(self) -> None:
         """Run a round now with the new clicks of the current slice."""
@@ -584,7 +588,8 @@ class SimSegWidget(QWidget):
             self._set_status(str(exc))
             return
         if job is None:
-            self._set_status(f"no new clicks on slice {self.session.current_slice()}")
+            note = f"; {self.session.ignored_note}" if self.session.ignored_points else ""
+            self._set_status(f"no new clicks on slice {self.session.current_slice()}{note}")
             return
         self._start(job)
 
@@ -769,6 +774,8 @@ class SimSegWidget(QWidget):
         text = f"{n} new click{'s' * (n != 1)}{where}: round {result.round} done"
         if not s.last_round_shown:
             text += "; your hand-edited labels were kept (Undo/Reset slice, or set Hand edits)"
+        if s.ignored_points:
+            text += f"; {s.ignored_note}"
         return text
 
     def _show_latency(self, result) -> None:

@@ -142,6 +142,7 @@ def main_evaluate(args) -> int:
     """``simseg evaluate``: print the report; write the JSON, table and plot asked for."""
     import json
 
+    from .core.atomic import atomic_write_text
     from .core.evaluation import evaluate, format_report, write_plot, write_table
 
     clicks = [int(k) for k in str(args.clicks).split(",") if k.strip()]
@@ -154,7 +155,7 @@ def main_evaluate(args) -> int:
     )
     print(format_report(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        atomic_write_text(args.json, json.dumps(result, indent=1))
     if args.table:
         write_table([result], args.table)
     if args.plot:
@@ -242,6 +243,7 @@ def main_check_data(args) -> int:
     """``simseg check-data``: print what the folder holds; exit 0 when usable, 2 otherwise."""
     import json
 
+    from .core.atomic import atomic_write_text
     from .core.datacheck import check_data, format_data_check
 
     def progress(done: int, total: int) -> None:
@@ -252,7 +254,7 @@ def main_check_data(args) -> int:
     summary = check_data(args.data, progress=progress)
     print(format_data_check(summary))
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1))
+        atomic_write_text(args.json, json.dumps(summary, indent=1))
     return 0 if summary["usable"] else 2
 
 

@@ -14,8 +14,8 @@ From napari's console every call runs synchronously::
 The widget adds threading only: ``prepare_*`` (GUI thread: reads the layers, returns a
 :class:`Job`), ``Job.compute`` (any thread: touches only the core session), then
 ``Job.finish`` / ``fail`` / ``cancel`` (GUI thread: updates the layers); one job at a
-time. This module is Qt-free (questions to the user come in as the ``confirm``
-callback) and reads and writes layers through :mod:`napari_simseg._layers`.
+time. This module is Qt-free (questions to the user come in as the ``confirm`` and
+``confirm_discard`` callbacks) and reads and writes layers through :mod:`napari_simseg._layers`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ._layers import (CLICKS_SUFFIX, LABELS_LAYER_NAME, ClickLayers, LabelsView,
                       check_image_layer, clicks_from_keys, current_slice, existing_labels_layer, find_image_layer,
                       labels_class_problem, view_problem)
 from .core.clicks import as_clicks, validate_click
-from .core.interaction_log import load_log, rounds_from_log
+from .core.interaction_log import check_log, load_log, rounds_from_log
 from .core.io import split_extension
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["CLICKS_SUFFIX", "LABELS_LAYER_NAME", "OVERWRITE_POLICIES", "Job", "ViewerSession", "log_path_for"]
 
 OVERWRITE_POLICIES = ("ask", "always", "never")
+# log actions that are the user's work (a Load replacing them asks first)
+_WORK_ACTIONS = ("clicks", "auto", "set_labels", "propagate")
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Job:
     Attributes
     ----------
     kind : {"round", "auto", "load"}
+        (``auto`` and ``load`` are generators yielding ``(done, total)``)
     description : str
         Human-readable, e.g. ``"round on slice 12"``.
     compute : callable
@@ -114,6 +117,11 @@ class ViewerSession:
         overwritten silently.
     batch_size : int
         Slices per network call in automatic segmentation.
+    confirm_discard : callable, optional
+        ``confirm_discard(question) -> bool``, asked before :meth:`load` replaces rounds
+        made since the last save or load (the widget passes a question dialog).
+        Without it such a load is refused (``RuntimeError``) unless ``discard=True``:
+        unsaved work is never dropped silently.
 
     Raises
     ------
@@ -137,7 +145,8 @@ class ViewerSession:
 
     def __init__(self, viewer, image_layer=None, checkpoint: Union[str, Path, "Predictor"] = "demo",
                  device: str = "auto", *, overwrite_policy: str = "ask",
-                 confirm: Optional[Callable[[list], bool]] = None, batch_size: int = 8):
+                 confirm: Optional[Callable[[list], bool]] = None, batch_size: int = 8,
+                 confirm_discard: Optional[Callable[[str], bool]] = None):
         from ._llvm_guard import avoid_triton_llvm_clash
 
         avoid_triton_llvm_clash()  # before the first torch import in a process with a canvas
@@ -161,7 +170,10 @@ class ViewerSession:
         self.session: InteractiveSession = session
         self.overwrite_policy = overwrite_policy
         self.confirm = confirm
+        self.confirm_discard = confirm_discard
         self.batch_size = int(batch_size)
+        self._saved_events = 0  # the session's log up to here is saved (or was loaded)
+        self.ignored_points = 0  # NaN/inf points the last prepare_round removed
         self._job: Optional[Job] = None
         self.teach_job = None  # the running or last teach() job (napari_simseg._teach.ViewerTeachJob)
         self.last_result: Optional[RoundResult] = None
@@ -268,6 +280,16 @@ class ViewerSession:
         """Whether any slice holds interaction rounds (or undone ones)."""
         return self._clicks.has_rounds()
 
+    @property
+    def ignored_note(self) -> str:
+        """What the last :meth:`prepare_round` ignored, in words ("" when nothing)."""
+        n = self.ignored_points
+        return f"{n} point{'s' * (n != 1)} with a NaN or infinite coordinate ignored (removed)" if n else ""
+
+    def has_unsaved_rounds(self) -> bool:
+        """Whether rounds, automatic results or set labels were made since the last save or load."""
+        return any(e["action"] in _WORK_ACTIONS for e in self.session.log[self._saved_events:])
+
     def _check_slice(self, slice_index) -> int:
         if slice_index is None:
             return self.current_slice()
@@ -341,10 +363,13 @@ class ViewerSession:
             The slice; None picks one: the current slice if it has pending points,
             else the first slice that has some (the widget's path for new clicks).
 
-        Points outside the image are removed. Raises RuntimeError when busy or when
-        the view does not show slices along the first axis.
+        Points outside the image are removed, and so are points with a NaN or infinite
+        coordinate (counted in :attr:`ignored_points`, which the widget reports).
+        Raises RuntimeError when busy or when the view does not show slices along the
+        first axis.
         """
         self._ensure_idle()
+        self.ignored_points = self._clicks.drop_nonfinite()
         if slice_index is None:
             slices = self.pending_slices()
             if not slices:
@@ -597,58 +622,81 @@ class ViewerSession:
         """
         self._ensure_idle()
         written = self._labels.write_file(path)
+        saved = len(self.session.log)
         log = self.session.save_log(log_path_for(written))
+        self._saved_events = saved
         return written, Path(log)
 
-    def prepare_load(self, path) -> Job:
+    def prepare_load(self, path, discard: bool = False) -> Job:
         """A job restoring labels from a file and, with its log, the memories.
 
-        Everything is checked here; the log replay (network rounds) is the job's
-        ``compute``.
+        Everything is checked here: the labels file, and every field of the log
+        (:func:`~napari_simseg.core.interaction_log.check_log`) before anything is
+        allocated from it. Rounds made since the last save or load are replaced only
+        with ``discard=True`` or when ``confirm_discard`` agrees; otherwise a
+        ``RuntimeError`` and nothing changes. The log replay (network rounds) is the
+        job's ``compute``, a generator yielding ``(done, total)`` logged actions;
+        stopping it early (the widget's Cancel) leaves the session as it was.
         """
         self._ensure_idle()
         path = Path(path)
         labels = self._labels.read_file(path)
         log_file = log_path_for(path)
-        doc = load_log(log_file) if log_file.is_file() else None
-        if doc is not None:
-            shape, logged_shape = tuple(self._image.shape), tuple(doc.get("image_shape", ()))
-            if list(doc.get("class_names", [])) != self.class_names:
-                raise ValueError(f"{log_file}: log made with classes {doc.get('class_names')}, "
-                                 f"this session has {self.class_names}")
-            if logged_shape != shape:
-                raise ValueError(f"{log_file}: log made on an image of shape {logged_shape}, this image is {shape}")
+        doc = None
+        if log_file.is_file():
+            doc = check_log(load_log(log_file), tuple(self._image.shape), self.class_names, str(log_file))
+        if not discard and self.has_unsaved_rounds():
+            question = f"Loading {path.name} replaces the rounds made since the last save."
+            if self.confirm_discard is None or not self.confirm_discard(question):
+                raise RuntimeError(f"{path.name} not loaded: it would replace rounds made since the last save; "
+                                   "Save first (or load with discard=True)")
         s = self.session  # a fresh session like this one replays the log
         image, predictor = self._image, s.predictor
         settings = dict(max_state_history=s.max_state_history, honour_clicks=s.honour_clicks,
                         decision_offsets=s.decision_offsets)
+        progress = {"done": 0, "total": len(doc["events"]) if doc else 0}
+        replayed = {}
 
         def compute():
-            from .core.interaction_log import replay_log
+            from .core.interaction_log import iter_replay
             from .core.session import InteractiveSession
 
             fresh = InteractiveSession(image, predictor, **settings)
             if doc is not None:
-                replay_log(fresh, doc)
-            return fresh
+                yield from iter_replay(fresh, doc)
+            replayed["session"] = fresh  # only a complete replay replaces the session
 
-        def finish(fresh):
+        def on_yield(value):
+            progress.update(done=value[0], total=value[1])
+
+        def finish(_):
             self._job = None
+            fresh = replayed["session"]
             self.session = fresh
+            self._saved_events = len(fresh.log)
             self._clicks.restore(*rounds_from_log(doc))
             self._labels.replace(fresh.labels, labels)
             if doc is None:
                 return f"loaded {path.name} (no {log_file.name}: interaction memories start empty)"
             return f"loaded {path.name} and replayed {len(doc['events'])} logged actions"
 
+        def cancel():
+            self._job = None
+            return (f"loading {path.name} cancelled after {progress['done']}/{progress['total']} logged "
+                    "actions; nothing changed")
+
         def fail(exc):
             self._job = None
             return f"loading {path.name} failed: {exc}"
 
-        job = Job("load", f"loading {path.name}", compute, finish, fail)
+        job = Job("load", f"loading {path.name}", compute, finish, fail, on_yield=on_yield, cancel=cancel)
         self._job = job
         return job
 
-    def load(self, path) -> str:
-        """Restore labels from a file and, if ``<stem>.simseg.json`` exists, the memories."""
-        return self._run_sync(self.prepare_load(path))
+    def load(self, path, discard: bool = False) -> str:
+        """Restore labels from a file and, if ``<stem>.simseg.json`` exists, the memories.
+
+        Rounds made since the last save or load are replaced only with ``discard=True``
+        or when ``confirm_discard`` agrees (see :meth:`prepare_load`).
+        """
+        return self._run_sync(self.prepare_load(path, discard))

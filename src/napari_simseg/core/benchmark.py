@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from .atomic import atomic_write_text
 from .memory import input_channels
 from .model import ModelConfig, build_model
 from .devices import autocast_for, resolve_device
@@ -113,7 +113,7 @@ def benchmark_inference(
     log(f"  ratio (median) {result['ratio']:.2f}  (target <= 2.0)")
     log(f"  session overhead per round {result['session_overhead_ms']:.2f} ms  (target <= 15)")
     if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=1))
+        atomic_write_text(json_path, json.dumps(result, indent=1))
     return result
 
 
@@ -185,5 +185,5 @@ def benchmark_training(
     log(f"  SDG step     {result['sdg_step_ms']:.1f} ms")
     log(f"  ratio {result['ratio']:.2f}  (target <= 2.0)")
     if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=1))
+        atomic_write_text(json_path, json.dumps(result, indent=1))
     return result

@@ -4,22 +4,22 @@ A checkpoint is one ``.safetensors`` file: the network's tensors plus a JSON hea
 (safetensors' string metadata) with everything needed to use it — class names, memory
 kind and depth, click radius, architecture and encoder, intensity normalisation and the
 format version. Loading never unpickles anything, so a crafted file cannot run code.
-Writes are atomic (temporary file in the same folder, then ``os.replace``).
+Writes are atomic (:mod:`.atomic`: a temporary file in the same folder, then a rename).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from .atomic import atomic_path
 from .memory import MEMORY_KINDS, input_channels
-from .model import ModelConfig, ModelConfigError, SimSegNet, build_model
+from .resources import folder_hint
+from .model import DECODERS, ModelConfig, ModelConfigError, SimSegNet, build_model
 
 __all__ = [
     "FORMAT_NAME",
@@ -27,6 +27,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CheckpointMeta",
+    "check_header",
     "load_checkpoint",
     "load_tensors",
     "read_checkpoint_meta",
@@ -46,6 +47,123 @@ FLIP_AXES = ("vertical", "horizontal")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is one actionable line."""
+
+
+#: Upper bounds of header numbers: a crafted header must not make a session allocate
+#: without limit (a click radius of 100000 draws a disk of 2e5 x 2e5 pixels).
+MAX_DEPTH = 16
+MAX_CLICK_RADIUS = 64
+MAX_CONTEXT_SLICES = 16
+MAX_CHANNELS = 4096
+
+
+def _int_in(lo, hi=None):
+    def check(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
+
+    return check
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _names(minimum: int):
+    def check(v):
+        return (isinstance(v, list) and len(v) >= minimum and all(isinstance(n, str) and n.strip() for n in v)
+                and len(set(v)) == len(v))
+
+    return check
+
+
+# header field -> (what it must be, check); every field of a header is checked before use
+_FIELDS = {
+    "format": ("a string", lambda v: isinstance(v, str)),
+    "format_version": ("an integer >= 1", _int_in(1)),
+    "class_names": ("a list of at least 2 distinct, non-empty names", _names(2)),
+    "memory": (f"one of {list(MEMORY_KINDS)}", lambda v: isinstance(v, str) and v in MEMORY_KINDS),
+    "depth": (f"an integer 1..{MAX_DEPTH}", _int_in(1, MAX_DEPTH)),
+    "click_radius": (f"an integer 0..{MAX_CLICK_RADIUS}", _int_in(0, MAX_CLICK_RADIUS)),
+    "model": ("an object of network options", lambda v: isinstance(v, dict)),
+    "normalization": ("an object", lambda v: isinstance(v, dict)),
+    "simulation": ("a string", lambda v: isinstance(v, str)),
+    "training": ("an object", lambda v: isinstance(v, dict)),
+    "context_slices": (f"an integer 0..{MAX_CONTEXT_SLICES}", _int_in(0, MAX_CONTEXT_SLICES)),
+    "decision_offsets": ("", lambda v: True),  # checked against the class count in CheckpointMeta.validate
+    "channel_names": ("a non-empty list of distinct names", _names(1)),
+    "working_size": ("an integer >= 16 or null", lambda v: v is None or _int_in(16)(v)),
+    "flips": (f"a list out of {list(FLIP_AXES)} or null",
+              lambda v: v is None or (isinstance(v, list) and all(f in FLIP_AXES for f in v))),
+}
+_MODEL_FIELDS = {
+    "in_channels": (f"an integer 1..{MAX_CHANNELS}", _int_in(1, MAX_CHANNELS)),
+    "n_classes": (f"an integer 2..{MAX_CHANNELS}", _int_in(2, MAX_CHANNELS)),
+    "encoder": ("an encoder name", lambda v: isinstance(v, str) and bool(v)),
+    "encoder_depth": ("an integer 3..5", _int_in(3, 5)),
+    "decoder": (f"one of {list(DECODERS)}", lambda v: isinstance(v, str) and v in DECODERS),
+    "decoder_channels": (f"a list of 3 to 5 integers 1..{MAX_CHANNELS}",
+                         lambda v: isinstance(v, (list, tuple)) and 3 <= len(v) <= 5
+                         and all(_int_in(1, MAX_CHANNELS)(c) for c in v)),
+    "lstm_kernel_size": ("an odd integer 1..15", lambda v: _int_in(1, 15)(v) and v % 2 == 1),
+    "lstm_separable": ("true or false", lambda v: isinstance(v, bool)),
+    "encoder_stem_stride": ("1 or 2", lambda v: _int_in(1, 2)(v)),
+    "encoder_weights": ("a string or null (provenance only)", lambda v: v is None or isinstance(v, str)),
+}
+_NORMALIZATION_FIELDS = {
+    "method": ("a string", lambda v: isinstance(v, str)),
+    "low": ("a number 0..100", lambda v: _finite_number(v) and 0 <= v <= 100),
+    "high": ("a number 0..100", lambda v: _finite_number(v) and 0 <= v <= 100),
+    "n4": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def _check_fields(values: dict, rules: dict, source: str, prefix: str = "") -> None:
+    """Each value against its rule; the first that fails is a :class:`CheckpointError` naming the field."""
+    for name, (what, check) in rules.items():
+        if name in values and not check(values[name]):
+            shown = repr(values[name])
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise CheckpointError(f"{source}: header field '{prefix}{name}' must be {what}, got {shown}")
+
+
+def check_header(raw, source: str = "checkpoint") -> dict:
+    """A checkpoint header's fields checked against their schema (types and ranges).
+
+    Returns
+    -------
+    dict
+        ``raw``, every known field of the right type and range (unknown fields are
+        refused, required ones must be there).
+
+    Raises
+    ------
+    CheckpointError
+        Naming the first field that is missing, unknown or out of its range.
+    """
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{source}: corrupt napari-simseg metadata (not a JSON object)")
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise CheckpointError(f"{source}: unknown header field(s) {unknown}; written by a newer napari-simseg?")
+    missing = [k for k in ("class_names", "memory", "depth", "click_radius", "model") if k not in raw]
+    if missing:
+        raise CheckpointError(f"{source}: header field(s) {missing} missing; not a complete napari-simseg checkpoint")
+    _check_fields(raw, _FIELDS, source)
+    model = raw["model"]
+    unknown = sorted(set(model) - set(_MODEL_FIELDS))
+    if unknown or not {"in_channels", "n_classes"} <= set(model):
+        what = f"unknown field(s) {unknown}" if unknown else "no in_channels or n_classes"
+        raise CheckpointError(f"{source}: header field 'model' has {what}")
+    _check_fields(model, _MODEL_FIELDS, source, "model.")
+    if "decoder_channels" in model and len(model["decoder_channels"]) != model.get("encoder_depth", 5):
+        raise CheckpointError(f"{source}: header field 'model.decoder_channels' needs one entry per encoder "
+                              f"stage ({model.get('encoder_depth', 5)}), got {model['decoder_channels']!r}")
+    norm = raw.get("normalization", {})
+    _check_fields(norm, _NORMALIZATION_FIELDS, source, "normalization.")
+    if norm.get("low", 0.5) >= norm.get("high", 99.5):
+        raise CheckpointError(f"{source}: header field 'normalization.low' must be below 'normalization.high', "
+                              f"got {norm.get('low')} and {norm.get('high')}")
+    return raw
 
 
 @dataclass
@@ -132,20 +250,17 @@ class CheckpointMeta:
         return ModelConfig.from_dict(self.model)
 
     def validate(self, source: str = "checkpoint") -> "CheckpointMeta":
+        """Check every field (:func:`check_header`) and that they fit together."""
         if self.format != FORMAT_NAME:
             raise CheckpointError(f"{source}: not a napari-simseg checkpoint (format {self.format!r})")
-        if not isinstance(self.format_version, int) or self.format_version > FORMAT_VERSION:
+        version = self.format_version
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
             raise CheckpointError(
                 f"{source}: checkpoint format version {self.format_version} is newer than this "
                 f"napari-simseg supports ({FORMAT_VERSION}); upgrade napari-simseg"
             )
-        if self.memory not in MEMORY_KINDS:
-            raise CheckpointError(f"{source}: unknown memory kind {self.memory!r}")
-        if len(self.class_names) < 2:
-            raise CheckpointError(f"{source}: needs at least 2 classes, has {self.class_names}")
+        check_header(asdict(self), source)
         ctx = self.context_slices
-        if isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 0:
-            raise CheckpointError(f"{source}: context_slices must be an integer >= 0, got {ctx!r}")
         offsets = self.decision_offsets
         if offsets is not None:
             ok = isinstance(offsets, (list, tuple)) and len(offsets) == self.n_classes and all(
@@ -157,15 +272,6 @@ class CheckpointMeta:
                     f"class), got {offsets!r}; recalibrate with `simseg calibrate`"
                 )
         names = self.channel_names
-        if (not isinstance(names, list) or not names
-                or not all(isinstance(n, str) and n for n in names)):
-            raise CheckpointError(f"{source}: channel_names must be a non-empty list of names, got {names!r}")
-        ws = self.working_size
-        if ws is not None and (isinstance(ws, bool) or not isinstance(ws, int) or ws < 16):
-            raise CheckpointError(f"{source}: working_size must be an integer >= 16 or null, got {ws!r}")
-        if self.flips is not None and (not isinstance(self.flips, list)
-                                       or any(f not in FLIP_AXES for f in self.flips)):
-            raise CheckpointError(f"{source}: flips must be a list out of {list(FLIP_AXES)}, got {self.flips!r}")
         expected = input_channels(self.memory, self.n_classes, self.depth, ctx, len(names))
         cfg = self.model
         if cfg.get("in_channels") != expected or cfg.get("n_classes") != self.n_classes:
@@ -200,7 +306,12 @@ def save_checkpoint(
     half : bool
         Store floating-point tensors as float16 (half the size; loaded back as float32).
     """
-    meta.model = model.config.to_dict()
+    # self-contained: the encoder weights file only initialised the network, its tensors
+    # are all here; where it came from stays in the training record
+    meta.model = {**model.config.to_dict(), "encoder_weights": None}
+    origin = model.config.encoder_weights
+    if origin is not None and "initial_encoder_weights" not in meta.training:
+        meta.training = {**meta.training, "initial_encoder_weights": str(origin)}
     meta.validate(str(path))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,17 +355,8 @@ def write_tensors(path: Path, tensors: dict, meta: CheckpointMeta) -> None:
     from safetensors.torch import save_file
 
     header = _header_for(meta)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a checkpoint is shareable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
 
 
 def update_checkpoint_meta(path, output, **changes) -> Path:
@@ -296,6 +398,8 @@ def load_tensors(path: Path) -> dict:
 def _read_header(path: Path) -> dict:
     from safetensors import safe_open
 
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; {folder_hint(path)}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -320,15 +424,14 @@ def read_checkpoint_meta(path) -> CheckpointMeta:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: corrupt napari-simseg metadata ({exc})") from None
     version = raw.get("format_version") if isinstance(raw, dict) else None
-    if isinstance(version, int) and version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {version} is newer than this napari-simseg "
             f"supports ({FORMAT_VERSION}); upgrade napari-simseg"
         )
-    try:
-        meta = CheckpointMeta(**raw)
-    except TypeError as exc:
-        raise CheckpointError(f"{path}: corrupt napari-simseg metadata ({exc})") from None
+    if isinstance(raw, dict) and raw.get("format", FORMAT_NAME) != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a napari-simseg checkpoint (format {raw.get('format')!r})")
+    meta = CheckpointMeta(**check_header(raw, str(path)))  # every field checked before use
     return meta.validate(str(path))
 
 
@@ -361,7 +464,8 @@ def load_checkpoint(
             f"{list(expected_classes)}; pick a checkpoint trained on these classes or retrain"
         )
     try:
-        cfg = meta.model_config
+        # the header's encoder_weights (older checkpoints) is provenance: every tensor is in the file
+        cfg = replace(meta.model_config, encoder_weights=None)
     except ModelConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     if expected_channels is not None and cfg.in_channels != expected_channels:

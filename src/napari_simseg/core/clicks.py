@@ -13,8 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["Click", "ClickError", "as_clicks", "disk_offsets", "encode_clicks", "honour_clicks", "shift_clicks",
-           "validate_click"]
+__all__ = ["Click", "ClickError", "as_clicks", "as_index", "disk_offsets", "encode_clicks", "honour_clicks",
+           "shift_clicks", "validate_click"]
 
 
 class ClickError(ValueError):
@@ -41,8 +41,61 @@ class Click:
         return (int(self.label), float(self.y), float(self.x))
 
 
+def _shown(value) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def as_index(value, what: str = "index", error: type = ValueError) -> int:
+    """``value`` as an integer index, refusing anything that is not one.
+
+    Python and numpy integers are indices, and so are floats without a fractional
+    part (``2.0``: numbers read from a float array or JSON). Booleans, fractional,
+    non-finite and non-numeric values are refused instead of being rounded or
+    truncated.
+
+    Parameters
+    ----------
+    value : object
+    what : str
+        What the value is, for the message (``"class index"``, ``"slice index"``).
+    error : type of Exception
+        The exception raised.
+
+    Raises
+    ------
+    error
+        ``"<what> must be an integer, got <value>"``.
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)):
+        raise error(f"{what} must be an integer, got {_shown(value)} (a boolean)")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise error(f"{what} must be an integer, got {_shown(value)}")
+
+
+def _as_coordinate(value, click) -> float:
+    """A pixel coordinate as a float (NaN and inf pass: :func:`validate_click` names them)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ClickError(f"click coordinates must be numbers, got {_shown(value)} in {click!r}")
+    return float(value)
+
+
 def as_clicks(clicks: Iterable) -> list[Click]:
-    """Convert ``Click`` objects or ``(label, y, x)`` triples to a list of ``Click``."""
+    """Convert ``Click`` objects or ``(label, y, x)`` triples to a list of ``Click``.
+
+    Raises
+    ------
+    ClickError
+        For a malformed click, a class index that is not an integer (see
+        :func:`as_index`: ``1.5`` and ``True`` are refused, not rounded) or a
+        coordinate that is not a number.
+    """
     out = []
     for c in clicks:
         if isinstance(c, Click):
@@ -54,7 +107,8 @@ def as_clicks(clicks: Iterable) -> list[Click]:
             raise ClickError(
                 f"a click must be (class index, y, x); got {c!r}"
             ) from None
-        out.append(Click(int(label), float(y), float(x)))
+        label = as_index(label, "class index", ClickError)
+        out.append(Click(label, _as_coordinate(y, c), _as_coordinate(x, c)))
     return out
 
 
@@ -73,11 +127,13 @@ def validate_click(click: Click, n_classes: int, shape: Sequence[int]) -> tuple[
         ``shape``; the message names the offending value.
     """
     h, w = int(shape[0]), int(shape[1])
-    if not (0 <= int(click.label) < n_classes) or int(click.label) != click.label:
+    label = as_index(click.label, "class index", ClickError)
+    if not 0 <= label < n_classes:
         raise ClickError(
-            f"unknown class index {click.label!r}: this model has {n_classes} classes "
+            f"unknown class index {label}: this model has {n_classes} classes "
             f"(0..{n_classes - 1}, 0 is the background)"
         )
+    _as_coordinate(click.y, click), _as_coordinate(click.x, click)
     if not (np.isfinite(click.y) and np.isfinite(click.x)):
         raise ClickError(f"click position ({click.y}, {click.x}) is not a finite number")
     row, col = int(round(click.y)), int(round(click.x))
@@ -135,7 +191,7 @@ def encode_clicks(
         row, col = validate_click(click, n_classes, (h, w))
         ys, xs = row + dy, col + dx
         keep = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-        masks[click.label, ys[keep], xs[keep]] = 1.0
+        masks[int(click.label), ys[keep], xs[keep]] = 1.0
     return masks
 
 

@@ -45,6 +45,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .atomic import atomic_path, atomic_write_text
 from .datasets import discover_dataset, load_case_with
 from .metrics import dice_iou_per_class, noc
 from .preprocessing import working_volume
@@ -342,9 +343,7 @@ def write_table(results: Sequence[dict], path, clicks: Optional[int] = None) -> 
                     v = r[metric][c]
                     cells.append("-" if v is None else f"{100 * v:.1f}")
             rows.append(f"| {res['name']} | {r['clicks']} | " + " | ".join(cells) + " |")
-    path = Path(path)
-    path.write_text("\n".join([header, sep, *rows]) + "\n")
-    return path
+    return atomic_write_text(path, "\n".join([header, sep, *rows]) + "\n")
 
 
 def write_plot(results: Sequence[dict], path, title: Optional[str] = None) -> Path:
@@ -372,6 +371,7 @@ def write_plot(results: Sequence[dict], path, title: Optional[str] = None) -> Pa
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # the format follows the temporary name's (= the target's) suffix
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

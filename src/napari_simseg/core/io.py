@@ -60,6 +60,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from .atomic import atomic_path
+
 __all__ = [
     "PICTURE_EXTENSIONS",
     "SUPPORTED_EXTENSIONS",
@@ -736,8 +738,9 @@ def write_image(path: PathLike, volume: Volume | np.ndarray) -> Path:
     ----------
     path : str or os.PathLike
         Destination with one of :data:`WRITABLE_EXTENSIONS`.  Missing parent folders
-        are created.  ``.mhd`` and ``.nhdr`` also write a detached data file beside
-        the header.  Data are compressed where the format allows it.
+        are created; an existing file is replaced atomically (:mod:`.atomic`).  ``.mhd``
+        and ``.nhdr`` also write a detached data file beside the header.  Data are
+        compressed where the format allows it.
     volume : Volume or numpy.ndarray
         What to write; a bare array is written with unit spacing, zero origin and
         identity direction.  ``volume.metadata`` is not written.  Boolean arrays are
@@ -767,25 +770,25 @@ def write_image(path: PathLike, volume: Volume | np.ndarray) -> Path:
         raise ImageWriteError(
             p, f"unsupported file type '{ext}'; use one of {', '.join(WRITABLE_EXTENSIONS)}"
         )
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ImageWriteError(p, f"cannot create the folder ({exc.strerror})") from None
-    if ext in _TIFF_EXTENSIONS:
+    img = None
+    if ext not in _TIFF_EXTENSIONS:
         try:
-            _write_tiff(p, vol)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ImageWriteError(p, f"{type(exc).__name__}: {exc}") from None
-        return p
-    sitk = _sitk()
-    try:
-        img = _volume_to_sitk(vol)
-    except (RuntimeError, TypeError) as exc:
-        raise ImageWriteError(
-            p, f"data type {vol.array.dtype} cannot be stored ({_summarise_itk_error(exc)})"
-        ) from None
-    try:
-        sitk.WriteImage(img, str(p), useCompression=ext != ".nii")
+            img = _volume_to_sitk(vol)
+        except (RuntimeError, TypeError) as exc:
+            raise ImageWriteError(
+                p, f"data type {vol.array.dtype} cannot be stored ({_summarise_itk_error(exc)})"
+            ) from None
+    tmp = p
+    try:  # atomic: a kill during the write leaves the old file whole
+        with atomic_path(p, detached=ext in (".mhd", ".nhdr")) as tmp:
+            if img is None:
+                _write_tiff(tmp, vol)
+            else:
+                _sitk().WriteImage(img, str(tmp), useCompression=ext != ".nii")
     except RuntimeError as exc:
-        raise ImageWriteError(p, _summarise_itk_error(exc)) from None
+        raise ImageWriteError(p, _summarise_itk_error(exc).replace(str(tmp), "the file")) from None
+    except OSError as exc:
+        raise ImageWriteError(p, f"{exc.strerror or exc} ({type(exc).__name__})") from None
+    except (ValueError, TypeError) as exc:
+        raise ImageWriteError(p, f"{type(exc).__name__}: {exc}") from None
     return p

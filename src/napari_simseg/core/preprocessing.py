@@ -72,7 +72,20 @@ def check_image(image) -> np.ndarray:
         raise ImageError(f"slices of {arr.shape[-2]}x{arr.shape[-1]} pixels are too small (min 8x8)")
     if not np.all(np.isfinite(arr)):
         raise ImageError("image contains NaN or infinite values; fill or mask them first")
+    _check_float32_range(arr)
     return arr
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(arr: np.ndarray, what: str = "image") -> None:
+    """Refuse finite values beyond float32 (the network's type), which would become inf."""
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        peak = float(np.max(np.abs(arr)))
+        if peak > _FLOAT32_MAX:
+            raise ImageError(f"{what} values reach {peak:.3g}, beyond the float32 range (+-3.4e38) SimSeg "
+                             "computes in; rescale the image (e.g. divide it by a constant) first")
 
 
 # --------------------------------------------------------------------------- intensity
@@ -114,6 +127,7 @@ def normalize_volume(
     finite = np.isfinite(a)
     if not finite.all():
         raise ImageError(f"{what} contains {a.size - int(finite.sum())} NaN or infinite voxel(s)")
+    _check_float32_range(a, what)  # also: the variance of values near 1e300 overflows float64
     lo, hi = np.percentile(a, [low_pct, high_pct])
     clipped = np.clip(a, lo, hi)
     std = clipped.std()

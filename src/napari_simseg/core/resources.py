@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DEMO_CHECKPOINT", "RESOURCES", "SAMPLE_DIR", "resolve_checkpoint"]
+__all__ = ["DEMO_CHECKPOINT", "RESOURCES", "SAMPLE_DIR", "folder_hint", "resolve_checkpoint"]
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 DEMO_CHECKPOINT = RESOURCES / "demo_hippocampus.safetensors"
@@ -28,6 +28,17 @@ def resolve_checkpoint(name) -> Path:
             )
         return DEMO_CHECKPOINT
     path = Path(name).expanduser()
+    if path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} is a folder, not a file; {folder_hint(path)}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return path
+
+
+def folder_hint(folder) -> str:
+    """What to pass instead of a folder given as a checkpoint (its ``.safetensors`` files)."""
+    found = sorted(p.name for p in Path(folder).glob("*.safetensors"))
+    if not found:
+        return "pass a .safetensors checkpoint file"
+    shown = ", ".join(found[:4]) + (" ..." if len(found) > 4 else "")
+    return f"pass one of the checkpoints in it ({shown}), e.g. {Path(folder) / found[0]}"

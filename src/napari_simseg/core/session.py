@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .clicks import Click, as_clicks, encode_clicks, honour_clicks, shift_clicks, validate_click
+from .clicks import Click, as_clicks, as_index, encode_clicks, honour_clicks, shift_clicks, validate_click
 from .decision import decide_labels
 from .interaction_log import load_log, replay_log, write_log
 from .memory import InteractionMemory
@@ -206,14 +206,12 @@ class InteractiveSession:
         Raises
         ------
         IndexError
-            For a non-integer or a slice outside the image.
+            For a non-integer (``2.7``, ``True``, ``"2"``: refused, never rounded; see
+            :func:`~napari_simseg.core.clicks.as_index`) or a slice outside the image.
         """
         if self.is_2d and slice_index is None:
             return 0
-        try:
-            idx = int(slice_index)
-        except (TypeError, ValueError):
-            raise IndexError(f"slice index must be an integer, got {slice_index!r}") from None
+        idx = as_index(slice_index, "slice index", IndexError)
         if not 0 <= idx < self.n_slices:
             raise IndexError(f"slice {idx} is outside the image (0..{self.n_slices - 1})")
         return idx

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .datasets import DatasetError, read_json
 
 __all__ = ["find_split", "load_split", "save_split", "select_cases", "split_cases"]
@@ -68,10 +69,7 @@ def split_cases(
 def save_split(path: str | os.PathLike, split: dict[str, Sequence[str]]) -> Path:
     """Write a split (``{"train", "val", "test"}`` lists of case ids) as JSON."""
     clean = _validate_split(split, str(path))
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(clean, indent=2))
-    return p
+    return atomic_write_text(path, json.dumps(clean, indent=2))
 
 
 def load_split(path: str | os.PathLike) -> dict[str, list[str]]:

@@ -46,6 +46,7 @@ Auto: no clicks at all (a plain automatic U-Net trained through the same code).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -56,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_path, atomic_write_text, process_running, remove_stale_temporaries
 from .augmentation import Augmenter
 from .checkpoint import FLIP_AXES, CheckpointMeta, save_checkpoint
 from .clicks import shift_clicks
@@ -300,10 +302,14 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
     if train_ds.n_channels != len(channel_names):
         raise ValueError(f"the data set names {len(channel_names)} channel(s) {channel_names} but its images "
                          f"have {train_ds.n_channels}")
+    skipped = [c.case_id for c in (*train_ds.skipped, *val_ds.skipped)]
     if len(train_axes) > 1:  # the volumes read once, viewed along every axis
         train_ds = MultiAxisSlices([train_ds if a == cfg.axis else train_ds.along(a) for a in train_axes])
-    summary = (f"data: {len(split['train'])} train / {len(split['val'])} val volumes, "
-               f"{len(train_ds)} / {len(val_ds)} slices, padded to {pad_to[0]}x{pad_to[1]}, "
+    # the volumes actually used: with on_error="skip", the split's minus the unusable ones
+    summary = (f"data: {len(train_ds.case_ids)} train / {len(val_ds.case_ids)} val volumes"
+               + (f" ({len(skipped)} skipped: {', '.join(skipped[:5])}{' ...' * (len(skipped) > 5)})"
+                  if skipped else "")
+               + f", {len(train_ds)} / {len(val_ds)} slices, padded to {pad_to[0]}x{pad_to[1]}, "
                f"classes {class_names}")
     return class_names, channel_names, train_ds, val_ds, summary
 
@@ -317,6 +323,9 @@ def _setup(cfg: TrainConfig, log) -> _Run:
     out = Path(cfg.out)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
+        removed = _remove_leftovers(out)
+        if removed:
+            log(f"removed {len(removed)} temporary file(s) a killed run left in {out}")
     dist.barrier()
     amp = bool(cfg.amp) and device.type == "cuda"
     class_names, channel_names, train_ds, val_ds, summary = _load_data(cfg, out, dist)
@@ -329,7 +338,10 @@ def _setup(cfg: TrainConfig, log) -> _Run:
         log(f"{summary}, weights {np.round(weights.numpy(), 3).tolist()}")
 
     _seed_everything(cfg.seed)
-    net = build_model(cfg.model_config(n_classes, len(channel_names))).to(device)
+    model_config = cfg.model_config(n_classes, len(channel_names))
+    if cfg.resume:
+        model_config.encoder_weights = None  # the training state holds every weight
+    net = build_model(model_config).to(device)
     _check_training_memory(net, cfg, device, train_ds)
     if cfg.init_from and not cfg.resume:
         _init_from(net, cfg.init_from, class_names, cfg.context_slices)
@@ -381,6 +393,65 @@ def _check_training_memory(net, cfg: TrainConfig, device, train_ds) -> None:
                  "lower --batch-size, or train on crops (--crop-size) or at a working size (--working-size)")
 
 
+#: Options a resumed run must share with the run it continues: they change the network or the data.
+RESUME_FIXED = ("data", "memory", "depth", "decoder", "encoder", "encoder_depth", "decoder_channels",
+                "lstm_kernel_size", "lstm_separable", "encoder_stem_stride", "context_slices", "axis",
+                "train_axes", "pad_to", "n4", "on_error", "val_fraction", "test_fraction", "split_seed",
+                "max_volumes", "working_size", "crop_size")
+
+
+def _check_resume_options(cfg: TrainConfig) -> None:
+    """Refuse ``resume`` with options that differ, in :data:`RESUME_FIXED`, from the
+    run's ``config.yaml``, listing them all (one line)."""
+    import yaml
+
+    path = Path(cfg.out) / "config.yaml"
+    if not path.is_file():
+        return  # nothing to compare with; the training state is checked when loaded
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"--resume: cannot read {path}: {str(exc).splitlines()[0]}") from None
+    diffs = []
+    for key in RESUME_FIXED:
+        if key not in saved:
+            continue
+        old, new = saved[key], getattr(cfg, key)
+        if key == "data":
+            same = os.path.realpath(str(old)) == os.path.realpath(str(new))
+        elif isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+            same = list(old) == list(new)
+        else:
+            same = old == new
+        if not same:
+            diffs.append(f"{key} (run: {old!r}, now: {new!r})")
+    if diffs:
+        raise ValueError(f"--resume: options that change the network or the data differ from {path}: "
+                         f"{'; '.join(diffs)}; resume with the run's own options, or train into a new --out")
+
+
+def _remove_leftovers(out: Path) -> list:
+    """The temporary files of killed writes in a run's folder (and its cache), removed.
+
+    Besides :func:`~napari_simseg.core.atomic.remove_stale_temporaries`' own files:
+    names older versions used (``train_state.pt.tmp``, ``.tmp-*.safetensors``) and the
+    cache's ``<name>.<pid>.tmp.np[yz]`` of a process that is gone.
+    """
+    removed = remove_stale_temporaries(out) + remove_stale_temporaries(out / "cache")
+    legacy = [*out.glob("train_state.pt.tmp"), *out.glob(".tmp-*.safetensors")]
+    for path in (out / "cache").glob("*.tmp.np[yz]"):
+        pid = path.name.rsplit(".", 3)[-3]
+        if pid.isdigit() and not process_running(int(pid)):
+            legacy.append(path)
+    for path in legacy:
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
 def _trained_flips(cfg: TrainConfig):
     """The flips recorded in the checkpoint (None: both, the paper's augmentation)."""
     flips = list(cfg.aug_flips) if cfg.augment else []
@@ -395,7 +466,11 @@ def _resume(run: _Run):
     if not state_path.is_file():
         raise FileNotFoundError(f"--resume: no {state_path} to resume from")
     st = torch.load(state_path, map_location="cpu", weights_only=True)
-    run.net.load_state_dict(st["model"])  # float32, even when checkpoints are stored in float16
+    try:
+        run.net.load_state_dict(st["model"])  # float32, even when checkpoints are stored in float16
+    except RuntimeError:
+        raise ValueError(f"--resume: {state_path} holds another network than these options build; resume "
+                         f"with the run's own options (its config.yaml)") from None
     if run.ema is not None:
         if "ema" not in st:
             raise ValueError(f"--resume with ema_decay {cfg.ema_decay}: {state_path} was written "
@@ -405,6 +480,8 @@ def _resume(run: _Run):
     if "scaler" in st and run.amp:
         run.scaler.load_state_dict(st["scaler"])
     start_epoch, best, history = int(st["epoch"]), float(st["best"]), json.loads(st["history"])
+    # an epoch stopped by max_minutes is redone: its row goes, or log.json would list it twice
+    history = [row for row in history if int(row.get("epoch", 0)) <= start_epoch]
     if run.dist.main:
         run.log(f"resuming after epoch {start_epoch} (best score {best:.4f})")
     return start_epoch, best, history
@@ -505,6 +582,8 @@ def _end_epoch(run: _Run, epoch: int, row: dict, history: list, best: float, sto
         "train_volumes": list(run.train_ds.case_ids), "val_volumes": list(run.val_ds.case_ids),
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")},
     }
+    if cfg.encoder_weights:  # provenance only: the checkpoint never needs the file
+        run.meta.training["initial_encoder_weights"] = str(cfg.encoder_weights)
     save_checkpoint(run.out / "last.safetensors", saved_net, run.meta, half=cfg.half_checkpoint)
     if score > best or not best_path.is_file():
         best = max(best, score)
@@ -514,9 +593,8 @@ def _end_epoch(run: _Run, epoch: int, row: dict, history: list, best: float, sto
                    "scaler": run.scaler.state_dict(), "history": json.dumps(history)}
     if run.ema is not None:
         train_state["ema"] = run.ema.state_dict()
-    state_path = run.out / "train_state.pt"
-    torch.save(train_state, str(state_path) + ".tmp")
-    os.replace(str(state_path) + ".tmp", state_path)
+    with atomic_path(run.out / "train_state.pt") as tmp:
+        torch.save(train_state, str(tmp))
     _write_logs(run.out, history)
     dice_txt = ", ".join(f"{n}={d:.3f}" for n, d in zip(class_names, val[val_rounds]["dice"]))
     run.log(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}, val Dice @{val_rounds} clicks: {dice_txt} "
@@ -533,6 +611,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
     """
     import yaml
 
+    if cfg.resume:
+        _check_resume_options(cfg)
     run = _setup(cfg, log)
     start_epoch, best, history = _resume(run)
     run.start_epoch = start_epoch
@@ -541,7 +621,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         _plan_steps(run)
     if dist.main:
         cfg_doc = {k: v for k, v in asdict(cfg).items()}
-        (run.out / "config.yaml").write_text(yaml.safe_dump(cfg_doc, sort_keys=False))
+        atomic_write_text(run.out / "config.yaml", yaml.safe_dump(cfg_doc, sort_keys=False))
     sampler = None
     if dist.enabled:
         sampler = torch.utils.data.distributed.DistributedSampler(run.train_ds, shuffle=True, seed=cfg.seed)
@@ -650,11 +730,13 @@ def _init_from(net, path, class_names, context_slices: int = 0) -> None:
 
 
 def _write_logs(out: Path, history: list) -> None:
-    (out / "log.json").write_text(json.dumps(history, indent=1))
+    atomic_write_text(out / "log.json", json.dumps(history, indent=1))
     keys = []
     for row in history:
         keys += [k for k in row if k not in keys]
-    with open(out / "log.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    with atomic_path(out / "log.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        f.write(text.getvalue())
