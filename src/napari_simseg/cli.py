@@ -94,10 +94,19 @@ def _recipe_values(typed: dict) -> dict:
 
 
 def main_benchmark(args) -> int:
-    """``simseg benchmark``: inference latency, or with ``--train`` the training-step cost."""
-    from .core.benchmark import benchmark_inference, benchmark_training
+    """``simseg benchmark``: inference latency; ``--round``: rounds and automatic mode at real
+    sizes; ``--train``: the training-step cost."""
+    from .core.benchmark import benchmark_inference, benchmark_rounds, benchmark_training
 
-    if args.train:
+    if args.round:
+        auto = None
+        if args.auto_volume:
+            depth, size = (int(v) for v in args.auto_volume.lower().split("x"))
+            auto = (depth, size)
+        benchmark_rounds(checkpoint=args.checkpoint, device=args.device, json_path=args.json,
+                         sizes=[int(s) for s in args.sizes.split(",")], auto_volume=auto,
+                         auto_slices=args.auto_slices, repeats=args.repeats or 10)
+    elif args.train:
         benchmark_training(device=args.device, json_path=args.json, encoder=args.encoder,
                            size=args.size or 64, batch_size=args.batch_size, repeats=args.repeats or 5)
     else:
@@ -310,7 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="time a DDG-SIM vs an SDG training step")
     p.add_argument("--encoder", default="resnet34")
     p.add_argument("--batch-size", type=int, default=4, help="batch size for --train")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 20; 5 with --train)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repeats (default 20; 5 with --train; 10 rounds with --round)")
+    p.add_argument("--round", action="store_true",
+                   help="time rounds and automatic mode of a checkpoint at real image sizes, with peak memory")
+    p.add_argument("--checkpoint", default="demo", help="checkpoint for --round (default: the bundled model)")
+    p.add_argument("--sizes", default="512,2048", help="slice sizes for --round rounds")
+    p.add_argument("--auto-volume", default="300x512", help="DEPTHxSIZE volume for --round's automatic run")
+    p.add_argument("--auto-slices", type=int, default=8, help="slices of that volume to segment")
     p.set_defaults(func=main_benchmark)
 
     p = sub.add_parser("report", help="combine evaluation JSONs into one table and plot")

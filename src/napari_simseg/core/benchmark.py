@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -184,6 +185,101 @@ def benchmark_training(
     log(f"  DDG-SIM step {result['ddg_step_ms']:.1f} ms (t-1 no-grad rounds + virtual user + training step)")
     log(f"  SDG step     {result['sdg_step_ms']:.1f} ms")
     log(f"  ratio {result['ratio']:.2f}  (target <= 2.0)")
+    if json_path:
+        atomic_write_text(json_path, json.dumps(result, indent=1))
+    return result
+
+
+# ---------------------------------------------------------------------- rounds at real sizes
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KB on Linux
+
+
+def _synthetic_image(shape, seed: int = 0) -> np.ndarray:
+    """Noise with a few bright discs: something for the network to segment, at any size."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(100, 10, size=shape).astype(np.float32)
+    h, w = shape[-2:]
+    yy, xx = np.ogrid[:h, :w]
+    for cy, cx, r in ((0.5, 0.5, 0.03), (0.3, 0.6, 0.05), (0.7, 0.35, 0.04)):
+        image[..., (yy - cy * h) ** 2 + (xx - cx * w) ** 2 < (r * min(h, w)) ** 2] += 60
+    return image
+
+
+def round_scenario(checkpoint: str, device: str, size: int, repeats: int) -> dict:
+    """Median time of a round with clicks on one structure of a ``size`` x ``size`` slice,
+    and the process's peak resident memory (run it in a fresh process)."""
+    from .session import InteractiveSession
+
+    session = InteractiveSession(_synthetic_image((size, size)), checkpoint, device=device)
+    rng = np.random.default_rng(0)
+    ms, boxes = [], []
+    centre = size / 2
+    for r in range(repeats + 1):
+        jitter = rng.uniform(-15, 15, size=(3, 2))
+        clicks = [(c, centre + dy, centre + dx) for c, (dy, dx) in zip((1, 2, 0), jitter)]
+        res = session.add_clicks(None, clicks)
+        if r:  # the first round loads and warms up
+            ms.append(res.total_ms)
+        boxes.append(res.box)
+    return {"size": size, "round_ms": _stats(ms), "region": list(boxes[-1]), "rounds": repeats,
+            "peak_rss_gb": round(_peak_rss_bytes() / 2**30, 3)}
+
+
+def auto_scenario(checkpoint: str, device: str, depth: int, size: int, slices: int) -> dict:
+    """Automatic segmentation of the first ``slices`` slices of a ``depth x size x size``
+    volume: seconds per slice and the process's peak resident memory."""
+    from .session import InteractiveSession
+
+    session = InteractiveSession(_synthetic_image((depth, size, size)), checkpoint, device=device)
+    t0 = time.perf_counter()
+    for _ in session.iter_auto(range(min(slices, depth))):
+        pass
+    seconds = time.perf_counter() - t0
+    return {"volume": [depth, size, size], "slices_done": min(slices, depth),
+            "seconds_per_slice": round(seconds / min(slices, depth), 3),
+            "peak_rss_gb": round(_peak_rss_bytes() / 2**30, 3)}
+
+
+def _in_fresh_process(function: str, *args) -> dict:
+    """Run one scenario in a new Python process, so its peak memory is its own."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from napari_simseg.core import benchmark as b; "
+            f"print(json.dumps(b.{function}(*json.loads(sys.argv[1]))))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(list(args))], capture_output=True, text=True,
+                          encoding="utf-8", errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark scenario {function}{args} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def benchmark_rounds(checkpoint: str = "demo", device: str = "cpu", sizes=(512, 2048), auto_volume=(300, 512),
+                     auto_slices: int = 8, repeats: int = 10, json_path: Optional[str] = None, log=print) -> dict:
+    """Rounds and automatic segmentation at real image sizes, each in a fresh process.
+
+    A round clicks three classes around the middle of a synthetic slice (so the
+    session's region covers one structure); the automatic run segments the first
+    ``auto_slices`` slices of a ``depth x size x size`` volume (its memory does not grow
+    with the slices done: labels are all the session keeps of them). Figures are
+    printed and written as JSON; nothing here asserts a time.
+    """
+    result = {"checkpoint": str(checkpoint), "device": str(device), "torch_threads": torch.get_num_threads(),
+              "round": [], "auto_volume": None}
+    for size in sizes:
+        res = _in_fresh_process("round_scenario", checkpoint, device, int(size), int(repeats))
+        result["round"].append(res)
+        log(f"round on a {size}x{size} slice: {res['round_ms']['median']:.0f} ms median "
+            f"(region {res['region']}), peak memory {res['peak_rss_gb']:.2f} GB")
+    if auto_volume:
+        depth, size = auto_volume
+        res = _in_fresh_process("auto_scenario", checkpoint, device, int(depth), int(size), int(auto_slices))
+        result["auto_volume"] = res
+        log(f"automatic segmentation of a {depth}x{size}x{size} volume ({res['slices_done']} slices done): "
+            f"{res['seconds_per_slice']:.2f} s per slice, peak memory {res['peak_rss_gb']:.2f} GB")
     if json_path:
         atomic_write_text(json_path, json.dumps(result, indent=1))
     return result

@@ -150,7 +150,7 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
         iterator = tqdm(cases, desc="calibrate", leave=False, dynamic_ncols=True)
     volumes = []
     for case in iterator:
-        image, labels = load_case_with(case, norm, axis)
+        image, labels = load_case_with(case, norm, axis, spec=spec)
         # fitted on the working grid: the probabilities the network gives, at bounded memory
         image = working_volume(image, meta.working_size)
         labels = resize_labels(labels, image.shape[-2:])

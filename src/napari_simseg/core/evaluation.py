@@ -181,7 +181,7 @@ def evaluate(
 
         iterator = tqdm(cases, desc="evaluate", leave=False, dynamic_ncols=True)
     for case in iterator:
-        image, labels = load_case_with(case, how.normalization, how.axis)
+        image, labels = load_case_with(case, how.normalization, how.axis, spec=spec)
         outputs = _volume_outputs(how, image, labels, rounds, batch_size, user, latency, clicks)
         for k in clicks:
             d, i = dice_iou_per_class(outputs[k], labels, n)

@@ -53,6 +53,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -314,7 +315,19 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
     return class_names, channel_names, train_ds, val_ds, summary
 
 
-def _setup(cfg: TrainConfig, log) -> _Run:
+@dataclass
+class TrainingData:
+    """Training and validation slices given to :func:`train` instead of ``cfg.data``
+    (e.g. the slices a user labelled in napari, see ``core.teaching``)."""
+
+    class_names: list
+    channel_names: list
+    train: SliceDataset
+    val: SliceDataset
+    description: str = "data given in memory"
+
+
+def _setup(cfg: TrainConfig, log, data: Optional[TrainingData] = None) -> _Run:
     """Device, data, network, optimiser, loss and checkpoint header of a run."""
     from .losses import FocalDiceLoss, FocalLoss, SoftDiceLoss, class_weights_from_counts
 
@@ -328,7 +341,12 @@ def _setup(cfg: TrainConfig, log) -> _Run:
             log(f"removed {len(removed)} temporary file(s) a killed run left in {out}")
     dist.barrier()
     amp = bool(cfg.amp) and device.type == "cuda"
-    class_names, channel_names, train_ds, val_ds, summary = _load_data(cfg, out, dist)
+    if data is None:
+        class_names, channel_names, train_ds, val_ds, summary = _load_data(cfg, out, dist)
+    else:
+        class_names, channel_names, train_ds, val_ds = data.class_names, data.channel_names, data.train, data.val
+        summary = (f"data: {data.description}, {len(train_ds)} / {len(val_ds)} slices, padded to "
+                   f"{train_ds.target_shape[0]}x{train_ds.target_shape[1]}, classes {class_names}")
     n_classes = len(class_names)
     if cfg.class_weighting == "uniform":
         weights = torch.ones(n_classes)
@@ -344,7 +362,7 @@ def _setup(cfg: TrainConfig, log) -> _Run:
     net = build_model(model_config).to(device)
     _check_training_memory(net, cfg, device, train_ds)
     if cfg.init_from and not cfg.resume:
-        _init_from(net, cfg.init_from, class_names, cfg.context_slices)
+        _init_from(net, cfg.init_from, class_names, cfg.context_slices, transfer=cfg.init_transfer, log=log)
         if dist.main:
             log(f"initialised from {cfg.init_from}")
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -602,18 +620,25 @@ def _end_epoch(run: _Run, epoch: int, row: dict, history: list, best: float, sto
     return best
 
 
-def train(cfg: TrainConfig, log=print) -> Path:
+def train(cfg: TrainConfig, log=print, data: Optional[TrainingData] = None, on_epoch=None) -> Path:
     """Train a network; returns the path of the best checkpoint.
 
     Writes into ``cfg.out``: ``config.yaml``, ``split.json``, ``best.safetensors``,
     ``last.safetensors``, ``train_state.pt`` (for ``resume``), ``log.csv`` and
     ``log.json``.
+
+    Parameters
+    ----------
+    data : TrainingData, optional
+        Slices to train on instead of reading ``cfg.data``.
+    on_epoch : callable, optional
+        ``on_epoch(row)`` after each epoch's validation, with that epoch's ``log.json`` row.
     """
     import yaml
 
     if cfg.resume:
         _check_resume_options(cfg)
-    run = _setup(cfg, log)
+    run = _setup(cfg, log, data)
     start_epoch, best, history = _resume(run)
     run.start_epoch = start_epoch
     dist = run.dist
@@ -635,6 +660,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
                "steps": len(losses), "train_seconds": round(time.monotonic() - t_epoch, 2)}
         if dist.main:
             best = _end_epoch(run, epoch, row, history, best, stopped, t_start)
+            if on_epoch is not None:
+                on_epoch(dict(row))
         dist.barrier()
         if stopped:
             if dist.main:
@@ -679,12 +706,16 @@ def _plan_steps(run: _Run) -> None:
         item_s = (time.perf_counter() - t0) / x.shape[0] * (val_rounds + 1) * 1.3  # + the virtual user
     budget = cfg.max_minutes * 60 * 0.92  # a margin for the last checkpoint and the clock's noise
     # validation takes at most ~15 % of the budget: fewer slices when it would take more
-    max_items = max(16, int(0.15 * budget / cfg.epochs / item_s))
+    max_items = max(64, int(0.15 * budget / cfg.epochs / item_s))
     if len(run.val_ds) > max_items:
         run.val_ds.subsample(max_items)
     val_s = item_s * len(run.val_ds)
     total = max(cfg.epochs, int((budget - cfg.epochs * val_s) / step_s))
     cfg.steps_per_epoch = max(1, total // cfg.epochs)
+    if cfg.time_schedule:
+        # the clock ends the epochs (the timing above may be off on a busy machine): the
+        # step count is only a bound for a machine much faster than measured
+        cfg.steps_per_epoch *= 10
     cfg.val_max_slices = min(len(run.val_ds), cfg.val_max_slices or len(run.val_ds))
     cfg.plan_steps = False
     if run.dist.main:
@@ -692,7 +723,7 @@ def _plan_steps(run: _Run) -> None:
                 f"{cfg.epochs} epochs of {cfg.steps_per_epoch} steps fill --max-minutes {cfg.max_minutes}")
 
 
-def _init_from(net, path, class_names, context_slices: int = 0) -> None:
+def _init_from(net, path, class_names, context_slices: int = 0, transfer: bool = False, log=print) -> None:
     """Start from a checkpoint's weights (fine-tuning); it must have this architecture
     up to options that change no parameter (``encoder_stem_stride``).
 
@@ -700,13 +731,27 @@ def _init_from(net, path, class_names, context_slices: int = 0) -> None:
     accepted too: the first convolution gets zero weights for the extra input channels,
     which the memory layout appends last, so the new network starts out computing
     exactly what the old one did.
+
+    ``transfer``: a checkpoint of other classes or channels (a model of another task):
+    every tensor of the same name and shape is copied (the encoder and decoder), the
+    rest keeps its fresh initialisation (the class head, and the first convolution
+    whose input channels differ).
     """
     from .checkpoint import CheckpointError, load_checkpoint
     from .resources import resolve_checkpoint
 
+    if transfer:
+        ck = load_checkpoint(resolve_checkpoint(path))
+        own, theirs = net.state_dict(), ck.model.state_dict()
+        kept = {k: v for k, v in theirs.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+        if not kept:
+            raise CheckpointError(f"--init-from {path}: no tensor fits this network; use the same encoder")
+        net.load_state_dict({**own, **kept})
+        log(f"transferred {len(kept)} of {len(own)} tensors from {path} (the rest starts fresh)")
+        return
     ck = load_checkpoint(resolve_checkpoint(path), expected_classes=class_names)
     old_ctx = int(ck.meta.context_slices)
-    extra = 2 * (int(context_slices) - old_ctx)
+    extra = 2 * (int(context_slices) - old_ctx) * ck.meta.n_channels
     # options that change no parameter shape may differ between the two networks
     same_weights = {"encoder_weights": ck.model.config.encoder_weights,
                     "encoder_stem_stride": ck.model.config.encoder_stem_stride}
@@ -716,7 +761,8 @@ def _init_from(net, path, class_names, context_slices: int = 0) -> None:
         raise CheckpointError(
             f"--init-from {path}: its architecture {ck.model.config.to_dict()} (context_slices "
             f"{old_ctx}) differs from this run's {net.config.to_dict()} (context_slices "
-            f"{context_slices}); use the same memory, depth, encoder and decoder options"
+            f"{context_slices}); use the same memory, depth, encoder and decoder options "
+            f"(or --init-transfer for a model of another task)"
         )
     state = ck.model.state_dict()
     if extra:
