@@ -37,6 +37,7 @@ from .core.preprocessing import ImageError, check_image
 __all__ = [
     "CLICKS_SUFFIX",
     "LABELS_LAYER_NAME",
+    "ChannelLayerView",
     "ClickLayers",
     "LabelsView",
     "PointKey",
@@ -46,8 +47,10 @@ __all__ = [
     "current_slice",
     "existing_labels_layer",
     "find_image_layer",
+    "image_channels",
     "keys_from_clicks",
     "labels_class_problem",
+    "match_channel_layers",
     "make_click_layers",
     "painted_slices",
     "point_coords",
@@ -130,6 +133,117 @@ def check_image_layer(layer) -> np.ndarray:
         return check_image(np.asarray(layer.data))
     except ImageError as exc:
         raise ImageError(f"'{layer.name}': {exc}") from None
+
+
+class ChannelLayerView:
+    """A layer holding channels along one axis, seen without that axis: the geometry
+    (``ndim``, ``scale``, ``translate``; no rotation, shear or affine) the labels and click
+    layers take; every other attribute is the layer's own."""
+
+    def __init__(self, layer, channel_axis: int):
+        self._layer = layer
+        keep = [a for a in range(layer.ndim) if a != channel_axis % layer.ndim]
+        self.ndim = len(keep)
+        self.scale = np.asarray(layer.scale)[keep]
+        self.translate = np.asarray(layer.translate)[keep]
+        self.rotate = np.eye(self.ndim)
+        self.shear = np.zeros(self.ndim * (self.ndim - 1) // 2)
+
+        class _Affine:
+            affine_matrix = np.eye(self.ndim + 1)
+
+        self.affine = _Affine()
+
+    def __getattr__(self, name):
+        return getattr(self._layer, name)
+
+
+def _check_channel_layer(layer, names: Sequence[str], channel_axis: int) -> list:
+    """The channels of one layer holding them all along ``channel_axis``."""
+    if not isinstance(layer, Image) or layer.rgb or layer.multiscale:
+        raise ImageError(f"'{getattr(layer, 'name', layer)}' is not a plain image layer that can hold channels")
+    data = np.asarray(layer.data)
+    try:
+        channels = list(np.moveaxis(data, channel_axis, 0))
+    except np.exceptions.AxisError:
+        raise ImageError(f"'{layer.name}' has no axis {channel_axis} (shape {data.shape})") from None
+    if len(channels) != len(names):
+        raise ImageError(f"'{layer.name}' holds {len(channels)} channels along axis {channel_axis}, but the "
+                         f"network reads {len(names)}: {', '.join(names)}")
+    out = []
+    for name, array in zip(names, channels):
+        try:
+            out.append(check_image(array))
+        except ImageError as exc:
+            raise ImageError(f"'{layer.name}' channel {name}: {exc}") from None
+    return out
+
+
+def match_channel_layers(viewer, names: Sequence[str]) -> list:
+    """One image layer per channel name, found by name (case-insensitive, the layer's
+    name containing the channel's), or None where no single layer fits."""
+    images = [layer for layer in viewer.layers if isinstance(layer, Image)]
+    out, taken = [], set()
+    for name in names:
+        fits = [layer for layer in images if name.lower() in layer.name.lower() and id(layer) not in taken]
+        exact = [layer for layer in fits if layer.name.lower() == name.lower()]
+        chosen = exact[0] if exact else (fits[0] if len(fits) == 1 else None)
+        if chosen is not None:
+            taken.add(id(chosen))
+        out.append(chosen)
+    return out
+
+
+def image_channels(viewer, image_layer, names: Sequence[str], channel_axis: int | None = None):
+    """The layer(s) and pixel arrays of an image for a network reading ``names`` channels.
+
+    Parameters
+    ----------
+    image_layer : layer, name, sequence of them, or None
+        One layer (or name) per channel, in the network's channel order; or one layer
+        holding every channel along ``channel_axis`` (found by itself when it is the
+        first axis and has as many entries as channels); or None: the selected image
+        layer for one channel, the layers named after the channels for several.
+
+    Returns
+    -------
+    (layer, arrays)
+        The layer whose geometry the results take (the first; a
+        :class:`ChannelLayerView` of a layer holding the channels), and one checked array
+        per channel.
+
+    Raises
+    ------
+    ImageError
+        With what to give instead.
+    """
+    names = list(names)
+    if isinstance(image_layer, (list, tuple)):
+        layers = [find_image_layer(viewer, item) for item in image_layer]
+        if len(layers) != len(names):
+            raise ImageError(f"the network reads {len(names)} channel(s) ({', '.join(names)}); "
+                             f"{len(layers)} image layer(s) were given")
+        arrays = [check_image_layer(layer) for layer in layers]
+        if len({a.shape for a in arrays}) > 1:
+            raise ImageError("the channel layers differ in shape: "
+                             + ", ".join(f"'{la.name}' {a.shape}" for la, a in zip(layers, arrays)))
+        return layers[0], arrays
+    layer = find_image_layer(viewer, image_layer)
+    if len(names) == 1:
+        return layer, [check_image_layer(layer)]
+    if channel_axis is not None:
+        return ChannelLayerView(layer, channel_axis), _check_channel_layer(layer, names, channel_axis)
+    if layer is not None and image_layer is not None and np.ndim(layer.data) == 4 \
+            and np.shape(layer.data)[0] == len(names):
+        return ChannelLayerView(layer, 0), _check_channel_layer(layer, names, 0)
+    matched = match_channel_layers(viewer, names)
+    if image_layer is None and all(m is not None for m in matched):
+        return image_channels(viewer, matched, names)
+    raise ImageError(
+        f"the network reads {len(names)} channels ({', '.join(names)}): give one image layer per channel in "
+        "that order (name them after the channels to have them found), or one layer with the channels along "
+        "its first axis"
+    )
 
 
 def existing_labels_layer(viewer, shape: Sequence[int], image_name: str):

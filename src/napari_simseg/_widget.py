@@ -49,7 +49,8 @@ from ._layers import check_image_layer
 from ._teach_panel import TeachPanel
 from .core.devices import DEVICES
 from .core.io import WRITABLE_EXTENSIONS
-from .core.resources import DEMO_CHECKPOINT
+from ._image_picker import ImagePicker
+from .core.resources import DEMO_CHECKPOINT, peek_channel_names
 from .viewer_session import OVERWRITE_POLICIES, Job, ViewerSession
 
 __all__ = ["SimSegWidget", "ask_discard", "ask_overwrite", "ask_restart"]
@@ -222,13 +223,14 @@ class SimSegWidget(QWidget):
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
         layout = QVBoxLayout(self)
+        self.image_picker = ImagePicker(self.viewer)
+        self.image_combo = self.image_picker.image_combo
+        layout.addWidget(self.image_picker)
         form = QFormLayout()
-        self.image_combo = QComboBox()
-        self.image_combo.setToolTip("Image layer to segment (2D or 3D, single channel)")
-        form.addRow("Image", self.image_combo)
 
         self.checkpoint_edit = QLineEdit(_DEMO)
         self.checkpoint_edit.setToolTip("'demo' for the bundled model, or a .safetensors checkpoint")
+        self.checkpoint_edit.editingFinished.connect(self._on_checkpoint_changed)
         browse = QPushButton("Browse...")
         browse.clicked.connect(self._browse_checkpoint)
         row = QHBoxLayout()
@@ -346,24 +348,15 @@ class SimSegWidget(QWidget):
         self._refresh_image_combo()
 
     def _refresh_image_combo(self) -> None:
-        from napari.layers import Image
-
-        current = self.image_combo.currentText()
-        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentText(current)
-        elif names:
-            active = self.viewer.layers.selection.active
-            self.image_combo.setCurrentText(active.name if isinstance(active, Image) else names[-1])
-        self.image_combo.blockSignals(False)
+        self.image_picker.refresh()
 
     def selected_image_layer(self):
-        """The image layer chosen in the combo box, or None."""
-        name = self.image_combo.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        """The image layer chosen in the *Image* box, or None."""
+        return self.image_picker.image_layer()
+
+    def _on_checkpoint_changed(self) -> None:
+        """Show one image box per channel when the checkpoint reads several."""
+        self.image_picker.set_channels(peek_channel_names(self.checkpoint_edit.text().strip() or _DEMO))
 
     def configure(self, checkpoint=None, device=None, image_layer=None, start: bool = False) -> bool:
         """Set the checkpoint, device and image (any left None stays), optionally Start.
@@ -375,7 +368,7 @@ class SimSegWidget(QWidget):
         if device is not None:
             self.device_combo.setCurrentText(str(device))
         if image_layer is not None:
-            self.image_combo.setCurrentText(getattr(image_layer, "name", str(image_layer)))
+            self.image_picker.select(image_layer)
         if start:
             return self.start(wait=True)
         return self.session is not None
@@ -383,6 +376,7 @@ class SimSegWidget(QWidget):
     def set_checkpoint(self, path) -> None:
         """Use this checkpoint at the next Start (``"demo"``: the bundled model)."""
         self.checkpoint_edit.setText(str(path))
+        self._on_checkpoint_changed()
 
     def _browse_checkpoint(self) -> None:
         start = str(DEMO_CHECKPOINT.parent) if DEMO_CHECKPOINT.parent.is_dir() else ""
@@ -442,9 +436,11 @@ class SimSegWidget(QWidget):
             )
             return False
         ViewerSession.import_model_stack()  # the LLVM guard comes before torch's first import
-        image = self.selected_image_layer()
+        self._on_checkpoint_changed()
+        image, channel_axis = self.image_picker.selection(), self.image_picker.channel_axis()
         try:
-            check_image_layer(image)
+            for layer in image if isinstance(image, list) else [image] if channel_axis is None else []:
+                check_image_layer(layer)
         except (ValueError, TypeError) as exc:
             self._set_status(_one_line(exc))
             self._update_buttons()
@@ -461,6 +457,7 @@ class SimSegWidget(QWidget):
             session = ViewerSession(
                 self.viewer,
                 image,
+                channel_axis=channel_axis,
                 checkpoint=predictor,
                 device=device,
                 overwrite_policy=self.overwrite_policy,
@@ -474,7 +471,7 @@ class SimSegWidget(QWidget):
             self.latency_label.setText("")
             slices = "" if session.is_2d else f" ({session.n_slices} slices)"
             return (
-                f"segmenting '{image.name}'{slices} on {session.device} with classes "
+                f"segmenting '{session.image_layer.name}'{slices} on {session.device} with classes "
                 f"{', '.join(session.class_names)}: click in a '<class> clicks' layer"
             )
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ._layers import (CLICKS_SUFFIX, LABELS_LAYER_NAME, ClickLayers, LabelsView, PointKey, check_click_layer_names,
                       check_image_layer, clicks_from_keys, current_slice, existing_labels_layer, find_image_layer,
-                      labels_class_problem, view_problem)
+                      image_channels, labels_class_problem, view_problem)
 from .core.clicks import as_clicks, validate_click
 from .core.interaction_log import check_log, load_log, rounds_from_log
 from .core.io import split_extension
@@ -100,9 +100,12 @@ class ViewerSession:
     ----------
     viewer : napari.Viewer
         The viewer whose layers are used.
-    image_layer : napari.layers.Image, str or None
+    image_layer : napari.layers.Image, str, sequence of them, or None
         The image (or its name); ``None`` takes the selected image layer, else the
-        topmost one.
+        topmost one. For a network that reads several channels (``T1``, ``T2``...): one
+        layer per channel in its order, or one layer with the channels along
+        ``channel_axis`` (the first axis is found by itself); ``None`` takes the image
+        layers named after the channels.
     checkpoint : str, Path or Predictor
         ``"demo"`` (the bundled model), a ``.safetensors`` path, or a loaded Predictor.
     device : {"auto", "cpu", "cuda", "mps"}
@@ -117,6 +120,8 @@ class ViewerSession:
         overwritten silently.
     batch_size : int
         Slices per network call in automatic segmentation.
+    channel_axis : int, optional
+        The axis of a single ``image_layer`` that holds the channels.
     confirm_discard : callable, optional
         ``confirm_discard(question) -> bool``, asked before :meth:`load` replaces rounds
         made since the last save or load (the widget passes a question dialog).
@@ -146,7 +151,7 @@ class ViewerSession:
     def __init__(self, viewer, image_layer=None, checkpoint: Union[str, Path, "Predictor"] = "demo",
                  device: str = "auto", *, overwrite_policy: str = "ask",
                  confirm: Optional[Callable[[list], bool]] = None, batch_size: int = 8,
-                 confirm_discard: Optional[Callable[[str], bool]] = None):
+                 confirm_discard: Optional[Callable[[str], bool]] = None, channel_axis: Optional[int] = None):
         from ._llvm_guard import avoid_triton_llvm_clash
 
         avoid_triton_llvm_clash()  # before the first torch import in a process with a canvas
@@ -155,18 +160,23 @@ class ViewerSession:
         if overwrite_policy not in OVERWRITE_POLICIES:
             raise ValueError(f"overwrite_policy must be one of {OVERWRITE_POLICIES}, got {overwrite_policy!r}")
         self.viewer = viewer
-        image = find_image_layer(viewer, image_layer)
-        data = check_image_layer(image)
+        if not isinstance(image_layer, (list, tuple)) and channel_axis is None:
+            layer = find_image_layer(viewer, image_layer)
+            if layer is None or np.ndim(layer.data) != 4:  # a 4D layer may hold channels
+                check_image_layer(layer)  # before the slow load
 
         # --- every check happens before the first change to the viewer
-        existing = existing_labels_layer(viewer, data.shape, image.name)
-        predictor = self._load_predictor(checkpoint, device, existing)
+        predictor = self._load_predictor(checkpoint, device)
+        image, channels = image_channels(viewer, image_layer, predictor.channel_names, channel_axis)
+        existing = existing_labels_layer(viewer, channels[0].shape, image.name)
+        self._check_labels_classes(existing, predictor)
         check_click_layer_names(viewer, predictor.class_names)
-        session = InteractiveSession(data, predictor)
+        session = InteractiveSession(channels if len(channels) > 1 else channels[0], predictor)
 
         # --- checks passed: bind to the viewer
         self.image_layer = image
-        self._image = data
+        self.channel_arrays = channels
+        self._image = channels[0]
         self.session: InteractiveSession = session
         self.overwrite_policy = overwrite_policy
         self.confirm = confirm
@@ -201,25 +211,27 @@ class ViewerSession:
         return ViewerSession._load_predictor(checkpoint, device)
 
     @staticmethod
-    def _load_predictor(checkpoint, device: str, existing=None) -> "Predictor":
-        """The predictor, refused when its classes do not fit an ``existing`` labels layer."""
-        from .core.checkpoint import CheckpointError
+    def _load_predictor(checkpoint, device: str) -> "Predictor":
+        """The predictor on ``device`` (a loaded one is kept; an unavailable device is refused)."""
         from .core.devices import resolve_device
         from .core.predictor import Predictor
 
         if isinstance(checkpoint, Predictor):
             resolve_device(device)  # an unavailable device is refused as for a path
-            predictor = checkpoint
-        else:  # the predictor refuses an unavailable device before the slow load, and other classes
-            expected = None if existing is None else existing.metadata.get("class_names")
-            predictor = Predictor(checkpoint, device=device, expected_classes=expected)
+            return checkpoint
+        return Predictor(checkpoint, device=device)  # refuses an unavailable device before the slow load
+
+    @staticmethod
+    def _check_labels_classes(existing, predictor) -> None:
+        """Refuse a predictor whose classes do not fit an ``existing`` labels layer."""
+        from .core.checkpoint import CheckpointError
+
         problem = None if existing is None else labels_class_problem(existing, predictor.class_names)
         if problem:
             raise CheckpointError(
                 f"{predictor.checkpoint.path}: trained for classes {predictor.class_names}, but the "
                 f"'{LABELS_LAYER_NAME}' layer {problem}; pick a matching checkpoint or rename that layer"
             )
-        return predictor
 
     def close(self) -> None:
         """Stop listening to the layers (the layers and their contents stay) and cancel a running teach job."""

@@ -13,7 +13,7 @@ from the layers below it, never from above, counting imports inside functions
     jobs         evaluation calibration training averaging benchmark recipe datacheck
                  teach_worker
     app          (outside core) cli demo _layers viewer_session _widget _reader
-                 _writer _sample_data _colors _llvm_guard _teach _teach_panel
+                 _writer _sample_data _colors _llvm_guard _teach _teach_panel _image_picker
 
 One job per module: ``devices`` resolves devices and autocast; ``clicks`` encodes,
 shifts and honours clicks; ``decision`` turns probabilities into labels (with

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DEMO_CHECKPOINT", "RESOURCES", "SAMPLE_DIR", "folder_hint", "resolve_checkpoint"]
+__all__ = ["DEMO_CHECKPOINT", "RESOURCES", "SAMPLE_DIR", "folder_hint", "peek_channel_names", "resolve_checkpoint"]
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 DEMO_CHECKPOINT = RESOURCES / "demo_hippocampus.safetensors"
@@ -42,3 +42,24 @@ def folder_hint(folder) -> str:
         return "pass a .safetensors checkpoint file"
     shown = ", ".join(found[:4]) + (" ..." if len(found) > 4 else "")
     return f"pass one of the checkpoints in it ({shown}), e.g. {Path(folder) / found[0]}"
+
+
+def peek_channel_names(checkpoint) -> list:
+    """The image channels a checkpoint's network reads, from its header alone.
+
+    Cheap and torch-free (the widget asks while the user picks a checkpoint); any
+    problem with the file reads as one unnamed channel here and is reported, with its
+    reason, when the checkpoint is loaded.
+    """
+    import json
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(resolve_checkpoint(checkpoint)), framework="numpy") as f:
+            names = json.loads((f.metadata() or {}).get("simseg", "{}")).get("channel_names")
+    except Exception:  # noqa: BLE001 - reported at load, with the reason
+        return ["image"]
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return names
+    return ["image"]
