@@ -65,6 +65,10 @@ def main_train(args) -> int:
     values.update(typed)
     if "steps_per_epoch" in typed:
         values["plan_steps"] = False  # the user's own schedule
+    if not args.config and typed.get("data") and int(os.environ.get("RANK", "0")) == 0:
+        from .core.recipe import describe_recipe
+
+        print(describe_recipe(values), flush=True)
     try:
         cfg = TrainConfig.from_dict(values).validate()
     except (TypeError, ValueError) as exc:
@@ -77,20 +81,15 @@ def main_train(args) -> int:
 
 
 def _recipe_values(typed: dict) -> dict:
-    """The default recipe's options for ``typed["data"]`` (printed first, by rank 0)."""
-    import os
-
+    """The default recipe's options for ``typed["data"]``."""
     from .core.datasets import discover_dataset
-    from .core.recipe import case_shapes, default_recipe, describe_recipe
+    from .core.recipe import case_shapes, default_recipe
 
     if not typed.get("data"):
         return {}  # TrainConfig.validate says what is missing
     spec = discover_dataset(typed["data"])
-    values = default_recipe(case_shapes(spec), spec.class_names, spec.channel_names,
-                            max_minutes=typed.get("max_minutes") or 20.0)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(describe_recipe(values), flush=True)
-    return values
+    return default_recipe(case_shapes(spec), spec.class_names, spec.channel_names,
+                          max_minutes=typed.get("max_minutes") or 20.0)
 
 
 def main_benchmark(args) -> int:

@@ -152,6 +152,8 @@ class SliceDataset(torch.utils.data.Dataset):
         if not self.cases:
             detail = f":\n{issue_message(issues, len(cases))}" if issues else ""
             raise DatasetError(f"no usable case among the {len(cases)} requested{detail}", issues)
+        if self.crop_size is not None and all(max(img.shape[-2:]) <= self.crop_size for img in self.images.values()):
+            self.crop_size = None  # crops at least as large as every slice: whole slices
         if target_shape is None:
             target_shape = self.largest_item_shape(multiple)
         self.target_shape = (int(target_shape[0]), int(target_shape[1]))
