@@ -24,7 +24,7 @@ LAYERS = {
                    "core.io", "core.preprocessing", "core.metrics", "core.phantom", "core.virtual_user",
                    "core.regions", "core.atomic"],
     "network": ["core.model", "core.checkpoint", "core.predictor"],
-    "interaction": ["core.interaction_log", "core.session", "core.teaching"],
+    "interaction": ["core.interaction_log", "core.propagation", "core.session", "core.teaching"],
     "data": ["core.layouts", "core.datasets", "core.splits", "core.augmentation", "core.slices"],
     "engine": ["core.rounds", "core.losses", "core.baselines", "core.train_config"],
     "jobs": ["core.evaluation", "core.calibration", "core.training", "core.averaging", "core.benchmark",

@@ -7,7 +7,7 @@ from the layers below it, never from above, counting imports inside functions
     foundation   resources devices clicks decision memory io preprocessing metrics
                  phantom virtual_user regions atomic
     network      model checkpoint predictor
-    interaction  interaction_log session teaching
+    interaction  interaction_log propagation session teaching
     data         layouts datasets splits augmentation slices
     engine       rounds losses baselines train_config
     jobs         evaluation calibration training averaging benchmark recipe datacheck
@@ -22,9 +22,9 @@ per-class offsets, numpy and torch); ``memory`` is one slice's none/CIM/SIM memo
 write atomic (a temporary file, then a rename); ``preprocessing`` normalises,
 slices, stacks neighbours and pads (no torch); ``predictor`` is the one way a
 checkpoint becomes a running network (flip averaging inside); ``interaction_log``
-writes, reads and replays the ``.simseg.json`` log; ``session`` is the interactive
-session; ``teaching`` picks a session's labelled slices and runs ``teach_worker`` (the
-trainer on those slices) in a spawned process, never importing it; ``datasets``,
+writes, reads and replays the ``.simseg.json`` log; ``propagation`` carries a finished
+slice into its neighbours; ``session`` is the interactive session; ``teaching`` picks a
+session's labelled slices and runs ``teach_worker`` (the trainer on those slices) in a spawned process, never importing it; ``datasets``,
 ``splits``, ``augmentation`` and ``slices`` turn labelled folders into training slices;
 ``rounds`` is the batched interaction-round engine of training, evaluation and
 calibration; the jobs are the ``simseg`` commands' work.

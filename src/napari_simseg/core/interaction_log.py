@@ -17,7 +17,16 @@ Format (version 1)::
                  "clicks": [{"class": c, "y": y, "x": x}, ...]},
                 {"action": "undo" | "redo" | "reset", "slice": z, "time": t},
                 {"action": "auto", "slices": [z, ...], "time": t},
-                {"action": "set_labels", "slice": z, "labels": [[...]], "time": t}]}
+                {"action": "set_labels", "slice": z, "labels": [[...]], "time": t},
+                {"action": "propagate", "slice": source z, "direction": "both" | "up" | "down",
+                 "steps": [{"slice": z, "rounds": [[{"class": c, "y": y, "x": x}, ...], ...]}, ...],
+                 "time": t},
+                {"action": "undo_propagation", "slice": source z, "time": t}]}
+
+A ``propagate`` event holds every seed of every slice it wrote
+(:mod:`~napari_simseg.core.propagation`), so its replay does not depend on the seed
+rules of the code that replays it; ``undo`` on a propagated slice undoes the whole
+propagation, as it did when recorded.
 """
 
 from __future__ import annotations
@@ -256,6 +265,10 @@ def _apply(session, event: dict) -> None:
             pass
     elif action == "set_labels":
         session.set_labels(event["slice"], np.asarray(event["labels"]))
+    elif action == "propagate":
+        session.replay_propagation(event)
+    elif action == "undo_propagation":
+        session.undo_propagation(event["slice"])
     else:
         raise ValueError(f"unknown log action {action!r}")
 

@@ -18,11 +18,13 @@ from .decision import decide_labels
 from .interaction_log import load_log, replay_log, write_log
 from .memory import InteractionMemory
 from .predictor import Predictor
+from .propagation import (DIRECTIONS, PROPAGATED, Propagation, SeedRule, SliceState, iter_propagate,
+                          replay_propagation, undo_propagation)
 from .regions import FULL_SLICE_PIXELS, TILE_BATCH_BYTES, box_around, grow_box, scale_box, tiles, touched_boxes
 from .preprocessing import (ImageError, check_image, context_stack, n4_correct, normalize_volume, resize_image,
                             resize_labels, resize_probabilities, to_working_coordinates, working_scale, working_shape)
 
-__all__ = ["ImageError", "InteractiveSession", "RoundResult", "load_log", "replay_log"]
+__all__ = ["ImageError", "InteractiveSession", "Propagation", "RoundResult", "load_log", "replay_log"]
 
 
 @dataclass
@@ -159,6 +161,8 @@ class InteractiveSession:
         self._base_labels: dict[int, np.ndarray] = {}
         self._memories: dict[int, InteractionMemory] = {}
         self._regions: dict[int, tuple] = {}  # working-grid box each slice's memory covers
+        self._hand_set: set[int] = set()  # slices whose base labels came from set_labels
+        self._propagations: list[Propagation] = []  # active propagations, oldest first (core.propagation)
         self._log: list[dict] = []
         self.max_state_history = int(max_state_history)
 
@@ -297,9 +301,10 @@ class InteractiveSession:
         if mem is not None and mem.last is not None and mem.last.probabilities is not None:
             y0, y1, x0, x1 = self._image_box(self._regions.get(idx, self._whole))
             labels[y0:y1, x0:x1] = self._to_labels(mem.last.probabilities, (y1 - y0, x1 - x0))
-            if self.honour_clicks:
+            if self.honour_clicks:  # the user's clicks, not a propagation's seeds (guesses)
                 for state in mem.rounds:
-                    honour_clicks(labels, state.meta.get("click_list", ()))
+                    if PROPAGATED not in state.meta:
+                        honour_clicks(labels, state.meta.get("click_list", ()))
         self.labels[idx] = labels
         return labels.copy()
 
@@ -329,10 +334,20 @@ class InteractiveSession:
         """
         t0 = time.perf_counter()
         idx = self.check_slice(slice_index)
+        clicks = self._checked_clicks(clicks)
+        result = self._run_round(idx, clicks, t0)
+        self._record("clicks", slice=idx, round=result.round,
+                     clicks=[{"class": c.label, "y": c.y, "x": c.x} for c in clicks])
+        return result
+
+    def _checked_clicks(self, clicks: Sequence) -> list:
         clicks = as_clicks(clicks)
-        h, w = self.shape[1:]
         for c in clicks:  # validate all before touching any state
-            validate_click(c, self.n_classes, (h, w))
+            validate_click(c, self.n_classes, self.shape[1:])
+        return clicks
+
+    def _run_round(self, idx: int, clicks: list, t0: float, **meta) -> RoundResult:
+        """One round of checked ``clicks`` on slice ``idx`` (``meta`` goes on the memory round)."""
         on_grid = [Click(c.label, *to_working_coordinates(c.y, c.x, self.scale)) for c in clicks]
         box = self._region(idx, on_grid)
         mem = self.memory(idx)
@@ -340,7 +355,7 @@ class InteractiveSession:
         masks = encode_clicks(in_box, self.n_classes, mem.shape, self.predictor.click_radius)
         prev = mem.last
         state = self._state_to_device(prev.payload if prev is not None else None)
-        mem.push(masks, click_list=[c.as_tuple() for c in clicks])
+        mem.push(masks, click_list=[c.as_tuple() for c in clicks], **meta)
         x = mem.network_input(self._image_input(idx, box))
         t1 = time.perf_counter()
         try:
@@ -352,12 +367,6 @@ class InteractiveSession:
         mem.set_probabilities(probs, payload=self._state_to_storage(new_state))
         self._trim_states(mem)
         labels = self._show_current(idx)
-        self._record(
-            "clicks",
-            slice=idx,
-            round=mem.n_rounds,
-            clicks=[{"class": c.label, "y": c.y, "x": c.x} for c in clicks],
-        )
         total_ms = (time.perf_counter() - t0) * 1e3
         return RoundResult(idx, mem.n_rounds, labels, probs, model_ms, total_ms, self._image_box(box))
 
@@ -379,11 +388,20 @@ class InteractiveSession:
             state.payload = None
 
     def undo(self, slice_index) -> np.ndarray:
-        """Undo the newest round of a slice; returns its labels as they were before it."""
+        """Undo the newest round of a slice; returns its labels as they were before it.
+
+        On a propagated slice (its newest round is a propagation's) this undoes that whole
+        propagation, every slice it wrote, as one step (see :meth:`undo_propagation`).
+        """
         idx = self.check_slice(slice_index)
         mem = self.memory(idx)
         if not mem.can_undo:
             raise RuntimeError(f"nothing to undo on slice {idx}")
+        owner = next((p for p in self._propagations if p.holds(self, idx)), None)
+        if owner is not None:
+            undo_propagation(self, self._propagations, owner)
+            self._record("undo", slice=idx)
+            return self.labels[idx].copy()
         mem.undo()
         self._record("undo", slice=idx)
         return self._show_current(idx)
@@ -404,6 +422,7 @@ class InteractiveSession:
         self.memory(idx).reset()
         self._regions.pop(idx, None)
         self._base_labels.pop(idx, None)
+        self._hand_set.discard(idx)
         self._record("reset", slice=idx)
         return self._show_current(idx)
 
@@ -418,8 +437,146 @@ class InteractiveSession:
         self.memory(idx).reset()
         self._regions.pop(idx, None)
         self._base_labels[idx] = labels.astype(self.labels.dtype)
+        self._hand_set.add(idx)
         self._record("set_labels", slice=idx, labels=labels.astype(int).tolist())
         self._show_current(idx)
+
+    # ------------------------------------------------------------------ propagation
+    def is_user_edited(self, slice_index) -> bool:
+        """Whether the user worked on a slice: rounds of the user's own (undone ones
+        included) or labels set by hand (:meth:`set_labels`). Propagation never
+        overwrites such a slice."""
+        idx = self.check_slice(slice_index)
+        mem = self._memories.get(idx)
+        return idx in self._hand_set or (mem is not None and (
+            mem.can_redo or any(PROPAGATED not in s.meta for s in mem.rounds)))
+
+    @property
+    def hand_set(self) -> list[int]:
+        """Slices whose base labels were set by hand (:meth:`set_labels`) and not replaced since."""
+        return sorted(self._hand_set)
+
+    def user_clicks(self, slice_index) -> list[Click]:
+        """The clicks of the user's rounds on a slice, oldest first (undone rounds excluded)."""
+        mem = self._memories.get(self.check_slice(slice_index))
+        rounds = () if mem is None else mem.rounds
+        return [Click(*c) for s in rounds if PROPAGATED not in s.meta for c in s.meta.get("click_list", ())]
+
+    @property
+    def propagated(self) -> dict[int, int]:
+        """Slices that show a propagated result (no round of the user's), with their source slice."""
+        return {z: m.rounds[0].meta[PROPAGATED] for z, m in self._memories.items()
+                if m.n_rounds and all(PROPAGATED in s.meta for s in m.rounds)}
+
+    @property
+    def propagations(self) -> list[Propagation]:
+        """The active (not undone) propagations, oldest first."""
+        return list(self._propagations)
+
+    def iter_propagate(self, slice_index, direction: str = "both", stop: Sequence[int] = (),
+                       rule: Optional[SeedRule] = None, labels: Optional[np.ndarray] = None
+                       ) -> Iterator[tuple[int, int, Optional[int]]]:
+        """:meth:`propagate` step by step: yields ``(done, total, slice)`` after each slice
+        (first ``(0, total, None)``); stopping early keeps, logs and makes undoable the
+        slices written so far. The arguments are checked at the call."""
+        return self._walk(*self._propagation_args(slice_index, direction, stop, rule, labels))
+
+    def propagate(self, slice_index, direction: str = "both", stop: Sequence[int] = (),
+                  rule: Optional[SeedRule] = None, labels: Optional[np.ndarray] = None) -> Propagation:
+        """Carry a finished slice into its neighbours, slice by slice (see :mod:`~napari_simseg.core.propagation`).
+
+        Parameters
+        ----------
+        slice_index : int
+            The finished slice.
+        direction : {"both", "up", "down"}
+            Towards higher slice indices (``"up"``), lower ones, or both.
+        stop : sequence of int
+            More slices never to overwrite (e.g. painted in a viewer); propagation also
+            stops at slices the user edited, at slices propagated from a nearer finished
+            slice and where the structure ends.
+        rule : SeedRule, optional
+            Region size and distance limits.
+        labels : ndarray, optional
+            The finished slice's labels when they differ from the session's (painted in
+            a viewer): seeds then come from them, not from the slice's clicks.
+
+        Returns
+        -------
+        Propagation
+            Its record (``slices`` written; none when nothing could be propagated).
+            :meth:`undo_propagation`, or :meth:`undo` on any of its slices, undoes it as
+            one step.
+        """
+        args = self._propagation_args(slice_index, direction, stop, rule, labels)
+        for _ in self._walk(*args):
+            pass
+        return args[0]
+
+    def _propagation_args(self, slice_index, direction, stop, rule, labels) -> tuple:
+        idx = self.check_slice(slice_index)
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != self.shape[1:]:
+                raise ValueError(f"labels must have shape {self.shape[1:]}, got {labels.shape}")
+        return Propagation(idx, direction), [self.check_slice(z) for z in stop], rule or SeedRule(), labels
+
+    def _walk(self, record: Propagation, stop: list, rule: SeedRule, labels):
+        try:
+            yield from iter_propagate(self, record, stop, rule, labels)
+        finally:
+            if record.steps:
+                self._propagations.append(record)
+                self._record("propagate", **record.log_fields())
+
+    def undo_propagation(self, slice_index=None) -> list[int]:
+        """Undo the newest active propagation (from ``slice_index``, when given) as one
+        step; returns the slices restored (those changed since keep their state)."""
+        source = None if slice_index is None else self.check_slice(slice_index)
+        found = [p for p in self._propagations if source is None or p.source == source]
+        if not found:
+            raise RuntimeError("no propagation to undo" + ("" if source is None else f" from slice {source}"))
+        restored = undo_propagation(self, self._propagations, found[-1])
+        self._record("undo_propagation", slice=found[-1].source)
+        return restored
+
+    def replay_propagation(self, event: dict) -> Propagation:
+        """Repeat a logged ``propagate`` event (``core.interaction_log.replay_log``)."""
+        record = replay_propagation(self, event)
+        self._propagations.append(record)
+        self._record("propagate", **record.log_fields())
+        return record
+
+    def seeded_round(self, slice_index, clicks: Sequence, source: int, fresh: bool = True) -> RoundResult:
+        """A propagation's round on a slice, marked as propagated from ``source`` (not
+        logged: the propagation logs itself); ``fresh`` starts from an empty memory."""
+        idx = self.check_slice(slice_index)
+        clicks = self._checked_clicks(clicks)
+        if fresh:
+            self._memories.pop(idx, None)
+            self._regions.pop(idx, None)
+        return self._run_round(idx, clicks, time.perf_counter(), **{PROPAGATED: int(source)})
+
+    def slice_state(self, slice_index) -> SliceState:
+        """The slice's memory object, rounds and region (for ``core.propagation``'s undo)."""
+        idx = self.check_slice(slice_index)
+        mem = self._memories.get(idx)
+        if mem is None:
+            return SliceState(None)
+        return SliceState(mem, mem.rounds, mem.can_redo, self._regions.get(idx))
+
+    def restore_slice_state(self, slice_index, state: SliceState) -> np.ndarray:
+        """Put back a state from :meth:`slice_state` (its memory object as it was); returns the labels."""
+        idx = self.check_slice(slice_index)
+        self._memories.pop(idx, None)
+        self._regions.pop(idx, None)
+        if state.memory is not None:
+            self._memories[idx] = state.memory
+            if state.region is not None:
+                self._regions[idx] = state.region
+        return self._show_current(idx)
 
     # ------------------------------------------------------------------ automatic
     def iter_auto(
@@ -450,6 +607,7 @@ class InteractiveSession:
                                                             for s in chunk]), None)
             for s, p in zip(chunk, probs):
                 self._base_labels[s] = self._to_labels(p)
+                self._hand_set.discard(s)
                 self._show_current(s)
             self._record("auto", slices=chunk)
             yield min(start + len(chunk), total), total
