@@ -122,7 +122,11 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="which volumes (default: test, else val, of a saved split; 'all' when none)")
     p.add_argument("--split-file", default=None,
                    help="split.json to use (default: DIR/split.json, else the checkpoint folder's)")
-    p.add_argument("--clicks", default="0,1,2,3,6", help="click counts to report, e.g. 0,1,2,3,6")
+    p.add_argument("--clicks", default="0,1,2,3,6",
+                   help="rounds to report, e.g. 0,1,2,3,6: per slice (--protocol slice) or per volume (volume)")
+    p.add_argument("--protocol", default="slice", choices=["slice", "volume"],
+                   help="slice (default): every slice gets its own rounds; volume: each round corrects the "
+                        "slice with the largest error and propagates it (one interactive session per volume)")
     p.add_argument("--method", default="model", choices=["model", "random_walker", "grabcut"])
     p.add_argument("--memory", default=None, choices=["none", "cim", "sim"],
                    help="override the checkpoint's memory (e.g. cim for SDG-CIM on an SDG-base model)")
@@ -159,7 +163,7 @@ def main_evaluate(args) -> int:
         clicks=clicks, method=args.method, memory=args.memory, device=args.device,
         batch_size=args.batch_size, noc_clicks=args.noc_clicks, max_volumes=args.max_volumes,
         axis=args.axis, name=args.name, honour_clicks=args.honour_clicks,
-        tta=args.tta, decision_offsets=args.decision_offsets,
+        tta=args.tta, decision_offsets=args.decision_offsets, protocol=args.protocol,
     )
     print(format_report(result))
     if args.json:

@@ -10,7 +10,7 @@ from the layers below it, never from above, counting imports inside functions
     interaction  interaction_log propagation session teaching
     data         layouts datasets splits augmentation slices
     engine       rounds losses baselines train_config
-    jobs         evaluation calibration training averaging benchmark recipe datacheck
+    jobs         volume_protocol evaluation calibration training averaging benchmark recipe datacheck
                  teach_worker
     app          (outside core) cli demo _layers viewer_session _widget _reader
                  _writer _sample_data _colors _llvm_guard _teach _teach_panel _image_picker
@@ -24,10 +24,11 @@ slices, stacks neighbours and pads (no torch); ``predictor`` is the one way a
 checkpoint becomes a running network (flip averaging inside); ``interaction_log``
 writes, reads and replays the ``.simseg.json`` log; ``propagation`` carries a finished
 slice into its neighbours; ``session`` is the interactive session; ``teaching`` picks a
-session's labelled slices and runs ``teach_worker`` (the trainer on those slices) in a spawned process, never importing it; ``datasets``,
-``splits``, ``augmentation`` and ``slices`` turn labelled folders into training slices;
-``rounds`` is the batched interaction-round engine of training, evaluation and
-calibration; the jobs are the ``simseg`` commands' work.
+session's labelled slices and runs ``teach_worker`` (the trainer on those slices) in a
+spawned process, never importing it; ``datasets``, ``splits``, ``augmentation`` and
+``slices`` turn labelled folders into training slices; ``rounds`` is the batched
+interaction-round engine of training, evaluation and calibration; the jobs are the
+``simseg`` commands' work (``volume_protocol`` is ``simseg evaluate --protocol volume``'s).
 """
 
 from .clicks import Click, ClickError, encode_clicks

@@ -19,15 +19,24 @@ Dice and IoU are computed per volume in 3D over the reassembled prediction and
 averaged over volumes (a class absent from a volume's ground truth and prediction is
 left out of that class's mean).
 
+That is the per-slice protocol (``protocol="slice"``, the default: ``k`` = rounds per
+slice). ``protocol="volume"`` (:mod:`~napari_simseg.core.volume_protocol`) runs one
+interactive session per volume: ``k`` = corrective rounds per volume, each on the slice
+with the most mislabelled pixels and followed by a propagation from it. Both count the
+user's clicks per volume (``clicks_per_volume``).
+
 JSON written by ``--json``::
 
     {"checkpoint": str, "data": str, "method": str, "memory": str,
      "honour_clicks": bool (model) or null, "tta": bool (model) or null,
      "decision_offsets": [one per class] or null, "split": str,
+     "protocol": "slice" | "volume",
      "classes": [names], "n_volumes": int, "volumes": [case ids],
-     "results": [{"clicks": k, "dice": {class: mean}, "iou": {class: mean},
+     "results": [{"clicks": k,              # rounds per slice (slice) or per volume (volume)
+                  "clicks_per_volume": mean user clicks per volume after k rounds,
+                  "dice": {class: mean}, "iou": {class: mean},
                   "dice_sem": {class: standard error of that mean over volumes}}, ...],
-     "per_volume": {case id: {"dice": {"k": {class: Dice}}}},
+     "per_volume": {case id: {"dice": {"k": {class: Dice}}, "clicks": {"k": clicks}}},
      "latency_ms": {"mean": ms, "std": ms},   # per slice and round, batched
      "noc": {"max_clicks": 20, "0.85": {class: {"mean", "failures", "n"}},
              "0.9": {...}},                       # only with --noc-clicks > 0
@@ -41,18 +50,21 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
-from .datasets import discover_dataset, load_case_with
+from .datasets import discover_dataset, load_case, load_case_with
 from .metrics import dice_iou_per_class, noc
 from .preprocessing import working_volume
 from .splits import find_split, select_cases
 from .virtual_user import EvaluationUser
+from .volume_protocol import volume_protocol_outputs
 
-__all__ = ["evaluate", "format_report", "write_plot", "write_table"]
+__all__ = ["PROTOCOLS", "evaluate", "format_report", "write_clicks_plot", "write_plot", "write_table"]
+
+PROTOCOLS = ("slice", "volume")
 
 
 @dataclass
@@ -67,6 +79,7 @@ class _Method:
     axis: int
     checkpoint: Optional[Path] = None
     offsets: Optional[list] = None
+    predictor: Any = None  # the model's Predictor (the volume protocol's sessions use it)
 
 
 def _model_method(checkpoint, class_names, device, tta, memory, decision_offsets, axis, honour) -> _Method:
@@ -98,7 +111,7 @@ def _model_method(checkpoint, class_names, device, tta, memory, decision_offsets
         return working_volume(image, meta.working_size)
 
     return _Method("model", run, prepare, mem_kind, dict(meta.normalization), meta.axis if axis is None else axis,
-                   Path(predictor.checkpoint.path), offsets)
+                   Path(predictor.checkpoint.path), offsets, predictor)
 
 
 def _classical_method(method: str, n: int, axis) -> _Method:
@@ -115,16 +128,50 @@ def _classical_method(method: str, n: int, axis) -> _Method:
     return _Method(method, run, prepare, "cim", {"low": 0.5, "high": 99.5}, 0 if axis is None else axis)
 
 
+class _ClickCounter:
+    """The evaluation user of one batch of slices, counting its clicks per round."""
+
+    def __init__(self, user: EvaluationUser, totals: np.ndarray, rounds: int):
+        self.user, self.totals, self.rounds, self.calls = user, totals, rounds, 0
+
+    def next_round_batch(self, gts, previous=None):  # the model: one call per round, in order
+        out = self.user.next_round_batch(gts, previous)
+        self.calls += 1
+        self.totals[self.calls] += sum(len(c) for c in out)
+        return out
+
+    def next_round(self, gt, previous=None):  # classical methods: rounds 1..R of each slice in turn
+        out = self.user.next_round(gt, previous)
+        self.totals[self.calls % self.rounds + 1] += len(out)
+        self.calls += 1
+        return out
+
+
 def _volume_outputs(method: _Method, image, labels, rounds, batch_size, user, latency, clicks):
-    """Label maps ``(S, H, W)`` of one volume after 0..``rounds`` rounds."""
+    """Label maps ``(S, H, W)`` of one volume after 0..``rounds`` rounds per slice, and
+    the user's clicks in the volume after each."""
     outputs = [np.zeros_like(labels) for _ in range(rounds + 1)]
+    totals = np.zeros(rounds + 1, int)
     image = method.prepare(image)
     for start in range(0, labels.shape[0], batch_size):
         sl = slice(start, start + batch_size)
-        preds = method.run(image, labels, sl, rounds, user, latency, clicks)
+        preds = method.run(image, labels, sl, rounds, _ClickCounter(user, totals, max(1, rounds)), latency, clicks)
         for k in range(rounds + 1):
             outputs[k][sl] = preds[k]
-    return outputs
+    return outputs, np.cumsum(totals).tolist()
+
+
+def _case_outputs(how: _Method, protocol: str, case, spec, rounds, batch_size, user, latency, clicks, honour,
+                  offsets) -> tuple:
+    """One case's ground truth, label maps after 0..``rounds`` rounds and user clicks after each."""
+    if protocol == "slice":
+        image, labels = load_case_with(case, how.normalization, how.axis, spec=spec)
+        return (labels, *_volume_outputs(how, image, labels, rounds, batch_size, user, latency, clicks))
+    image, labels = load_case(case, axis=how.axis, normalize=False, spec=spec)  # the session normalises
+    run = volume_protocol_outputs(how.predictor, image, labels, rounds, honour_clicks=honour,
+                                  decision_offsets=offsets)
+    latency.extend(run.round_ms)
+    return labels, [o.astype(labels.dtype) for o in run.outputs], run.clicks
 
 
 def evaluate(
@@ -146,11 +193,13 @@ def evaluate(
     honour_clicks: bool = True,
     tta: bool = True,
     decision_offsets: bool = True,
+    protocol: str = "slice",
 ) -> dict:
     """Evaluate a checkpoint (or a classical method) with the evaluation virtual user.
 
     ``noc_clicks > 0`` also computes NoC@85/90 with that click budget (it runs that
-    many rounds on every slice).
+    many rounds on every slice). ``protocol="volume"``: rounds per volume with
+    propagation (model only, no NoC, no ``memory`` override; see the module docstring).
 
     Returns the result dictionary documented in the module docstring.
     """
@@ -163,6 +212,10 @@ def evaluate(
     if clicks[0] < 0:
         raise ValueError("click counts must be >= 0")
     noc_clicks = max(0, int(noc_clicks))
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "volume" and (method != "model" or memory or noc_clicks):
+        raise ValueError("--protocol volume runs the checkpoint's own session: no --method, --memory or --noc-clicks")
     rounds = max(clicks[-1], noc_clicks)
     if method == "model":
         how = _model_method(checkpoint, class_names, device, tta, memory, decision_offsets, axis, honour_clicks)
@@ -173,7 +226,7 @@ def evaluate(
     if max_volumes:
         cases = cases[: int(max_volumes)]
     user = EvaluationUser(n)
-    per_volume = {k: {"dice": [], "iou": []} for k in clicks}
+    per_volume = {k: {"dice": [], "iou": [], "clicks": []} for k in clicks}
     latency, iou_curves, present = [], [], []
     iterator = cases
     if progress:
@@ -181,18 +234,19 @@ def evaluate(
 
         iterator = tqdm(cases, desc="evaluate", leave=False, dynamic_ncols=True)
     for case in iterator:
-        image, labels = load_case_with(case, how.normalization, how.axis, spec=spec)
-        outputs = _volume_outputs(how, image, labels, rounds, batch_size, user, latency, clicks)
+        labels, outputs, counts = _case_outputs(how, protocol, case, spec, rounds, batch_size, user, latency,
+                                                clicks, honour_clicks, decision_offsets)
         for k in clicks:
             d, i = dice_iou_per_class(outputs[k], labels, n)
             per_volume[k]["dice"].append(d)
             per_volume[k]["iou"].append(i)
+            per_volume[k]["clicks"].append(int(counts[k]))
         if noc_clicks > 0:
             curve = np.stack([_slice_ious(outputs[k], labels, n) for k in range(1, noc_clicks + 1)], axis=1)
             iou_curves.append(curve)
             present.append(np.stack([(labels == c).any((1, 2)) for c in range(n)], axis=1))
     result = _result_document(how, checkpoint, name, data, which, split_src, class_names, cases, clicks,
-                              per_volume, latency, honour_clicks, tta)
+                              per_volume, latency, honour_clicks, tta, protocol)
     if noc_clicks > 0 and iou_curves:
         result["noc"] = _noc_summary(iou_curves, present, noc_clicks, class_names)
     result["seconds"] = round(time.monotonic() - t_start, 2)
@@ -218,7 +272,7 @@ def _sem_dict(class_names, values) -> dict:
 
 
 def _result_document(how: _Method, checkpoint, name, data, which, split_src, class_names, cases, clicks,
-                     per_volume, latency, honour_clicks, tta) -> dict:
+                     per_volume, latency, honour_clicks, tta, protocol="slice") -> dict:
     is_model = how.name == "model"
     return {
         "checkpoint": str(how.checkpoint) if how.checkpoint else None,
@@ -234,17 +288,21 @@ def _result_document(how: _Method, checkpoint, name, data, which, split_src, cla
         "split": which,
         "split_file": str(split_src) if split_src else None,
         "axis": how.axis,
+        "protocol": protocol,
         "classes": class_names,
         "n_volumes": len(cases),
         "volumes": [c.case_id for c in cases],
         "results": [
-            {"clicks": k, "dice": _mean_dict(class_names, per_volume[k]["dice"]),
+            {"clicks": k,
+             "clicks_per_volume": round(statistics.fmean(per_volume[k]["clicks"]), 2) if cases else None,
+             "dice": _mean_dict(class_names, per_volume[k]["dice"]),
              "iou": _mean_dict(class_names, per_volume[k]["iou"]),
              "dice_sem": _sem_dict(class_names, per_volume[k]["dice"])}
             for k in clicks
         ],
         "per_volume": {
-            c.case_id: {"dice": {str(k): _per_class(class_names, per_volume[k]["dice"][v]) for k in clicks}}
+            c.case_id: {"dice": {str(k): _per_class(class_names, per_volume[k]["dice"][v]) for k in clicks},
+                        "clicks": {str(k): per_volume[k]["clicks"][v] for k in clicks}}
             for v, c in enumerate(cases)
         },
         "latency_ms": {
@@ -298,17 +356,21 @@ def _classical_rounds(segmenter, images, gts, rounds, n, user, latency):
 def format_report(result: dict) -> str:
     """A plain-text table: Dice per class for each click count, plus NoC."""
     names = result["classes"]
+    volume = result.get("protocol") == "volume"
     width = max(10, *(len(c) + 2 for c in names))
     lines = [f"{result['name']}: {result['n_volumes']} volumes ({result['split']}), method {result['method']}, "
              f"memory {result['memory']}"
              + ("" if result.get("honour_clicks") is not False else ", network argmax alone (clicks not honoured)")
              + ("" if result.get("tta") is not False else ", no flip averaging")
              + ("" if not result.get("decision_offsets") else
-                ", decision offsets " + "/".join(f"{v:+.2f}" for v in result["decision_offsets"]))]
+                ", decision offsets " + "/".join(f"{v:+.2f}" for v in result["decision_offsets"]))
+             + (", volume protocol (rounds per volume, each propagated)" if volume else "")]
     lines.append("Dice".ljust(8) + "".join(c.rjust(width) for c in names))
     for row in result["results"]:
         vals = "".join(("-" if row["dice"][c] is None else f"{row['dice'][c]:.3f}").rjust(width) for c in names)
-        lines.append(f"{row['clicks']:>2} clicks" + vals)
+        per_volume = row.get("clicks_per_volume")
+        lines.append(f"{row['clicks']:>2} {'rounds' if volume else 'clicks'}" + vals
+                     + ("" if per_volume is None else f"   {per_volume:.1f} clicks/volume"))
     if "noc" in result:
         for thr in ("0.85", "0.9"):
             vals = "".join(
@@ -318,7 +380,8 @@ def format_report(result: dict) -> str:
             lines.append(f"NoC@{int(float(thr) * 100)}".ljust(8) + vals)
     lat = result["latency_ms"]
     if lat["mean"] is not None:
-        lines.append(f"latency per slice {lat['mean']:.2f} ± {lat['std']:.2f} ms; wall {result['seconds']:.0f} s")
+        what = "per corrective round" if volume else "per slice"
+        lines.append(f"latency {what} {lat['mean']:.2f} ± {lat['std']:.2f} ms; wall {result['seconds']:.0f} s")
     return "\n".join(lines)
 
 
@@ -372,6 +435,42 @@ def write_plot(results: Sequence[dict], path, title: Optional[str] = None) -> Pa
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:  # the format follows the temporary name's (= the target's) suffix
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_clicks_plot(results: Sequence[dict], path, title: Optional[str] = None) -> Path:
+    """PNG of Dice per foreground class against the user's clicks per volume, one line
+    per class and result (e.g. the per-slice and the volume protocol on one set)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = list(results)
+    names = results[0]["classes"][1:]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False, sharey=True)
+    styles = ["o-", "s--", "^:", "d-."]
+    for ax, cname in zip(axes[0], names):
+        for res, style in zip(results, styles * len(results)):
+            rows = [r for r in res["results"] if r.get("clicks_per_volume") is not None]
+            xs = [r["clicks_per_volume"] for r in rows]
+            ys = [np.nan if r["dice"][cname] is None else r["dice"][cname] for r in rows]
+            unit = "rounds per volume" if res.get("protocol") == "volume" else "rounds per slice"
+            ax.plot(xs, ys, style, label=f"{res['name']} (points: {unit})")
+            for x, y, r in zip(xs, ys, rows):
+                ax.annotate(str(r["clicks"]), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
+        ax.set_title(cname, fontsize=10)
+        ax.set_xlabel("user clicks per volume")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Dice (3D, mean over volumes)")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
