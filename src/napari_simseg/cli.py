@@ -105,6 +105,11 @@ def main_benchmark(args) -> int:
         benchmark_rounds(checkpoint=args.checkpoint, device=args.device, json_path=args.json,
                          sizes=[int(s) for s in args.sizes.split(",")], auto_volume=auto,
                          auto_slices=args.auto_slices, repeats=args.repeats or 10)
+    elif args.train and args.recipe:
+        from .core.benchmark import benchmark_recipe
+
+        benchmark_recipe(data=args.data, device=args.device, max_minutes=args.max_minutes,
+                         useful_dice=args.useful_dice, json_path=args.json)
     elif args.train:
         benchmark_training(device=args.device, json_path=args.json, encoder=args.encoder,
                            size=args.size or 64, batch_size=args.batch_size, repeats=args.repeats or 5)
@@ -330,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="512,2048", help="slice sizes for --round rounds")
     p.add_argument("--auto-volume", default="300x512", help="DEPTHxSIZE volume for --round's automatic run")
     p.add_argument("--auto-slices", type=int, default=8, help="slices of that volume to segment")
+    p.add_argument("--recipe", action="store_true",
+                   help="with --train: the default recipe's steps per second (and with --data, the minutes "
+                        "to a first useful checkpoint)")
+    p.add_argument("--data", default=None, help="data set folder for --train --recipe")
+    p.add_argument("--max-minutes", type=float, default=20.0, help="budget of the --train --recipe run")
+    p.add_argument("--useful-dice", type=float, default=0.8,
+                   help="validation Dice at 3 clicks that makes a checkpoint useful (--train --recipe --data)")
     p.set_defaults(func=main_benchmark)
 
     p = sub.add_parser("report", help="combine evaluation JSONs into one table and plot")

@@ -632,7 +632,8 @@ def train(cfg: TrainConfig, log=print, data: Optional[TrainingData] = None, on_e
     data : TrainingData, optional
         Slices to train on instead of reading ``cfg.data``.
     on_epoch : callable, optional
-        ``on_epoch(row)`` after each epoch's validation, with that epoch's ``log.json`` row.
+        ``on_epoch(row)`` after each epoch's validation, with that epoch's ``log.json`` row;
+        returning True ends the run there (e.g. once a benchmark has what it measures).
     """
     import yaml
 
@@ -660,8 +661,8 @@ def train(cfg: TrainConfig, log=print, data: Optional[TrainingData] = None, on_e
                "steps": len(losses), "train_seconds": round(time.monotonic() - t_epoch, 2)}
         if dist.main:
             best = _end_epoch(run, epoch, row, history, best, stopped, t_start)
-            if on_epoch is not None:
-                on_epoch(dict(row))
+            if on_epoch is not None and on_epoch(dict(row)):
+                stopped = True
         dist.barrier()
         if stopped:
             if dist.main:
