@@ -12,8 +12,8 @@ Every action on the image goes through :class:`~napari_simseg.viewer_session.Vie
   runs wait for the next one;
 * one job at a time: while a worker runs, the buttons that change the session are
   disabled and key presses are refused with a message;
-* "Auto volume" runs a generator worker reporting ``(done, total)`` to a progress bar;
-  Cancel quits it between batches and the finished slices are kept;
+* "Auto volume" and "Propagate" run generator workers reporting ``(done, total)`` to a
+  progress bar; Cancel quits them between batches (slices) and the finished slices are kept;
 * questions go through Qt dialogs (:func:`ask_overwrite` and :func:`ask_discard`, passed
   to the session as its ``confirm`` and ``confirm_discard``, and :func:`ask_restart`);
 * "Load" replays the log as a generator job, with the progress bar and Cancel.
@@ -71,6 +71,7 @@ _DEMO = "demo"
 KEYS_UNDO = ("Control-Z", "Alt-Z")
 KEYS_REDO = ("Control-Shift-Z", "Alt-Shift-Z")
 KEY_RUN = "Enter"
+KEY_PROPAGATE = "Alt-P"  # P is napari's paint (labels) and add (points) mode
 
 
 def _ask(parent, title: str, text: str) -> bool:
@@ -135,7 +136,7 @@ def _disconnect_all(connections) -> None:
 
 def _unbind_keys(layers) -> None:
     for layer in layers:
-        for key in (*KEYS_UNDO, *KEYS_REDO, KEY_RUN):
+        for key in (*KEYS_UNDO, *KEYS_REDO, KEY_RUN, KEY_PROPAGATE):
             try:
                 layer.bind_key(key, None)
             except (KeyError, ValueError, TypeError):
@@ -260,29 +261,24 @@ class SimSegWidget(QWidget):
         layout.addWidget(self.start_button)
 
         grid = QGridLayout()
-        self.run_button = QPushButton("Run round")
-        self.run_button.setToolTip(f"Run a round now with the new clicks of this slice ({KEY_RUN})")
-        self.auto_slice_button = QPushButton("Auto slice")
-        self.auto_slice_button.setToolTip("Segment this slice without clicks")
-        self.auto_volume_button = QPushButton("Auto volume")
-        self.auto_volume_button.setToolTip("Segment every slice without clicks (slices with clicks are kept)")
-        self.undo_button = QPushButton("Undo")
-        self.undo_button.setToolTip("Undo this slice's last round (Ctrl+Z on click layers, Alt+Z)")
-        self.redo_button = QPushButton("Redo")
-        self.redo_button.setToolTip("Redo this slice's last undone round (Ctrl+Shift+Z on click layers, Alt+Shift+Z)")
-        self.reset_button = QPushButton("Reset slice")
-        self.reset_button.setToolTip("Forget this slice's rounds and clicks and clear its labels")
-        for i, (button, slot) in enumerate(
-            (
-                (self.run_button, self.run_now),
-                (self.auto_slice_button, self.auto_slice),
-                (self.auto_volume_button, self.auto_volume),
-                (self.undo_button, self.undo),
-                (self.redo_button, self.redo),
-                (self.reset_button, self.reset_slice),
-            )
-        ):
+        for i, (name, text, tip, slot) in enumerate((
+            ("run", "Run round", f"Run a round now with the new clicks of this slice ({KEY_RUN})", self.run_now),
+            ("auto_slice", "Auto slice", "Segment this slice without clicks", self.auto_slice),
+            ("auto_volume", "Auto volume", "Segment every slice without clicks (slices with clicks are kept)",
+             self.auto_volume),
+            ("undo", "Undo", "Undo this slice's last round, or the propagation that wrote it (Ctrl+Z on click "
+             "layers, Alt+Z)", self.undo),
+            ("redo", "Redo", "Redo this slice's last undone round (Ctrl+Shift+Z on click layers, Alt+Shift+Z)",
+             self.redo),
+            ("reset", "Reset slice", "Forget this slice's rounds and clicks and clear its labels", self.reset_slice),
+            ("propagate", "Propagate", "Carry this finished slice into its neighbours, slice by slice, until the "
+             f"structure ends or a slice you edited ({KEY_PROPAGATE}); Undo on a propagated slice undoes it all",
+             self.propagate),
+        )):
+            button = QPushButton(text)
+            button.setToolTip(tip)
             button.clicked.connect(slot)
+            setattr(self, f"{name}_button", button)
             grid.addWidget(button, i // 3, i % 3)
         layout.addLayout(grid)
 
@@ -327,9 +323,8 @@ class SimSegWidget(QWidget):
         running = self.session is not None
         busy = self.worker is not None
         for button in (
-            self.run_button, self.auto_slice_button, self.auto_volume_button,
-            self.undo_button, self.redo_button, self.reset_button,
-            self.save_button, self.load_button,
+            self.run_button, self.auto_slice_button, self.auto_volume_button, self.undo_button,
+            self.redo_button, self.reset_button, self.propagate_button, self.save_button, self.load_button,
         ):
             button.setEnabled(running and not busy)
         self.start_button.setEnabled(not busy)
@@ -508,6 +503,7 @@ class SimSegWidget(QWidget):
                 if not (is_labels and key.startswith("Control")):
                     layer.bind_key(key, self._key(self.redo), overwrite=True)
             layer.bind_key(KEY_RUN, self._key(self.run_now), overwrite=True)
+            layer.bind_key(KEY_PROPAGATE, self._key(self.propagate), overwrite=True)
             self._bound_layers.append(layer)
 
     def _detach(self) -> None:
@@ -600,8 +596,13 @@ class SimSegWidget(QWidget):
         if self._ready():
             self._start_guarded(lambda: self.session.prepare_auto(None))
 
+    def propagate(self) -> None:
+        """Carry the current slice into its neighbours, on a generator worker with progress."""
+        if self._ready():
+            self._start_guarded(lambda: self.session.prepare_propagate(self.session.current_slice()))
+
     def cancel(self) -> None:
-        """Stop a running automatic segmentation after its current batch."""
+        """Stop a running automatic segmentation, propagation or load after its current step."""
         if self.worker is not None and self._job is not None and self._job.is_generator:
             self.worker.quit()
             self.cancel_button.setEnabled(False)
@@ -609,7 +610,7 @@ class SimSegWidget(QWidget):
 
     def undo(self) -> None:
         """Undo the current slice's newest round (its clicks go too)."""
-        self._quick(lambda s: s.undo(), "undid the last round on slice {z}")
+        self._quick(lambda s: s.undo(), "undid the last round (or the propagation) on slice {z}")
 
     def redo(self) -> None:
         """Redo the current slice's most recently undone round."""

@@ -51,8 +51,8 @@ class Job:
 
     Attributes
     ----------
-    kind : {"round", "auto", "load"}
-        (``auto`` and ``load`` are generators yielding ``(done, total)``)
+    kind : {"round", "auto", "load", "propagate"}
+        (``auto``, ``load`` and ``propagate`` are generators yielding ``(done, total, ...)``)
     description : str
         Human-readable, e.g. ``"round on slice 12"``.
     compute : callable
@@ -457,8 +457,16 @@ class ViewerSession:
         z = self._check_slice(slice_index)
         labels = self.session.undo(z)  # raises when there is nothing to undo
         self._clicks.undo(z)
-        self._labels.write(z, labels, self._may_overwrite)
+        self._write_changed([z])  # undoing a propagation changes all its slices
         return labels
+
+    def _write_changed(self, also=()) -> list[int]:
+        """Show ``also`` and every slice whose session labels differ from what was last written there."""
+        diff = np.flatnonzero((self.session.labels != self._labels.written).any(axis=(1, 2)))
+        changed = sorted({int(z) for z in diff} | set(also))
+        for z in changed:
+            self._labels.write(z, self.session.labels[z], self._may_overwrite)
+        return changed
 
     def redo(self, slice_index=None) -> np.ndarray:
         """Redo the most recently undone round of a slice (its points come back)."""
@@ -552,6 +560,76 @@ class ViewerSession:
     def auto(self, slice_index=None) -> str:
         """Automatic (0-click) segmentation of one slice, or of every slice (None); returns a summary line."""
         return self._run_sync(self.prepare_auto(slice_index))
+
+    # ------------------------------------------------------------------ propagation
+    def prepare_propagate(self, slice_index=None, direction: str = "both") -> Job:
+        """A job carrying a finished slice into its neighbours, slice by slice
+        (:meth:`InteractiveSession.propagate <napari_simseg.core.session.InteractiveSession.propagate>`).
+
+        Slices edited by hand (painted) stop it like slices with clicks: they are never
+        overwritten. A finished slice painted by hand is carried from its labels as
+        shown; otherwise from its clicks. The job yields ``(done, total, slice,
+        labels)``; cancelling keeps the slices done, and Undo on any propagated slice
+        (or :meth:`undo_propagation`) undoes the whole propagation.
+        """
+        self._ensure_idle()
+        if self.is_2d:
+            raise RuntimeError("propagation needs a 3D image (a 2D image has no neighbouring slices)")
+        z = self._check_slice(slice_index)
+        painted = self.hand_edited
+        shown = self._labels.shown(z).copy() if z in painted else None
+        session = self.session
+        walk = session.iter_propagate(z, direction, stop=sorted(painted - {z}), labels=shown)
+        progress = {"done": 0, "total": 0, "slices": []}
+
+        def compute():
+            for done, total, s in walk:
+                yield done, total, s, (None if s is None else session.labels[s].copy())
+
+        def on_yield(value):
+            done, total, s, labels = value
+            progress.update(done=done, total=total)
+            if s is not None:
+                progress["slices"].append(s)
+                self._labels.write(s, labels, False)  # painted while this ran: kept
+
+        def summary(what: str) -> str:
+            done = sorted(progress["slices"])
+            if not done:
+                return f"nothing to propagate from slice {z} (no structure, or its neighbours are edited)"
+            return (f"{what} {len(done)} slice{'s' * (len(done) != 1)} ({done[0]}..{done[-1]}); "
+                    "Undo on any of them undoes it")
+
+        def finish(_):
+            self._job = None
+            return summary(f"slice {z} propagated to")
+
+        def cancel():
+            self._job = None
+            walk.close()  # keeps, logs and makes undoable what was done
+            return summary(f"propagation from slice {z} cancelled; kept")
+
+        def fail(exc):
+            self._job = None
+            walk.close()
+            return f"propagation from slice {z} failed after {progress['done']} slices: {exc}"
+
+        job = Job("propagate", f"propagation from slice {z}", compute, finish, fail, on_yield=on_yield,
+                  cancel=cancel, slice=z)
+        self._job = job
+        return job
+
+    def propagate(self, slice_index=None, direction: str = "both") -> str:
+        """Carry a finished slice (default: the current one) into its neighbours; returns a summary line."""
+        return self._run_sync(self.prepare_propagate(slice_index, direction))
+
+    def undo_propagation(self, slice_index=None) -> list[int]:
+        """Undo the newest propagation (from ``slice_index``, when given) as one step; returns
+        the slices restored."""
+        self._ensure_idle()
+        restored = self.session.undo_propagation(None if slice_index is None else self._check_slice(slice_index))
+        self._write_changed()
+        return restored
 
     # ------------------------------------------------------------------ device
     def set_device(self, device: str) -> str:
