@@ -34,7 +34,12 @@ def test_demo_headless_prints_dice_against_clicks(capsys):
     assert "Anterior" in out and "Posterior" in out
     rows = [line for line in out.splitlines() if "clicks" in line and line.strip()[0].isdigit()]
     assert len(rows) == 2
-    dice3 = [float(v) for v in rows[1].split()[2:]]
+    header = next(line for line in out.splitlines() if line.startswith("Dice"))
+    n_classes = len(header.split()) - 1
+    cells = rows[1].split()
+    assert cells[:2] == ["3", "clicks"]
+    dice3 = [float(v) for v in cells[2 : 2 + n_classes]]
+    assert float(cells[2 + n_classes]) > 0  # clicks per volume, after the Dice columns
     assert all(d > 0.5 for d in dice3)  # a trained model, not a random one
 
 

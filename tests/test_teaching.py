@@ -108,6 +108,24 @@ def test_the_teaching_recipe_keeps_what_the_session_needs(make_checkpoint):
     assert big["crop_size"] == 160 and big["encoder_stem_stride"] == 2 and big["lr"] == 1e-3
 
 
+def test_a_user_with_no_model_starts_from_an_untrained_checkpoint(tmp_path):
+    from napari_simseg.core.checkpoint import read_checkpoint_meta
+    from napari_simseg.core.session import InteractiveSession
+    from napari_simseg.core.teach_worker import new_checkpoint, teaching_options
+
+    vol, gt = _volume()
+    path = new_checkpoint(tmp_path / "liver.untrained.safetensors", ["background", "liver"], vol.shape)
+    meta = read_checkpoint_meta(path)
+    assert meta.class_names == ["background", "liver"] and meta.context_slices == 1 and meta.training["untrained"]
+    session = InteractiveSession(vol, str(path), device="cpu")
+    session.set_labels(3, (gt[3] == 1).astype(np.uint8))
+    assert accepted_slices(session) == [3]
+    # teaching from a fresh network keeps this checkpoint's memory layout: the session can switch
+    opts = teaching_options(["background", "liver"], ["image"], [vol.shape], 3.0, "fresh", None, layout_of(meta))
+    assert {k: opts[k] for k in ("memory", "depth", "context_slices", "working_size", "click_radius")} == \
+        layout_of(meta)
+
+
 def test_fine_tuning_a_base_of_another_memory_layout_is_refused(session, make_checkpoint, tmp_path):
     other = make_checkpoint(class_names=CLASSES, context_slices=0)
     _, gt = _volume()

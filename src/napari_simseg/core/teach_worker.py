@@ -31,8 +31,10 @@ network keeps that session's memory, depth, context slices, working size and cli
 radius, so the session can switch to it keeping every slice's memory. The training
 slices are listed several times in an epoch (at least :data:`MIN_TRAIN_ITEMS` items):
 each listing draws its own augmentation and crop, where one labelled slice would
-otherwise be seen the same way all epoch. The schedule is sized to the time left of
-the budget (``plan_steps``, ``time_schedule``).
+otherwise be seen the same way all epoch. The schedule follows the clock over the time
+left of the budget (``time_schedule``, without timing steps first: ``plan_steps`` would
+spend a minute of a three-minute budget on a CPU where a step takes 10 s), in 2
+epochs (validations) per minute of budget, 3 to 10.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ from .slices import SliceDataset
 from .teaching import layout_of
 from .training import TrainingData
 
-__all__ = ["FINE_TUNE_LR", "MIN_TRAIN_ITEMS", "build_data", "main", "run_teaching", "teaching_options"]
+__all__ = ["FINE_TUNE_LR", "MIN_TRAIN_ITEMS", "build_data", "main", "new_checkpoint", "run_teaching",
+           "teaching_options"]
 
 FINE_TUNE_LR = 3e-4
 MIN_TRAIN_ITEMS = 256
@@ -94,7 +97,35 @@ def teaching_options(class_names, channel_names, shapes, max_minutes: float, ini
     opts.update(crop_size=crop, batch_size=int(np.clip(round(PIXELS_PER_BATCH / (item[0] * item[1] * stem)), 4, 32)))
     if opts["memory"] == "sim":
         opts["max_clicks"] = opts["depth"]  # the paper's t = D
+    # the clock sizes the schedule: timing steps first (plan_steps) would come on top of the
+    # budget, and a minute's budget holds only a few steps here; fewer epochs (validations) when short
+    opts.update(plan_steps=False, time_schedule=True, steps_per_epoch=None,
+                epochs=int(np.clip(round(2 * float(max_minutes)), 3, 10)))
     return opts
+
+
+def new_checkpoint(path, class_names, shape, channel_names=("image",), seed: int = 0) -> Path:
+    """An untrained network of the teaching recipe for images of ``shape`` (``(Z, H, W)`` or
+    ``(H, W)``), written to ``path``: for a user with no model at all, who starts a session
+    with it, labels a few slices by hand and teaches from a fresh network (``checkpoint=None``)."""
+    import torch
+
+    from .checkpoint import FLIP_AXES, CheckpointMeta, save_checkpoint
+    from .model import build_model
+    from .train_config import TrainConfig
+
+    opts = teaching_options(list(class_names), list(channel_names), [tuple(int(v) for v in shape)], 3.0, "fresh")
+    cfg = TrainConfig(data="-", out="-", **opts)
+    torch.manual_seed(seed)
+    net = build_model(cfg.model_config(len(class_names), len(channel_names))).eval()
+    flips = list(cfg.aug_flips)
+    meta = CheckpointMeta(class_names=list(class_names), memory=cfg.memory, depth=cfg.effective_depth,
+                          click_radius=cfg.click_radius, model=net.config.to_dict(), simulation=cfg.simulation,
+                          context_slices=cfg.context_slices, channel_names=list(channel_names),
+                          working_size=cfg.working_size, flips=None if sorted(flips) == sorted(FLIP_AXES) else flips,
+                          training={"untrained": True, "note": "random weights: label slices by hand, then teach"})
+    meta.normalization = {**meta.normalization, "n4": False}
+    return save_checkpoint(path, net, meta)
 
 
 def build_data(parts: list, arrays: dict, class_names, channel_names, cfg) -> TrainingData:

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The default recipe's published figures (README "Own data in 20 CPU minutes"): train
+# with `simseg train --data DIR --out OUT --max-minutes 20` (no config: the default
+# recipe), then evaluate on the held-out cases of the run's split at 0-3 clicks per class
+# per slice. Run from the repository root beside ../shared/data on a quiet machine (the
+# recipe sizes itself to the time budget: a busy machine does fewer steps).
+#
+#   bash training/recipe_results.sh hippocampus|ct2d|mr2d|cxr [MINUTES]
+set -euo pipefail
+WHICH=${1:?hippocampus, ct2d, mr2d or cxr}
+MINUTES=${2:-20}
+OUT=${OUT:-runs/recipe}
+case "$WHICH" in
+  hippocampus) DATA=../shared/data/Task04_Hippocampus ;;
+  ct2d) DATA=${DATA:-/tmp/ts_ct2d}; [ -d "$DATA" ] || python training/make_totalseg_2d.py ct "$DATA" ;;
+  mr2d) DATA=${DATA:-/tmp/ts_mr2d}; [ -d "$DATA" ] || python training/make_totalseg_2d.py mr "$DATA" ;;
+  cxr) DATA=${DATA:-/tmp/cxr60}; [ -d "$DATA" ] || python training/make_cxr_phantom.py "$DATA" 60 2048 ;;
+  *) echo "unknown data set $WHICH" >&2; exit 2 ;;
+esac
+RUN="$OUT/$WHICH"
+simseg check-data "$DATA" --json "$RUN.check.json" | tail -n 3
+/usr/bin/time -f "train wall %e s" simseg train --data "$DATA" --out "$RUN" --max-minutes "$MINUTES" --no-progress
+/usr/bin/time -f "evaluate wall %e s" simseg evaluate --checkpoint "$RUN/best.safetensors" --data "$DATA" \
+  --split val --split-file "$RUN/split.json" --clicks 0,1,2,3 --device cpu --name "recipe $WHICH" \
+  --json "$RUN.eval.json"
