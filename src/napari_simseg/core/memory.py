@@ -48,13 +48,12 @@ Every memory keeps the full round history, so undo and redo are exact, and a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 __all__ = ["MEMORY_KINDS", "InteractionMemory", "MemoryState", "input_channels"]
 
-MemoryKind = Literal["none", "cim", "sim"]
 MEMORY_KINDS = ("none", "cim", "sim")
 
 
