@@ -1,6 +1,7 @@
 """The benchmark's figures are printed, never asserted; here only its shape and sanity."""
 
 import json
+from pathlib import Path
 
 from napari_simseg.cli import main
 
@@ -25,3 +26,20 @@ def test_training_benchmark_json(tmp_path):
     res = json.loads(out.read_text())
     assert set(res) >= {"device", "ddg_step_ms", "sdg_step_ms", "ratio"}
     assert res["ddg_step_ms"] > 0 and res["sdg_step_ms"] > 0
+
+
+def test_recipe_benchmark_times_the_recipe_and_stops_at_the_first_useful_checkpoint(tmp_path, capsys):
+    from napari_simseg.core.phantom import make_phantom_dataset
+
+    data = make_phantom_dataset(tmp_path / "data", n_volumes=4, seed=3, shape=(4, 40, 44), n_tumours=2)
+    out = tmp_path / "r.json"
+    # any checkpoint is "useful" at Dice 0: the run must stop after its first epoch, not use its budget
+    assert main(["benchmark", "--train", "--recipe", "--data", str(data), "--device", "cpu", "--max-minutes", "2",
+                 "--useful-dice", "0", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["working_size"] is None and res["batch_size"] >= 4 and res["seconds_per_step"] > 0
+    assert res["steps_per_second"] > 0
+    assert res["first_useful"]["epoch"] == 1 and res["minutes_run"] < 2
+    history = json.loads((Path(res["run"]) / "log.json").read_text())
+    assert len(history) == 1 and history[0]["epoch"] == 1
+    assert "first checkpoint with validation Dice >= 0.0" in capsys.readouterr().out

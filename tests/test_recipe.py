@@ -87,3 +87,42 @@ def test_a_typed_schedule_is_not_replanned(phantom_data, tmp_path):
 def test_plan_steps_needs_a_budget():
     with pytest.raises(ValueError, match="max-minutes"):
         TrainConfig(data="d", out="o", plan_steps=True).validate()
+
+
+def test_hundreds_of_multimodal_volumes_are_read_in_part_and_empty_slices_capped():
+    from napari_simseg.core.recipe import ARRAY_BYTES, MAX_EMPTY_FRACTION, case_bytes
+
+    shapes = [(155, 240, 240)] * 64  # brain tumour MRI: 4 channels
+    r = default_recipe(shapes, ["background", "edema", "non-enhancing", "enhancing"], ["FLAIR", "T1w", "T1gd", "T2w"],
+                       n_cases=484)
+    per_case = case_bytes(shapes, 4, r["working_size"])
+    assert r["working_size"] is None and per_case == 155 * 240 * 240 * 17
+    assert r["max_volumes"] == int(ARRAY_BYTES // per_case) and 10 <= r["max_volumes"] < 484
+    assert r["max_empty_fraction"] == MAX_EMPTY_FRACTION
+    assert "cases read" in describe_recipe(r) and "--max-volumes" in describe_recipe(r)
+    TrainConfig(data="d", out="o", **r).validate()
+    # a small set, and 2D images, are read whole; 2D images have no empty-slice cap
+    assert default_recipe(shapes[:20], ["background", "a"], n_cases=20)["max_volumes"] is None
+    radiographs = default_recipe([(2048, 2048)] * 64, ["background", "lung"], n_cases=5000)
+    assert radiographs["max_volumes"] is None and radiographs["max_empty_fraction"] is None
+
+
+def test_empty_slices_are_kept_to_their_share_of_the_training_items():
+    from napari_simseg.core.slices import SliceDataset
+
+    labels = np.zeros((30, 16, 16), np.uint8)
+    labels[10:16, 4:8, 4:8] = 1  # 6 slices with a structure, 24 without
+    images = {"a": np.random.default_rng(0).normal(size=(1, 30, 16, 16)).astype(np.float32)}
+    ds = SliceDataset.from_arrays(images, {"a": labels}, ["background", "x"])
+    assert len(ds) == 30
+    assert ds.limit_empty_slices(1 / 3) == 21  # 6 full slices allow 3 empty ones
+    kept_empty = [k for _, k in ds.index if not labels[k].any()]
+    assert len(ds) == 9 and len(kept_empty) == 3 and kept_empty[0] < 10 and kept_empty[-1] >= 16  # spread
+    assert ds.limit_empty_slices(1 / 3) == 0  # already within the share
+    nothing = SliceDataset.from_arrays(images, {"a": np.zeros_like(labels)}, ["background", "x"])
+    assert nothing.limit_empty_slices(0.2) == 0 and len(nothing) == 30
+
+
+def test_max_empty_fraction_is_checked():
+    with pytest.raises(ValueError, match="max_empty_fraction"):
+        TrainConfig(data="d", out="o", max_empty_fraction=1.0).validate()

@@ -89,7 +89,7 @@ def _recipe_values(typed: dict) -> dict:
         return {}  # TrainConfig.validate says what is missing
     spec = discover_dataset(typed["data"])
     return default_recipe(case_shapes(spec), spec.class_names, spec.channel_names,
-                          max_minutes=typed.get("max_minutes") or 20.0)
+                          max_minutes=typed.get("max_minutes") or 20.0, n_cases=len(spec.cases))
 
 
 def main_benchmark(args) -> int:

@@ -311,7 +311,8 @@ def benchmark_recipe(data: Optional[str] = None, device: str = "cpu", max_minute
     else:
         spec = discover_dataset(data)
         shapes, names, channels = case_shapes(spec), list(spec.class_names), list(spec.channel_names)
-    options = default_recipe(shapes, names, channels, max_minutes=max_minutes)
+    options = default_recipe(shapes, names, channels, max_minutes=max_minutes,
+                             n_cases=len(spec.cases) if data is not None else None)
     item = item_shape(options, shapes)
     step_s = estimate_step_seconds(options, len(names), len(channels), item, device=device)
     result = {"data": data or "synthetic 1024x1024 radiograph shapes", "device": str(device),

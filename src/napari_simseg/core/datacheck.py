@@ -35,7 +35,7 @@ def _empty_summary(root: Path) -> dict:
         "shapes": {}, "spacings": {}, "class_voxels": {}, "class_cases": {},
         "overlaps": {"total": [], "per_case": {}}, "notes": [], "problems": [], "unmatched": [],
         "working_size": None, "working_shape": None, "item_shape": None, "batch_size": None,
-        "seconds_per_step": None,
+        "seconds_per_step": None, "cases_read": None,
     }
 
 
@@ -184,7 +184,7 @@ def _training_estimate(summary: dict) -> dict:
     item = item_shape(options, shapes)
     seconds = estimate_step_seconds(options, len(summary["classes"]), len(summary["channels"]), item)
     return {"working_size": options["working_size"], "working_shape": list(working), "item_shape": list(item),
-            "batch_size": options["batch_size"], "seconds_per_step": seconds}
+            "batch_size": options["batch_size"], "seconds_per_step": seconds, "cases_read": options["max_volumes"]}
 
 
 def _fmt_shape(shape) -> str:
@@ -235,7 +235,8 @@ def format_data_check(summary: dict, *, max_problems: int = 50) -> str:
                 else "slices at their own resolution")
         lines.append(f"Training here (simseg train's default recipe): {size}, largest slice "
                      f"{_fmt_shape(s['working_shape'])}, batches of {s['batch_size']} x "
-                     f"{_fmt_shape(s['item_shape'])}, about {s['seconds_per_step']:.2f} s per training step")
+                     f"{_fmt_shape(s['item_shape'])}, about {s['seconds_per_step']:.2f} s per training step"
+                     + (f"; {s['cases_read']} cases read (what fits in memory)" if s.get("cases_read") else ""))
     verdict = "usable" if s["usable"] else f"NOT usable: fewer than {MIN_USABLE_CASES} usable cases"
     lines.append(f"Verdict: {verdict}" + (" (problem cases are left out with --on-error skip)"
                                           if s["usable"] and s["problems"] else ""))

@@ -35,7 +35,13 @@ chosen to learn a new task in about 20 CPU minutes, from the data alone:
   30 % of the clicks are dropped (the paper drops 80 %); a quarter of the batches have
   no clicks, so the network also segments on its own.
 * **3D data.** Slices along the first axis, with one neighbour on each side as
-  context (2.5D).
+  context (2.5D). Slices without any structure are kept to a third of the training
+  items at most (a tumour in a brain or an organ in a CT fills few slices; the rest
+  would take most of the steps).
+* **Large sets.** The trainer holds the preprocessed cases in memory: a set larger
+  than 4 GB at the working size (hundreds of multi-modal MRI volumes) is read only in
+  part: as many cases as fit, a seeded random subset of the split (``max_volumes``), which also
+  keeps the reading inside the budget.
 * **Validation.** 20 % of the cases; at most 256 slices per validation pass.
 
 ``simseg check-data DIR`` prints the working resolution and the estimated seconds
@@ -52,14 +58,16 @@ import numpy as np
 
 from .preprocessing import round_up, working_scale, working_shape
 
-__all__ = ["RECIPE_NAME", "case_shapes", "default_recipe", "describe_recipe", "estimate_step_seconds",
-           "item_shape", "lateral_classes", "working_slice_shape"]
+__all__ = ["ARRAY_BYTES", "MAX_EMPTY_FRACTION", "RECIPE_NAME", "case_bytes", "case_shapes", "default_recipe", "describe_recipe", "estimate_step_seconds",
+           "item_shape", "lateral_classes", "max_cases_in_memory", "working_slice_shape"]
 
 RECIPE_NAME = "cpu-fast-v1"
 WORKING_SIZE = 256  # longest slice side the network works at
 CROP_SIZE = 160  # training crops of larger slices
 SMALL_SLICE = 96  # at most this longest side: full-resolution encoder stem
 PIXELS_PER_BATCH = 8 * 128 * 128
+ARRAY_BYTES = 4 * 2**30  # preprocessed cases held in memory for training and validation, at most
+MAX_EMPTY_FRACTION = 1 / 3  # volumes: training slices without a structure, at most this share
 # a class name that says left or right: "left lung", "kidney_R", "Lt. clavicle", "lung-rechts"
 _LATERAL = re.compile(r"(^|[^a-z])(left|right|l|r|lt|rt|links|rechts|gauche|droite|sin|dex)([^a-z]|$)")
 
@@ -113,6 +121,12 @@ def describe_recipe(options: dict) -> str:
         + f", rotations {options['aug_rotate_degrees']:g} deg, zoom {options['aug_scale']}",
         "  (the paper's GPU configuration: --config training/configs/ddg_sim.yaml)",
     ]
+    if options.get("max_volumes"):
+        lines.insert(-1, f"  {options['max_volumes']} cases read (what {ARRAY_BYTES / 2**30:g} GB holds at the working "
+                     "size; --max-volumes to change)")
+    if options.get("max_empty_fraction") is not None:
+        lines.insert(-1, f"  slices without a structure at most {options['max_empty_fraction']:.0%} of the training "
+                     "items")
     return "\n".join(lines)
 
 
@@ -124,8 +138,30 @@ def item_shape(options: dict, shapes: Sequence[Sequence[int]]) -> tuple[int, int
     return tuple(round_up(v, 32) for v in ((crop, crop) if crop else working))
 
 
+def case_bytes(shapes: Sequence[Sequence[int]], n_channels: int, working_size: Optional[int]) -> float:
+    """Mean bytes of one preprocessed case in memory (float32 channels and uint8 labels at
+    the working resolution) over ``shapes``."""
+    sizes = []
+    for shape in shapes:
+        h, w = working_shape(shape[-2:], working_scale(shape[-2:], working_size))
+        depth = shape[0] if len(shape) == 3 else 1
+        sizes.append(depth * h * w * (4 * int(n_channels) + 1))
+    return float(np.mean(sizes))
+
+
+def max_cases_in_memory(shapes: Sequence[Sequence[int]], n_cases: int, n_channels: int,
+                        working_size: Optional[int]) -> Optional[int]:
+    """How many cases (training and validation together) the recipe reads, ``None`` for all:
+    as many as :data:`ARRAY_BYTES` holds, at least 10. Reading takes time too: a set of
+    hundreds of large volumes would spend the budget (and the memory) before a step."""
+    per_case = case_bytes(shapes, n_channels, working_size)
+    cap = max(10, int(ARRAY_BYTES // per_case))
+    return cap if n_cases > cap else None
+
+
 def default_recipe(shapes: Sequence[Sequence[int]], class_names: Sequence[str],
-                   channel_names: Sequence[str] = ("image",), max_minutes: float = 20.0) -> dict:
+                   channel_names: Sequence[str] = ("image",), max_minutes: float = 20.0,
+                   n_cases: Optional[int] = None) -> dict:
     """The training options of the default recipe for a data set (see the module docstring).
 
     Parameters
@@ -137,6 +173,9 @@ def default_recipe(shapes: Sequence[Sequence[int]], class_names: Sequence[str],
         The data set's classes (background included) and image channels.
     max_minutes : float
         The training budget the schedule is sized to.
+    n_cases : int, optional
+        How many cases the data set has (default: ``len(shapes)``); a set too large for
+        :data:`ARRAY_BYTES` gets ``max_volumes``.
 
     Returns
     -------
@@ -156,6 +195,7 @@ def default_recipe(shapes: Sequence[Sequence[int]], class_names: Sequence[str],
     # a full-resolution stem makes every encoder stage 4x the pixels
     batch = int(np.clip(round(PIXELS_PER_BATCH / (item[0] * item[1] * (4 if stem_stride == 1 else 1))), 4, 32))
     volumes = any(len(s) == 3 and s[0] > 1 for s in shapes)
+    n_cases = len(shapes) if n_cases is None else int(n_cases)
     return {
         "memory": "sim", "depth": 3, "decoder": "convlstm", "simulation": "ddg",
         "encoder": "resnet18", "encoder_depth": 5, "decoder_channels": [128, 64, 32, 16, 16],
@@ -170,6 +210,8 @@ def default_recipe(shapes: Sequence[Sequence[int]], class_names: Sequence[str],
         "focal_gamma": 0.0, "class_weighting": "uniform", "dice_loss_weight": 1.0,
         "max_minutes": float(max_minutes), "plan_steps": True, "time_schedule": True,
         "val_fraction": 0.2, "val_clicks": 3, "val_batch_size": 32, "val_max_slices": 256,
+        "max_volumes": max_cases_in_memory(shapes, n_cases, len(channel_names), working_size),
+        "max_empty_fraction": MAX_EMPTY_FRACTION if volumes else None,
     }
 
 

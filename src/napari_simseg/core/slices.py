@@ -240,6 +240,25 @@ class SliceDataset(torch.utils.data.Dataset):
             for k in (only[c.case_id] if c.case_id in only else range(self.images[c.case_id].shape[1]))
         ]
 
+    def limit_empty_slices(self, max_fraction: float) -> int:
+        """Keep slices without a structure (no label above 0) to at most ``max_fraction``
+        of the items, evenly spread over the cases; returns how many were left out.
+
+        Volumes whose structure fills a few of their slices (a tumour in a brain, an
+        organ in a CT) would otherwise spend most training steps on empty slices. A set
+        with no structure at all is left as it is.
+        """
+        empty = [(cid, k) for cid, k in self.index if not self.labels[cid][k].any()]
+        n_full = len(self.index) - len(empty)
+        keep = int(max_fraction / (1.0 - max_fraction) * n_full + 1e-9)  # 1/3 of 9 is 3, not 2.999
+        if n_full == 0 or len(empty) <= keep:
+            return 0
+        chosen = np.linspace(0, len(empty) - 1, keep).round().astype(int) if keep else []
+        kept = {empty[i] for i in chosen}
+        dropped = set(empty) - kept
+        self.index = [item for item in self.index if item not in dropped]
+        return len(dropped)
+
     def subsample(self, max_items: int) -> None:
         """Keep at most ``max_items`` items, evenly spread over the cases and slices
         (a cheaper validation pass on a large set)."""

@@ -70,6 +70,7 @@ class TrainConfig:
     test_fraction: float = 0.0
     split_seed: int = 0
     max_volumes: Optional[int] = None
+    max_empty_fraction: Optional[float] = None  # training slices without any structure: at most this share
     augment: bool = True
     aug_rotate_degrees: float = 0.0
     aug_scale: Optional[list] = None
@@ -148,6 +149,12 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be a number in [0, 1) (0: no averaging; e.g. 0.999 "
                              f"averages over the last ~1000 steps), got {self.ema_decay!r}")
         self.ema_decay = ema_decay
+        if self.max_empty_fraction is not None:
+            empty = _as_float(self.max_empty_fraction)
+            if not 0.0 <= empty < 1.0:
+                raise ValueError(f"max_empty_fraction must be a number in [0, 1) (null: every slice), "
+                                 f"got {self.max_empty_fraction!r}")
+            self.max_empty_fraction = empty
         if not 0.0 <= self.auto_fraction <= 1.0:
             raise ValueError(f"auto_fraction must be in [0, 1], got {self.auto_fraction}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:

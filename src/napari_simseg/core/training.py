@@ -299,6 +299,10 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
         pad_to = train_ds.target_shape
     if cfg.val_max_slices:
         val_ds.subsample(cfg.val_max_slices)
+    empty_note = ""
+    if cfg.max_empty_fraction is not None:
+        dropped = train_ds.limit_empty_slices(cfg.max_empty_fraction)
+        empty_note = f" ({dropped} training slices without a structure left out)" if dropped else ""
     channel_names = list(getattr(spec, "channel_names", None) or ["image"])
     if train_ds.n_channels != len(channel_names):
         raise ValueError(f"the data set names {len(channel_names)} channel(s) {channel_names} but its images "
@@ -310,7 +314,7 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
     summary = (f"data: {len(train_ds.case_ids)} train / {len(val_ds.case_ids)} val volumes"
                + (f" ({len(skipped)} skipped: {', '.join(skipped[:5])}{' ...' * (len(skipped) > 5)})"
                   if skipped else "")
-               + f", {len(train_ds)} / {len(val_ds)} slices, padded to {pad_to[0]}x{pad_to[1]}, "
+               + f", {len(train_ds)} / {len(val_ds)} slices{empty_note}, padded to {pad_to[0]}x{pad_to[1]}, "
                f"classes {class_names}")
     return class_names, channel_names, train_ds, val_ds, summary
 
