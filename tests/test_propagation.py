@@ -93,6 +93,18 @@ def test_propagation_carries_clicks_until_the_structure_ends(truth_session):
     assert s.n_rounds(5) == 1 and s.user_clicks(5) == []
 
 
+def test_carry_labels_seeds_a_clicked_slices_neighbours_from_its_labels(truth_session):
+    s = truth_session
+    s.add_clicks(4, [(1, 16, 16)])
+    record = s.propagate(4, direction="up", rule=SeedRule(carry="labels", max_slices=2))
+    assert record.slices == [5, 6]
+    first = record.steps[0][1][0]  # seeds of slice 5: every region of slice 4 (disk, square, background)
+    assert {c.label for c in first} == {0, 1, 2} and Click(1, 16, 16) in first
+    assert {c.label for c in record.steps[1][1][0]} == {0, 1, 2}  # slice 5 shows the square too
+    with pytest.raises(ValueError, match="carry"):
+        SeedRule(carry="both")
+
+
 def test_propagation_never_overwrites_the_users_slices(truth_session):
     s = truth_session
     s.add_clicks(6, [(1, 16, 16)])

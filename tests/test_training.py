@@ -9,22 +9,14 @@ import pytest
 import torch
 
 from napari_simseg.core.training import TrainConfig, _simulate_and_forward, train
-
-TINY = dict(encoder="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8], batch_size=4,
-            device="cpu", progress=False, val_clicks=1, val_batch_size=16)
-
+from training_helpers import make_phantom_training_data, tiny_config
 
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory):
-    from napari_simseg.core.phantom import make_phantom_dataset
-
-    root = tmp_path_factory.mktemp("phantom")
-    make_phantom_dataset(root, n_volumes=5, seed=3, shape=(6, 40, 44))
-    return root
+    return make_phantom_training_data(tmp_path_factory.mktemp("phantom"))
 
 
-def _cfg(data, out, **kw):
-    return TrainConfig(data=str(data), out=str(out), **{**TINY, **kw})
+_cfg = tiny_config
 
 
 def test_train_writes_everything_and_returns_best(phantom_data, tmp_path):

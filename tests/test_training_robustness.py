@@ -14,23 +14,15 @@ import torch
 
 from napari_simseg.core import atomic
 from napari_simseg.core.atomic import TMP_PREFIX
-from napari_simseg.core.training import TrainConfig, train
-
-TINY = dict(encoder="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8], batch_size=4,
-            device="cpu", progress=False, val_clicks=1, val_batch_size=16)
-
+from napari_simseg.core.training import train
+from training_helpers import make_phantom_training_data, tiny_config
 
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory):
-    from napari_simseg.core.phantom import make_phantom_dataset
-
-    root = tmp_path_factory.mktemp("phantom")
-    make_phantom_dataset(root, n_volumes=5, seed=3, shape=(6, 40, 44))
-    return root
+    return make_phantom_training_data(tmp_path_factory.mktemp("phantom"))
 
 
-def _cfg(data, out, **kw):
-    return TrainConfig(data=str(data), out=str(out), **{**TINY, **kw})
+_cfg = tiny_config
 
 
 def _encoder_weights(path):

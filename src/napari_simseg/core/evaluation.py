@@ -428,16 +428,7 @@ def write_plot(results: Sequence[dict], path, title: Optional[str] = None) -> Pa
         ax.set_title(res["name"], fontsize=10)
         ax.set_xticks(ks)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("Dice (3D, mean over volumes)")
-    axes[0][-1].legend(loc="lower right", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:  # the format follows the temporary name's (= the target's) suffix
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish_dice_plot(fig, axes, title, path)
 
 
 def write_clicks_plot(results: Sequence[dict], path, title: Optional[str] = None) -> Path:
@@ -464,13 +455,20 @@ def write_clicks_plot(results: Sequence[dict], path, title: Optional[str] = None
         ax.set_title(cname, fontsize=10)
         ax.set_xlabel("user clicks per volume")
         ax.grid(alpha=0.3)
+    return _finish_dice_plot(fig, axes, title, path)
+
+
+def _finish_dice_plot(fig, axes, title: Optional[str], path) -> Path:
+    """Label, title and write a figure of Dice panels atomically; returns its path."""
+    import matplotlib.pyplot as plt
+
     axes[0][0].set_ylabel("Dice (3D, mean over volumes)")
     axes[0][-1].legend(loc="lower right", fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # the format follows the temporary name's (= the target's) suffix
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

@@ -89,13 +89,20 @@ class SeedRule:
         The most slices a direction writes (0: no limit).
     connectivity : int
         1 (4-neighbourhood) or 2 (8-neighbourhood) for the regions.
+    carry : {"clicks", "labels"}
+        What a clicked finished slice passes on: its user clicks (each class's first,
+        while they hold), or, like a painted slice, a seed inside every region of the
+        previous slice's labels.
     """
 
     min_area: int = 3
     max_slices: int = 0
     connectivity: int = 1
+    carry: str = "clicks"
 
     def __post_init__(self):
+        if self.carry not in ("clicks", "labels"):
+            raise ValueError(f"carry must be 'clicks' or 'labels', got {self.carry!r}")
         if self.connectivity not in (1, 2):
             raise ValueError(f"connectivity must be 1 or 2, got {self.connectivity}")
         if self.min_area < 1 or self.max_slices < 0:
@@ -223,7 +230,7 @@ def _seeds(session, previous: np.ndarray, user: list, rule: SeedRule) -> list[Cl
     n = session.n_classes
     if not seed_clicks(previous, n, rule, background=False):
         return []  # the structure ended
-    return carried_clicks(user, previous) if user else seed_clicks(previous, n, rule)
+    return carried_clicks(user, previous) if user and rule.carry == "clicks" else seed_clicks(previous, n, rule)
 
 
 def iter_propagate(session, record: Propagation, stop: Iterable[int] = (), rule: SeedRule = SeedRule(),
