@@ -1,7 +1,7 @@
 """Which seeds carry a finished slice best (docs/propagation.md): the volume protocol with
 the bundled model on some of its unseen hippocampus volumes, once per seed rule.
 
-    python training/propagation_study.py [--volumes 10] [--steps 10] [--json runs/propagation_study.json]
+    python training/propagation_study.py [--volumes 10] [--steps 10] [--json docs/results/propagation_study.json]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/Task04_Hippocampus")
     ap.add_argument("--volumes", type=int, default=10)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--json", default="runs/propagation_study.json")
+    ap.add_argument("--json", default="docs/results/propagation_study.json")
     args = ap.parse_args()
     val = read_checkpoint_meta(DEMO_CHECKPOINT).training["val_volumes"]
     ids = [val[i] for i in np.linspace(0, len(val) - 1, args.volumes).round().astype(int)]
