@@ -121,22 +121,28 @@ def normalize_volume(
     what = f"image '{name}'" if name else "image"
     if not 0 <= low_pct < high_pct <= 100:
         raise ValueError(f"need 0 <= low_pct < high_pct <= 100; got {low_pct}, {high_pct}")
-    a = np.asarray(array, dtype=np.float64)
-    if a.size == 0:
+    source = np.asarray(array)
+    if source.size == 0:
         raise ImageError(f"{what} is empty")
-    finite = np.isfinite(a)
+    finite = np.isfinite(source)
     if not finite.all():
-        raise ImageError(f"{what} contains {a.size - int(finite.sum())} NaN or infinite voxel(s)")
-    _check_float32_range(a, what)  # also: the variance of values near 1e300 overflows float64
+        raise ImageError(f"{what} contains {source.size - int(finite.sum())} NaN or infinite voxel(s)")
+    del finite
+    _check_float32_range(source, what)  # also: the variance of values near 1e300 overflows float64
+    # float64 as before, but clipped and standardised in place: a 300 x 512 x 512 CT
+    # needs about 1.5 GB less at its peak, with the same values to the last bit
+    a = np.array(source, dtype=np.float64)
     lo, hi = np.percentile(a, [low_pct, high_pct])
-    clipped = np.clip(a, lo, hi)
-    std = clipped.std()
+    np.clip(a, lo, hi, out=a)
+    std = a.std()
     if std == 0 or not np.isfinite(std):
-        clipped = a
+        a = np.array(source, dtype=np.float64)  # the unclipped values
         std = a.std()
         if std == 0:
             raise ImageError(f"{what} is constant (every voxel is {a.flat[0]:g}); cannot normalise it")
-    return ((clipped - clipped.mean()) / std).astype(np.float32)
+    a -= a.mean()
+    a /= std
+    return a.astype(np.float32)
 
 
 def n4_correct(

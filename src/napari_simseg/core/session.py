@@ -80,7 +80,7 @@ def _normalised_volume(channels: list, normalization: dict) -> np.ndarray:
         except ValueError as exc:
             raise ImageError(str(exc)) from None
         out.append(volume)
-    return np.stack(out)
+    return out[0][None] if len(out) == 1 else np.stack(out)  # one channel: no second copy
 
 
 class InteractiveSession:
