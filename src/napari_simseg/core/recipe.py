@@ -40,8 +40,8 @@ chosen to learn a new task in about 20 CPU minutes, from the data alone:
   would take most of the steps).
 * **Large sets.** The trainer holds the preprocessed cases in memory: a set larger
   than 4 GB at the working size (hundreds of multi-modal MRI volumes) is read only in
-  part: as many cases as fit, a seeded random subset of the split (``max_volumes``), which also
-  keeps the reading inside the budget.
+  part: as many cases as fit, a seeded random subset of the split (``max_volumes``),
+  which also keeps the reading inside the budget.
 * **Validation.** 20 % of the cases; at most 256 slices per validation pass.
 
 ``simseg check-data DIR`` prints the working resolution and the estimated seconds
@@ -58,8 +58,9 @@ import numpy as np
 
 from .preprocessing import round_up, working_scale, working_shape
 
-__all__ = ["ARRAY_BYTES", "MAX_EMPTY_FRACTION", "RECIPE_NAME", "case_bytes", "case_shapes", "default_recipe", "describe_recipe", "estimate_step_seconds",
-           "item_shape", "lateral_classes", "max_cases_in_memory", "working_slice_shape"]
+__all__ = ["ARRAY_BYTES", "MAX_EMPTY_FRACTION", "RECIPE_NAME", "case_bytes", "case_shapes", "default_recipe",
+           "describe_recipe", "estimate_step_seconds", "item_shape", "lateral_classes", "max_cases_in_memory",
+           "working_slice_shape"]
 
 RECIPE_NAME = "cpu-fast-v1"
 WORKING_SIZE = 256  # longest slice side the network works at
