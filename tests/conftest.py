@@ -67,9 +67,24 @@ def tiny_checkpoint(make_checkpoint):
     return make_checkpoint()
 
 
-@pytest.fixture
-def small_volume():
+def _blob_volume(depth: int) -> np.ndarray:
+    """Noise with one bright box on every slice: ``(depth, 40, 48)`` float32."""
     rng = np.random.default_rng(0)
-    vol = rng.normal(100, 20, size=(4, 40, 48)).astype(np.float32)
+    vol = rng.normal(100, 20, size=(depth, 40, 48)).astype(np.float32)
     vol[:, 10:25, 12:30] += 80
     return vol
+
+
+@pytest.fixture
+def small_volume():
+    return _blob_volume(4)
+
+
+@pytest.fixture
+def volume():
+    return _blob_volume(5)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()

@@ -18,19 +18,6 @@ TIMEOUT = 60_000  # ms
 
 
 @pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
-@pytest.fixture
-def volume():
-    rng = np.random.default_rng(0)
-    vol = rng.normal(100, 20, size=(5, 40, 48)).astype(np.float32)
-    vol[:, 10:25, 12:30] += 80
-    return vol
-
-
-@pytest.fixture
 def session(viewer, volume, make_checkpoint):
     from napari_simseg import ViewerSession
 

@@ -19,11 +19,6 @@ CLASSES = ("background", "a", "b")
 TIMEOUT = 60_000  # ms; the machine is small and shared
 
 
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
 def _image(n_slices):
     rng = np.random.default_rng(0)
     vol = rng.normal(100, 20, size=(n_slices, 32, 36)).astype(np.float32)

@@ -16,11 +16,6 @@ CLASSES = ("background", "a", "b")
 
 
 @pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
-@pytest.fixture
 def image3d():
     rng = np.random.default_rng(0)
     vol = rng.normal(100, 20, size=(5, 40, 48)).astype(np.float32)

@@ -34,19 +34,6 @@ def ones_but(shape, clicked):
     return out
 
 
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
-@pytest.fixture
-def volume():
-    rng = np.random.default_rng(0)
-    vol = rng.normal(100, 20, size=(5, 40, 48)).astype(np.float32)
-    vol[:, 10:25, 12:30] += 80
-    return vol
-
-
 def _add_widget(viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-simseg", "SimSeg")
     return widget
