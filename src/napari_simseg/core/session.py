@@ -596,6 +596,8 @@ class InteractiveSession:
         h, w = self.work_shape
         tiled = h * w > FULL_SLICE_PIXELS
         empty = self._new_memory()
+        if not tiled:  # whole slices: as many per call as the tile budget allows, like tiles
+            batch_size = max(1, min(int(batch_size), TILE_BATCH_BYTES // self.predictor.required_bytes(1, h, w)))
         total = len(todo)
         yield 0, total
         for start in range(0, total, max(1, int(batch_size))):
