@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
-__all__ = ["DEVICES", "MemoryGuardError", "autocast_for", "available_memory", "check_memory", "format_bytes",
-           "resolve_device"]
+__all__ = ["DEVICES", "MemoryGuardError", "autocast_for", "available_memory", "check_memory", "cpu_bf16_supported",
+           "format_bytes", "resolve_device"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -47,12 +47,29 @@ def resolve_device(device: str = "auto"):
     return torch.device(name)
 
 
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (oneDNN with AVX512-BF16 or
+    AMX): there, bfloat16 autocast about halves a training step; elsewhere it is emulated
+    and slower, so it is not used."""
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast_for(device, amp: bool):
-    """float16 autocast on CUDA when ``amp``; a no-op context elsewhere."""
+    """Mixed precision when ``amp``: float16 autocast on CUDA, bfloat16 on a CPU that
+    supports it natively (:func:`cpu_bf16_supported`); a no-op context elsewhere."""
     if amp and device.type == "cuda":
         import torch
 
         return torch.autocast("cuda", dtype=torch.float16)
+    if amp and device.type == "cpu" and cpu_bf16_supported():
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
 
 

@@ -191,13 +191,13 @@ class ConvLSTMCell(nn.Module):
             bias[hidden_channels : 2 * hidden_channels] = 1.0
 
     def forward(self, x, state=None):
-        if state is None:
-            zeros = x.new_zeros(x.shape[0], self.hidden_channels, *x.shape[2:])
-            h, c = zeros, zeros
-        else:
-            h, c = state
-        i, f, o, g = self.gates(torch.cat([x, h], dim=1)).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = x.new_zeros(x.shape[0], self.hidden_channels, *x.shape[2:]) if state is None else state[0]
+        # the gates in plain (NCHW) layout: on a channels-last tensor the four gate slices
+        # are strided and the element-wise work below runs ~2x slower on CPU
+        i, f, o, g = self.gates(torch.cat([x, h], dim=1)).contiguous().chunk(4, dim=1)
+        c = torch.sigmoid(i) * torch.tanh(g)
+        if state is not None:  # a zero cell state adds nothing
+            c = c + torch.sigmoid(f) * state[1]
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, (h, c)
 
@@ -266,6 +266,12 @@ class SimSegNet(nn.Module):
     def recurrent(self) -> bool:
         return self.config.decoder == "convlstm"
 
+    def _channels_last(self) -> bool:
+        """Whether the network was put in channels-last memory format (its inputs follow)."""
+        first = self.head.weight
+        return first.ndim == 4 and first.is_contiguous(memory_format=torch.channels_last) \
+            and not first.is_contiguous()
+
     def activation_floats_per_pixel(self) -> float:
         """The floats every layer's output takes per input pixel, summed (measured once on
         a small input): an upper bound of what one image's forward pass holds at once."""
@@ -308,6 +314,8 @@ class SimSegNet(nn.Module):
             got = tuple(state[0][0].shape[:2])
             if len(state) != len(self.stages) or got != expected:
                 raise ValueError("recurrent state does not match this input; reset the memory")
+        if self._channels_last():
+            x = x.contiguous(memory_format=torch.channels_last)
         features = self.encoder(x)
         sizes = [f.shape[-2:] for f in features][::-1]
         skips = features[1:][::-1]

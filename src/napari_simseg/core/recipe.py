@@ -225,8 +225,9 @@ def estimate_step_seconds(options: dict, n_classes: int, n_channels: int, item_s
     of the real training step run on a random batch.
     """
     import torch
+    from scipy import ndimage
 
-    from .devices import autocast_for, resolve_device
+    from .devices import autocast_for, cpu_bf16_supported, resolve_device
     from .losses import FocalDiceLoss, FocalLoss, SoftDiceLoss
     from .model import build_model
     from .train_config import IGNORE_INDEX, TrainConfig
@@ -237,22 +238,28 @@ def estimate_step_seconds(options: dict, n_classes: int, n_channels: int, item_s
     dev = resolve_device(device)
     torch.manual_seed(0)
     net = build_model(cfg.model_config(n_classes, n_channels)).to(dev)
+    if dev.type == "cpu":  # as the trainer runs it
+        net.to(memory_format=torch.channels_last)
+    amp = bool(cfg.amp) and (dev.type == "cuda" or (dev.type == "cpu" and cpu_bf16_supported()))
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and dev.type == "cuda")
     loss_fn = FocalLoss(None, gamma=cfg.focal_gamma, ignore_index=IGNORE_INDEX)
     if cfg.dice_loss_weight > 0:
         loss_fn = FocalDiceLoss(loss_fn, SoftDiceLoss(ignore_index=IGNORE_INDEX), cfg.dice_loss_weight)
     rng = np.random.default_rng(0)
     h, w = (int(v) for v in item_shape)
     b = cfg.batch_size
-    labels = torch.from_numpy(rng.integers(0, n_classes, size=(b, h, w)).astype(np.int64))
-    labels[:, : h // 2] = 0  # a background half, so that the virtual user has regions to click
+    # a few smooth regions per class, as anatomy has (noise labels would give the virtual
+    # user thousands of one-pixel components to click)
+    field = ndimage.gaussian_filter(rng.standard_normal((b, h, w)), (0, h / 10, w / 10))
+    edges = np.quantile(field, np.linspace(0, 1, n_classes + 1)[1:-1])
+    labels = torch.from_numpy(np.digitize(field, edges).astype(np.int64))
     batch = {"image": torch.randn(b, n_channels * (1 + 2 * cfg.context_slices), h, w), "labels": labels,
              "crop": torch.tensor([[0, h, 0, w]] * b)}
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        training_step(net, net, batch, cfg, n_classes, rng, dev, lambda: autocast_for(dev, False),
+        training_step(net, net, batch, cfg, n_classes, rng, dev, lambda: autocast_for(dev, amp),
                       loss_fn, optimizer, scaler)
         if i:
             times.append(time.perf_counter() - t0)

@@ -63,7 +63,7 @@ from .augmentation import Augmenter
 from .checkpoint import FLIP_AXES, CheckpointMeta, save_checkpoint
 from .clicks import shift_clicks
 from .datasets import discover_dataset, largest_slice_shape
-from .devices import autocast_for, check_memory, resolve_device
+from .devices import autocast_for, check_memory, cpu_bf16_supported, resolve_device
 from .model import build_model
 from .rounds import BatchMemory, cropped_clicker, encode_click_batch, run_rounds
 from .slices import MultiAxisSlices, SliceDataset
@@ -344,7 +344,8 @@ def _setup(cfg: TrainConfig, log, data: Optional[TrainingData] = None) -> _Run:
         if removed:
             log(f"removed {len(removed)} temporary file(s) a killed run left in {out}")
     dist.barrier()
-    amp = bool(cfg.amp) and device.type == "cuda"
+    # mixed precision: float16 with a gradient scaler on CUDA, bfloat16 on a CPU that has it
+    amp = bool(cfg.amp) and (device.type == "cuda" or (device.type == "cpu" and cpu_bf16_supported()))
     if data is None:
         class_names, channel_names, train_ds, val_ds, summary = _load_data(cfg, out, dist)
     else:
@@ -364,13 +365,15 @@ def _setup(cfg: TrainConfig, log, data: Optional[TrainingData] = None) -> _Run:
     if cfg.resume:
         model_config.encoder_weights = None  # the training state holds every weight
     net = build_model(model_config).to(device)
+    if device.type == "cpu":
+        net.to(memory_format=torch.channels_last)  # about 1.8x faster CPU steps (the ConvLSTM's concatenations)
     _check_training_memory(net, cfg, device, train_ds)
     if cfg.init_from and not cfg.resume:
         _init_from(net, cfg.init_from, class_names, cfg.context_slices, transfer=cfg.init_transfer, log=log)
         if dist.main:
             log(f"initialised from {cfg.init_from}")
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
     loss_fn = FocalLoss(weights.to(device), gamma=cfg.focal_gamma, ignore_index=IGNORE_INDEX)
     if cfg.dice_loss_weight > 0:
         loss_fn = FocalDiceLoss(loss_fn, SoftDiceLoss(ignore_index=IGNORE_INDEX), cfg.dice_loss_weight)
@@ -499,7 +502,7 @@ def _resume(run: _Run):
                              f"without weight averaging; resume with the run's own options")
         run.ema.load_state_dict(st["ema"])
     run.optimizer.load_state_dict(st["optimizer"])
-    if "scaler" in st and run.amp:
+    if "scaler" in st and run.scaler.is_enabled():
         run.scaler.load_state_dict(st["scaler"])
     start_epoch, best, history = int(st["epoch"]), float(st["best"]), json.loads(st["history"])
     # an epoch stopped by max_minutes is redone: its row goes, or log.json would list it twice
