@@ -62,7 +62,7 @@ def test_cli_train_without_config_uses_the_recipe_and_plans_the_budget(phantom_d
                "--no-progress", "--val-clicks", "1"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert text.startswith("recipe cpu-fast-v1 (no --config)") and "plan:" in text
+    assert text.startswith("recipe cpu-fast-v2 (no --config)") and "plan:" in text
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     # the plan is written down, so a resumed run follows it
     assert cfg["plan_steps"] is False and cfg["steps_per_epoch"] >= 1 and cfg["lr_schedule"] == "onecycle"

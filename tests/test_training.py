@@ -73,8 +73,11 @@ class _Spy(torch.nn.Module):
 
     def forward(self, x, state=None):
         self.calls.append({"grad": torch.is_grad_enabled(), "training": self.training,
-                           "batch": x.shape[0], "state": state is not None, "x": x.detach().clone()})
-        return self.net(x, state)
+                           "batch": x.shape[0], "state": state is not None, "x": x.detach().clone(),
+                           "state_in": state})
+        logits, out = self.net(x, state)
+        self.calls[-1]["state_out"] = out
+        return logits, out
 
 
 def _batch(b=3):
@@ -470,3 +473,62 @@ def test_along_views_the_loaded_volumes_along_another_axis(phantom_data):
             np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
             np.testing.assert_array_equal(a["labels"].numpy(), b["labels"].numpy())
         assert np.shares_memory(viewed.images[ids[0]], base.images[ids[0]])
+
+
+def test_mix_rounds_mixes_round_counts_within_a_batch():
+    """mix_rounds: every item draws automatic or 1..t rounds; no-grad forwards run only on
+    the items that go on; one training forward of the whole batch, each item's input
+    holding its own number of states."""
+    from contextlib import nullcontext
+
+    n, b = 3, 12
+    cfg = _cfg("x", "y", memory="sim", depth=3, max_clicks=3, drop_fraction=0.0, drop_class=False,
+               decreasing_probability=False, auto_fraction=0.25, mix_rounds=True)  # every round clicks
+    spy = _net(cfg)
+    logits, _ = _simulate_and_forward(spy, spy, _batch(b), cfg, n, np.random.default_rng(3), torch.device("cpu"),
+                                      nullcontext)
+    assert logits.shape[0] == b and logits.requires_grad
+    final = spy.calls[-1]
+    assert final["grad"] and final["training"] and final["batch"] == b
+    assert not any(c["grad"] for c in spy.calls[:-1])
+    # the no-grad rounds shrink to the items still clicking
+    sizes = [c["batch"] for c in spy.calls[:-1]]
+    assert sizes == sorted(sizes, reverse=True) and all(s < b for s in sizes)
+    states = final["x"][:, 1:1 + 2 * n * 3].reshape(b, 3, 2, n, 32, 32)
+    clicked = states[:, :, 0].flatten(2).sum(-1) > 0  # (items, state slots): clicks present
+    rounds = clicked.sum(1).tolist()
+    assert {0, 1, 2, 3} <= set(rounds), rounds  # every kind of item in one batch
+    for i, r in enumerate(rounds):
+        if r == 0:  # automatic: image only
+            assert final["x"][i, 1:].abs().sum() == 0
+        else:  # the newest r slots hold clicks, the probabilities of all but the newest
+            assert clicked[i, 3 - r:].all() and not clicked[i, :3 - r].any()
+            probs = states[i, :, 1].flatten(1).abs().sum(-1) > 0
+            assert probs[3 - r:2].all() and not probs[2] and not probs[:3 - r].any()
+
+
+def test_mix_rounds_gives_each_item_the_lstm_state_of_its_own_rounds():
+    """An item's training forward continues the LSTM state of its own last no-grad round
+    (zeros, read as no state, after one round or none)."""
+    from contextlib import nullcontext
+
+    n, b = 3, 12
+    cfg = _cfg("x", "y", memory="sim", depth=3, max_clicks=3, drop_fraction=0.0, drop_class=False,
+               decreasing_probability=False, auto_fraction=0.25, mix_rounds=True)  # every round clicks
+    spy = _net(cfg, n)
+    _simulate_and_forward(spy, spy, _batch(b), cfg, n, np.random.default_rng(3), torch.device("cpu"), nullcontext)
+    final = spy.calls[-1]
+    clicked = final["x"][:, 1:1 + 2 * n * 3].reshape(b, 3, 2, n, 32, 32)[:, :, 0].flatten(2).sum(-1) > 0
+    rounds = clicked.sum(1).tolist()
+    assert max(rounds) == 3 and final["state_in"] is not None
+    rows = [[i for i in range(b) if rounds[i] > k + 1] for k in range(2)]  # who each no-grad call ran
+    assert [c["batch"] for c in spy.calls[:-1]] == [len(r) for r in rows if r]
+    for stage, (h, c) in enumerate(final["state_in"]):
+        for i, r in enumerate(rounds):
+            if r <= 1:
+                assert h[i].abs().sum() == 0 and c[i].abs().sum() == 0
+            else:
+                call = spy.calls[r - 2]
+                j = rows[r - 2].index(i)
+                torch.testing.assert_close(h[i], call["state_out"][stage][0][j].float())
+                torch.testing.assert_close(c[i], call["state_out"][stage][1][j].float())

@@ -58,6 +58,7 @@ class TrainConfig:
     decreasing_probability: bool = True
     ddg_rounds: Optional[int] = None
     random_rounds: bool = True
+    mix_rounds: bool = False  # rounds (and auto_fraction) drawn per item, not per batch
     auto_fraction: float = 0.0
     # data
     axis: int = 0

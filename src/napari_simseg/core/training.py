@@ -17,7 +17,12 @@ ConvLSTM state flows through the rounds (detached); ``random_rounds`` draws the 
 of rounds per batch in ``1..t``. ``auto_fraction`` (default 0, the paper's DDG) trains
 that share of batches on the automatic input (empty memory, one forward), for a model
 that must also segment with no clicks while ``drop_fraction`` is lowered so that it
-sees several clicks per class. Padded pixels are ignored by the loss and never
+sees several clicks per class. ``mix_rounds`` draws both per item instead of per batch:
+batch normalisation then normalises every training batch with the statistics of a mix
+of automatic, one-round and later-round inputs, the mix its running statistics hold at
+test time (per batch, an automatic batch is normalised with its own statistics in
+training and with the mix's at test time, and the automatic and first-round results
+swing from epoch to epoch). Padded pixels are ignored by the loss and never
 clicked (the user sees each slice's real extent only).
 
 Weight averaging: ``ema_decay > 0`` keeps an exponential moving average of the
@@ -125,6 +130,8 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
     memory = BatchMemory(cfg.memory, n_classes, cfg.effective_depth, images,
                          image_channels=images.shape[1] // (1 + 2 * cfg.context_slices))
     state = None
+    if cfg.simulation == "ddg" and cfg.mix_rounds:
+        return _simulate_mixed(net, train_net, images, gts, targets, crops, cfg, n_classes, rng, device, autocast)
     # auto_fraction: some batches get the automatic (0-click) input; drawn only when on,
     # so runs without it keep their random streams
     automatic = cfg.simulation == "auto" or (cfg.auto_fraction > 0 and rng.random() < cfg.auto_fraction)
@@ -161,6 +168,71 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
     train_net.train()
     with autocast():
         logits, _ = train_net(memory.network_input(), state)
+    return logits, targets
+
+
+def _simulate_mixed(net, train_net, images, gts, targets, crops, cfg: TrainConfig, n_classes, rng, device, autocast):
+    """DDG with the round count drawn per item (``mix_rounds``): one batch holds automatic
+    items and items after 1..t rounds, so batch normalisation sees in training the mixture
+    of inputs whose running statistics it uses at test time.
+
+    Each item draws automatic (``auto_fraction``) or its number of rounds ``r`` in
+    ``1..t`` (``t`` with ``random_rounds`` off). Round ``k``'s no-grad forward runs only on
+    the items that go on to round ``k + 1``; an item's training input is the memory after
+    its own last round's clicks, with the LSTM state of the rounds before it (zeros, which
+    the cell reads exactly as no state, for one round or none).
+    """
+    from .virtual_user import TrainingVirtualUser
+
+    b = len(gts)
+    t = cfg.ddg_rounds or cfg.max_clicks
+    automatic = rng.random(b) < cfg.auto_fraction
+    drawn = rng.integers(1, t + 1, size=b) if cfg.random_rounds else np.full(b, t)
+    rounds = np.where(automatic, 0, drawn)
+    memory = BatchMemory(cfg.memory, n_classes, cfg.effective_depth, images,
+                         image_channels=images.shape[1] // (1 + 2 * cfg.context_slices))
+    x = memory.network_input()  # the automatic items' input: image only
+    users = [None] * b
+    for i in np.flatnonzero(rounds):
+        y0, y1, x0, x1 = crops[i]
+        users[i] = TrainingVirtualUser(n_classes, cfg.ddg_config(), rng)
+        users[i].start(gts[i, y0:y1, x0:x1])
+    state = None  # (h, c) per decoder stage, whole batch, once a forward has run
+    previous = [None] * b
+    for k in range(int(rounds.max(initial=0))):
+        clicks = []
+        for i in range(b):
+            y0, y1, x0, x1 = crops[i]
+            prev = None if previous[i] is None else previous[i][y0:y1, x0:x1]
+            clicks.append(shift_clicks(users[i].next_round(prev), y0, x0) if rounds[i] > k else [])
+        memory.push(encode_click_batch(clicks, n_classes, tuple(images.shape[-2:]), cfg.click_radius, device))
+        now = memory.network_input()
+        last = torch.from_numpy(rounds == k + 1).to(device)
+        x = torch.where(last[:, None, None, None], now, x)
+        going_on = np.flatnonzero(rounds > k + 1)
+        if not going_on.size:
+            break
+        rows = torch.from_numpy(going_on).to(device)
+        net.eval()
+        with torch.no_grad(), autocast():
+            sub_state = None if state is None else tuple((h[rows], c[rows]) for h, c in state)
+            logits, new_state = net(now[rows], sub_state)
+        probs = torch.zeros(b, n_classes, *images.shape[-2:], device=device, dtype=images.dtype)
+        probs[rows] = torch.softmax(logits.float(), 1).to(images.dtype)
+        memory.set_probabilities(probs)
+        if new_state is not None:
+            if state is None:
+                state = tuple((h.new_zeros(b, *h.shape[1:]).float(), c.new_zeros(b, *c.shape[1:]).float())
+                              for h, c in new_state)
+            # rows that stop here keep the state of the rounds they had: they read it next
+            state = tuple((h.index_copy(0, rows, nh.detach().float()), c.index_copy(0, rows, nc.detach().float()))
+                          for (h, c), (nh, nc) in zip(state, new_state))
+        labels = probs.argmax(1).cpu().numpy()
+        for i in going_on:
+            previous[i] = labels[i]
+    train_net.train()
+    with autocast():
+        logits, _ = train_net(x, state)
     return logits, targets
 
 
