@@ -238,7 +238,7 @@ def estimate_step_seconds(options: dict, n_classes: int, n_channels: int, item_s
     from .training import training_step
 
     cfg = TrainConfig(data="-", out="-", **{k: v for k, v in options.items() if k not in ("data", "out")})
-    cfg.random_rounds = False  # time the worst case: every round
+    cfg.random_rounds, cfg.auto_fraction = False, 0.0  # time the worst case: every round on every item
     dev = resolve_device(device)
     torch.manual_seed(0)
     net = build_model(cfg.model_config(n_classes, n_channels)).to(dev)
