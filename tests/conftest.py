@@ -23,7 +23,7 @@ TINY_MODEL = dict(encoder="resnet18", encoder_depth=3, decoder_channels=(32, 16,
 
 
 def tiny_meta_and_model(memory="sim", depth=3, class_names=("background", "a", "b"), decoder="convlstm", radius=2, seed=0,
-                        context_slices=0):
+                        context_slices=0, neighbour_prior=False):
     import torch
 
     from napari_simseg.core.checkpoint import CheckpointMeta
@@ -43,6 +43,7 @@ def tiny_meta_and_model(memory="sim", depth=3, class_names=("background", "a", "
         click_radius=radius,
         model=cfg.to_dict(),
         context_slices=context_slices,
+        neighbour_prior=neighbour_prior,
     )
     return meta, model
 

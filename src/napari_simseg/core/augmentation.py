@@ -114,7 +114,9 @@ class Augmenter:
             A slice, or a :func:`context_stack`; every channel gets the same flips
             and intensity changes (blur and sharpening act within each channel; gamma
             rescales with the whole stack's range, one mapping for all channels).
-        labels : numpy.ndarray, shape (H, W), optional
+        labels : numpy.ndarray, shape (H, W) or (L, H, W), optional
+            One label map, or several (e.g. a slice's and its neighbour's) that get the
+            same geometric changes.
         rng : numpy.random.Generator, optional
             Source of randomness; the augmenter's own seeded generator when omitted.
 
@@ -128,7 +130,7 @@ class Augmenter:
         if img.ndim not in (2, 3):
             raise ValueError(f"Augmenter works on (H, W) slices or (C, H, W) stacks; got shape {img.shape}")
         lab = None if labels is None else np.asarray(labels)
-        if lab is not None and lab.shape != img.shape[-2:]:
+        if lab is not None and (lab.ndim not in (2, 3) or lab.shape[-2:] != img.shape[-2:]):
             raise ValueError(f"labels shape {lab.shape} differs from image shape {img.shape[-2:]}")
         if self.rotate_degrees > 0 or self.scale is not None:
             # drawn only when enabled, so runs without it keep their random streams
@@ -139,10 +141,10 @@ class Augmenter:
         u = rng.random(4)  # brightness, gamma, sharpness kind, sharpness strength
         if fire[0] and self.flip_vertical:
             img = img[..., ::-1, :]
-            lab = None if lab is None else lab[::-1]
+            lab = None if lab is None else lab[..., ::-1, :]
         if fire[1] and self.flip_horizontal:
             img = img[..., ::-1]
-            lab = None if lab is None else lab[:, ::-1]
+            lab = None if lab is None else lab[..., ::-1]
         in_plane = (0,) * (img.ndim - 2)  # no blur across the channel axis
         img = np.array(img, dtype=np.float32)  # contiguous copy
         if fire[2] and self.brightness > 0:
@@ -179,7 +181,8 @@ class Augmenter:
         out = np.stack([ndimage.affine_transform(pl, matrix, offset, order=1, mode="nearest")
                         for pl in planes]).reshape(img.shape).astype(np.float32)
         if lab is not None:
-            lab = ndimage.affine_transform(lab, matrix, offset, order=0, mode="nearest")
+            lab = np.stack([ndimage.affine_transform(pl, matrix, offset, order=0, mode="nearest")
+                            for pl in lab.reshape(-1, *lab.shape[-2:])]).reshape(lab.shape)
         return out, lab
 
 

@@ -19,7 +19,7 @@ __all__ = ["average_checkpoints"]
 # network reading the same input the same way. The architecture comes last: a different
 # memory or context changes its input channels too, and the message should name the cause.
 _AVERAGE_MUST_MATCH = ("class_names", "channel_names", "memory", "depth", "click_radius", "normalization",
-                       "context_slices", "working_size", "flips", "model")
+                       "context_slices", "working_size", "flips", "neighbour_prior", "model")
 
 
 def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[float]] = None,

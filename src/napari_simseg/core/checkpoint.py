@@ -37,10 +37,11 @@ __all__ = [
 ]
 
 FORMAT_NAME = "napari-simseg"
-# 2: context_slices; 3: decision_offsets; 4: channel_names, working_size, flips. A file is
+# 2: context_slices; 3: decision_offsets; 4: channel_names, working_size, flips;
+# 5: neighbour_prior. A file is
 # written with the lowest version that holds its fields, so a plain 2D checkpoint stays
 # readable by version-1 readers.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 #: The flips a network can be trained with (and averaged over at inference).
 FLIP_AXES = ("vertical", "horizontal")
 
@@ -94,6 +95,7 @@ _FIELDS = {
     "working_size": ("an integer >= 16 or null", lambda v: v is None or _int_in(16)(v)),
     "flips": (f"a list out of {list(FLIP_AXES)} or null",
               lambda v: v is None or (isinstance(v, list) and all(f in FLIP_AXES for f in v))),
+    "neighbour_prior": ("true or false", lambda v: isinstance(v, bool)),
 }
 _MODEL_FIELDS = {
     "in_channels": (f"an integer 1..{MAX_CHANNELS}", _int_in(1, MAX_CHANNELS)),
@@ -206,6 +208,10 @@ class CheckpointMeta:
         The flips of the training augmentation (``"vertical"``, ``"horizontal"``);
         flip averaging at inference uses only these. ``None`` (older checkpoints):
         both.
+    neighbour_prior : bool
+        Trained with neighbour priors (``TrainConfig.prior_fraction``): propagation then
+        starts a slice's memory with the labels of the slice before it as a prior state
+        (see ``core.propagation``). False for older checkpoints.
     """
 
     class_names: list
@@ -223,6 +229,7 @@ class CheckpointMeta:
     channel_names: list = field(default_factory=lambda: ["image"])
     working_size: Optional[int] = None
     flips: Optional[list] = None
+    neighbour_prior: bool = False
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -345,6 +352,10 @@ def _header_for(meta: CheckpointMeta) -> dict:
             doc.pop(key)
         else:
             version = 4
+    if doc["neighbour_prior"]:
+        version = 5
+    else:
+        doc.pop("neighbour_prior")
     # older readers refuse newer versions with "upgrade" instead of misreading the file
     doc["format_version"] = version
     return {"simseg": json.dumps(doc)}

@@ -20,7 +20,7 @@ Format (version 1)::
                 {"action": "set_labels", "slice": z, "labels": [[...]], "time": t},
                 {"action": "propagate", "slice": source z, "direction": "both" | "up" | "down",
                  "steps": [{"slice": z, "rounds": [[{"class": c, "y": y, "x": x}, ...], ...]}, ...],
-                 "time": t},
+                 "source_labels": [[...]] (only when given, painted in a viewer), "time": t},
                 {"action": "undo_propagation", "slice": source z, "time": t}]}
 
 A ``propagate`` event holds every seed of every slice it wrote
@@ -138,14 +138,10 @@ def _check_event(event, n_slices: int, slice_shape: tuple, n_classes: int, where
         if len(set(zs)) != len(zs):
             raise LogError(f"{where}: 'slices' lists a slice twice")
     elif action == "set_labels":
-        rows = event.get("labels")
-        h, w = slice_shape
-        if not (isinstance(rows, list) and len(rows) == h and all(isinstance(r, list) and len(r) == w for r in rows)):
-            raise LogError(f"{where}: 'labels' must be {h} rows of {w} class indices")
-        values = np.asarray(rows)
-        if values.dtype.kind not in "iu" or values.min() < 0 or values.max() >= n_classes:
-            raise LogError(f"{where}: 'labels' must hold class indices 0..{n_classes - 1}")
+        _check_label_rows(event.get("labels"), "labels", slice_shape, n_classes, where)
     elif action == "propagate":
+        if event.get("source_labels") is not None:
+            _check_label_rows(event["source_labels"], "source_labels", slice_shape, n_classes, where)
         steps = event.get("steps")
         if not isinstance(steps, list) or len(steps) > n_slices:
             raise LogError(f"{where}: 'steps' must be a list of at most {n_slices} slices")
@@ -157,6 +153,16 @@ def _check_event(event, n_slices: int, slice_shape: tuple, n_classes: int, where
                 _check_clicks(clicks, n_classes, slice_shape, where)
     elif action not in ("undo", "redo", "reset", "undo_propagation"):
         raise LogError(f"{where}: unknown action")
+
+
+def _check_label_rows(rows, name: str, slice_shape, n_classes: int, where: str) -> None:
+    """A slice's labels as a log holds them: ``H`` rows of ``W`` class indices."""
+    h, w = slice_shape
+    if not (isinstance(rows, list) and len(rows) == h and all(isinstance(r, list) and len(r) == w for r in rows)):
+        raise LogError(f"{where}: '{name}' must be {h} rows of {w} class indices")
+    values = np.asarray(rows)
+    if values.dtype.kind not in "iu" or values.min() < 0 or values.max() >= n_classes:
+        raise LogError(f"{where}: '{name}' must hold class indices 0..{n_classes - 1}")
 
 
 def check_log(doc: dict, image_shape: Sequence[int] | None = None, class_names: Sequence[str] | None = None,

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MEMORY_KINDS", "InteractionMemory", "MemoryState", "input_channels"]
+__all__ = ["MEMORY_KINDS", "InteractionMemory", "MemoryState", "input_channels", "prior_probabilities"]
 
 MEMORY_KINDS = ("none", "cim", "sim")
 
@@ -82,6 +82,25 @@ def input_channels(kind: str, n_classes: int, depth: int = 1, context_slices: in
     if kind == "sim":
         return c + 2 * int(depth) * int(n_classes) + extra
     return c + int(n_classes) + extra
+
+
+def prior_probabilities(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """A label map as the probability maps of a *neighbour prior* state (``(N, H, W)`` float32).
+
+    Propagation with a network trained with neighbour priors
+    (``TrainConfig.prior_fraction``) starts a slice's memory with one state that holds no
+    clicks and, as its probabilities, the labels of the slice next to it: each class's
+    indicator averaged over a 3 x 3 window (its edge repeated), so a boundary reads as
+    the uncertain band it is between two slices and the maps sum to 1. Training builds the
+    prior of a neighbouring slice's ground truth with this same function.
+    """
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"a prior needs a 2D label map; got shape {labels.shape}")
+    maps = np.stack([(labels == c).astype(np.float32) for c in range(int(n_classes))])
+    return ndimage.uniform_filter(maps, size=(1, 3, 3), mode="nearest").astype(np.float32)
 
 
 def check_context_slices(context_slices) -> None:

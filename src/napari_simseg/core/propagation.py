@@ -175,6 +175,9 @@ class Propagation:
     steps : list of (int, list of list of Click)
         Each slice written, in order, with the seeds of each of its rounds (one round
         today; the log keeps the list so that a later rule may add rounds).
+    source_labels : ndarray, optional
+        The finished slice's labels when they were given (painted in a viewer), not the
+        session's: the first slices' prior, kept for the log so that a replay repeats it.
     before, written : dict of int -> SliceState
         Every written slice's state before and right after this propagation.
     """
@@ -184,6 +187,7 @@ class Propagation:
     steps: list = field(default_factory=list)
     before: dict = field(default_factory=dict)
     written: dict = field(default_factory=dict)
+    source_labels: Optional[np.ndarray] = None
 
     @property
     def slices(self) -> list[int]:
@@ -196,16 +200,27 @@ class Propagation:
 
     def log_fields(self) -> dict:
         """The ``propagate`` log event's fields (see ``core.interaction_log``)."""
-        return {"slice": self.source, "direction": self.direction,
-                "steps": [{"slice": z, "rounds": [[{"class": c.label, "y": c.y, "x": c.x} for c in clicks]
-                                                  for clicks in rounds]} for z, rounds in self.steps]}
+        out = {"slice": self.source, "direction": self.direction,
+               "steps": [{"slice": z, "rounds": [[{"class": c.label, "y": c.y, "x": c.x} for c in clicks]
+                                                 for clicks in rounds]} for z, rounds in self.steps]}
+        if self.source_labels is not None:
+            out["source_labels"] = np.asarray(self.source_labels).astype(int).tolist()
+        return out
+
+    def prior_for(self, session, z: int) -> np.ndarray:
+        """The labels of the slice before ``z`` on the way from the source (its prior)."""
+        before = z - 1 if z > self.source else z + 1
+        if before == self.source and self.source_labels is not None:
+            return self.source_labels
+        return session.labels[before]
 
 
-def _write(session, record: Propagation, z: int, rounds: list) -> None:
-    """Slice ``z``'s propagated rounds (the first from an empty memory), recorded."""
+def _write(session, record: Propagation, z: int, rounds: list, prior: np.ndarray) -> None:
+    """Slice ``z``'s propagated rounds (the first from an empty memory, after the
+    ``prior`` labels of the slice before it for a network trained with them), recorded."""
     record.before[z] = session.slice_state(z)
     for k, clicks in enumerate(rounds):
-        session.seeded_round(z, clicks, record.source, fresh=k == 0)
+        session.seeded_round(z, clicks, record.source, fresh=k == 0, prior=prior if k == 0 else None)
     record.steps.append((z, [list(c) for c in rounds]))
     record.written[z] = session.slice_state(z)
 
@@ -247,7 +262,9 @@ def iter_propagate(session, record: Propagation, stop: Iterable[int] = (), rule:
     stop = {int(z) for z in stop}
     source = record.source
     user = [] if source_labels is not None else session.user_clicks(source)
-    first = session.labels[source] if source_labels is None else np.asarray(source_labels)
+    if source_labels is not None:
+        record.source_labels = np.asarray(source_labels).copy()
+    first = session.labels[source] if source_labels is None else record.source_labels
     fronts = {d: source for d in DIRECTIONS[record.direction]}
     reach = {d: _reach(session, source, d, stop, rule.max_slices) for d in fronts}
     done = 0
@@ -261,7 +278,7 @@ def iter_propagate(session, record: Propagation, stop: Iterable[int] = (), rule:
                 del fronts[d]
                 reach[d] = 0
                 continue
-            _write(session, record, z, [seeds])
+            _write(session, record, z, [seeds], record.prior_for(session, z))
             fronts[d] = z
             reach[d] -= 1
             done += 1
@@ -271,9 +288,12 @@ def iter_propagate(session, record: Propagation, stop: Iterable[int] = (), rule:
 def replay_propagation(session, event: dict) -> Propagation:
     """Repeat a logged ``propagate`` event's seeded rounds on ``session``; returns its record."""
     record = Propagation(int(event["slice"]), str(event.get("direction", "both")))
+    if event.get("source_labels") is not None:
+        record.source_labels = np.asarray(event["source_labels"], dtype=session.labels.dtype)
     for step in event["steps"]:
         rounds = [[Click(c["class"], c["y"], c["x"]) for c in clicks] for clicks in step["rounds"]]
-        _write(session, record, int(step["slice"]), rounds)
+        z = int(step["slice"])
+        _write(session, record, z, rounds, record.prior_for(session, z))
     return record
 
 

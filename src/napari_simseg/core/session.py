@@ -16,7 +16,7 @@ import numpy as np
 from .clicks import Click, as_clicks, as_index, encode_clicks, honour_clicks, shift_clicks, validate_click
 from .decision import decide_labels
 from .interaction_log import load_log, replay_log, write_log
-from .memory import InteractionMemory
+from .memory import InteractionMemory, prior_probabilities
 from .predictor import Predictor
 from .propagation import (DIRECTIONS, PROPAGATED, Propagation, SeedRule, SliceState, iter_propagate,
                           replay_propagation, undo_propagation)
@@ -549,15 +549,38 @@ class InteractiveSession:
         self._record("propagate", **record.log_fields())
         return record
 
-    def seeded_round(self, slice_index, clicks: Sequence, source: int, fresh: bool = True) -> RoundResult:
+    def seeded_round(self, slice_index, clicks: Sequence, source: int, fresh: bool = True,
+                     prior: Optional[np.ndarray] = None) -> RoundResult:
         """A propagation's round on a slice, marked as propagated from ``source`` (not
-        logged: the propagation logs itself); ``fresh`` starts from an empty memory."""
+        logged: the propagation logs itself); ``fresh`` starts from an empty memory.
+
+        ``prior``: the labels of the slice before it (image grid). A network trained with
+        neighbour priors (its checkpoint's ``neighbour_prior``) gets them first, as a
+        state without clicks whose probabilities are
+        :func:`~napari_simseg.core.memory.prior_probabilities` of those labels (on the
+        round's region); other networks ignore it.
+        """
         idx = self.check_slice(slice_index)
         clicks = self._checked_clicks(clicks)
         if fresh:
             self._memories.pop(idx, None)
             self._regions.pop(idx, None)
+        if fresh and prior is not None and self.predictor.meta.neighbour_prior:
+            self._push_prior(idx, clicks, np.asarray(prior), source)
         return self._run_round(idx, clicks, time.perf_counter(), **{PROPAGATED: int(source)})
+
+    def _push_prior(self, idx: int, clicks: list, prior: np.ndarray, source: int) -> None:
+        """Start slice ``idx``'s memory with a neighbour-prior state (see :meth:`seeded_round`)."""
+        if prior.shape != self.shape[1:]:
+            raise ValueError(f"a prior must have the slice's shape {self.shape[1:]}, got {prior.shape}")
+        on_grid = [Click(c.label, *to_working_coordinates(c.y, c.x, self.scale)) for c in clicks]
+        if self.scale != 1.0:
+            prior = resize_labels(prior, self.work_shape)
+        y0, y1, x0, x1 = self._region(idx, on_grid)
+        mem = self.memory(idx)
+        maps = prior_probabilities(prior[y0:y1, x0:x1], self.n_classes)
+        mem.push(np.zeros_like(maps), click_list=[], prior=True, **{PROPAGATED: int(source)})
+        mem.set_probabilities(maps)
 
     def slice_state(self, slice_index) -> SliceState:
         """The slice's memory object, rounds and region (for ``core.propagation``'s undo)."""

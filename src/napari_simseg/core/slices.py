@@ -15,7 +15,7 @@ import torch
 from .augmentation import Augmenter
 from .datasets import (ON_ERROR_CHOICES, CaseArrays, CaseIssue, DatasetError, DatasetSpec, apply_error_policy,
                        issue_message, load_case)
-from .memory import check_context_slices
+from .memory import check_context_slices, prior_probabilities
 from .preprocessing import (context_stack, pad_to_multiple, resize_image, resize_labels, round_up, slice_volume,
                             working_scale, working_shape)
 
@@ -80,6 +80,13 @@ class SliceDataset(torch.utils.data.Dataset):
         image. ``None``: whole slices.
     foreground_crop : float
         See ``crop_size``.
+    neighbour_prior : bool
+        Items also hold ``"prior"``: :func:`~napari_simseg.core.memory.prior_probabilities`
+        of the labels of a neighbouring slice (``z - 1`` or ``z + 1``, drawn per item;
+        the one that exists at a volume's end), with the item's augmentation and crop,
+        and ``"has_prior"`` (False for a volume of one slice, whose prior is zeros: a
+        slice is never its own prior). For training with neighbour priors
+        (``TrainConfig.prior_fraction``).
 
     Notes
     -----
@@ -114,9 +121,11 @@ class SliceDataset(torch.utils.data.Dataset):
         working_size: int | None = None,
         crop_size: int | None = None,
         foreground_crop: float = 0.67,
+        neighbour_prior: bool = False,
     ):
         check_context_slices(context_slices)
         self.context_slices = int(context_slices)
+        self.neighbour_prior = bool(neighbour_prior)
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be 'stop' or 'skip'; got {on_error!r}")
         self.spec = spec
@@ -188,6 +197,7 @@ class SliceDataset(torch.utils.data.Dataset):
         ds.working_size = working_size
         ds.crop_size = None if crop_size is None else int(crop_size)
         ds.foreground_crop = 0.67
+        ds.neighbour_prior = False
         ds.class_names, ds.spec, ds.issues, ds.skipped = list(class_names), None, [], []
         ds.images, ds.labels, ds.scales = {}, {}, {}
         for cid, image in images.items():
@@ -315,28 +325,44 @@ class SliceDataset(torch.utils.data.Dataset):
         idx = int(idx) % len(self)
         case_id, k = self.index[idx]
         image = context_stack(self.images[case_id], k, self.context_slices)
-        labels = self.labels[case_id][k]
+        volume_labels = self.labels[case_id]
+        labels = volume_labels[k]
         rng = np.random.default_rng([self.seed, self.epoch, idx])
+        has_prior = False
+        if self.neighbour_prior:  # drawn only when on, so other runs keep their random streams
+            side = -1 if rng.random() < 0.5 else 1
+            n = volume_labels.shape[0]
+            j = k + side if 0 <= k + side < n else k - side
+            has_prior = 0 <= j < n and j != k
+            labels = np.stack([labels, volume_labels[j] if has_prior else labels])
         if self.augmenter is not None:
             image, labels = self.augmenter(image, labels, rng)
         if self.crop_size is not None:
             image, labels = self._crop(image, labels, rng)
         image, box = pad_to_multiple(image, target=self.target_shape, value=self.pad_value)
         labels, _ = pad_to_multiple(labels, target=self.target_shape, value=0)
+        item = {}
+        if self.neighbour_prior:
+            labels, neighbour = labels
+            prior = prior_probabilities(neighbour, self.n_classes) if has_prior else \
+                np.zeros((self.n_classes, *neighbour.shape), np.float32)
+            item = {"prior": torch.from_numpy(prior), "has_prior": torch.tensor(has_prior)}
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32).reshape(-1, *labels.shape)),
             "labels": torch.from_numpy(labels.astype(np.int64)),
             "case_id": case_id,
             "slice_index": k,
             "crop": torch.tensor(tuple(box), dtype=torch.int64),
+            **item,
         }
 
     def _crop(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
-        """A ``crop_size`` square around a random structure pixel (or anywhere)."""
+        """A ``crop_size`` square around a random structure pixel (or anywhere); ``labels``
+        ``(H, W)``, or ``(L, H, W)`` cut alike, the first map choosing the structure."""
         size = self.crop_size
-        h, w = labels.shape
+        h, w = labels.shape[-2:]
         u = rng.random(3)  # foreground or not, which pixel, jitter: drawn every time
-        fg = np.flatnonzero(labels)
+        fg = np.flatnonzero(labels if labels.ndim == 2 else labels[0])
         if fg.size and u[0] < self.foreground_crop:
             cy, cx = divmod(int(fg[min(int(u[1] * fg.size), fg.size - 1)]), w)
             jitter = int((u[2] - 0.5) * size / 2)  # the structure is not always dead centre
@@ -345,7 +371,7 @@ class SliceDataset(torch.utils.data.Dataset):
             y0, x0 = int(u[1] * max(0, h - size + 1)), int(u[2] * max(0, w - size + 1))
         y0 = int(np.clip(y0, 0, max(0, h - size)))
         x0 = int(np.clip(x0, 0, max(0, w - size)))
-        return image[..., y0:y0 + size, x0:x0 + size], labels[y0:y0 + size, x0:x0 + size]
+        return image[..., y0:y0 + size, x0:x0 + size], labels[..., y0:y0 + size, x0:x0 + size]
 
     def class_pixel_counts(self) -> np.ndarray:
         """Voxel count of each class over all loaded label volumes.

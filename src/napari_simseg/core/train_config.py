@@ -59,6 +59,7 @@ class TrainConfig:
     ddg_rounds: Optional[int] = None
     random_rounds: bool = True
     mix_rounds: bool = False  # rounds (and auto_fraction) drawn per item, not per batch
+    prior_fraction: float = 0.0  # items whose memory starts with a neighbouring slice's labels (propagation)
     auto_fraction: float = 0.0
     # data
     axis: int = 0
@@ -156,6 +157,13 @@ class TrainConfig:
                 raise ValueError(f"max_empty_fraction must be a number in [0, 1) (null: every slice), "
                                  f"got {self.max_empty_fraction!r}")
             self.max_empty_fraction = empty
+        prior = _as_float(self.prior_fraction)
+        if not 0.0 <= prior <= 1.0:
+            raise ValueError(f"prior_fraction must be a number in [0, 1], got {self.prior_fraction!r}")
+        self.prior_fraction = prior
+        if prior > 0 and not (self.memory == "sim" and self.simulation == "ddg" and self.mix_rounds):
+            raise ValueError("prior_fraction needs memory 'sim', simulation 'ddg' and mix_rounds: the prior is a "
+                             "SIM state (probability maps) given per item")
         if not 0.0 <= self.auto_fraction <= 1.0:
             raise ValueError(f"auto_fraction must be in [0, 1], got {self.auto_fraction}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:

@@ -131,7 +131,8 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
                          image_channels=images.shape[1] // (1 + 2 * cfg.context_slices))
     state = None
     if cfg.simulation == "ddg" and cfg.mix_rounds:
-        return _simulate_mixed(net, train_net, images, gts, targets, crops, cfg, n_classes, rng, device, autocast)
+        return _simulate_mixed(net, train_net, images, gts, targets, crops, cfg, n_classes, rng, device, autocast,
+                               batch.get("prior"), batch.get("has_prior"))
     # auto_fraction: some batches get the automatic (0-click) input; drawn only when on,
     # so runs without it keep their random streams
     automatic = cfg.simulation == "auto" or (cfg.auto_fraction > 0 and rng.random() < cfg.auto_fraction)
@@ -171,7 +172,8 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
     return logits, targets
 
 
-def _simulate_mixed(net, train_net, images, gts, targets, crops, cfg: TrainConfig, n_classes, rng, device, autocast):
+def _simulate_mixed(net, train_net, images, gts, targets, crops, cfg: TrainConfig, n_classes, rng, device, autocast,
+                    prior=None, has_prior=None):
     """DDG with the round count drawn per item (``mix_rounds``): one batch holds automatic
     items and items after 1..t rounds, so batch normalisation sees in training the mixture
     of inputs whose running statistics it uses at test time.
@@ -181,6 +183,14 @@ def _simulate_mixed(net, train_net, images, gts, targets, crops, cfg: TrainConfi
     the items that go on to round ``k + 1``; an item's training input is the memory after
     its own last round's clicks, with the LSTM state of the rounds before it (zeros, which
     the cell reads exactly as no state, for one round or none).
+
+    Neighbour priors (``prior_fraction``): that share of the items that have a neighbour
+    (``prior``, ``has_prior`` from the dataset) get, before their rounds, one state
+    without clicks whose probabilities are a neighbouring slice's labels
+    (:func:`~napari_simseg.core.memory.prior_probabilities`), as a propagated slice's
+    memory starts in the session; the other items get an empty state there, which reads
+    exactly as no state. An item with a prior has at least one round on top of it (in the
+    session the newest state never has probabilities yet).
     """
     from .virtual_user import TrainingVirtualUser
 
@@ -191,14 +201,26 @@ def _simulate_mixed(net, train_net, images, gts, targets, crops, cfg: TrainConfi
     rounds = np.where(automatic, 0, drawn)
     memory = BatchMemory(cfg.memory, n_classes, cfg.effective_depth, images,
                          image_channels=images.shape[1] // (1 + 2 * cfg.context_slices))
-    x = memory.network_input()  # the automatic items' input: image only
+    previous = [None] * b
+    with_prior = np.zeros(b, bool)
+    if cfg.prior_fraction > 0 and prior is not None:
+        with_prior = (rng.random(b) < cfg.prior_fraction) & has_prior.numpy().astype(bool)
+        # at least one round on top: in the session the newest state never has probabilities yet
+        rounds = np.where(with_prior, np.maximum(rounds, 1), rounds)
+        if with_prior.any():
+            keep = torch.from_numpy(with_prior).to(device)[:, None, None, None]
+            maps = prior.to(device, images.dtype) * keep
+            memory.push(torch.zeros_like(maps))
+            memory.set_probabilities(maps)
+            shown = maps.argmax(1).cpu().numpy()
+            previous = [shown[i] if with_prior[i] else None for i in range(b)]
+    x = memory.network_input()  # the automatic items' input: image (and prior) only
     users = [None] * b
     for i in np.flatnonzero(rounds):
         y0, y1, x0, x1 = crops[i]
         users[i] = TrainingVirtualUser(n_classes, cfg.ddg_config(), rng)
         users[i].start(gts[i, y0:y1, x0:x1])
     state = None  # (h, c) per decoder stage, whole batch, once a forward has run
-    previous = [None] * b
     for k in range(int(rounds.max(initial=0))):
         clicks = []
         for i in range(b):
@@ -360,7 +382,7 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
         shapes = [largest_slice_shape(spec, axis=a) for a in train_axes]
         pad_to = (max(h for h, _ in shapes), max(w for _, w in shapes))
     train_ds = SliceDataset(spec, split["train"], axis=cfg.axis, target_shape=pad_to, augmenter=augmenter,
-                            seed=cfg.seed, crop_size=cfg.crop_size, **common)
+                            seed=cfg.seed, crop_size=cfg.crop_size, neighbour_prior=cfg.prior_fraction > 0, **common)
     val_ds = SliceDataset(spec, split["val"], axis=cfg.axis, target_shape=pad_to, augmenter=None,
                           seed=cfg.seed, **common)
     if pad_to is None:  # slices at the working size: the sets' own largest, train and val alike
@@ -471,6 +493,7 @@ def _setup(cfg: TrainConfig, log, data: Optional[TrainingData] = None) -> _Run:
         channel_names=channel_names,
         working_size=cfg.working_size,
         flips=_trained_flips(cfg),
+        neighbour_prior=cfg.prior_fraction > 0,
     )
     meta.normalization = {**meta.normalization, "n4": bool(cfg.n4)}
     return _Run(cfg, out, device, dist, amp, class_names, train_ds, val_ds, net, train_net, ema, optimizer,
