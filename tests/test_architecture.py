@@ -26,7 +26,7 @@ LAYERS = {
     "network": ["core.model", "core.checkpoint", "core.predictor"],
     "interaction": ["core.interaction_log", "core.propagation", "core.session", "core.teaching"],
     "data": ["core.layouts", "core.datasets", "core.splits", "core.augmentation", "core.slices"],
-    "engine": ["core.rounds", "core.losses", "core.baselines", "core.train_config"],
+    "engine": ["core.rounds", "core.losses", "core.baselines", "core.train_config", "core.data_generation"],
     "jobs": ["core.volume_protocol", "core.evaluation", "core.calibration", "core.training", "core.averaging",
              "core.benchmark", "core.recipe", "core.datacheck", "core.teach_worker"],
     "app": ["", "cli", "demo", "_llvm_guard", "_colors", "_reader", "_writer", "_sample_data", "_layers", "_image_picker",

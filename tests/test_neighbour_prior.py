@@ -18,7 +18,7 @@ from napari_simseg.core.propagation import SeedRule
 from napari_simseg.core.session import InteractiveSession, load_log, replay_log
 from napari_simseg.core.slices import SliceDataset
 from napari_simseg.core.train_config import TrainConfig
-from napari_simseg.core.training import _simulate_and_forward
+from napari_simseg.core.data_generation import _simulate_and_forward
 
 
 @pytest.fixture(scope="module")

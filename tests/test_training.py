@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_simseg.core.training import TrainConfig, _simulate_and_forward, train
+from napari_simseg.core.data_generation import _simulate_and_forward
+from napari_simseg.core.training import TrainConfig, train
 from training_helpers import make_phantom_training_data, tiny_config
 
 @pytest.fixture(scope="module")

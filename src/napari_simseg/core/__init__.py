@@ -9,7 +9,7 @@ from the layers below it, never from above, counting imports inside functions
     network      model checkpoint predictor
     interaction  interaction_log propagation session teaching
     data         layouts datasets splits augmentation slices
-    engine       rounds losses baselines train_config
+    engine       rounds losses baselines train_config data_generation
     jobs         volume_protocol evaluation calibration training averaging benchmark recipe datacheck
                  teach_worker
     app          (outside core) cli demo _layers _viewer_jobs viewer_session _widget _reader

@@ -137,7 +137,8 @@ def benchmark_training(
     the default random rounds a step costs on average two thirds of it."""
     from .losses import FocalLoss
     from .phantom import make_phantom
-    from .training import TrainConfig, training_step
+    from .data_generation import training_step
+    from .training import TrainConfig
 
     dev = resolve_device(device)
     depth_z = max(4, batch_size)

@@ -235,7 +235,7 @@ def estimate_step_seconds(options: dict, n_classes: int, n_channels: int, item_s
     from .losses import FocalDiceLoss, FocalLoss, SoftDiceLoss
     from .model import build_model
     from .train_config import IGNORE_INDEX, TrainConfig
-    from .training import training_step
+    from .data_generation import training_step
 
     cfg = TrainConfig(data="-", out="-", **{k: v for k, v in options.items() if k not in ("data", "out")})
     cfg.random_rounds, cfg.auto_fraction = False, 0.0  # time the worst case: every round on every item
