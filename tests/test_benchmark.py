@@ -24,8 +24,12 @@ def test_training_benchmark_json(tmp_path):
     assert main(["benchmark", "--train", "--device", "cpu", "--size", "32", "--encoder", "resnet18",
                  "--batch-size", "2", "--repeats", "1", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert set(res) >= {"device", "ddg_step_ms", "sdg_step_ms", "ratio"}
+    assert set(res) >= {"device", "ddg_step_ms", "sdg_step_ms", "ratio", "recipe"}
     assert res["ddg_step_ms"] > 0 and res["sdg_step_ms"] > 0
+    # the default recipe for radiograph shapes, timed without data: working size 256, crops
+    recipe = res["recipe"]
+    assert recipe["working_size"] == 256 and recipe["item_shape"] == [160, 160]
+    assert recipe["steps_per_second"] > 0 and "first_useful" not in recipe
 
 
 def test_recipe_benchmark_times_the_recipe_and_stops_at_the_first_useful_checkpoint(tmp_path, capsys):

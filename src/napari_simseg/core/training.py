@@ -653,7 +653,7 @@ def _plan_steps(run: _Run) -> None:
         run.val_ds.subsample(max_items)
     val_s = item_s * len(run.val_ds)
     total = max(cfg.epochs, int((budget - cfg.epochs * val_s) / step_s))
-    cfg.steps_per_epoch = max(1, total // cfg.epochs)
+    cfg.steps_per_epoch = planned = max(1, total // cfg.epochs)
     if cfg.time_schedule:
         # the clock ends the epochs (the timing above may be off on a busy machine): the
         # step count is only a bound for a machine much faster than measured
@@ -661,8 +661,9 @@ def _plan_steps(run: _Run) -> None:
     cfg.val_max_slices = min(len(run.val_ds), cfg.val_max_slices or len(run.val_ds))
     cfg.plan_steps = False
     if run.dist.main:
+        ended = " (the clock ends each epoch)" if cfg.time_schedule else ""
         run.log(f"plan: {step_s:.2f} s per step, ~{val_s:.0f} s per validation on {len(run.val_ds)} slices: "
-                f"{cfg.epochs} epochs of {cfg.steps_per_epoch} steps fill --max-minutes {cfg.max_minutes}")
+                f"{cfg.epochs} epochs of ~{planned} steps{ended} fill --max-minutes {cfg.max_minutes}")
 
 
 def _init_from(net, path, class_names, context_slices: int = 0, transfer: bool = False, log=print) -> None:
