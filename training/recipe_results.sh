@@ -14,7 +14,7 @@ case "$WHICH" in
   hippocampus) DATA=../shared/data/Task04_Hippocampus ;;
   ct2d) DATA=${DATA:-/tmp/ts_ct2d}; [ -d "$DATA" ] || python training/make_totalseg_2d.py ct "$DATA" ;;
   mr2d) DATA=${DATA:-/tmp/ts_mr2d}; [ -d "$DATA" ] || python training/make_totalseg_2d.py mr "$DATA" ;;
-  cxr) DATA=${DATA:-/tmp/cxr60}; [ -d "$DATA" ] || python training/make_cxr_phantom.py "$DATA" 60 2048 ;;
+  cxr) DATA=${DATA:-/tmp/cxr200}; [ -d "$DATA" ] || python training/make_cxr_phantom.py "$DATA" 200 2048 ;;
   *) echo "unknown data set $WHICH" >&2; exit 2 ;;
 esac
 RUN="$OUT/$WHICH"
