@@ -128,7 +128,7 @@ def validate(net, dataset, cfg: TrainConfig, n_classes, device, amp) -> dict:
         clicker = cropped_clicker(user.next_round_batch, batch["crop"].tolist())
         preds = run_rounds(
             net, images, gts, rounds, cfg.memory, cfg.effective_depth, n_classes,
-            cfg.click_radius, clicker, amp=amp,
+            cfg.click_radius, clicker, amp=amp, image_channels=images.shape[1] // (1 + 2 * cfg.context_slices),
         )
         for k in conf:
             conf[k] += confusion_counts(preds[k][valid], gts[valid], n_classes)
