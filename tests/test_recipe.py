@@ -126,3 +126,21 @@ def test_empty_slices_are_kept_to_their_share_of_the_training_items():
 def test_max_empty_fraction_is_checked():
     with pytest.raises(ValueError, match="max_empty_fraction"):
         TrainConfig(data="d", out="o", max_empty_fraction=1.0).validate()
+
+
+def test_the_plan_cuts_a_validation_that_would_take_more_than_its_share(tmp_path):
+    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.training import VAL_MIN_ITEMS, train
+
+    # one validation volume of 40 slices against a budget of a few seconds: its pass
+    # would take well over a tenth of the budget, so the plan keeps the fewest it may
+    data = make_phantom_dataset(tmp_path / "data", n_volumes=5, seed=3, shape=(40, 40, 44))
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), encoder="resnet18", encoder_depth=3,
+                      decoder_channels=[16, 8, 8], batch_size=4, device="cpu", progress=False, val_clicks=1,
+                      epochs=1, plan_steps=True, max_minutes=0.05, val_fraction=0.2)
+    lines = []
+    train(cfg.validate(), log=lines.append)
+    plan = next(line for line in lines if line.startswith("plan:"))
+    assert f"validation on {VAL_MIN_ITEMS} slices" in plan
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["val_max_slices"] == VAL_MIN_ITEMS

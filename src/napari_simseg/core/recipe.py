@@ -49,7 +49,9 @@ chosen to learn a new task in about 20 CPU minutes, from the data alone:
   than 4 GB at the working size (hundreds of multi-modal MRI volumes) is read only in
   part: as many cases as fit, a seeded random subset of the split (``max_volumes``),
   which also keeps the reading inside the budget.
-* **Validation.** 20 % of the cases; at most 256 slices per validation pass.
+* **Validation.** 20 % of the cases; at most 256 slices per validation pass, and no
+  more than its passes take a tenth of the budget (one pass is timed before the run;
+  at least 16 slices are kept, evenly spread over the cases).
 
 ``simseg check-data DIR`` prints the working resolution and the estimated seconds
 per step this recipe would use.

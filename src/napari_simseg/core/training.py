@@ -77,6 +77,10 @@ from .train_config import IGNORE_INDEX, SIMULATIONS, TrainConfig
 
 __all__ = ["SIMULATIONS", "TrainConfig", "train", "training_step", "validate"]
 
+VAL_SHARE = 0.10  # of a planned run's budget, at most, for its validation passes
+VAL_MIN_ITEMS = 16  # slices a planned validation pass keeps at least
+VAL_PROBE_ITEMS = 8  # validation slices timed by the plan
+
 # ---------------------------------------------------------------------- distributed
 class _Dist:
     """torchrun awareness: rank, world size, and rank-0-only side effects."""
@@ -637,18 +641,17 @@ def _plan_steps(run: _Run) -> None:
         if i >= 3:
             break
     step_s = float(np.median(times[1:] if len(times) > 1 else times))
-    val_rounds = 0 if cfg.simulation == "auto" else max(0, int(cfg.val_clicks))
-    batch = next(iter(torch.utils.data.DataLoader(run.val_ds, batch_size=cfg.val_batch_size)))
-    net.eval()
-    with torch.no_grad(), run.autocast():
-        x = torch.zeros(batch["image"].shape[0], net.config.in_channels, *batch["image"].shape[-2:],
-                        device=run.device)
+    # a validation item timed as validation runs it (rounds and virtual user), after a warm-up
+    probe = torch.utils.data.Subset(run.val_ds, range(min(len(run.val_ds), VAL_PROBE_ITEMS)))
+    item_s = 0.0
+    if len(probe):
+        validate(net, probe, cfg, run.n_classes, run.device, run.amp)
         t0 = time.perf_counter()
-        net(x)
-        item_s = (time.perf_counter() - t0) / x.shape[0] * (val_rounds + 1) * 1.3  # + the virtual user
+        validate(net, probe, cfg, run.n_classes, run.device, run.amp)
+        item_s = (time.perf_counter() - t0) / len(probe)
     budget = cfg.max_minutes * 60 * 0.92  # a margin for the last checkpoint and the clock's noise
-    # validation takes at most ~15 % of the budget: fewer slices when it would take more
-    max_items = max(64, int(0.15 * budget / cfg.epochs / item_s))
+    # validation takes at most VAL_SHARE of the budget: fewer slices when it would take more
+    max_items = max(VAL_MIN_ITEMS, int(VAL_SHARE * budget / cfg.epochs / max(item_s, 1e-6)))
     if len(run.val_ds) > max_items:
         run.val_ds.subsample(max_items)
     val_s = item_s * len(run.val_ds)
