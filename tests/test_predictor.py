@@ -38,3 +38,37 @@ def test_wrong_input_shape(tiny_checkpoint):
 def test_missing_checkpoint_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Predictor(tmp_path / "nope.safetensors")
+
+
+def test_batch_for_bounds_the_inputs_of_one_call_by_memory(tiny_checkpoint):
+    p = Predictor(tiny_checkpoint, device="cpu")
+    one = p.required_bytes(1, 512, 512)
+    assert p.required_bytes(4, 512, 512) == pytest.approx(4 * one, rel=1e-6)
+    assert p.batch_for(64, 512, 512, budget=3 * one + 1) == 3
+    assert p.batch_for(2, 512, 512, budget=3 * one + 1) == 2  # never more than asked
+    assert p.batch_for(64, 512, 512, budget=one // 2) == 1  # one input at least
+    assert p.batch_for(64, 16, 16) == 64  # small slices: the whole request
+
+
+def test_evaluation_gives_the_same_results_in_memory_bounded_batches(make_checkpoint, tmp_path, monkeypatch):
+    from napari_simseg.core import evaluation
+    from napari_simseg.core.phantom import make_phantom_dataset
+
+    data = make_phantom_dataset(tmp_path / "data", n_volumes=1, seed=3, shape=(6, 40, 44))
+    checkpoint = make_checkpoint(class_names=("background", "organ", "cavity", "tumour", "neighbour"))
+
+    asked = []
+
+    def run(budget):
+        def batch_for(self, requested, h, w, budget=budget):
+            asked.append((requested, h, w))
+            return max(1, min(requested, budget))
+
+        monkeypatch.setattr(Predictor, "batch_for", batch_for)
+        return evaluation.evaluate(checkpoint, data, split="all", clicks=(0, 1), device="cpu",
+                                   max_volumes=1, progress=False, log=lambda m: None)
+
+    whole, two_at_a_time = run(64), run(2)
+    assert whole["results"][1]["dice"] == pytest.approx(two_at_a_time["results"][1]["dice"], abs=1e-6)
+    assert whole["results"][1]["clicks_per_volume"] == two_at_a_time["results"][1]["clicks_per_volume"]
+    assert asked and all(r == 64 for r, _, _ in asked)  # the evaluation asked for its batch of slices

@@ -156,7 +156,8 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
         labels = resize_labels(labels, image.shape[-2:])
         logp_chunks = []
         new_rows = [[] for _ in range(rounds + 1)]  # (z, y, x, class) of the clicks of round r
-        for start in range(0, labels.shape[0], batch_size):
+        step = predictor.batch_for(batch_size, *image.shape[-2:])  # slices per call bounded by memory
+        for start in range(0, labels.shape[0], step):
             user = EvaluationUser(n)
             round_no = [0]
 
@@ -169,7 +170,7 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
 
             recorded.clear()
             run_volume_rounds(recorder, meta, meta.memory, image, labels,
-                              slice(start, start + batch_size), rounds, clicker, dev, honour=True)
+                              slice(start, start + step), rounds, clicker, dev, honour=True)
             logp_chunks.append(np.stack(recorded))
         # after round r every click of rounds 1..r is honoured, oldest first
         clicked = [np.asarray([row for rr in new_rows[: r + 1] for row in rr], np.int64).reshape(-1, 4)

@@ -153,6 +153,9 @@ def _volume_outputs(method: _Method, image, labels, rounds, batch_size, user, la
     outputs = [np.zeros_like(labels) for _ in range(rounds + 1)]
     totals = np.zeros(rounds + 1, int)
     image = method.prepare(image)
+    if method.predictor is not None:  # slices per call bounded by memory, as the session's automatic mode
+        batch_size = method.predictor.batch_for(batch_size, *image.shape[-2:])
+        method.predictor.check_memory(batch_size, *image.shape[-2:])
     for start in range(0, labels.shape[0], batch_size):
         sl = slice(start, start + batch_size)
         preds = method.run(image, labels, sl, rounds, _ClickCounter(user, totals, max(1, rounds)), latency, clicks)

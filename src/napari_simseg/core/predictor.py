@@ -17,6 +17,7 @@ import torch.nn as nn
 from .checkpoint import Checkpoint, load_checkpoint
 from .devices import autocast_for, check_memory, resolve_device
 from .model import ModelConfig, RecurrentState
+from .regions import TILE_BATCH_BYTES
 from .resources import resolve_checkpoint
 
 __all__ = ["FlipEnsemble", "Predictor"]
@@ -251,6 +252,12 @@ class Predictor:
         floats = 0.5 * self.network.activation_floats_per_pixel() * self.views
         floats += self.in_channels + 2 * self.n_classes
         return int(4 * floats * batch * height * width)
+
+    def batch_for(self, requested: int, height: int, width: int, budget: int = TILE_BATCH_BYTES) -> int:
+        """How many ``height x width`` inputs one call may take: at most ``requested``, as
+        many as ``budget`` bytes hold (:meth:`required_bytes`), at least one."""
+        per_input = max(1, self.required_bytes(1, height, width))
+        return max(1, min(int(requested), int(budget) // per_input))
 
     def check_memory(self, batch: int, height: int, width: int) -> None:
         """Refuse a call that would not fit in memory (:class:`~napari_simseg.core.devices.MemoryGuardError`)."""
