@@ -142,3 +142,18 @@ def test_stem_stride_round_trips_through_checkpoints(tmp_path):
     # checkpoints written before the option existed load as stride 2
     old = {k: v for k, v in m.config.to_dict().items() if k != "encoder_stem_stride"}
     assert ModelConfig.from_dict(old).encoder_stem_stride == 2
+
+
+def test_the_memory_estimate_runs_on_the_networks_own_device():
+    """``activation_floats_per_pixel`` probes the network with an input on its own device
+    (a CUDA network probed with a CPU tensor fails): here the meta device stands in."""
+    import copy
+
+    from conftest import tiny_meta_and_model
+
+    _, net = tiny_meta_and_model()
+    on_cpu = net.activation_floats_per_pixel()
+    elsewhere = copy.deepcopy(net)
+    elsewhere._floats_per_pixel = None
+    elsewhere = elsewhere.to("meta")
+    assert elsewhere.activation_floats_per_pixel() == on_cpu > 0

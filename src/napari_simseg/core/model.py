@@ -289,7 +289,8 @@ class SimSegNet(nn.Module):
                 with torch.no_grad():
                     was_training = self.training
                     self.eval()
-                    self(torch.zeros(1, self.config.in_channels, size, size))
+                    weight = next(self.parameters())  # the network's own device (a CUDA one too)
+                    self(torch.zeros(1, self.config.in_channels, size, size, device=weight.device))
                     self.train(was_training)
             finally:
                 for h in hooks:
