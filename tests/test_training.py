@@ -533,3 +533,17 @@ def test_mix_rounds_gives_each_item_the_lstm_state_of_its_own_rounds():
                 j = rows[r - 2].index(i)
                 torch.testing.assert_close(h[i], call["state_out"][stage][0][j].float())
                 torch.testing.assert_close(c[i], call["state_out"][stage][1][j].float())
+
+
+def test_validation_takes_fewer_large_slices_per_call():
+    from conftest import tiny_meta_and_model
+
+    from napari_simseg.core.regions import TILE_BATCH_BYTES
+    from napari_simseg.core.training import _val_batch
+
+    _, net = tiny_meta_and_model()
+    cfg = TrainConfig(data="-", out="-", val_batch_size=32)
+    assert _val_batch(net, [{"image": torch.zeros(1, 64, 64)}], cfg, 3) == 32
+    big = _val_batch(net, [{"image": torch.zeros(1, 1024, 1024)}], cfg, 3)
+    per_slice = 4 * (0.5 * net.activation_floats_per_pixel() + net.config.in_channels + 6) * 1024 * 1024
+    assert big == max(1, int(TILE_BATCH_BYTES // per_slice)) < 32

@@ -69,6 +69,7 @@ from .checkpoint import FLIP_AXES, CheckpointMeta, save_checkpoint
 from .datasets import discover_dataset, largest_slice_shape
 from .devices import autocast_for, check_memory, cpu_bf16_supported, resolve_device
 from .model import build_model
+from .regions import TILE_BATCH_BYTES
 from .data_generation import training_step
 from .rounds import cropped_clicker, run_rounds
 from .slices import MultiAxisSlices, SliceDataset
@@ -122,7 +123,7 @@ def validate(net, dataset, cfg: TrainConfig, n_classes, device, amp) -> dict:
     rounds = 0 if cfg.simulation == "auto" else max(0, int(cfg.val_clicks))
     user = EvaluationUser(n_classes)
     conf = {0: np.zeros((n_classes, n_classes), np.int64), rounds: np.zeros((n_classes, n_classes), np.int64)}
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.val_batch_size, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=_val_batch(net, dataset, cfg, n_classes), shuffle=False)
     for batch in loader:
         images = batch["image"].to(device)
         gts = batch["labels"].numpy()
@@ -141,6 +142,17 @@ def validate(net, dataset, cfg: TrainConfig, n_classes, device, amp) -> dict:
         dice, iou = dice_iou_from_confusion(c)
         out[k] = {"dice": dice.tolist(), "iou": iou.tolist()}
     return out
+
+
+def _val_batch(net, dataset, cfg: TrainConfig, n_classes: int) -> int:
+    """``val_batch_size``, or fewer slices where a call on that many would take more than
+    the automatic mode's memory budget (large multi-channel slices)."""
+    estimate = getattr(getattr(net, "module", net), "activation_floats_per_pixel", None)  # EMA: its module
+    if estimate is None or not len(dataset):
+        return int(cfg.val_batch_size)
+    h, w = dataset[0]["image"].shape[-2:]
+    per_slice = 4 * (0.5 * estimate() + net.config.in_channels + 2 * n_classes) * h * w
+    return max(1, min(int(cfg.val_batch_size), int(TILE_BATCH_BYTES // per_slice)))
 
 
 def _score(val: dict, rounds: int) -> float:
