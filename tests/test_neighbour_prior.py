@@ -182,3 +182,21 @@ def test_a_painted_source_is_logged_and_replayed_as_its_prior(tmp_path, make_che
     np.testing.assert_array_equal(fresh.get_labels(), s.get_labels())
     for z in record.slices:
         np.testing.assert_array_equal(fresh.memory(z).last.probabilities, s.memory(z).last.probabilities)
+
+
+def test_priors_asked_of_slices_without_neighbour_labels_are_refused(tmp_path):
+    from training_helpers import tiny_config
+
+    from napari_simseg.core.slices import SliceDataset
+    from napari_simseg.core.training import TrainingData, train
+
+    rng = np.random.default_rng(0)
+    images = {"a": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)}
+    labels = {"a": np.zeros((3, 32, 32), np.int64)}
+    labels["a"][:, 8:20, 8:20] = 1
+    ds = SliceDataset.from_arrays(images, labels, ["background", "organ"])
+    data = TrainingData(["background", "organ"], ["image"], ds, ds)
+    cfg = tiny_config("-", tmp_path / "run", epochs=1, steps_per_epoch=1, mix_rounds=True, prior_fraction=0.5)
+    with pytest.raises(ValueError, match="prior_fraction needs training slices"):
+        train(cfg.validate(), log=lambda m: None, data=data)
+    assert not (tmp_path / "run" / "best.safetensors").exists()

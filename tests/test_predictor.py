@@ -69,6 +69,23 @@ def test_evaluation_gives_the_same_results_in_memory_bounded_batches(make_checkp
                                    max_volumes=1, progress=False, log=lambda m: None)
 
     whole, two_at_a_time = run(64), run(2)
-    assert whole["results"][1]["dice"] == pytest.approx(two_at_a_time["results"][1]["dice"], abs=1e-6)
+    # float32 convolutions may round differently per batch size on some CPUs: a pixel or two
+    assert whole["results"][1]["dice"] == pytest.approx(two_at_a_time["results"][1]["dice"], abs=2e-3)
     assert whole["results"][1]["clicks_per_volume"] == two_at_a_time["results"][1]["clicks_per_volume"]
     assert asked and all(r == 64 for r, _, _ in asked)  # the evaluation asked for its batch of slices
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, False), (True, False, True),
+                                                        (False, True, True)])
+def test_bfloat16_only_where_the_cpu_has_it_natively(monkeypatch, avx512_bf16, amx, expected):
+    """oneDNN reports bfloat16 support on any AVX512 CPU (emulated there, slower):
+    the autocast decision reads the CPU's own bfloat16 and AMX flags."""
+    from napari_simseg.core import devices
+
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert devices.cpu_bf16_supported() is expected
+    autocast = devices.autocast_for(torch.device("cpu"), amp=True)
+    assert isinstance(autocast, torch.autocast) is expected

@@ -135,10 +135,10 @@ def benchmark_training(
 
     DDG runs all ``t = depth`` rounds here (``random_rounds`` off): the worst case; with
     the default random rounds a step costs on average two thirds of it."""
+    from .data_generation import training_step
     from .losses import FocalLoss
     from .phantom import make_phantom
-    from .data_generation import training_step
-    from .training import TrainConfig
+    from .train_config import TrainConfig
 
     dev = resolve_device(device)
     depth_z = max(4, batch_size)

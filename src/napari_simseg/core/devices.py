@@ -54,7 +54,10 @@ def cpu_bf16_supported() -> bool:
     import torch
 
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        # the CPU's own instructions: oneDNN's "bf16 supported" also says yes on plain
+        # AVX512 (Skylake, Cascade Lake), where it emulates bfloat16
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bool(torch.backends.mkldnn.is_available() and native)
     except (AttributeError, RuntimeError):
         return False
 

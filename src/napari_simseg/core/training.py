@@ -66,11 +66,11 @@ import torch
 from .atomic import atomic_path, atomic_write_text, process_running, remove_stale_temporaries
 from .augmentation import Augmenter
 from .checkpoint import FLIP_AXES, CheckpointMeta, save_checkpoint
+from .data_generation import training_step
 from .datasets import discover_dataset, largest_slice_shape
 from .devices import autocast_for, check_memory, cpu_bf16_supported, resolve_device
 from .model import build_model
 from .regions import TILE_BATCH_BYTES
-from .data_generation import training_step
 from .rounds import cropped_clicker, run_rounds
 from .slices import MultiAxisSlices, SliceDataset
 from .splits import load_split, save_split, split_cases
@@ -147,11 +147,12 @@ def validate(net, dataset, cfg: TrainConfig, n_classes, device, amp) -> dict:
 def _val_batch(net, dataset, cfg: TrainConfig, n_classes: int) -> int:
     """``val_batch_size``, or fewer slices where a call on that many would take more than
     the automatic mode's memory budget (large multi-channel slices)."""
-    estimate = getattr(getattr(net, "module", net), "activation_floats_per_pixel", None)  # EMA: its module
+    module = getattr(net, "module", net)  # an averaged (EMA) or distributed wrapper: its network
+    estimate = getattr(module, "activation_floats_per_pixel", None)
     if estimate is None or not len(dataset):
         return int(cfg.val_batch_size)
     h, w = dataset[0]["image"].shape[-2:]
-    per_slice = 4 * (0.5 * estimate() + net.config.in_channels + 2 * n_classes) * h * w
+    per_slice = 4 * (0.5 * estimate() + module.config.in_channels + 2 * n_classes) * h * w
     return max(1, min(int(cfg.val_batch_size), int(TILE_BATCH_BYTES // per_slice)))
 
 
@@ -301,6 +302,10 @@ def _setup(cfg: TrainConfig, log, data: Optional[TrainingData] = None) -> _Run:
         class_names, channel_names, train_ds, val_ds = data.class_names, data.channel_names, data.train, data.val
         summary = (f"data: {data.description}, {len(train_ds)} / {len(val_ds)} slices, padded to "
                    f"{train_ds.target_shape[0]}x{train_ds.target_shape[1]}, classes {class_names}")
+        if cfg.prior_fraction > 0 and not getattr(train_ds, "neighbour_prior", False):
+            # the checkpoint would say neighbour_prior while the network never saw one
+            raise ValueError("prior_fraction needs training slices with their neighbours' labels; "
+                             "these slices have none (use prior_fraction 0)")
     n_classes = len(class_names)
     if cfg.class_weighting == "uniform":
         weights = torch.ones(n_classes)
