@@ -231,6 +231,43 @@ def test_torchrun_two_cpu_processes(phantom_data, tmp_path):
     assert len(json.loads((out / "log.json").read_text())) == 1
 
 
+def test_every_rank_follows_rank_zeros_plan(tmp_path):
+    # ranks that planned differently would schedule differently and deadlock in DDP
+    script = tmp_path / "share.py"
+    script.write_text("import torch\n"
+                      "from napari_simseg.core.training import _Dist\n"
+                      "d = _Dist(torch.device('cpu'))\n"
+                      "print('rank', d.rank, d.share([10 + d.rank, 20 * (d.rank + 1)], torch.device('cpu')), flush=True)\n"
+                      "d.close()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
+    assert lines == ["rank 0 [10, 20]", "rank 1 [10, 20]"]
+
+
+def test_torchrun_with_a_planned_time_budget_finishes(phantom_data, tmp_path):
+    out = tmp_path / "ddp_plan"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "napari_simseg.cli", "train", "--data", str(phantom_data), "--out", str(out),
+           "--encoder", "resnet18", "--encoder-depth", "3", "--decoder-channels", "16,8,8",
+           "--epochs", "2", "--max-minutes", "0.25", "--plan-steps", "--no-time-schedule", "--batch-size", "2",
+           "--device", "cpu", "--no-progress", "--val-clicks", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "log.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert proc.stdout.count("plan:") == 1  # planned and printed once, by rank 0
+
+
+def test_a_single_process_keeps_its_own_plan():
+    from napari_simseg.core.training import _Dist
+
+    assert _Dist(torch.device("cpu")).share([7, 3.0], torch.device("cpu")) == [7, 3]
+
+
 def test_init_from_fine_tunes_and_checks_architecture(phantom_data, tmp_path):
     from napari_simseg.core.checkpoint import CheckpointError, load_checkpoint
 

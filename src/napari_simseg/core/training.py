@@ -107,6 +107,14 @@ class _Dist:
         if self.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
+    def share(self, values, device) -> list[int]:
+        """Rank 0's ``values`` (integers) on every rank; ``values`` unchanged when alone."""
+        if not self.enabled:
+            return [int(v) for v in values]
+        tensor = torch.tensor([int(v) for v in values], dtype=torch.long, device=device)
+        torch.distributed.broadcast(tensor, src=0)
+        return [int(v) for v in tensor.tolist()]
+
 
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
@@ -673,12 +681,18 @@ def _plan_steps(run: _Run) -> None:
         run.val_ds.subsample(max_items)
     val_s = item_s * len(run.val_ds)
     total = max(cfg.epochs, int((budget - cfg.epochs * val_s) / step_s))
-    cfg.steps_per_epoch = planned = max(1, total // cfg.epochs)
+    planned = max(1, total // cfg.epochs)
+    # every rank follows rank 0's plan: ranks that timed differently would step (and
+    # schedule the learning rate) differently, and DDP would wait forever on the one
+    # whose epoch ended first
+    planned, val_slices = run.dist.share([planned, min(len(run.val_ds), cfg.val_max_slices or len(run.val_ds))],
+                                         run.device)
+    cfg.steps_per_epoch = planned
     if cfg.time_schedule:
         # the clock ends the epochs (the timing above may be off on a busy machine): the
         # step count is only a bound for a machine much faster than measured
         cfg.steps_per_epoch *= 10
-    cfg.val_max_slices = min(len(run.val_ds), cfg.val_max_slices or len(run.val_ds))
+    cfg.val_max_slices = val_slices
     cfg.plan_steps = False
     if run.dist.main:
         ended = " (the clock ends each epoch)" if cfg.time_schedule else ""
