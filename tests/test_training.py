@@ -214,16 +214,21 @@ def test_cli_train_rejects_unknown_config_keys(tmp_path, capsys):
     assert "unknown training option(s): learning_rate" in capsys.readouterr().err
 
 
-def test_torchrun_two_cpu_processes(phantom_data, tmp_path):
-    out = tmp_path / "ddp"
+def _torchrun_train(data, out, *options):
+    """``simseg train`` of a small network in two CPU processes under torchrun."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "napari_simseg.cli", "train", "--data", str(phantom_data), "--out", str(out),
+           "-m", "napari_simseg.cli", "train", "--data", str(data), "--out", str(out),
            "--encoder", "resnet18", "--encoder-depth", "3", "--decoder-channels", "16,8,8",
-           "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--device", "cpu",
-           "--no-progress", "--val-clicks", "1"]
+           "--batch-size", "2", "--device", "cpu", "--no-progress", "--val-clicks", "1", *options]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_torchrun_two_cpu_processes(phantom_data, tmp_path):
+    out = tmp_path / "ddp"
+    proc = _torchrun_train(phantom_data, out, "--epochs", "1", "--steps-per-epoch", "2")
     assert (out / "best.safetensors").is_file()
     # only rank 0 printed the result line and wrote one log row
     assert proc.stdout.strip().splitlines()[-1] == str(out / "best.safetensors")
@@ -249,14 +254,8 @@ def test_every_rank_follows_rank_zeros_plan(tmp_path):
 
 def test_torchrun_with_a_planned_time_budget_finishes(phantom_data, tmp_path):
     out = tmp_path / "ddp_plan"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "napari_simseg.cli", "train", "--data", str(phantom_data), "--out", str(out),
-           "--encoder", "resnet18", "--encoder-depth", "3", "--decoder-channels", "16,8,8",
-           "--epochs", "2", "--max-minutes", "0.25", "--plan-steps", "--no-time-schedule", "--batch-size", "2",
-           "--device", "cpu", "--no-progress", "--val-clicks", "1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun_train(phantom_data, out, "--epochs", "2", "--max-minutes", "0.25", "--plan-steps",
+                           "--no-time-schedule")
     rows = json.loads((out / "log.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2]
     assert proc.stdout.count("plan:") == 1  # planned and printed once, by rank 0
