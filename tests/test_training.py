@@ -242,14 +242,16 @@ def test_every_rank_follows_rank_zeros_plan(tmp_path):
     script.write_text("import torch\n"
                       "from napari_simseg.core.training import _Dist\n"
                       "d = _Dist(torch.device('cpu'))\n"
-                      "print('rank', d.rank, d.share([10 + d.rank, 20 * (d.rank + 1)], torch.device('cpu')), flush=True)\n"
+                      "import sys, pathlib\n"
+                      "plan = d.share([10 + d.rank, 20 * (d.rank + 1)], torch.device('cpu'))\n"
+                      "pathlib.Path(sys.argv[1], f'rank{d.rank}.txt').write_text(str(plan))\n"
                       "d.close()\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script)], env=env, capture_output=True, text=True, timeout=120)
+                           str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
-    assert lines == ["rank 0 [10, 20]", "rank 1 [10, 20]"]
+    # one file per rank: the two ranks' stdout interleave
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["[10, 20]", "[10, 20]"]
 
 
 def test_torchrun_with_a_planned_time_budget_finishes(phantom_data, tmp_path):
