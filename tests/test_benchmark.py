@@ -39,11 +39,29 @@ def test_recipe_benchmark_times_the_recipe_and_stops_at_the_first_useful_checkpo
     out = tmp_path / "r.json"
     # any checkpoint is "useful" at Dice 0: the run must stop after its first epoch, not use its budget
     assert main(["benchmark", "--train", "--recipe", "--data", str(data), "--device", "cpu", "--max-minutes", "2",
-                 "--useful-dice", "0", "--json", str(out)]) == 0
+                 "--useful-dice", "0", "--out", str(tmp_path / "run"), "--json", str(out)]) == 0
     res = json.loads(out.read_text())
+    assert Path(res["run"]) == tmp_path / "run"
     assert res["working_size"] is None and res["batch_size"] >= 4 and res["seconds_per_step"] > 0
     assert res["steps_per_second"] > 0
     assert res["first_useful"]["epoch"] == 1 and res["minutes_run"] < 2
     history = json.loads((Path(res["run"]) / "log.json").read_text())
     assert len(history) == 1 and history[0]["epoch"] == 1
     assert "first checkpoint with validation Dice >= 0.0" in capsys.readouterr().out
+
+
+def test_recipe_benchmark_without_out_leaves_no_run_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    from napari_simseg.core.phantom import make_phantom_dataset
+
+    data = make_phantom_dataset(tmp_path / "data", n_volumes=4, seed=3, shape=(4, 40, 44), n_tumours=2)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "r.json"
+    assert main(["benchmark", "--train", "--recipe", "--data", str(data), "--device", "cpu", "--max-minutes", "2",
+                 "--useful-dice", "0", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["first_useful"]["epoch"] == 1 and res["run"] is None
+    assert not any(p.name.startswith("simseg-bench-") for p in scratch.iterdir())

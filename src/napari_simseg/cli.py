@@ -112,7 +112,7 @@ def main_benchmark(args) -> int:
         from .core.benchmark import benchmark_recipe
 
         benchmark_recipe(data=args.data, device=args.device, max_minutes=args.max_minutes,
-                         useful_dice=args.useful_dice, json_path=args.json)
+                         useful_dice=args.useful_dice, out=args.out, json_path=args.json)
     elif args.train:
         from .core.atomic import atomic_write_text
         from .core.benchmark import benchmark_recipe
@@ -120,7 +120,7 @@ def main_benchmark(args) -> int:
         result = benchmark_training(device=args.device, encoder=args.encoder, size=args.size or 64,
                                     batch_size=args.batch_size, repeats=args.repeats or 5)
         result["recipe"] = benchmark_recipe(data=args.data, device=args.device, max_minutes=args.max_minutes,
-                                            useful_dice=args.useful_dice)
+                                            useful_dice=args.useful_dice, out=args.out)
         if args.json:
             atomic_write_text(args.json, json.dumps(result, indent=1))
     else:
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --train: time the recipe for this folder and train it to a first useful checkpoint "
                         "(default: the recipe for 1024x1024 radiograph shapes, timed only)")
     p.add_argument("--max-minutes", type=float, default=20.0, help="budget of the --train --recipe run")
+    p.add_argument("--out", default=None,
+                   help="keep the --train --data run's folder here (default: a temporary folder, deleted afterwards)")
     p.add_argument("--useful-dice", type=float, default=0.8,
                    help="validation Dice at 3 clicks that makes a checkpoint useful (--train --recipe --data)")
     p.set_defaults(func=main_benchmark)

@@ -295,9 +295,11 @@ def benchmark_recipe(data: Optional[str] = None, device: str = "cpu", max_minute
     Without ``data``: the recipe for 2D radiographs of 1024 x 1024 pixels with five
     structures (the working size, crop and batch it picks), and its seconds per
     training step timed on random data. With ``data``: the recipe for that folder, its
-    step timed the same way, then a real training run (``out``, or a temporary folder)
-    that stops at the first epoch whose validation score (mean foreground Dice at 3
-    clicks) reaches ``useful_dice``: the minutes to that first useful checkpoint.
+    step timed the same way, then a real training run that stops at the first epoch whose
+    validation score (mean foreground Dice at 3 clicks) reaches ``useful_dice``: the
+    minutes to that first useful checkpoint. The run is written to ``out`` and kept, or,
+    without ``out``, to a temporary folder deleted afterwards (``run`` is then ``None``
+    in the result).
     """
     import tempfile
 
@@ -323,7 +325,8 @@ def benchmark_recipe(data: Optional[str] = None, device: str = "cpu", max_minute
     log(f"default recipe: working size {options['working_size'] or 'own'}, items {item[0]}x{item[1]}, batch "
         f"{options['batch_size']}: {step_s:.2f} s per step ({1 / step_s:.2f} steps/s, all DDG rounds)")
     if data is not None:
-        folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="simseg-bench-"))
+        scratch = None if out else tempfile.TemporaryDirectory(prefix="simseg-bench-")
+        folder = Path(out) if out else Path(scratch.name)
         reached: dict = {}
 
         def on_epoch(row):
@@ -333,9 +336,13 @@ def benchmark_recipe(data: Optional[str] = None, device: str = "cpu", max_minute
 
         cfg = TrainConfig(data=str(data), out=str(folder), device=device, progress=False, **options)
         t0 = time.monotonic()
-        train(cfg.validate(), log=lambda m: None, on_epoch=on_epoch)
-        result.update(useful_dice=useful_dice, run=str(folder), minutes_run=round((time.monotonic() - t0) / 60, 2),
-                      first_useful=reached or None)
+        try:
+            train(cfg.validate(), log=lambda m: None, on_epoch=on_epoch)
+        finally:
+            if scratch is not None:
+                scratch.cleanup()
+        result.update(useful_dice=useful_dice, run=str(folder) if out else None,
+                      minutes_run=round((time.monotonic() - t0) / 60, 2), first_useful=reached or None)
         log(f"first checkpoint with validation Dice >= {useful_dice} at 3 clicks: "
             + (f"{reached['minutes']:.1f} min (epoch {reached['epoch']}, {reached['score']:.3f})" if reached
                else f"not within {max_minutes} min"))
