@@ -464,3 +464,26 @@ def test_real_hippocampus_two_cases():
     assert counts[1] > 0 and counts[2] > 0 and counts[0] > counts[1] + counts[2]
     item = ds[0]
     assert tuple(item["image"].shape) == (1, 64, 64)
+
+
+def test_cap_split_keeps_exactly_the_budget_in_proportion_and_a_random_subset():
+    from napari_simseg.core.splits import cap_split, split_cases
+
+    ids = [f"case_{i:03d}" for i in range(40)]
+    split = split_cases(ids, val_fraction=0.2, seed=0)  # 32 / 8 / 0
+    capped = cap_split(split, 28, seed=0)
+    assert [len(capped[k]) for k in ("train", "val", "test")] == [22, 6, 0]  # 22.4 + 5.6 = 28, not 22 + 5
+    for k in ("train", "val"):
+        assert set(capped[k]) <= set(split[k]) and capped[k] == sorted(capped[k])
+    assert capped["train"] != split["train"][:22]  # not the alphabetically first ids (often one site)
+    assert cap_split(split, 28, seed=0) == capped and cap_split(split, 28, seed=1) != capped
+    tiny = cap_split(split_cases(ids, 0.2, 0.1, seed=0), 3)  # every non-empty part keeps one case
+    assert [len(tiny[k]) for k in ("train", "val", "test")] == [1, 1, 1]
+    assert cap_split(split, 100) == split  # a budget above the total keeps everything
+
+
+def test_max_volumes_below_two_is_refused():
+    from napari_simseg.core.train_config import TrainConfig
+
+    with pytest.raises(ValueError, match="max_volumes must be an integer >= 2"):
+        TrainConfig(data="x", out="y", max_volumes=1).validate()

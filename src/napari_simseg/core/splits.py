@@ -12,7 +12,7 @@ import numpy as np
 from .atomic import atomic_write_text
 from .datasets import DatasetError, read_json
 
-__all__ = ["find_split", "load_split", "save_split", "select_cases", "split_cases"]
+__all__ = ["cap_split", "find_split", "load_split", "save_split", "select_cases", "split_cases"]
 
 
 # --------------------------------------------------------------------------- splits
@@ -64,6 +64,43 @@ def split_cases(
         "val": sorted(shuffled[:n_val]),
         "test": sorted(shuffled[n_val:n_val + n_test]),
     }
+
+
+def cap_split(split: dict[str, Sequence[str]], max_cases: int, seed: int = 0) -> dict[str, list[str]]:
+    """At most ``max_cases`` cases of ``split`` in all, in the split's proportions.
+
+    Each part keeps a seeded random subset of its cases (not its first ids: ids are often
+    grouped by site or scanner), sized by the largest-remainder rule so that the parts add
+    up to exactly ``min(max_cases, total)``; every non-empty part keeps at least one case
+    while ``max_cases`` allows it (training first, then validation, then test).
+
+    Returns
+    -------
+    dict
+        The same keys, each list sorted.
+    """
+    parts = {k: sorted(str(i) for i in v) for k, v in split.items()}
+    total = sum(len(v) for v in parts.values())
+    budget = min(int(max_cases), total)
+    if budget < 1:
+        raise ValueError(f"max_cases must be at least 1; got {max_cases}")
+    order = sorted((k for k in parts if parts[k]), key=lambda k: ("train", "val", "test").index(k)
+                   if k in ("train", "val", "test") else 3)
+    exact = {k: budget * len(parts[k]) / total for k in order}
+    keep = {k: int(exact.get(k, 0)) for k in parts}
+    for k in order[:budget]:  # every non-empty part keeps a case while the budget allows
+        keep[k] = max(keep[k], 1)
+    while sum(keep.values()) > budget:  # the minimum of one overshot: trim the largest part
+        k = max(order, key=lambda k: keep[k])
+        keep[k] -= 1
+    by_remainder = sorted(order, key=lambda k: exact[k] - int(exact[k]), reverse=True)
+    while sum(keep.values()) < budget:  # budget <= total: some part always has room
+        k = next(k for k in by_remainder if keep[k] < len(parts[k]))
+        keep[k] += 1
+        by_remainder.remove(k)
+        by_remainder.append(k)
+    rng = np.random.default_rng(seed)
+    return {k: sorted(rng.permutation(v)[:keep[k]].tolist()) if v else [] for k, v in parts.items()}
 
 
 def save_split(path: str | os.PathLike, split: dict[str, Sequence[str]]) -> Path:

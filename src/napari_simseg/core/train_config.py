@@ -133,6 +133,10 @@ class TrainConfig:
             raise ValueError("plan_steps and time_schedule size the schedule to max_minutes: give --max-minutes too")
         if self.stop_after_epoch is not None and self.stop_after_epoch < 1:
             raise ValueError(f"stop_after_epoch must be >= 1, got {self.stop_after_epoch}")
+        if self.max_volumes is not None and (isinstance(self.max_volumes, bool) or not isinstance(self.max_volumes, int)
+                                             or self.max_volumes < 2):
+            raise ValueError(f"max_volumes must be an integer >= 2 (a training and a validation case; null: every "
+                             f"case), got {self.max_volumes!r}")
         if not 0.0 <= float(self.aug_rotate_degrees) <= 180.0:
             raise ValueError(f"aug_rotate_degrees must be in [0, 180], got {self.aug_rotate_degrees}")
         if self.aug_scale is not None:

@@ -73,7 +73,7 @@ from .model import build_model
 from .regions import TILE_BATCH_BYTES
 from .rounds import cropped_clicker, run_rounds
 from .slices import MultiAxisSlices, SliceDataset
-from .splits import load_split, save_split, split_cases
+from .splits import cap_split, load_split, save_split, split_cases
 from .train_config import IGNORE_INDEX, SIMULATIONS, TrainConfig
 
 __all__ = ["SIMULATIONS", "TrainConfig", "train", "training_step", "validate"]
@@ -226,7 +226,7 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
     else:
         split = split_cases(ids, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         if cfg.max_volumes:
-            split = {k: v[: max(1, int(cfg.max_volumes * len(v) / max(1, len(ids))))] for k, v in split.items()}
+            split = cap_split(split, cfg.max_volumes, cfg.split_seed)
         if dist.main:
             save_split(split_path, split)
     augmenter = None
