@@ -138,3 +138,42 @@ def test_required_bytes_grow_with_the_pixels_and_the_views(big_predictor):
     one = big_predictor.required_bytes(1, 100, 100)
     assert big_predictor.required_bytes(2, 200, 100) == pytest.approx(4 * one, rel=0.01)
     assert big_predictor.views == 1
+
+
+def test_a_refused_round_that_would_grow_the_region_leaves_region_and_memory_as_they_were(big_predictor, monkeypatch):
+    import napari_simseg.core.devices as devices
+    from napari_simseg.core.session import InteractiveSession
+
+    session = InteractiveSession(np.random.default_rng(4).normal(size=(600, 500)).astype(np.float32), big_predictor)
+    first = session.add_clicks(0, [(1, 300, 250)])
+    mem = session.memory(0)
+    payload = mem.rounds[0].payload
+    before = session.get_labels()
+    free = devices.available_memory
+    # enough for the 96 x 96 region, not for one around both corners
+    limit = 4 * big_predictor.required_bytes(1, MIN_SIDE, MIN_SIDE)
+    monkeypatch.setattr(devices, "available_memory", lambda device: limit)
+    with pytest.raises(MemoryError):
+        session.add_clicks(0, [(1, 0, 0), (2, 599, 499)])
+    assert session.memory(0) is mem and mem.shape == (MIN_SIDE, MIN_SIDE) and mem.n_rounds == 1
+    assert mem.rounds[0].payload is payload  # the LSTM state was not dropped
+    np.testing.assert_array_equal(session.get_labels(), before)
+    # the next round nearby still runs, on the old region, with the old state
+    res = session.add_clicks(0, [(2, 310, 260)])
+    assert res.box == first.box and session.n_rounds(0) == 2
+    monkeypatch.setattr(devices, "available_memory", free)
+    grown = session.add_clicks(0, [(1, 0, 0)])
+    assert grown.box[0] == 0 and grown.box[2] == 0
+
+
+def test_a_refused_first_round_leaves_the_slice_without_a_region(big_predictor, monkeypatch):
+    import napari_simseg.core.devices as devices
+    from napari_simseg.core.session import InteractiveSession
+
+    session = InteractiveSession(np.random.default_rng(5).normal(size=(600, 500)).astype(np.float32), big_predictor)
+    monkeypatch.setattr(devices, "available_memory", lambda device: 1024)
+    with pytest.raises(MemoryError):
+        session.add_clicks(0, [(1, 0, 0), (2, 599, 499)])
+    monkeypatch.undo()
+    res = session.add_clicks(0, [(1, 300, 250)])  # a fresh region around the new click alone
+    assert (res.box[1] - res.box[0], res.box[3] - res.box[2]) == (MIN_SIDE, MIN_SIDE)

@@ -275,6 +275,18 @@ class InteractionMemory:
             state.payload = None
         self.shape = shape
 
+    def frame_snapshot(self) -> tuple:
+        """What :meth:`reframe` changes (the frame and every round's arrays and payload),
+        for :meth:`restore_frame` to put back when the round that grew the frame fails."""
+        states = {id(st): st for st in (*self._rounds, *self._redo, *self._redo_before_push)}
+        return self.shape, [(st, st.clicks, st.probabilities, st.payload) for st in states.values()]
+
+    def restore_frame(self, snapshot: tuple) -> None:
+        """Undo every :meth:`reframe` since ``snapshot`` (from :meth:`frame_snapshot`)."""
+        self.shape, saved = snapshot
+        for state, clicks, probabilities, payload in saved:
+            state.clicks, state.probabilities, state.payload = clicks, probabilities, payload
+
     def reset(self) -> None:
         """Forget every round (and the redo stack)."""
         self._rounds.clear()

@@ -8,7 +8,9 @@ of :data:`MARGIN` pixels and at least :data:`MIN_SIDE` pixels a side. The region
 is chosen at the slice's first round and kept while the clicks fall inside it (the
 interaction memory and the ConvLSTM state live on it); a click outside grows it, the
 memory is padded to the new frame and the ConvLSTM restarts. Outside the region the
-slice keeps the labels it had (the automatic result, or what was painted).
+slice keeps the labels it had (the automatic result, or what was painted). The cost of
+a round is that of its region: clicks far apart make a large one (a round the memory
+guard refuses leaves the region as it was).
 
 Automatic segmentation of such a slice runs on overlapping :func:`tiles` of
 :data:`TILE` pixels whose probabilities are averaged where they overlap.

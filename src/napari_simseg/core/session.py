@@ -349,19 +349,34 @@ class InteractiveSession:
     def _run_round(self, idx: int, clicks: list, t0: float, **meta) -> RoundResult:
         """One round of checked ``clicks`` on slice ``idx`` (``meta`` goes on the memory round)."""
         on_grid = [Click(c.label, *to_working_coordinates(c.y, c.x, self.scale)) for c in clicks]
-        box = self._region(idx, on_grid)
-        mem = self.memory(idx)
-        in_box = shift_clicks(on_grid, -box[0], -box[2])
-        masks = encode_clicks(in_box, self.n_classes, mem.shape, self.predictor.click_radius)
-        prev = mem.last
-        state = self._state_to_device(prev.payload if prev is not None else None)
-        mem.push(masks, click_list=[c.as_tuple() for c in clicks], **meta)
-        x = mem.network_input(self._image_input(idx, box))
-        t1 = time.perf_counter()
+        # a failed round leaves no trace: the slice's region, memory frame and redo stack
+        # come back as they were (a refused round that grew the region must not leave
+        # every later round on the grown region)
+        old_box, old_mem = self._regions.get(idx), self._memories.get(idx)
+        old_frame = old_mem.frame_snapshot() if old_mem is not None else None
+        pushed = False
         try:
+            box = self._region(idx, on_grid)
+            mem = self.memory(idx)
+            in_box = shift_clicks(on_grid, -box[0], -box[2])
+            masks = encode_clicks(in_box, self.n_classes, mem.shape, self.predictor.click_radius)
+            prev = mem.last
+            state = self._state_to_device(prev.payload if prev is not None else None)
+            mem.push(masks, click_list=[c.as_tuple() for c in clicks], **meta)
+            pushed = True
+            x = mem.network_input(self._image_input(idx, box))
+            t1 = time.perf_counter()
             probs, new_state = self.predictor.predict(x, state)
-        except Exception:
-            mem.abandon()  # a failed round leaves no trace, redo stack included
+        except BaseException:
+            if pushed:
+                mem.abandon()
+            for store, old in ((self._regions, old_box), (self._memories, old_mem)):
+                if old is None:
+                    store.pop(idx, None)
+                else:
+                    store[idx] = old
+            if old_mem is not None:
+                old_mem.restore_frame(old_frame)
             raise
         model_ms = (time.perf_counter() - t1) * 1e3
         mem.set_probabilities(probs, payload=self._state_to_storage(new_state))
