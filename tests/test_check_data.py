@@ -51,7 +51,7 @@ def test_masks_data_set_with_overlaps_resampling_and_problems(tmp_path, capsys):
     assert any("resampled to the 32x32 label grid (block mean" in n and "4 case(s)" in n for n in summary["notes"])
     assert_training_estimate(summary)
     assert summary["working_shape"] == [32, 32]
-    for expected in ("layout: masks", "Cases: 4 found, 3 usable", "Classes: 4 (background, lung, heart, clavicle)",
+    for expected in ("layout: masks", "Cases: 4 found (c0, c1, c2, c3), 3 usable; not usable: c3 (see Problems)", "Classes: 4 (background, lung, heart, clavicle)",
                      "label grid 32x32; images 64x64", "lung / heart:", "masks/rib: class folder 'rib'",
                      "s per training step", "Verdict: usable"):
         assert expected in text, expected

@@ -238,3 +238,16 @@ def test_header_keeps_2d_checkpoints_at_version_1_and_marks_context_as_2(tmp_pat
 def test_context_stack_refuses_float_indices():
     with pytest.raises(IndexError, match="integers"):
         context_stack(np.zeros((3, 4, 4)), 1.5, 1)
+
+
+def test_init_from_a_checkpoint_of_other_classes_names_init_transfer(tmp_path):
+    from napari_simseg.core.checkpoint import save_checkpoint
+    from napari_simseg.core.model import ModelConfig, build_model
+    from napari_simseg.core.training import _init_from
+
+    meta, model = tiny_meta_and_model()
+    path = save_checkpoint(tmp_path / "other.safetensors", model, meta)
+    net = build_model(ModelConfig.from_dict(meta.model))
+    others = [*meta.class_names[:-1], "not_" + meta.class_names[-1]]
+    with pytest.raises(CheckpointError, match="trained for classes .*--init-transfer"):
+        _init_from(net, path, others, context_slices=0)

@@ -149,3 +149,39 @@ def test_cli_resume_with_other_options_is_one_line(phantom_data, tmp_path, capsy
     assert main([*args[:5], "--resume", "--encoder", "resnet34", *args[7:]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "encoder (run: 'resnet18', now: 'resnet34')" in err, err
+
+
+def _corrupt_copy(phantom_data, dest, pick):
+    """A copy of the phantom data set whose labels of the cases ``pick(split)`` returns are corrupt."""
+    from napari_simseg.core.splits import split_cases
+
+    shutil.copytree(phantom_data, dest)
+    labels = {p.name.split(".")[0]: p for p in (dest / "labelsTr").glob("*.nii.gz")}
+    cfg = _cfg(dest, dest / "unused", val_fraction=0.2)
+    split = split_cases(sorted(labels), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    victims = pick(split)
+    for case in victims:
+        labels[case].write_bytes(b"not an image")
+    return victims
+
+
+def test_skip_splits_again_when_the_only_validation_case_is_unusable(phantom_data, tmp_path):
+    [victim] = _corrupt_copy(phantom_data, tmp_path / "bad", lambda split: split["val"][:1])
+    lines = []
+    train(_cfg(tmp_path / "bad", tmp_path / "o", epochs=1, steps_per_epoch=1, on_error="skip", val_fraction=0.2),
+          log=lines.append)
+    split = json.loads((tmp_path / "o" / "split.json").read_text())
+    assert split["val"] and victim not in split["train"] + split["val"]  # the split actually used
+    assert len(split["train"]) + len(split["val"]) == 4
+    summary = next(line for line in lines if line.startswith("data: "))
+    assert f"(1 skipped: {victim})" in summary, summary
+
+
+def test_stop_lists_the_unusable_cases_of_training_and_validation_at_once(phantom_data, tmp_path):
+    from napari_simseg.core.layouts import DatasetError
+
+    victims = _corrupt_copy(phantom_data, tmp_path / "bad", lambda split: [split["train"][0], split["val"][0]])
+    with pytest.raises(DatasetError, match="--on-error skip") as err:
+        train(_cfg(tmp_path / "bad", tmp_path / "o", epochs=1, steps_per_epoch=1, val_fraction=0.2))
+    assert "2 of 5 case(s) cannot be used" in str(err.value)
+    assert all(v in str(err.value) for v in victims)

@@ -204,7 +204,10 @@ def format_data_check(summary: dict, *, max_problems: int = 50) -> str:
     lines = [f"Data set: {s['root']} (layout: {s['layout'] or 'none found'}, name: {s['name']})"]
     if s["layout"] is not None:
         ids = ", ".join(s["case_ids"]) + (" ..." if s["n_cases"] > len(s["case_ids"]) else "")
-        lines.append(f"Cases: {s['n_cases']} found, {s['n_usable']} usable ({ids})")
+        bad = sorted({p["case"] for p in s["problems"] if p["case"]})
+        unusable = (f"; not usable: {', '.join(bad[:_SHOWN_IDS])}{' ...' * (len(bad) > _SHOWN_IDS)} (see Problems)"
+                    if bad else "")
+        lines.append(f"Cases: {s['n_cases']} found ({ids}), {s['n_usable']} usable{unusable}")
         where = ", in each image file's last axis" if s["channels_in_last_axis"] else ""
         lines.append(f"Channels: {len(s['channels'])} ({', '.join(s['channels'])}{where})")
         lines.append(f"Classes: {len(s['classes'])} ({', '.join(s['classes'])})")

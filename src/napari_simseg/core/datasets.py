@@ -440,7 +440,8 @@ def apply_error_policy(issues: Sequence[CaseIssue], n_total: int, on_error: str)
         return
     msg = issue_message(issues, n_total)
     if on_error == "stop":
-        raise DatasetError(msg + "\nFix or remove these files, or use on_error='skip'.", issues)
+        raise DatasetError(msg + "\nFix or remove these files, or leave them out with --on-error skip "
+                           "(on_error='skip' in Python).", issues)
     logger.warning("%s\nThese cases are skipped.", msg)
 
 
