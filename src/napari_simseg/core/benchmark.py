@@ -17,7 +17,7 @@ import torch
 from .atomic import atomic_write_text
 from .memory import input_channels
 from .model import ModelConfig, build_model
-from .devices import autocast_for, resolve_device
+from .devices import autocast_for, cpu_bf16_supported, resolve_device
 
 __all__ = ["benchmark_inference", "benchmark_training"]
 
@@ -152,12 +152,13 @@ def benchmark_training(
     img = (image - image.mean()) / (image.std() + 1e-6)
     batch = {"image": torch.from_numpy(img[:, None].astype(np.float32)),
              "labels": torch.from_numpy(labels.astype(np.int64))}
-    amp = dev.type == "cuda"
+    # the precision `simseg train` uses (TrainConfig.amp): float16 on CUDA, bfloat16 on a CPU with it
+    amp = dev.type == "cuda" or (dev.type == "cpu" and cpu_bf16_supported())
 
     def autocast():
         return autocast_for(dev, amp)
 
-    result = {"device": str(dev)}
+    result = {"device": str(dev), "precision": ("float16" if dev.type == "cuda" else "bfloat16") if amp else "float32"}
     for name, sim_kind in (("ddg", "ddg"), ("sdg", "sdg")):
         # the same network (SIM memory, ConvLSTM decoder) for both: only the simulation differs
         cfg = TrainConfig(data="-", out="-", memory="sim", depth=depth, max_clicks=depth, decoder="convlstm",
@@ -182,7 +183,8 @@ def benchmark_training(
     result["ratio"] = round(result["ddg_step_ms"] / result["sdg_step_ms"], 3)
     result["config"] = {"size": size, "batch_size": batch_size, "depth": depth, "n_classes": n,
                         "encoder": encoder, "repeats": repeats}
-    log(f"training-step benchmark on {dev}: batch {batch_size} x {size}x{size}, D={depth}, N={n}, {encoder}")
+    log(f"training-step benchmark on {dev} ({result['precision']}): batch {batch_size} x {size}x{size}, D={depth}, "
+        f"N={n}, {encoder}")
     log(f"  DDG-SIM step {result['ddg_step_ms']:.1f} ms (t-1 no-grad rounds + virtual user + training step)")
     log(f"  SDG step     {result['sdg_step_ms']:.1f} ms")
     log(f"  ratio {result['ratio']:.2f}  (target <= 2.0)")
