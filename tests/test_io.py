@@ -16,6 +16,7 @@ from napari_simseg.core.io import (
     ImageWriteError,
     Volume,
     is_supported,
+    read_channels,
     read_image,
     read_image_info,
     split_extension,
@@ -136,8 +137,40 @@ def test_rgb_tiff_of_grey_content_read_as_grey_true_colour_refused(tmp_path):
         read_image(tmp_path / "many.tif")
 
 
-def write_dicom_series(folder, array, spacing, origin, direction, uid):
-    """Write a 3D int16 array as a DICOM series with SimpleITK (test helper)."""
+def test_truncated_imagej_stack_refused(tmp_path):
+    """tifffile falls back to the first page of a truncated hyperstack with only a log line."""
+    path = tmp_path / "stack.tif"
+    array = np.random.default_rng(4).integers(0, 60000, size=(6, 64, 48)).astype(np.uint16)
+    tifffile.imwrite(path, array, imagej=True, metadata={"axes": "ZYX", "spacing": 2.5})
+    np.testing.assert_array_equal(read_image(path).array, array)
+    data = path.read_bytes()
+    for fraction in (0.9, 0.5, 0.3):
+        path.write_bytes(data[: int(len(data) * fraction)])
+        with pytest.raises(ImageReadError, match=r"stack\.tif.*ImageJ.*6 images.*1 .*truncated") as err:
+            read_image(path)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("axes, shape", [("CYX", (2, 16, 12)), ("ZCYX", (3, 2, 16, 12))])
+def test_imagej_channels_refused(tmp_path, axes, shape):
+    """A 2-channel 2D ImageJ TIFF was read as a 2-slice volume."""
+    path = tmp_path / "two_channels.tif"
+    tifffile.imwrite(path, np.zeros(shape, np.uint8), imagej=True, metadata={"axes": axes})
+    with pytest.raises(ImageReadError, match=rf"two_channels\.tif.*2 channels \(axes {axes}\).*one file "
+                                             "per channel"):
+        read_image(path)
+    with pytest.raises(ImageReadError, match="2 channels"):
+        read_channels(path)
+    one = tuple(1 if a == "C" else n for a, n in zip(axes, shape))
+    tifffile.imwrite(path, np.zeros(one, np.uint8), imagej=True, metadata={"axes": axes})
+    assert read_image(path).shape == tuple(n for n in one if n > 1)  # one channel is fine
+
+
+def write_dicom_series(folder, array, spacing, origin, direction, uid, shifts=None):
+    """Write a 3D int16 array as a DICOM series with SimpleITK (test helper).
+
+    ``shifts`` (mm, one per slice) moves each slice's ImagePositionPatient along the
+    slice normal, to write a non-uniformly spaced series."""
     os.makedirs(folder, exist_ok=True)
     img = sitk.GetImageFromArray(array)
     img.SetSpacing(spacing[::-1])
@@ -152,7 +185,11 @@ def write_dicom_series(folder, array, spacing, origin, direction, uid):
         s.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.1")
         s.SetMetaData("0008|0060", "MR")
         s.SetMetaData("0020|0037", "\\".join(map(str, (d[0], d[3], d[6], d[1], d[4], d[7]))))
-        s.SetMetaData("0020|0032", "\\".join(map(str, img.TransformIndexToPhysicalPoint((0, 0, k)))))
+        position = np.array(img.TransformIndexToPhysicalPoint((0, 0, k)))
+        if shifts is not None:
+            position = position + shifts[k] * np.array((d[2], d[5], d[8]))
+            s.SetOrigin(position.tolist())
+        s.SetMetaData("0020|0032", "\\".join(map(str, position)))
         s.SetMetaData("0020|0013", str(k + 1))
         s.SetMetaData("0008|0018", f"{uid}.{k + 1}")
         writer.SetFileName(os.path.join(folder, f"{uid[-3:]}_{k:03d}.dcm"))
@@ -173,6 +210,51 @@ def test_dicom_series_folder_picks_largest(tmp_path, caplog):
     assert vol.metadata["series_id"].endswith(".100")
     assert vol.metadata["n_files"] == 6 and vol.metadata["modality"] == "MR"
     assert sorted(vol.metadata["all_series"].values()) == [3, 6]
+
+
+DICOM_UID = "1.2.826.0.1.3680043.2.1125.2.100"
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), DIRECTION], ids=["axial", "oblique"])
+def test_dicom_series_with_missing_slice_refused(tmp_path, direction):
+    """A deleted middle file left a (4, 64, 48) volume with spacing 3.33 and no error."""
+    array = np.random.default_rng(2).integers(0, 1000, size=(5, 64, 48)).astype(np.int16)
+    write_dicom_series(tmp_path / "dcm", array, SPACING, (0.0, 0.0, 0.0), direction, DICOM_UID)
+    vol = read_image(tmp_path / "dcm")  # complete: read as before
+    np.testing.assert_array_equal(vol.array, array)
+    assert_geometry(vol, SPACING, (0.0, 0.0, 0.0), direction)
+    (tmp_path / "dcm" / "100_002.dcm").unlink()
+    with pytest.raises(ImageReadError, match=r"dcm'.*4 DICOM file.*jump from 2\.5 to 7\.5 mm between "
+                                             r"files 100_001\.dcm and 100_003\.dcm.*a slice is missing") as err:
+        read_image(tmp_path / "dcm")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ImageReadError, match="a slice is missing"):
+        read_image_info(tmp_path / "dcm")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "half", "header", "tail"])
+def test_dicom_series_with_corrupt_slice_refused(tmp_path, damage):
+    """GDCM leaves an unparsable file out of the series; it was skipped silently."""
+    array = np.random.default_rng(3).integers(0, 1000, size=(5, 64, 48)).astype(np.int16)
+    write_dicom_series(tmp_path / "dcm", array, SPACING, ORIGIN, DIRECTION, DICOM_UID)
+    bad = tmp_path / "dcm" / "100_002.dcm"
+    data = bad.read_bytes()
+    bad.write_bytes({"garbage": b"\0" * 128 + b"DICM" + np.random.default_rng(0).bytes(500),
+                     "half": data[: len(data) // 2], "header": data[:600], "tail": data[:-100]}[damage])
+    (tmp_path / "dcm" / "notes.txt").write_text("not DICOM, not counted")
+    with pytest.raises(ImageReadError, match=r"dcm'.*5 files look like DICOM.*4 .*read.*"
+                                             r"100_002\.dcm.*corrupt or truncated") as err:
+        read_image(tmp_path / "dcm")
+    assert "\n" not in str(err.value)
+
+
+def test_dicom_series_non_uniform_spacing_refused(tmp_path):
+    array = np.zeros((5, 8, 10), np.int16)
+    write_dicom_series(tmp_path / "dcm", array, SPACING, ORIGIN, np.eye(3), DICOM_UID,
+                       shifts=[0.0, 0.0, 0.8, 0.8, 0.8])
+    with pytest.raises(ImageReadError, match=r"not uniformly spaced.*jump from 12\.5 to 15\.8 mm .*100_001\.dcm "
+                                             r"and 100_002\.dcm"):
+        read_image(tmp_path / "dcm")
 
 
 def test_dicom_errors(tmp_path):

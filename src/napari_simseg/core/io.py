@@ -478,6 +478,7 @@ def _read_dicom_series(folder: Path) -> Volume:
             "series; pass an image file instead)",
         )
     files = {sid: list(reader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in series_ids}
+    _check_dicom_files_read(folder, files)
     chosen = max(series_ids, key=lambda sid: len(files[sid]))  # ties: first sorted id
     if len(series_ids) > 1:
         logger.warning(
@@ -492,6 +493,7 @@ def _read_dicom_series(folder: Path) -> Volume:
         raise ImageReadError(
             folder, f"DICOM series {chosen} cannot be read ({_summarise_itk_error(exc)})"
         ) from None
+    _check_dicom_slice_positions(folder, chosen, files[chosen], reader, img)
     vol = _volume_from_sitk(img, "DICOM", folder)
     tags = {}
     for tag, name in (("0008|0060", "modality"), ("0008|103e", "series_description")):
@@ -506,6 +508,92 @@ def _read_dicom_series(folder: Path) -> Volume:
     return vol
 
 
+def _looks_like_dicom(path: Path) -> bool:
+    """A ``.dcm`` file, or one with the ``DICM`` magic at byte 128 (not a DICOMDIR)."""
+    if path.name.upper() == "DICOMDIR" or path.name.startswith("."):
+        return False
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _names(paths, most: int = 5) -> str:
+    names = [Path(p).name for p in paths]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _check_dicom_files_read(folder: Path, files: dict[str, list[str]]) -> None:
+    """Refuse a folder where GDCM left DICOM-looking files out of every series: GDCM
+    skips a file it cannot parse (corrupt, truncated) without a word."""
+    found = sorted(p for p in folder.iterdir() if p.is_file() and _looks_like_dicom(p))
+    read = {os.path.realpath(f) for names in files.values() for f in names}
+    unread = [p for p in found if os.path.realpath(p) not in read]
+    if unread:
+        n_read = len(found) - len(unread)
+        raise ImageReadError(
+            folder,
+            f"{len(found)} files look like DICOM but only {n_read} can be read; "
+            f"{_names(unread)} {'is' if len(unread) == 1 else 'are'} corrupt or truncated "
+            "(a slice would be missing: replace or remove the file(s))",
+        )
+
+
+def _check_dicom_slice_positions(folder: Path, series_id: str, files: list[str], reader, img) -> None:
+    """Refuse a series whose slice positions along the slice normal are not uniformly
+    spaced: ITK reads it with one averaged spacing, so a missing slice (a gap of a
+    multiple of the spacing) would shift every slice after it without a word."""
+    if len(files) < 3 or img.GetDimension() != 3 or img.GetSize()[2] != len(files):
+        return  # two slices are always uniform; multi-frame files carry one position
+    positions = []
+    for k in range(len(files)):
+        if not reader.HasMetaDataKey(k, "0020|0032"):
+            return  # no ImagePositionPatient (secondary capture...): nothing to check
+        p = _floats(reader.GetMetaData(k, "0020|0032").replace("\\", " "), 3)
+        if p is None:
+            return
+        positions.append(p)
+    d = img.GetDirection()
+    normal = np.array((d[2], d[5], d[8]))
+    z = np.asarray(positions) @ normal
+    steps = np.diff(z)
+    if steps.sum() < 0:
+        z, steps = -z, -steps
+    where = f"DICOM series {series_id} ({len(files)} DICOM files read)"
+
+    def between(k: int) -> str:
+        return (f"slice positions jump from {z[k]:.4g} to {z[k + 1]:.4g} mm between files "
+                f"{Path(files[k]).name} and {Path(files[k + 1]).name}")
+
+    if (steps <= 0).any():
+        k = int(np.argmax(steps <= 0))
+        raise ImageReadError(folder, f"{where}: {between(k)}: two slices at the same position "
+                                     "(a duplicated slice or two series with one UID)")
+    step = float(steps.min())
+    tol = max(1e-3, 0.01 * step)
+    if np.all(np.abs(steps - step) <= tol):
+        return
+    k = int(np.argmax(np.abs(steps - step) > tol))
+    ratio = steps[k] / step
+    if abs(ratio - round(ratio)) * step <= tol:
+        missing = int(round(ratio)) - 1
+        raise ImageReadError(
+            folder,
+            f"{where}: {between(k)} (spacing {step:.4g} mm): "
+            + ("a slice is missing" if missing == 1 else f"{missing} slices are missing"),
+        )
+    raise ImageReadError(
+        folder,
+        f"{where}: the slices are not uniformly spaced: {between(k)}, where the spacing "
+        f"elsewhere is {step:.4g} mm (a tilted gantry or mixed series? resample it to a "
+        "uniform grid first)",
+    )
+
+
 # --------------------------------------------------------------------------- TIFF
 
 
@@ -517,6 +605,18 @@ def _floats(text, n: int) -> tuple[float, ...] | None:
     return tuple(vals) if len(vals) == n else None
 
 
+def _imagej_image_count(ij: dict) -> int | None:
+    """The number of 2D images an ImageJ description announces (``images=``, else
+    ``channels x slices x frames``); None without any such entry."""
+    try:
+        if "images" in ij:
+            return int(ij["images"])
+        counts = [int(ij[k]) for k in ("channels", "slices", "frames") if k in ij]
+    except (TypeError, ValueError):
+        return None
+    return int(np.prod(counts)) if counts else None
+
+
 def _read_tiff(path: Path) -> Volume:
     import tifffile
 
@@ -526,6 +626,7 @@ def _read_tiff(path: Path) -> Volume:
             axes = series.axes
             array = series.asarray()
             ij = tif.imagej_metadata or {}
+            n_images = int(np.prod([n for n, a in zip(series.shape, axes) if a not in "YXS"]))
             shaped = (tif.shaped_metadata or [{}])[0] if tif.is_shaped else {}
             page = tif.pages[0]
             res = {}
@@ -537,6 +638,20 @@ def _read_tiff(path: Path) -> Volume:
         raise ImageReadError(
             path, f"the file is corrupt or not a valid TIFF ({type(exc).__name__}: {exc})"
         ) from None
+    expected = _imagej_image_count(ij)
+    if expected is not None and expected > n_images:
+        # tifffile logs "ImageJ series metadata invalid or corrupted file" and falls back
+        # to the pages it can find (often only the first): a smaller image, no error.
+        raise ImageReadError(
+            path, f"its ImageJ metadata says {expected} images but only {n_images} can be "
+                  "read; the file looks truncated (copy or save it again)"
+        )
+    if "C" in axes and array.shape[axes.index("C")] > 1:
+        raise ImageReadError(
+            path, f"it has {array.shape[axes.index('C')]} channels (axes {axes}); SimSeg reads "
+                  "single-channel TIFFs: save one file per channel (Fiji: Image > Color > "
+                  "Split Channels)"
+        )
     notes = []
     if "S" in axes and array.shape[axes.index("S")] > 1:
         samples = array.shape[axes.index("S")]
