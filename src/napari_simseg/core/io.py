@@ -758,8 +758,9 @@ def read_image(path: PathLike) -> Volume:
     ------
     ImageReadError
         If the path does not exist, its type is not supported, or the file is
-        corrupt, truncated, in true colour, multi-channel or not 2D/3D.  The message
-        names the file and the reason on one line.
+        corrupt, truncated, in true colour, multi-channel or not 2D/3D, or if a DICOM
+        series has a slice missing, unreadable or unevenly spaced.  The message names
+        the file and the reason on one line.
     """
     p = Path(path)
     if not p.exists():
