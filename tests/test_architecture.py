@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 # bottom to top: a module may import from its own layer (without a circle) and below
 LAYERS = {
     "foundation": ["core", "core.resources", "core.devices", "core.clicks", "core.decision", "core.memory",
-                   "core.io", "core.preprocessing", "core.metrics", "core.phantom", "core.virtual_user",
+                   "core.file_checks", "core.io", "core.preprocessing", "core.metrics", "core.phantom", "core.virtual_user",
                    "core.regions", "core.atomic"],
     "network": ["core.model", "core.checkpoint", "core.predictor"],
     "interaction": ["core.interaction_log", "core.propagation", "core.session", "core.teaching"],

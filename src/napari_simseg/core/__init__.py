@@ -4,7 +4,7 @@ Layers, bottom to top. A module imports only from its own layer (without a circl
 from the layers below it, never from above, counting imports inside functions
 (``tests/test_architecture.py`` checks this)::
 
-    foundation   resources devices clicks decision memory io preprocessing metrics
+    foundation   resources devices clicks decision memory file_checks io preprocessing metrics
                  phantom virtual_user regions atomic
     network      model checkpoint predictor
     interaction  interaction_log propagation session teaching

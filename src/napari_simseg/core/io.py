@@ -48,12 +48,9 @@ such information reads with spacing 1, origin 0 and identity direction.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import re
-import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -61,6 +58,7 @@ from typing import Any, Union
 import numpy as np
 
 from .atomic import atomic_path
+from .file_checks import imagej_image_count, nifti_truncation_problem, slice_positions_problem, unread_files_problem
 
 __all__ = [
     "PICTURE_EXTENSIONS",
@@ -411,40 +409,6 @@ def _sitk_compatible(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _check_nifti_complete(path: Path, img) -> None:
-    """ITK zero-fills truncated NIfTI files silently; detect that from the header."""
-    try:
-        ndim = int(img.GetMetaData("dim[0]"))
-        nvox = int(np.prod([int(img.GetMetaData(f"dim[{k}]")) for k in range(1, ndim + 1)]))
-        expected = int(float(img.GetMetaData("vox_offset"))) + nvox * int(img.GetMetaData("bitpix")) // 8
-    except (RuntimeError, ValueError):
-        return  # header entries unavailable: nothing to compare against
-    if split_extension(path)[1] == ".nii":
-        size = path.stat().st_size
-        if size < expected:
-            raise ImageReadError(
-                path, f"the file is truncated ({size} bytes, the header needs {expected})"
-            )
-        return
-    with open(path, "rb") as fh:
-        fh.seek(-4, os.SEEK_END)
-        isize = struct.unpack("<I", fh.read(4))[0]
-    if isize == expected % 2**32:
-        return
-    # Size mismatch: decompress fully to tell a truncated stream from trailing data.
-    try:
-        with gzip.open(path, "rb") as fh:
-            total = 0
-            while chunk := fh.read(1 << 22):
-                total += len(chunk)
-    except (EOFError, OSError, zlib.error) as exc:
-        raise ImageReadError(path, f"the compressed data is corrupt or truncated ({exc})") from None
-    if total < expected:
-        raise ImageReadError(
-            path, f"the file is truncated ({total} bytes of data, the header needs {expected})"
-        )
-
-
 def _open_sitk_file(path: Path, fmt: str):
     """The SimpleITK image of a file, its read errors as :class:`ImageReadError`."""
     sitk = _sitk()
@@ -456,7 +420,9 @@ def _open_sitk_file(path: Path, fmt: str):
             path, f"the file is corrupt, truncated or not a valid {fmt} file ({reason})"
         ) from None
     if fmt == "NIfTI":
-        _check_nifti_complete(path, img)
+        problem = nifti_truncation_problem(path, img, compressed=split_extension(path)[1] != ".nii")
+        if problem:
+            raise ImageReadError(path, problem)
     return img
 
 
@@ -478,7 +444,9 @@ def _read_dicom_series(folder: Path) -> Volume:
             "series; pass an image file instead)",
         )
     files = {sid: list(reader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in series_ids}
-    _check_dicom_files_read(folder, files)
+    problem = unread_files_problem(folder, files)
+    if problem:
+        raise ImageReadError(folder, problem)
     chosen = max(series_ids, key=lambda sid: len(files[sid]))  # ties: first sorted id
     if len(series_ids) > 1:
         logger.warning(
@@ -493,7 +461,9 @@ def _read_dicom_series(folder: Path) -> Volume:
         raise ImageReadError(
             folder, f"DICOM series {chosen} cannot be read ({_summarise_itk_error(exc)})"
         ) from None
-    _check_dicom_slice_positions(folder, chosen, files[chosen], reader, img)
+    problem = slice_positions_problem(chosen, files[chosen], reader, img)
+    if problem:
+        raise ImageReadError(folder, problem)
     vol = _volume_from_sitk(img, "DICOM", folder)
     tags = {}
     for tag, name in (("0008|0060", "modality"), ("0008|103e", "series_description")):
@@ -508,92 +478,6 @@ def _read_dicom_series(folder: Path) -> Volume:
     return vol
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    """A ``.dcm`` file, or one with the ``DICM`` magic at byte 128 (not a DICOMDIR)."""
-    if path.name.upper() == "DICOMDIR" or path.name.startswith("."):
-        return False
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def _names(paths, most: int = 5) -> str:
-    names = [Path(p).name for p in paths]
-    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
-def _check_dicom_files_read(folder: Path, files: dict[str, list[str]]) -> None:
-    """Refuse a folder where GDCM left DICOM-looking files out of every series: GDCM
-    skips a file it cannot parse (corrupt, truncated) without a word."""
-    found = sorted(p for p in folder.iterdir() if p.is_file() and _looks_like_dicom(p))
-    read = {os.path.realpath(f) for names in files.values() for f in names}
-    unread = [p for p in found if os.path.realpath(p) not in read]
-    if unread:
-        n_read = len(found) - len(unread)
-        raise ImageReadError(
-            folder,
-            f"{len(found)} files look like DICOM but only {n_read} can be read; "
-            f"{_names(unread)} {'is' if len(unread) == 1 else 'are'} corrupt or truncated "
-            "(a slice would be missing: replace or remove the file(s))",
-        )
-
-
-def _check_dicom_slice_positions(folder: Path, series_id: str, files: list[str], reader, img) -> None:
-    """Refuse a series whose slice positions along the slice normal are not uniformly
-    spaced: ITK reads it with one averaged spacing, so a missing slice (a gap of a
-    multiple of the spacing) would shift every slice after it without a word."""
-    if len(files) < 3 or img.GetDimension() != 3 or img.GetSize()[2] != len(files):
-        return  # two slices are always uniform; multi-frame files carry one position
-    positions = []
-    for k in range(len(files)):
-        if not reader.HasMetaDataKey(k, "0020|0032"):
-            return  # no ImagePositionPatient (secondary capture...): nothing to check
-        p = _floats(reader.GetMetaData(k, "0020|0032").replace("\\", " "), 3)
-        if p is None:
-            return
-        positions.append(p)
-    d = img.GetDirection()
-    normal = np.array((d[2], d[5], d[8]))
-    z = np.asarray(positions) @ normal
-    steps = np.diff(z)
-    if steps.sum() < 0:
-        z, steps = -z, -steps
-    where = f"DICOM series {series_id} ({len(files)} DICOM files read)"
-
-    def between(k: int) -> str:
-        return (f"slice positions jump from {z[k]:.4g} to {z[k + 1]:.4g} mm between files "
-                f"{Path(files[k]).name} and {Path(files[k + 1]).name}")
-
-    if (steps <= 0).any():
-        k = int(np.argmax(steps <= 0))
-        raise ImageReadError(folder, f"{where}: {between(k)}: two slices at the same position "
-                                     "(a duplicated slice or two series with one UID)")
-    step = float(steps.min())
-    tol = max(1e-3, 0.01 * step)
-    if np.all(np.abs(steps - step) <= tol):
-        return
-    k = int(np.argmax(np.abs(steps - step) > tol))
-    ratio = steps[k] / step
-    if abs(ratio - round(ratio)) * step <= tol:
-        missing = int(round(ratio)) - 1
-        raise ImageReadError(
-            folder,
-            f"{where}: {between(k)} (spacing {step:.4g} mm): "
-            + ("a slice is missing" if missing == 1 else f"{missing} slices are missing"),
-        )
-    raise ImageReadError(
-        folder,
-        f"{where}: the slices are not uniformly spaced: {between(k)}, where the spacing "
-        f"elsewhere is {step:.4g} mm (a tilted gantry or mixed series? resample it to a "
-        "uniform grid first)",
-    )
-
-
 # --------------------------------------------------------------------------- TIFF
 
 
@@ -603,18 +487,6 @@ def _floats(text, n: int) -> tuple[float, ...] | None:
     except (TypeError, ValueError):
         return None
     return tuple(vals) if len(vals) == n else None
-
-
-def _imagej_image_count(ij: dict) -> int | None:
-    """The number of 2D images an ImageJ description announces (``images=``, else
-    ``channels x slices x frames``); None without any such entry."""
-    try:
-        if "images" in ij:
-            return int(ij["images"])
-        counts = [int(ij[k]) for k in ("channels", "slices", "frames") if k in ij]
-    except (TypeError, ValueError):
-        return None
-    return int(np.prod(counts)) if counts else None
 
 
 def _read_tiff(path: Path) -> Volume:
@@ -638,7 +510,7 @@ def _read_tiff(path: Path) -> Volume:
         raise ImageReadError(
             path, f"the file is corrupt or not a valid TIFF ({type(exc).__name__}: {exc})"
         ) from None
-    expected = _imagej_image_count(ij)
+    expected = imagej_image_count(ij)
     if expected is not None and expected > n_images:
         # tifffile logs "ImageJ series metadata invalid or corrupted file" and falls back
         # to the pages it can find (often only the first): a smaller image, no error.

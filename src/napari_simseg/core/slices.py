@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -19,7 +20,9 @@ from .memory import check_context_slices, prior_probabilities
 from .preprocessing import (context_stack, pad_to_multiple, resize_image, resize_labels, round_up, slice_volume,
                             working_scale, working_shape)
 
-__all__ = ["MultiAxisSlices", "SliceDataset"]
+__all__ = ["MultiAxisSlices", "SliceDataset", "split_slice_sets"]
+
+logger = logging.getLogger(__name__)
 
 # bump when the cached arrays' meaning changes
 _CACHE_VERSION = 1
@@ -473,3 +476,66 @@ class MultiAxisSlices(torch.utils.data.ConcatDataset):
     def class_pixel_counts(self) -> np.ndarray:
         """Voxel count of each class (the volumes are the same along every axis)."""
         return self.parts[0].class_pixel_counts()
+
+
+def split_slice_sets(spec: DatasetSpec, split: dict, *, on_error: str, split_seed: int,
+                     train_options: dict, val_options: dict) -> tuple:
+    """The training and validation :class:`SliceDataset` of ``split``, and the split used.
+
+    Both parts are read before ``on_error`` is applied, so ``"stop"`` lists the
+    unusable files of both at once. With ``"skip"``, a part left with no usable case
+    (e.g. the only bad volume drawn into validation) is not an error while two usable
+    cases remain: the usable training and validation cases are split again, in the
+    split's proportion and with ``split_seed`` (the test part is untouched), and the
+    split returned is the one actually used. Each returned dataset has
+    ``skipped_ids``: the unusable cases of the original split.
+
+    Parameters
+    ----------
+    train_options, val_options : dict
+        Keyword arguments of each part's :class:`SliceDataset` (``on_error`` aside).
+
+    Returns
+    -------
+    train, val : SliceDataset
+    split : dict
+        ``split`` with the ``"train"`` and ``"val"`` parts actually used.
+    """
+    from .splits import split_cases
+
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be 'stop' or 'skip'; got {on_error!r}")
+    options = {"train": train_options, "val": val_options}
+
+    def read(part, ids):
+        try:
+            return SliceDataset(spec, ids, on_error="skip", **options[part])
+        except DatasetError as exc:  # not one usable case in this part
+            return exc
+
+    parts = {part: read(part, split[part]) for part in ("train", "val")}
+    issues = [i for ds in parts.values() for i in ds.issues]
+    n_read = len(split["train"]) + len(split["val"])
+    bad = {i.case_id for i in issues}
+    if issues and on_error == "stop":
+        raise DatasetError(issue_message(issues, n_read) + "\nFix or remove these files, or leave them out with "
+                           "--on-error skip (on_error='skip' in Python).", issues)
+    if any(isinstance(ds, DatasetError) for ds in parts.values()):
+        usable = [i for i in (*split["train"], *split["val"]) if i not in bad]
+        if len(usable) < 2:
+            raise DatasetError(f"only {len(usable)} of the {n_read} training and validation case(s) can be used "
+                               f"(training needs one of each):\n{issue_message(issues, n_read)}", issues)
+        share = len(split["val"]) / n_read
+        again = split_cases(usable, min(max(share, 1 / len(usable)), (len(usable) - 1) / len(usable)), 0.0,
+                            split_seed)
+        logger.warning("no usable %s case in the split: the %d usable cases were split again (%d train / %d val)",
+                       "validation" if isinstance(parts["val"], DatasetError) else "training", len(usable),
+                       len(again["train"]), len(again["val"]))
+        split = {**split, "train": again["train"], "val": again["val"]}
+        parts = {part: read(part, split[part]) for part in ("train", "val")}
+        for ds in parts.values():
+            if isinstance(ds, DatasetError):
+                raise ds
+    for ds in parts.values():
+        ds.skipped_ids = bad
+    return parts["train"], parts["val"], split

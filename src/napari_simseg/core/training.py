@@ -53,7 +53,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
 import os
 import time
@@ -68,17 +67,14 @@ from .atomic import atomic_path, atomic_write_text, process_running, remove_stal
 from .augmentation import Augmenter
 from .checkpoint import FLIP_AXES, CheckpointMeta, save_checkpoint
 from .data_generation import training_step
-from .datasets import discover_dataset, issue_message, largest_slice_shape
+from .datasets import discover_dataset, largest_slice_shape
 from .devices import autocast_for, check_memory, cpu_bf16_supported, resolve_device
-from .layouts import DatasetError
 from .model import build_model
 from .regions import TILE_BATCH_BYTES
 from .rounds import cropped_clicker, run_rounds
-from .slices import MultiAxisSlices, SliceDataset
+from .slices import MultiAxisSlices, SliceDataset, split_slice_sets
 from .splits import cap_split, load_split, save_split, split_cases
 from .train_config import IGNORE_INDEX, SIMULATIONS, TrainConfig
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["SIMULATIONS", "TrainConfig", "train", "training_step", "validate"]
 
@@ -247,7 +243,12 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
         # one size that holds the slices along every training axis, read from the headers
         shapes = [largest_slice_shape(spec, axis=a) for a in train_axes]
         pad_to = (max(h for h, _ in shapes), max(w for _, w in shapes))
-    train_ds, val_ds, split = _slice_sets(spec, split, cfg, common, pad_to, augmenter)
+    shared = dict(axis=cfg.axis, target_shape=pad_to, seed=cfg.seed, **common)
+    train_ds, val_ds, split = split_slice_sets(
+        spec, split, on_error=cfg.on_error, split_seed=cfg.split_seed,
+        train_options=dict(shared, augmenter=augmenter, crop_size=cfg.crop_size,
+                           neighbour_prior=cfg.prior_fraction > 0),
+        val_options=shared)
     if dist.main and not (cfg.resume and split_path.is_file()):
         save_split(split_path, split)
     if pad_to is None:  # slices at the working size: the sets' own largest, train and val alike
@@ -276,54 +277,6 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
                + f", {len(train_ds)} / {len(val_ds)} slices{empty_note}, padded to {pad_to[0]}x{pad_to[1]}, "
                f"classes {class_names}")
     return class_names, channel_names, train_ds, val_ds, summary
-
-
-def _slice_sets(spec, split: dict, cfg: TrainConfig, common: dict, pad_to, augmenter):
-    """The training and validation :class:`SliceDataset` of ``split``, and the split used.
-
-    Both parts are read before ``cfg.on_error`` is applied, so ``"stop"`` lists the
-    unusable files of both at once. With ``"skip"``, a part left with no usable case
-    (e.g. the only bad volume drawn into validation) is not an error while two usable
-    cases remain: the usable training and validation cases are split again, in the
-    split's proportion and with its seed (the test part is untouched), and the split
-    returned (and written to ``split.json``) is the one actually used. Each returned
-    dataset has ``skipped_ids``: the unusable cases of the original split.
-    """
-    def read(part, ids, **kw):
-        kw = dict(axis=cfg.axis, target_shape=pad_to, seed=cfg.seed, **common, **kw)
-        if part == "train":
-            kw.update(augmenter=augmenter, crop_size=cfg.crop_size, neighbour_prior=cfg.prior_fraction > 0)
-        try:
-            return SliceDataset(spec, ids, on_error="skip", **kw)
-        except DatasetError as exc:  # not one usable case in this part
-            return exc
-
-    parts = {part: read(part, split[part]) for part in ("train", "val")}
-    issues = [i for ds in parts.values() for i in ds.issues]
-    n_read = len(split["train"]) + len(split["val"])
-    bad = {i.case_id for i in issues}
-    if issues and cfg.on_error == "stop":
-        raise DatasetError(issue_message(issues, n_read) + "\nFix or remove these files, or leave them out with "
-                           "--on-error skip (on_error='skip' in Python).", issues)
-    if any(isinstance(ds, DatasetError) for ds in parts.values()):
-        usable = [i for i in (*split["train"], *split["val"]) if i not in bad]
-        if len(usable) < 2:
-            raise DatasetError(f"only {len(usable)} of the {n_read} training and validation case(s) can be used "
-                               f"(training needs one of each):\n{issue_message(issues, n_read)}", issues)
-        share = len(split["val"]) / n_read
-        again = split_cases(usable, min(max(share, 1 / len(usable)), (len(usable) - 1) / len(usable)), 0.0,
-                            cfg.split_seed)
-        logger.warning("no usable %s case in the split: the %d usable cases were split again (%d train / %d val)",
-                       "validation" if isinstance(parts["val"], DatasetError) else "training", len(usable),
-                       len(again["train"]), len(again["val"]))
-        split = {**split, "train": again["train"], "val": again["val"]}
-        parts = {part: read(part, split[part]) for part in ("train", "val")}
-        for ds in parts.values():
-            if isinstance(ds, DatasetError):
-                raise ds
-    for ds in parts.values():
-        ds.skipped_ids = bad
-    return parts["train"], parts["val"], split
 
 
 @dataclass
