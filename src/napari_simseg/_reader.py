@@ -14,6 +14,7 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from .core.file_checks import looks_like_dicom
 from .core.io import SUPPORTED_EXTENSIONS, Volume, is_supported, read_image, split_extension
 
 __all__ = ["get_reader", "layer_data_from_volume", "read_layers"]
@@ -33,24 +34,14 @@ def _looks_like_labels(path: Path, array: np.ndarray) -> bool:
 
 
 def _looks_like_dicom_folder(folder: Path, max_files: int = 64) -> bool:
-    """Whether a folder holds DICOM files (by extension or the ``DICM`` magic)."""
+    """Whether a folder holds DICOM files (by extension or the ``DICM`` magic, as the
+    series reader counts them), looking at its first ``max_files`` files."""
     try:
         entries = sorted(folder.iterdir())
     except OSError:
         return False
-    for i, entry in enumerate(e for e in entries if e.is_file()):
-        if i >= max_files:
-            break
-        if entry.suffix.lower() == ".dcm":
-            return True
-        try:
-            with open(entry, "rb") as fh:
-                fh.seek(128)
-                if fh.read(4) == b"DICM":
-                    return True
-        except OSError:
-            continue
-    return False
+    files = [e for e in entries if e.is_file()][:max_files]
+    return any(looks_like_dicom(f) for f in files)
 
 
 def get_reader(path: PathOrPaths) -> Optional[Callable]:
