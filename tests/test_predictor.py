@@ -42,12 +42,17 @@ def test_missing_checkpoint_is_clear(tmp_path):
 
 def test_batch_for_bounds_the_inputs_of_one_call_by_memory(tiny_checkpoint):
     p = Predictor(tiny_checkpoint, device="cpu")
-    one = p.required_bytes(1, 512, 512)
-    assert p.required_bytes(4, 512, 512) == pytest.approx(4 * one, rel=1e-6)
-    assert p.batch_for(64, 512, 512, budget=3 * one + 1) == 3
-    assert p.batch_for(2, 512, 512, budget=3 * one + 1) == 2  # never more than asked
-    assert p.batch_for(64, 512, 512, budget=one // 2) == 1  # one input at least
+    one = p.required_bytes(1, 128, 128)
+    assert p.required_bytes(4, 128, 128) == pytest.approx(4 * one, rel=1e-6)  # views in one call
+    assert p.batch_for(64, 128, 128, budget=3 * one + 1) == 3
+    assert p.batch_for(2, 128, 128, budget=3 * one + 1) == 2  # never more than asked
+    assert p.batch_for(64, 128, 128, budget=one // 2) == 1  # one input at least
     assert p.batch_for(64, 16, 16) == 64  # small slices: the whole request
+    # large batches run their flipped views one at a time: more inputs fit the budget
+    big = p.required_bytes(8, 512, 512)
+    assert big < 8 * p.required_bytes(1, 256, 256) * 4 / 2
+    n = p.batch_for(64, 512, 512, budget=big)
+    assert n >= 8 and p.required_bytes(n, 512, 512) <= big < p.required_bytes(n + 1, 512, 512)
 
 
 def test_evaluation_gives_the_same_results_in_memory_bounded_batches(make_checkpoint, tmp_path, monkeypatch):

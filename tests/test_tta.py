@@ -94,3 +94,34 @@ def test_switching_flip_averaging_drops_stored_states_but_keeps_the_work(tiny_ch
     assert res.round == 3
     session.undo(1)
     np.testing.assert_array_equal(session.get_labels(), labels)
+
+
+def test_large_inputs_run_one_view_at_a_time_with_the_same_result_and_state(net, monkeypatch):
+    x = torch.randn(2, net.config.in_channels, 24, 40)
+    ens = FlipEnsemble(net)
+    with torch.no_grad():
+        want1, s1 = ens(x)
+        want2, s2 = ens(x, s1)
+        assert not ens.one_view_at_a_time(2, 24, 40)
+        monkeypatch.setattr(FlipEnsemble, "ONE_CALL_PIXELS", 4 * 24 * 40)  # below 4 views x 2 inputs
+        assert ens.one_view_at_a_time(2, 24, 40)
+        calls = []
+        real = net.forward
+        monkeypatch.setattr(net, "forward", lambda v, st=None: (calls.append(v.shape[0]), real(v, st))[1])
+        got1, t1 = ens(x)
+        got2, t2 = ens(x, t1)
+    assert calls == [2] * 8  # four calls of one view per round
+    torch.testing.assert_close(got1, want1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got2, want2, rtol=1e-5, atol=1e-5)
+    for (h, c), (hw, cw) in zip(t2, s2):
+        torch.testing.assert_close(h, hw, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(c, cw, rtol=1e-5, atol=1e-5)
+
+
+def test_the_memory_guard_counts_one_view_for_a_large_region(tiny_checkpoint):
+    from napari_simseg.core.predictor import Predictor
+
+    pred = Predictor(tiny_checkpoint, device="cpu")
+    small, large = pred.required_bytes(1, 100, 100), pred.required_bytes(1, 1000, 1100)
+    assert pred.views == 4 and FlipEnsemble.ONE_CALL_PIXELS < 4 * 1000 * 1100
+    assert large < 110 * small / 2  # 110x the pixels, about a quarter of the memory per pixel

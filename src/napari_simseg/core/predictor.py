@@ -36,6 +36,10 @@ class FlipEnsemble(nn.Module):
     trained with random flips, so its flipped predictions are as good as its plain ones;
     the average removes part of their independent errors at 4x the compute.
 
+    Inputs of more than :attr:`ONE_CALL_PIXELS` pixels over all views (a round on a
+    large region) run one view at a time, with the same result and state: the peak
+    memory is that of one view, not four.
+
     Parameters
     ----------
     net : SimSegNet
@@ -46,6 +50,7 @@ class FlipEnsemble(nn.Module):
     """
 
     FLIPS = ((), (-1,), (-2,), (-2, -1))
+    ONE_CALL_PIXELS = 2**20  # views x batch x height x width run in one network call, at most
     _DIMS = {"vertical": -2, "horizontal": -1}
 
     def __init__(self, net: nn.Module, flips: Sequence[str] = ("vertical", "horizontal")):
@@ -62,12 +67,34 @@ class FlipEnsemble(nn.Module):
     def recurrent(self) -> bool:
         return self.net.recurrent
 
+    def one_view_at_a_time(self, batch: int, height: int, width: int) -> bool:
+        """Whether a call on ``batch`` inputs of ``height x width`` runs its views one by one."""
+        return len(self.flips) > 1 and len(self.flips) * batch * height * width > self.ONE_CALL_PIXELS
+
     def forward(self, x: torch.Tensor, state: RecurrentState = None):
         b = x.shape[0]
+        if self.one_view_at_a_time(b, *x.shape[-2:]):
+            return self._forward_view_by_view(x, state)
         views = torch.cat([x.flip(d) if d else x for d in self.flips], dim=0)
         logits, new_state = self.net(views, state)
         probs = torch.softmax(logits.float(), dim=1)
         mean = sum((p.flip(d) if d else p) for p, d in zip(probs.split(b), self.flips)) / len(self.flips)
+        return torch.log(mean.clamp_min(1e-12)), new_state
+
+    def _forward_view_by_view(self, x: torch.Tensor, state: RecurrentState):
+        """:meth:`forward` with one network call per view; the state keeps the views'
+        order (view ``k`` holds batch rows ``k*B .. (k+1)*B``)."""
+        b = x.shape[0]
+        mean, states = 0, []
+        for k, d in enumerate(self.flips):
+            own = None if state is None else tuple((h[k * b:(k + 1) * b], c[k * b:(k + 1) * b]) for h, c in state)
+            logits, new = self.net(x.flip(d) if d else x, own)
+            probs = torch.softmax(logits.float(), dim=1)
+            mean = mean + (probs.flip(d) if d else probs)
+            states.append(new)
+        mean = mean / len(self.flips)
+        new_state = None if states[0] is None else tuple(
+            (torch.cat([s[i][0] for s in states]), torch.cat([s[i][1] for s in states])) for i in range(len(states[0])))
         return torch.log(mean.clamp_min(1e-12)), new_state
 
 
@@ -249,15 +276,21 @@ class Predictor:
         Half the sum of every layer's output (measured: a forward pass holds about 0.37
         of it at its peak), for every view, plus the input and the output.
         """
-        floats = 0.5 * self.network.activation_floats_per_pixel() * self.views
+        at_once = self.views
+        if isinstance(self.model, FlipEnsemble) and self.model.one_view_at_a_time(batch, height, width):
+            at_once = 1
+        floats = 0.5 * self.network.activation_floats_per_pixel() * at_once
         floats += self.in_channels + 2 * self.n_classes
         return int(4 * floats * batch * height * width)
 
     def batch_for(self, requested: int, height: int, width: int, budget: int = TILE_BATCH_BYTES) -> int:
         """How many ``height x width`` inputs one call may take: at most ``requested``, as
         many as ``budget`` bytes hold (:meth:`required_bytes`), at least one."""
-        per_input = max(1, self.required_bytes(1, height, width))
-        return max(1, min(int(requested), int(budget) // per_input))
+        lo, hi = 1, max(1, int(requested))
+        while lo < hi:  # the largest batch that fits (required_bytes grows with the batch)
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.required_bytes(mid, height, width) <= budget else (lo, mid - 1)
+        return lo
 
     def check_memory(self, batch: int, height: int, width: int) -> None:
         """Refuse a call that would not fit in memory (:class:`~napari_simseg.core.devices.MemoryGuardError`)."""
