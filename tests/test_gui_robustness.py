@@ -200,3 +200,30 @@ def test_widget_loads_a_long_log_with_progress_and_cancel(started, viewer, qtbot
     assert "replayed 12 logged actions" in blocker.args[1]
     qtbot.waitUntil(lambda: started.worker is None, timeout=TIMEOUT)
     assert started.session.session is not before
+
+
+def test_widget_removes_a_point_outside_the_image_at_once_and_says_so(started, viewer, qtbot):
+    n, h, w = viewer.layers["mri"].data.shape
+    viewer.layers["a clicks"].add([2, h + 40, 5])
+    qtbot.waitUntil(lambda: "outside the image" in started.status_label.text(), timeout=TIMEOUT)
+    assert f"1 point outside the image ({n} x {h} x {w}) removed" in started.status_label.text()
+    assert len(viewer.layers["a clicks"].data) == 0 and started.session.session.n_rounds(2) == 0
+
+
+def test_removing_the_image_ends_the_session_and_keeps_its_layers(started, viewer, qtbot):
+    with qtbot.waitSignal(started.round_finished, timeout=TIMEOUT):
+        viewer.layers["a clicks"].add([2, 15, 20])
+    qtbot.waitUntil(lambda: started.worker is None, timeout=TIMEOUT)
+    labels = np.array(viewer.layers["SimSeg labels"].data)
+    viewer.layers.remove("b clicks")
+    assert "'b clicks' was removed" in started.status_label.text() and started.session is not None
+    viewer.layers.remove("mri")
+    assert started.session is None
+    assert "the image 'mri' was removed from the viewer: its session ended" in started.status_label.text()
+    assert not started.run_button.isEnabled() and not started.auto_slice_button.isEnabled()
+    assert started.start_button.text() == "Start"
+    np.testing.assert_array_equal(viewer.layers["SimSeg labels"].data, labels)  # nothing the user made is lost
+    assert len(viewer.layers["a clicks"].data) == 1
+    viewer.layers["a clicks"].add([2, 16, 21])  # no session listens: nothing runs
+    qtbot.wait(300)
+    assert started.worker is None

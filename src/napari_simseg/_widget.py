@@ -58,6 +58,11 @@ __all__ = ["SimSegWidget", "ask_discard", "ask_overwrite", "ask_restart"]
 logger = logging.getLogger(__name__)
 
 
+def _same_layer(a, b) -> bool:
+    """Whether two layers are one, seen through napari's plugin proxies or not."""
+    return a is not None and b is not None and getattr(a, "__wrapped__", a) is getattr(b, "__wrapped__", b)
+
+
 def _one_line(exc: BaseException) -> str:
     """The first line of an error's message (the status label has one line)."""
     text = str(exc).strip()
@@ -188,6 +193,7 @@ class SimSegWidget(QWidget):
         self.session: Optional[ViewerSession] = None
         self.worker = None
         self._job: Optional[Job] = None
+        self._end_session_when_idle: Optional[str] = None  # end the session with this once the job ends
         self._ended = False  # whether the running job has reported its end
         self._layer_connections: list = []  # (emitter, callback) on the session's layers
         self._bound_layers: list = []
@@ -338,9 +344,38 @@ class SimSegWidget(QWidget):
         self._viewer_connections.append((emitter, self._on_layers_changed))
 
     def _on_layers_changed(self, event=None) -> None:
-        if event is not None and getattr(event, "type", None) == "inserted":
+        kind = getattr(event, "type", None) if event is not None else None
+        if kind == "inserted":
             self._watch_name(event.value)
+        elif kind == "removed" and self.session is not None:
+            self._on_session_layer_removed(event.value)
         self._refresh_image_combo()
+
+    def _on_session_layer_removed(self, layer) -> None:
+        """The session's image gone: the session ends (its labels and clicks stay); a
+        class's clicks layer gone: say what that means."""
+        s = self.session
+        image = s.image_layer
+        if _same_layer(layer, image) or _same_layer(layer, getattr(image, "layer", None)):
+            message = (f"the image '{layer.name}' was removed from the viewer: its session ended (the labels "
+                       "and clicks layers stay; press Start to segment an image)")
+            if self.worker is None:
+                self._end_session(message)
+            else:
+                self._end_session_when_idle = message  # the running job still has its session
+        elif any(_same_layer(layer, c) for c in s.click_layers):
+            self._set_status(f"'{layer.name}' was removed: that class cannot be clicked until Restart, which "
+                             "makes the layer again (the labels stay)")
+
+    def _end_session(self, message: str) -> None:
+        """Stop the session without touching its layers; the widget waits for Start."""
+        self._end_session_when_idle = None
+        self._debounce.stop()
+        self._detach()
+        self.session = None
+        self.latency_label.setText("")
+        self._update_buttons()
+        self._set_status(message)
 
     def _refresh_image_combo(self) -> None:
         self.image_picker.refresh()
@@ -630,6 +665,7 @@ class SimSegWidget(QWidget):
         except (ValueError, RuntimeError, IndexError) as exc:
             self._set_status(str(exc))
             return
+        self.latency_label.setText("")
         self._set_status(message.format(z=z))
 
     def _ready(self) -> bool:
@@ -736,6 +772,7 @@ class SimSegWidget(QWidget):
             self._end(job.kind, self._round_message(out))
             self.round_finished.emit(out)
         else:
+            self.latency_label.setText("")  # it timed a round: not what the labels show now
             self._end(job.kind, str(out))
 
     def _on_errored(self, exc) -> None:
@@ -761,6 +798,8 @@ class SimSegWidget(QWidget):
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)
         self._update_buttons()
+        if self._end_session_when_idle:
+            self._end_session(self._end_session_when_idle)
         self._idle.emit()
         if self.session is not None and self.session.pending_points():
             QTimer.singleShot(0, self._on_debounce)  # clicks placed while it ran

@@ -132,7 +132,8 @@ class ViewerSession(LongJobs):
         self.confirm_discard = confirm_discard
         self.batch_size = int(batch_size)
         self._saved_events = 0  # the session's log up to here is saved (or was loaded)
-        self.ignored_points = 0  # NaN/inf points the last prepare_round removed
+        self.ignored_points = 0  # NaN/inf or outside points the last prepare_round removed
+        self._nonfinite_points = self._outside_points = 0
         self._job: Optional[Job] = None
         self.teach_job = None  # the running or last teach() job (napari_simseg._teach.ViewerTeachJob)
         self.last_result: Optional[RoundResult] = None
@@ -244,8 +245,15 @@ class ViewerSession(LongJobs):
     @property
     def ignored_note(self) -> str:
         """What the last :meth:`prepare_round` ignored, in words ("" when nothing)."""
-        n = self.ignored_points
-        return f"{n} point{'s' * (n != 1)} with a NaN or infinite coordinate ignored (removed)" if n else ""
+        parts = []
+        n = getattr(self, "_outside_points", 0)
+        if n:
+            size = " x ".join(str(d) for d in (self.session.shape[1:] if self.is_2d else self.session.shape))
+            parts.append(f"{n} point{'s' * (n != 1)} outside the image ({size}) removed")
+        n = getattr(self, "_nonfinite_points", 0)
+        if n:
+            parts.append(f"{n} point{'s' * (n != 1)} with a NaN or infinite coordinate ignored (removed)")
+        return "; ".join(parts)
 
     def has_unsaved_rounds(self) -> bool:
         """Whether rounds, automatic results or set labels were made since the last save or load."""
@@ -325,12 +333,15 @@ class ViewerSession(LongJobs):
             else the first slice that has some (the widget's path for new clicks).
 
         Points outside the image are removed, and so are points with a NaN or infinite
-        coordinate (counted in :attr:`ignored_points`, which the widget reports).
+        coordinate, on every slice (counted in :attr:`ignored_points` and described in
+        :attr:`ignored_note`, which the widget reports).
         Raises RuntimeError when busy or when the view does not show slices along the
         first axis.
         """
         self._ensure_idle()
-        self.ignored_points = self._clicks.drop_nonfinite()
+        self._nonfinite_points = self._clicks.drop_nonfinite()
+        self._outside_points = self._clicks.drop_outside()  # at once: said now, not at a later round
+        self.ignored_points = self._nonfinite_points + self._outside_points
         if slice_index is None:
             slices = self.pending_slices()
             if not slices:
@@ -340,7 +351,6 @@ class ViewerSession(LongJobs):
         if problem:
             raise RuntimeError(problem)
         z = self._check_slice(slice_index)
-        self._clicks.drop_outside()
         keys = self._clicks.pending().get(z, [])
         if not keys:
             return None
