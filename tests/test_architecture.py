@@ -30,7 +30,7 @@ LAYERS = {
     "jobs": ["core.volume_protocol", "core.evaluation", "core.calibration", "core.training", "core.averaging",
              "core.benchmark", "core.recipe", "core.datacheck", "core.teach_worker"],
     "app": ["", "cli", "demo", "_llvm_guard", "_colors", "_reader", "_writer", "_sample_data", "_layers", "_image_picker",
-            "_viewer_jobs", "viewer_session", "_widget", "_teach", "_teach_panel"],
+            "_viewer_jobs", "viewer_session", "_qt_helpers", "_widget", "_teach", "_teach_panel"],
 }
 LEVEL = {name: i for i, names in enumerate(LAYERS.values()) for name in names}
 MAX_MODULE_LINES = 800

@@ -37,7 +37,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -46,6 +45,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._layers import check_image_layer
+from ._qt_helpers import JobError, ask_discard, ask_overwrite, ask_restart, disconnect_all, shield_runtime_errors
 from ._teach_panel import TeachPanel
 from .core.devices import DEVICES
 from .core.io import WRITABLE_EXTENSIONS
@@ -79,66 +79,6 @@ KEY_RUN = "Enter"
 KEY_PROPAGATE = "Alt-P"  # P is napari's paint (labels) and add (points) mode
 
 
-def _ask(parent, title: str, text: str) -> bool:
-    """A Yes/No question whose default (Enter, Escape) is No."""
-    buttons = QMessageBox.StandardButton
-    return QMessageBox.question(parent, title, text, buttons.Yes | buttons.No, buttons.No) == buttons.Yes
-
-
-def ask_overwrite(parent, slices) -> bool:
-    """Ask whether SimSeg may replace hand-edited labels on ``slices``."""
-    slices = sorted(int(z) for z in slices)
-    if len(slices) == 1:
-        what = f"Slice {slices[0]} was"
-    else:
-        shown = ", ".join(str(z) for z in slices[:12]) + (" ..." if len(slices) > 12 else "")
-        what = f"Slices {shown} were"
-    return _ask(parent, "SimSeg: replace hand-edited labels?", f"{what} edited by hand since SimSeg last "
-                "wrote there.\n\nReplace those edits with SimSeg's new result?")
-
-
-def ask_restart(parent) -> bool:
-    """Ask before a restart forgets the interaction memories of the running session."""
-    return _ask(parent, "SimSeg: restart?", "Restarting forgets the clicks and interaction memories of this "
-                "session (the labels stay; Save first to keep the memories).\n\nRestart?")
-
-
-def ask_discard(parent, question: str) -> bool:
-    """Ask before a Load replaces rounds made since the last save (``question`` says which)."""
-    return _ask(parent, "SimSeg: discard unsaved rounds?", f"{question}\n\nThey are lost unless you Save "
-                "first.\n\nLoad anyway?")
-
-
-class _JobError(Exception):
-    """Carries a RuntimeError out of a generator worker (``__cause__`` is the original)."""
-
-
-def _shield_runtime_errors(gen_func):
-    """Wrap a generator function so that its RuntimeErrors reach ``errored``.
-
-    superqt's GeneratorWorker takes a RuntimeError raised by the generator for "the
-    worker was deleted" and ends without emitting ``errored`` or ``finished``; torch
-    reports most failures as RuntimeError.
-    """
-
-    def wrapper():
-        try:
-            yield from gen_func()
-        except RuntimeError as exc:
-            raise _JobError(str(exc)) from exc
-
-    return wrapper
-
-
-def _disconnect_all(connections) -> None:
-    for emitter, callback in connections:
-        try:
-            emitter.disconnect(callback)
-        except (TypeError, ValueError, RuntimeError):
-            pass
-    del connections[:]
-
-
 def _unbind_keys(layers) -> None:
     for layer in layers:
         for key in (*KEYS_UNDO, *KEYS_REDO, KEY_RUN, KEY_PROPAGATE):
@@ -151,8 +91,8 @@ def _unbind_keys(layers) -> None:
 
 def _release(viewer_connections, layer_connections, bound_layers) -> None:
     """Let go of the viewer once the Qt widget is gone (no call may reach it then)."""
-    _disconnect_all(viewer_connections)
-    _disconnect_all(layer_connections)
+    disconnect_all(viewer_connections)
+    disconnect_all(layer_connections)
     _unbind_keys(bound_layers)
 
 
@@ -542,7 +482,7 @@ class SimSegWidget(QWidget):
             self._bound_layers.append(layer)
 
     def _detach(self) -> None:
-        _disconnect_all(self._layer_connections)
+        disconnect_all(self._layer_connections)
         _unbind_keys(self._bound_layers)
         if self.session is not None:
             self.session.close()
@@ -725,7 +665,7 @@ class SimSegWidget(QWidget):
         from napari.qt.threading import create_worker
 
         # errors are shown in the status line, not re-raised in the GUI thread
-        compute = _shield_runtime_errors(job.compute) if job.is_generator else job.compute
+        compute = shield_runtime_errors(job.compute) if job.is_generator else job.compute
         worker = create_worker(compute, _start_thread=False, _ignore_errors=True)
         if job.is_generator:
             worker.yielded.connect(self._on_yielded)
@@ -778,7 +718,7 @@ class SimSegWidget(QWidget):
     def _on_errored(self, exc) -> None:
         job = self._job
         if job is not None:
-            if isinstance(exc, _JobError) and exc.__cause__ is not None:
+            if isinstance(exc, JobError) and exc.__cause__ is not None:
                 exc = exc.__cause__
             self._end(job.kind, job.fail(exc))
 
@@ -834,4 +774,4 @@ class SimSegWidget(QWidget):
             self.worker.quit()  # a generator stops at its next batch; a round just ends
             self.worker.await_workers(msecs=10000)
         self._detach()
-        _disconnect_all(self._viewer_connections)
+        disconnect_all(self._viewer_connections)

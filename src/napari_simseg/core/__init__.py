@@ -12,7 +12,7 @@ from the layers below it, never from above, counting imports inside functions
     engine       rounds losses baselines train_config data_generation
     jobs         volume_protocol evaluation calibration training averaging benchmark recipe datacheck
                  teach_worker
-    app          (outside core) cli demo _layers _viewer_jobs viewer_session _widget _reader
+    app          (outside core) cli demo _layers _viewer_jobs viewer_session _qt_helpers _widget _reader
                  _writer _sample_data _colors _llvm_guard _teach _teach_panel _image_picker
 
 One job per module: ``devices`` resolves devices and autocast; ``clicks`` encodes,
