@@ -296,7 +296,7 @@ class SimSegWidget(QWidget):
         class's clicks layer gone: say what that means."""
         s = self.session
         image = s.image_layer
-        if _same_layer(layer, image) or _same_layer(layer, getattr(image, "layer", None)):
+        if _same_layer(layer, image):  # a channel view forwards its attributes, __wrapped__ too
             message = (f"the image '{layer.name}' was removed from the viewer: its session ended (the labels "
                        "and clicks layers stay; press Start to segment an image)")
             if self.worker is None:

@@ -132,8 +132,7 @@ class ViewerSession(LongJobs):
         self.confirm_discard = confirm_discard
         self.batch_size = int(batch_size)
         self._saved_events = 0  # the session's log up to here is saved (or was loaded)
-        self.ignored_points = 0  # NaN/inf or outside points the last prepare_round removed
-        self._nonfinite_points = self._outside_points = 0
+        self._nonfinite_points = self._outside_points = 0  # what the last prepare_round removed
         self._job: Optional[Job] = None
         self.teach_job = None  # the running or last teach() job (napari_simseg._teach.ViewerTeachJob)
         self.last_result: Optional[RoundResult] = None
@@ -243,14 +242,19 @@ class ViewerSession(LongJobs):
         return self._clicks.has_rounds()
 
     @property
+    def ignored_points(self) -> int:
+        """How many points the last :meth:`prepare_round` removed (NaN/inf or outside the image)."""
+        return self._nonfinite_points + self._outside_points
+
+    @property
     def ignored_note(self) -> str:
         """What the last :meth:`prepare_round` ignored, in words ("" when nothing)."""
         parts = []
-        n = getattr(self, "_outside_points", 0)
+        n = self._outside_points
         if n:
             size = " x ".join(str(d) for d in (self.session.shape[1:] if self.is_2d else self.session.shape))
             parts.append(f"{n} point{'s' * (n != 1)} outside the image ({size}) removed")
-        n = getattr(self, "_nonfinite_points", 0)
+        n = self._nonfinite_points
         if n:
             parts.append(f"{n} point{'s' * (n != 1)} with a NaN or infinite coordinate ignored (removed)")
         return "; ".join(parts)
@@ -341,7 +345,6 @@ class ViewerSession(LongJobs):
         self._ensure_idle()
         self._nonfinite_points = self._clicks.drop_nonfinite()
         self._outside_points = self._clicks.drop_outside()  # at once: said now, not at a later round
-        self.ignored_points = self._nonfinite_points + self._outside_points
         if slice_index is None:
             slices = self.pending_slices()
             if not slices:

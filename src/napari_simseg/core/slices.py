@@ -487,8 +487,7 @@ def split_slice_sets(spec: DatasetSpec, split: dict, *, on_error: str, split_see
     (e.g. the only bad volume drawn into validation) is not an error while two usable
     cases remain: the usable training and validation cases are split again, in the
     split's proportion and with ``split_seed`` (the test part is untouched), and the
-    split returned is the one actually used. Each returned dataset has
-    ``skipped_ids``: the unusable cases of the original split.
+    split returned is the one actually used.
 
     Parameters
     ----------
@@ -500,6 +499,8 @@ def split_slice_sets(spec: DatasetSpec, split: dict, *, on_error: str, split_see
     train, val : SliceDataset
     split : dict
         ``split`` with the ``"train"`` and ``"val"`` parts actually used.
+    skipped : list of str
+        The unusable cases of the original split's training and validation parts.
     """
     from .splits import split_cases
 
@@ -517,9 +518,8 @@ def split_slice_sets(spec: DatasetSpec, split: dict, *, on_error: str, split_see
     issues = [i for ds in parts.values() for i in ds.issues]
     n_read = len(split["train"]) + len(split["val"])
     bad = {i.case_id for i in issues}
-    if issues and on_error == "stop":
-        raise DatasetError(issue_message(issues, n_read) + "\nFix or remove these files, or leave them out with "
-                           "--on-error skip (on_error='skip' in Python).", issues)
+    if on_error == "stop":  # each part logged its own under "skip"
+        apply_error_policy(issues, n_read, on_error)
     if any(isinstance(ds, DatasetError) for ds in parts.values()):
         usable = [i for i in (*split["train"], *split["val"]) if i not in bad]
         if len(usable) < 2:
@@ -536,6 +536,4 @@ def split_slice_sets(spec: DatasetSpec, split: dict, *, on_error: str, split_see
         for ds in parts.values():
             if isinstance(ds, DatasetError):
                 raise ds
-    for ds in parts.values():
-        ds.skipped_ids = bad
-    return parts["train"], parts["val"], split
+    return parts["train"], parts["val"], split, sorted(bad)

@@ -244,7 +244,7 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
         shapes = [largest_slice_shape(spec, axis=a) for a in train_axes]
         pad_to = (max(h for h, _ in shapes), max(w for _, w in shapes))
     shared = dict(axis=cfg.axis, target_shape=pad_to, seed=cfg.seed, **common)
-    train_ds, val_ds, split = split_slice_sets(
+    train_ds, val_ds, split, skipped = split_slice_sets(
         spec, split, on_error=cfg.on_error, split_seed=cfg.split_seed,
         train_options=dict(shared, augmenter=augmenter, crop_size=cfg.crop_size,
                            neighbour_prior=cfg.prior_fraction > 0),
@@ -267,7 +267,6 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
     if train_ds.n_channels != len(channel_names):
         raise ValueError(f"the data set names {len(channel_names)} channel(s) {channel_names} but its images "
                          f"have {train_ds.n_channels}")
-    skipped = sorted(train_ds.skipped_ids | val_ds.skipped_ids)
     if len(train_axes) > 1:  # the volumes read once, viewed along every axis
         train_ds = MultiAxisSlices([train_ds if a == cfg.axis else train_ds.along(a) for a in train_axes])
     # the volumes actually used: with on_error="skip", the split's minus the unusable ones
