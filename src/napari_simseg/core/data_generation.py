@@ -101,6 +101,13 @@ def _simulate_mixed(net, train_net, images, gts, targets, crops, cfg: TrainConfi
     memory starts in the session; the other items get an empty state there, which reads
     exactly as no state. An item with a prior has at least one round on top of it (in the
     session the newest state never has probabilities yet).
+
+    Corrective starts (``corrective_start_fraction``): that share of the items with rounds
+    and no prior get their first clicks as corrections of their automatic result (a
+    no-grad forward on the image alone), as the first round of a user of the session and
+    of the evaluation user does; step a)'s one click per component is what the others
+    get. The automatic result is not a memory state and leaves no LSTM state, as in the
+    session, where the automatic labels are shown but not remembered.
     """
     from .virtual_user import TrainingVirtualUser
 
@@ -125,6 +132,10 @@ def _simulate_mixed(net, train_net, images, gts, targets, crops, cfg: TrainConfi
             shown = maps.argmax(1).cpu().numpy()
             previous = [shown[i] if with_prior[i] else None for i in range(b)]
     x = memory.network_input()  # the automatic items' input: image (and prior) only
+    correct_first = np.zeros(b, bool)
+    if cfg.corrective_start_fraction > 0:  # drawn only when on: runs without it keep their random streams
+        correct_first = (rng.random(b) < cfg.corrective_start_fraction) & (rounds > 0) & ~with_prior
+        _automatic_results(net, x, correct_first, previous, device, autocast)
     users = [None] * b
     for i in np.flatnonzero(rounds):
         y0, y1, x0, x1 = crops[i]
@@ -136,7 +147,8 @@ def _simulate_mixed(net, train_net, images, gts, targets, crops, cfg: TrainConfi
         for i in range(b):
             y0, y1, x0, x1 = crops[i]
             prev = None if previous[i] is None else previous[i][y0:y1, x0:x1]
-            clicks.append(shift_clicks(users[i].next_round(prev), y0, x0) if rounds[i] > k else [])
+            clicks.append(shift_clicks(users[i].next_round(prev, bool(correct_first[i])), y0, x0)
+                          if rounds[i] > k else [])
         memory.push(encode_click_batch(clicks, n_classes, tuple(images.shape[-2:]), cfg.click_radius, device))
         now = memory.network_input()
         last = torch.from_numpy(rounds == k + 1).to(device)
@@ -166,6 +178,20 @@ def _simulate_mixed(net, train_net, images, gts, targets, crops, cfg: TrainConfi
     with autocast():
         logits, _ = train_net(x, state)
     return logits, targets
+
+
+def _automatic_results(net, x, rows: np.ndarray, previous: list, device, autocast) -> None:
+    """Put the automatic labels of the items ``rows`` (boolean) in ``previous``: what
+    their first clicks correct. ``x`` is the automatic input; no memory state is kept."""
+    firsts = np.flatnonzero(rows)
+    if not firsts.size:
+        return
+    net.eval()
+    with torch.no_grad(), autocast():
+        logits, _ = net(x[torch.from_numpy(firsts).to(device)], None)
+    shown = logits.argmax(1).cpu().numpy()
+    for j, i in enumerate(firsts):
+        previous[i] = shown[j]
 
 
 def training_step(net, train_net, batch, cfg, n_classes, rng, device, autocast, loss_fn, optimizer, scaler):

@@ -60,6 +60,7 @@ class TrainConfig:
     random_rounds: bool = True
     mix_rounds: bool = False  # rounds (and auto_fraction) drawn per item, not per batch
     prior_fraction: float = 0.0  # items whose memory starts with a neighbouring slice's labels (propagation)
+    corrective_start_fraction: float = 0.0  # items whose first clicks correct the automatic result (as at test time)
     auto_fraction: float = 0.0
     # data
     axis: int = 0
@@ -168,6 +169,14 @@ class TrainConfig:
         if prior > 0 and not (self.memory == "sim" and self.simulation == "ddg" and self.mix_rounds):
             raise ValueError("prior_fraction needs memory 'sim', simulation 'ddg' and mix_rounds: the prior is a "
                              "SIM state (probability maps) given per item")
+        corrective = _as_float(self.corrective_start_fraction)
+        if not 0.0 <= corrective <= 1.0:
+            raise ValueError(f"corrective_start_fraction must be a number in [0, 1], "
+                             f"got {self.corrective_start_fraction!r}")
+        self.corrective_start_fraction = corrective
+        if corrective > 0 and not (self.simulation == "ddg" and self.mix_rounds):
+            raise ValueError("corrective_start_fraction needs simulation 'ddg' and mix_rounds: the automatic "
+                             "result the first clicks correct is drawn per item")
         if not 0.0 <= self.auto_fraction <= 1.0:
             raise ValueError(f"auto_fraction must be in [0, 1], got {self.auto_fraction}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:

@@ -22,7 +22,10 @@ batch normalisation then normalises every training batch with the statistics of 
 of automatic, one-round and later-round inputs, the mix its running statistics hold at
 test time (per batch, an automatic batch is normalised with its own statistics in
 training and with the mix's at test time, and the automatic and first-round results
-swing from epoch to epoch). Padded pixels are ignored by the loss and never
+swing from epoch to epoch). ``corrective_start_fraction`` (with ``mix_rounds``) lets
+that share of the items with rounds start with clicks that correct their automatic
+result, as a user of the session does, instead of round 1's clicks in every component
+(:func:`~napari_simseg.core.data_generation.training_step`). Padded pixels are ignored by the loss and never
 clicked (the user sees each slice's real extent only).
 
 Weight averaging: ``ema_decay > 0`` keeps an exponential moving average of the

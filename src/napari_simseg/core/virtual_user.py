@@ -562,12 +562,14 @@ class DDGClicker:
             np.asarray(comp_ids, dtype=np.intp),
         )
 
-    def next_round(self, prediction=None) -> list[Click]:
+    def next_round(self, prediction=None, correct_first: bool = False) -> list[Click]:
         """Simulate one interaction round; see :meth:`TrainingVirtualUser.next_round`."""
         pred = _check_prediction(prediction, self.gt.shape, self.n_classes)
         p = self.p
+        if self.round_index == 0 and correct_first and pred is None:
+            raise ValueError("correct_first needs the prediction the first round corrects")
         if self.round_index == 0:
-            labels, points, comp_ids = self._initial()
+            labels, points, comp_ids = self._corrective(1.0, pred) if correct_first else self._initial()
         elif p > 0:
             labels, points, comp_ids = self._corrective(p, pred)
         else:
@@ -642,7 +644,7 @@ class TrainingVirtualUser:
             raise RuntimeError("call start(gt_labels) before next_round()")
         return self.episode
 
-    def next_round(self, prediction=None) -> list[Click]:
+    def next_round(self, prediction=None, correct_first: bool = False) -> list[Click]:
         """Simulate one interaction round and return the kept clicks.
 
         First round of the episode (``p == 1``): one click in every connected
@@ -661,13 +663,17 @@ class TrainingVirtualUser:
         prediction : array_like of int, shape (H, W), or None
             Latest predicted label map. ``None`` in a corrective round counts
             every pixel as mislabelled.
+        correct_first : bool
+            In round 1, correct ``prediction`` (the automatic result) as step b) does
+            with ``p = 1`` instead of step a), as a session's user does
+            (``TrainConfig.corrective_start_fraction``); rules 1, 3, 4 apply.
 
         Returns
         -------
         list of Click
             The clicks kept this round (possibly empty).
         """
-        return self._require().next_round(prediction)
+        return self._require().next_round(prediction, correct_first)
 
     @property
     def p(self) -> float:
