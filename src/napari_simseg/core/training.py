@@ -25,8 +25,8 @@ training and with the mix's at test time, and the automatic and first-round resu
 swing from epoch to epoch). ``corrective_start_fraction`` (with ``mix_rounds``) lets
 that share of the items with rounds start with clicks that correct their automatic
 result, as a user of the session does, instead of round 1's clicks in every component
-(:func:`~napari_simseg.core.data_generation.training_step`). Padded pixels are ignored by the loss and never
-clicked (the user sees each slice's real extent only).
+(:func:`~napari_simseg.core.data_generation.training_step`). Padded pixels are ignored
+by the loss and never clicked (the user sees each slice's real extent only).
 
 Weight averaging: ``ema_decay > 0`` keeps an exponential moving average of the
 weights (and of the batch-norm statistics), updated after every optimisation step
