@@ -223,6 +223,27 @@ def test_bad_images_change_nothing(viewer, make_checkpoint, setup, expected):
     w.shutdown()
 
 
+def test_start_on_an_image_of_another_shape_keeps_the_earlier_labels(started, viewer):
+    first = viewer.layers["SimSeg labels"]
+    first.data[3, 5:9, 6:10] = 2  # the user's work on the first image
+    painted = first.data.copy()
+    viewer.add_image(np.random.default_rng(1).normal(size=(7, 30, 36)).astype(np.float32), name="ct")
+    started.image_combo.setCurrentText("ct")
+    assert started.start(wait=True), started.status_label.text()
+    assert started.session.image_layer.name == "ct"
+    assert first.name == "SimSeg labels (mri)" and first in viewer.layers
+    np.testing.assert_array_equal(first.data, painted)
+    assert viewer.layers["SimSeg labels"].data.shape == (7, 30, 36)
+    assert "'SimSeg labels (mri)'" in started.status_label.text()
+    # an earlier layer of the same name is not overwritten: the next one is numbered
+    from napari_simseg._layers import keep_other_labels_layer
+
+    viewer.layers["SimSeg labels"].metadata["image_name"] = "mri"
+    assert keep_other_labels_layer(viewer, (7, 30, 36)) is None  # it fits: it stays
+    assert keep_other_labels_layer(viewer, (1, 2, 3)) == "SimSeg labels (mri, 2)"
+    assert "SimSeg labels" not in viewer.layers and first.name == "SimSeg labels (mri)"
+
+
 def test_checkpoint_classes_must_fit_existing_labels(viewer, volume, make_checkpoint, tmp_path):
     viewer.add_image(volume, name="mri")
     viewer.add_labels(

@@ -5,7 +5,7 @@ the layers:
 
 * checks: :func:`find_image_layer`, :func:`check_image_layer` (the layer's own checks;
   the pixels are checked by :func:`napari_simseg.core.preprocessing.check_image`),
-  :func:`existing_labels_layer`, :func:`labels_class_problem`,
+  :func:`existing_labels_layer`, :func:`keep_other_labels_layer`, :func:`labels_class_problem`,
   :func:`check_click_layer_names`;
 * the view: :func:`current_slice`, :func:`view_problem`;
 * :class:`LabelsView`: the ``"SimSeg labels"`` layer and its hand-edit tracking (what
@@ -35,27 +35,11 @@ from .core.io import WRITABLE_EXTENSIONS, ImageWriteError, read_image, split_ext
 from .core.preprocessing import ImageError, check_image
 
 __all__ = [
-    "CLICKS_SUFFIX",
-    "LABELS_LAYER_NAME",
-    "ChannelLayerView",
-    "ClickLayers",
-    "LabelsView",
-    "PointKey",
-    "check_click_layer_names",
-    "check_image_layer",
-    "clicks_from_keys",
-    "current_slice",
-    "existing_labels_layer",
-    "find_image_layer",
-    "image_channels",
-    "keys_from_clicks",
-    "labels_class_problem",
-    "match_channel_layers",
-    "make_click_layers",
-    "painted_slices",
-    "point_coords",
-    "transform_kwargs",
-    "view_problem",
+    "CLICKS_SUFFIX", "LABELS_LAYER_NAME", "ChannelLayerView", "ClickLayers", "LabelsView", "PointKey",
+    "check_click_layer_names", "check_image_layer", "clicks_from_keys", "current_slice",
+    "existing_labels_layer", "keep_other_labels_layer", "find_image_layer", "image_channels",
+    "keys_from_clicks", "labels_class_problem", "match_channel_layers", "make_click_layers", "painted_slices",
+    "point_coords", "transform_kwargs", "view_problem"
 ]
 
 LABELS_LAYER_NAME = "SimSeg labels"
@@ -246,25 +230,30 @@ def image_channels(viewer, image_layer, names: Sequence[str], channel_axis: int 
     )
 
 
-def existing_labels_layer(viewer, shape: Sequence[int], image_name: str):
+def existing_labels_layer(viewer, shape: Sequence[int]):
     """The viewer's ``"SimSeg labels"`` layer if it fits an image of ``shape``, else None.
 
     Raises
     ------
     ImageError
-        When a layer of that name is not a labels layer or has another shape.
+        When a layer of that name is not a labels layer.
     """
-    if LABELS_LAYER_NAME not in viewer.layers:
-        return None
-    existing = viewer.layers[LABELS_LAYER_NAME]
-    if not isinstance(existing, Labels):
+    existing = viewer.layers[LABELS_LAYER_NAME] if LABELS_LAYER_NAME in viewer.layers else None
+    if existing is not None and not isinstance(existing, Labels):
         raise ImageError(f"a {type(existing).__name__} layer is called '{LABELS_LAYER_NAME}'; rename it first")
-    if tuple(existing.data.shape) != tuple(shape):
-        raise ImageError(
-            f"the existing '{LABELS_LAYER_NAME}' layer has shape {tuple(existing.data.shape)} "
-            f"but '{image_name}' has shape {tuple(shape)}; delete or rename that layer"
-        )
-    return existing
+    return existing if existing is not None and tuple(existing.data.shape) == tuple(shape) else None
+
+
+def keep_other_labels_layer(viewer, shape: Sequence[int]) -> Optional[str]:
+    """Rename a ``"SimSeg labels"`` layer of another shape (an earlier image's labels: they
+    stay) after the image it was made for, freeing the name; returns its new name or None."""
+    layer = viewer.layers[LABELS_LAYER_NAME] if LABELS_LAYER_NAME in viewer.layers else None
+    if not isinstance(layer, Labels) or tuple(layer.data.shape) == tuple(shape):
+        return None
+    origin = layer.metadata.get("image_name") or "x".join(str(n) for n in layer.data.shape)
+    names = (f"{LABELS_LAYER_NAME} ({origin}{'' if n == 1 else f', {n}'})" for n in range(1, 10**6))
+    layer.name = next(name for name in names if name not in viewer.layers)
+    return layer.name
 
 
 def labels_class_problem(layer, class_names: Sequence[str]) -> Optional[str]:
@@ -389,10 +378,10 @@ class LabelsView:
         return stack[0] if self.is_2d else stack
 
     def _add(self, data: np.ndarray):
-        return self.viewer.add_labels(
-            data, name=LABELS_LAYER_NAME, opacity=0.6,
-            **labels_layer_kwargs(self.class_names), **transform_kwargs(self.image_layer),
-        )
+        kwargs = labels_layer_kwargs(self.class_names)
+        kwargs["metadata"]["image_name"] = self.image_layer.name
+        return self.viewer.add_labels(data, name=LABELS_LAYER_NAME, opacity=0.6, **kwargs,
+                                      **transform_kwargs(self.image_layer))
 
     def _adopt(self, layer):
         kwargs = labels_layer_kwargs(self.class_names)
@@ -400,7 +389,7 @@ class LabelsView:
             layer.data = np.array(layer.data)  # results are written in place
         layer.features = kwargs["features"]
         layer.colormap = kwargs["colormap"]
-        layer.metadata = {**layer.metadata, **kwargs["metadata"]}
+        layer.metadata = {**layer.metadata, **kwargs["metadata"], "image_name": self.image_layer.name}
         return layer
 
     def _connect(self) -> None:

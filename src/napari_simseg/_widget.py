@@ -440,9 +440,10 @@ class SimSegWidget(QWidget):
             self._attach()
             self.latency_label.setText("")
             slices = "" if session.is_2d else f" ({session.n_slices} slices)"
+            kept = f"; the earlier labels are now '{session.kept_labels_layer}'" if session.kept_labels_layer else ""
             return (
                 f"segmenting '{session.image_layer.name}'{slices} on {session.device} with classes "
-                f"{', '.join(session.class_names)}: click in a '<class> clicks' layer"
+                f"{', '.join(session.class_names)}: click in a '<class> clicks' layer{kept}"
             )
 
         job = Job("start", "loading the checkpoint", load, finish, _one_line)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ._layers import (CLICKS_SUFFIX, LABELS_LAYER_NAME, ClickLayers, LabelsView, PointKey, check_click_layer_names,
                       check_image_layer, clicks_from_keys, current_slice, existing_labels_layer, find_image_layer,
-                      image_channels, labels_class_problem, view_problem)
+                      image_channels, keep_other_labels_layer, labels_class_problem, view_problem)
 from ._viewer_jobs import Job, LongJobs, log_path_for
 from .core.clicks import as_clicks, validate_click
 
@@ -81,7 +81,7 @@ class ViewerSession(LongJobs):
     Raises
     ------
     ImageError
-        Unusable image layer, or a ``"SimSeg labels"`` layer that does not fit it.
+        Unusable image layer, or a layer called ``"SimSeg labels"`` that is not a labels layer.
     CheckpointError
         Checkpoint that cannot be loaded or whose classes do not fit the existing
         ``"SimSeg labels"`` layer.
@@ -96,6 +96,8 @@ class ViewerSession(LongJobs):
     constructor leaves the layers as they were. A slice whose labels differ from what
     the session last wrote there was edited by hand (painted, filled, erased, loaded
     from a file without a log); results replace it only as ``overwrite_policy`` allows.
+    A ``"SimSeg labels"`` layer of another shape (an earlier image's) is kept, renamed
+    ``"SimSeg labels (<its image>)"`` (``kept_labels_layer``), and a new one is made.
     """
 
     def __init__(self, viewer, image_layer=None, checkpoint: Union[str, Path, "Predictor"] = "demo",
@@ -118,12 +120,13 @@ class ViewerSession(LongJobs):
         # --- every check happens before the first change to the viewer
         predictor = self._load_predictor(checkpoint, device)
         image, channels = image_channels(viewer, image_layer, predictor.channel_names, channel_axis)
-        existing = existing_labels_layer(viewer, channels[0].shape, image.name)
+        existing = existing_labels_layer(viewer, channels[0].shape)
         self._check_labels_classes(existing, predictor)
         check_click_layer_names(viewer, predictor.class_names)
         session = InteractiveSession(channels if len(channels) > 1 else channels[0], predictor)
 
         # --- checks passed: bind to the viewer
+        self.kept_labels_layer = keep_other_labels_layer(viewer, channels[0].shape)
         self.image_layer = image
         self._image = channels[0]
         self.session: InteractiveSession = session
