@@ -52,7 +52,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MEMORY_KINDS", "InteractionMemory", "MemoryState", "input_channels", "prior_probabilities"]
+__all__ = ["MEMORY_KINDS", "InteractionMemory", "MemoryState", "image_channel_indices", "input_channels",
+           "prior_probabilities"]
 
 MEMORY_KINDS = ("none", "cim", "sim")
 
@@ -82,6 +83,15 @@ def input_channels(kind: str, n_classes: int, depth: int = 1, context_slices: in
     if kind == "sim":
         return c + 2 * int(depth) * int(n_classes) + extra
     return c + int(n_classes) + extra
+
+
+def image_channel_indices(kind: str, n_classes: int, depth: int = 1, context_slices: int = 0,
+                          image_channels: int = 1) -> list[int]:
+    """The network input channels that hold the image (its ``C`` channels first, the
+    ``2kC`` of the context slices last; see :meth:`InteractionMemory.network_input`)."""
+    total = input_channels(kind, n_classes, depth, context_slices, image_channels)
+    c = int(image_channels)
+    return list(range(c)) + list(range(total - 2 * int(context_slices) * c, total))
 
 
 def prior_probabilities(labels: np.ndarray, n_classes: int) -> np.ndarray:

@@ -93,6 +93,14 @@ class ModelConfig:
         ``None`` (random initialisation) or the path of a local state-dict file
         (``.pth``/``.pt`` loaded with ``weights_only=True``, or ``.safetensors``) for the
         encoder. Names such as ``"imagenet"`` are refused: nothing is downloaded.
+    edge_padded_channels : sequence of int, optional
+        The input channels (the image's, context slices included) that an input whose
+        size is not a multiple of the stride is padded with by repeating their border
+        pixels; the others (click masks, probabilities) and every channel when None (the
+        checkpoints made before this option) are padded with zeros, i.e. with the mean
+        of a standardised image. Training pads its items the same way
+        (``TrainConfig.pad_mode``): a network trained on crops never sees padding, and
+        a band of mean grey beside black air at test time made it see structures there.
     """
 
     in_channels: int
@@ -105,6 +113,7 @@ class ModelConfig:
     lstm_separable: bool = True
     encoder_stem_stride: int = 2
     encoder_weights: Optional[str] = None
+    edge_padded_channels: Optional[Sequence[int]] = None
 
     def validate(self) -> "ModelConfig":
         from segmentation_models_pytorch.encoders import get_encoder_names
@@ -139,6 +148,10 @@ class ModelConfig:
             raise ModelConfigError(
                 f"encoder_stem_stride must be 1 or 2, got {self.encoder_stem_stride}"
             )
+        edge = self.edge_padded_channels
+        if edge is not None and (len(set(edge)) != len(edge) or not all(0 <= int(c) < self.in_channels for c in edge)):
+            raise ModelConfigError(f"edge_padded_channels must be distinct channels of 0..{self.in_channels - 1}, "
+                                   f"got {list(edge)}")
         if self.encoder_weights is not None and not Path(str(self.encoder_weights)).is_file():
             raise ModelConfigError(
                 f"encoder_weights must be None or a local weights file; {self.encoder_weights!r} "
@@ -149,6 +162,10 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["decoder_channels"] = [int(c) for c in self.decoder_channels]
+        if self.edge_padded_channels is None:
+            del d["edge_padded_channels"]  # headers as before: older readers load them
+        else:
+            d["edge_padded_channels"] = [int(c) for c in self.edge_padded_channels]
         return d
 
     @classmethod
@@ -160,6 +177,8 @@ class ModelConfig:
         d = dict(d)
         if "decoder_channels" in d:
             d["decoder_channels"] = tuple(int(c) for c in d["decoder_channels"])
+        if d.get("edge_padded_channels") is not None:
+            d["edge_padded_channels"] = tuple(int(c) for c in d["edge_padded_channels"])
         return cls(**d)
 
 
@@ -247,6 +266,9 @@ class SimSegNet(nn.Module):
         if config.encoder_stem_stride == 1:
             _unstride_stem(self.encoder, config)
         self.stride = 2 ** (config.encoder_depth - (2 - config.encoder_stem_stride))
+        edge = torch.zeros(config.in_channels, dtype=torch.bool)
+        edge[list(config.edge_padded_channels or [])] = True
+        self.register_buffer("_edge_padded", edge.view(1, -1, 1, 1), persistent=False)
         if config.encoder_depth < 5:
             _drop_unused_children(self.encoder, config.in_channels, self.stride)
         if config.encoder_weights is not None:
@@ -309,7 +331,9 @@ class SimSegNet(nn.Module):
         # then sees a slice at the same place in its canvas in training and at test time
         top, left = ph // 2, pw // 2
         if ph or pw:
-            x = F.pad(x, (left, pw - left, top, ph - top))
+            pad = (left, pw - left, top, ph - top)
+            x = torch.where(self._edge_padded, F.pad(x, pad, mode="replicate"), F.pad(x, pad)) \
+                if bool(self._edge_padded.any()) else F.pad(x, pad)
         if state is not None:
             expected = (x.shape[0], self.stages[0].lstm.hidden_channels)
             got = tuple(state[0][0].shape[:2])

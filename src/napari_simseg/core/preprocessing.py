@@ -25,6 +25,7 @@ __all__ = [
     "context_stack",
     "n4_correct",
     "normalize_volume",
+    "PAD_MODES",
     "pad_to_multiple",
     "resize_image",
     "resize_labels",
@@ -37,6 +38,9 @@ __all__ = [
     "working_shape",
     "working_volume",
 ]
+
+#: how training items and network inputs are padded (``TrainConfig.pad_mode``)
+PAD_MODES = ("constant", "edge")
 
 logger = logging.getLogger(__name__)
 
@@ -418,7 +422,8 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def pad_to_multiple(
-    array: np.ndarray, multiple: int = 32, target: Sequence[int] | None = None, value: float = 0
+    array: np.ndarray, multiple: int = 32, target: Sequence[int] | None = None, value: float = 0,
+    mode: str = "constant",
 ) -> tuple[np.ndarray, CropBox]:
     """Pad the last two axes, centring the content.
 
@@ -433,8 +438,11 @@ def pad_to_multiple(
         Exact output size; must be at least the input size.
     value : float
         Constant fill.  The default 0 is the background label for label maps, and
-        the mean intensity for images standardised by :func:`normalize_volume`
-        (the choice made here for training and inference alike).
+        the mean intensity for images standardised by :func:`normalize_volume`.
+    mode : {"constant", "edge"}
+        ``"edge"`` repeats the border pixels instead (``value`` unused): padding then adds
+        no edge of its own, e.g. a band of mean grey beside black air
+        (``TrainConfig.pad_mode``).
 
     Returns
     -------
@@ -465,7 +473,12 @@ def pad_to_multiple(
             )
     top, left = (th - h) // 2, (tw - w) // 2
     pad = [(0, 0)] * (array.ndim - 2) + [(top, th - h - top), (left, tw - w - left)]
-    padded = np.pad(array, pad, mode="constant", constant_values=value) if (th, tw) != (h, w) else array.copy()
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad mode must be one of {PAD_MODES}, got {mode!r}")
+    if (th, tw) == (h, w):
+        return array.copy(), CropBox(top, top + h, left, left + w)
+    kwargs = {"constant_values": value} if mode == "constant" else {}
+    padded = np.pad(array, pad, mode=mode, **kwargs)
     return padded, CropBox(top, top + h, left, left + w)
 
 

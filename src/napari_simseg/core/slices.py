@@ -65,6 +65,8 @@ class SliceDataset(torch.utils.data.Dataset):
         :attr:`skipped` and their problems in :attr:`issues`.
     pad_value : float
         Image fill value of the padding (labels are padded with 0 = background).
+    pad_mode : {"constant", "edge"}
+        ``"edge"``: images padded by repeating their border pixels (``pad_value`` unused).
     seed : int
         Base seed of the augmentation and the crops; item ``i`` of epoch ``e`` uses
         ``numpy.random.default_rng([seed, e, i])``.
@@ -119,6 +121,7 @@ class SliceDataset(torch.utils.data.Dataset):
         cache_dir: str | os.PathLike | None = None,
         on_error: str = "stop",
         pad_value: float = 0.0,
+        pad_mode: str = "constant",
         seed: int = 0,
         context_slices: int = 0,
         working_size: int | None = None,
@@ -136,6 +139,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.axis = axis
         self.augmenter = augmenter
         self.pad_value = float(pad_value)
+        self.pad_mode = str(pad_mode)
         self.seed = int(seed)
         self.epoch = 0
         self.working_size = working_size
@@ -176,7 +180,7 @@ class SliceDataset(torch.utils.data.Dataset):
                     slices: dict | None = None, working_size: int | None = None, crop_size: int | None = None,
                     augmenter: Augmenter | None = None, context_slices: int = 0, seed: int = 0,
                     target_shape: Sequence[int] | None = None, multiple: int = 32,
-                    pad_value: float = 0.0) -> "SliceDataset":
+                    pad_value: float = 0.0, pad_mode: str = "constant") -> "SliceDataset":
         """A dataset of volumes already in memory (e.g. what a user labelled in napari).
 
         Parameters
@@ -188,7 +192,7 @@ class SliceDataset(torch.utils.data.Dataset):
         slices : dict of str -> list of int, optional
             The labelled slices of each case: only these become items (their
             neighbours still feed the 2.5D context). All slices when not given.
-        working_size, crop_size, augmenter, context_slices, seed, target_shape, multiple, pad_value
+        working_size, crop_size, augmenter, context_slices, seed, target_shape, multiple, pad_value, pad_mode
             As for the constructor.
         """
         from .layouts import Case
@@ -196,7 +200,7 @@ class SliceDataset(torch.utils.data.Dataset):
         check_context_slices(context_slices)
         ds = cls.__new__(cls)
         ds.context_slices, ds.axis, ds.augmenter = int(context_slices), 0, augmenter
-        ds.pad_value, ds.seed, ds.epoch = float(pad_value), int(seed), 0
+        ds.pad_value, ds.pad_mode, ds.seed, ds.epoch = float(pad_value), str(pad_mode), int(seed), 0
         ds.working_size = working_size
         ds.crop_size = None if crop_size is None else int(crop_size)
         ds.foreground_crop = 0.67
@@ -342,7 +346,7 @@ class SliceDataset(torch.utils.data.Dataset):
             image, labels = self.augmenter(image, labels, rng)
         if self.crop_size is not None:
             image, labels = self._crop(image, labels, rng)
-        image, box = pad_to_multiple(image, target=self.target_shape, value=self.pad_value)
+        image, box = pad_to_multiple(image, target=self.target_shape, value=self.pad_value, mode=self.pad_mode)
         labels, _ = pad_to_multiple(labels, target=self.target_shape, value=0)
         item = {}
         if self.neighbour_prior:

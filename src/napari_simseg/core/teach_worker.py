@@ -16,8 +16,8 @@ The default training recipe (:mod:`~napari_simseg.core.recipe`) for the images t
 changed where a start network says otherwise:
 
 * **Fine-tuning** (a base checkpoint of these classes and channels): the base's
-  network, memory, depth, context slices, working size, click radius, stem stride and
-  trained flips, at a learning rate of :data:`FINE_TUNE_LR` (the recipe's 1e-3 is for
+  network, memory, depth, context slices, working size, click radius, stem stride,
+  trained flips and padding (``pad_mode``), at a learning rate of :data:`FINE_TUNE_LR` (the recipe's 1e-3 is for
   a network that starts from nothing; at that rate a few minutes on a handful of
   slices would first undo what the base knew).
 * **Transfer** (a base of other classes, e.g. the bundled hippocampus model for a CT
@@ -86,7 +86,8 @@ def teaching_options(class_names, channel_names, shapes, max_minutes: float, ini
         opts["decoder_channels"] = list(opts["decoder_channels"])
     if init == "finetune":
         opts.update(layout_of(base_meta), encoder_stem_stride=base_meta.model["encoder_stem_stride"],
-                    aug_flips=list(base_meta.trained_flips), lr=FINE_TUNE_LR)
+                    aug_flips=list(base_meta.trained_flips), lr=FINE_TUNE_LR,
+                    pad_mode="edge" if base_meta.model.get("edge_padded_channels") else "constant")  # as it learned
     elif layout:
         opts.update(layout)
     # crops and batch for the working size and stem actually used (as the recipe sizes them)
@@ -150,7 +151,8 @@ def build_data(parts: list, arrays: dict, class_names, channel_names, cfg) -> Tr
         augmenter = Augmenter(rotate_degrees=cfg.aug_rotate_degrees,
                               scale=None if cfg.aug_scale is None else tuple(cfg.aug_scale),
                               flip_vertical="vertical" in cfg.aug_flips, flip_horizontal="horizontal" in cfg.aug_flips)
-    common = dict(working_size=cfg.working_size, context_slices=cfg.context_slices, seed=cfg.seed)
+    common = dict(working_size=cfg.working_size, context_slices=cfg.context_slices, seed=cfg.seed,
+                  pad_mode=cfg.pad_mode)
     train_ds = SliceDataset.from_arrays(images, labels, class_names, slices={k: v * repeat for k, v in slices.items()},
                                         crop_size=cfg.crop_size, augmenter=augmenter, **common)
     held_back = any(p["val"] for p in parts)

@@ -9,8 +9,9 @@ from typing import Optional
 import numpy as np
 
 from .checkpoint import FLIP_AXES
-from .memory import MEMORY_KINDS, input_channels
+from .memory import MEMORY_KINDS, image_channel_indices, input_channels
 from .model import ModelConfig
+from .preprocessing import PAD_MODES
 
 __all__ = ["CLASS_WEIGHTINGS", "IGNORE_INDEX", "LR_SCHEDULES", "SIMULATIONS", "TrainConfig"]
 
@@ -67,6 +68,7 @@ class TrainConfig:
     train_axes: Optional[list] = None
     context_slices: int = 0
     pad_to: Optional[list] = None
+    pad_mode: str = "edge"  # image padding of items and inputs: border pixels repeated ("constant": mean grey)
     n4: bool = False
     on_error: str = "stop"
     val_fraction: float = 0.2
@@ -115,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {self.memory!r}")
         if self.simulation not in SIMULATIONS:
             raise ValueError(f"simulation must be one of {SIMULATIONS}, got {self.simulation!r}")
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
         if self.on_error not in ("stop", "skip"):
             raise ValueError(f"on_error must be 'stop' or 'skip', got {self.on_error!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -221,6 +225,8 @@ class TrainConfig:
             lstm_separable=self.lstm_separable,
             encoder_stem_stride=self.encoder_stem_stride,
             encoder_weights=self.encoder_weights,
+            edge_padded_channels=None if self.pad_mode == "constant" else tuple(image_channel_indices(
+                self.memory, n_classes, self.effective_depth, self.context_slices, n_channels)),
         )
 
     def learning_rate(self, epoch: int, progress: float = 0.0) -> float:

@@ -246,7 +246,7 @@ def _load_data(cfg: TrainConfig, out: Path, dist: _Dist):
         # one size that holds the slices along every training axis, read from the headers
         shapes = [largest_slice_shape(spec, axis=a) for a in train_axes]
         pad_to = (max(h for h, _ in shapes), max(w for _, w in shapes))
-    shared = dict(axis=cfg.axis, target_shape=pad_to, seed=cfg.seed, **common)
+    shared = dict(axis=cfg.axis, target_shape=pad_to, seed=cfg.seed, pad_mode=cfg.pad_mode, **common)
     train_ds, val_ds, split, skipped = split_slice_sets(
         spec, split, on_error=cfg.on_error, split_seed=cfg.split_seed,
         train_options=dict(shared, augmenter=augmenter, crop_size=cfg.crop_size,
