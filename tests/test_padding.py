@@ -100,3 +100,20 @@ def test_a_fine_tune_keeps_its_base_padding_and_a_transfer_takes_the_default(mak
     demo = read_checkpoint_meta(DEMO_CHECKPOINT)
     moved = teaching_options(("background", "liver"), ["image"], [(244, 202)], 3.0, "transfer", demo)
     assert moved.get("pad_mode", TrainConfig.pad_mode) == "edge"
+
+
+def test_a_checkpoint_keeps_its_edge_padded_channels(tmp_path):
+    from napari_simseg.core.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint_meta, save_checkpoint
+
+    cfg = TrainConfig(data="d", out="o", memory="sim", depth=1, context_slices=1, encoder="resnet18",
+                      encoder_depth=3, decoder_channels=[16, 8, 8]).validate()
+    net = build_model(cfg.model_config(n_classes=2)).eval()
+    meta = CheckpointMeta(class_names=["background", "a"], memory="sim", depth=1, click_radius=1,
+                          model=net.config.to_dict(), context_slices=1)
+    path = save_checkpoint(tmp_path / "edge.safetensors", net, meta)
+    assert read_checkpoint_meta(path).model["edge_padded_channels"] == [0, 5, 6]
+    loaded = load_checkpoint(path).model
+    assert loaded.config.edge_padded_channels == (0, 5, 6)
+    x = torch.randn(1, 7, 13, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], net(x)[0])

@@ -110,6 +110,9 @@ _MODEL_FIELDS = {
     "lstm_separable": ("true or false", lambda v: isinstance(v, bool)),
     "encoder_stem_stride": ("1 or 2", lambda v: _int_in(1, 2)(v)),
     "encoder_weights": ("a string or null (provenance only)", lambda v: v is None or isinstance(v, str)),
+    "edge_padded_channels": (f"a list of distinct integers 0..{MAX_CHANNELS - 1} or null",
+                             lambda v: v is None or (isinstance(v, list) and len(set(v)) == len(v)
+                                                     and all(_int_in(0, MAX_CHANNELS - 1)(c) for c in v))),
 }
 _NORMALIZATION_FIELDS = {
     "method": ("a string", lambda v: isinstance(v, str)),
