@@ -117,3 +117,31 @@ def test_a_checkpoint_keeps_its_edge_padded_channels(tmp_path):
     x = torch.randn(1, 7, 13, 10)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)[0], net(x)[0])
+
+
+def test_a_smaller_input_is_padded_to_the_training_canvas():
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(in_channels=2, n_classes=2, canvas=(32, 40), **TINY)).eval()
+    plain = build_model(ModelConfig(in_channels=2, n_classes=2, **TINY)).eval()
+    plain.load_state_dict(net.state_dict())
+    x = torch.randn(1, 2, 13, 50)
+    with torch.no_grad():
+        out, _ = net(x)
+        # centred in 32 rows (the canvas) and 56 columns (50 is wider than the canvas: the stride, 8)
+        ref, _ = plain(torch.nn.functional.pad(x, (3, 3, 9, 10)))
+        stride_only, _ = plain(x)
+    assert out.shape[-2:] == (13, 50)
+    torch.testing.assert_close(out, ref[..., 9:22, 3:53])
+    assert not torch.allclose(out, stride_only)
+    assert ModelConfig.from_dict(net.config.to_dict()).canvas == (32, 40)
+    assert "canvas" not in plain.config.to_dict()
+    with pytest.raises(ModelConfigError, match="canvas"):
+        ModelConfig(in_channels=2, n_classes=2, canvas=(32,), **TINY).validate()
+
+
+def test_the_bundled_model_runs_in_the_canvas_it_was_trained_in():
+    from napari_simseg.core.checkpoint import read_checkpoint_meta
+    from napari_simseg.core.resources import DEMO_CHECKPOINT
+
+    meta = read_checkpoint_meta(DEMO_CHECKPOINT)
+    assert meta.model["canvas"] == [64, 64] and "edge_padded_channels" not in meta.model

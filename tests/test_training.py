@@ -36,6 +36,9 @@ def test_train_writes_everything_and_returns_best(phantom_data, tmp_path):
     meta = read_checkpoint_meta(best)
     assert meta.memory == "sim" and meta.depth == 3 and meta.simulation == "ddg"
     assert meta.class_names[0] == "background"
+    # the network pads as its training items were padded (edge, the default) and to their canvas
+    assert meta.model["edge_padded_channels"] == [0] and len(meta.model["canvas"]) == 2
+    assert all(v % 32 == 0 for v in meta.model["canvas"])
 
 
 def test_resume_continues_exactly(phantom_data, tmp_path):

@@ -113,6 +113,8 @@ _MODEL_FIELDS = {
     "edge_padded_channels": (f"a list of distinct integers 0..{MAX_CHANNELS - 1} or null",
                              lambda v: v is None or (isinstance(v, list) and len(set(v)) == len(v)
                                                      and all(_int_in(0, MAX_CHANNELS - 1)(c) for c in v))),
+    "canvas": ("two sizes [H, W] >= 1 or null",
+               lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(_int_in(1)(c) for c in v))),
 }
 _NORMALIZATION_FIELDS = {
     "method": ("a string", lambda v: isinstance(v, str)),

@@ -328,6 +328,7 @@ def _setup(cfg: TrainConfig, log, data: Optional[TrainingData] = None) -> _Run:
 
     _seed_everything(cfg.seed)
     model_config = cfg.model_config(n_classes, len(channel_names))
+    model_config.canvas = tuple(int(v) for v in train_ds.target_shape)  # smaller inputs are padded to it
     if cfg.resume:
         model_config.encoder_weights = None  # the training state holds every weight
     net = build_model(model_config).to(device)
