@@ -281,9 +281,9 @@ class SimSegNet(nn.Module):
         if config.encoder_stem_stride == 1:
             _unstride_stem(self.encoder, config)
         self.stride = 2 ** (config.encoder_depth - (2 - config.encoder_stem_stride))
-        edge = torch.zeros(config.in_channels, dtype=torch.bool)
-        edge[list(config.edge_padded_channels or [])] = True
-        self.register_buffer("_edge_padded", edge.view(1, -1, 1, 1), persistent=False)
+        edge = torch.zeros(1, config.in_channels, 1, 1, dtype=torch.bool)
+        edge[0, list(config.edge_padded_channels or []), 0, 0] = True
+        self._edge_padded = edge  # not a buffer: DistributedDataParallel would broadcast it
         if config.encoder_depth < 5:
             _drop_unused_children(self.encoder, config.in_channels, self.stride)
         if config.encoder_weights is not None:
@@ -348,7 +348,7 @@ class SimSegNet(nn.Module):
         top, left = ph // 2, pw // 2
         if ph or pw:
             pad = (left, pw - left, top, ph - top)
-            x = torch.where(self._edge_padded, F.pad(x, pad, mode="replicate"), F.pad(x, pad)) \
+            x = torch.where(self._edge_padded.to(x.device), F.pad(x, pad, mode="replicate"), F.pad(x, pad)) \
                 if bool(self._edge_padded.any()) else F.pad(x, pad)
         if state is not None:
             expected = (x.shape[0], self.stages[0].lstm.hidden_channels)

@@ -328,7 +328,8 @@ def _setup(cfg: TrainConfig, log, data: Optional[TrainingData] = None) -> _Run:
 
     _seed_everything(cfg.seed)
     model_config = cfg.model_config(n_classes, len(channel_names))
-    model_config.canvas = tuple(int(v) for v in train_ds.target_shape)  # smaller inputs are padded to it
+    canvas = getattr(train_ds, "target_shape", None) or train_ds.parts[0].target_shape  # MultiAxisSlices: its parts'
+    model_config.canvas = tuple(int(v) for v in canvas)  # smaller inputs are padded to it
     if cfg.resume:
         model_config.encoder_weights = None  # the training state holds every weight
     net = build_model(model_config).to(device)
@@ -745,7 +746,10 @@ def _init_from(net, path, class_names, context_slices: int = 0, transfer: bool =
                     "encoder_stem_stride": ck.model.config.encoder_stem_stride}
     if extra >= 0:
         same_weights["in_channels"] = net.config.in_channels - extra
-    if extra < 0 or ck.model.config.to_dict() != {**net.config.to_dict(), **same_weights}:
+    def weights_layout(config) -> dict:  # how inputs are padded changes no parameter
+        return {k: v for k, v in config.to_dict().items() if k not in ("edge_padded_channels", "canvas")}
+
+    if extra < 0 or weights_layout(ck.model.config) != {**weights_layout(net.config), **same_weights}:
         raise CheckpointError(
             f"--init-from {path}: its architecture {ck.model.config.to_dict()} (context_slices "
             f"{old_ctx}) differs from this run's {net.config.to_dict()} (context_slices "
