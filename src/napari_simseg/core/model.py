@@ -94,9 +94,9 @@ class ModelConfig:
         (``.pth``/``.pt`` loaded with ``weights_only=True``, or ``.safetensors``) for the
         encoder. Names such as ``"imagenet"`` are refused: nothing is downloaded.
     edge_padded_channels : sequence of int, optional
-        The input channels (the image's, context slices included) that an input whose
-        size is not a multiple of the stride is padded with by repeating their border
-        pixels; the others (click masks, probabilities) and every channel when None (the
+        The input channels (the image's, context slices included) that a padded input
+        (smaller than ``canvas`` or not a multiple of the stride) gets by repeating their
+        border pixels; the others (click masks, probabilities) and every channel when None (the
         checkpoints made before this option) are padded with zeros, i.e. with the mean
         of a standardised image. Training pads its items the same way
         (``TrainConfig.pad_mode``): a network trained on crops never sees padding, and
@@ -284,6 +284,7 @@ class SimSegNet(nn.Module):
         edge = torch.zeros(1, config.in_channels, 1, 1, dtype=torch.bool)
         edge[0, list(config.edge_padded_channels or []), 0, 0] = True
         self._edge_padded = edge  # not a buffer: DistributedDataParallel would broadcast it
+        self._pads_edge = bool(config.edge_padded_channels)
         if config.encoder_depth < 5:
             _drop_unused_children(self.encoder, config.in_channels, self.stride)
         if config.encoder_weights is not None:
@@ -348,8 +349,12 @@ class SimSegNet(nn.Module):
         top, left = ph // 2, pw // 2
         if ph or pw:
             pad = (left, pw - left, top, ph - top)
-            x = torch.where(self._edge_padded.to(x.device), F.pad(x, pad, mode="replicate"), F.pad(x, pad)) \
-                if bool(self._edge_padded.any()) else F.pad(x, pad)
+            if self._pads_edge:
+                if self._edge_padded.device != x.device:  # moved once, not every forward
+                    self._edge_padded = self._edge_padded.to(x.device)
+                x = torch.where(self._edge_padded, F.pad(x, pad, mode="replicate"), F.pad(x, pad))
+            else:
+                x = F.pad(x, pad)
         if state is not None:
             expected = (x.shape[0], self.stages[0].lstm.hidden_channels)
             got = tuple(state[0][0].shape[:2])
