@@ -1,5 +1,6 @@
 """2D picture formats (PNG 8/16-bit, JPEG, BMP, TIFF 8/16-bit), grey RGB(A) converted,
-true colour refused, and 4D multi-channel files read as channels."""
+true colour read as red, green and blue channels (refused as one grey image), and 4D
+multi-channel files and TIFF channel axes read as channels."""
 
 from __future__ import annotations
 
@@ -105,12 +106,77 @@ def test_plain_folder_in_each_picture_format(tmp_path, ext):
 
 
 def test_grey_rgb_image_noted_and_colour_image_listed_by_file(tmp_path):
-    root = make_folder_dataset(tmp_path / "f", n=2)
+    """A set of grey pictures stays one channel; a stray colour picture there is its case's problem."""
+    root = make_folder_dataset(tmp_path / "f", n=3)
     grey = read_image(root / "images" / "img0.png").array
     Image.fromarray(np.stack([grey] * 3, -1), "RGB").save(root / "images" / "img0.png")
     Image.fromarray(np.stack([grey, grey, grey // 2], -1), "RGB").save(root / "images" / "img1.png")
     spec = discover_dataset(root)
-    first, second = (read_and_check(c, spec=spec) for c in spec.cases)
+    assert spec.channel_names == ["image"]
+    first, second, _ = (read_and_check(c, spec=spec) for c in spec.cases)
     assert first.issues == [] and first.notes == ["RGB picture of grey content read as one grey channel"]
     assert len(second.issues) == 1 and second.issues[0].path == root / "images" / "img1.png"
-    assert "true-colour RGB picture" in second.issues[0].reason
+    assert "3 image channel(s)" in second.issues[0].reason and "has 1 (image)" in second.issues[0].reason
+
+
+def test_true_colour_pictures_read_as_red_green_blue(tmp_path):
+    colour = np.stack([GREY, 255 - GREY, GREY // 2], -1)
+    Image.fromarray(colour, "RGB").save(tmp_path / "c.png")
+    channels = read_channels(tmp_path / "c.png")
+    assert [c.metadata["channel_name"] for c in channels] == ["red", "green", "blue"]
+    for k, c in enumerate(channels):
+        np.testing.assert_array_equal(c.array, colour[..., k])
+        assert c.metadata["channel"] == k and "three channels" in c.metadata["notes"][0]
+    Image.fromarray(np.dstack([colour, np.full_like(GREY, 255)]), "RGBA").save(tmp_path / "a.png")
+    assert len(read_channels(tmp_path / "a.png")) == 3  # a constant alpha is dropped
+    tifffile.imwrite(tmp_path / "c.tif", colour, photometric="rgb")
+    np.testing.assert_array_equal(read_channels(tmp_path / "c.tif")[2].array, GREY // 2)
+    with pytest.raises(ImageReadError, match=r"c\.tif.*true-colour RGB picture.*simseg train"):
+        read_image(tmp_path / "c.tif")
+
+
+def test_tiff_channel_axis_read_as_channels(tmp_path):
+    stack = np.stack([GREY, 255 - GREY]).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "cyx.tif", stack, imagej=True, metadata={"axes": "CYX"})
+    channels = read_channels(tmp_path / "cyx.tif")
+    assert [c.shape for c in channels] == [(30, 40)] * 2
+    assert [c.metadata["channel_name"] for c in channels] == ["channel_0", "channel_1"]
+    np.testing.assert_array_equal(channels[1].array, 255 - GREY)
+    with pytest.raises(ImageReadError, match=r"2 channels \(axes CYX\).*Split Channels"):
+        read_image(tmp_path / "cyx.tif")
+
+
+def test_colour_picture_set_is_three_channels_and_a_grey_one_is_repeated(tmp_path):
+    root = make_folder_dataset(tmp_path / "f", n=3)
+    for i in range(3):
+        grey = read_image(root / "images" / f"img{i}.png").array
+        planes = [grey] * 3 if i == 2 else [grey, 255 - grey, grey // 2]
+        Image.fromarray(np.stack(planes, -1), "RGB").save(root / "images" / f"img{i}.png")
+    spec = discover_dataset(root)
+    assert spec.channel_names == ["red", "green", "blue"] and spec.channels_in_last_axis
+    assert any("3 channels each (red, green, blue)" in n for n in spec.notes)
+    colour, _, grey_case = (read_and_check(c, spec=spec) for c in spec.cases)
+    assert colour.issues == [] and colour.image.shape == (3, 32, 36)
+    assert not np.array_equal(colour.image[0], colour.image[1])
+    assert grey_case.issues == [] and grey_case.image.shape == (3, 32, 36)
+    assert any("grey picture in a set of colour pictures" in n for n in grey_case.notes)
+    np.testing.assert_array_equal(grey_case.image[0], grey_case.image[2])
+
+
+def test_nnunet_rgb_png_one_file_holds_the_declared_channels(tmp_path):
+    import json
+
+    root = tmp_path / "Dataset001_Skin"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(2):
+        colour = np.stack([GREY, np.roll(GREY, i + 1), 255 - GREY], -1)
+        Image.fromarray(colour, "RGB").save(root / "imagesTr" / f"skin{i}_0000.png")
+        Image.fromarray((GREY > 120).astype(np.uint8)).save(root / "labelsTr" / f"skin{i}.png")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "lesion": 1},
+        "numTraining": 2, "file_ending": ".png"}))
+    spec = discover_dataset(root)
+    assert spec.channel_names == ["R", "G", "B"] and spec.channels_in_last_axis
+    read = read_and_check(spec.cases[0], spec=spec)
+    assert read.issues == [] and read.image.shape == (3, 30, 40)

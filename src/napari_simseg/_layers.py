@@ -31,6 +31,7 @@ from napari.layers import Image, Labels, Points
 from ._colors import class_colors, labels_layer_kwargs
 from ._writer import write_labels_layer
 from .core.clicks import Click
+from .core.colour import grey_if_equal, is_colour_names
 from .core.io import WRITABLE_EXTENSIONS, ImageWriteError, read_image, split_extension
 from .core.preprocessing import ImageError, check_image
 
@@ -82,12 +83,14 @@ def find_image_layer(viewer, image_layer=None):
     return image_layer
 
 
-def check_image_layer(layer) -> np.ndarray:
+def check_image_layer(layer, allow_colour: bool = False) -> np.ndarray:
     """The layer's pixels if SimSeg can segment them.
 
-    Refuses a missing layer, non-image layers, RGB(A), multiscale and anything not 2D
-    or 3D with a message that says what to do; the pixels themselves are checked by
-    :func:`napari_simseg.core.preprocessing.check_image`.
+    Refuses a missing layer, non-image layers, true-colour RGB(A) (unless
+    ``allow_colour``: a check before the network's channels are known; then its red
+    channel is checked), multiscale and anything not 2D or 3D with a message that says
+    what to do; an RGB(A) layer of grey content gives its grey. The pixels themselves are
+    checked by :func:`napari_simseg.core.preprocessing.check_image`.
 
     Raises
     ------
@@ -100,11 +103,15 @@ def check_image_layer(layer) -> np.ndarray:
         )
     if not isinstance(layer, Image):
         raise ImageError(f"'{layer.name}' is a {type(layer).__name__} layer; choose an image layer")
-    if layer.rgb:
-        raise ImageError(
-            f"'{layer.name}' is an RGB(A) image; SimSeg segments single-channel images "
-            "(split the channels first: right-click the layer > Split RGB)"
-        )
+    if layer.rgb and not layer.multiscale:  # a grey radiograph saved as RGB is one channel
+        grey = grey_if_equal(np.asarray(layer.data)[..., :3])
+        if grey is None and allow_colour:
+            return check_image(np.asarray(layer.data)[..., 0])
+        if grey is None:
+            raise ImageError(f"'{layer.name}' is a true-colour RGB(A) image and this network reads one channel: "
+                             "use a network trained on colour pictures (simseg train reads them as red, green, "
+                             "blue), or split the channels (right-click the layer > Split RGB)")
+        return check_image(grey)
     if layer.multiscale:
         raise ImageError(f"'{layer.name}' is a multiscale image; SimSeg needs a single-resolution 2D or 3D image")
     if layer.ndim not in (2, 3):
@@ -144,9 +151,9 @@ class ChannelLayerView:
 
 def _check_channel_layer(layer, names: Sequence[str], channel_axis: int) -> list:
     """The channels of one layer holding them all along ``channel_axis``."""
-    if not isinstance(layer, Image) or layer.rgb or layer.multiscale:
+    if not isinstance(layer, Image) or (layer.rgb and channel_axis != -1) or layer.multiscale:
         raise ImageError(f"'{getattr(layer, 'name', layer)}' is not a plain image layer that can hold channels")
-    data = np.asarray(layer.data)
+    data = np.asarray(layer.data)[..., :3] if layer.rgb else np.asarray(layer.data)  # no alpha
     try:
         channels = list(np.moveaxis(data, channel_axis, 0))
     except np.exceptions.AxisError:
@@ -215,6 +222,8 @@ def image_channels(viewer, image_layer, names: Sequence[str], channel_axis: int 
     layer = find_image_layer(viewer, image_layer)
     if len(names) == 1:
         return layer, [check_image_layer(layer)]
+    if is_colour_names(names) and getattr(layer, "rgb", False) and not layer.multiscale:  # channels last
+        return layer, _check_channel_layer(layer, names, -1)
     if channel_axis is not None:
         return ChannelLayerView(layer, channel_axis), _check_channel_layer(layer, names, channel_axis)
     if layer is not None and image_layer is not None and np.ndim(layer.data) == 4 \

@@ -15,7 +15,8 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from .core.file_checks import looks_like_dicom
-from .core.io import SUPPORTED_EXTENSIONS, Volume, is_supported, read_image, split_extension
+from .core.colour import is_colour_names
+from .core.io import SUPPORTED_EXTENSIONS, Volume, is_supported, read_channels, split_extension
 
 __all__ = ["get_reader", "layer_data_from_volume", "read_layers"]
 
@@ -98,6 +99,9 @@ def layer_data_from_volume(volume: Volume, name: str, layer_type: str = "image")
 def read_layers(path: PathOrPaths) -> list:
     """Read one or more image files / DICOM folders into napari layer data.
 
+    A file of several channels (a 4D NIfTI, a TIFF with a channel axis) gives one image
+    layer per channel, ``"<name> channel_<k>"``; a true-colour TIFF one RGB layer.
+
     Raises
     ------
     ImageReadError
@@ -107,8 +111,15 @@ def read_layers(path: PathOrPaths) -> list:
     out = []
     for p in paths:
         p = Path(p)
-        volume = read_image(p)
-        kind = "labels" if _looks_like_labels(p, volume.array) else "image"
         name = p.name if p.is_dir() else split_extension(p)[0]
-        out.append(layer_data_from_volume(volume, name, kind))
+        channels = read_channels(p)
+        if len(channels) > 1 and is_colour_names([v.metadata.get("channel_name") for v in channels]):
+            # a true-colour TIFF: one RGB layer, as napari shows colour pictures
+            data, kwargs, kind = layer_data_from_volume(channels[0], name, "image")
+            out.append((np.stack([v.array for v in channels], -1), {**kwargs, "rgb": True}, kind))
+            continue
+        for volume in channels:
+            kind = "labels" if _looks_like_labels(p, volume.array) else "image"
+            suffix = f" {volume.metadata['channel_name']}" if len(channels) > 1 else ""
+            out.append(layer_data_from_volume(volume, name + suffix, kind))
     return out

@@ -410,7 +410,7 @@ class SimSegWidget(QWidget):
         image, channel_axis = self.image_picker.selection(), self.image_picker.channel_axis()
         try:
             for layer in image if isinstance(image, list) else [image] if channel_axis is None else []:
-                check_image_layer(layer)
+                check_image_layer(layer, allow_colour=True)
         except (ValueError, TypeError) as exc:
             self._set_status(_one_line(exc))
             self._update_buttons()

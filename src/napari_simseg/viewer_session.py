@@ -115,7 +115,7 @@ class ViewerSession(LongJobs):
         if not isinstance(image_layer, (list, tuple)) and channel_axis is None:
             layer = find_image_layer(viewer, image_layer)
             if layer is None or np.ndim(layer.data) != 4:  # a 4D layer may hold channels
-                check_image_layer(layer)  # before the slow load
+                check_image_layer(layer, allow_colour=True)  # before the slow load
 
         # --- every check happens before the first change to the viewer
         predictor = self._load_predictor(checkpoint, device)

@@ -5,7 +5,7 @@ from the layers below it, never from above, counting imports inside functions
 (``tests/test_architecture.py`` checks this)::
 
     foundation   resources devices clicks decision memory file_checks io preprocessing metrics
-                 phantom virtual_user regions atomic
+                 phantom virtual_user regions atomic colour
     network      model checkpoint predictor
     interaction  interaction_log propagation session teaching
     data         layouts datasets splits augmentation slices
@@ -18,7 +18,8 @@ from the layers below it, never from above, counting imports inside functions
 One job per module: ``devices`` resolves devices and autocast; ``clicks`` encodes,
 shifts and honours clicks; ``decision`` turns probabilities into labels (with
 per-class offsets, numpy and torch); ``memory`` is one slice's none/CIM/SIM memory;
-``io`` reads and writes images with their geometry; ``atomic`` makes every
+``io`` reads and writes images with their geometry (``colour``: colour pictures as
+channels); ``atomic`` makes every
 write atomic (a temporary file, then a rename); ``preprocessing`` normalises,
 slices, stacks neighbours and pads (no torch); ``predictor`` is the one way a
 checkpoint becomes a running network (flip averaging inside); ``interaction_log``

@@ -68,6 +68,7 @@ from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from .colour import is_colour_names
 from .io import ImageReadError, Volume, read_channels, read_image, read_image_info
 from .layouts import LAYOUTS, Case, CaseIssue, DatasetError, DatasetSpec, discover_dataset, read_json
 from .preprocessing import ImageError, n4_correct, normalize_volume, round_up, slice_volume
@@ -190,6 +191,9 @@ def _read_image_channels(read: CaseRead, spec: DatasetSpec | None,
             channels.append((v, path))
     if len(read.issues) > n_before or any(p in blocked for p in case.image_paths):
         return None
+    if spec is not None and is_colour_names(spec.channel_names) and len(channels) == 1:
+        read.notes.append("a grey picture in a set of colour pictures: its grey is each of red, green and blue")
+        channels = channels * 3
     if spec is not None and len(channels) != spec.n_channels:
         where = " (along its last axis)" if len(case.image_paths) == 1 else ""
         read.problem(case.image_path, f"{len(channels)} image channel(s){where}, the data set has "

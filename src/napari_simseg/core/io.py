@@ -33,8 +33,10 @@ PNG, JPEG, BMP            ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``         no
 
 Pictures (PNG 8/16-bit, JPEG, BMP, TIFF) read as ``(Y, X)``.  An RGB(A) picture of
 grey content (R = G = B everywhere, alpha constant) becomes one grey channel, noted in
-``volume.metadata["notes"]``; true colour is refused.  :func:`read_channels` also
-reads a 4D file whose last (SimpleITK) axis holds channels as one 3D volume each.
+``volume.metadata["notes"]``; :func:`read_image` refuses true colour, which
+:func:`read_channels` reads as three channels (red, green, blue).  :func:`read_channels`
+also reads a 4D file whose last (SimpleITK) axis holds channels, and a TIFF with a
+channel axis, as one volume per channel.
 
 TIFF geometry: the Y/X spacing is stored in the XResolution/YResolution tags
 (pixels per unit, no unit conversion is done on reading) and the Z spacing in the
@@ -58,6 +60,7 @@ from typing import Any, Union
 import numpy as np
 
 from .atomic import atomic_path
+from .colour import ColourError, split_colour
 from .file_checks import imagej_image_count, nifti_truncation_problem, slice_positions_problem, unread_files_problem
 
 __all__ = [
@@ -328,68 +331,55 @@ def _sitk():
 
 
 def _volume_from_sitk(img, fmt: str, path: Path) -> Volume:
+    return _volumes_from_sitk(img, fmt, path, keep_colour=False)[0]
+
+
+def _colour_planes(array: np.ndarray, path: Path, keep_colour: bool) -> tuple[list, list, str]:
+    try:
+        return split_colour(array, keep_colour)
+    except ColourError as exc:
+        raise ImageReadError(path, str(exc)) from None
+
+
+def _volumes_from_sitk(img, fmt: str, path: Path, keep_colour: bool) -> list[Volume]:
+    """The image's channels: one, or three for a true-colour picture where ``keep_colour``."""
     sitk = _sitk()
     nd = img.GetDimension()
     n_components = img.GetNumberOfComponentsPerPixel()
     if n_components not in (1, 2, 3, 4):
-        raise ImageReadError(
-            path,
-            f"it has {n_components} components per pixel (a vector image); convert it "
-            "to a single-channel image",
-        )
+        raise ImageReadError(path, f"it has {n_components} components per pixel (a vector image); convert "
+                                   "it to a single-channel image")
     if nd == 4 and img.GetSize()[3] == 1:
         img = img[:, :, :, 0]
         nd = 3
     if nd not in (2, 3):
-        raise ImageReadError(
-            path,
-            f"it is a {nd}D image of size {img.GetSize()} (x, y, z, ...); only 2D and "
-            "3D single-channel images are supported (split multi-channel or time "
-            "series first)",
-        )
+        raise ImageReadError(path, f"it is a {nd}D image of size {img.GetSize()} (x, y, z, ...); only 2D and "
+                                   "3D single-channel images are supported (split multi-channel or time series first)")
     array = sitk.GetArrayFromImage(img)
-    notes = []
+    planes, names, notes = [array], ["image"], []
     if n_components > 1:
-        array, note = _grey_from_colour(array, path)
+        planes, names, note = _colour_planes(array, path, keep_colour)
         notes.append(note)
     header = {}
     for k in img.GetMetaDataKeys():
         v = img.GetMetaData(k)
         if "UNKNOWN_PRINT_CHARACTERISTICS" not in v:
             header[k] = v
-    meta: dict[str, Any] = {"format": fmt, "path": str(path), "header": header}
-    if notes:
-        meta["notes"] = notes
-    return Volume(
-        array=array,
-        spacing=tuple(img.GetSpacing())[::-1],
-        origin=tuple(img.GetOrigin())[::-1],
-        direction=np.asarray(img.GetDirection(), dtype=float).reshape(nd, nd)[::-1, ::-1],
-        metadata=meta,
-    )
-
-
-def _grey_from_colour(array: np.ndarray, path: Path) -> tuple[np.ndarray, str]:
-    """``(grey channel, note)`` of a grey+alpha, RGB or RGBA picture (last axis) of grey
-    content with a constant alpha; an :class:`ImageReadError` for anything else."""
-    n = array.shape[-1]
-    kind = {2: "grey + alpha", 3: "RGB", 4: "RGBA"}[n]
-    if n in (2, 4):
-        alpha = array[..., -1]
-        if alpha.size and alpha.min() != alpha.max():
-            raise ImageReadError(
-                path, f"{kind} picture whose alpha channel varies ({alpha.min()} to "
-                      f"{alpha.max()}); save it without transparency"
-            )
-    colour = array[..., : 3 if n >= 3 else 1]
-    grey = colour[..., 0]
-    differ = int(np.count_nonzero((colour != grey[..., None]).any(axis=-1)))
-    if differ:
-        raise ImageReadError(
-            path, f"it is a true-colour {kind} picture (R, G, B differ at {differ} pixel(s)); "
-                  "SimSeg reads greyscale images: convert it to greyscale first"
-        )
-    return np.ascontiguousarray(grey), f"{kind} picture of grey content read as one grey channel"
+    volumes = []
+    for k, (plane, name) in enumerate(zip(planes, names)):
+        meta: dict[str, Any] = {"format": fmt, "path": str(path), "header": header}
+        if notes:
+            meta["notes"] = list(notes)
+        if len(planes) > 1:
+            meta.update(channel=k, channel_name=name)
+        volumes.append(Volume(
+            array=plane,
+            spacing=tuple(img.GetSpacing())[::-1],
+            origin=tuple(img.GetOrigin())[::-1],
+            direction=np.asarray(img.GetDirection(), dtype=float).reshape(nd, nd)[::-1, ::-1],
+            metadata=meta,
+        ))
+    return volumes
 
 
 def _volume_to_sitk(volume: Volume):
@@ -489,7 +479,8 @@ def _floats(text, n: int) -> tuple[float, ...] | None:
     return tuple(vals) if len(vals) == n else None
 
 
-def _read_tiff(path: Path) -> Volume:
+def _tiff_contents(path: Path) -> tuple:
+    """``(array, axes, ImageJ metadata, shaped metadata, resolution tags)`` of a TIFF's first series."""
     import tifffile
 
     try:
@@ -518,33 +509,50 @@ def _read_tiff(path: Path) -> Volume:
             path, f"its ImageJ metadata says {expected} images but only {n_images} can be "
                   "read; the file looks truncated (copy or save it again)"
         )
-    if "C" in axes and array.shape[axes.index("C")] > 1:
+    return array, axes, ij, shaped, res
+
+
+def _tiff_planes(path: Path, array: np.ndarray, axes: str, channels: bool) -> tuple[list, list, list]:
+    """``(planes, channel names, notes)``: a channel (``C``) or samples (``S``) axis split
+    into channels where ``channels`` (a picture's samples as :func:`split_colour` does)."""
+    n_c = array.shape[axes.index("C")] if "C" in axes else 1
+    n_s = array.shape[axes.index("S")] if "S" in axes else 1
+    if n_c > 1 and (not channels or n_s > 1):
         raise ImageReadError(
-            path, f"it has {array.shape[axes.index('C')]} channels (axes {axes}); SimSeg reads "
-                  "single-channel TIFFs: save one file per channel (Fiji: Image > Color > "
-                  "Split Channels)"
+            path, f"it has {n_c} channels (axes {axes}); read as one grey image it needs one file per "
+                  "channel (Fiji: Image > Color > Split Channels); simseg train reads its channels"
         )
-    notes = []
-    if "S" in axes and array.shape[axes.index("S")] > 1:
-        samples = array.shape[axes.index("S")]
-        if samples > 4:
-            raise ImageReadError(
-                path, f"it has {samples} samples per pixel (multi-channel); convert it to a "
-                      "single-channel image"
-            )
-        array, note = _grey_from_colour(np.moveaxis(array, axes.index("S"), -1), path)
-        notes.append(note)
-    if array.ndim > 3:
-        array = np.squeeze(array)
-        if array.ndim > 3:
-            raise ImageReadError(
-                path,
-                f"it has shape {series.shape} (axes {axes}); only 2D and 3D "
-                "single-channel TIFFs are supported",
-            )
-    if array.ndim < 2:
-        raise ImageReadError(path, f"it has shape {array.shape}; expected a 2D or 3D image")
-    nd = array.ndim
+    if n_c > 1:
+        return list(np.moveaxis(array, axes.index("C"), 0)), [f"channel_{k}" for k in range(n_c)], []
+    if n_s > 4 and channels:
+        return list(np.moveaxis(array, axes.index("S"), 0)), [f"channel_{k}" for k in range(n_s)], []
+    if n_s > 4:
+        raise ImageReadError(
+            path, f"it has {n_s} samples per pixel (multi-channel); convert it to a single-channel image"
+        )
+    if n_s > 1:
+        planes, names, note = _colour_planes(np.moveaxis(array, axes.index("S"), -1), path, channels)
+        return planes, names, [note]
+    return [array], ["image"], []
+
+
+def _read_tiff(path: Path, channels: bool = False) -> list[Volume]:
+    """A TIFF's channels: one, or (where ``channels``) every entry of its channel axis or
+    the three of a true-colour picture."""
+    array, axes, ij, shaped, res = _tiff_contents(path)
+    planes, names, notes = _tiff_planes(path, array, axes, channels)
+    for k, plane in enumerate(planes):
+        if plane.ndim > 3:
+            planes[k] = plane = np.squeeze(plane)
+            if plane.ndim > 3:
+                raise ImageReadError(
+                    path,
+                    f"it has shape {array.shape} (axes {axes}); only 2D and 3D "
+                    "single-channel TIFFs are supported",
+                )
+        if plane.ndim < 2:
+            raise ImageReadError(path, f"it has shape {plane.shape}; expected a 2D or 3D image")
+    nd = planes[0].ndim
     spacing = [1.0] * nd
     for tag, axis in (("YResolution", nd - 2), ("XResolution", nd - 1)):
         val = res.get(tag)
@@ -574,7 +582,9 @@ def _read_tiff(path: Path) -> Volume:
         direction = None if d is None else np.reshape(d, (nd, nd))
     if any(s <= 0 or not np.isfinite(s) for s in spacing):
         spacing = [1.0] * nd
-    return Volume(array=array, spacing=tuple(spacing), origin=origin, direction=direction, metadata=meta)
+    extra = [dict(channel=k, channel_name=n) if len(planes) > 1 else {} for k, n in enumerate(names)]
+    return [Volume(array=plane, spacing=tuple(spacing), origin=origin, direction=direction,
+                   metadata={**meta, **more}) for plane, more in zip(planes, extra)]
 
 
 def _write_tiff(path: Path, volume: Volume) -> None:
@@ -643,7 +653,7 @@ def read_image(path: PathLike) -> Volume:
     if p.stat().st_size == 0:
         raise ImageReadError(p, "the file is empty (0 bytes)")
     if fmt == "TIFF":
-        return _read_tiff(p)
+        return _read_tiff(p)[0]
     return _read_sitk_file(p, fmt)
 
 
@@ -652,8 +662,11 @@ def read_channels(path: PathLike) -> list[Volume]:
 
     A 4D NIfTI, NRRD or MetaImage file whose last SimpleITK axis (numpy axis 0)
     holds ``C > 1`` entries, such as a multi-modal Medical Segmentation Decathlon
-    MRI, gives ``C`` 3D volumes sharing the geometry of the first three axes
-    (``metadata["channel"]`` is the index).  Any other image is read by
+    MRI, gives ``C`` 3D volumes sharing the geometry of the first three axes; a TIFF
+    with a channel axis (ImageJ ``C``) gives one volume per channel; a true-colour
+    picture (PNG, JPEG, BMP, RGB TIFF) gives three, red, green and blue
+    (:mod:`napari_simseg.core.colour`). ``metadata["channel"]`` is the index and
+    ``metadata["channel_name"]`` the name. Any other image is read by
     :func:`read_image` as one channel.
 
     Raises
@@ -663,14 +676,16 @@ def read_channels(path: PathLike) -> list[Volume]:
     """
     p = Path(path)
     fmt = _format_of(p) if p.is_file() else None
-    if fmt not in ("NIfTI", "NRRD", "MetaImage") or p.stat().st_size == 0:
+    if fmt is None or p.stat().st_size == 0:
         return [read_image(p)]
+    if fmt == "TIFF":
+        return _read_tiff(p, channels=True)
     img = _open_sitk_file(p, fmt)
     if img.GetDimension() != 4 or img.GetSize()[3] == 1:
-        return [_volume_from_sitk(img, fmt, p)]
+        return _volumes_from_sitk(img, fmt, p, keep_colour=True)
     channels = [_volume_from_sitk(img[:, :, :, k], fmt, p) for k in range(img.GetSize()[3])]
     for k, volume in enumerate(channels):
-        volume.metadata["channel"] = k
+        volume.metadata.update(channel=k, channel_name=f"channel_{k}")
     return channels
 
 
@@ -693,7 +708,7 @@ def read_image_info(path: PathLike) -> ImageInfo:
         return ImageInfo(vol.shape, vol.spacing, vol.origin, vol.array.dtype)
     fmt = _format_of(p)
     if fmt == "TIFF":
-        vol = _read_tiff(p)  # TIFF tags and pixels come together; volumes are small
+        vol = _read_tiff(p)[0]  # TIFF tags and pixels come together; volumes are small
         return ImageInfo(vol.shape, vol.spacing, vol.origin, vol.array.dtype)
     sitk = _sitk()
     reader = sitk.ImageFileReader()

@@ -19,7 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .io import SUPPORTED_EXTENSIONS, ImageReadError, is_supported, read_image, split_extension
+from .io import (PICTURE_EXTENSIONS, SUPPORTED_EXTENSIONS, ImageReadError, is_supported, read_channels, read_image,
+                 read_image_info, split_extension)
 
 __all__ = [
     "LAYOUTS",
@@ -563,7 +564,9 @@ def _discover_nnunet(root: Path, meta_path: Path, meta: dict, notes: list[str]) 
             raise DatasetError(f"{meta_path}: nnU-Net layout without a {sub}/ folder")
     labels = _by_case_id(_list_files(root / "labelsTr", notes, file_ending), root / "labelsTr")
     images = _channel_groups(root / "imagesTr", set(labels), notes, file_ending)
-    cases, unmatched = _channel_cases(images, labels, channel_names, file_ending, notes)
+    # several channels declared, one file per case: the file holds them (nnU-Net's RGB PNGs)
+    in_file = len(channel_names) > 1 and bool(images) and all(set(f) == {0} for f in images.values())
+    cases, unmatched = _channel_cases(images, labels, ["image"] if in_file else channel_names, file_ending, notes)
     n_declared = meta.get("numTraining")
     if isinstance(n_declared, int) and n_declared != len(cases):
         _note(notes, f"{meta_path}: numTraining is {n_declared} but {len(cases)} case(s) were found")
@@ -575,7 +578,35 @@ def _discover_nnunet(root: Path, meta_path: Path, meta: dict, notes: list[str]) 
         name=str(meta.get("name", root.name)),
         unmatched=unmatched,
         channel_names=channel_names,
+        channels_in_last_axis=in_file,
     )
+
+
+def _file_channel_names(paths: Sequence[Path], notes: list[str], sample: int = 8) -> list[str]:
+    """The channels most of (up to ``sample``, evenly spread) image files hold: ``["image"]``,
+    red, green and blue for colour pictures, ``channel_k`` for a 4D file or a TIFF's channel axis."""
+    paths = sorted(paths)
+    if not paths:
+        return ["image"]
+    counts: dict[tuple, int] = {}
+    for i in np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).round().astype(int)):
+        path = paths[i]
+        try:
+            if split_extension(path)[1] in PICTURE_EXTENSIONS + (".tif", ".tiff"):
+                names = tuple(v.metadata.get("channel_name", "image") for v in read_channels(path))
+            else:  # header only: a 4D file's last SimpleITK axis holds its channels
+                shape = read_image_info(path).shape if path.is_file() else (1,)
+                names = tuple(f"channel_{k}" for k in range(shape[0])) if len(shape) == 4 else ("image",)
+        except ImageReadError:
+            continue  # reported when the case is read
+        counts[names] = counts.get(names, 0) + 1
+    if not counts:
+        return ["image"]
+    names = max(counts, key=lambda n: (counts[n], len(n)))
+    if len(names) > 1:
+        _note(notes, f"the images hold {len(names)} channels each ({', '.join(names)}), read as the network's "
+                     "input channels")
+    return list(names)
 
 
 def _discover_folder(root: Path, notes: list[str]) -> DatasetSpec:
@@ -588,7 +619,8 @@ def _discover_folder(root: Path, notes: list[str]) -> DatasetSpec:
     class_names = _class_list(root)
     if class_names is None:
         class_names = _infer_class_names([c.label_path for c in cases], str(root), notes)
-    return DatasetSpec(root, class_names, cases, "folder", root.name, unmatched)
+    channels = _file_channel_names([c.image_path for c in cases], notes)
+    return DatasetSpec(root, class_names, cases, "folder", root.name, unmatched, channels, len(channels) > 1)
 
 
 def _discover_masks(root: Path, notes: list[str]) -> DatasetSpec:
@@ -633,4 +665,5 @@ def _discover_masks(root: Path, notes: list[str]) -> DatasetSpec:
         if lacking:  # logged only: each case's read notes it (CaseRead.notes)
             logger.warning("class '%s': no mask for %d case(s), empty there: %s", name, len(lacking),
                            _shown(lacking, 5))
-    return DatasetSpec(root, class_names, cases, "masks", root.name, unmatched)
+    channels = _file_channel_names([c.image_path for c in cases], notes)
+    return DatasetSpec(root, class_names, cases, "masks", root.name, unmatched, channels, len(channels) > 1)

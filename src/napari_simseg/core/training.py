@@ -591,7 +591,7 @@ def _end_epoch(run: _Run, epoch: int, row: dict, history: list, best: float, sto
         torch.save(train_state, str(tmp))
     _write_logs(run.out, history)
     dice_txt = ", ".join(f"{n}={d:.3f}" for n, d in zip(class_names, val[val_rounds]["dice"]))
-    run.log(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}, val Dice @{val_rounds} clicks: {dice_txt} "
+    run.log(f"epoch {epoch + 1}: loss {row['train_loss']:.4f}, val Dice (pooled) @{val_rounds} clicks: {dice_txt} "
             f"({row['train_seconds']:.0f}s train)")
     return best
 
