@@ -180,3 +180,17 @@ def test_nnunet_rgb_png_one_file_holds_the_declared_channels(tmp_path):
     assert spec.channel_names == ["R", "G", "B"] and spec.channels_in_last_axis
     read = read_and_check(spec.cases[0], spec=spec)
     assert read.issues == [] and read.image.shape == (3, 30, 40)
+
+
+def test_palette_png_labels_read_as_their_indices(tmp_path):
+    """Label maps saved as indexed-colour PNGs: SimpleITK alone expands them to colours."""
+    root = make_folder_dataset(tmp_path / "f", n=2)
+    for i in range(2):
+        labels = read_image(root / "labels" / f"img{i}.png").array
+        picture = Image.fromarray(labels, "P")
+        picture.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)  # 0 black, 1 red
+        picture.save(root / "labels" / f"img{i}.png")
+    vol = read_image(root / "labels" / "img0.png")
+    assert sorted(np.unique(vol.array).tolist()) == [0, 1] and "palette PNG" in vol.metadata["notes"][0]
+    read = read_and_check(discover_dataset(root).cases[1], spec=discover_dataset(root))
+    assert read.issues == [] and int(read.labels.sum()) > 0

@@ -5,9 +5,9 @@
 # per slice. Run from the repository root beside ../shared/data on a quiet machine (the
 # recipe sizes itself to the time budget: a busy machine does fewer steps).
 #
-#   bash training/recipe_results.sh hippocampus|ct2d|mr2d|cxr [MINUTES]
+#   bash training/recipe_results.sh hippocampus|ct2d|mr2d|cxr|colour [MINUTES]
 set -euo pipefail
-WHICH=${1:?hippocampus, ct2d, mr2d or cxr}
+WHICH=${1:?hippocampus, ct2d, mr2d, cxr or colour}
 MINUTES=${2:-20}
 OUT=${OUT:-runs/recipe}
 case "$WHICH" in
@@ -15,6 +15,7 @@ case "$WHICH" in
   ct2d) DATA=${DATA:-/tmp/ts_ct2d}; [ -d "$DATA" ] || python training/make_totalseg_2d.py ct "$DATA" ;;
   mr2d) DATA=${DATA:-/tmp/ts_mr2d}; [ -d "$DATA" ] || python training/make_totalseg_2d.py mr "$DATA" ;;
   cxr) DATA=${DATA:-/tmp/cxr200}; [ -d "$DATA" ] || python training/make_cxr_phantom.py "$DATA" 200 2048 ;;
+  colour) DATA=${DATA:-/tmp/colour60}; [ -d "$DATA" ] || python training/make_colour_phantom.py "$DATA" 60 512 ;;
   *) echo "unknown data set $WHICH" >&2; exit 2 ;;
 esac
 RUN="$OUT/$WHICH"

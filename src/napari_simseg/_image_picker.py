@@ -35,7 +35,8 @@ class ImagePicker(QWidget):
         self.form = QFormLayout(self)
         self.form.setContentsMargins(0, 0, 0, 0)
         self.image_combo = QComboBox()
-        self.image_combo.setToolTip("Image layer to segment (2D or 3D; or with the channels along its first axis)")
+        self.image_combo.setToolTip("Image layer to segment (2D or 3D; or with the channels along its first axis; "
+                                    "an RGB layer for a network trained on colour pictures)")
         self.form.addRow("Image", self.image_combo)
         self.channel_combos: list[QComboBox] = []
         self._channel_labels: list[QLabel] = []

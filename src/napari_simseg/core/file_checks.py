@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["imagej_image_count", "looks_like_dicom", "nifti_truncation_problem", "slice_positions_problem",
+__all__ = ["imagej_image_count", "is_palette_png", "looks_like_dicom", "nifti_truncation_problem", "slice_positions_problem",
            "unread_files_problem"]
 
 
@@ -76,6 +76,12 @@ def looks_like_dicom(path: Path) -> bool:
     except OSError:
         return False
 
+
+def is_palette_png(path: Path) -> bool:
+    """Whether a PNG stores colour indices (IHDR colour type 3), as label maps often do."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[25] == 3
 
 def _names(paths, most: int = 5) -> str:
     names = [Path(p).name for p in paths]

@@ -61,23 +61,12 @@ import numpy as np
 
 from .atomic import atomic_path
 from .colour import ColourError, split_colour
-from .file_checks import imagej_image_count, nifti_truncation_problem, slice_positions_problem, unread_files_problem
+from .file_checks import (imagej_image_count, is_palette_png, nifti_truncation_problem, slice_positions_problem,
+                          unread_files_problem)
 
-__all__ = [
-    "PICTURE_EXTENSIONS",
-    "SUPPORTED_EXTENSIONS",
-    "WRITABLE_EXTENSIONS",
-    "ImageReadError",
-    "ImageWriteError",
-    "ImageInfo",
-    "Volume",
-    "is_supported",
-    "read_channels",
-    "read_image",
-    "read_image_info",
-    "split_extension",
-    "write_image",
-]
+__all__ = ["PICTURE_EXTENSIONS", "SUPPORTED_EXTENSIONS", "WRITABLE_EXTENSIONS", "ImageReadError", "ImageWriteError",
+           "ImageInfo", "Volume", "is_supported", "read_channels", "read_image", "read_image_info", "split_extension",
+           "write_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -356,7 +345,8 @@ def _volumes_from_sitk(img, fmt: str, path: Path, keep_colour: bool) -> list[Vol
         raise ImageReadError(path, f"it is a {nd}D image of size {img.GetSize()} (x, y, z, ...); only 2D and "
                                    "3D single-channel images are supported (split multi-channel or time series first)")
     array = sitk.GetArrayFromImage(img)
-    planes, names, notes = [array], ["image"], []
+    planes, names = [array], ["image"]
+    notes = [img.GetMetaData("simseg_note")] if img.HasMetaDataKey("simseg_note") else []
     if n_components > 1:
         planes, names, note = _colour_planes(array, path, keep_colour)
         notes.append(note)
@@ -413,7 +403,16 @@ def _open_sitk_file(path: Path, fmt: str):
         problem = nifti_truncation_problem(path, img, compressed=split_extension(path)[1] != ".nii")
         if problem:
             raise ImageReadError(path, problem)
+    if fmt == "PNG" and is_palette_png(path):  # SimpleITK expands the palette to colours
+        from PIL import Image
+
+        with Image.open(path) as picture:
+            indices = sitk.GetImageFromArray(np.asarray(picture))
+        indices.CopyInformation(img)
+        indices.SetMetaData("simseg_note", "palette PNG read as its colour indices (label values)")
+        return indices
     return img
+
 
 
 def _read_sitk_file(path: Path, fmt: str) -> Volume:
