@@ -194,3 +194,21 @@ def test_palette_png_labels_read_as_their_indices(tmp_path):
     assert sorted(np.unique(vol.array).tolist()) == [0, 1] and "palette PNG" in vol.metadata["notes"][0]
     read = read_and_check(discover_dataset(root).cases[1], spec=discover_dataset(root))
     assert read.issues == [] and int(read.labels.sum()) > 0
+
+
+def test_jpeg_masks_taken_above_half_their_maximum(tmp_path):
+    """Kvasir-style JPEG masks: compression leaves values near 0 around the structure."""
+    root = tmp_path / "polyps"
+    (root / "masks" / "polyp").mkdir(parents=True)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[12:36, 10:50] = 255
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_picture(root / "images" / f"p{i}.png", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+        Image.fromarray(np.stack([mask] * 3, -1)).save(root / "masks" / "polyp" / f"p{i}.jpg", quality=75)
+    assert np.count_nonzero(read_image(root / "masks" / "polyp" / "p0.jpg").array) > np.count_nonzero(mask)
+    spec = discover_dataset(root)
+    read = read_and_check(spec.cases[0], spec=spec)
+    assert read.issues == [] and read.image.shape == (3, 48, 64)
+    np.testing.assert_array_equal(read.labels == 1, mask > 0)
+    assert any("JPEG mask" in n for n in read.notes)

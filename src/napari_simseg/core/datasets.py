@@ -69,7 +69,7 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 
 from .colour import is_colour_names
-from .io import ImageReadError, Volume, read_channels, read_image, read_image_info
+from .io import ImageReadError, Volume, read_channels, read_image, read_image_info, split_extension
 from .layouts import LAYOUTS, Case, CaseIssue, DatasetError, DatasetSpec, discover_dataset, read_json
 from .preprocessing import ImageError, n4_correct, normalize_volume, round_up, slice_volume
 
@@ -235,6 +235,17 @@ def _integer_labels(read: CaseRead, labels: np.ndarray, path: Path, n_classes: i
     return labels.astype(_label_dtype(max(top, n_classes or 0)), copy=False)
 
 
+def _mask_inside(mask: np.ndarray, path: Path, read: CaseRead) -> np.ndarray:
+    """A binary mask's inside: every non-zero pixel, or for a lossy JPEG mask (whose
+    compression leaves values near 0 and near its maximum) every pixel above half its maximum."""
+    if split_extension(path)[1] not in (".jpg", ".jpeg"):
+        return mask != 0
+    top = float(mask.max()) if mask.size else 0.0
+    if top > 0 and np.count_nonzero((mask != 0) & (mask != top)):
+        read.notes.append("JPEG mask: pixels above half its maximum taken as inside (lossy compression)")
+    return mask > top / 2 if top > 0 else mask != 0
+
+
 def _merge_masks(read: CaseRead) -> tuple[np.ndarray, Path, tuple[float, ...]] | None:
     """One label image from the case's class masks (a later class wins); None after a problem."""
     case = read.case
@@ -261,7 +272,7 @@ def _merge_masks(read: CaseRead) -> tuple[np.ndarray, Path, tuple[float, ...]] |
                                f"{grid_path.parent.name}/{grid_path.name} "
                                f"(the class masks of one case share one grid)")
             continue
-        inside[name] = volume.array != 0
+        inside[name] = _mask_inside(volume.array, path, read)
     if len(read.issues) > n_before:
         return None
     if grid_path is None:
