@@ -326,3 +326,18 @@ def test_volume_validation():
         Volume(np.zeros((2, 2)), spacing=(1.0, 0.0))
     with pytest.raises(ValueError, match="direction"):
         Volume(np.zeros((2, 2)), direction=np.eye(3))
+
+
+def test_monochrome1_dicom_reads_with_dense_tissue_bright(tmp_path):
+    """Radiographs stored as MONOCHROME1 (low values bright): the reader gives them in
+    MONOCHROME2 order (GDCM inverts), so a set mixing both shows every image alike."""
+    stored = (np.arange(20 * 30).reshape(20, 30) % 500).astype(np.int16)
+    path = tmp_path / "cxr.dcm"
+    writer = sitk.ImageFileWriter()
+    writer.SetFileName(str(path))
+    writer.Execute(sitk.GetImageFromArray(stored))
+    data = path.read_bytes()
+    assert b"MONOCHROME2" in data
+    path.write_bytes(data.replace(b"MONOCHROME2", b"MONOCHROME1"))
+    read = read_image(path).array.reshape(stored.shape).astype(int)
+    assert np.corrcoef(read.ravel(), stored.ravel())[0, 1] < -0.99  # inverted
