@@ -175,8 +175,9 @@ def test_refuses_bad_layers_without_changes(viewer, make_checkpoint):
     ckpt = make_checkpoint(class_names=CLASSES)
     with pytest.raises(ImageError, match="no image layer"):
         ViewerSession(viewer, checkpoint=ckpt)
-    viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="rgb", rgb=True)
-    with pytest.raises(ImageError, match="RGB"):
+    colour = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)  # true colour
+    viewer.add_image(colour, name="rgb", rgb=True)
+    with pytest.raises(ImageError, match="true-colour RGB.*reads one channel"):
         ViewerSession(viewer, "rgb", checkpoint=ckpt)
     viewer.add_image(np.zeros((2, 3, 16, 16), np.float32), name="4d")
     with pytest.raises(ImageError, match="4 dimensions"):

@@ -210,7 +210,8 @@ def test_auto_slice_and_reset(started, viewer, qtbot):
 )
 def test_bad_images_change_nothing(viewer, make_checkpoint, setup, expected):
     if setup == "rgb":
-        viewer.add_image(np.zeros((16, 16, 3), np.uint8), name="photo", rgb=True)
+        colour = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)  # true colour
+        viewer.add_image(colour, name="photo", rgb=True)
     elif setup == "4d":
         viewer.add_image(np.zeros((2, 3, 16, 16), np.float32), name="timeseries")
     w = _add_widget(viewer)
