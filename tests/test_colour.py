@@ -86,6 +86,11 @@ def test_rgb_layer_feeds_a_colour_network_and_a_grey_rgb_layer_a_grey_one(make_n
     result = s.add_clicks(0, [(1, 20, 22)])
     assert result.labels.shape == SHAPE and s.labels[20, 22] == 1
     s.close()
+    # a grey layer is each of red, green and blue for a colour network, as in training
+    s = ViewerSession(viewer, image_layer=viewer.add_image(rgb[..., 1].astype(np.float32), name="grey photo"),
+                      checkpoint=colour_checkpoint, device="cpu")
+    np.testing.assert_array_equal(s.session.volume[0], s.session.volume[2])
+    s.close()
     # the one-channel demo network: true colour refused with what to do, grey content read as grey
     viewer = make_napari_viewer()
     layer = viewer.add_image(rgb, name="dermoscopy")
@@ -111,6 +116,12 @@ def test_reader_gives_one_layer_per_tiff_channel_and_an_rgb_layer_for_colour(tmp
     (data, kwargs, kind), = get_reader(str(tmp_path / "photo.tif"))(str(tmp_path / "photo.tif"))
     assert kind == "image" and kwargs["rgb"] and data.shape == SHAPE + (3,) and len(kwargs["scale"]) == 2
     np.testing.assert_array_equal(data, rgb)
+    import SimpleITK as sitk
+
+    frames = [sitk.GetImageFromArray(np.full((4, 8, 8), k, np.float32)) for k in range(12)]
+    sitk.WriteImage(sitk.JoinSeries(frames), str(tmp_path / "fmri.nii.gz"))  # a time series: one layer
+    (data, kwargs, kind), = get_reader(str(tmp_path / "fmri.nii.gz"))(str(tmp_path / "fmri.nii.gz"))
+    assert data.shape == (12, 4, 8, 8) and len(kwargs["scale"]) == 4 and float(data[5].mean()) == 5.0
 
 
 @pytest.mark.gui
@@ -130,3 +141,15 @@ def test_widget_segments_an_rgb_layer_with_a_colour_network(make_napari_viewer, 
         assert widget.session.labels[20, 22] == 1
     finally:
         widget.shutdown()
+
+
+@pytest.mark.gui
+def test_click_points_on_an_rgb_layer_are_sized_to_the_picture(make_napari_viewer, colour_checkpoint):
+    from napari_simseg import ViewerSession
+
+    viewer = make_napari_viewer()
+    picture = np.random.default_rng(4).integers(0, 255, (200, 250, 3), dtype=np.uint8)
+    s = ViewerSession(viewer, image_layer=viewer.add_image(picture, name="big"), checkpoint=colour_checkpoint,
+                      device="cpu")
+    assert float(np.ravel(s.click_layers[1].current_size)[0]) == pytest.approx(0.04 * 200)  # not 0.04 * 3
+    s.close()

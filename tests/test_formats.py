@@ -190,8 +190,13 @@ def test_palette_png_labels_read_as_their_indices(tmp_path):
         picture = Image.fromarray(labels, "P")
         picture.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)  # 0 black, 1 red
         picture.save(root / "labels" / f"img{i}.png")
-    vol = read_image(root / "labels" / "img0.png")
+    vol = read_image(root / "labels" / "img0.png", labels=True)
     assert sorted(np.unique(vol.array).tolist()) == [0, 1] and "palette PNG" in vol.metadata["notes"][0]
+    assert "simseg_note" not in vol.metadata["header"]
+    # a picture in a palette PNG (a quantised grey ramp) is read as its grey values, not its indices
+    ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))
+    Image.fromarray(ramp).convert("RGB").quantize(64).save(tmp_path / "ramp.png")
+    np.testing.assert_allclose(read_image(tmp_path / "ramp.png").array.astype(float), ramp, atol=4)
     read = read_and_check(discover_dataset(root).cases[1], spec=discover_dataset(root))
     assert read.issues == [] and int(read.labels.sum()) > 0
 
@@ -212,3 +217,19 @@ def test_jpeg_masks_taken_above_half_their_maximum(tmp_path):
     assert read.issues == [] and read.image.shape == (3, 48, 64)
     np.testing.assert_array_equal(read.labels == 1, mask > 0)
     assert any("JPEG mask" in n for n in read.notes)
+
+
+def test_jpeg_masks_of_zero_and_one_keep_their_inside(tmp_path):
+    """A 0/1 JPEG mask rings to 0/1/2: half its maximum would keep only the ringing (Dice
+    0.08); half its foreground value keeps what compression left of it (ringing of one
+    level is as large as the mask itself, so no threshold gets it all back)."""
+    root = tmp_path / "polyps"
+    (root / "masks" / "polyp").mkdir(parents=True)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[12:36, 10:50] = 1
+    write_picture(root / "images" / "p0.png", np.random.default_rng(1).integers(0, 255, (48, 64), dtype=np.uint8))
+    Image.fromarray(mask).save(root / "masks" / "polyp" / "p0.jpg", quality=75)
+    spec = discover_dataset(root)
+    labels = read_and_check(spec.cases[0], spec=spec).labels
+    inter = np.count_nonzero((labels == 1) & (mask == 1))
+    assert 2 * inter / (np.count_nonzero(labels == 1) + np.count_nonzero(mask)) > 0.85

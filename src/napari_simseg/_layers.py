@@ -222,8 +222,9 @@ def image_channels(viewer, image_layer, names: Sequence[str], channel_axis: int 
     layer = find_image_layer(viewer, image_layer)
     if len(names) == 1:
         return layer, [check_image_layer(layer)]
-    if is_colour_names(names) and getattr(layer, "rgb", False) and not layer.multiscale:  # channels last
-        return layer, _check_channel_layer(layer, names, -1)
+    if is_colour_names(names) and isinstance(layer, Image) and not layer.multiscale:
+        # an RGB layer's channels are last; a grey layer is each of red, green and blue, as in training
+        return layer, _check_channel_layer(layer, names, -1) if layer.rgb else [check_image_layer(layer)] * 3
     if channel_axis is not None:
         return ChannelLayerView(layer, channel_axis), _check_channel_layer(layer, names, channel_axis)
     if layer is not None and image_layer is not None and np.ndim(layer.data) == 4 \
@@ -578,7 +579,7 @@ def make_click_layers(viewer, image_layer, class_names: Sequence[str]) -> list:
     """
     colors = class_colors(len(class_names))
     ndim = image_layer.ndim
-    h, w = image_layer.data.shape[-2:]
+    h, w = image_layer.data.shape[-3:-1] if getattr(image_layer, "rgb", False) else image_layer.data.shape[-2:]
     size = max(2.0, 0.04 * min(h, w))
     layers = []
     for i, name in enumerate(class_names):

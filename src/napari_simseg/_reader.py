@@ -21,6 +21,8 @@ from .core.io import SUPPORTED_EXTENSIONS, Volume, is_supported, read_channels, 
 __all__ = ["get_reader", "layer_data_from_volume", "read_layers"]
 
 PathOrPaths = Union[str, list]
+#: a file of more channels than this (a 4D time series) opens as one layer, channels first
+MAX_CHANNEL_LAYERS = 8
 
 # Label volumes are recognised by name (MSD's labelsTr/, *_seg, *_mask ...): an
 # integer image alone is not enough, many MRI/CT scans are stored as integers.
@@ -100,7 +102,8 @@ def read_layers(path: PathOrPaths) -> list:
     """Read one or more image files / DICOM folders into napari layer data.
 
     A file of several channels (a 4D NIfTI, a TIFF with a channel axis) gives one image
-    layer per channel, ``"<name> channel_<k>"``; a true-colour TIFF one RGB layer.
+    layer per channel, ``"<name> channel_<k>"`` (more than :data:`MAX_CHANNEL_LAYERS`: one
+    layer with them along its first axis); a true-colour TIFF one RGB layer.
 
     Raises
     ------
@@ -118,6 +121,12 @@ def read_layers(path: PathOrPaths) -> list:
             data, kwargs, kind = layer_data_from_volume(channels[0], name, "image")
             out.append((np.stack([v.array for v in channels], -1), {**kwargs, "rgb": True}, kind))
             continue
+        if len(channels) > MAX_CHANNEL_LAYERS:  # a time series in a 4D file: one layer, channels first
+            volume = channels[0]
+            volume.array = np.stack([v.array for v in channels])
+            volume.spacing, volume.origin = (1.0, *volume.spacing), (0.0, *volume.origin)
+            volume.direction = np.eye(volume.array.ndim)
+            channels = [volume]
         for volume in channels:
             kind = "labels" if _looks_like_labels(p, volume.array) else "image"
             suffix = f" {volume.metadata['channel_name']}" if len(channels) > 1 else ""

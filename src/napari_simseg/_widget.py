@@ -45,6 +45,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._layers import check_image_layer
+from .core.colour import is_colour_names
 from ._qt_helpers import JobError, ask_discard, ask_overwrite, ask_restart, disconnect_all, shield_runtime_errors
 from ._teach_panel import TeachPanel
 from .core.devices import DEVICES
@@ -410,7 +411,7 @@ class SimSegWidget(QWidget):
         image, channel_axis = self.image_picker.selection(), self.image_picker.channel_axis()
         try:
             for layer in image if isinstance(image, list) else [image] if channel_axis is None else []:
-                check_image_layer(layer, allow_colour=True)
+                check_image_layer(layer, allow_colour=is_colour_names(self.image_picker.channel_names))
         except (ValueError, TypeError) as exc:
             self._set_status(_one_line(exc))
             self._update_buttons()

@@ -237,13 +237,15 @@ def _integer_labels(read: CaseRead, labels: np.ndarray, path: Path, n_classes: i
 
 def _mask_inside(mask: np.ndarray, path: Path, read: CaseRead) -> np.ndarray:
     """A binary mask's inside: every non-zero pixel, or for a lossy JPEG mask (whose
-    compression leaves values near 0 and near its maximum) every pixel above half its maximum."""
-    if split_extension(path)[1] not in (".jpg", ".jpeg"):
+    compression rings around both values) every pixel above half its foreground value, the
+    most common non-zero value (255 for 0/255 masks, 1 for 0/1 masks)."""
+    if split_extension(path)[1] not in (".jpg", ".jpeg") or not np.any(mask):
         return mask != 0
-    top = float(mask.max()) if mask.size else 0.0
-    if top > 0 and np.count_nonzero((mask != 0) & (mask != top)):
-        read.notes.append("JPEG mask: pixels above half its maximum taken as inside (lossy compression)")
-    return mask > top / 2 if top > 0 else mask != 0
+    values, counts = np.unique(mask[mask != 0], return_counts=True)
+    foreground = float(values[np.argmax(counts)])
+    if len(values) > 1:
+        read.notes.append("JPEG mask: pixels above half its foreground value taken as inside (lossy compression)")
+    return mask > foreground / 2
 
 
 def _merge_masks(read: CaseRead) -> tuple[np.ndarray, Path, tuple[float, ...]] | None:
@@ -257,7 +259,7 @@ def _merge_masks(read: CaseRead) -> tuple[np.ndarray, Path, tuple[float, ...]] |
             read.notes.append(f"no mask for class '{name}': empty there")
             continue
         try:
-            volume = read_image(path)
+            volume = read_image(path, labels=True)
         except ImageReadError as exc:
             read.problem(path, exc.reason)
             continue
@@ -384,7 +386,7 @@ def read_and_check(case: Case, n_classes: int | None = None, *, spec: DatasetSpe
         merged = None
     else:
         try:
-            volume = read_image(case.label_path)
+            volume = read_image(case.label_path, labels=True)
             read.notes += volume.metadata.get("notes", [])
             merged = volume.array, case.label_path, volume.spacing
         except ImageReadError as exc:

@@ -353,11 +353,11 @@ def _volumes_from_sitk(img, fmt: str, path: Path, keep_colour: bool) -> list[Vol
     header = {}
     for k in img.GetMetaDataKeys():
         v = img.GetMetaData(k)
-        if "UNKNOWN_PRINT_CHARACTERISTICS" not in v:
+        if "UNKNOWN_PRINT_CHARACTERISTICS" not in v and k != "simseg_note":
             header[k] = v
     volumes = []
     for k, (plane, name) in enumerate(zip(planes, names)):
-        meta: dict[str, Any] = {"format": fmt, "path": str(path), "header": header}
+        meta: dict[str, Any] = {"format": fmt, "path": str(path), "header": dict(header)}
         if notes:
             meta["notes"] = list(notes)
         if len(planes) > 1:
@@ -389,8 +389,9 @@ def _sitk_compatible(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _open_sitk_file(path: Path, fmt: str):
-    """The SimpleITK image of a file, its read errors as :class:`ImageReadError`."""
+def _open_sitk_file(path: Path, fmt: str, labels: bool = False):
+    """The SimpleITK image of a file, its read errors as :class:`ImageReadError`; a label
+    map (``labels``) in a palette PNG as its colour indices."""
     sitk = _sitk()
     try:
         img = sitk.ReadImage(str(path))
@@ -403,20 +404,23 @@ def _open_sitk_file(path: Path, fmt: str):
         problem = nifti_truncation_problem(path, img, compressed=split_extension(path)[1] != ".nii")
         if problem:
             raise ImageReadError(path, problem)
-    if fmt == "PNG" and is_palette_png(path):  # SimpleITK expands the palette to colours
+    if labels and fmt == "PNG" and is_palette_png(path):  # SimpleITK expands the palette to colours
         from PIL import Image
 
-        with Image.open(path) as picture:
-            indices = sitk.GetImageFromArray(np.asarray(picture))
-        indices.CopyInformation(img)
+        try:
+            with Image.open(path) as picture:
+                indices = sitk.GetImageFromArray(np.asarray(picture))
+            indices.CopyInformation(img)
+        except Exception as exc:  # PIL raises many types (decompression bombs included)
+            raise ImageReadError(path, f"its palette cannot be read ({type(exc).__name__}: {exc})") from None
         indices.SetMetaData("simseg_note", "palette PNG read as its colour indices (label values)")
         return indices
     return img
 
 
 
-def _read_sitk_file(path: Path, fmt: str) -> Volume:
-    return _volume_from_sitk(_open_sitk_file(path, fmt), fmt, path)
+def _read_sitk_file(path: Path, fmt: str, labels: bool = False) -> Volume:
+    return _volume_from_sitk(_open_sitk_file(path, fmt, labels), fmt, path)
 
 
 def _read_dicom_series(folder: Path) -> Volume:
@@ -497,9 +501,7 @@ def _tiff_contents(path: Path) -> tuple:
                 if t is not None:
                     res[tag] = t.value
     except Exception as exc:  # tifffile raises many types for corrupt files
-        raise ImageReadError(
-            path, f"the file is corrupt or not a valid TIFF ({type(exc).__name__}: {exc})"
-        ) from None
+        raise ImageReadError(path, f"the file is corrupt or not a valid TIFF ({type(exc).__name__}: {exc})") from None
     expected = imagej_image_count(ij)
     if expected is not None and expected > n_images:
         # tifffile logs "ImageJ series metadata invalid or corrupted file" and falls back
@@ -544,11 +546,8 @@ def _read_tiff(path: Path, channels: bool = False) -> list[Volume]:
         if plane.ndim > 3:
             planes[k] = plane = np.squeeze(plane)
             if plane.ndim > 3:
-                raise ImageReadError(
-                    path,
-                    f"it has shape {array.shape} (axes {axes}); only 2D and 3D "
-                    "single-channel TIFFs are supported",
-                )
+                raise ImageReadError(path, f"it has shape {array.shape} (axes {axes}); only 2D and 3D "
+                                           "single-channel TIFFs are supported")
         if plane.ndim < 2:
             raise ImageReadError(path, f"it has shape {plane.shape}; expected a 2D or 3D image")
     nd = planes[0].ndim
@@ -583,7 +582,8 @@ def _read_tiff(path: Path, channels: bool = False) -> list[Volume]:
         spacing = [1.0] * nd
     extra = [dict(channel=k, channel_name=n) if len(planes) > 1 else {} for k, n in enumerate(names)]
     return [Volume(array=plane, spacing=tuple(spacing), origin=origin, direction=direction,
-                   metadata={**meta, **more}) for plane, more in zip(planes, extra)]
+                   metadata={**meta, **more, **({"notes": list(notes)} if notes else {})})
+            for plane, more in zip(planes, extra)]
 
 
 def _write_tiff(path: Path, volume: Volume) -> None:
@@ -618,7 +618,7 @@ def _write_tiff(path: Path, volume: Volume) -> None:
 # --------------------------------------------------------------------------- public
 
 
-def read_image(path: PathLike) -> Volume:
+def read_image(path: PathLike, labels: bool = False) -> Volume:
     """Read a 2D or 3D image file, or a DICOM series folder.
 
     Parameters
@@ -629,6 +629,9 @@ def read_image(path: PathLike) -> Volume:
         files (slices) is read; ties go to the first series UID in sorted order.  The
         series read and the other series' sizes are recorded in
         ``volume.metadata`` (``series_id``, ``all_series``).
+    labels : bool
+        The file is a label map or mask: a palette (indexed-colour) PNG gives its
+        indices, not its colours.
 
     Returns
     -------
@@ -653,7 +656,7 @@ def read_image(path: PathLike) -> Volume:
         raise ImageReadError(p, "the file is empty (0 bytes)")
     if fmt == "TIFF":
         return _read_tiff(p)[0]
-    return _read_sitk_file(p, fmt)
+    return _read_sitk_file(p, fmt, labels)
 
 
 def read_channels(path: PathLike) -> list[Volume]:
@@ -680,8 +683,8 @@ def read_channels(path: PathLike) -> list[Volume]:
     if fmt == "TIFF":
         return _read_tiff(p, channels=True)
     img = _open_sitk_file(p, fmt)
-    if img.GetDimension() != 4 or img.GetSize()[3] == 1:
-        return _volumes_from_sitk(img, fmt, p, keep_colour=True)
+    if img.GetDimension() != 4 or img.GetSize()[3] == 1:  # colour splits in pictures only, as discovery looks
+        return _volumes_from_sitk(img, fmt, p, keep_colour=fmt in ("PNG", "JPEG", "BMP"))
     channels = [_volume_from_sitk(img[:, :, :, k], fmt, p) for k in range(img.GetSize()[3])]
     for k, volume in enumerate(channels):
         volume.metadata.update(channel=k, channel_name=f"channel_{k}")

@@ -340,7 +340,7 @@ def _infer_class_names(label_paths: Sequence[Path], source: str, notes: list[str
     top = -1
     for p in label_paths:
         try:
-            arr = read_image(p).array
+            arr = read_image(p, labels=True).array
         except ImageReadError:
             continue  # reported by the case checks later
         if arr.size:
