@@ -233,3 +233,16 @@ def test_jpeg_masks_of_zero_and_one_keep_their_inside(tmp_path):
     labels = read_and_check(spec.cases[0], spec=spec).labels
     inter = np.count_nonzero((labels == 1) & (mask == 1))
     assert 2 * inter / (np.count_nonzero(labels == 1) + np.count_nonzero(mask)) > 0.85
+
+
+def test_folder_of_two_channel_tiffs_is_a_two_channel_set(tmp_path):
+    root = make_folder_dataset(tmp_path / "f", n=2)
+    for i in range(2):
+        grey = read_image(root / "images" / f"img{i}.png").array
+        (root / "images" / f"img{i}.png").unlink()
+        tifffile.imwrite(root / "images" / f"img{i}.tif", np.stack([grey, 255 - grey]), imagej=True,
+                         metadata={"axes": "CYX"})
+    spec = discover_dataset(root)
+    assert spec.channel_names == ["channel_0", "channel_1"]
+    read = read_and_check(spec.cases[0], spec=spec)
+    assert read.issues == [] and read.image.shape == (2, 32, 36)

@@ -565,7 +565,8 @@ def _discover_nnunet(root: Path, meta_path: Path, meta: dict, notes: list[str]) 
     labels = _by_case_id(_list_files(root / "labelsTr", notes, file_ending), root / "labelsTr")
     images = _channel_groups(root / "imagesTr", set(labels), notes, file_ending)
     # several channels declared, one file per case: the file holds them (nnU-Net's RGB PNGs)
-    in_file = len(channel_names) > 1 and bool(images) and all(set(f) == {0} for f in images.values())
+    in_file = len(channel_names) > 1 and bool(images) and all(
+        set(f) == {0} and split_extension(f[0])[1] in PICTURE_EXTENSIONS + (".tif", ".tiff") for f in images.values())
     cases, unmatched = _channel_cases(images, labels, ["image"] if in_file else channel_names, file_ending, notes)
     n_declared = meta.get("numTraining")
     if isinstance(n_declared, int) and n_declared != len(cases):
@@ -582,6 +583,22 @@ def _discover_nnunet(root: Path, meta_path: Path, meta: dict, notes: list[str]) 
     )
 
 
+def _tiff_channel_names(path: Path) -> tuple | None:
+    """A TIFF's channel names from its axes, without its pixels; None where the pixels must
+    tell (a samples axis: grey or true colour) or the file cannot be opened here."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape, axes = tif.series[0].shape, tif.series[0].axes
+    except Exception:  # reported when the case is read
+        return None
+    sizes = dict(zip(axes, shape))
+    if sizes.get("S", 1) > 1:
+        return None
+    return tuple(f"channel_{k}" for k in range(sizes["C"])) if sizes.get("C", 1) > 1 else ("image",)
+
+
 def _file_channel_names(paths: Sequence[Path], notes: list[str], sample: int = 8) -> list[str]:
     """The channels most of (up to ``sample``, evenly spread) image files hold: ``["image"]``,
     red, green and blue for colour pictures, ``channel_k`` for a 4D file or a TIFF's channel axis."""
@@ -592,7 +609,10 @@ def _file_channel_names(paths: Sequence[Path], notes: list[str], sample: int = 8
     for i in np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).round().astype(int)):
         path = paths[i]
         try:
-            if split_extension(path)[1] in PICTURE_EXTENSIONS + (".tif", ".tiff"):
+            tiff_names = _tiff_channel_names(path) if split_extension(path)[1] in (".tif", ".tiff") else None
+            if tiff_names is not None:
+                names = tiff_names
+            elif split_extension(path)[1] in PICTURE_EXTENSIONS + (".tif", ".tiff"):
                 names = tuple(v.metadata.get("channel_name", "image") for v in read_channels(path))
             else:  # header only: a 4D file's last SimpleITK axis holds its channels
                 shape = read_image_info(path).shape if path.is_file() else (1,)
