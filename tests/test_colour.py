@@ -153,3 +153,28 @@ def test_click_points_on_an_rgb_layer_are_sized_to_the_picture(make_napari_viewe
                       device="cpu")
     assert float(np.ravel(s.click_layers[1].current_size)[0]) == pytest.approx(0.04 * 200)  # not 0.04 * 3
     s.close()
+
+
+def test_a_constant_channel_beside_varying_ones_is_zeros_in_training_and_in_a_session(tmp_path, colour_set):
+    """An empty blue channel (or a missing, zero-filled modality) is no reason to refuse a case."""
+    from napari_simseg.core.datasets import discover_dataset, load_case, read_and_check
+    from napari_simseg.core.session import InteractiveSession
+
+    rgb, mask = colour_picture(0)
+    rgb[..., 2] = 0
+    write_picture(colour_set / "images" / "p0.png", rgb)
+    spec = discover_dataset(colour_set)
+    read = read_and_check(spec.cases[0], spec=spec)
+    assert read.issues == [] and any("channel 'blue': constant" in n for n in read.notes)
+    image = load_case(spec.cases[0], n_classes=spec.n_classes, spec=spec).image
+    assert np.all(image[2] == 0) and abs(float(image[0].std()) - 1.0) < 0.05
+    all_flat = np.zeros_like(rgb)
+    write_picture(colour_set / "images" / "p1.png", all_flat)  # nothing varies: still refused
+    assert read_and_check(discover_dataset(colour_set).cases[1], spec=spec).issues
+
+    from napari_simseg.core.teach_worker import new_checkpoint
+
+    ckpt = new_checkpoint(tmp_path / "rgb.safetensors", ["background", "lesion"], SHAPE,
+                          channel_names=("red", "green", "blue"))
+    session = InteractiveSession(np.moveaxis(rgb, -1, 0), ckpt, device="cpu", channel_axis=0)
+    assert np.all(session.volume[2] == 0) and session.add_clicks(0, [(1, 20, 22)]).labels[20, 22] == 1

@@ -166,6 +166,10 @@ def _pixel_problem(arr: np.ndarray) -> str | None:
     return None
 
 
+def _is_constant(array: np.ndarray) -> bool:
+    return array.size > 0 and bool(np.all(array == array.flat[0]))
+
+
 def _channel_names(spec: DatasetSpec | None, n: int) -> list[str]:
     if spec is not None and spec.n_channels == n:
         return list(spec.channel_names)
@@ -201,11 +205,14 @@ def _read_image_channels(read: CaseRead, spec: DatasetSpec | None,
         return None
     names = _channel_names(spec, len(channels))
     first, first_path = channels[0]
+    constant = [_is_constant(v.array) for v, _ in channels] if len(channels) > 1 else [False]
     for k, (v, path) in enumerate(channels):
         which = f"channel '{names[k]}': " if len(channels) > 1 else ""
         if v.shape != first.shape:
             read.problem(path, f"{which}shape {v.shape} differs from {first.shape} of channel "
                                f"'{names[0]}' ({first_path.name})")
+        elif len(channels) > 1 and constant[k] and not all(constant):
+            read.notes.append(f"{which}constant: given to the network as zeros (the other channels vary)")
         elif (reason := _pixel_problem(v.array)) is not None:
             read.problem(path, which + reason)
     return None if len(read.issues) > n_before else channels
@@ -585,8 +592,12 @@ def preprocess_case(
     img = np.asarray(image, dtype=np.float32)
     out = np.empty_like(img)
     n = img.shape[0]
+    varying = [not _is_constant(c) for c in img]
     for k in range(n):
         channel = img[k]
+        if n > 1 and not varying[k] and any(varying):  # a missing modality or an empty colour channel
+            out[k] = 0.0
+            continue
         own_file = len(case.image_paths) == n
         path = case.image_paths[k] if own_file else case.image_path
         if n4:

@@ -67,11 +67,16 @@ def _channel_arrays(image, channel_axis: Optional[int], channel_names: Sequence[
 
 def _normalised_volume(channels: list, normalization: dict) -> np.ndarray:
     """``(C, Z, H, W)`` float32: each channel N4-corrected (when the network was trained
-    so) and normalised on its own, as in training."""
+    so) and normalised on its own, as in training; a constant channel beside varying ones
+    is zeros."""
     norm = dict(normalization)
     out = []
-    for arr in channels:
+    varying = [arr.size > 0 and not np.all(arr == arr.flat[0]) for arr in channels]
+    for arr, varies in zip(channels, varying):
         volume = (arr[None] if arr.ndim == 2 else arr).astype(np.float32, copy=False)
+        if not varies and any(varying):  # a missing modality or an empty colour channel: zeros, as in training
+            out.append(np.zeros_like(volume))
+            continue
         if norm.get("n4"):
             volume = n4_correct(volume)  # the network was trained on N4-corrected images
         try:
