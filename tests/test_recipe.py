@@ -30,6 +30,22 @@ def test_radiographs_get_the_working_size_crops_and_no_flips():
     assert "working size 256" in describe_recipe(r) and "ddg_sim.yaml" in describe_recipe(r)
 
 
+def test_a_short_budget_works_at_128_pixels_with_the_same_crops_and_teaching_keeps_256():
+    from napari_simseg.core.teach_worker import teaching_options
+
+    shapes, names = [(404, 488)] * 5, ["background", "liver", "aorta"]
+    short = default_recipe(shapes, names, max_minutes=10)
+    longer = default_recipe(shapes, names, max_minutes=15)
+    assert short["working_size"] == 128 and longer["working_size"] == 256
+    assert (short["crop_size"], short["batch_size"]) == (longer["crop_size"], longer["batch_size"]) == (160, 5)
+    assert "working size 128, 160-pixel crops" in describe_recipe(short)
+    shapes = [(512, 512)] * 5
+    assert default_recipe(shapes, names, max_minutes=15)["working_size"] == 256
+    assert default_recipe(shapes, names, max_minutes=10, budget_working_size=False)["working_size"] == 256
+    assert default_recipe([(120, 100)], names, max_minutes=5)["working_size"] is None  # small: its own size
+    assert teaching_options(names, ["image"], shapes, 3.0, "fresh")["working_size"] == 256
+
+
 def test_small_volumes_keep_their_resolution_with_a_full_resolution_stem():
     r = default_recipe([(35, 51, 42), (44, 59, 40)], ["background", "a", "b"], max_minutes=5)
     assert r["working_size"] is None and r["crop_size"] is None

@@ -80,7 +80,8 @@ def teaching_options(class_names, channel_names, shapes, max_minutes: float, ini
     layout : dict, optional
         The memory layout to keep (``core.teaching.layout_of``).
     """
-    opts = default_recipe(shapes, class_names, channel_names, max_minutes)
+    # the 256 rule: a taught network keeps its session's working size where it has one
+    opts = default_recipe(shapes, class_names, channel_names, max_minutes, budget_working_size=False)
     if base_meta is not None:
         opts.update({k: base_meta.model[k] for k in NETWORK_FIELDS}, memory=base_meta.memory, depth=base_meta.depth)
         opts["decoder_channels"] = list(opts["decoder_channels"])
