@@ -71,7 +71,7 @@ import numpy as np
 from .colour import is_colour_names
 from .io import ImageReadError, Volume, read_channels, read_image, read_image_info, split_extension
 from .layouts import LAYOUTS, Case, CaseIssue, DatasetError, DatasetSpec, discover_dataset, read_json
-from .preprocessing import ImageError, n4_correct, normalize_volume, round_up, slice_volume
+from .preprocessing import ImageError, is_constant, n4_correct, normalize_volume, round_up, slice_volume
 
 __all__ = [
     "LAYOUTS",
@@ -166,10 +166,6 @@ def _pixel_problem(arr: np.ndarray) -> str | None:
     return None
 
 
-def _is_constant(array: np.ndarray) -> bool:
-    return array.size > 0 and bool(np.all(array == array.flat[0]))
-
-
 def _channel_names(spec: DatasetSpec | None, n: int) -> list[str]:
     if spec is not None and spec.n_channels == n:
         return list(spec.channel_names)
@@ -205,7 +201,7 @@ def _read_image_channels(read: CaseRead, spec: DatasetSpec | None,
         return None
     names = _channel_names(spec, len(channels))
     first, first_path = channels[0]
-    constant = [_is_constant(v.array) for v, _ in channels] if len(channels) > 1 else [False]
+    constant = [is_constant(v.array) for v, _ in channels] if len(channels) > 1 else [False]
     for k, (v, path) in enumerate(channels):
         which = f"channel '{names[k]}': " if len(channels) > 1 else ""
         if v.shape != first.shape:
@@ -592,7 +588,7 @@ def preprocess_case(
     img = np.asarray(image, dtype=np.float32)
     out = np.empty_like(img)
     n = img.shape[0]
-    varying = [not _is_constant(c) for c in img]
+    varying = [not is_constant(c) for c in img]
     for k in range(n):
         channel = img[k]
         if n > 1 and not varying[k] and any(varying):  # a missing modality or an empty colour channel

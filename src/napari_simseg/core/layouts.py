@@ -566,7 +566,7 @@ def _discover_nnunet(root: Path, meta_path: Path, meta: dict, notes: list[str]) 
     images = _channel_groups(root / "imagesTr", set(labels), notes, file_ending)
     # several channels declared, one file per case: the file holds them (nnU-Net's RGB PNGs)
     in_file = len(channel_names) > 1 and bool(images) and all(
-        set(f) == {0} and split_extension(f[0])[1] in PICTURE_EXTENSIONS + (".tif", ".tiff") for f in images.values())
+        set(f) == {0} and split_extension(f[0])[1] in _PICTURE_OR_TIFF for f in images.values())
     cases, unmatched = _channel_cases(images, labels, ["image"] if in_file else channel_names, file_ending, notes)
     n_declared = meta.get("numTraining")
     if isinstance(n_declared, int) and n_declared != len(cases):
@@ -581,6 +581,10 @@ def _discover_nnunet(root: Path, meta_path: Path, meta: dict, notes: list[str]) 
         channel_names=channel_names,
         channels_in_last_axis=in_file,
     )
+
+
+#: files that may hold several channels in one picture: colour samples, a TIFF channel axis
+_PICTURE_OR_TIFF = PICTURE_EXTENSIONS + (".tif", ".tiff")
 
 
 def _tiff_channel_names(path: Path) -> tuple | None:
@@ -612,7 +616,7 @@ def _file_channel_names(paths: Sequence[Path], notes: list[str], sample: int = 8
             tiff_names = _tiff_channel_names(path) if split_extension(path)[1] in (".tif", ".tiff") else None
             if tiff_names is not None:
                 names = tiff_names
-            elif split_extension(path)[1] in PICTURE_EXTENSIONS + (".tif", ".tiff"):
+            elif split_extension(path)[1] in _PICTURE_OR_TIFF:
                 names = tuple(v.metadata.get("channel_name", "image") for v in read_channels(path))
             else:  # header only: a 4D file's last SimpleITK axis holds its channels
                 shape = read_image_info(path).shape if path.is_file() else (1,)

@@ -22,6 +22,7 @@ __all__ = [
     "CropBox",
     "ImageError",
     "check_image",
+    "is_constant",
     "context_stack",
     "n4_correct",
     "normalize_volume",
@@ -47,6 +48,12 @@ logger = logging.getLogger(__name__)
 
 class ImageError(ValueError):
     """An image that cannot be segmented as it is (wrong shape, type or values)."""
+
+
+def is_constant(array: np.ndarray) -> bool:
+    """Whether a non-empty array holds one value only (a constant channel is normalised to
+    zeros beside varying ones, in training and in sessions)."""
+    return array.size > 0 and bool(np.all(array == array.flat[0]))
 
 
 def check_image(image) -> np.ndarray:

@@ -21,8 +21,9 @@ from .predictor import Predictor
 from .propagation import (DIRECTIONS, PROPAGATED, Propagation, SeedRule, SliceState, iter_propagate,
                           replay_propagation, undo_propagation)
 from .regions import FULL_SLICE_PIXELS, TILE_BATCH_BYTES, box_around, grow_box, scale_box, tiles, touched_boxes
-from .preprocessing import (ImageError, check_image, context_stack, n4_correct, normalize_volume, resize_image,
-                            resize_labels, resize_probabilities, to_working_coordinates, working_scale, working_shape)
+from .preprocessing import (ImageError, check_image, context_stack, is_constant, n4_correct, normalize_volume,
+                            resize_image, resize_labels, resize_probabilities, to_working_coordinates, working_scale,
+                            working_shape)
 
 __all__ = ["ImageError", "InteractiveSession", "Propagation", "RoundResult", "load_log", "replay_log"]
 
@@ -71,7 +72,7 @@ def _normalised_volume(channels: list, normalization: dict) -> np.ndarray:
     is zeros."""
     norm = dict(normalization)
     out = []
-    varying = [arr.size > 0 and not np.all(arr == arr.flat[0]) for arr in channels]
+    varying = [not is_constant(arr) for arr in channels]
     for arr, varies in zip(channels, varying):
         volume = (arr[None] if arr.ndim == 2 else arr).astype(np.float32, copy=False)
         if not varies and any(varying):  # a missing modality or an empty colour channel: zeros, as in training
