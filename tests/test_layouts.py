@@ -59,7 +59,7 @@ def test_case_accepts_one_path_or_a_channel_tuple(tmp_path):
 # --------------------------------------------------------------------------- masks/<class>/
 
 
-def test_masks_layout_later_class_wins_and_overlaps_are_counted(tmp_path):
+def test_masks_layout_smaller_structure_wins_and_overlaps_are_counted(tmp_path):
     root = make_masks_dataset(tmp_path / "cxr", n=3)
     spec = discover_dataset(root)
     assert spec.layout == "masks" and spec.class_names == CLASSES and spec.channel_names == ["image"]
@@ -69,21 +69,38 @@ def test_masks_layout_later_class_wins_and_overlaps_are_counted(tmp_path):
     read = read_and_check(case, spec=spec)
     assert read.issues == [] and read.image.shape == (1, 32, 32) and read.labels.dtype == np.uint8
     regions = mask_regions((32, 32))
+    sizes = {k: int(v.sum()) for k, v in regions.items()}
+    assert sizes["lung"] > sizes["heart"] > sizes["clavicle"]
     expected = np.zeros((32, 32), np.uint8)
     for value, name in enumerate(CLASSES[1:], start=1):
-        expected[regions[name]] = value  # later classes overwrite earlier ones
+        expected[regions[name]] = value  # listed largest first here: smaller ones overwrite
     np.testing.assert_array_equal(read.labels, expected)
     assert read.overlaps == {
         ("lung", "heart"): int((regions["lung"] & regions["heart"]).sum()),
         ("heart", "clavicle"): int((regions["heart"] & regions["clavicle"]).sum()),
     }
     assert all(n > 0 for n in read.overlaps.values()) and ("lung", "clavicle") not in read.overlaps
-    # the order of classes.json decides who wins
-    (root / "classes.json").write_text(json.dumps(["background", "heart", "lung", "clavicle"]))
+    # classes.json gives the label values; the smaller structure still wins, in any order
+    (root / "classes.json").write_text(json.dumps(["background", "clavicle", "heart", "lung"]))
     labels = read_and_check(discover_dataset(root).cases[0]).labels
     assert labels[regions["lung"] & regions["heart"]].tolist() == [2] * read.overlaps[("lung", "heart")]
+    assert labels[regions["heart"] & regions["clavicle"]].tolist() == [1] * read.overlaps[("heart", "clavicle")]
+    np.testing.assert_array_equal(labels == 1, regions["clavicle"])  # the smallest keeps its whole shape
     image, lab = load_case(case, spec=spec)
     assert image.shape == (1, 1, 32, 32) and lab.shape == (1, 32, 32)
+
+
+def test_masks_layout_equal_sizes_later_class_wins(tmp_path):
+    root = tmp_path / "eq"
+    a = np.zeros((16, 16), bool)
+    a[2:10, 2:10] = True
+    b = np.roll(a, 4, axis=1)  # same size, overlapping 4 columns
+    write_picture(root / "images" / "c0.png", noisy_image((16, 16), 0, [a, b]))
+    write_picture(root / "masks" / "first" / "c0.png", (a * 255).astype(np.uint8))
+    write_picture(root / "masks" / "second" / "c0.png", (b * 255).astype(np.uint8))
+    (root / "classes.json").write_text(json.dumps(["background", "first", "second"]))
+    labels = read_and_check(discover_dataset(root).cases[0]).labels
+    assert set(labels[a & b].tolist()) == {2}
 
 
 def test_masks_layout_without_class_list_and_with_a_missing_mask(tmp_path, caplog):

@@ -3,8 +3,8 @@
 Frontal chest X-ray-like images with five overlapping structures, laid out as a
 public set of this kind is: 2048 x 2048 16-bit PNG images, one binary 1024 x 1024
 mask folder per structure (``masks/<class>/``) and ``classes.json`` (left and right
-lung, heart, left and right clavicle; the heart and the clavicles overlap the lungs and
-win there, as listed last). Shapes, positions, tilt, contrast and noise vary per image;
+lung, heart, left and right clavicle; the heart and the clavicles overlap the lungs, and
+the smaller structure wins there when the masks are read). Shapes, positions, tilt, contrast and noise vary per image;
 ribs, spine and breast shadows are unlabelled distractors. Synthetic: for speed,
 memory and pipeline checks and rough recipe comparisons, never for accuracy claims.
 

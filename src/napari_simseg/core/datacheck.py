@@ -222,7 +222,7 @@ def format_data_check(summary: dict, *, max_problems: int = 50) -> str:
             lines.append(f"  {name:<{width}}  {s['class_voxels'].get(name, 0):>14,}  "
                          f"({s['class_cases'].get(name, 0)} of {s['n_usable']})")
     if s["overlaps"]["total"]:
-        lines.append("Mask overlaps (the later class wins there):")
+        lines.append("Mask overlaps (the smaller structure of the case wins there):")
         for o in s["overlaps"]["total"]:
             lines.append(f"  {o['classes'][0]} / {o['classes'][1]}: {o['pixels']:,} pixel(s) in {o['cases']} case(s)")
     if s["notes"]:

@@ -40,8 +40,11 @@ Data set layouts understood by :func:`discover_dataset`
 ``"masks"`` (one binary mask per class)
     ``images/<case>.<ext>`` and ``masks/<class name>/<case>.<ext>``; a mask is "in"
     where it is nonzero.  ``classes.json`` (or ``classes.txt``) gives the order
-    (index = label value, index 0 the background); where masks overlap the later
-    class wins, and the overlapping pixels are counted per class pair
+    (index = label value, index 0 the background); where masks overlap, the class
+    with fewer pixels in that case wins (a thin structure over a large one keeps its
+    shape, which costs the large one a small share of itself; masks that nest, such as
+    tumour sub-regions, nest in any order; at equal size the later class), and the
+    overlapping pixels are counted per class pair
     (:attr:`CaseRead.overlaps`).  A class folder not in the list is a problem
     listed by folder; a case without a mask of some class has that class empty (a
     note).  Without a class list: background + the folder names sorted, with a note.
@@ -133,7 +136,7 @@ class CaseRead:
         Why the case cannot be used, by file; empty when it can.
     overlaps : dict
         Mask layout: ``{(class_a, class_b): pixels}`` where both masks are in (the
-        later class wins there); only pairs that overlap.
+        smaller structure wins there); only pairs that overlap.
     """
 
     case: Case
@@ -252,7 +255,8 @@ def _mask_inside(mask: np.ndarray, path: Path, read: CaseRead) -> np.ndarray:
 
 
 def _merge_masks(read: CaseRead) -> tuple[np.ndarray, Path, tuple[float, ...]] | None:
-    """One label image from the case's class masks (a later class wins); None after a problem."""
+    """One label image from the case's class masks (the smaller structure wins where they
+    overlap, the later class at equal size); None after a problem."""
     case = read.case
     inside: dict[str, np.ndarray] = {}
     grid_path: Path | None = None
@@ -285,9 +289,12 @@ def _merge_masks(read: CaseRead) -> tuple[np.ndarray, Path, tuple[float, ...]] |
         return None
     labels = np.zeros(grid, _label_dtype(len(case.mask_paths) + 1))
     names = [name for name, _ in case.mask_paths]
-    for value, name in enumerate(names, start=1):
-        if name in inside:
-            labels[inside[name]] = value
+    # the largest structure is painted first, so the smaller one wins where masks overlap
+    # (a clavicle over a lung keeps its shape; nested masks nest in any class order)
+    order = sorted((-int(np.count_nonzero(inside[n])), value, n)
+                   for value, n in enumerate(names, start=1) if n in inside)
+    for _, value, name in order:
+        labels[inside[name]] = value
     present = [n for n in names if n in inside]
     for i, a in enumerate(present):
         for b in present[i + 1:]:

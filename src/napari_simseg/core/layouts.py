@@ -85,7 +85,7 @@ class Case:
         layout.
     mask_paths : tuple of (str, pathlib.Path or None)
         Mask layout: one binary mask per class, in label order (entry ``k`` is label
-        value ``k + 1``; a later class wins where masks overlap); ``None`` where the
+        value ``k + 1``; the smaller structure wins where masks overlap); ``None`` where the
         case has no mask of that class (the class is empty there).
     problems : tuple of (pathlib.Path, str)
         What discovery already found wrong with this case (a missing channel file, a
@@ -660,7 +660,7 @@ def _discover_masks(root: Path, notes: list[str]) -> DatasetSpec:
         class_names = ["background"] + [d.name for d in folders]
         _note(notes, "no classes.json: the classes are background + the mask folders sorted by name "
                      f"({', '.join(class_names[1:])}); list them in classes.json to choose the order "
-                     "(a later class wins where masks overlap)")
+                     "(the order gives the label values; where masks overlap the smaller structure wins)")
     known = class_names[1:]
     masks = {d.name: _by_case_id(_list_files(d, notes), d) for d in folders}
     for name in known:
