@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 LAYERS = {
     "foundation": ["core", "core.resources", "core.devices", "core.clicks", "core.decision", "core.memory",
                    "core.file_checks", "core.io", "core.preprocessing", "core.metrics", "core.phantom", "core.virtual_user",
-                   "core.regions", "core.atomic", "core.colour"],
+                   "core.regions", "core.atomic", "core.colour", "core.pil_pictures"],
     "network": ["core.model", "core.checkpoint", "core.predictor"],
     "interaction": ["core.interaction_log", "core.propagation", "core.session", "core.teaching"],
     "data": ["core.layouts", "core.datasets", "core.splits", "core.augmentation", "core.slices"],

@@ -5,7 +5,7 @@ from the layers below it, never from above, counting imports inside functions
 (``tests/test_architecture.py`` checks this)::
 
     foundation   resources devices clicks decision memory file_checks io preprocessing metrics
-                 phantom virtual_user regions atomic colour
+                 phantom virtual_user regions atomic colour pil_pictures
     network      model checkpoint predictor
     interaction  interaction_log propagation session teaching
     data         layouts datasets splits augmentation slices
@@ -19,7 +19,7 @@ One job per module: ``devices`` resolves devices and autocast; ``clicks`` encode
 shifts and honours clicks; ``decision`` turns probabilities into labels (with
 per-class offsets, numpy and torch); ``memory`` is one slice's none/CIM/SIM memory;
 ``io`` reads and writes images with their geometry (``colour``: colour pictures as
-channels); ``atomic`` makes every
+channels; ``pil_pictures``: GIF and palette PNGs); ``atomic`` makes every
 write atomic (a temporary file, then a rename); ``preprocessing`` normalises,
 slices, stacks neighbours and pads (no torch); ``predictor`` is the one way a
 checkpoint becomes a running network (flip averaging inside); ``interaction_log``

@@ -19,19 +19,19 @@ direction, in (z, y, x) world coordinates, of numpy axis ``a``.
 
 Formats
 -------
-========================  ==============================================  =========
-Format                    Extensions                                      Writable
-========================  ==============================================  =========
-NIfTI                     ``.nii``, ``.nii.gz``                           yes
-NRRD                      ``.nrrd``, ``.nhdr`` (detached header)          yes
-MetaImage                 ``.mha``, ``.mhd`` (detached header)            yes
-TIFF (tifffile)           ``.tif``, ``.tiff``                             yes
-DICOM, single file        ``.dcm``                                        no
-DICOM series              a folder (see :func:`read_image`)               no
-PNG, JPEG, BMP            ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``         no
-========================  ==============================================  =========
+========================  ==================================================  =========
+Format                    Extensions                                          Writable
+========================  ==================================================  =========
+NIfTI                     ``.nii``, ``.nii.gz``                               yes
+NRRD                      ``.nrrd``, ``.nhdr`` (detached header)              yes
+MetaImage                 ``.mha``, ``.mhd`` (detached header)                yes
+TIFF (tifffile)           ``.tif``, ``.tiff``                                 yes
+DICOM, single file        ``.dcm``                                            no
+DICOM series              a folder (see :func:`read_image`)                   no
+PNG, JPEG, BMP, GIF       ``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``   no
+========================  ==================================================  =========
 
-Pictures (PNG 8/16-bit, JPEG, BMP, TIFF) read as ``(Y, X)``.  An RGB(A) picture of
+Pictures (PNG 8/16-bit, JPEG, BMP, GIF, TIFF) read as ``(Y, X)``.  An RGB(A) picture of
 grey content (R = G = B everywhere, alpha constant) becomes one grey channel, noted in
 ``volume.metadata["notes"]``; :func:`read_image` refuses true colour, which
 :func:`read_channels` reads as three channels (red, green, blue).  :func:`read_channels`
@@ -63,6 +63,7 @@ from .atomic import atomic_path
 from .colour import ColourError, split_colour
 from .file_checks import (imagej_image_count, is_palette_png, nifti_truncation_problem, slice_positions_problem,
                           unread_files_problem)
+from .pil_pictures import PictureError, gif_image, palette_png_indices
 
 __all__ = ["PICTURE_EXTENSIONS", "SUPPORTED_EXTENSIONS", "WRITABLE_EXTENSIONS", "ImageReadError", "ImageWriteError",
            "ImageInfo", "Volume", "is_supported", "read_channels", "read_image", "read_image_info", "split_extension",
@@ -85,7 +86,7 @@ WRITABLE_EXTENSIONS: tuple[str, ...] = (
 )
 
 #: 2D picture formats, read (not written) through SimpleITK.
-PICTURE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
+PICTURE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 #: File extensions :func:`read_image` accepts (lower case); a folder is read as a
 #: DICOM series.
@@ -103,6 +104,7 @@ _SITK_FORMATS = {
     ".jpg": "JPEG",
     ".jpeg": "JPEG",
     ".bmp": "BMP",
+    ".gif": "GIF",  # read by Pillow (core.pil_pictures)
 }
 _TIFF_EXTENSIONS = (".tif", ".tiff")
 _IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
@@ -394,7 +396,9 @@ def _open_sitk_file(path: Path, fmt: str, labels: bool = False):
     map (``labels``) in a palette PNG as its colour indices."""
     sitk = _sitk()
     try:
-        img = sitk.ReadImage(str(path))
+        img = gif_image(path, labels) if fmt == "GIF" else sitk.ReadImage(str(path))
+    except PictureError as exc:
+        raise ImageReadError(path, str(exc)) from None
     except RuntimeError as exc:
         reason = _summarise_itk_error(exc).replace(str(path), "the file")  # named once, by the error
         raise ImageReadError(
@@ -405,16 +409,10 @@ def _open_sitk_file(path: Path, fmt: str, labels: bool = False):
         if problem:
             raise ImageReadError(path, problem)
     if labels and fmt == "PNG" and is_palette_png(path):  # SimpleITK expands the palette to colours
-        from PIL import Image
-
         try:
-            with Image.open(path) as picture:
-                indices = sitk.GetImageFromArray(np.asarray(picture))
-            indices.CopyInformation(img)
-        except Exception as exc:  # PIL raises many types (decompression bombs included)
-            raise ImageReadError(path, f"its palette cannot be read ({type(exc).__name__}: {exc})") from None
-        indices.SetMetaData("simseg_note", "palette PNG read as its colour indices (label values)")
-        return indices
+            return palette_png_indices(path, img)
+        except PictureError as exc:
+            raise ImageReadError(path, str(exc)) from None
     return img
 
 
@@ -684,7 +682,7 @@ def read_channels(path: PathLike) -> list[Volume]:
         return _read_tiff(p, channels=True)
     img = _open_sitk_file(p, fmt)
     if img.GetDimension() != 4 or img.GetSize()[3] == 1:  # colour splits in pictures only, as discovery looks
-        return _volumes_from_sitk(img, fmt, p, keep_colour=fmt in ("PNG", "JPEG", "BMP"))
+        return _volumes_from_sitk(img, fmt, p, keep_colour=fmt in ("PNG", "JPEG", "BMP", "GIF"))
     channels = [_volume_from_sitk(img[:, :, :, k], fmt, p) for k in range(img.GetSize()[3])]
     for k, volume in enumerate(channels):
         volume.metadata.update(channel=k, channel_name=f"channel_{k}")
@@ -709,8 +707,8 @@ def read_image_info(path: PathLike) -> ImageInfo:
         vol = _read_dicom_series(p)
         return ImageInfo(vol.shape, vol.spacing, vol.origin, vol.array.dtype)
     fmt = _format_of(p)
-    if fmt == "TIFF":
-        vol = _read_tiff(p)[0]  # TIFF tags and pixels come together; volumes are small
+    if fmt in ("TIFF", "GIF"):
+        vol = _read_tiff(p)[0] if fmt == "TIFF" else read_image(p)  # tags and pixels come together
         return ImageInfo(vol.shape, vol.spacing, vol.origin, vol.array.dtype)
     sitk = _sitk()
     reader = sitk.ImageFileReader()
