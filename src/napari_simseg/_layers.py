@@ -21,6 +21,7 @@ Nothing here imports Qt or torch.
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
@@ -171,12 +172,13 @@ def _check_channel_layer(layer, names: Sequence[str], channel_axis: int) -> list
 
 
 def match_channel_layers(viewer, names: Sequence[str]) -> list:
-    """One image layer per channel name, found by name (case-insensitive, the layer's
-    name containing the channel's), or None where no single layer fits."""
-    images = [layer for layer in viewer.layers if isinstance(layer, Image)]
+    """One image layer per channel name, found by name (case-insensitive; as a word first,
+    so "t1" fits "case_t1", not "case_t1ce"), or None where no single layer fits."""
     out, taken = [], set()
     for name in names:
-        fits = [layer for layer in images if name.lower() in layer.name.lower() and id(layer) not in taken]
+        free = [layer for layer in viewer.layers if isinstance(layer, Image) and id(layer) not in taken]
+        word = re.compile(rf"(?<![a-z0-9]){re.escape(name.lower())}(?![a-z0-9])")
+        fits = [la for la in free if word.search(la.name.lower())] or [la for la in free if name.lower() in la.name.lower()]
         exact = [layer for layer in fits if layer.name.lower() == name.lower()]
         chosen = exact[0] if exact else (fits[0] if len(fits) == 1 else None)
         if chosen is not None:
