@@ -194,6 +194,20 @@ def test_nnunet_two_channels_every_channel_used_and_normalised_on_its_own(tmp_pa
     assert evaluated.image.shape == image.shape and evaluated.labels.dtype == np.int64
 
 
+def test_nnunet_region_based_labels_give_one_class_per_label_value(tmp_path, caplog):
+    root = make_nnunet_dataset(tmp_path / "nn", n=2)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "whole tumour": [1, 2], "core": [2]}  # nnU-Net v2 regions
+    meta["regions_class_order"] = [1, 2]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING):
+        spec = discover_dataset(root)
+    assert spec.class_names == ["background", "whole tumour", "core"]  # value 2 named by its smaller region
+    assert "region-based labels" in caplog.text
+    _, labels = load_case(spec.cases[0], spec=spec)
+    assert set(np.unique(labels).tolist()) == {0, 1, 2}
+
+
 # --------------------------------------------------------------------------- MSD
 
 

@@ -284,6 +284,20 @@ def _names_from_mapping(mapping: dict[int, str], source: str) -> list[str]:
     return names
 
 
+def _region_names(obj: dict, source: str) -> dict[int, str]:
+    """nnU-Net's region-based labels (``{"whole tumor": [1, 2, 3], "enhancing tumor": 3}``)
+    as one class per label value: the files hold the values, and each value is named
+    after the smallest region holding it (a plain value's own name first)."""
+    regions = [(sorted({int(x) for x in (v if isinstance(v, list) else [v])}), str(k)) for k, v in obj.items()]
+    names = {}
+    for values, name in sorted(regions, key=lambda r: -len(r[0])):  # smaller regions name last, so they win
+        for v in values:
+            names[v] = name
+    logger.warning("%s: region-based labels; one class per label value, named after the smallest region "
+                   "holding it: %s", source, ", ".join(f"{k} {names[k]}" for k in sorted(names)))
+    return names
+
+
 def _parse_labels(obj: Any, source: str) -> list[str]:
     """Class names from a list, ``{"0": name}`` or nnU-Net ``{name: 0}`` mapping."""
     if isinstance(obj, list):
@@ -295,6 +309,8 @@ def _parse_labels(obj: Any, source: str) -> list[str]:
             return _names_from_mapping({int(k): str(v) for k, v in obj.items()}, source)
         if all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in obj.values()):
             return _names_from_mapping({int(v): str(k) for k, v in obj.items()}, source)
+        if all(isinstance(v, (int, list)) for v in obj.values()):
+            return _names_from_mapping(_region_names(obj, source), source)
     except (TypeError, ValueError):
         pass
     raise DatasetError(
