@@ -294,8 +294,11 @@ def test_truncated_file(tmp_path, ext):
 def test_missing_unsupported_empty(tmp_path):
     with pytest.raises(ImageReadError, match="no such file"):
         read_image(tmp_path / "nope.nii.gz")
+    (tmp_path / "a.webp").write_bytes(b"RIFF")
+    with pytest.raises(ImageReadError, match=r"a\.webp.*unsupported file type '\.webp'"):
+        read_image(tmp_path / "a.webp")
     (tmp_path / "a.gif").write_bytes(b"GIF89a")
-    with pytest.raises(ImageReadError, match=r"a\.gif.*unsupported file type '\.gif'"):
+    with pytest.raises(ImageReadError, match=r"a\.gif.*not a readable GIF"):
         read_image(tmp_path / "a.gif")
     (tmp_path / "a.png").write_bytes(b"\x89PNG")
     with pytest.raises(ImageReadError, match=r"a\.png.*not a valid PNG file"):
@@ -314,7 +317,8 @@ def test_names_and_support():
     assert ".nii.gz" in SUPPORTED_EXTENSIONS
     assert is_supported("a.NII.GZ") and is_supported("b.nhdr") and is_supported("c.mhd")
     assert is_supported("a.png") and is_supported("b.JPEG") and is_supported("c.bmp")
-    assert not is_supported("a.gif") and not is_supported("a.gz")
+    assert is_supported("a.GIF")
+    assert not is_supported("a.webp") and not is_supported("a.gz")
 
 
 def test_volume_validation():

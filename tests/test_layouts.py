@@ -319,8 +319,8 @@ def test_discovery_errors_name_the_layouts(tmp_path):
         discover_dataset(tmp_path / "empty")
     root = make_nnunet_dataset(tmp_path / "nn", n=1)
     meta = json.loads((root / "dataset.json").read_text())
-    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".gif"}))
-    with pytest.raises(DatasetError, match="file_ending '.gif' is not a supported image type"):
+    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".webp"}))
+    with pytest.raises(DatasetError, match="file_ending '.webp' is not a supported image type"):
         discover_dataset(root)
     (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "T1", "2": "T2"}}))
     with pytest.raises(DatasetError, match="number the channels 0..1"):
