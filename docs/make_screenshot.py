@@ -28,9 +28,9 @@ HERE = Path(__file__).resolve().parent
 
 def _untrained_checkpoint(class_names, folder: Path) -> Path:
     """A tiny random network, only to show the interface when no model is available."""
-    from napari_simseg.core.checkpoint import CheckpointMeta, save_checkpoint
-    from napari_simseg.core.memory import input_channels
-    from napari_simseg.core.model import ModelConfig, build_model
+    from napari_simseg.core.interaction.memory import input_channels
+    from napari_simseg.core.network.checkpoint import CheckpointMeta, save_checkpoint
+    from napari_simseg.core.network.model import ModelConfig, build_model
 
     n = len(class_names)
     cfg = ModelConfig(
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_simseg._sample_data import hippocampus_available
-    from napari_simseg.core.resources import DEMO_CHECKPOINT
+    from napari_simseg.core.io.resources import DEMO_CHECKPOINT
 
     sample = args.sample
     if sample == "auto":

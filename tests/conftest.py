@@ -26,9 +26,9 @@ def tiny_meta_and_model(memory="sim", depth=3, class_names=("background", "a", "
                         context_slices=0, neighbour_prior=False):
     import torch
 
-    from napari_simseg.core.checkpoint import CheckpointMeta
-    from napari_simseg.core.memory import input_channels
-    from napari_simseg.core.model import ModelConfig, build_model
+    from napari_simseg.core.interaction.memory import input_channels
+    from napari_simseg.core.network.checkpoint import CheckpointMeta
+    from napari_simseg.core.network.model import ModelConfig, build_model
 
     torch.manual_seed(seed)
     n = len(class_names)
@@ -51,7 +51,7 @@ def tiny_meta_and_model(memory="sim", depth=3, class_names=("background", "a", "
 @pytest.fixture
 def make_checkpoint(tmp_path):
     """Factory: write a tiny random checkpoint and return its path."""
-    from napari_simseg.core.checkpoint import save_checkpoint
+    from napari_simseg.core.network.checkpoint import save_checkpoint
 
     counter = {"n": 0}
 

@@ -1,4 +1,4 @@
-"""Small generated data sets in every layout ``core.datasets`` reads (test helpers).
+"""Small generated data sets in every layout ``core.data.datasets`` reads (test helpers).
 
 Images are noise plus bright discs, so that they are neither constant nor trivially
 normalised; masks and labels are discs too.  Everything is tiny (tens of pixels).
@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from napari_simseg.core.io import Volume, write_image
+from napari_simseg.core.io.images import Volume, write_image
 
 
 def write_picture(path: Path, array: np.ndarray) -> Path:

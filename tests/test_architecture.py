@@ -1,10 +1,10 @@
 """The package's layers, checked on its source: the import graph (imports inside
 functions included) has no circle and no upward edge, no module imports another
 module's private name, modules and functions stay short, argparse stays out of core,
-and a click's path (the session) passes through no data, rounds or job module.
+and a click's path (the session) passes through no data, engine or job module.
 
-The layers are written down in ``core/__init__.py``'s docstring, the README's "Project
-layout" and ``docs/architecture.md``; a new module must be placed in ``LAYERS``.
+The layers are the sub-packages of ``core`` (bottom to top in ``LAYERS``), each described by its
+docstring; ``docs/architecture.md`` draws them. A new module goes into one of them.
 """
 
 from __future__ import annotations
@@ -18,21 +18,20 @@ import pytest
 PACKAGE = "napari_simseg"
 ROOT = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 
-# bottom to top: a module may import from its own layer (without a circle) and below
-LAYERS = {
-    "foundation": ["core", "core.resources", "core.devices", "core.clicks", "core.decision", "core.memory",
-                   "core.file_checks", "core.io", "core.preprocessing", "core.metrics", "core.phantom", "core.virtual_user",
-                   "core.regions", "core.atomic", "core.colour", "core.pil_pictures"],
-    "network": ["core.model", "core.checkpoint", "core.predictor"],
-    "interaction": ["core.interaction_log", "core.propagation", "core.session", "core.teaching"],
-    "data": ["core.layouts", "core.datasets", "core.splits", "core.augmentation", "core.slices"],
-    "engine": ["core.rounds", "core.losses", "core.baselines", "core.train_config", "core.data_generation"],
-    "jobs": ["core.volume_protocol", "core.evaluation", "core.calibration", "core.training", "core.averaging",
-             "core.benchmark", "core.recipe", "core.datacheck", "core.teach_worker"],
-    "app": ["", "cli", "demo", "_llvm_guard", "_colors", "_reader", "_writer", "_sample_data", "_layers", "_image_picker",
-            "_viewer_jobs", "viewer_session", "_qt_helpers", "_widget", "_teach", "_teach_panel"],
-}
-LEVEL = {name: i for i, names in enumerate(LAYERS.values()) for name in names}
+# bottom to top: a module may import from its own package (without a circle) and from the packages below
+LAYERS = ["core.io", "core.imaging", "core.interaction", "core.network", "core.session", "core.data",
+          "core.engine", "core.jobs", "app"]
+APP_PACKAGE = "annotator"  # the napari adapter (viewer session, layers, jobs, teach, dialogs)
+
+
+def _layer(module: str) -> str:
+    """A module's layer: its sub-package of core, or ``app`` for the rest of the package."""
+    for layer in LAYERS[:-1]:
+        if module == layer or module.startswith(layer + "."):
+            return layer
+    return "app"
+
+
 MAX_MODULE_LINES = 800
 MAX_FUNCTION_LINES = 100
 
@@ -96,21 +95,29 @@ def _graph() -> dict:
     return {m: sorted({t for t, _ in _imports(m) if t != m}) for m in _modules()}
 
 
-def test_every_module_has_a_layer():
-    missing = sorted(set(_modules()) - set(LEVEL))
-    assert not missing, f"place these modules in a layer of LAYERS: {missing}"
-    gone = sorted(set(LEVEL) - set(_modules()))
-    assert not gone, f"LAYERS names modules that do not exist: {gone}"
+def test_core_modules_live_in_a_layer_package():
+    """``core/`` holds only its layer packages: a module dropped loose into it has no layer."""
+    loose = sorted(m for m in _modules() if m.startswith("core.") and _layer(m) == "app")
+    assert not loose, f"move these modules into a sub-package of core ({LAYERS[:-1]}): {loose}"
+    present = {m for m in _modules() if m in LAYERS}
+    assert present == set(LAYERS[:-1]), sorted(set(LAYERS[:-1]) - present)
+
+
+def test_the_napari_adapter_is_one_package():
+    """Viewer session, layers, jobs, teaching and dialogs live in ``annotator``; the top level
+    holds only what the manifest and the command line name."""
+    top = {m for m in _modules() if "." not in m and m != "core"}
+    assert top == {"", "cli", "demo", "_widget", "_reader", "_writer", "_sample_data", "_llvm_guard",
+                   APP_PACKAGE}, sorted(top)
+    for name in ("viewer_session", "layers", "jobs", "teach", "dialogs"):
+        assert f"{APP_PACKAGE}.{name}" in _modules()
 
 
 def test_imports_only_go_down():
+    level = {name: i for i, name in enumerate(LAYERS)}
     upward = [f"{m} ({_layer(m)}) imports {t} ({_layer(t)})"
-              for m, targets in _graph().items() for t in targets if LEVEL[t] > LEVEL[m]]
+              for m, targets in _graph().items() for t in targets if level[_layer(t)] > level[_layer(m)]]
     assert not upward, "\n".join(upward)
-
-
-def _layer(module: str) -> str:
-    return list(LAYERS)[LEVEL[module]]
 
 
 def test_no_import_circle():
@@ -193,7 +200,7 @@ def test_no_argparse_and_no_gui_under_core():
 
 def test_widget_and_viewer_session_stay_in_their_lanes():
     assert "torch" not in _imported_top_level("_widget"), "the widget gets numpy from core, never torch"
-    for m in ("viewer_session", "_layers"):
+    for m in ("annotator.viewer_session", "annotator.layers", "annotator.jobs", "annotator.teach"):
         assert not _imported_top_level(m) & {"qtpy", "PyQt6", "superqt"}, f"{m} must stay Qt-free"
 
 
@@ -208,27 +215,29 @@ def _closure(module: str) -> set:
     return seen
 
 
-@pytest.mark.parametrize("start", ["core.session", "viewer_session"])
-def test_a_click_passes_no_data_rounds_or_job_module(start):
+@pytest.mark.parametrize("start", ["core.session.interactive", "annotator.viewer_session"])
+def test_a_click_passes_no_data_engine_or_job_module(start):
     """points -> widget -> ViewerSession -> session -> predictor -> decision, nothing else."""
-    forbidden = {"core.rounds", "core.evaluation", "core.calibration", "core.training", "core.datasets",
-                 "core.splits", "core.slices", "core.augmentation", "core.losses", "core.benchmark"}
-    assert not _closure(start) & forbidden, sorted(_closure(start) & forbidden)
-    assert {"core.predictor", "core.decision", "core.memory", "core.clicks"} <= _closure("core.session")
+    reached = {_layer(m) for m in _closure(start)}
+    assert not reached & {"core.data", "core.engine", "core.jobs"}, sorted(_closure(start))
+    assert {"core.network.predictor", "core.network.decision", "core.interaction.memory",
+            "core.interaction.clicks"} <= _closure("core.session.interactive")
 
 
 def test_the_viewer_process_never_imports_the_trainer():
-    """Teaching trains in a process of its own: ``core.teaching`` starts ``core.teach_worker`` by
-    module name, so the viewer's process (and its event loop) never loads the training stack."""
-    trainer = {"core.training", "core.teach_worker", "core.slices", "core.datasets", "core.rounds", "core.losses"}
-    assert not _closure("core.teaching") & trainer
-    assert "core.teaching" in _closure("viewer_session")
+    """Teaching trains in a process of its own: ``core.session.teaching`` starts
+    ``core.jobs.teach_worker`` by module name, so the viewer's process (and its event loop)
+    never loads the training stack."""
+    reached = {_layer(m) for m in _closure("core.session.teaching")}
+    assert not reached & {"core.data", "core.engine", "core.jobs"}, sorted(_closure("core.session.teaching"))
+    assert "core.session.teaching" in _closure("annotator.viewer_session")
 
 
-def test_the_layer_table_is_the_documented_one():
-    doc = ast.get_docstring(_modules()["core"][1])
-    for layer, names in LAYERS.items():
-        for name in names:
-            if name.startswith("core."):
-                assert name.split(".")[1] in doc, f"core/__init__.py's docstring does not list {name}"
-        assert layer in doc, f"core/__init__.py's docstring does not name the {layer} layer"
+def test_each_layer_package_says_what_it_holds():
+    """Every layer package's docstring names each of its modules, so ``help(package)`` is a map."""
+    for layer in LAYERS[:-1]:
+        doc = ast.get_docstring(_modules()[layer][1]) or ""
+        for m in _modules():
+            if m.startswith(layer + "."):
+                name = m.rsplit(".", 1)[1]
+                assert f"``{name}``" in doc, f"{layer}/__init__.py's docstring does not describe {name}"

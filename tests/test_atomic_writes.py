@@ -1,4 +1,4 @@
-"""Atomic saves (issue 18, point 3): every writer goes through ``core.atomic``; a kill or a
+"""Atomic saves (issue 18, point 3): every writer goes through ``core.io.atomic``; a kill or a
 failure at any moment leaves the old file or the new one, whole, and killed writes'
 temporary files are cleaned up by the next write in their folder."""
 
@@ -15,14 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from napari_simseg.core import atomic
-from napari_simseg.core.atomic import (
-    TMP_PREFIX,
-    atomic_path,
-    atomic_write_text,
-    remove_stale_temporaries,
-)
-from napari_simseg.core.io import ImageWriteError, read_image, write_image
+from napari_simseg.core.io import atomic
+from napari_simseg.core.io.atomic import TMP_PREFIX, atomic_path, atomic_write_text, remove_stale_temporaries
+from napari_simseg.core.io.images import ImageWriteError, read_image, write_image
 
 
 def _leftovers(folder):
@@ -107,7 +102,7 @@ def test_write_image_replaces_an_existing_file_atomically(tmp_path, ext, monkeyp
 def _checkpoint_writer(path, text):
     from conftest import tiny_meta_and_model
 
-    from napari_simseg.core.checkpoint import save_checkpoint
+    from napari_simseg.core.network.checkpoint import save_checkpoint
 
     meta, model = tiny_meta_and_model()
     meta.training = {"note": text}
@@ -115,15 +110,15 @@ def _checkpoint_writer(path, text):
 
 
 def _read_checkpoint(path):
-    from napari_simseg.core.checkpoint import read_checkpoint_meta
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
 
     return read_checkpoint_meta(path).training["note"]
 
 
 def _writers():
-    from napari_simseg.core.evaluation import write_table
-    from napari_simseg.core.interaction_log import load_log, write_log
-    from napari_simseg.core.splits import load_split, save_split
+    from napari_simseg.core.data.splits import load_split, save_split
+    from napari_simseg.core.jobs.evaluation import write_table
+    from napari_simseg.core.session.interaction_log import load_log, write_log
 
     def table(path, text):
         result = {"name": text, "classes": ["background", "a"],
@@ -157,7 +152,7 @@ def test_every_writer_is_atomic(tmp_path, kind, monkeypatch):
 
 
 def test_evaluation_plot_and_cli_json_are_written_atomically(tmp_path, monkeypatch):
-    from napari_simseg.core.evaluation import write_plot
+    from napari_simseg.core.jobs.evaluation import write_plot
 
     result = {"name": "r", "classes": ["background", "a"],
               "results": [{"clicks": k, "dice": {"background": 0.9, "a": 0.5 + k / 10}} for k in (0, 1)]}
@@ -165,7 +160,7 @@ def test_evaluation_plot_and_cli_json_are_written_atomically(tmp_path, monkeypat
     assert plot.read_bytes()[:4] == b"\x89PNG" and _leftovers(tmp_path) == []
     # check-data's --json goes through the same helper
     from napari_simseg.cli import main
-    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
 
     data = tmp_path / "data"
     make_phantom_dataset(data, n_volumes=2, seed=0, shape=(4, 32, 32))
@@ -179,7 +174,7 @@ _WRITER = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from napari_simseg.core.io import write_image
+    from napari_simseg.core.io.images import write_image
     value = int(sys.argv[2])
     array = np.random.default_rng(value).integers(0, 2000, size=(48, 256, 256)).astype(np.int16)
     array[0, 0, 0] = value

@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from napari_simseg.core.baselines import (
+from napari_simseg.core.engine.baselines import (
     ClassicalSegmenter,
     GrabCutSegmenter,
     RandomWalkerSegmenter,
     get_segmenter,
     seed_map,
 )
-from napari_simseg.core.clicks import Click, ClickError
+from napari_simseg.core.interaction.clicks import Click, ClickError
 
 METHODS = ["random_walker", "grabcut"]
 

@@ -33,7 +33,7 @@ def test_training_benchmark_json(tmp_path):
 
 
 def test_recipe_benchmark_times_the_recipe_and_stops_at_the_first_useful_checkpoint(tmp_path, capsys):
-    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
 
     data = make_phantom_dataset(tmp_path / "data", n_volumes=4, seed=3, shape=(4, 40, 44), n_tumours=2)
     out = tmp_path / "r.json"
@@ -53,7 +53,7 @@ def test_recipe_benchmark_times_the_recipe_and_stops_at_the_first_useful_checkpo
 def test_recipe_benchmark_without_out_leaves_no_run_behind(tmp_path, monkeypatch):
     import tempfile
 
-    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
 
     data = make_phantom_dataset(tmp_path / "data", n_volumes=4, seed=3, shape=(4, 40, 44), n_tumours=2)
     scratch = tmp_path / "tmp"

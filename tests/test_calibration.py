@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_simseg.core.calibration import fit_decision_offsets, score_offsets
-from napari_simseg.core.decision import decide_labels
+from napari_simseg.core.jobs.calibration import fit_decision_offsets, score_offsets
+from napari_simseg.core.network.decision import decide_labels
 
 
 def test_decide_labels_zero_offsets_is_argmax_and_offsets_shift_the_decision():
@@ -69,10 +69,10 @@ def test_honoured_clicks_count_in_the_objective():
 
 
 def test_checkpoint_stores_offsets_with_format_3(tmp_path):
+    from conftest import tiny_meta_and_model
     from safetensors import safe_open
 
-    from conftest import tiny_meta_and_model
-    from napari_simseg.core.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+    from napari_simseg.core.network.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 
     meta, model = tiny_meta_and_model()
     plain = save_checkpoint(tmp_path / "plain.safetensors", model, meta)
@@ -92,7 +92,8 @@ def test_checkpoint_stores_offsets_with_format_3(tmp_path):
 @pytest.mark.parametrize("bad", [[0.0, 1.0], [0.0, float("nan"), 0.0], ["a", 0, 0], 0.5])
 def test_bad_offsets_are_refused_with_an_actionable_message(tmp_path, bad):
     from conftest import tiny_meta_and_model
-    from napari_simseg.core.checkpoint import CheckpointError, save_checkpoint
+
+    from napari_simseg.core.network.checkpoint import CheckpointError, save_checkpoint
 
     meta, model = tiny_meta_and_model()
     meta.decision_offsets = bad
@@ -101,11 +102,15 @@ def test_bad_offsets_are_refused_with_an_actionable_message(tmp_path, bad):
 
 
 def test_update_checkpoint_meta_copies_tensors_bit_for_bit(tmp_path):
+    from conftest import tiny_meta_and_model
     from safetensors.torch import load_file
 
-    from conftest import tiny_meta_and_model
-    from napari_simseg.core.checkpoint import (CheckpointError, read_checkpoint_meta, save_checkpoint,
-                                               update_checkpoint_meta)
+    from napari_simseg.core.network.checkpoint import (
+        CheckpointError,
+        read_checkpoint_meta,
+        save_checkpoint,
+        update_checkpoint_meta,
+    )
 
     meta, model = tiny_meta_and_model()
     src = save_checkpoint(tmp_path / "half.safetensors", model, meta, half=True)
@@ -127,10 +132,10 @@ def test_update_checkpoint_meta_copies_tensors_bit_for_bit(tmp_path):
 
 def test_evaluation_rounds_use_offsets_for_labels_not_memory():
     import torch
-
     from conftest import tiny_meta_and_model
-    from napari_simseg.core.rounds import run_rounds
-    from napari_simseg.core.virtual_user import EvaluationUser
+
+    from napari_simseg.core.engine.rounds import run_rounds
+    from napari_simseg.core.interaction.virtual_user import EvaluationUser
 
     meta, model = tiny_meta_and_model(memory="sim", depth=2)
     rng = np.random.default_rng(0)
@@ -154,8 +159,9 @@ def test_evaluation_rounds_use_offsets_for_labels_not_memory():
 
 def test_session_decides_with_the_checkpoint_offsets(tmp_path, small_volume):
     from conftest import tiny_meta_and_model
-    from napari_simseg.core.checkpoint import save_checkpoint
-    from napari_simseg.core.session import InteractiveSession
+
+    from napari_simseg.core.network.checkpoint import save_checkpoint
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     meta, model = tiny_meta_and_model()
     meta.decision_offsets = [0.0, 5.0, -5.0]
@@ -178,9 +184,10 @@ def test_session_decides_with_the_checkpoint_offsets(tmp_path, small_volume):
 
 def test_evaluate_records_offsets_and_can_switch_them_off(tmp_path):
     from conftest import tiny_meta_and_model
-    from napari_simseg.core.checkpoint import save_checkpoint
-    from napari_simseg.core.evaluation import evaluate, format_report
-    from napari_simseg.core.phantom import make_phantom_dataset
+
+    from napari_simseg.core.data.phantom import make_phantom_dataset
+    from napari_simseg.core.jobs.evaluation import evaluate, format_report
+    from napari_simseg.core.network.checkpoint import save_checkpoint
 
     data = make_phantom_dataset(tmp_path / "ph", n_volumes=1, seed=3, shape=(4, 36, 40), n_tumours=1)
     names = ("background", "organ", "cavity", "tumour", "neighbour")
@@ -197,12 +204,12 @@ def test_evaluate_records_offsets_and_can_switch_them_off(tmp_path):
 
 
 def test_calibrate_end_to_end_writes_a_checkpoint_that_evaluate_uses(tmp_path, capsys):
+    from conftest import tiny_meta_and_model
     from safetensors.torch import load_file
 
-    from conftest import tiny_meta_and_model
     from napari_simseg.cli import main
-    from napari_simseg.core.checkpoint import read_checkpoint_meta, save_checkpoint
-    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta, save_checkpoint
 
     data = make_phantom_dataset(tmp_path / "ph", n_volumes=2, seed=4, shape=(4, 36, 40), n_tumours=1)
     names = ("background", "organ", "cavity", "tumour", "neighbour")
@@ -226,9 +233,10 @@ def test_calibrate_end_to_end_writes_a_checkpoint_that_evaluate_uses(tmp_path, c
 
 def test_calibrate_without_a_saved_split_is_a_one_line_error(tmp_path, capsys):
     from conftest import tiny_meta_and_model
+
     from napari_simseg.cli import main
-    from napari_simseg.core.checkpoint import save_checkpoint
-    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
+    from napari_simseg.core.network.checkpoint import save_checkpoint
 
     data = make_phantom_dataset(tmp_path / "ph", n_volumes=1, seed=4, shape=(4, 36, 40), n_tumours=1)
     meta, model = tiny_meta_and_model(class_names=("background", "organ", "cavity", "tumour", "neighbour"))

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 from napari.layers import Image
 
-from napari_simseg._layers import match_channel_layers
+from napari_simseg.annotator.layers import match_channel_layers
 
 
 def _viewer(*names):

@@ -3,15 +3,14 @@ import pickle
 
 import pytest
 import torch
+from conftest import tiny_meta_and_model
 
-from napari_simseg.core.checkpoint import (
+from napari_simseg.core.network.checkpoint import (
     CheckpointError,
     load_checkpoint,
     read_checkpoint_meta,
     save_checkpoint,
 )
-
-from conftest import tiny_meta_and_model
 
 
 def test_round_trip_is_self_describing(tmp_path):
@@ -73,8 +72,8 @@ def test_wrong_channels(tiny_checkpoint):
 def test_newer_version_and_corrupt_files(tmp_path, tiny_checkpoint):
     import json
 
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     with safe_open(str(tiny_checkpoint), "pt") as f:
         header = json.loads(f.metadata()["simseg"])
@@ -137,7 +136,7 @@ def _two_runs(tmp_path, **kwargs):
 
 
 def test_average_is_the_weighted_mean_of_every_tensor(tmp_path):
-    from napari_simseg.core.averaging import average_checkpoints
+    from napari_simseg.core.jobs.averaging import average_checkpoints
 
     a, b, model_a, model_b = _two_runs(tmp_path)
     out = average_checkpoints([a, b], tmp_path / "soup.safetensors", weights=[3, 1])
@@ -174,7 +173,7 @@ def test_average_is_the_weighted_mean_of_every_tensor(tmp_path):
 def test_average_accumulates_in_float32_and_keeps_float16_storage_unless_told(tmp_path):
     from safetensors.torch import load_file
 
-    from napari_simseg.core.averaging import average_checkpoints
+    from napari_simseg.core.jobs.averaging import average_checkpoints
 
     meta, model = tiny_meta_and_model(seed=0)
     h1 = save_checkpoint(tmp_path / "h1.safetensors", model, meta, half=True)
@@ -210,7 +209,7 @@ def test_average_accumulates_in_float32_and_keeps_float16_storage_unless_told(tm
     ],
 )
 def test_average_refuses_different_networks(tmp_path, other, field):
-    from napari_simseg.core.averaging import average_checkpoints
+    from napari_simseg.core.jobs.averaging import average_checkpoints
 
     meta, model = tiny_meta_and_model(seed=0)
     a = save_checkpoint(tmp_path / "a.safetensors", model, meta)
@@ -225,7 +224,7 @@ def test_average_refuses_different_networks(tmp_path, other, field):
 def test_average_refuses_other_normalisation_axes_tensors_and_repeats(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from napari_simseg.core.averaging import average_checkpoints
+    from napari_simseg.core.jobs.averaging import average_checkpoints
 
     a, b, *_ = _two_runs(tmp_path)
     out = tmp_path / "x.safetensors"
@@ -256,7 +255,7 @@ def test_average_refuses_other_normalisation_axes_tensors_and_repeats(tmp_path):
 
 
 def test_average_refuses_one_input_bad_weights_and_missing_files(tmp_path):
-    from napari_simseg.core.averaging import average_checkpoints
+    from napari_simseg.core.jobs.averaging import average_checkpoints
 
     a, b, *_ = _two_runs(tmp_path)
     out = tmp_path / "x.safetensors"
@@ -273,7 +272,7 @@ def test_average_refuses_one_input_bad_weights_and_missing_files(tmp_path):
 
 
 def test_average_of_runs_on_different_splits_records_no_split_and_warns(tmp_path):
-    from napari_simseg.core.averaging import average_checkpoints
+    from napari_simseg.core.jobs.averaging import average_checkpoints
 
     a, b, *_ = _two_runs(tmp_path)
     model = load_checkpoint(b).model

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_simseg.core.clicks import Click, ClickError, encode_clicks
+from napari_simseg.core.interaction.clicks import Click, ClickError, encode_clicks
 
 
 def test_disk_encoding_in_its_class_mask():
@@ -41,7 +41,7 @@ def test_malformed_and_nan():
 
 
 def test_honour_clicks_sets_only_the_clicked_pixels_newest_wins():
-    from napari_simseg.core.clicks import honour_clicks
+    from napari_simseg.core.interaction.clicks import honour_clicks
 
     labels = np.zeros((5, 6), np.uint8)
     out = honour_clicks(labels, [(1, 2.4, 3.6), (2, 0, 0), (1, 0, 0)])

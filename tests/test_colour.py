@@ -8,11 +8,10 @@ import json
 
 import numpy as np
 import pytest
-import tifffile
 
 # Load torch's native stack before the first canvas (see napari_simseg._llvm_guard).
 import segmentation_models_pytorch  # noqa: F401, E402
-
+import tifffile
 from layout_builders import disc, write_picture
 from training_helpers import tiny_config
 
@@ -40,11 +39,11 @@ def colour_set(tmp_path):
 
 
 def test_colour_pictures_train_evaluate_and_click_as_red_green_blue(tmp_path, colour_set):
-    from napari_simseg.core.checkpoint import load_checkpoint
-    from napari_simseg.core.datasets import discover_dataset
-    from napari_simseg.core.evaluation import evaluate
-    from napari_simseg.core.session import InteractiveSession
-    from napari_simseg.core.training import train
+    from napari_simseg.core.data.datasets import discover_dataset
+    from napari_simseg.core.jobs.evaluation import evaluate
+    from napari_simseg.core.jobs.training import train
+    from napari_simseg.core.network.checkpoint import load_checkpoint
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     assert discover_dataset(colour_set).channel_names == ["red", "green", "blue"]
     cfg = tiny_config(colour_set, tmp_path / "run", epochs=1, steps_per_epoch=2, batch_size=2, val_fraction=0.25,
@@ -63,7 +62,7 @@ def test_colour_pictures_train_evaluate_and_click_as_red_green_blue(tmp_path, co
 
 @pytest.fixture
 def colour_checkpoint(tmp_path):
-    from napari_simseg.core.teach_worker import new_checkpoint
+    from napari_simseg.core.jobs.teach_worker import new_checkpoint
 
     return new_checkpoint(tmp_path / "rgb.safetensors", ["background", "lesion"], SHAPE,
                           channel_names=("red", "green", "blue"))
@@ -72,7 +71,7 @@ def colour_checkpoint(tmp_path):
 @pytest.mark.gui
 def test_rgb_layer_feeds_a_colour_network_and_a_grey_rgb_layer_a_grey_one(make_napari_viewer, colour_checkpoint):
     from napari_simseg import ViewerSession
-    from napari_simseg.core.session import ImageError
+    from napari_simseg.core.session.interactive import ImageError
 
     viewer = make_napari_viewer()
     rgb, _ = colour_picture(3)
@@ -157,8 +156,8 @@ def test_click_points_on_an_rgb_layer_are_sized_to_the_picture(make_napari_viewe
 
 def test_a_constant_channel_beside_varying_ones_is_zeros_in_training_and_in_a_session(tmp_path, colour_set):
     """An empty blue channel (or a missing, zero-filled modality) is no reason to refuse a case."""
-    from napari_simseg.core.datasets import discover_dataset, load_case, read_and_check
-    from napari_simseg.core.session import InteractiveSession
+    from napari_simseg.core.data.datasets import discover_dataset, load_case, read_and_check
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     rgb, mask = colour_picture(0)
     rgb[..., 2] = 0
@@ -172,7 +171,7 @@ def test_a_constant_channel_beside_varying_ones_is_zeros_in_training_and_in_a_se
     write_picture(colour_set / "images" / "p1.png", all_flat)  # nothing varies: still refused
     assert read_and_check(discover_dataset(colour_set).cases[1], spec=spec).issues
 
-    from napari_simseg.core.teach_worker import new_checkpoint
+    from napari_simseg.core.jobs.teach_worker import new_checkpoint
 
     ckpt = new_checkpoint(tmp_path / "rgb.safetensors", ["background", "lesion"], SHAPE,
                           channel_names=("red", "green", "blue"))

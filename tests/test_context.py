@@ -5,16 +5,15 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from napari_simseg.core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
-from napari_simseg.core.augmentation import Augmenter
-from napari_simseg.core.datasets import discover_dataset
-from napari_simseg.core.memory import InteractionMemory, input_channels
-from napari_simseg.core.preprocessing import context_stack
-from napari_simseg.core.rounds import BatchMemory
-from napari_simseg.core.slices import SliceDataset
-
 from conftest import tiny_meta_and_model
+
+from napari_simseg.core.data.augmentation import Augmenter
+from napari_simseg.core.data.datasets import discover_dataset
+from napari_simseg.core.data.slices import SliceDataset
+from napari_simseg.core.engine.rounds import BatchMemory
+from napari_simseg.core.imaging.preprocessing import context_stack
+from napari_simseg.core.interaction.memory import InteractionMemory, input_channels
+from napari_simseg.core.network.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
 
 
 def test_channel_count_adds_two_per_context_slice():
@@ -109,7 +108,7 @@ def test_augmenter_treats_every_channel_like_the_slice():
 
 
 def test_slice_dataset_stacks_neighbours(tmp_path):
-    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
 
     make_phantom_dataset(tmp_path, n_volumes=2, seed=1, shape=(5, 34, 36))
     spec = discover_dataset(tmp_path)
@@ -133,7 +132,7 @@ def test_slice_dataset_stacks_neighbours(tmp_path):
 
 
 def test_checkpoint_records_context_and_old_headers_read_as_2d(tmp_path):
-    from napari_simseg.core.checkpoint import save_checkpoint
+    from napari_simseg.core.network.checkpoint import save_checkpoint
 
     meta, model = tiny_meta_and_model(context_slices=1)
     path = save_checkpoint(tmp_path / "ctx.safetensors", model, meta)
@@ -150,9 +149,9 @@ def test_checkpoint_records_context_and_old_headers_read_as_2d(tmp_path):
 
 
 def test_session_feeds_the_neighbours_of_the_clicked_slice(small_volume, tmp_path, monkeypatch):
-    from napari_simseg.core.checkpoint import save_checkpoint
-    from napari_simseg.core.predictor import Predictor
-    from napari_simseg.core.session import InteractiveSession
+    from napari_simseg.core.network.checkpoint import save_checkpoint
+    from napari_simseg.core.network.predictor import Predictor
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     meta, model = tiny_meta_and_model(context_slices=1)
     pred = Predictor(save_checkpoint(tmp_path / "ctx.safetensors", model, meta), device="cpu")
@@ -173,14 +172,14 @@ def test_session_feeds_the_neighbours_of_the_clicked_slice(small_volume, tmp_pat
 
 
 def test_init_from_widens_a_2d_network_into_the_same_function(tmp_path):
-    from napari_simseg.core.checkpoint import save_checkpoint
-    from napari_simseg.core.model import build_model
-    from napari_simseg.core.training import _init_from
+    from napari_simseg.core.jobs.training import _init_from
+    from napari_simseg.core.network.checkpoint import save_checkpoint
+    from napari_simseg.core.network.model import build_model
 
     meta, model = tiny_meta_and_model()
     path = save_checkpoint(tmp_path / "flat.safetensors", model, meta)
     cfg = {**meta.model, "in_channels": input_channels("sim", 3, 3, 2)}
-    from napari_simseg.core.model import ModelConfig
+    from napari_simseg.core.network.model import ModelConfig
 
     net = build_model(ModelConfig.from_dict(cfg)).eval()
     _init_from(net, path, meta.class_names, context_slices=2)
@@ -197,9 +196,9 @@ def test_init_from_widens_a_2d_network_into_the_same_function(tmp_path):
 
 
 def test_train_and_evaluate_a_context_network_end_to_end(tmp_path):
-    from napari_simseg.core.evaluation import evaluate
-    from napari_simseg.core.phantom import make_phantom_dataset
-    from napari_simseg.core.training import TrainConfig, train
+    from napari_simseg.core.data.phantom import make_phantom_dataset
+    from napari_simseg.core.jobs.evaluation import evaluate
+    from napari_simseg.core.jobs.training import TrainConfig, train
 
     data = tmp_path / "data"
     make_phantom_dataset(data, n_volumes=3, seed=2, shape=(6, 40, 44))
@@ -221,7 +220,7 @@ def test_train_and_evaluate_a_context_network_end_to_end(tmp_path):
 def test_header_keeps_2d_checkpoints_at_version_1_and_marks_context_as_2(tmp_path):
     from safetensors import safe_open
 
-    from napari_simseg.core.checkpoint import save_checkpoint
+    from napari_simseg.core.network.checkpoint import save_checkpoint
 
     def header(path):
         with safe_open(str(path), "pt") as f:
@@ -241,9 +240,9 @@ def test_context_stack_refuses_float_indices():
 
 
 def test_init_from_a_checkpoint_of_other_classes_names_init_transfer(tmp_path):
-    from napari_simseg.core.checkpoint import save_checkpoint
-    from napari_simseg.core.model import ModelConfig, build_model
-    from napari_simseg.core.training import _init_from
+    from napari_simseg.core.jobs.training import _init_from
+    from napari_simseg.core.network.checkpoint import save_checkpoint
+    from napari_simseg.core.network.model import ModelConfig, build_model
 
     meta, model = tiny_meta_and_model()
     path = save_checkpoint(tmp_path / "other.safetensors", model, meta)

@@ -31,11 +31,11 @@ def test_core_and_its_submodules_import_no_gui():
         """
         import importlib, pkgutil
         import napari_simseg.core as core
-        for info in pkgutil.iter_modules(core.__path__):
-            importlib.import_module(f"napari_simseg.core.{info.name}")
+        for info in pkgutil.walk_packages(core.__path__, "napari_simseg.core."):
+            importlib.import_module(info.name)
         """
     )
-    assert "napari_simseg.core.session" in loaded
+    assert "napari_simseg.core.session.interactive" in loaded
     assert _gui(loaded) == []
 
 

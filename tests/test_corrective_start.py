@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_simseg.core.data_generation import _simulate_and_forward
-from napari_simseg.core.train_config import TrainConfig
-from napari_simseg.core.virtual_user import DDGConfig, TrainingVirtualUser
+from napari_simseg.core.engine.data_generation import _simulate_and_forward
+from napari_simseg.core.engine.train_config import TrainConfig
+from napari_simseg.core.interaction.virtual_user import DDGConfig, TrainingVirtualUser
 
 
 def _gt():

@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import HIPPOCAMPUS, NO_SHARED_DATA
 
-from napari_simseg.core.augmentation import Augmenter
-from napari_simseg.core.datasets import (
+from napari_simseg.core.data.augmentation import Augmenter
+from napari_simseg.core.data.datasets import (
     Case,
     DatasetError,
     check_case,
@@ -23,7 +23,10 @@ from napari_simseg.core.datasets import (
     largest_slice_shape,
     load_case,
 )
-from napari_simseg.core.preprocessing import (
+from napari_simseg.core.data.phantom import CLASS_NAMES, make_phantom, make_phantom_dataset
+from napari_simseg.core.data.slices import SliceDataset
+from napari_simseg.core.data.splits import load_split, save_split, split_cases
+from napari_simseg.core.imaging.preprocessing import (
     CropBox,
     ImageError,
     n4_correct,
@@ -32,10 +35,7 @@ from napari_simseg.core.preprocessing import (
     slice_volume,
     unpad,
 )
-from napari_simseg.core.slices import SliceDataset
-from napari_simseg.core.splits import load_split, save_split, split_cases
-from napari_simseg.core.io import read_image, write_image
-from napari_simseg.core.phantom import CLASS_NAMES, make_phantom, make_phantom_dataset
+from napari_simseg.core.io.images import read_image, write_image
 
 SHAPE = (8, 40, 56)  # small phantoms keep the tests fast
 
@@ -467,7 +467,7 @@ def test_real_hippocampus_two_cases():
 
 
 def test_cap_split_keeps_exactly_the_budget_in_proportion_and_a_random_subset():
-    from napari_simseg.core.splits import cap_split, split_cases
+    from napari_simseg.core.data.splits import cap_split, split_cases
 
     ids = [f"case_{i:03d}" for i in range(40)]
     split = split_cases(ids, val_fraction=0.2, seed=0)  # 32 / 8 / 0
@@ -483,7 +483,7 @@ def test_cap_split_keeps_exactly_the_budget_in_proportion_and_a_random_subset():
 
 
 def test_max_volumes_below_two_is_refused():
-    from napari_simseg.core.train_config import TrainConfig
+    from napari_simseg.core.engine.train_config import TrainConfig
 
     with pytest.raises(ValueError, match="max_volumes must be an integer >= 2"):
         TrainConfig(data="x", out="y", max_volumes=1).validate()

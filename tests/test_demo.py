@@ -2,11 +2,11 @@
 
 import pytest
 
-from napari_simseg.core.resources import DEMO_CHECKPOINT, SAMPLE_DIR
+from napari_simseg.core.io.resources import DEMO_CHECKPOINT, SAMPLE_DIR
 
 
 def test_bundled_demo_model_is_small_and_self_describing():
-    from napari_simseg.core.checkpoint import load_checkpoint
+    from napari_simseg.core.network.checkpoint import load_checkpoint
 
     assert DEMO_CHECKPOINT.stat().st_size <= 30 * 1024 * 1024
     ck = load_checkpoint(DEMO_CHECKPOINT)
@@ -16,8 +16,8 @@ def test_bundled_demo_model_is_small_and_self_describing():
 
 
 def test_sample_is_in_the_demo_models_validation_split():
-    from napari_simseg.core.checkpoint import read_checkpoint_meta
-    from napari_simseg.core.datasets import discover_dataset
+    from napari_simseg.core.data.datasets import discover_dataset
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
 
     meta = read_checkpoint_meta(DEMO_CHECKPOINT)
     val = set(meta.training["val_volumes"])
@@ -59,7 +59,7 @@ def test_demo_gui_opens_sample_model_and_widget(make_napari_viewer, monkeypatch)
 
 
 def test_evaluating_the_bundled_model_names_its_row_demo():
-    from napari_simseg.core.evaluation import evaluate
+    from napari_simseg.core.jobs.evaluation import evaluate
 
     res = evaluate("demo", SAMPLE_DIR, split="all", clicks=[0], noc_clicks=0, max_volumes=1,
                    device="cpu", progress=False, tta=False)

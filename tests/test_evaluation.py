@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from napari_simseg.core.evaluation import evaluate, format_report, write_plot, write_table
+from napari_simseg.core.jobs.evaluation import evaluate, format_report, write_plot, write_table
 
 
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory):
-    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
 
     root = tmp_path_factory.mktemp("phantom_eval")
     make_phantom_dataset(root, n_volumes=2, seed=5, shape=(4, 40, 44), n_tumours=2)
@@ -54,15 +54,15 @@ def test_random_walker_improves_with_clicks(phantom_data):
 
 
 def test_mismatched_classes_refused(phantom_data, tiny_checkpoint):
-    from napari_simseg.core.checkpoint import CheckpointError
+    from napari_simseg.core.network.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="trained for classes"):
         evaluate(tiny_checkpoint, phantom_data, progress=False)
 
 
 def test_saved_split_is_used(phantom_data, phantom_checkpoint, tmp_path):
-    from napari_simseg.core.datasets import discover_dataset
-    from napari_simseg.core.splits import save_split
+    from napari_simseg.core.data.datasets import discover_dataset
+    from napari_simseg.core.data.splits import save_split
 
     ids = discover_dataset(phantom_data).case_ids
     (tmp_path / "elsewhere").mkdir()

@@ -11,8 +11,8 @@ import tifffile
 from layout_builders import make_folder_dataset, write_picture
 from PIL import Image
 
-from napari_simseg.core.datasets import discover_dataset, read_and_check
-from napari_simseg.core.io import ImageReadError, read_channels, read_image, read_image_info
+from napari_simseg.core.data.datasets import discover_dataset, read_and_check
+from napari_simseg.core.io.images import ImageReadError, read_channels, read_image, read_image_info
 
 GREY = (np.arange(30 * 40).reshape(30, 40) * 7 % 251).astype(np.uint8)
 

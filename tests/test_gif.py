@@ -11,8 +11,8 @@ import pytest
 from layout_builders import noisy_image, write_picture
 from PIL import Image
 
-from napari_simseg.core.datasets import discover_dataset, read_and_check
-from napari_simseg.core.io import ImageReadError, read_channels, read_image, read_image_info
+from napari_simseg.core.data.datasets import discover_dataset, read_and_check
+from napari_simseg.core.io.images import ImageReadError, read_channels, read_image, read_image_info
 
 
 def _mask(shape=(20, 30)) -> np.ndarray:

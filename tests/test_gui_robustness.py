@@ -28,7 +28,7 @@ def session(viewer, volume, make_checkpoint):
 
 def _long_log(path, n_events: int, shape=(5, 40, 48)):
     """A valid log of many rounds (as a long annotation session writes)."""
-    from napari_simseg.core.interaction_log import write_log
+    from napari_simseg.core.session.interaction_log import write_log
 
     events = [{"action": "clicks", "slice": k % shape[0], "round": k // shape[0] + 1, "time": 0.0,
                "clicks": [{"class": 1 + k % 2, "y": 5.0 + k % 30, "x": 7.0 + k % 40}]} for k in range(n_events)]
@@ -73,7 +73,7 @@ def test_load_never_drops_unsaved_rounds_silently(viewer, session, tmp_path):
     ({"action": "explode", "slice": 1}, "unknown action"),
 ])
 def test_bad_logs_are_refused_before_anything_is_allocated(viewer, session, tmp_path, event, match):
-    from napari_simseg.core.interaction_log import LogError, write_log
+    from napari_simseg.core.session.interaction_log import LogError, write_log
 
     session.add_clicks(1, [(1, 15, 20)])
     labels_path, log_path = session.save(tmp_path / "case.nii.gz")
@@ -116,7 +116,7 @@ def test_nan_points_are_ignored_and_indices_strict(viewer, session):
     assert result.round == 1 and session.ignored_points == 0 and session.ignored_note == ""
     with pytest.raises(IndexError, match="slice index must be an integer, got 2.7"):
         session.add_clicks(2.7, [(1, 5, 5)])
-    from napari_simseg.core.clicks import ClickError
+    from napari_simseg.core.interaction.clicks import ClickError
 
     for bad in (1.5, True, "a"):
         with pytest.raises(ClickError, match="class index must be an integer"):

@@ -1,4 +1,4 @@
-"""Tests of napari_simseg.core.io: round trips, DICOM series, errors."""
+"""Tests of napari_simseg.core.io.images: round trips, DICOM series, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import tifffile
 
-from napari_simseg.core.io import (
+from napari_simseg.core.io.images import (
     SUPPORTED_EXTENSIONS,
     ImageReadError,
     ImageWriteError,

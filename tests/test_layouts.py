@@ -20,7 +20,7 @@ from layout_builders import (
     write_picture,
 )
 
-from napari_simseg.core.datasets import (
+from napari_simseg.core.data.datasets import (
     Case,
     DatasetError,
     check_dataset,
@@ -30,8 +30,8 @@ from napari_simseg.core.datasets import (
     load_case_with,
     read_and_check,
 )
-from napari_simseg.core.io import read_image, write_image
-from napari_simseg.core.slices import SliceDataset
+from napari_simseg.core.data.slices import SliceDataset
+from napari_simseg.core.io.images import read_image, write_image
 
 
 def per_channel_stats(image):

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_simseg.core.io import read_image
-from napari_simseg.core.resources import SAMPLE_DIR
+from napari_simseg.core.io.images import read_image
+from napari_simseg.core.io.resources import SAMPLE_DIR
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_pre_redesign_log_replays(channels_last):
-    from napari_simseg.core.predictor import Predictor
-    from napari_simseg.core.session import InteractiveSession, replay_log
+    from napari_simseg.core.network.predictor import Predictor
+    from napari_simseg.core.session.interactive import InteractiveSession, replay_log
 
     volume = read_image(SAMPLE_DIR / "images" / "hippocampus_015.nii.gz").array
     expected = np.load(FIXTURES / "pre_redesign_expected.npz")

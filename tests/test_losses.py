@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_simseg.core.losses import FocalLoss, class_weights_from_counts
+from napari_simseg.core.engine.losses import FocalLoss, class_weights_from_counts
 
 
 def _data(seed=0, b=2, n=4, h=6, w=5, scale=3.0):
@@ -159,7 +159,7 @@ def test_class_weights_reject_bad_input(counts, method):
 
 
 def test_inverse_sqrt_frequency_is_gentler():
-    from napari_simseg.core.losses import class_weights_from_counts
+    from napari_simseg.core.engine.losses import class_weights_from_counts
 
     counts = [970, 15, 15]
     inv = class_weights_from_counts(counts, "inverse_frequency")
@@ -179,7 +179,7 @@ def _soft_dice_manual(logits, target, classes):
 
 
 def test_soft_dice_matches_the_batch_pooled_formula_over_foreground_classes():
-    from napari_simseg.core.losses import SoftDiceLoss
+    from napari_simseg.core.engine.losses import SoftDiceLoss
 
     logits, target = _data(7)
     torch.testing.assert_close(SoftDiceLoss()(logits, target), _soft_dice_manual(logits, target, (1, 2, 3)))
@@ -188,7 +188,7 @@ def test_soft_dice_matches_the_batch_pooled_formula_over_foreground_classes():
 
 
 def test_soft_dice_is_zero_for_a_perfect_prediction_and_near_one_for_a_wrong_one():
-    from napari_simseg.core.losses import SoftDiceLoss
+    from napari_simseg.core.engine.losses import SoftDiceLoss
 
     _, target = _data(8, h=16, w=16)
     onehot = F.one_hot(target, 4).movedim(-1, 1).float()
@@ -198,7 +198,7 @@ def test_soft_dice_is_zero_for_a_perfect_prediction_and_near_one_for_a_wrong_one
 
 
 def test_soft_dice_ignores_padded_pixels_and_has_finite_gradients():
-    from napari_simseg.core.losses import SoftDiceLoss
+    from napari_simseg.core.engine.losses import SoftDiceLoss
 
     logits, target = _data(9)
     padded = target.clone()
@@ -215,7 +215,7 @@ def test_soft_dice_ignores_padded_pixels_and_has_finite_gradients():
 
 
 def test_focal_dice_is_focal_plus_weighted_dice_and_checks_its_inputs():
-    from napari_simseg.core.losses import FocalDiceLoss, SoftDiceLoss
+    from napari_simseg.core.engine.losses import FocalDiceLoss, SoftDiceLoss
 
     logits, target = _data(10)
     focal, dice = FocalLoss(gamma=2.0), SoftDiceLoss()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_simseg.core.memory import InteractionMemory, input_channels
+from napari_simseg.core.interaction.memory import InteractionMemory, input_channels
 
 N, H, W = 3, 8, 10
 

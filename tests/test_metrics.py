@@ -1,12 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_simseg.core.metrics import (
-    confusion_counts,
-    dice_iou_from_confusion,
-    dice_iou_per_class,
-    noc,
-)
+from napari_simseg.core.imaging.metrics import confusion_counts, dice_iou_from_confusion, dice_iou_per_class, noc
 
 
 def test_confusion_counts_orientation_rows_are_gt():

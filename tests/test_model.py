@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 import torch
-
-from napari_simseg.core.model import ModelConfig, ModelConfigError, build_model
-
 from conftest import TINY_MODEL
+
+from napari_simseg.core.network.model import ModelConfig, ModelConfigError, build_model
 
 
 def tiny(decoder="convlstm", c=7, n=3, **kw):
@@ -84,8 +83,8 @@ def test_local_encoder_weights_are_loaded_and_channel_adapted(tmp_path):
 
 
 def test_internal_padding_is_centred_like_the_trainers():
-    """A slice must sit where training put it (core.preprocessing pads slices centred)."""
-    from napari_simseg.core.preprocessing import pad_to_multiple
+    """A slice must sit where training put it (core.imaging.preprocessing pads slices centred)."""
+    from napari_simseg.core.imaging.preprocessing import pad_to_multiple
 
     m = tiny("plain", c=3)
     x = torch.randn(1, 3, 20, 27)
@@ -120,7 +119,7 @@ def test_stem_stride_one_keeps_full_resolution_and_parameters(hw):
 def test_stem_stride_config_errors():
     with pytest.raises(ModelConfigError, match="encoder_stem_stride must be 1 or 2"):
         tiny(encoder_stem_stride=4)
-    from napari_simseg.core.model import _unstride_stem
+    from napari_simseg.core.network.model import _unstride_stem
 
     stem = torch.nn.Sequential(torch.nn.Conv2d(7, 8, 3, stride=1))
     with pytest.raises(ModelConfigError, match="first convolution has stride 2"):
@@ -128,7 +127,7 @@ def test_stem_stride_config_errors():
 
 
 def test_stem_stride_round_trips_through_checkpoints(tmp_path):
-    from napari_simseg.core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+    from napari_simseg.core.network.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 
     m = tiny(encoder_stem_stride=1)
     meta = CheckpointMeta(class_names=["background", "a", "b"], memory="sim", depth=1, click_radius=1,

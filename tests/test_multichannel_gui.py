@@ -17,12 +17,11 @@ CHANNELS = ("T1", "T2")
 @pytest.fixture
 def two_channel_checkpoint(tmp_path):
     import torch
-
-    from napari_simseg.core.checkpoint import CheckpointMeta, save_checkpoint
-    from napari_simseg.core.memory import input_channels
-    from napari_simseg.core.model import ModelConfig, build_model
-
     from conftest import TINY_MODEL
+
+    from napari_simseg.core.interaction.memory import input_channels
+    from napari_simseg.core.network.checkpoint import CheckpointMeta, save_checkpoint
+    from napari_simseg.core.network.model import ModelConfig, build_model
 
     torch.manual_seed(1)
     cfg = ModelConfig(in_channels=input_channels("sim", 3, 3, 0, 2), n_classes=3, **TINY_MODEL)
@@ -41,7 +40,7 @@ def channels():
 
 def test_console_session_finds_the_channel_layers_by_name(make_napari_viewer, two_channel_checkpoint, channels):
     from napari_simseg import ViewerSession
-    from napari_simseg.core.session import ImageError
+    from napari_simseg.core.session.interactive import ImageError
 
     viewer = make_napari_viewer()
     viewer.add_image(channels[1], name="case7 T2")
@@ -63,7 +62,7 @@ def test_console_session_finds_the_channel_layers_by_name(make_napari_viewer, tw
 
 def test_console_session_takes_one_layer_with_a_channel_axis(make_napari_viewer, two_channel_checkpoint, channels):
     from napari_simseg import ViewerSession
-    from napari_simseg.core.session import ImageError
+    from napari_simseg.core.session.interactive import ImageError
 
     viewer = make_napari_viewer()
     both = viewer.add_image(np.stack(channels), name="stack")

@@ -8,16 +8,15 @@ with and without context slices."""
 import numpy as np
 import pytest
 import torch
-
-from napari_simseg.core.calibration import calibrate
-from napari_simseg.core.checkpoint import load_checkpoint
-from napari_simseg.core.evaluation import evaluate
-from napari_simseg.core.memory import input_channels
-from napari_simseg.core.session import InteractiveSession
-from napari_simseg.core.training import train
-
 from layout_builders import make_msd4d_dataset, make_nnunet_dataset
 from training_helpers import tiny_config
+
+from napari_simseg.core.interaction.memory import input_channels
+from napari_simseg.core.jobs.calibration import calibrate
+from napari_simseg.core.jobs.evaluation import evaluate
+from napari_simseg.core.jobs.training import train
+from napari_simseg.core.network.checkpoint import load_checkpoint
+from napari_simseg.core.session.interactive import InteractiveSession
 
 
 @pytest.mark.parametrize("context_slices", [0, 1])
@@ -79,8 +78,8 @@ class _InputRecorder(torch.nn.Module):
 
 @pytest.mark.parametrize("channels, context_slices", [(3, 0), (3, 1), (2, 1)])
 def test_validation_feeds_every_channel_where_the_session_does(channels, context_slices):
-    from napari_simseg.core.train_config import TrainConfig
-    from napari_simseg.core.training import validate
+    from napari_simseg.core.engine.train_config import TrainConfig
+    from napari_simseg.core.jobs.training import validate
 
     n, h, w = 3, 16, 20
     stack = torch.randn(2, channels * (1 + 2 * context_slices), h, w)
@@ -95,7 +94,7 @@ def test_validation_feeds_every_channel_where_the_session_does(channels, context
     expected = input_channels("sim", n, 3, context_slices, channels)
     for x in net.inputs:
         assert x.shape[1] == expected
-        # the slice's own channels first, its neighbours' last, as core.memory lays them out
+        # the slice's own channels first, its neighbours' last, as core.interaction.memory lays them out
         assert torch.equal(x[:, :channels], stack[:, :channels])
         if context_slices:
             assert torch.equal(x[:, expected - 2 * context_slices * channels:], stack[:, channels:])

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from napari_simseg.core.augmentation import Augmenter
-from napari_simseg.core.checkpoint import read_checkpoint_meta
-from napari_simseg.core.memory import prior_probabilities
-from napari_simseg.core.predictor import Predictor
-from napari_simseg.core.propagation import SeedRule
-from napari_simseg.core.session import InteractiveSession, load_log, replay_log
-from napari_simseg.core.slices import SliceDataset
-from napari_simseg.core.train_config import TrainConfig
-from napari_simseg.core.data_generation import _simulate_and_forward
+from napari_simseg.core.data.augmentation import Augmenter
+from napari_simseg.core.data.slices import SliceDataset
+from napari_simseg.core.engine.data_generation import _simulate_and_forward
+from napari_simseg.core.engine.train_config import TrainConfig
+from napari_simseg.core.interaction.memory import prior_probabilities
+from napari_simseg.core.network.checkpoint import read_checkpoint_meta
+from napari_simseg.core.network.predictor import Predictor
+from napari_simseg.core.session.interactive import InteractiveSession, load_log, replay_log
+from napari_simseg.core.session.propagation import SeedRule
 
 
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory):
-    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
 
     root = tmp_path_factory.mktemp("phantom_prior")
     make_phantom_dataset(root, n_volumes=2, seed=3, shape=(4, 40, 44), n_tumours=2)
@@ -59,7 +59,7 @@ def test_augmenter_moves_stacked_label_maps_together():
 
 
 def test_dataset_items_carry_a_neighbours_labels_as_prior(phantom_data):
-    from napari_simseg.core.datasets import discover_dataset
+    from napari_simseg.core.data.datasets import discover_dataset
 
     spec = discover_dataset(phantom_data)
     ds = SliceDataset(spec, neighbour_prior=True)
@@ -81,8 +81,8 @@ def test_dataset_items_carry_a_neighbours_labels_as_prior(phantom_data):
 
 
 def test_a_single_slice_has_no_prior(tmp_path):
-    from napari_simseg.core.datasets import discover_dataset
-    from napari_simseg.core.io import write_image
+    from napari_simseg.core.data.datasets import discover_dataset
+    from napari_simseg.core.io.images import write_image
 
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
@@ -98,9 +98,8 @@ def test_a_single_slice_has_no_prior(tmp_path):
 
 
 def _spy_net(n=3):
-    from test_training import _Spy
-
     from conftest import tiny_meta_and_model
+    from test_training import _Spy
 
     return _Spy(tiny_meta_and_model()[1])
 
@@ -187,8 +186,8 @@ def test_a_painted_source_is_logged_and_replayed_as_its_prior(tmp_path, make_che
 def test_priors_asked_of_slices_without_neighbour_labels_are_refused(tmp_path):
     from training_helpers import tiny_config
 
-    from napari_simseg.core.slices import SliceDataset
-    from napari_simseg.core.training import TrainingData, train
+    from napari_simseg.core.data.slices import SliceDataset
+    from napari_simseg.core.jobs.training import TrainingData, train
 
     rng = np.random.default_rng(0)
     images = {"a": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)}

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_simseg.core.model import ModelConfig, ModelConfigError, build_model
-from napari_simseg.core.preprocessing import pad_to_multiple
-from napari_simseg.core.train_config import TrainConfig
+from napari_simseg.core.engine.train_config import TrainConfig
+from napari_simseg.core.imaging.preprocessing import pad_to_multiple
+from napari_simseg.core.network.model import ModelConfig, ModelConfigError, build_model
 
 TINY = dict(encoder="resnet18", encoder_depth=3, decoder_channels=(16, 8, 8))
 
@@ -71,7 +71,7 @@ def test_the_header_keeps_the_padding_and_older_headers_load():
 
 
 def test_training_items_are_padded_as_the_config_says():
-    from napari_simseg.core.slices import SliceDataset
+    from napari_simseg.core.data.slices import SliceDataset
 
     rng = np.random.default_rng(0)
     image = rng.normal(size=(1, 2, 20, 27)).astype(np.float32)
@@ -90,9 +90,9 @@ def test_training_items_are_padded_as_the_config_says():
 
 
 def test_a_fine_tune_keeps_its_base_padding_and_a_transfer_takes_the_default(make_checkpoint):
-    from napari_simseg.core.checkpoint import read_checkpoint_meta
-    from napari_simseg.core.resources import DEMO_CHECKPOINT
-    from napari_simseg.core.teach_worker import teaching_options
+    from napari_simseg.core.io.resources import DEMO_CHECKPOINT
+    from napari_simseg.core.jobs.teach_worker import teaching_options
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
 
     classes = ("background", "a", "b")
     base = read_checkpoint_meta(make_checkpoint(class_names=classes))  # made as before: no edge channels
@@ -103,7 +103,12 @@ def test_a_fine_tune_keeps_its_base_padding_and_a_transfer_takes_the_default(mak
 
 
 def test_a_checkpoint_keeps_its_edge_padded_channels(tmp_path):
-    from napari_simseg.core.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint_meta, save_checkpoint
+    from napari_simseg.core.network.checkpoint import (
+        CheckpointMeta,
+        load_checkpoint,
+        read_checkpoint_meta,
+        save_checkpoint,
+    )
 
     cfg = TrainConfig(data="d", out="o", memory="sim", depth=1, context_slices=1, encoder="resnet18",
                       encoder_depth=3, decoder_channels=[16, 8, 8]).validate()
@@ -140,8 +145,8 @@ def test_a_smaller_input_is_padded_to_the_training_canvas():
 
 
 def test_the_bundled_model_runs_in_the_canvas_it_was_trained_in():
-    from napari_simseg.core.checkpoint import read_checkpoint_meta
-    from napari_simseg.core.resources import DEMO_CHECKPOINT
+    from napari_simseg.core.io.resources import DEMO_CHECKPOINT
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
 
     meta = read_checkpoint_meta(DEMO_CHECKPOINT)
     assert meta.model["canvas"] == [64, 64] and "edge_padded_channels" not in meta.model

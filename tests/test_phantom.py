@@ -1,4 +1,4 @@
-"""Tests of napari_simseg.core.phantom."""
+"""Tests of napari_simseg.core.data.phantom."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_simseg.core.io import read_image
-from napari_simseg.core.phantom import CLASS_NAMES, make_phantom, make_phantom_dataset, phantom_spacing
+from napari_simseg.core.data.phantom import CLASS_NAMES, make_phantom, make_phantom_dataset, phantom_spacing
+from napari_simseg.core.io.images import read_image
 
 FULL = np.ones((3, 3, 3), bool)  # 26-connectivity: the strictest count of separate tumours
 

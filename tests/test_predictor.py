@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_simseg.core.devices import resolve_device
-from napari_simseg.core.predictor import Predictor
+from napari_simseg.core.network.devices import resolve_device
+from napari_simseg.core.network.predictor import Predictor
 
 
 def test_resolve_device():
@@ -56,8 +56,8 @@ def test_batch_for_bounds_the_inputs_of_one_call_by_memory(tiny_checkpoint):
 
 
 def test_evaluation_gives_the_same_results_in_memory_bounded_batches(make_checkpoint, tmp_path, monkeypatch):
-    from napari_simseg.core import evaluation
-    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
+    from napari_simseg.core.jobs import evaluation
 
     data = make_phantom_dataset(tmp_path / "data", n_volumes=1, seed=3, shape=(6, 40, 44))
     checkpoint = make_checkpoint(class_names=("background", "organ", "cavity", "tumour", "neighbour"))
@@ -85,7 +85,7 @@ def test_evaluation_gives_the_same_results_in_memory_bounded_batches(make_checkp
 def test_bfloat16_only_where_the_cpu_has_it_natively(monkeypatch, avx512_bf16, amx, expected):
     """oneDNN reports bfloat16 support on any AVX512 CPU (emulated there, slower):
     the autocast decision reads the CPU's own bfloat16 and AMX flags."""
-    from napari_simseg.core import devices
+    from napari_simseg.core.network import devices
 
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)

@@ -1,13 +1,13 @@
-"""Propagation (core.propagation, InteractiveSession.propagate): seeds, stop rules, never
+"""Propagation (core.session.propagation, InteractiveSession.propagate): seeds, stop rules, never
 overwriting the user's slices, undo as one step, the log."""
 
 import numpy as np
 import pytest
 
-from napari_simseg.core.clicks import Click
-from napari_simseg.core.predictor import Predictor
-from napari_simseg.core.propagation import SeedRule, carried_clicks, seed_clicks
-from napari_simseg.core.session import InteractiveSession, load_log, replay_log
+from napari_simseg.core.interaction.clicks import Click
+from napari_simseg.core.network.predictor import Predictor
+from napari_simseg.core.session.interactive import InteractiveSession, load_log, replay_log
+from napari_simseg.core.session.propagation import SeedRule, carried_clicks, seed_clicks
 
 Z, H, W = 10, 32, 32
 

@@ -11,7 +11,7 @@ import pytest
 
 from napari_simseg._reader import get_reader, layer_data_from_volume, read_layers
 from napari_simseg._writer import write_image_layer, write_labels_layer
-from napari_simseg.core.io import Volume
+from napari_simseg.core.io.images import Volume
 
 FORMATS = [".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff"]
 
@@ -101,7 +101,7 @@ def test_reader_declines_what_it_cannot_read(tmp_path):
 
 
 def test_reader_error_is_one_line(tmp_path):
-    from napari_simseg.core.io import ImageReadError
+    from napari_simseg.core.io.images import ImageReadError
 
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"definitely not nifti")
@@ -120,7 +120,7 @@ def test_layer_data_from_volume_metadata():
 
 def test_phantom_sample_has_classes():
     from napari_simseg._sample_data import phantom_sample
-    from napari_simseg.core.phantom import CLASS_NAMES
+    from napari_simseg.core.data.phantom import CLASS_NAMES
 
     (image, ikw, ikind), (labels, lkw, lkind) = phantom_sample(shape=(8, 48, 48))
     assert ikind == "image" and lkind == "labels"
@@ -153,7 +153,7 @@ def test_hippocampus_sample_from_sample_folder(tmp_path, monkeypatch):
     import json
 
     import napari_simseg._sample_data as sd
-    from napari_simseg.core.io import write_image
+    from napari_simseg.core.io.images import write_image
 
     rng = np.random.default_rng(0)
     (tmp_path / "images").mkdir()

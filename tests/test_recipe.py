@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
-from napari_simseg.core.recipe import default_recipe, describe_recipe, estimate_step_seconds
-from napari_simseg.core.train_config import TrainConfig
+from napari_simseg.core.engine.train_config import TrainConfig
+from napari_simseg.core.jobs.recipe import default_recipe, describe_recipe, estimate_step_seconds
 
 
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory):
-    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
 
     root = tmp_path_factory.mktemp("phantom_recipe")
     make_phantom_dataset(root, n_volumes=4, seed=3, shape=(4, 40, 44), n_tumours=2)
@@ -31,7 +31,7 @@ def test_radiographs_get_the_working_size_crops_and_no_flips():
 
 
 def test_a_short_budget_works_at_128_pixels_with_the_same_crops_and_teaching_keeps_256():
-    from napari_simseg.core.teach_worker import teaching_options
+    from napari_simseg.core.jobs.teach_worker import teaching_options
 
     shapes, names = [(404, 488)] * 5, ["background", "liver", "aorta"]
     short = default_recipe(shapes, names, max_minutes=10)
@@ -55,7 +55,7 @@ def test_small_volumes_keep_their_resolution_with_a_full_resolution_stem():
 
 
 def test_lateral_class_names_are_recognised():
-    from napari_simseg.core.recipe import lateral_classes
+    from napari_simseg.core.jobs.recipe import lateral_classes
 
     names = ["background", "kidney_R", "rectum", "Lt. clavicle", "liver", "left lung", "Right-Atrium", "sinus"]
     assert lateral_classes(names) == ["kidney_R", "Lt. clavicle", "left lung", "Right-Atrium"]
@@ -70,7 +70,7 @@ def test_estimate_step_seconds_times_a_real_step():
 
 def test_cli_train_without_config_uses_the_recipe_and_plans_the_budget(phantom_data, tmp_path, capsys):
     from napari_simseg.cli import main
-    from napari_simseg.core.checkpoint import read_checkpoint_meta
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
 
     out = tmp_path / "run"
     rc = main(["train", "--data", str(phantom_data), "--out", str(out), "--max-minutes", "0.3",
@@ -106,7 +106,7 @@ def test_plan_steps_needs_a_budget():
 
 
 def test_hundreds_of_multimodal_volumes_are_read_in_part_and_empty_slices_capped():
-    from napari_simseg.core.recipe import ARRAY_BYTES, MAX_EMPTY_FRACTION, case_bytes
+    from napari_simseg.core.jobs.recipe import ARRAY_BYTES, MAX_EMPTY_FRACTION, case_bytes
 
     shapes = [(155, 240, 240)] * 64  # brain tumour MRI: 4 channels
     r = default_recipe(shapes, ["background", "edema", "non-enhancing", "enhancing"], ["FLAIR", "T1w", "T1gd", "T2w"],
@@ -124,7 +124,7 @@ def test_hundreds_of_multimodal_volumes_are_read_in_part_and_empty_slices_capped
 
 
 def test_empty_slices_are_kept_to_their_share_of_the_training_items():
-    from napari_simseg.core.slices import SliceDataset
+    from napari_simseg.core.data.slices import SliceDataset
 
     labels = np.zeros((30, 16, 16), np.uint8)
     labels[10:16, 4:8, 4:8] = 1  # 6 slices with a structure, 24 without
@@ -146,9 +146,9 @@ def test_max_empty_fraction_is_checked():
 
 @pytest.mark.parametrize("share, kept", [(1e-9, "floor"), (1e9, 40)])
 def test_the_plan_cuts_a_validation_that_would_take_more_than_its_share(tmp_path, monkeypatch, share, kept):
-    from napari_simseg.core import training
-    from napari_simseg.core.phantom import make_phantom_dataset
-    from napari_simseg.core.training import VAL_MIN_ITEMS, train
+    from napari_simseg.core.data.phantom import make_phantom_dataset
+    from napari_simseg.core.jobs import training
+    from napari_simseg.core.jobs.training import VAL_MIN_ITEMS, train
 
     # one validation volume of 40 slices whose timed pass takes more than its (here tiny)
     # share of the budget, however fast this machine: the plan keeps the fewest it may

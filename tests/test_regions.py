@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from napari_simseg.core.regions import (MIN_SIDE, TILE, box_around, foreground_box, grow_box, scale_box, tiles,
-                                        touched_boxes)
-
 from conftest import tiny_meta_and_model
+
+from napari_simseg.core.imaging.regions import (
+    MIN_SIDE,
+    TILE,
+    box_around,
+    foreground_box,
+    grow_box,
+    scale_box,
+    tiles,
+    touched_boxes,
+)
 
 
 def test_box_around_points_and_boxes_with_margin_and_minimum():
@@ -48,8 +55,8 @@ def test_tiles_cover_with_overlap_and_foreground_box():
 
 @pytest.fixture
 def big_predictor(tmp_path):
-    from napari_simseg.core.checkpoint import save_checkpoint
-    from napari_simseg.core.predictor import Predictor
+    from napari_simseg.core.network.checkpoint import save_checkpoint
+    from napari_simseg.core.network.predictor import Predictor
 
     meta, model = tiny_meta_and_model()
     return Predictor(save_checkpoint(tmp_path / "t.safetensors", model, meta), device="cpu", tta=False)
@@ -63,7 +70,7 @@ def _recording(pred):
 
 
 def test_a_round_on_a_large_slice_runs_on_a_region_and_keeps_the_rest(big_predictor):
-    from napari_simseg.core.session import InteractiveSession
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     image = np.random.default_rng(0).normal(size=(2, 600, 500)).astype(np.float32)
     session = InteractiveSession(image, big_predictor)
@@ -96,7 +103,7 @@ def test_a_round_on_a_large_slice_runs_on_a_region_and_keeps_the_rest(big_predic
 
 
 def test_automatic_mode_on_a_large_slice_uses_tiles(big_predictor):
-    from napari_simseg.core.session import InteractiveSession
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     image = np.random.default_rng(1).normal(size=(700, 300)).astype(np.float32)
     session = InteractiveSession(image, big_predictor)
@@ -107,7 +114,7 @@ def test_automatic_mode_on_a_large_slice_uses_tiles(big_predictor):
 
 
 def test_small_slices_are_still_processed_whole(big_predictor):
-    from napari_simseg.core.session import InteractiveSession
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     session = InteractiveSession(np.random.default_rng(2).normal(size=(3, 120, 90)).astype(np.float32),
                                  big_predictor)
@@ -117,8 +124,8 @@ def test_small_slices_are_still_processed_whole(big_predictor):
 
 
 def test_the_memory_guard_refuses_before_anything_changes(big_predictor, monkeypatch):
-    import napari_simseg.core.devices as devices
-    from napari_simseg.core.session import InteractiveSession
+    import napari_simseg.core.network.devices as devices
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     session = InteractiveSession(np.random.default_rng(3).normal(size=(2, 64, 64)).astype(np.float32),
                                  big_predictor)
@@ -141,8 +148,8 @@ def test_required_bytes_grow_with_the_pixels_and_the_views(big_predictor):
 
 
 def test_a_refused_round_that_would_grow_the_region_leaves_region_and_memory_as_they_were(big_predictor, monkeypatch):
-    import napari_simseg.core.devices as devices
-    from napari_simseg.core.session import InteractiveSession
+    import napari_simseg.core.network.devices as devices
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     session = InteractiveSession(np.random.default_rng(4).normal(size=(600, 500)).astype(np.float32), big_predictor)
     first = session.add_clicks(0, [(1, 300, 250)])
@@ -167,8 +174,8 @@ def test_a_refused_round_that_would_grow_the_region_leaves_region_and_memory_as_
 
 
 def test_a_refused_first_round_leaves_the_slice_without_a_region(big_predictor, monkeypatch):
-    import napari_simseg.core.devices as devices
-    from napari_simseg.core.session import InteractiveSession
+    import napari_simseg.core.network.devices as devices
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     session = InteractiveSession(np.random.default_rng(5).normal(size=(600, 500)).astype(np.float32), big_predictor)
     monkeypatch.setattr(devices, "available_memory", lambda device: 1024)

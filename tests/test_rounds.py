@@ -1,11 +1,10 @@
 import numpy as np
 import torch
-
-from napari_simseg.core.memory import InteractionMemory
-from napari_simseg.core.rounds import BatchMemory, run_rounds
-from napari_simseg.core.virtual_user import EvaluationUser
-
 from conftest import tiny_meta_and_model
+
+from napari_simseg.core.engine.rounds import BatchMemory, run_rounds
+from napari_simseg.core.interaction.memory import InteractionMemory
+from napari_simseg.core.interaction.virtual_user import EvaluationUser
 
 
 def test_batch_memory_matches_interaction_memory():
@@ -65,7 +64,7 @@ def test_evaluation_rounds_carry_the_recurrent_state():
 
 
 def test_evaluation_rounds_honour_clicks_only_when_asked():
-    from napari_simseg.core.clicks import Click
+    from napari_simseg.core.interaction.clicks import Click
 
     meta, model = tiny_meta_and_model(memory="sim", depth=3)
     rng = np.random.default_rng(3)

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from napari_simseg.core.clicks import ClickError
-from napari_simseg.core.predictor import Predictor
-from napari_simseg.core.session import ImageError, InteractiveSession, load_log, replay_log
+from napari_simseg.core.interaction.clicks import ClickError
+from napari_simseg.core.network.predictor import Predictor
+from napari_simseg.core.session.interactive import ImageError, InteractiveSession, load_log, replay_log
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_set_predictor_keeps_memories(tiny_checkpoint, small_volume, make_checkp
 
 
 def test_clicked_pixels_show_their_class_until_undone(tiny_checkpoint, small_volume):
-    from napari_simseg.core.session import InteractiveSession
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     plain = InteractiveSession(small_volume, tiny_checkpoint, device="cpu", honour_clicks=False)
     honoured = InteractiveSession(small_volume, tiny_checkpoint, device="cpu")

@@ -10,15 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from napari_simseg.core.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    read_checkpoint_meta,
-)
-from napari_simseg.core.clicks import ClickError, as_clicks, as_index, encode_clicks
-from napari_simseg.core.predictor import Predictor
-from napari_simseg.core.preprocessing import ImageError, normalize_volume
-from napari_simseg.core.session import InteractiveSession
+from napari_simseg.core.imaging.preprocessing import ImageError, normalize_volume
+from napari_simseg.core.interaction.clicks import ClickError, as_clicks, as_index, encode_clicks
+from napari_simseg.core.network.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
+from napari_simseg.core.network.predictor import Predictor
+from napari_simseg.core.session.interactive import InteractiveSession
 
 
 def _one_line(exc_info) -> str:
@@ -156,7 +152,7 @@ def test_unknown_and_missing_header_fields_are_named(tmp_path, tiny_checkpoint):
 
 
 def test_a_folder_as_checkpoint_says_so(tmp_path, tiny_checkpoint):
-    from napari_simseg.core.resources import resolve_checkpoint
+    from napari_simseg.core.io.resources import resolve_checkpoint
 
     run = tmp_path / "run"
     run.mkdir()

@@ -31,7 +31,7 @@ def _ground_truth(shape):
 
 @pytest.fixture
 def image_file(tmp_path):
-    from napari_simseg.core.io import Volume, write_image
+    from napari_simseg.core.io.images import Volume, write_image
 
     rng = np.random.default_rng(0)
     vol = rng.normal(100, 20, size=(7, 40, 48)).astype(np.float32)
@@ -117,7 +117,7 @@ def test_teach_button_teaches_without_stalling_and_the_next_round_uses_the_new_c
     new = Path(job.state["checkpoint"])
     # beside the image, named after it, with its provenance
     assert new.parent == image_file.parent and new.name.startswith("ct.taught-") and new.is_file()
-    from napari_simseg.core.checkpoint import read_checkpoint_meta
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
 
     teach = read_checkpoint_meta(new).training["teach"]
     assert teach["base"] == base and teach["image"] == str(image_file) and teach["held_back"] == {"ct": [2]}

@@ -9,8 +9,15 @@ import time
 import numpy as np
 import pytest
 
-from napari_simseg.core.teaching import (TeachCase, accepted_slices, init_kind, layout_of, pack_cases,
-                                         split_held_back, start_teaching)
+from napari_simseg.core.session.teaching import (
+    TeachCase,
+    accepted_slices,
+    init_kind,
+    layout_of,
+    pack_cases,
+    split_held_back,
+    start_teaching,
+)
 
 CLASSES = ("background", "a", "b")
 # a teaching run of a few steps: the process, the trainer and the files, not the learning
@@ -30,7 +37,7 @@ def _volume(z=8):
 
 @pytest.fixture
 def session(make_checkpoint):
-    from napari_simseg.core.session import InteractiveSession
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     vol, _ = _volume()
     return InteractiveSession(vol, str(make_checkpoint(class_names=CLASSES, context_slices=1)), device="cpu")
@@ -86,9 +93,9 @@ def test_packed_data_holds_the_labelled_slices_with_their_context_and_nothing_el
 
 
 def test_the_teaching_recipe_keeps_what_the_session_needs(make_checkpoint):
-    from napari_simseg.core.checkpoint import read_checkpoint_meta
-    from napari_simseg.core.resources import DEMO_CHECKPOINT
-    from napari_simseg.core.teach_worker import FINE_TUNE_LR, teaching_options
+    from napari_simseg.core.io.resources import DEMO_CHECKPOINT
+    from napari_simseg.core.jobs.teach_worker import FINE_TUNE_LR, teaching_options
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
 
     base = read_checkpoint_meta(make_checkpoint(class_names=CLASSES, context_slices=2, radius=1))
     shapes = [(8, 40, 48)]
@@ -109,9 +116,9 @@ def test_the_teaching_recipe_keeps_what_the_session_needs(make_checkpoint):
 
 
 def test_a_user_with_no_model_starts_from_an_untrained_checkpoint(tmp_path):
-    from napari_simseg.core.checkpoint import read_checkpoint_meta
-    from napari_simseg.core.session import InteractiveSession
-    from napari_simseg.core.teach_worker import new_checkpoint, teaching_options
+    from napari_simseg.core.jobs.teach_worker import new_checkpoint, teaching_options
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     vol, gt = _volume()
     path = new_checkpoint(tmp_path / "liver.untrained.safetensors", ["background", "liver"], vol.shape)
@@ -138,8 +145,8 @@ def test_fine_tuning_a_base_of_another_memory_layout_is_refused(session, make_ch
 
 
 def test_teaching_from_a_fresh_network_finishes_and_the_session_switches_keeping_its_memory(session, tmp_path):
-    from napari_simseg.core.checkpoint import read_checkpoint_meta
-    from napari_simseg.core.predictor import Predictor
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
+    from napari_simseg.core.network.predictor import Predictor
 
     _, gt = _volume()
     for z in (0, 3, 5, 6, 7):

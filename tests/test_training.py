@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from napari_simseg.core.data_generation import _simulate_and_forward
-from napari_simseg.core.training import TrainConfig, train
 from training_helpers import make_phantom_training_data, tiny_config
+
+from napari_simseg.core.engine.data_generation import _simulate_and_forward
+from napari_simseg.core.jobs.training import TrainConfig, train
+
 
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory):
@@ -31,7 +32,7 @@ def test_train_writes_everything_and_returns_best(phantom_data, tmp_path):
     assert "val_dice_1clicks_organ" in history[0] and "val_iou_0clicks_background" in history[0]
     split = json.loads((out / "split.json").read_text())
     assert not set(split["train"]) & set(split["val"])  # split by volume
-    from napari_simseg.core.checkpoint import read_checkpoint_meta
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
 
     meta = read_checkpoint_meta(best)
     assert meta.memory == "sim" and meta.depth == 3 and meta.simulation == "ddg"
@@ -92,7 +93,7 @@ def _batch(b=3):
 
 
 def _net(cfg, n=3):
-    from napari_simseg.core.model import build_model
+    from napari_simseg.core.network.model import build_model
 
     torch.manual_seed(0)
     return _Spy(build_model(cfg.model_config(n)))
@@ -132,7 +133,7 @@ def test_ddg_cim_runs_t_rounds_and_merges_clicks():
 def test_padding_is_ignored_by_loss_and_never_clicked():
     from contextlib import nullcontext
 
-    from napari_simseg.core.training import IGNORE_INDEX
+    from napari_simseg.core.jobs.training import IGNORE_INDEX
 
     cfg = _cfg("x", "y", memory="sim", depth=3, drop_fraction=0.0, drop_class=False, click_radius=0,
                random_rounds=False)
@@ -182,7 +183,7 @@ def test_sdg_and_auto_never_run_the_model_before_the_step():
 def test_bad_data_is_reported_by_file_name(tmp_path, phantom_data):
     import shutil
 
-    from napari_simseg.core.datasets import DatasetError
+    from napari_simseg.core.data.datasets import DatasetError
 
     bad = tmp_path / "bad"
     shutil.copytree(phantom_data, bad)
@@ -243,7 +244,7 @@ def test_every_rank_follows_rank_zeros_plan(tmp_path):
     # ranks that planned differently would schedule differently and deadlock in DDP
     script = tmp_path / "share.py"
     script.write_text("import torch\n"
-                      "from napari_simseg.core.training import _Dist\n"
+                      "from napari_simseg.core.jobs.training import _Dist\n"
                       "d = _Dist(torch.device('cpu'))\n"
                       "import sys, pathlib\n"
                       "plan = d.share([10 + d.rank, 20 * (d.rank + 1)], torch.device('cpu'))\n"
@@ -267,13 +268,13 @@ def test_torchrun_with_a_planned_time_budget_finishes(phantom_data, tmp_path):
 
 
 def test_a_single_process_keeps_its_own_plan():
-    from napari_simseg.core.training import _Dist
+    from napari_simseg.core.jobs.training import _Dist
 
     assert _Dist(torch.device("cpu")).share([7, 3.0], torch.device("cpu")) == [7, 3]
 
 
 def test_init_from_fine_tunes_and_checks_architecture(phantom_data, tmp_path):
-    from napari_simseg.core.checkpoint import CheckpointError, load_checkpoint
+    from napari_simseg.core.network.checkpoint import CheckpointError, load_checkpoint
 
     first = train(_cfg(phantom_data, tmp_path / "a", epochs=1, steps_per_epoch=1), log=lambda m: None)
     # lr 0: the fine-tuned network must equal its starting point
@@ -316,7 +317,7 @@ def test_cosine_schedule_sets_the_optimizer_each_epoch_and_resumes(phantom_data,
 
 
 def test_init_from_carries_weights_across_the_stem_stride(phantom_data, tmp_path):
-    from napari_simseg.core.checkpoint import load_checkpoint
+    from napari_simseg.core.network.checkpoint import load_checkpoint
 
     first = train(_cfg(phantom_data, tmp_path / "a", epochs=1, steps_per_epoch=1), log=lambda m: None)
     second = train(_cfg(phantom_data, tmp_path / "b", epochs=1, steps_per_epoch=1, init_from=str(first),
@@ -374,7 +375,7 @@ def test_stop_after_epoch_ends_early_on_the_full_schedule(phantom_data, tmp_path
 
 
 def test_spatial_augmentation_options_are_checked():
-    from napari_simseg.core.training import TrainConfig
+    from napari_simseg.core.jobs.training import TrainConfig
 
     cfg = TrainConfig(data="d", out="o", aug_rotate_degrees=15, aug_scale=["0.9", 1.1]).validate()
     assert cfg.aug_scale == [0.9, 1.1]
@@ -479,7 +480,7 @@ def test_train_axes_train_on_every_axis_and_validate_on_one(phantom_data, tmp_pa
 
 
 def test_multi_axis_slices_joins_the_axes_of_the_same_cases(phantom_data):
-    from napari_simseg.core import datasets, slices
+    from napari_simseg.core.data import datasets, slices
 
     spec = datasets.discover_dataset(phantom_data)
     ids = spec.case_ids[:2]
@@ -500,7 +501,7 @@ def test_multi_axis_slices_joins_the_axes_of_the_same_cases(phantom_data):
 
 
 def test_along_views_the_loaded_volumes_along_another_axis(phantom_data):
-    from napari_simseg.core import datasets, slices
+    from napari_simseg.core.data import datasets, slices
 
     spec = datasets.discover_dataset(phantom_data)
     ids = spec.case_ids[:2]
@@ -579,8 +580,8 @@ def test_mix_rounds_gives_each_item_the_lstm_state_of_its_own_rounds():
 def test_validation_takes_fewer_large_slices_per_call():
     from conftest import tiny_meta_and_model
 
-    from napari_simseg.core.regions import TILE_BATCH_BYTES
-    from napari_simseg.core.training import _val_batch
+    from napari_simseg.core.imaging.regions import TILE_BATCH_BYTES
+    from napari_simseg.core.jobs.training import _val_batch
 
     _, net = tiny_meta_and_model()
     cfg = TrainConfig(data="-", out="-", val_batch_size=32)

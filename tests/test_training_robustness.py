@@ -11,11 +11,12 @@ import shutil
 
 import pytest
 import torch
-
-from napari_simseg.core import atomic
-from napari_simseg.core.atomic import TMP_PREFIX
-from napari_simseg.core.training import train
 from training_helpers import make_phantom_training_data, tiny_config
+
+from napari_simseg.core.io import atomic
+from napari_simseg.core.io.atomic import TMP_PREFIX
+from napari_simseg.core.jobs.training import train
+
 
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory):
@@ -35,7 +36,7 @@ def _encoder_weights(path):
 
 
 def test_killed_run_resumes_with_each_epoch_once_self_contained_and_clean(phantom_data, tmp_path):
-    from napari_simseg.core.checkpoint import load_checkpoint, read_checkpoint_meta
+    from napari_simseg.core.network.checkpoint import load_checkpoint, read_checkpoint_meta
 
     out = tmp_path / "run"
     weights = _encoder_weights(tmp_path / "imagenet_resnet18.pth")
@@ -102,7 +103,7 @@ def test_old_checkpoints_with_an_encoder_weights_path_load_anywhere(tmp_path, ti
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from napari_simseg.core.checkpoint import load_checkpoint
+    from napari_simseg.core.network.checkpoint import load_checkpoint
 
     with safe_open(str(tiny_checkpoint), "pt") as f:
         header = json.loads(f.metadata()["simseg"])
@@ -117,7 +118,7 @@ def test_old_checkpoints_with_an_encoder_weights_path_load_anywhere(tmp_path, ti
 
 
 def test_reports_count_the_cases_actually_used_after_skip(phantom_data, tmp_path):
-    from napari_simseg.core.checkpoint import read_checkpoint_meta
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
 
     bad = tmp_path / "bad"
     shutil.copytree(phantom_data, bad)
@@ -153,7 +154,7 @@ def test_cli_resume_with_other_options_is_one_line(phantom_data, tmp_path, capsy
 
 def _corrupt_copy(phantom_data, dest, pick):
     """A copy of the phantom data set whose labels of the cases ``pick(split)`` returns are corrupt."""
-    from napari_simseg.core.splits import split_cases
+    from napari_simseg.core.data.splits import split_cases
 
     shutil.copytree(phantom_data, dest)
     labels = {p.name.split(".")[0]: p for p in (dest / "labelsTr").glob("*.nii.gz")}
@@ -178,7 +179,7 @@ def test_skip_splits_again_when_the_only_validation_case_is_unusable(phantom_dat
 
 
 def test_stop_lists_the_unusable_cases_of_training_and_validation_at_once(phantom_data, tmp_path):
-    from napari_simseg.core.layouts import DatasetError
+    from napari_simseg.core.data.layouts import DatasetError
 
     victims = _corrupt_copy(phantom_data, tmp_path / "bad", lambda split: [split["train"][0], split["val"][0]])
     with pytest.raises(DatasetError, match="--on-error skip") as err:

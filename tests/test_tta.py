@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-
-from napari_simseg.core.predictor import FlipEnsemble
-
 from conftest import tiny_meta_and_model
+
+from napari_simseg.core.network.predictor import FlipEnsemble
 
 
 @pytest.fixture
@@ -58,8 +57,8 @@ def test_recurrent_state_is_carried_per_view(net):
 
 
 def test_predictor_and_session_flip_by_default_and_can_run_once(tiny_checkpoint, small_volume):
-    from napari_simseg.core.predictor import Predictor
-    from napari_simseg.core.session import InteractiveSession
+    from napari_simseg.core.network.predictor import Predictor
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     on, off = Predictor(tiny_checkpoint, device="cpu"), Predictor(tiny_checkpoint, device="cpu", tta=False)
     assert on.tta and not off.tta
@@ -80,8 +79,8 @@ def test_predictor_and_session_flip_by_default_and_can_run_once(tiny_checkpoint,
 
 
 def test_switching_flip_averaging_drops_stored_states_but_keeps_the_work(tiny_checkpoint, small_volume):
-    from napari_simseg.core.predictor import Predictor
-    from napari_simseg.core.session import InteractiveSession
+    from napari_simseg.core.network.predictor import Predictor
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     session = InteractiveSession(small_volume, Predictor(tiny_checkpoint, device="cpu"))
     session.add_clicks(1, [(1, 10, 10)])
@@ -119,7 +118,7 @@ def test_large_inputs_run_one_view_at_a_time_with_the_same_result_and_state(net,
 
 
 def test_the_memory_guard_counts_one_view_for_a_large_region(tiny_checkpoint):
-    from napari_simseg.core.predictor import Predictor
+    from napari_simseg.core.network.predictor import Predictor
 
     pred = Predictor(tiny_checkpoint, device="cpu")
     small, large = pred.required_bytes(1, 100, 100), pred.required_bytes(1, 1000, 1100)

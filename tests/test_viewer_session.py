@@ -96,7 +96,7 @@ def test_run_uses_pending_points_of_current_slice(viewer, session):
 
 
 def test_bad_click_changes_nothing(viewer, session):
-    from napari_simseg.core.clicks import ClickError
+    from napari_simseg.core.interaction.clicks import ClickError
 
     lab = viewer.layers["SimSeg labels"].data.copy()
     with pytest.raises(ClickError):
@@ -169,8 +169,8 @@ def test_save_and_load_restore_memories(viewer, session, tmp_path):
 
 def test_refuses_bad_layers_without_changes(viewer, make_checkpoint):
     from napari_simseg import ViewerSession
-    from napari_simseg.core.checkpoint import CheckpointError
-    from napari_simseg.core.session import ImageError
+    from napari_simseg.core.network.checkpoint import CheckpointError
+    from napari_simseg.core.session.interactive import ImageError
 
     ckpt = make_checkpoint(class_names=CLASSES)
     with pytest.raises(ImageError, match="no image layer"):
@@ -227,8 +227,8 @@ def test_ask_without_confirm_keeps_hand_edits(viewer, image3d, make_checkpoint):
 
 
 def test_image_layer_pixels_are_checked_by_core(viewer):
-    from napari_simseg._layers import check_image_layer
-    from napari_simseg.core.preprocessing import ImageError
+    from napari_simseg.annotator.layers import check_image_layer
+    from napari_simseg.core.imaging.preprocessing import ImageError
 
     image = np.ones((3, 16, 16), np.float32)
     image[1, 2, 2] = np.nan

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_simseg.core.clicks import Click
-from napari_simseg.core.virtual_user import (
+from napari_simseg.core.interaction.clicks import Click
+from napari_simseg.core.interaction.virtual_user import (
     DDGConfig,
     EvaluationUser,
     TrainingVirtualUser,
+    _Components,
     central_click,
     click_probability_map,
     sample_click,
     sdg_clicks,
 )
-from napari_simseg.core.virtual_user import _Components
 
 N_CLASSES = 4
 NO_RULES_3_4 = dict(drop_class=False, drop_fraction=0.0)
@@ -545,7 +545,7 @@ def test_input_validation():
 def test_module_imports_no_gui_or_torch():
     src = Path(__file__).resolve().parents[1] / "src"
     code = (
-        "import sys; import napari_simseg.core.virtual_user; "
+        "import sys; import napari_simseg.core.interaction.virtual_user; "
         "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'torch') "
         "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )

@@ -6,16 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from napari_simseg.core.evaluation import evaluate, format_report, write_clicks_plot
-from napari_simseg.core.predictor import Predictor
-from napari_simseg.core.session import InteractiveSession
-from napari_simseg.core.virtual_user import EvaluationUser
-from napari_simseg.core.volume_protocol import run_volume_protocol
+from napari_simseg.core.interaction.virtual_user import EvaluationUser
+from napari_simseg.core.jobs.evaluation import evaluate, format_report, write_clicks_plot
+from napari_simseg.core.jobs.volume_protocol import run_volume_protocol
+from napari_simseg.core.network.predictor import Predictor
+from napari_simseg.core.session.interactive import InteractiveSession
 
 
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory):
-    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
 
     root = tmp_path_factory.mktemp("phantom_volume")
     make_phantom_dataset(root, n_volumes=2, seed=3, shape=(5, 40, 44), n_tumours=2)
@@ -49,7 +49,7 @@ def test_volume_protocol_schema_and_clicks(phantom_data, phantom_checkpoint, tmp
 
 
 def test_each_step_corrects_the_worst_slice_and_propagates(phantom_checkpoint):
-    from napari_simseg.core.phantom import make_phantom
+    from napari_simseg.core.data.phantom import make_phantom
 
     image, gt, _ = make_phantom(shape=(6, 40, 44), seed=1, n_tumours=2)
     session = InteractiveSession(image, Predictor(phantom_checkpoint, device="cpu"))

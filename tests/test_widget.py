@@ -237,7 +237,7 @@ def test_start_on_an_image_of_another_shape_keeps_the_earlier_labels(started, vi
     assert viewer.layers["SimSeg labels"].data.shape == (7, 30, 36)
     assert "'SimSeg labels (mri)'" in started.status_label.text()
     # an earlier layer of the same name is not overwritten: the next one is numbered
-    from napari_simseg._layers import keep_other_labels_layer
+    from napari_simseg.annotator.layers import keep_other_labels_layer
 
     viewer.layers["SimSeg labels"].metadata["image_name"] = "mri"
     assert keep_other_labels_layer(viewer, (7, 30, 36)) is None  # it fits: it stays
@@ -271,7 +271,7 @@ def test_checkpoint_classes_must_fit_existing_labels(viewer, volume, make_checkp
 
 def test_missing_demo_model_is_explained(viewer, volume, tmp_path, monkeypatch):
     import napari_simseg._widget as widget_module
-    import napari_simseg.core.resources as resources
+    import napari_simseg.core.io.resources as resources
 
     # as in an installation whose demo model file went missing
     monkeypatch.setattr(resources, "DEMO_CHECKPOINT", tmp_path / "missing.safetensors")
@@ -380,7 +380,7 @@ def test_restart_asks_before_forgetting_memories(started, viewer, qtbot, monkeyp
 
 
 def test_start_loads_the_checkpoint_on_a_worker_thread(widget, viewer, qtbot, monkeypatch):
-    from napari_simseg.viewer_session import ViewerSession
+    from napari_simseg.annotator.viewer_session import ViewerSession
 
     original = ViewerSession.load_predictor
     threads = []

@@ -6,18 +6,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from napari_simseg.core.preprocessing import (context_stack, resize_image, resize_labels, resize_probabilities,
-                                              to_working_coordinates, working_scale, working_shape)
-
 from conftest import TINY_MODEL
+
+from napari_simseg.core.imaging.preprocessing import (
+    context_stack,
+    resize_image,
+    resize_labels,
+    resize_probabilities,
+    to_working_coordinates,
+    working_scale,
+    working_shape,
+)
 
 
 def _checkpoint(tmp_path, working_size=None, channel_names=("image",), flips=None, context_slices=0,
                 name="w.safetensors"):
-    from napari_simseg.core.checkpoint import CheckpointMeta, save_checkpoint
-    from napari_simseg.core.memory import input_channels
-    from napari_simseg.core.model import ModelConfig, build_model
+    from napari_simseg.core.interaction.memory import input_channels
+    from napari_simseg.core.network.checkpoint import CheckpointMeta, save_checkpoint
+    from napari_simseg.core.network.model import ModelConfig, build_model
 
     torch.manual_seed(0)
     names = ["background", "a", "b"]
@@ -65,8 +71,8 @@ def test_context_stack_of_channels_is_neighbour_major():
 
 
 def test_session_works_on_the_working_grid_and_answers_on_the_image_grid(tmp_path):
-    from napari_simseg.core.predictor import Predictor
-    from napari_simseg.core.session import InteractiveSession
+    from napari_simseg.core.network.predictor import Predictor
+    from napari_simseg.core.session.interactive import InteractiveSession
 
     pred = Predictor(_checkpoint(tmp_path, working_size=32), device="cpu", tta=False)
     image = np.random.default_rng(0).normal(size=(3, 128, 96)).astype(np.float32)
@@ -87,8 +93,8 @@ def test_session_works_on_the_working_grid_and_answers_on_the_image_grid(tmp_pat
 
 
 def test_session_feeds_every_channel_and_refuses_a_missing_one(tmp_path):
-    from napari_simseg.core.predictor import Predictor
-    from napari_simseg.core.session import ImageError, InteractiveSession
+    from napari_simseg.core.network.predictor import Predictor
+    from napari_simseg.core.session.interactive import ImageError, InteractiveSession
 
     pred = Predictor(_checkpoint(tmp_path, channel_names=("T1", "T2"), context_slices=1), device="cpu")
     rng = np.random.default_rng(0)
@@ -115,7 +121,7 @@ def test_session_feeds_every_channel_and_refuses_a_missing_one(tmp_path):
 
 
 def test_flip_averaging_uses_only_the_flips_the_network_was_trained_with(tmp_path):
-    from napari_simseg.core.predictor import Predictor
+    from napari_simseg.core.network.predictor import Predictor
 
     none = Predictor(_checkpoint(tmp_path, flips=[], name="a.safetensors"), device="cpu")
     assert not none.tta and none.model is none.network
@@ -142,8 +148,8 @@ def test_checkpoint_format_4_only_when_its_fields_are_used(tmp_path):
 
 
 def test_evaluation_scores_on_the_image_grid(tmp_path):
-    from napari_simseg.core.evaluation import evaluate
-    from napari_simseg.core.io import write_image
+    from napari_simseg.core.io.images import write_image
+    from napari_simseg.core.jobs.evaluation import evaluate
 
     rng = np.random.default_rng(0)
     (tmp_path / "d" / "images").mkdir(parents=True)

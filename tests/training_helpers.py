@@ -1,6 +1,6 @@
 """A tiny training configuration and its phantom data set, shared by the training tests."""
 
-from napari_simseg.core.train_config import TrainConfig
+from napari_simseg.core.engine.train_config import TrainConfig
 
 TINY = dict(encoder="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8], batch_size=4,
             device="cpu", progress=False, val_clicks=1, val_batch_size=16)
@@ -8,7 +8,7 @@ TINY = dict(encoder="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8], ba
 
 def make_phantom_training_data(root):
     """Five small phantom volumes in the MSD layout under ``root``."""
-    from napari_simseg.core.phantom import make_phantom_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
 
     make_phantom_dataset(root, n_volumes=5, seed=3, shape=(6, 40, 44))
     return root

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from napari_simseg.core.checkpoint import load_checkpoint
-from napari_simseg.core.datasets import discover_dataset
-from napari_simseg.core.resources import resolve_checkpoint
-from napari_simseg.core.rounds import cropped_clicker, run_rounds
-from napari_simseg.core.slices import SliceDataset
-from napari_simseg.core.virtual_user import EvaluationUser
+from napari_simseg.core.data.datasets import discover_dataset
+from napari_simseg.core.data.slices import SliceDataset
+from napari_simseg.core.engine.rounds import cropped_clicker, run_rounds
+from napari_simseg.core.interaction.virtual_user import EvaluationUser
+from napari_simseg.core.io.resources import resolve_checkpoint
+from napari_simseg.core.network.checkpoint import load_checkpoint
 
 
 def main(checkpoint: str = "demo", n_volumes: int = 12, data="../shared/data/Task04_Hippocampus",

@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from napari_simseg.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_simseg.core.resources import DEMO_CHECKPOINT
+from napari_simseg.core.io.resources import DEMO_CHECKPOINT
+from napari_simseg.core.network.checkpoint import load_checkpoint, save_checkpoint
 
 
 def main(run_dir: str, name: str = "best.safetensors") -> Path:

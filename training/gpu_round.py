@@ -22,8 +22,8 @@ import time
 import numpy as np
 import torch
 
-from napari_simseg.core.predictor import Predictor
-from napari_simseg.core.session import InteractiveSession
+from napari_simseg.core.network.predictor import Predictor
+from napari_simseg.core.session.interactive import InteractiveSession
 
 MODES = ("fp32", "fp16", "bf16", "bf16-graphs")
 

@@ -17,14 +17,14 @@ import time
 
 import numpy as np
 
-from napari_simseg.core.checkpoint import read_checkpoint_meta
-from napari_simseg.core.datasets import load_case
-from napari_simseg.core.layouts import discover_dataset
-from napari_simseg.core.metrics import dice_iou_per_class
-from napari_simseg.core.predictor import Predictor
-from napari_simseg.core.propagation import SeedRule
-from napari_simseg.core.resources import DEMO_CHECKPOINT
-from napari_simseg.core.volume_protocol import volume_protocol_outputs
+from napari_simseg.core.data.datasets import load_case
+from napari_simseg.core.data.layouts import discover_dataset
+from napari_simseg.core.imaging.metrics import dice_iou_per_class
+from napari_simseg.core.io.resources import DEMO_CHECKPOINT
+from napari_simseg.core.jobs.volume_protocol import volume_protocol_outputs
+from napari_simseg.core.network.checkpoint import read_checkpoint_meta
+from napari_simseg.core.network.predictor import Predictor
+from napari_simseg.core.session.propagation import SeedRule
 
 RULES = {"clicks": SeedRule(carry="clicks"), "labels": SeedRule(carry="labels"),
          "clicks-2": SeedRule(carry="clicks", max_slices=2), "clicks-5": SeedRule(carry="clicks", max_slices=5),

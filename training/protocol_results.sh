@@ -9,9 +9,9 @@ DATA=${DATA:-../shared/data/Task04_Hippocampus}
 OUT=${OUT:-docs/results}
 mkdir -p runs
 python - <<'PY'
-from napari_simseg.core.checkpoint import read_checkpoint_meta
-from napari_simseg.core.resources import DEMO_CHECKPOINT
-from napari_simseg.core.splits import save_split
+from napari_simseg.core.network.checkpoint import read_checkpoint_meta
+from napari_simseg.core.io.resources import DEMO_CHECKPOINT
+from napari_simseg.core.data.splits import save_split
 
 t = read_checkpoint_meta(DEMO_CHECKPOINT).training
 save_split("runs/demo_split.json", {"train": t["train_volumes"], "val": t["val_volumes"], "test": []})
@@ -24,7 +24,7 @@ common=(--checkpoint demo --data "$DATA" --split val --split-file runs/demo_spli
 python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
-from napari_simseg.core.evaluation import write_clicks_plot
+from napari_simseg.core.jobs.evaluation import write_clicks_plot
 
 out = Path(sys.argv[1])
 results = [json.loads((out / f"protocol_{p}.json").read_text()) for p in ("volume", "slice")]

@@ -1,11 +1,15 @@
 """Per-round latency of the bundled demo model in an InteractiveSession (one slice, CPU),
 with flip averaging (the default) and with one forward per round."""
-import statistics, sys
-import numpy as np, torch
+import statistics
+import sys
+
+import numpy as np
+import torch
+
 from napari_simseg import InteractiveSession
-from napari_simseg.core.io import read_image
-from napari_simseg.core.predictor import Predictor
-from napari_simseg.core.resources import SAMPLE_DIR
+from napari_simseg.core.io.images import read_image
+from napari_simseg.core.io.resources import SAMPLE_DIR
+from napari_simseg.core.network.predictor import Predictor
 
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
 path = sorted((SAMPLE_DIR / "images").iterdir())[0]

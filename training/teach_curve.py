@@ -6,9 +6,9 @@ one CT, 10 structures the bundled hippocampus model does not know), taught one o
 all 10 structures (``--classes all``), a fixed set of held-out images is never taught on; teaching runs on 1, 3 and 10 of the other images
 (nested subsets, evenly spread) for a few minutes each, from a fresh network and from
 the bundled model (transfer: its encoder and decoder, a fresh class head), through
-exactly the code the widget's *Teach* runs (``core.teaching.start_teaching``: the
+exactly the code the widget's *Teach* runs (``core.session.teaching.start_teaching``: the
 teaching recipe, the held-back split, a process of its own). Each taught checkpoint is
-evaluated on the held-out images with ``core.evaluation.evaluate`` at 0 and 3 clicks
+evaluated on the held-out images with ``core.jobs.evaluation.evaluate`` at 0 and 3 clicks
 (evaluation virtual user), next to a method that learns nothing (the random walker on
 the same clicks).
 
@@ -72,7 +72,7 @@ def class_subset(data: Path, classes: list, out: Path) -> Path:
 
 
 def teach_once(cases, spec, base, minutes: float, out: Path, threads: int, options: dict | None = None) -> dict:
-    from napari_simseg.core.teaching import TeachCase, start_teaching
+    from napari_simseg.core.session.teaching import TeachCase, start_teaching
 
     teach_cases = [TeachCase(cid, image, labels, [0]) for cid, (image, labels) in cases.items()]
     load = os.getloadavg()[0]
@@ -88,7 +88,7 @@ def teach_once(cases, spec, base, minutes: float, out: Path, threads: int, optio
 
 
 def evaluate_on(checkpoint, data: Path, split_file: Path, method: str = "model") -> dict:
-    from napari_simseg.core.evaluation import evaluate
+    from napari_simseg.core.jobs.evaluation import evaluate
 
     clicks = (0, 3) if method == "model" else (1, 3)
     res = evaluate(checkpoint, data, split="test", split_file=str(split_file), clicks=clicks, method=method,
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "teach_curve.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "results" / "teach_curve.png"))
     args = ap.parse_args(argv)
-    from napari_simseg.core.datasets import discover_dataset, load_case
+    from napari_simseg.core.data.datasets import discover_dataset, load_case
 
     data, work = Path(args.data), Path(args.work)
     if not (data / "classes.json").is_file():

@@ -10,7 +10,7 @@ On the bundled model's unseen hippocampus volumes (its ``val_volumes``):
   mislabelled pixels replaced by the ground truth (a user whose every round makes its
   slice perfect, and no propagation);
 * ``rounds``: for the first ``--rounds-volumes`` volumes, each step of the volume
-  protocol (the same picks as ``core.volume_protocol``): the chosen slice's mislabelled
+  protocol (the same picks as ``core.jobs.volume_protocol``): the chosen slice's mislabelled
   pixels before and after its round, and the volume's after the propagation.
 """
 
@@ -22,12 +22,12 @@ import time
 
 import numpy as np
 
-from napari_simseg.core.datasets import load_case
-from napari_simseg.core.layouts import discover_dataset
-from napari_simseg.core.metrics import dice_iou_per_class
-from napari_simseg.core.predictor import Predictor
-from napari_simseg.core.session import InteractiveSession
-from napari_simseg.core.virtual_user import EvaluationUser
+from napari_simseg.core.data.datasets import load_case
+from napari_simseg.core.data.layouts import discover_dataset
+from napari_simseg.core.imaging.metrics import dice_iou_per_class
+from napari_simseg.core.interaction.virtual_user import EvaluationUser
+from napari_simseg.core.network.predictor import Predictor
+from napari_simseg.core.session.interactive import InteractiveSession
 
 
 def _dice(labels, gt, n_classes):

@@ -16,23 +16,23 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily by __getattr__)
 _LAZY = {
-    "InteractiveSession": "napari_simseg.core.session",
-    "RoundResult": "napari_simseg.core.session",
-    "ImageError": "napari_simseg.core.session",
-    "Predictor": "napari_simseg.core.predictor",
-    "Click": "napari_simseg.core.clicks",
-    "ViewerSession": "napari_simseg.viewer_session",
+    "InteractiveSession": "napari_simseg.core.session.interactive",
+    "RoundResult": "napari_simseg.core.session.interactive",
+    "ImageError": "napari_simseg.core.session.interactive",
+    "Predictor": "napari_simseg.core.network.predictor",
+    "Click": "napari_simseg.core.interaction.clicks",
+    "ViewerSession": "napari_simseg.annotator.viewer_session",
     "SimSegWidget": "napari_simseg._widget",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from ._widget import SimSegWidget  # noqa: F401
-    from .core.clicks import Click  # noqa: F401
-    from .core.predictor import Predictor  # noqa: F401
-    from .core.session import ImageError, InteractiveSession, RoundResult  # noqa: F401
-    from .viewer_session import ViewerSession  # noqa: F401
+    from napari_simseg._widget import SimSegWidget  # noqa: F401
+    from napari_simseg.annotator.viewer_session import ViewerSession  # noqa: F401
+    from napari_simseg.core.interaction.clicks import Click  # noqa: F401
+    from napari_simseg.core.network.predictor import Predictor  # noqa: F401
+    from napari_simseg.core.session.interactive import ImageError, InteractiveSession, RoundResult  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -1,9 +1,9 @@
-"""napari reader for medical image files, through :mod:`napari_simseg.core.io`.
+"""napari reader for medical image files, through :mod:`napari_simseg.core.io.images`.
 
 Geometry travels with the layer: voxel spacing becomes the layer ``scale``, the
 origin its ``translate``, and the direction cosine matrix (which napari's
 scale/translate cannot express) is kept in ``layer.metadata["direction"]`` so the
-writer can put it back. All three are in numpy axis order, as in ``core.io``.
+writer can put it back. All three are in numpy axis order, as in ``core.io.images``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
-from .core.file_checks import looks_like_dicom
-from .core.colour import is_colour_names
-from .core.io import SUPPORTED_EXTENSIONS, Volume, is_supported, read_channels, split_extension
+from napari_simseg.core.io.colour import is_colour_names
+from napari_simseg.core.io.file_checks import looks_like_dicom
+from napari_simseg.core.io.images import SUPPORTED_EXTENSIONS, Volume, is_supported, read_channels, split_extension
 
 __all__ = ["get_reader", "layer_data_from_volume", "read_layers"]
 

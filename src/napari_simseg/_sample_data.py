@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ._colors import labels_layer_kwargs
-from ._reader import layer_data_from_volume
-from .core.io import Volume, read_image
-from .core.resources import SAMPLE_DIR
+from napari_simseg._reader import layer_data_from_volume
+from napari_simseg.annotator.colors import labels_layer_kwargs
+from napari_simseg.core.io.images import Volume, read_image
+from napari_simseg.core.io.resources import SAMPLE_DIR
 
 __all__ = [
     "HIPPOCAMPUS_CLASSES",
@@ -15,7 +15,7 @@ __all__ = [
     "phantom_sample",
 ]
 
-# SAMPLE_DIR holds the bundled volumes in core.datasets' plain-folder layout: images/,
+# SAMPLE_DIR holds the bundled volumes in core.data.datasets' plain-folder layout: images/,
 # labels/ (same file names), classes.json and LICENSE.txt.
 #: The Medical Segmentation Decathlon's names (Task04 dataset.json).
 HIPPOCAMPUS_CLASSES = ("background", "Anterior", "Posterior")
@@ -36,7 +36,7 @@ def _sample_case():
     """(image path, label path or None, class names, licence file) of the bundled sample."""
     images = SAMPLE_DIR / "images"
     if images.is_dir() and any(p for p in images.iterdir() if not p.name.startswith(".")):
-        from .core.datasets import discover_dataset
+        from napari_simseg.core.data.datasets import discover_dataset
 
         spec = discover_dataset(SAMPLE_DIR)
         if spec.cases:
@@ -88,7 +88,7 @@ def phantom_sample(shape=(24, 128, 128), seed: int = 0) -> list:
     seed : int
         Same seed, same phantom.
     """
-    from .core.phantom import make_phantom, phantom_spacing
+    from napari_simseg.core.data.phantom import make_phantom, phantom_spacing
 
     image, labels, class_names = make_phantom(shape, seed=seed)
     spacing = phantom_spacing(image.shape)

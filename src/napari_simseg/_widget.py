@@ -1,6 +1,6 @@
 """The SimSeg dock widget (buttons and threading around a :class:`ViewerSession`) and its dialogs.
 
-Every action on the image goes through :class:`~napari_simseg.viewer_session.ViewerSession`
+Every action on the image goes through :class:`~napari_simseg.annotator.viewer_session.ViewerSession`
 (the console API), so the widget and scripts cannot drift apart. What the widget adds:
 
 * the network runs on a napari worker thread, never on the GUI thread: a round is
@@ -44,15 +44,22 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._layers import check_image_layer
-from .core.colour import is_colour_names
-from ._qt_helpers import JobError, ask_discard, ask_overwrite, ask_restart, disconnect_all, shield_runtime_errors
-from ._teach_panel import TeachPanel
-from .core.devices import DEVICES
-from .core.io import WRITABLE_EXTENSIONS
-from ._image_picker import ImagePicker
-from .core.resources import DEMO_CHECKPOINT, peek_channel_names
-from .viewer_session import OVERWRITE_POLICIES, Job, ViewerSession
+from napari_simseg.annotator.dialogs import (
+    JobError,
+    ask_discard,
+    ask_overwrite,
+    ask_restart,
+    disconnect_all,
+    shield_runtime_errors,
+)
+from napari_simseg.annotator.image_picker import ImagePicker
+from napari_simseg.annotator.layers import check_image_layer
+from napari_simseg.annotator.teach_panel import TeachPanel
+from napari_simseg.annotator.viewer_session import OVERWRITE_POLICIES, Job, ViewerSession
+from napari_simseg.core.io.colour import is_colour_names
+from napari_simseg.core.io.images import WRITABLE_EXTENSIONS
+from napari_simseg.core.io.resources import DEMO_CHECKPOINT, peek_channel_names
+from napari_simseg.core.network.devices import DEVICES
 
 __all__ = ["SimSegWidget", "ask_discard", "ask_overwrite", "ask_restart"]
 

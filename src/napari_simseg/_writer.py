@@ -1,4 +1,4 @@
-"""napari writers for image and labels layers, through :mod:`napari_simseg.core.io`.
+"""napari writers for image and labels layers, through :mod:`napari_simseg.core.io.images`.
 
 The inverse of :mod:`napari_simseg._reader`: the layer ``scale`` is written as the
 voxel spacing, ``translate`` as the origin and ``metadata["direction"]`` (when it
@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .core.io import Volume, write_image
+from napari_simseg.core.io.images import Volume, write_image
 
 __all__ = ["compact_labels", "volume_from_layer", "write_image_layer", "write_labels_layer"]
 

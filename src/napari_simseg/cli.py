@@ -50,7 +50,7 @@ def main_train(args) -> int:
 
     import yaml
 
-    from .core.training import TrainConfig, train
+    from napari_simseg.core.jobs.training import TrainConfig, train
 
     typed = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
@@ -66,7 +66,7 @@ def main_train(args) -> int:
     if "steps_per_epoch" in typed:
         values["plan_steps"] = False  # the user's own schedule
     if not args.config and typed.get("data") and int(os.environ.get("RANK", "0")) == 0:
-        from .core.recipe import describe_recipe
+        from napari_simseg.core.jobs.recipe import describe_recipe
 
         print(describe_recipe(values), flush=True)
     try:
@@ -82,8 +82,8 @@ def main_train(args) -> int:
 
 def _recipe_values(typed: dict) -> dict:
     """The default recipe's options for ``typed["data"]``."""
-    from .core.datasets import discover_dataset
-    from .core.recipe import case_shapes, default_recipe
+    from napari_simseg.core.data.datasets import discover_dataset
+    from napari_simseg.core.jobs.recipe import case_shapes, default_recipe
 
     if not typed.get("data"):
         return {}  # TrainConfig.validate says what is missing
@@ -98,7 +98,7 @@ def main_benchmark(args) -> int:
     (with ``--data``, its minutes to a first useful checkpoint)."""
     import json
 
-    from .core.benchmark import benchmark_inference, benchmark_rounds, benchmark_training
+    from napari_simseg.core.jobs.benchmark import benchmark_inference, benchmark_rounds, benchmark_training
 
     if args.round:
         auto = None
@@ -109,13 +109,13 @@ def main_benchmark(args) -> int:
                          sizes=[int(s) for s in args.sizes.split(",")], auto_volume=auto,
                          auto_slices=args.auto_slices, repeats=args.repeats or 10)
     elif args.train and args.recipe:
-        from .core.benchmark import benchmark_recipe
+        from napari_simseg.core.jobs.benchmark import benchmark_recipe
 
         benchmark_recipe(data=args.data, device=args.device, max_minutes=args.max_minutes,
                          useful_dice=args.useful_dice, out=args.out, json_path=args.json)
     elif args.train:
-        from .core.atomic import atomic_write_text
-        from .core.benchmark import benchmark_recipe
+        from napari_simseg.core.io.atomic import atomic_write_text
+        from napari_simseg.core.jobs.benchmark import benchmark_recipe
 
         result = benchmark_training(device=args.device, encoder=args.encoder, size=args.size or 64,
                                     batch_size=args.batch_size, repeats=args.repeats or 5)
@@ -169,8 +169,8 @@ def main_evaluate(args) -> int:
     """``simseg evaluate``: print the report; write the JSON, table and plot asked for."""
     import json
 
-    from .core.atomic import atomic_write_text
-    from .core.evaluation import evaluate, format_report, write_plot, write_table
+    from napari_simseg.core.io.atomic import atomic_write_text
+    from napari_simseg.core.jobs.evaluation import evaluate, format_report, write_plot, write_table
 
     clicks = [int(k) for k in str(args.clicks).split(",") if k.strip()]
     result = evaluate(
@@ -211,7 +211,7 @@ def main_calibrate(args) -> int:
     """``simseg calibrate``: fit and write; print the offsets and the objective as JSON."""
     import json
 
-    from .core.calibration import calibrate
+    from napari_simseg.core.jobs.calibration import calibrate
 
     result = calibrate(args.checkpoint, args.data, args.output, split=args.split,
                        split_file=args.split_file, max_volumes=args.max_volumes or None,
@@ -222,7 +222,7 @@ def main_calibrate(args) -> int:
 
 def main_average(args) -> int:
     """``simseg average``: write the weighted mean of several checkpoints."""
-    from .core.averaging import average_checkpoints
+    from napari_simseg.core.jobs.averaging import average_checkpoints
 
     weights = None
     if args.weights:
@@ -241,7 +241,7 @@ def main_report(args) -> int:
     """``simseg report``: several evaluation JSONs as one table and plot."""
     import json
 
-    from .core.evaluation import format_report, write_plot, write_table
+    from napari_simseg.core.jobs.evaluation import format_report, write_plot, write_table
 
     results = []
     for path in args.json:
@@ -270,8 +270,8 @@ def main_check_data(args) -> int:
     """``simseg check-data``: print what the folder holds; exit 0 when usable, 2 otherwise."""
     import json
 
-    from .core.atomic import atomic_write_text
-    from .core.datacheck import check_data, format_data_check
+    from napari_simseg.core.io.atomic import atomic_write_text
+    from napari_simseg.core.jobs.datacheck import check_data, format_data_check
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():
@@ -287,13 +287,13 @@ def main_check_data(args) -> int:
 
 def main_demo(args) -> int:
     """``simseg demo``: napari with the sample and the demo model, or ``--headless``."""
-    from .demo import run_demo
+    from napari_simseg.demo import run_demo
 
     return run_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .core.training import TrainConfig
+    from napari_simseg.core.jobs.training import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="simseg",
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="fit per-class decision offsets on the training split",
                        description="Fit the per-class offsets that turn the network's probabilities "
-                                   "into labels (see napari_simseg.core.calibration) and write a "
+                                   "into labels (see napari_simseg.core.jobs.calibration) and write a "
                                    "checkpoint carrying them.")
     add_calibrate_arguments(p)
     p.set_defaults(func=main_calibrate)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .core.resources import SAMPLE_DIR
+from napari_simseg.core.io.resources import SAMPLE_DIR
 
 __all__ = ["run_demo"]
 
@@ -20,7 +20,7 @@ def _sample_paths():
 
 def run_headless(checkpoint: str = "demo", device: str = "auto", clicks=(0, 1, 2, 3), log=print) -> dict:
     """Run the evaluation virtual user on the bundled sample(s); print Dice per class."""
-    from .core.evaluation import evaluate, format_report
+    from napari_simseg.core.jobs.evaluation import evaluate, format_report
 
     _sample_paths()
     result = evaluate(
@@ -35,7 +35,7 @@ def run_gui(checkpoint: str = "demo", device: str = "auto") -> None:
     """Open napari with the first sample volume, the demo model and the SimSeg widget."""
     import napari
 
-    from ._reader import get_reader
+    from napari_simseg._reader import get_reader
 
     image_path = _sample_paths()[0]
     viewer = napari.Viewer(title="napari-simseg demo")

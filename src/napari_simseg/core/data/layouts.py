@@ -1,0 +1,717 @@
+"""Labelled data sets on disk: the layouts understood and how their cases are found.
+
+:func:`discover_dataset` turns a folder into a :class:`DatasetSpec`: the class names,
+the image channels and the :class:`Case` list, without reading any pixel (except
+label files when the classes must be inferred from their values).  Reading and
+checking the files is :mod:`~napari_simseg.core.data.datasets`' job; the layouts
+themselves are documented there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from napari_simseg.core.io.images import (
+    PICTURE_EXTENSIONS,
+    SUPPORTED_EXTENSIONS,
+    ImageReadError,
+    is_supported,
+    read_channels,
+    read_image,
+    read_image_info,
+    split_extension,
+)
+
+__all__ = [
+    "LAYOUTS",
+    "Case",
+    "CaseIssue",
+    "DatasetError",
+    "DatasetSpec",
+    "discover_dataset",
+    "read_json",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The layout names :attr:`DatasetSpec.layout` takes.
+LAYOUTS = ("msd", "nnunet", "folder", "masks")
+
+# nnU-Net's channel suffix: ``<case>_0000.nii.gz`` is channel 0 of ``<case>``
+_CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
+
+
+class DatasetError(ValueError):
+    """A data set, case or volume that cannot be used as it is.
+
+    Attributes
+    ----------
+    issues : list of CaseIssue
+        The problems found, one per file and reason (may be empty when the error is
+        not about specific files).
+    """
+
+    def __init__(self, message: str, issues: Sequence["CaseIssue"] = ()):
+        self.issues = list(issues)
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class CaseIssue:
+    """A problem with one file (or folder) of one case."""
+
+    case_id: str
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One labelled image: its channel files and its labels.
+
+    Attributes
+    ----------
+    case_id : str
+        Identifier, the image file name without extension (and channel suffix).
+    image_paths : tuple of pathlib.Path
+        One file per channel, in channel order; a single path is wrapped into a
+        1-tuple, so ``Case(case_id, image, labels)`` works.  One file may also hold
+        every channel along its last axis (a 4D Decathlon image).
+    label_path : pathlib.Path or None
+        The label image (label value ``k`` is class ``k``); ``None`` in the mask
+        layout.
+    mask_paths : tuple of (str, pathlib.Path or None)
+        Mask layout: one binary mask per class, in label order (entry ``k`` is label
+        value ``k + 1``; the smaller structure wins where masks overlap); ``None`` where the
+        case has no mask of that class (the class is empty there).
+    problems : tuple of (pathlib.Path, str)
+        What discovery already found wrong with this case (a missing channel file, a
+        mask in a class folder the class list lacks), by file or folder.
+    """
+
+    case_id: str
+    image_paths: tuple[Path, ...]
+    label_path: Path | None = None
+    mask_paths: tuple[tuple[str, Path | None], ...] = ()
+    problems: tuple[tuple[Path, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        paths = self.image_paths
+        if isinstance(paths, (str, os.PathLike)):
+            paths = (paths,)
+        object.__setattr__(self, "image_paths", tuple(Path(p) for p in paths))
+        if self.label_path is not None:
+            object.__setattr__(self, "label_path", Path(self.label_path))
+        masks = tuple((str(name), None if p is None else Path(p)) for name, p in self.mask_paths)
+        object.__setattr__(self, "mask_paths", masks)
+        object.__setattr__(self, "problems", tuple((Path(p), str(r)) for p, r in self.problems))
+        if not self.image_paths:
+            raise ValueError(f"case '{self.case_id}' has no image file")
+        if self.label_path is None and not self.mask_paths:
+            raise ValueError(f"case '{self.case_id}' needs a label_path or mask_paths")
+
+    @property
+    def image_path(self) -> Path:
+        """The first (often only) image file."""
+        return self.image_paths[0]
+
+    @property
+    def label_grid_path(self) -> Path | None:
+        """The file whose grid the labels have: the label image or the first mask."""
+        if self.label_path is not None:
+            return self.label_path
+        return next((p for _, p in self.mask_paths if p is not None), None)
+
+
+@dataclass
+class DatasetSpec:
+    """What :func:`discover_dataset` found.
+
+    Attributes
+    ----------
+    root : pathlib.Path
+        The data set folder.
+    class_names : list of str
+        Class names; the index is the label value, 0 is the background.
+    cases : list of Case
+        Cases sorted by ``case_id``.
+    layout : str
+        One of :data:`LAYOUTS`: ``"msd"``, ``"nnunet"``, ``"folder"``, ``"masks"``.
+    name : str
+        Data set name (``dataset.json``'s ``"name"`` or the folder name).
+    unmatched : list of pathlib.Path
+        Images without labels and labels (or masks) without an image, left out.
+    channel_names : list of str
+        One name per image channel (modality), e.g. ``["T1", "T2"]``.
+    channels_in_last_axis : bool
+        Whether each case's channels come from one 4D file's last (SimpleITK) axis
+        rather than from one file per channel.
+    notes : list of str
+        What discovery did that a user should know (classes inferred, files
+        ignored, classes without masks ...).
+    """
+
+    root: Path
+    class_names: list[str]
+    cases: list[Case]
+    layout: str = "msd"
+    name: str = ""
+    unmatched: list[Path] = field(default_factory=list)
+    channel_names: list[str] = field(default_factory=lambda: ["image"])
+    channels_in_last_axis: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes, background included."""
+        return len(self.class_names)
+
+    @property
+    def n_channels(self) -> int:
+        """Number of image channels."""
+        return len(self.channel_names)
+
+    @property
+    def case_ids(self) -> list[str]:
+        """All case identifiers, sorted."""
+        return [c.case_id for c in self.cases]
+
+    def get_cases(self, case_ids: Iterable[str] | None = None) -> list[Case]:
+        """The cases with the given identifiers (all cases when ``None``), in order.
+
+        Raises
+        ------
+        DatasetError
+            If an identifier is not in this data set (all unknown ones are listed).
+        """
+        if case_ids is None:
+            return list(self.cases)
+        by_id = {c.case_id: c for c in self.cases}
+        ids = list(case_ids)
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            shown = ", ".join(map(repr, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
+            raise DatasetError(
+                f"{len(unknown)} case id(s) not in data set '{self.root}': {shown} "
+                f"(stale split file? the data set has {len(by_id)} cases)"
+            )
+        return [by_id[i] for i in ids]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _hidden(p: Path) -> bool:
+    return p.name.startswith(".")
+
+
+def _case_id(p: Path) -> str:
+    return p.name if p.is_dir() else split_extension(p)[0]
+
+
+def _shown(names: Sequence[str], limit: int = 10) -> str:
+    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
+
+
+def _note(notes: list[str], message: str) -> None:
+    logger.warning("%s", message)
+    notes.append(message)
+
+
+def _list_files(folder: Path, notes: list[str], file_ending: str | None = None) -> list[Path]:
+    """The readable images of a folder (sub-folders are DICOM series), sorted.
+
+    Hidden files are skipped silently; files of another type (or, with
+    ``file_ending``, another ending) are skipped with a note.
+    """
+    kept, ignored = [], []
+    for p in sorted(folder.iterdir()):
+        if _hidden(p):
+            continue
+        ok = p.is_dir() or (p.name.lower().endswith(file_ending) if file_ending else is_supported(p))
+        (kept if ok else ignored).append(p)
+    if ignored:
+        what = f"not ending in {file_ending}" if file_ending else "of unsupported type"
+        _note(notes, f"{folder}: {len(ignored)} file(s) {what} ignored: {_shown([p.name for p in ignored])}")
+    return kept
+
+
+def _by_case_id(files: Sequence[Path], folder: Path) -> dict[str, Path]:
+    """``{case_id: file}``; several files for one case id are an error."""
+    out: dict[str, Path] = {}
+    dupes: dict[str, list[Path]] = {}
+    for p in files:
+        cid = _case_id(p)
+        if cid in out:
+            dupes.setdefault(cid, [out[cid]]).append(p)
+        out[cid] = p
+    if dupes:
+        lines = "; ".join(f"{k}: {', '.join(q.name for q in v)}" for k, v in dupes.items())
+        raise DatasetError(f"{folder}: several files share a case name ({lines}); keep one file per case")
+    return out
+
+
+def _unmatched_note(unmatched: list[Path], notes: list[str]) -> None:
+    if unmatched:
+        _note(notes, f"{len(unmatched)} file(s) without a matching image/label were left out: "
+                     f"{_shown([p.name for p in unmatched])}")
+
+
+# --------------------------------------------------------------------------- class lists
+
+
+def _names_from_mapping(mapping: dict[int, str], source: str) -> list[str]:
+    if not mapping:
+        raise DatasetError(f"{source}: no classes declared")
+    if min(mapping) < 0:
+        raise DatasetError(f"{source}: negative label value {min(mapping)} in the class list")
+    if 0 not in mapping:
+        logger.warning("%s: label 0 not declared; naming it 'background'", source)
+    names = []
+    missing = []
+    for k in range(max(mapping) + 1):
+        if k in mapping:
+            names.append(str(mapping[k]))
+        else:
+            names.append("background" if k == 0 else f"class_{k}")
+            if k:
+                missing.append(k)
+    if missing:
+        logger.warning("%s: label value(s) %s not declared; named class_k", source, missing)
+    return names
+
+
+def _region_names(obj: dict, source: str) -> dict[int, str]:
+    """nnU-Net's region-based labels (``{"whole tumor": [1, 2, 3], "enhancing tumor": 3}``)
+    as one class per label value: the files hold the values, and each value is named
+    after the smallest region holding it (a plain value's own name first)."""
+    regions = [(sorted({int(x) for x in (v if isinstance(v, list) else [v])}), str(k)) for k, v in obj.items()]
+    names = {}
+    for values, name in sorted(regions, key=lambda r: -len(r[0])):  # smaller regions name last, so they win
+        for v in values:
+            names[v] = name
+    logger.warning("%s: region-based labels; one class per label value, named after the smallest region "
+                   "holding it: %s", source, ", ".join(f"{k} {names[k]}" for k in sorted(names)))
+    return names
+
+
+def _parse_labels(obj: Any, source: str) -> list[str]:
+    """Class names from a list, ``{"0": name}`` or nnU-Net ``{name: 0}`` mapping."""
+    if isinstance(obj, list):
+        return [str(n) for n in obj]
+    if not isinstance(obj, dict) or not obj:
+        raise DatasetError(f"{source}: 'labels' must be a non-empty mapping or list; got {obj!r}")
+    try:
+        if all(str(k).strip().lstrip("-").isdigit() for k in obj):
+            return _names_from_mapping({int(k): str(v) for k, v in obj.items()}, source)
+        if all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in obj.values()):
+            return _names_from_mapping({int(v): str(k) for k, v in obj.items()}, source)
+        if all(isinstance(v, (int, list)) for v in obj.values()):
+            return _names_from_mapping(_region_names(obj, source), source)
+    except (TypeError, ValueError):
+        pass
+    raise DatasetError(
+        f"{source}: cannot read the class list {obj!r}; expected {{\"0\": \"background\", "
+        "\"1\": \"name\", ...}"
+    )
+
+
+def read_json(path: Path) -> Any:
+    """The content of a JSON file; a :class:`DatasetError` naming the file otherwise."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _classes_from_txt(path: Path) -> list[str]:
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    pairs = [re.fullmatch(r"(\d+)\s*[:=,\s]\s*(.+)", ln) for ln in lines]
+    if lines and all(pairs):
+        return _names_from_mapping({int(m.group(1)): m.group(2).strip() for m in pairs}, str(path))
+    if not lines:
+        raise DatasetError(f"{path}: no class names")
+    return lines
+
+
+def _class_list(root: Path) -> list[str] | None:
+    """The names in ``classes.json`` or ``classes.txt``; ``None`` without either."""
+    if (root / "classes.json").is_file():
+        obj = read_json(root / "classes.json")
+        if isinstance(obj, dict) and "labels" in obj:
+            obj = obj["labels"]
+        return _parse_labels(obj, str(root / "classes.json"))
+    if (root / "classes.txt").is_file():
+        return _classes_from_txt(root / "classes.txt")
+    return None
+
+
+def _infer_class_names(label_paths: Sequence[Path], source: str, notes: list[str]) -> list[str]:
+    top = -1
+    for p in label_paths:
+        try:
+            arr = read_image(p, labels=True).array
+        except ImageReadError:
+            continue  # reported by the case checks later
+        if arr.size:
+            top = max(top, int(np.nanmax(arr)))
+    if top < 0:
+        raise DatasetError(f"{source}: no readable label file to infer the classes from")
+    names = ["background"] + [f"class_{k}" for k in range(1, top + 1)]
+    notes.append(f"no class list: {top + 1} classes inferred from the label values "
+                 "(background, class_1, ...); name them in classes.json")
+    logger.info("%s: %s", source, notes[-1])
+    return names
+
+
+def _numbered_names(obj: Any, source: str, what: str) -> list[str]:
+    """Names from ``{"0": "T1", "1": "T2"}`` (keys 0..n-1), as in ``modality``."""
+    if not isinstance(obj, dict) or not obj:
+        raise DatasetError(f"{source}: '{what}' must be a mapping like {{\"0\": \"T1\"}}; got {obj!r}")
+    try:
+        numbered = {int(k): str(v) for k, v in obj.items()}
+    except ValueError:
+        raise DatasetError(f"{source}: '{what}' keys must be channel numbers 0, 1, ...; got {list(obj)}") from None
+    if sorted(numbered) != list(range(len(numbered))):
+        raise DatasetError(f"{source}: '{what}' must number the channels 0..{len(numbered) - 1}; got {sorted(numbered)}")
+    return [numbered[k] for k in range(len(numbered))]
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def discover_dataset(root: str | os.PathLike) -> DatasetSpec:
+    """Find the cases, classes and channels of a data set folder.
+
+    See :mod:`~napari_simseg.core.data.datasets` for the layouts understood.  Files are
+    not opened (except label files when classes must be inferred); use
+    :func:`~napari_simseg.core.data.datasets.check_dataset` to validate them.
+
+    Parameters
+    ----------
+    root : path
+        The data set folder.
+
+    Returns
+    -------
+    DatasetSpec
+
+    Raises
+    ------
+    DatasetError
+        If the folder does not exist, matches no layout, ``dataset.json`` is invalid
+        or no case is found.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data set folder '{root}' does not exist or is not a folder")
+    meta_path = root / "dataset.json"
+    notes: list[str] = []
+    if meta_path.is_file() or ((root / "imagesTr").is_dir() and (root / "labelsTr").is_dir()):
+        meta = read_json(meta_path) if meta_path.is_file() else {}
+        if not isinstance(meta, dict):
+            raise DatasetError(f"{meta_path}: expected a JSON object")
+        if "channel_names" in meta or "file_ending" in meta:
+            spec = _discover_nnunet(root, meta_path, meta, notes)
+        else:
+            spec = _discover_msd(root, meta_path, meta, notes)
+    elif (root / "images").is_dir() and (root / "labels").is_dir():
+        if (root / "masks").is_dir():
+            _note(notes, f"{root}: both labels/ and masks/; labels/ is used, masks/ ignored")
+        spec = _discover_folder(root, notes)
+    elif (root / "images").is_dir() and (root / "masks").is_dir():
+        spec = _discover_masks(root, notes)
+    else:
+        raise DatasetError(
+            f"'{root}' is not a data set folder: expected dataset.json with imagesTr/ and "
+            "labelsTr/ (Medical Segmentation Decathlon or nnU-Net layout), images/ and "
+            "labels/ (one label image per case), or images/ and masks/<class>/ (one "
+            "binary mask per class)"
+        )
+    spec.notes = notes + spec.notes
+    if not spec.cases:
+        raise DatasetError(f"'{root}': no image/label pair found"
+                           + (f" ({'; '.join(notes)})" if notes else ""))
+    return spec
+
+
+def _channel_groups(folder: Path, label_ids: set[str], notes: list[str],
+                    file_ending: str | None = None) -> dict[str, dict[int, Path]]:
+    """Image files grouped by case: ``{case_id: {channel: path}}``.
+
+    ``<case>_0001.ext`` is channel 1 of ``<case>``, unless a label is named
+    ``<case>_0001`` itself; a name without that suffix is channel 0.
+    """
+    groups: dict[str, dict[int, Path]] = {}
+    for p in _list_files(folder, notes, file_ending):
+        cid, channel = _case_id(p), 0
+        m = _CHANNEL_SUFFIX.fullmatch(cid)
+        if m and cid not in label_ids and not p.is_dir():
+            cid, channel = m.group(1), int(m.group(2))
+        files = groups.setdefault(cid, {})
+        if channel in files:
+            raise DatasetError(f"{folder}: several files are channel {channel} of case '{cid}' "
+                               f"({files[channel].name}, {p.name}); keep one")
+        files[channel] = p
+    return groups
+
+
+def _channel_case(cid: str, files: dict[int, Path], label: Path, channel_names: Sequence[str],
+                  file_ending: str | None) -> Case:
+    """A case from its channel files; missing or extra channels become its problems."""
+    if len(channel_names) == 1 and set(files) == {0}:
+        return Case(cid, (files[0],), label)
+    first = files[min(files)]
+    ending = file_ending or split_extension(first)[1]
+    paths, problems = [], []
+    for k, name in enumerate(channel_names):
+        expected = files.get(k, first.parent / f"{cid}_{k:04d}{ending}")
+        paths.append(expected)
+        if k not in files:
+            problems.append((expected, f"channel {k} ('{name}') of case '{cid}' is missing"))
+    for k in sorted(set(files) - set(range(len(channel_names)))):
+        problems.append((files[k], f"channel {k} is beyond the {len(channel_names)} channel(s) "
+                                   f"declared ({', '.join(channel_names)})"))
+    return Case(cid, tuple(paths), label, problems=tuple(problems))
+
+
+def _channel_cases(images: dict[str, dict[int, Path]], labels: dict[str, Path],
+                   channel_names: Sequence[str], file_ending: str | None,
+                   notes: list[str]) -> tuple[list[Case], list[Path]]:
+    cases = [_channel_case(cid, images[cid], labels[cid], channel_names, file_ending)
+             for cid in sorted(images) if cid in labels]
+    unmatched = [p for cid in sorted(images) if cid not in labels for p in images[cid].values()]
+    unmatched += [labels[cid] for cid in sorted(labels) if cid not in images]
+    _unmatched_note(unmatched, notes)
+    return cases, unmatched
+
+
+def _class_names(meta: dict, meta_path: Path, label_paths: Sequence[Path], root: Path,
+                 notes: list[str]) -> list[str]:
+    if "labels" in meta:
+        return _parse_labels(meta["labels"], str(meta_path))
+    return _infer_class_names(label_paths, str(root), notes)
+
+
+def _discover_msd(root: Path, meta_path: Path, meta: dict, notes: list[str]) -> DatasetSpec:
+    modality = _numbered_names(meta["modality"], str(meta_path), "modality") if "modality" in meta else None
+    unmatched: list[Path] = []
+    if meta.get("training"):
+        cases = _msd_training_cases(root, meta_path, meta["training"], modality)
+        n_files = max((len(c.image_paths) for c in cases), default=1)
+        channel_names = modality or _default_channel_names(n_files)
+    else:
+        for sub in ("imagesTr", "labelsTr"):
+            if not (root / sub).is_dir():
+                raise DatasetError(f"{meta_path}: no 'training' list and no {sub}/ folder to list")
+        labels = _by_case_id(_list_files(root / "labelsTr", notes), root / "labelsTr")
+        images = _channel_groups(root / "imagesTr", set(labels), notes)
+        n_files = max((max(files) + 1 for files in images.values()), default=1)
+        channel_names = modality or _default_channel_names(n_files)
+        # several modalities but one file per case: the files are 4D, channels last
+        file_channels = ["image"] if n_files == 1 else channel_names
+        cases, unmatched = _channel_cases(images, labels, file_channels, None, notes)
+    return DatasetSpec(
+        root=root,
+        class_names=_class_names(meta, meta_path, [c.label_path for c in cases], root, notes),
+        cases=cases,
+        layout="msd",
+        name=str(meta.get("name", root.name)),
+        unmatched=unmatched,
+        channel_names=channel_names,
+        channels_in_last_axis=len(channel_names) > 1 and all(len(c.image_paths) == 1 for c in cases),
+    )
+
+
+def _default_channel_names(n: int) -> list[str]:
+    return ["image"] if n == 1 else [f"channel_{k}" for k in range(n)]
+
+
+def _msd_training_cases(root: Path, meta_path: Path, training: Any,
+                        modality: list[str] | None) -> list[Case]:
+    """The cases of an MSD ``training`` list (an nnU-Net v1 entry may stand for channel files)."""
+    cases = []
+    seen = set()
+    for i, entry in enumerate(training):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise DatasetError(
+                f"{meta_path}: training entry {i} must be {{\"image\": ..., \"label\": ...}}; got {entry!r}"
+            )
+        image, label = entry["image"], entry["label"]
+        if not isinstance(label, str) or not isinstance(image, (str, list)) or not image:
+            raise DatasetError(f"{meta_path}: training entry {i}: 'image' and 'label' must be file names")
+        paths = [root / p for p in image] if isinstance(image, list) else [root / image]
+        if any(_hidden(p) for p in paths) or _hidden(root / label):
+            continue
+        cid, ext = _case_id(paths[0]), split_extension(paths[0])[1]
+        if len(paths) == 1 and not paths[0].exists() and paths[0].with_name(f"{cid}_0000{ext}").exists():
+            # nnU-Net v1 lists "case.nii.gz" for the files case_0000.nii.gz, case_0001.nii.gz ...
+            paths = [paths[0].with_name(f"{cid}_{k:04d}{ext}") for k in range(len(modality or [0]))]
+        elif len(paths) > 1 and _CHANNEL_SUFFIX.fullmatch(cid):
+            cid = _CHANNEL_SUFFIX.fullmatch(cid).group(1)  # a list of channel files
+        if cid in seen:
+            raise DatasetError(f"{meta_path}: case '{cid}' is listed twice in 'training'")
+        seen.add(cid)
+        problems = tuple((p, f"channel {k} of case '{cid}' is missing")
+                         for k, p in enumerate(paths) if len(paths) > 1 and not p.exists())
+        cases.append(Case(cid, tuple(paths), root / label, problems=problems))
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def _discover_nnunet(root: Path, meta_path: Path, meta: dict, notes: list[str]) -> DatasetSpec:
+    if "channel_names" in meta:
+        channel_names = _numbered_names(meta["channel_names"], str(meta_path), "channel_names")
+    else:
+        channel_names = _numbered_names(meta.get("modality", {"0": "image"}), str(meta_path), "modality")
+    file_ending = meta.get("file_ending")
+    if file_ending is not None:
+        file_ending = str(file_ending).lower()
+        if file_ending not in SUPPORTED_EXTENSIONS:
+            raise DatasetError(f"{meta_path}: file_ending '{file_ending}' is not a supported image type "
+                               f"({', '.join(SUPPORTED_EXTENSIONS)})")
+    for sub in ("imagesTr", "labelsTr"):
+        if not (root / sub).is_dir():
+            raise DatasetError(f"{meta_path}: nnU-Net layout without a {sub}/ folder")
+    labels = _by_case_id(_list_files(root / "labelsTr", notes, file_ending), root / "labelsTr")
+    images = _channel_groups(root / "imagesTr", set(labels), notes, file_ending)
+    # several channels declared, one file per case: the file holds them (nnU-Net's RGB PNGs)
+    in_file = len(channel_names) > 1 and bool(images) and all(
+        set(f) == {0} and split_extension(f[0])[1] in _PICTURE_OR_TIFF for f in images.values())
+    cases, unmatched = _channel_cases(images, labels, ["image"] if in_file else channel_names, file_ending, notes)
+    n_declared = meta.get("numTraining")
+    if isinstance(n_declared, int) and n_declared != len(cases):
+        _note(notes, f"{meta_path}: numTraining is {n_declared} but {len(cases)} case(s) were found")
+    return DatasetSpec(
+        root=root,
+        class_names=_class_names(meta, meta_path, [c.label_path for c in cases], root, notes),
+        cases=cases,
+        layout="nnunet",
+        name=str(meta.get("name", root.name)),
+        unmatched=unmatched,
+        channel_names=channel_names,
+        channels_in_last_axis=in_file,
+    )
+
+
+#: files that may hold several channels in one picture: colour samples, a TIFF channel axis
+_PICTURE_OR_TIFF = PICTURE_EXTENSIONS + (".tif", ".tiff")
+
+
+def _tiff_channel_names(path: Path) -> tuple | None:
+    """A TIFF's channel names from its axes, without its pixels; None where the pixels must
+    tell (a samples axis: grey or true colour) or the file cannot be opened here."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape, axes = tif.series[0].shape, tif.series[0].axes
+    except Exception:  # reported when the case is read
+        return None
+    sizes = dict(zip(axes, shape))
+    if sizes.get("S", 1) > 1:
+        return None
+    return tuple(f"channel_{k}" for k in range(sizes["C"])) if sizes.get("C", 1) > 1 else ("image",)
+
+
+def _file_channel_names(paths: Sequence[Path], notes: list[str], sample: int = 8) -> list[str]:
+    """The channels most of (up to ``sample``, evenly spread) image files hold: ``["image"]``,
+    red, green and blue for colour pictures, ``channel_k`` for a 4D file or a TIFF's channel axis."""
+    paths = sorted(paths)
+    if not paths:
+        return ["image"]
+    counts: dict[tuple, int] = {}
+    for i in np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).round().astype(int)):
+        path = paths[i]
+        try:
+            tiff_names = _tiff_channel_names(path) if split_extension(path)[1] in (".tif", ".tiff") else None
+            if tiff_names is not None:
+                names = tiff_names
+            elif split_extension(path)[1] in _PICTURE_OR_TIFF:
+                names = tuple(v.metadata.get("channel_name", "image") for v in read_channels(path))
+            else:  # header only: a 4D file's last SimpleITK axis holds its channels
+                shape = read_image_info(path).shape if path.is_file() else (1,)
+                names = tuple(f"channel_{k}" for k in range(shape[0])) if len(shape) == 4 else ("image",)
+        except ImageReadError:
+            continue  # reported when the case is read
+        counts[names] = counts.get(names, 0) + 1
+    if not counts:
+        return ["image"]
+    names = max(counts, key=lambda n: (counts[n], len(n)))
+    if len(names) > 1:
+        _note(notes, f"the images hold {len(names)} channels each ({', '.join(names)}), read as the network's "
+                     "input channels")
+    return list(names)
+
+
+def _discover_folder(root: Path, notes: list[str]) -> DatasetSpec:
+    images = _by_case_id(_list_files(root / "images", notes), root / "images")
+    labels = _by_case_id(_list_files(root / "labels", notes), root / "labels")
+    cases = [Case(k, images[k], labels[k]) for k in sorted(images) if k in labels]
+    unmatched = [images[k] for k in sorted(images) if k not in labels]
+    unmatched += [labels[k] for k in sorted(labels) if k not in images]
+    _unmatched_note(unmatched, notes)
+    class_names = _class_list(root)
+    if class_names is None:
+        class_names = _infer_class_names([c.label_path for c in cases], str(root), notes)
+    channels = _file_channel_names([c.image_path for c in cases], notes)
+    return DatasetSpec(root, class_names, cases, "folder", root.name, unmatched, channels, len(channels) > 1)
+
+
+def _discover_masks(root: Path, notes: list[str]) -> DatasetSpec:
+    """``images/`` and ``masks/<class>/<case>.<ext>``: one binary mask per class."""
+    images = _by_case_id(_list_files(root / "images", notes), root / "images")
+    entries = sorted(p for p in (root / "masks").iterdir() if not _hidden(p))
+    folders = [p for p in entries if p.is_dir()]
+    loose = [p.name for p in entries if not p.is_dir()]
+    if loose:
+        _note(notes, f"{root / 'masks'}: {len(loose)} file(s) outside a class folder ignored: {_shown(loose)}")
+    class_names = _class_list(root)
+    if class_names is None:
+        class_names = ["background"] + [d.name for d in folders]
+        _note(notes, "no classes.json: the classes are background + the mask folders sorted by name "
+                     f"({', '.join(class_names[1:])}); list them in classes.json to choose the order "
+                     "(the order gives the label values; where masks overlap the smaller structure wins)")
+    known = class_names[1:]
+    masks = {d.name: _by_case_id(_list_files(d, notes), d) for d in folders}
+    for name in known:
+        if name not in masks:
+            _note(notes, f"class '{name}' has no folder masks/{name}/: it is empty in every case")
+    unknown = [d for d in folders if d.name not in known]
+    cases, unmatched = [], []
+    for cid in sorted(images):
+        entries_of_case = tuple((name, masks.get(name, {}).get(cid)) for name in known)
+        foreign = [d for d in unknown if cid in masks[d.name]]
+        if not any(p for _, p in entries_of_case) and not foreign:
+            unmatched.append(images[cid])
+            continue
+        problems = tuple(
+            (d, f"class folder '{d.name}' is not in the class list ({', '.join(class_names)}) but holds "
+                f"this case's mask {masks[d.name][cid].name}; add the class to classes.json or remove "
+                "the folder")
+            for d in foreign
+        )
+        cases.append(Case(cid, images[cid], None, entries_of_case, problems))
+    for d in folders:
+        unmatched += [p for cid, p in sorted(masks[d.name].items()) if cid not in images]
+    _unmatched_note(unmatched, notes)
+    for name in known:
+        lacking = [c.case_id for c in cases if dict(c.mask_paths)[name] is None and name in masks]
+        if lacking:  # logged only: each case's read notes it (CaseRead.notes)
+            logger.warning("class '%s': no mask for %d case(s), empty there: %s", name, len(lacking),
+                           _shown(lacking, 5))
+    channels = _file_channel_names([c.image_path for c in cases], notes)
+    return DatasetSpec(root, class_names, cases, "masks", root.name, unmatched, channels, len(channels) > 1)

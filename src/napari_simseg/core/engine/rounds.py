@@ -1,0 +1,251 @@
+"""The batched interaction-round engine: many slices, one network call per round.
+
+Shared by training (DDG/SDG memories), its validation, the evaluation and the
+calibration.
+
+:class:`BatchMemory` is the torch, batched twin of
+:class:`~napari_simseg.core.interaction.memory.InteractionMemory`; both build the same channel
+layout (a test pins the equality), so what the network sees in training is what it sees
+in the napari session.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_simseg.core.imaging.preprocessing import context_stack
+from napari_simseg.core.interaction.clicks import Click, as_clicks, encode_clicks, honour_clicks, shift_clicks
+from napari_simseg.core.interaction.memory import input_channels
+from napari_simseg.core.network.decision import active_offsets, decide_labels
+from napari_simseg.core.network.devices import autocast_for
+
+__all__ = ["BatchMemory", "cropped_clicker", "encode_click_batch", "run_rounds", "run_volume_rounds"]
+
+
+def encode_click_batch(clicks_per_image, n_classes, shape, radius, device=None) -> torch.Tensor:
+    """Encode one round of clicks for each image of a batch as ``(B, N, H, W)``."""
+    masks = np.stack([encode_clicks(c, n_classes, shape, radius) for c in clicks_per_image])
+    return torch.from_numpy(masks).to(device)
+
+
+class BatchMemory:
+    """Interaction memories of a batch of slices, on one device.
+
+    Parameters
+    ----------
+    kind : {"none", "cim", "sim"}
+    n_classes : int
+    depth : int
+    images : Tensor
+        ``(B, C (1 + 2k), H, W)`` normalised slices: the slice's ``C`` channels, then
+        its ``2k`` neighbours' (``k = 0``: ``(B, C, H, W)``; see ``core.interaction.memory`` for the
+        layout).
+    image_channels : int
+        C, the image's channels.
+    """
+
+    def __init__(self, kind: str, n_classes: int, depth: int, images: torch.Tensor, image_channels: int = 1):
+        c = int(image_channels)
+        if images.ndim != 4 or images.shape[1] % c or (images.shape[1] // c) % 2 != 1:
+            raise ValueError(f"images must be (B, {c} (1 + 2k), H, W); got {tuple(images.shape)}")
+        self.kind = kind
+        self.n_classes = int(n_classes)
+        self.depth = int(depth) if kind == "sim" else 1
+        self.images = images
+        self.image_channels = c
+        self.context_slices = (images.shape[1] // c - 1) // 2
+        self.channels = input_channels(kind, n_classes, self.depth, self.context_slices, c)
+        self._clicks: list[torch.Tensor] = []
+        self._probs: list[Optional[torch.Tensor]] = []
+
+    @property
+    def n_rounds(self) -> int:
+        return len(self._clicks)
+
+    def push(self, clicks: torch.Tensor) -> None:
+        """Start a round with ``(B, N, H, W)`` click masks."""
+        self._clicks.append(clicks.to(self.images.device, self.images.dtype))
+        self._probs.append(None)
+
+    def set_probabilities(self, probs: torch.Tensor) -> None:
+        """Store the newest round's ``(B, N, H, W)`` probabilities (detached)."""
+        self._probs[-1] = probs.detach().to(self.images.dtype)
+
+    def network_input(self) -> torch.Tensor:
+        """The ``(B, C, H, W)`` input of the current round (same layout as InteractionMemory)."""
+        b, _, h, w = self.images.shape
+        n, c = self.n_classes, self.image_channels
+        out = self.images.new_zeros(b, self.channels, h, w)
+        out[:, :c] = self.images[:, :c]
+        if self.context_slices:
+            out[:, self.channels - 2 * self.context_slices * c :] = self.images[:, c:]
+        if not self._clicks:
+            return out
+        if self.kind == "none":
+            out[:, c : c + n] = self._clicks[-1]
+        elif self.kind == "cim":
+            out[:, c : c + n] = torch.stack(self._clicks).amax(dim=0)
+        else:
+            k0 = max(0, len(self._clicks) - self.depth)
+            first_slot = self.depth - (len(self._clicks) - k0)
+            for j, k in enumerate(range(k0, len(self._clicks))):
+                base = c + 2 * n * (first_slot + j)
+                out[:, base : base + n] = self._clicks[k]
+                if self._probs[k] is not None:
+                    out[:, base + n : base + 2 * n] = self._probs[k]
+        return out
+
+
+def cropped_clicker(clicker, crops):
+    """Wrap a batch clicker so it sees only each image's real (unpadded) region.
+
+    ``crops`` holds ``(y0, y1, x0, x1)`` per image; the clicks come back in padded
+    coordinates. Without this, background clicks land in the padding (often the
+    background's distance-transform peak), where no user would ever click.
+    """
+    if crops is None:
+        return clicker
+    boxes = [tuple(int(v) for v in b) for b in crops]
+
+    def wrapped(gts, previous):
+        out = []
+        for i, (y0, y1, x0, x1) in enumerate(boxes):
+            prev = None if previous is None else previous[i : i + 1, y0:y1, x0:x1]
+            out.append(shift_clicks(clicker(gts[i : i + 1, y0:y1, x0:x1], prev)[0], y0, x0))
+        return out
+
+    return wrapped
+
+
+@torch.inference_mode()
+def run_rounds(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    gts: np.ndarray,
+    n_rounds: int,
+    memory_kind: str,
+    depth: int,
+    n_classes: int,
+    radius: int,
+    clicker: Callable[[np.ndarray, Optional[np.ndarray]], Sequence[Sequence]],
+    amp: bool = False,
+    on_round: Optional[Callable[[int, np.ndarray, float], None]] = None,
+    honour: bool = False,
+    decision_offsets: Optional[Sequence[float]] = None,
+    image_channels: int = 1,
+) -> list[np.ndarray]:
+    """Run 0..``n_rounds`` rounds of a virtual user on a batch of slices.
+
+    ``images`` are at the network's working resolution; ``gts`` may be on a finer image
+    grid (the slices' own resolution): then the probabilities are resampled
+    bilinearly to that grid before labels are decided, the clicker sees and clicks on
+    that grid, and its clicks are mapped to the working grid to be encoded, so labels
+    and scores are at the image's own resolution, as in the session.
+
+    Round 0 is the automatic (0-click) prediction from an empty memory. Round ``k``
+    asks ``clicker(gts, previous)`` for the clicks of every slice, where ``previous``
+    is the label map shown after round ``k - 1`` (in round 1, the automatic result:
+    the user corrects what they see), pushes them, and predicts, carrying the
+    ConvLSTM state. The automatic prediction itself is not a round: round 1 starts
+    from an empty memory and a fresh ConvLSTM state.
+
+    With ``honour=True`` the label maps (returned, and shown to the clicker) give every
+    pixel clicked so far its click's class, as the interactive session does
+    (:func:`~napari_simseg.core.interaction.clicks.honour_clicks`); the memory keeps the network's
+    own probabilities either way. ``decision_offsets`` (one per class) are added to the
+    log-probabilities before the argmax that gives the labels
+    (:mod:`~napari_simseg.core.network.decision`); the memory is unaffected.
+
+    Returns
+    -------
+    list of ndarray
+        ``n_rounds + 1`` label maps ``(B, H, W)``: after 0, 1, ..., ``n_rounds`` rounds.
+    """
+    device = images.device
+    model.eval()
+    memory = BatchMemory(memory_kind, n_classes, depth, images, image_channels)
+    shape = tuple(images.shape[-2:])
+    out_shape = tuple(np.shape(gts)[-2:])
+    scale = (shape[0] / out_shape[0], shape[1] / out_shape[1])
+    offsets = active_offsets(decision_offsets, n_classes)
+    results = []
+    state = None
+    previous = None
+    placed = [[] for _ in range(images.shape[0])]
+    for k in range(n_rounds + 1):
+        if k > 0:
+            clicks = clicker(gts, previous)
+            if honour:
+                for i, image_clicks in enumerate(clicks):
+                    placed[i].extend(as_clicks(image_clicks))
+            memory.push(encode_click_batch([_to_grid(c, scale) for c in clicks], n_classes, shape, radius, device))
+        x = memory.network_input()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with autocast_for(device, amp):
+            logits, new_state = model(x, state if k > 0 else None)
+        probs = torch.softmax(logits.float(), dim=1)
+        shown = probs if out_shape == shape else F.interpolate(probs, size=out_shape, mode="bilinear",
+                                                               align_corners=False)
+        if offsets is None:
+            labels = decide_labels(shown, axis=1).cpu().numpy()
+        else:
+            labels = decide_labels(torch.log(shown.clamp_min(1e-12)) if shown is not probs
+                                   else torch.log_softmax(logits.float(), dim=1),
+                                   offsets, axis=1, log=True).cpu().numpy()
+        for i, image_clicks in enumerate(placed):
+            honour_clicks(labels[i], image_clicks)
+        elapsed = time.perf_counter() - t0
+        if k > 0:
+            memory.set_probabilities(probs)
+            state = new_state
+        else:
+            # the automatic prediction is not a round: the first round starts afresh
+            state = None
+        results.append(labels)
+        previous = labels
+        if on_round is not None:
+            on_round(k, labels, elapsed)
+    return results
+
+
+def _to_grid(clicks, scale: tuple) -> list:
+    """Clicks on the image grid mapped to the working grid (pixel centres aligned)."""
+    if scale == (1.0, 1.0):
+        return clicks
+    return [Click(c.label, (c.y + 0.5) * scale[0] - 0.5, (c.x + 0.5) * scale[1] - 0.5) for c in as_clicks(clicks)]
+
+
+def run_volume_rounds(model, meta, memory_kind: str, image: np.ndarray, labels: np.ndarray, sl: slice,
+                      rounds: int, clicker, device, **kwargs) -> list[np.ndarray]:
+    """:func:`run_rounds` on the slices ``sl`` of one preprocessed volume.
+
+    The slices get their context neighbours from the whole ``image``
+    (``meta.context_slices``); ``kwargs`` go to :func:`run_rounds` (``on_round``,
+    ``honour``, ``decision_offsets``).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network as run (e.g. ``Predictor.model``), on ``device``.
+    meta : CheckpointMeta
+        Its checkpoint's header (classes, channels, depth, click radius, context slices).
+    image : ndarray
+        ``(C, S, h, w)`` (or ``(S, h, w)`` for one channel) normalised volume at the
+        network's working resolution (:func:`~napari_simseg.core.imaging.preprocessing.working_volume`).
+    labels : ndarray
+        ``(S, H, W)`` ground truth on the image's own grid, where labels are scored.
+    """
+    idx = np.arange(image.shape[-3])[sl]
+    x = torch.from_numpy(np.ascontiguousarray(context_stack(image, idx, meta.context_slices))).to(device)
+    return run_rounds(
+        model, x, labels[sl], rounds, memory_kind, meta.depth if memory_kind == "sim" else 1,
+        meta.n_classes, meta.click_radius, clicker, amp=device.type == "cuda",
+        image_channels=1 if image.ndim == 3 else image.shape[0], **kwargs,
+    )

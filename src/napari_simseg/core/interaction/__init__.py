@@ -1,0 +1,7 @@
+"""What a user does and what the network is shown of it: clicks, the interaction memory, the
+virtual user.
+
+Layer 2: imports only the layers below (``io``, ``imaging``). ``clicks`` encodes, shifts
+and honours clicks; ``memory`` is one slice's none / CIM / SIM memory; ``virtual_user`` is
+the simulated user of training (DDG, SDG) and evaluation.
+"""

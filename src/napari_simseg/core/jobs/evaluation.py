@@ -1,0 +1,477 @@
+"""Evaluation with the deterministic virtual user (paper section 5.2).
+
+For every slice the evaluation starts from an empty memory. Round 0 is the automatic
+prediction; in round ``k >= 1`` the :class:`~napari_simseg.core.interaction.virtual_user.EvaluationUser`
+adds one click per class in that class's largest mislabelled region of the round
+``k - 1`` output (in round 1, the largest region of the class), at the region's
+distance-transform maximum, never dropping a click. The labels after ``k`` rounds are
+the "k clicks" result; as in the interactive session, every pixel clicked so far shows
+its click's class (``honour_clicks``; ``--no-honour-clicks`` scores the network's argmax
+alone). The network is averaged over the four flips of its input, as the session's
+:class:`~napari_simseg.core.network.predictor.Predictor` does by default (``--no-tta``: once).
+Labels are decided with the checkpoint's per-class decision offsets when it has them
+(fitted on the training split by ``simseg calibrate``; see
+:mod:`~napari_simseg.core.jobs.calibration`), as the session does; ``--no-decision-offsets``
+takes the plain argmax.
+NoC@85/90 (the clicks a slice needs to reach that IoU) costs ``--noc-clicks`` rounds
+on every slice and is computed only when asked (``noc_clicks > 0``; 0 is the default).
+Dice and IoU are computed per volume in 3D over the reassembled prediction and
+averaged over volumes (a class absent from a volume's ground truth and prediction is
+left out of that class's mean).
+
+That is the per-slice protocol (``protocol="slice"``, the default: ``k`` = rounds per
+slice). ``protocol="volume"`` (:mod:`~napari_simseg.core.jobs.volume_protocol`) runs one
+interactive session per volume: ``k`` = corrective rounds per volume, each on the slice
+with the most mislabelled pixels and followed by a propagation from it. Both count the
+user's clicks per volume (``clicks_per_volume``).
+
+JSON written by ``--json``::
+
+    {"checkpoint": str, "data": str, "method": str, "memory": str,
+     "honour_clicks": bool (model) or null, "tta": bool (model) or null,
+     "decision_offsets": [one per class] or null, "split": str,
+     "protocol": "slice" | "volume",
+     "classes": [names], "n_volumes": int, "volumes": [case ids],
+     "results": [{"clicks": k,              # rounds per slice (slice) or per volume (volume)
+                  "clicks_per_volume": mean user clicks per volume after k rounds,
+                  "dice": {class: mean}, "iou": {class: mean},
+                  "dice_sem": {class: standard error of that mean over volumes}}, ...],
+     "per_volume": {case id: {"dice": {"k": {class: Dice}}, "clicks": {"k": clicks}}},
+     "latency_ms": {"mean": ms, "std": ms},   # per slice and round, batched
+     "noc": {"max_clicks": 20, "0.85": {class: {"mean", "failures", "n"}},
+             "0.9": {...}},                       # only with --noc-clicks > 0
+     "seconds": wall time}
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from napari_simseg.core.data.datasets import discover_dataset, load_case, load_case_with
+from napari_simseg.core.data.splits import find_split, select_cases
+from napari_simseg.core.imaging.metrics import dice_iou_per_class, noc
+from napari_simseg.core.imaging.preprocessing import working_volume
+from napari_simseg.core.interaction.virtual_user import EvaluationUser
+from napari_simseg.core.io.atomic import atomic_path, atomic_write_text
+from napari_simseg.core.jobs.volume_protocol import volume_protocol_outputs
+
+__all__ = ["PROTOCOLS", "evaluate", "format_report", "write_clicks_plot", "write_plot", "write_table"]
+
+PROTOCOLS = ("slice", "volume")
+
+
+@dataclass
+class _Method:
+    """What evaluates: a checkpoint's network, or a classical segmenter."""
+
+    name: str
+    run: Callable  # run(image, labels, sl, rounds, user, latency, clicks) -> label maps per round
+    prepare: Callable  # prepare(image (C, S, H, W)) -> the image ``run`` reads (e.g. at working size)
+    memory: str
+    normalization: dict
+    axis: int
+    checkpoint: Optional[Path] = None
+    offsets: Optional[list] = None
+    predictor: Any = None  # the model's Predictor (the volume protocol's sessions use it)
+
+
+def _model_method(checkpoint, class_names, device, tta, memory, decision_offsets, axis, honour) -> _Method:
+    from napari_simseg.core.engine.rounds import run_volume_rounds
+    from napari_simseg.core.network.predictor import Predictor
+
+    predictor = Predictor(checkpoint, device=device, tta=tta, expected_classes=class_names)
+    meta = predictor.meta
+    if memory and (memory == "sim") != (meta.memory == "sim"):
+        raise ValueError(
+            f"--memory {memory} needs a network trained with the same input layout; "
+            f"this checkpoint uses {meta.memory!r}"
+        )
+    offsets = None
+    if decision_offsets and meta.decision_offsets is not None:
+        offsets = [float(v) for v in meta.decision_offsets]
+    mem_kind = memory or meta.memory
+
+    def run(image, labels, sl, rounds, user, latency, clicks):
+        def on_round(k, lab, seconds, b=labels[sl].shape[0]):
+            if k <= clicks[-1]:
+                latency.append(seconds * 1e3 / b)
+
+        return run_volume_rounds(predictor.model, meta, mem_kind, image, labels, sl, rounds,
+                                 user.next_round_batch, predictor.device, on_round=on_round,
+                                 honour=honour, decision_offsets=offsets)
+
+    def prepare(image):
+        return working_volume(image, meta.working_size)
+
+    return _Method("model", run, prepare, mem_kind, dict(meta.normalization), meta.axis if axis is None else axis,
+                   Path(predictor.checkpoint.path), offsets, predictor)
+
+
+def _classical_method(method: str, n: int, axis) -> _Method:
+    from napari_simseg.core.engine.baselines import get_segmenter
+
+    segmenter = get_segmenter(method)
+
+    def run(image, labels, sl, rounds, user, latency, clicks):
+        return _classical_rounds(segmenter, image[sl], labels[sl], rounds, n, user, latency)
+
+    def prepare(image):
+        return image if image.ndim == 3 else image[0]  # the classical methods read one channel
+
+    return _Method(method, run, prepare, "cim", {"low": 0.5, "high": 99.5}, 0 if axis is None else axis)
+
+
+class _ClickCounter:
+    """The evaluation user of one batch of slices, counting its clicks per round."""
+
+    def __init__(self, user: EvaluationUser, totals: np.ndarray, rounds: int):
+        self.user, self.totals, self.rounds, self.calls = user, totals, rounds, 0
+
+    def next_round_batch(self, gts, previous=None):  # the model: one call per round, in order
+        out = self.user.next_round_batch(gts, previous)
+        self.calls += 1
+        self.totals[self.calls] += sum(len(c) for c in out)
+        return out
+
+    def next_round(self, gt, previous=None):  # classical methods: rounds 1..R of each slice in turn
+        out = self.user.next_round(gt, previous)
+        self.totals[self.calls % self.rounds + 1] += len(out)
+        self.calls += 1
+        return out
+
+
+def _volume_outputs(method: _Method, image, labels, rounds, batch_size, user, latency, clicks):
+    """Label maps ``(S, H, W)`` of one volume after 0..``rounds`` rounds per slice, and
+    the user's clicks in the volume after each."""
+    outputs = [np.zeros_like(labels) for _ in range(rounds + 1)]
+    totals = np.zeros(rounds + 1, int)
+    image = method.prepare(image)
+    if method.predictor is not None:  # slices per call bounded by memory, as the session's automatic mode
+        batch_size = method.predictor.batch_for(batch_size, *image.shape[-2:])
+        method.predictor.check_memory(batch_size, *image.shape[-2:])
+    for start in range(0, labels.shape[0], batch_size):
+        sl = slice(start, start + batch_size)
+        preds = method.run(image, labels, sl, rounds, _ClickCounter(user, totals, max(1, rounds)), latency, clicks)
+        for k in range(rounds + 1):
+            outputs[k][sl] = preds[k]
+    return outputs, np.cumsum(totals).tolist()
+
+
+def _case_outputs(how: _Method, protocol: str, case, spec, rounds, batch_size, user, latency, clicks, honour,
+                  offsets) -> tuple:
+    """One case's ground truth, label maps after 0..``rounds`` rounds and user clicks after each."""
+    if protocol == "slice":
+        image, labels = load_case_with(case, how.normalization, how.axis, spec=spec)
+        return (labels, *_volume_outputs(how, image, labels, rounds, batch_size, user, latency, clicks))
+    image, labels = load_case(case, axis=how.axis, normalize=False, spec=spec)  # the session normalises
+    run = volume_protocol_outputs(how.predictor, image, labels, rounds, honour_clicks=honour,
+                                  decision_offsets=offsets)
+    latency.extend(run.round_ms)
+    return labels, [o.astype(labels.dtype) for o in run.outputs], run.clicks
+
+
+def evaluate(
+    checkpoint="demo",
+    data=None,
+    split: Optional[str] = None,
+    split_file: Optional[str] = None,
+    clicks: Sequence[int] = (0, 1, 2, 3, 6),
+    method: str = "model",
+    memory: Optional[str] = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    noc_clicks: int = 0,
+    max_volumes: Optional[int] = None,
+    axis: Optional[int] = None,
+    name: Optional[str] = None,
+    progress: bool = True,
+    log=print,
+    honour_clicks: bool = True,
+    tta: bool = True,
+    decision_offsets: bool = True,
+    protocol: str = "slice",
+) -> dict:
+    """Evaluate a checkpoint (or a classical method) with the evaluation virtual user.
+
+    ``noc_clicks > 0`` also computes NoC@85/90 with that click budget (it runs that
+    many rounds on every slice). ``protocol="volume"``: rounds per volume with
+    propagation (model only, no NoC, no ``memory`` override; see the module docstring).
+
+    Returns the result dictionary documented in the module docstring.
+    """
+    t_start = time.monotonic()
+    data = Path(data)
+    spec = discover_dataset(data)
+    class_names = list(spec.class_names)
+    n = len(class_names)
+    clicks = sorted({int(k) for k in clicks})
+    if clicks[0] < 0:
+        raise ValueError("click counts must be >= 0")
+    noc_clicks = max(0, int(noc_clicks))
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "volume" and (method != "model" or memory or noc_clicks):
+        raise ValueError("--protocol volume runs the checkpoint's own session: no --method, --memory or --noc-clicks")
+    rounds = max(clicks[-1], noc_clicks)
+    if method == "model":
+        how = _model_method(checkpoint, class_names, device, tta, memory, decision_offsets, axis, honour_clicks)
+    else:
+        how = _classical_method(method, n, axis)
+    split_doc, split_src = find_split(data, how.checkpoint, split_file)
+    cases, which = select_cases(spec, split_doc, split)
+    if max_volumes:
+        cases = cases[: int(max_volumes)]
+    user = EvaluationUser(n)
+    per_volume = {k: {"dice": [], "iou": [], "clicks": []} for k in clicks}
+    latency, iou_curves, present = [], [], []
+    iterator = cases
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(cases, desc="evaluate", leave=False, dynamic_ncols=True)
+    for case in iterator:
+        labels, outputs, counts = _case_outputs(how, protocol, case, spec, rounds, batch_size, user, latency,
+                                                clicks, honour_clicks, decision_offsets)
+        for k in clicks:
+            d, i = dice_iou_per_class(outputs[k], labels, n)
+            per_volume[k]["dice"].append(d)
+            per_volume[k]["iou"].append(i)
+            per_volume[k]["clicks"].append(int(counts[k]))
+        if noc_clicks > 0:
+            curve = np.stack([_slice_ious(outputs[k], labels, n) for k in range(1, noc_clicks + 1)], axis=1)
+            iou_curves.append(curve)
+            present.append(np.stack([(labels == c).any((1, 2)) for c in range(n)], axis=1))
+    result = _result_document(how, checkpoint, name, data, which, split_src, class_names, cases, clicks,
+                              per_volume, latency, honour_clicks, tta, protocol)
+    if noc_clicks > 0 and iou_curves:
+        result["noc"] = _noc_summary(iou_curves, present, noc_clicks, class_names)
+    result["seconds"] = round(time.monotonic() - t_start, 2)
+    return result
+
+
+def _per_class(class_names, values) -> dict:
+    return {name_: (None if np.isnan(v) else round(float(v), 5)) for name_, v in zip(class_names, values)}
+
+
+def _mean_dict(class_names, values) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from every volume
+        return _per_class(class_names, np.nanmean(np.asarray(values, float), axis=0))
+
+
+def _sem_dict(class_names, values) -> dict:
+    """Standard error of the mean over the volumes where the class is scored."""
+    arr = np.asarray(values, float).reshape(len(values), -1)
+    cols = [col[~np.isnan(col)] for col in arr.T]
+    return _per_class(class_names, [col.std(ddof=1) / np.sqrt(col.size) if col.size >= 2 else np.nan
+                                    for col in cols])
+
+
+def _result_document(how: _Method, checkpoint, name, data, which, split_src, class_names, cases, clicks,
+                     per_volume, latency, honour_clicks, tta, protocol="slice") -> dict:
+    is_model = how.name == "model"
+    return {
+        "checkpoint": str(how.checkpoint) if how.checkpoint else None,
+        "data": str(data),
+        "method": how.name,
+        # default row name: the run folder of a trained checkpoint ("demo" for the bundled one)
+        "name": name or ("demo" if str(checkpoint) == "demo" and is_model
+                         else how.checkpoint.parent.name if how.checkpoint else how.name),
+        "memory": how.memory,
+        "honour_clicks": bool(honour_clicks) if is_model else None,
+        "tta": bool(tta) if is_model else None,
+        "decision_offsets": how.offsets,
+        "split": which,
+        "split_file": str(split_src) if split_src else None,
+        "axis": how.axis,
+        "protocol": protocol,
+        "classes": class_names,
+        "n_volumes": len(cases),
+        "volumes": [c.case_id for c in cases],
+        "results": [
+            {"clicks": k,
+             "clicks_per_volume": round(statistics.fmean(per_volume[k]["clicks"]), 2) if cases else None,
+             "dice": _mean_dict(class_names, per_volume[k]["dice"]),
+             "iou": _mean_dict(class_names, per_volume[k]["iou"]),
+             "dice_sem": _sem_dict(class_names, per_volume[k]["dice"])}
+            for k in clicks
+        ],
+        "per_volume": {
+            c.case_id: {"dice": {str(k): _per_class(class_names, per_volume[k]["dice"][v]) for k in clicks},
+                        "clicks": {str(k): per_volume[k]["clicks"][v] for k in clicks}}
+            for v, c in enumerate(cases)
+        },
+        "latency_ms": {
+            "mean": round(statistics.fmean(latency), 3) if latency else None,
+            "std": round(statistics.pstdev(latency), 3) if latency else None,
+        },
+    }
+
+
+def _noc_summary(iou_curves, present, noc_clicks, class_names) -> dict:
+    curves = np.concatenate(iou_curves)
+    pres = np.concatenate(present)
+    raw = noc(curves, thresholds=(0.85, 0.90), max_clicks=noc_clicks, gt_present=pres)
+    out = {"max_clicks": noc_clicks}
+    for thr, v in raw.items():
+        out[str(thr)] = {
+            cname: {"mean": None if np.isnan(m) else round(float(m), 3), "failures": int(f), "n": int(c)}
+            for cname, m, f, c in zip(class_names, v["mean"], v["failures"], v["n"])
+        }
+    return out
+
+
+def _slice_ious(pred: np.ndarray, gt: np.ndarray, n: int) -> np.ndarray:
+    """IoU per slice and class for (S, H, W) arrays; NaN where the class is absent from gt."""
+    out = np.full((pred.shape[0], n), np.nan)
+    for c in range(n):
+        p, g = pred == c, gt == c
+        inter = (p & g).sum((1, 2))
+        union = (p | g).sum((1, 2))
+        present = g.any((1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[present, c] = inter[present] / union[present]
+    return out
+
+
+def _classical_rounds(segmenter, images, gts, rounds, n, user, latency):
+    """Rounds of a classical method: each slice re-segmented from all clicks so far."""
+    preds = [np.zeros_like(gts) for _ in range(rounds + 1)]
+    for s in range(images.shape[0]):
+        so_far = []
+        previous = None
+        for k in range(1, rounds + 1):
+            so_far += list(user.next_round(gts[s], previous))
+            t0 = time.perf_counter()
+            previous = segmenter.predict(images[s], so_far, n).astype(gts.dtype)
+            latency.append((time.perf_counter() - t0) * 1e3)
+            preds[k][s] = previous
+    return preds
+
+
+def format_report(result: dict) -> str:
+    """A plain-text table: Dice per class for each click count, plus NoC."""
+    names = result["classes"]
+    volume = result.get("protocol") == "volume"
+    width = max(10, *(len(c) + 2 for c in names))
+    lines = [f"{result['name']}: {result['n_volumes']} volumes ({result['split']}), method {result['method']}, "
+             f"memory {result['memory']}"
+             + ("" if result.get("honour_clicks") is not False else ", network argmax alone (clicks not honoured)")
+             + ("" if result.get("tta") is not False else ", no flip averaging")
+             + ("" if not result.get("decision_offsets") else
+                ", decision offsets " + "/".join(f"{v:+.2f}" for v in result["decision_offsets"]))
+             + (", volume protocol (rounds per volume, each propagated)" if volume else "")]
+    lines.append("Dice".ljust(8) + "".join(c.rjust(width) for c in names))
+    for row in result["results"]:
+        vals = "".join(("-" if row["dice"][c] is None else f"{row['dice'][c]:.3f}").rjust(width) for c in names)
+        per_volume = row.get("clicks_per_volume")
+        lines.append(f"{row['clicks']:>2} {'rounds' if volume else 'clicks'}" + vals
+                     + ("" if per_volume is None else f"   {per_volume:.1f} clicks/volume"))
+    if "noc" in result:
+        for thr in ("0.85", "0.9"):
+            vals = "".join(
+                ("-" if result["noc"][thr][c]["mean"] is None else f"{result['noc'][thr][c]['mean']:.2f}").rjust(width)
+                for c in names
+            )
+            lines.append(f"NoC@{int(float(thr) * 100)}".ljust(8) + vals)
+    lat = result["latency_ms"]
+    if lat["mean"] is not None:
+        what = "per corrective round" if volume else "per slice"
+        lines.append(f"latency {what} {lat['mean']:.2f} ± {lat['std']:.2f} ms; wall {result['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def write_table(results: Sequence[dict], path, clicks: Optional[int] = None) -> Path:
+    """Markdown table in the shape of the paper's Table 1: one row per system (or per
+    click count when a single result is given), IoU and Dice per class in percent."""
+    results = list(results)
+    names = results[0]["classes"]
+    header = "| System | Clicks | " + " | ".join(f"{c} IoU | {c} Dice" for c in names) + " |"
+    sep = "|---|---:|" + "---:|" * (2 * len(names))
+    rows = []
+    for res in results:
+        if clicks is None:
+            rows_src = res["results"]
+        else:  # the requested count, else the most this result has below it (Auto: 0)
+            fit = [r for r in res["results"] if r["clicks"] <= clicks]
+            rows_src = fit[-1:] if fit else []
+        for r in rows_src:
+            cells = []
+            for c in names:
+                for metric in ("iou", "dice"):
+                    v = r[metric][c]
+                    cells.append("-" if v is None else f"{100 * v:.1f}")
+            rows.append(f"| {res['name']} | {r['clicks']} | " + " | ".join(cells) + " |")
+    return atomic_write_text(path, "\n".join([header, sep, *rows]) + "\n")
+
+
+def write_plot(results: Sequence[dict], path, title: Optional[str] = None) -> Path:
+    """PNG of Dice per class against the number of clicks, one line per class
+    (one panel per result when several are given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = list(results)
+    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False, sharey=True)
+    for ax, res in zip(axes[0], results):
+        ks = [r["clicks"] for r in res["results"]]
+        for c in res["classes"]:
+            ys = [np.nan if r["dice"][c] is None else r["dice"][c] for r in res["results"]]
+            ax.plot(ks, ys, marker="o", label=c)
+        ax.set_xlabel("clicks per class per slice")
+        ax.set_title(res["name"], fontsize=10)
+        ax.set_xticks(ks)
+        ax.grid(alpha=0.3)
+    return _finish_dice_plot(fig, axes, title, path)
+
+
+def write_clicks_plot(results: Sequence[dict], path, title: Optional[str] = None) -> Path:
+    """PNG of Dice per foreground class against the user's clicks per volume, one line
+    per class and result (e.g. the per-slice and the volume protocol on one set)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = list(results)
+    names = results[0]["classes"][1:]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False, sharey=True)
+    styles = ["o-", "s--", "^:", "d-."]
+    for ax, cname in zip(axes[0], names):
+        for res, style in zip(results, styles * len(results)):
+            rows = [r for r in res["results"] if r.get("clicks_per_volume") is not None]
+            xs = [r["clicks_per_volume"] for r in rows]
+            ys = [np.nan if r["dice"][cname] is None else r["dice"][cname] for r in rows]
+            unit = "rounds per volume" if res.get("protocol") == "volume" else "rounds per slice"
+            ax.plot(xs, ys, style, label=f"{res['name']} (points: {unit})")
+            for x, y, r in zip(xs, ys, rows):
+                ax.annotate(str(r["clicks"]), (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7)
+        ax.set_title(cname, fontsize=10)
+        ax.set_xlabel("user clicks per volume")
+        ax.grid(alpha=0.3)
+    return _finish_dice_plot(fig, axes, title, path)
+
+
+def _finish_dice_plot(fig, axes, title: Optional[str], path) -> Path:
+    """Label, title and write a figure of Dice panels atomically; returns its path."""
+    import matplotlib.pyplot as plt
+
+    axes[0][0].set_ylabel("Dice (3D, mean over volumes)")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:  # the format follows the temporary name's (= the target's) suffix
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path

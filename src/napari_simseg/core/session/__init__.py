@@ -1,0 +1,9 @@
+"""An interactive session: one memory per slice, rounds, propagation, the interaction log and
+the start of teaching.
+
+Layer 4: what a click goes through. ``interactive`` is :class:`InteractiveSession` (numpy in,
+numpy out); ``propagation`` carries a finished slice into its neighbours;
+``interaction_log`` writes, reads and replays the ``.simseg.json`` log; ``teaching`` picks a
+session's labelled slices and starts the teaching process (``jobs.teach_worker``) by module
+name, never importing the trainer.
+"""

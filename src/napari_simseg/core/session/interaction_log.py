@@ -1,0 +1,305 @@
+"""The interaction log: every action of a session, in order, as JSON (``<name>.simseg.json``).
+
+The one place the format is written and read. :meth:`InteractiveSession.save_log`
+writes it; :func:`replay_log` applies a saved log to a fresh session (the widget's
+*Load*, the console, the tests), and :func:`rounds_from_log` tells which clicks each
+slice's rounds hold, and which undone rounds wait for redo, without running anything
+(the napari adapter puts those clicks back into the points layers). :func:`check_log`
+checks a log's image shape, classes and every event's fields before anything is replayed
+or allocated from it (:func:`load_log` and :func:`replay_log` call it); :func:`iter_replay`
+replays step by step, for a progress bar.
+
+Format (version 1)::
+
+    {"format": "napari-simseg-log", "version": 1,
+     "image_shape": [Z, H, W] or [H, W], "class_names": [...], "checkpoint": str,
+     "events": [{"action": "clicks", "slice": z, "round": k, "time": t,
+                 "clicks": [{"class": c, "y": y, "x": x}, ...]},
+                {"action": "undo" | "redo" | "reset", "slice": z, "time": t},
+                {"action": "auto", "slices": [z, ...], "time": t},
+                {"action": "set_labels", "slice": z, "labels": [[...]], "time": t},
+                {"action": "propagate", "slice": source z, "direction": "both" | "up" | "down",
+                 "steps": [{"slice": z, "rounds": [[{"class": c, "y": y, "x": x}, ...], ...]}, ...],
+                 "source_labels": [[...]] (only when given, painted in a viewer), "time": t},
+                {"action": "undo_propagation", "slice": source z, "time": t}]}
+
+A ``propagate`` event holds every seed of every slice it wrote
+(:mod:`~napari_simseg.core.session.propagation`), so its replay does not depend on the seed
+rules of the code that replays it; ``undo`` on a propagated slice undoes the whole
+propagation, as it did when recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from napari_simseg.core.interaction.clicks import Click, ClickError, as_index, validate_click
+from napari_simseg.core.io.atomic import atomic_write_text
+
+__all__ = ["LOG_FORMAT", "LOG_VERSION", "LogError", "check_log", "iter_replay", "load_log", "replay_log",
+           "rounds_from_log", "write_log"]
+
+LOG_FORMAT = "napari-simseg-log"
+LOG_VERSION = 1
+
+
+def write_log(path, image_shape: Sequence[int], class_names: Sequence[str], checkpoint,
+              events: Sequence[dict]) -> Path:
+    """Write a log document atomically (a temporary file in the same folder, then a rename)."""
+    path = Path(path)
+    doc = {
+        "format": LOG_FORMAT,
+        "version": LOG_VERSION,
+        "image_shape": [int(s) for s in image_shape],
+        "class_names": list(class_names),
+        "checkpoint": checkpoint,
+        "events": list(events),
+    }
+    return atomic_write_text(path, json.dumps(doc, indent=1))
+
+
+class LogError(ValueError):
+    """An interaction log that cannot be used; one line naming the file, the event and the field."""
+
+
+def load_log(path) -> dict:
+    """Read an interaction log written by :func:`write_log`, checked by :func:`check_log`.
+
+    Raises
+    ------
+    ValueError
+        For an unreadable file, another format, missing fields or a newer version
+        (:class:`LogError` for a field out of its range).
+    """
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read interaction log {path}: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != LOG_FORMAT:
+        raise ValueError(f"{path} is not a napari-simseg interaction log")
+    missing = [k for k in ("class_names", "events") if k not in doc]
+    if missing:
+        raise ValueError(f"interaction log {path} lacks {', '.join(missing)}")
+    version = doc.get("version", 0)
+    if not isinstance(version, int) or version > LOG_VERSION:
+        raise ValueError(f"{path}: log version {version!r} is newer than supported")
+    return check_log(doc, source=str(path))
+
+
+def _shape_of(doc: dict, source: str) -> tuple:
+    shape = doc.get("image_shape")
+    if (not isinstance(shape, list) or len(shape) not in (2, 3)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
+        raise LogError(f"{source}: 'image_shape' must be 2 or 3 positive integers, got {shape!r}")
+    return tuple(shape)
+
+
+def _slice(event: dict, key: str, n_slices: int, where: str) -> int:
+    z = as_index(event.get(key), f"{where}: '{key}'", LogError)
+    if not 0 <= z < n_slices:
+        raise LogError(f"{where}: '{key}' {z} is outside the image (slices 0..{n_slices - 1})")
+    return z
+
+
+def _check_clicks(clicks, n_classes: int, slice_shape: tuple, where: str) -> None:
+    if not isinstance(clicks, list):
+        raise LogError(f"{where}: 'clicks' must be a list, got {type(clicks).__name__}")
+    for c in clicks:
+        if not isinstance(c, dict) or not {"class", "y", "x"} <= set(c):
+            raise LogError(f"{where}: a click must be {{'class', 'y', 'x'}}, got {c!r:.80}")
+        try:
+            validate_click(Click(c["class"], c["y"], c["x"]), n_classes, slice_shape)
+        except ClickError as exc:
+            raise LogError(f"{where}: {exc}") from None
+
+
+def _check_event(event, n_slices: int, slice_shape: tuple, n_classes: int, where: str) -> None:
+    """One event's fields, in range for the log's image and classes (nothing is allocated)."""
+    if not isinstance(event, dict):
+        raise LogError(f"{where}: an event must be an object, got {event!r:.80}")
+    action = event.get("action")
+    where = f"{where} ({action!r})"
+    if action in ("clicks", "undo", "redo", "reset", "set_labels", "propagate", "undo_propagation"):
+        _slice(event, "slice", n_slices, where)
+    if action == "clicks":
+        _check_clicks(event.get("clicks"), n_classes, slice_shape, where)
+    elif action == "auto":
+        slices = event.get("slices")
+        if not isinstance(slices, list) or not slices:
+            raise LogError(f"{where}: 'slices' must be a non-empty list, got {slices!r:.80}")
+        if len(slices) > n_slices:  # checked before the entries: a huge list stops here
+            raise LogError(f"{where}: {len(slices)} slices listed, the image has {n_slices}")
+        zs = [_slice({"slice": z}, "slice", n_slices, where) for z in slices]
+        if len(set(zs)) != len(zs):
+            raise LogError(f"{where}: 'slices' lists a slice twice")
+    elif action == "set_labels":
+        _check_label_rows(event.get("labels"), "labels", slice_shape, n_classes, where)
+    elif action == "propagate":
+        if event.get("source_labels") is not None:
+            _check_label_rows(event["source_labels"], "source_labels", slice_shape, n_classes, where)
+        steps = event.get("steps")
+        if not isinstance(steps, list) or len(steps) > n_slices:
+            raise LogError(f"{where}: 'steps' must be a list of at most {n_slices} slices")
+        for step in steps:
+            if not isinstance(step, dict) or not isinstance(step.get("rounds"), list):
+                raise LogError(f"{where}: a step must be {{'slice', 'rounds'}}, got {step!r:.80}")
+            _slice(step, "slice", n_slices, where)
+            for clicks in step["rounds"]:
+                _check_clicks(clicks, n_classes, slice_shape, where)
+    elif action not in ("undo", "redo", "reset", "undo_propagation"):
+        raise LogError(f"{where}: unknown action")
+
+
+def _check_label_rows(rows, name: str, slice_shape, n_classes: int, where: str) -> None:
+    """A slice's labels as a log holds them: ``H`` rows of ``W`` class indices."""
+    h, w = slice_shape
+    if not (isinstance(rows, list) and len(rows) == h and all(isinstance(r, list) and len(r) == w for r in rows)):
+        raise LogError(f"{where}: '{name}' must be {h} rows of {w} class indices")
+    values = np.asarray(rows)
+    if values.dtype.kind not in "iu" or values.min() < 0 or values.max() >= n_classes:
+        raise LogError(f"{where}: '{name}' must hold class indices 0..{n_classes - 1}")
+
+
+def check_log(doc: dict, image_shape: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
+              source: str = "interaction log") -> dict:
+    """Check a log document's sizes and every event's fields before anything is replayed.
+
+    Parameters
+    ----------
+    doc : dict
+        The log document.
+    image_shape, class_names : optional
+        What the log must have been made with (the session's image and classes).
+    source : str
+        The file, for messages.
+
+    Returns
+    -------
+    dict
+        ``doc``.
+
+    Raises
+    ------
+    LogError
+        One line naming the file, the event (its index and action) and the field:
+        an image shape or classes that differ, a slice outside the image, a class
+        outside the classes, a click off the slice, an ``auto`` event listing more
+        slices than the image has, labels of another shape.
+    """
+    shape = _shape_of(doc, source)
+    names = doc.get("class_names")
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise LogError(f"{source}: 'class_names' must be a list of at least 2 names, got {names!r:.80}")
+    if class_names is not None and list(class_names) != names:
+        raise LogError(f"{source}: log was made with classes {names}, this session has {list(class_names)}")
+    if image_shape is not None and tuple(int(s) for s in image_shape) != shape:
+        raise LogError(f"{source}: log was made on an image of shape {shape}, this image is {tuple(image_shape)}")
+    events = doc.get("events")
+    if not isinstance(events, list):
+        raise LogError(f"{source}: 'events' must be a list, got {type(events).__name__}")
+    n_slices = shape[0] if len(shape) == 3 else 1
+    for i, event in enumerate(events):
+        _check_event(event, n_slices, shape[-2:], len(names), f"{source}: event {i}")
+    return doc
+
+
+def _event_clicks(event: dict) -> list[Click]:
+    return [Click(c["class"], c["y"], c["x"]) for c in event["clicks"]]
+
+
+def replay_log(session, log):
+    """Apply a saved log's events, in order, to a fresh session on the same image.
+
+    Parameters
+    ----------
+    session : InteractiveSession
+        A new session on the same image and checkpoint.
+    log : dict, str or Path
+        The log document or its file.
+
+    Returns
+    -------
+    InteractiveSession
+        ``session``.
+
+    Raises
+    ------
+    LogError
+        For a log of other classes or another image, or an event out of range
+        (:func:`check_log`), before any event is applied.
+    """
+    for _ in iter_replay(session, log):
+        pass
+    return session
+
+
+def iter_replay(session, log):
+    """:func:`replay_log` step by step: yields ``(done, total)`` events, ``(0, total)`` first.
+
+    The whole log is checked (:func:`check_log`) before the first event is applied.
+    Stopping the generator early leaves ``session`` with the events so far.
+    """
+    doc = log if isinstance(log, dict) else load_log(log)
+    shape = session.shape[1:] if session.is_2d else session.shape
+    check_log(doc, shape, session.class_names, source="log" if isinstance(log, dict) else str(log))
+    total = len(doc["events"])
+    yield 0, total
+    for done, event in enumerate(doc["events"], 1):
+        _apply(session, event)
+        yield done, total
+
+
+def _apply(session, event: dict) -> None:
+    """Apply one checked event to ``session``."""
+    action = event["action"]
+    if action == "clicks":
+        session.add_clicks(event["slice"], _event_clicks(event))
+    elif action == "undo":
+        session.undo(event["slice"])
+    elif action == "redo":
+        session.redo(event["slice"])
+    elif action == "reset":
+        session.reset_slice(event["slice"])
+    elif action == "auto":
+        # the same batch as recorded: batch composition can change float rounding
+        for _ in session.iter_auto(event["slices"], batch_size=len(event["slices"])):
+            pass
+    elif action == "set_labels":
+        session.set_labels(event["slice"], np.asarray(event["labels"]))
+    elif action == "propagate":
+        session.replay_propagation(event)
+    elif action == "undo_propagation":
+        session.undo_propagation(event["slice"])
+    else:
+        raise ValueError(f"unknown log action {action!r}")
+
+
+def rounds_from_log(doc: dict | None):
+    """Which clicks each slice's rounds hold after a log, without running the network.
+
+    Returns
+    -------
+    rounds, redo : dict of int -> list of list of Click
+        Per slice, the clicks of every round (oldest first) and the stack of undone
+        rounds that redo would bring back (the next one last).
+    """
+    rounds: dict[int, list[list[Click]]] = defaultdict(list)
+    redo: dict[int, list[list[Click]]] = defaultdict(list)
+    for event in (doc or {}).get("events", ()):
+        action, z = event["action"], event.get("slice")
+        if action == "clicks":
+            rounds[z].append(_event_clicks(event))
+            redo[z].clear()
+        elif action == "undo" and rounds[z]:
+            redo[z].append(rounds[z].pop())
+        elif action == "redo" and redo[z]:
+            rounds[z].append(redo[z].pop())
+        elif action in ("reset", "set_labels"):
+            rounds.pop(z, None)
+            redo.pop(z, None)
+    return rounds, redo
