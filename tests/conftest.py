@@ -22,8 +22,8 @@ NO_SHARED_DATA = (
 TINY_MODEL = dict(encoder="resnet18", encoder_depth=3, decoder_channels=(32, 16, 8))
 
 
-def tiny_meta_and_model(memory="sim", depth=3, class_names=("background", "a", "b"), decoder="convlstm", radius=2, seed=0,
-                        context_slices=0, neighbour_prior=False):
+def tiny_meta_and_model(memory="sim", depth=3, class_names=("background", "a", "b"), decoder="convlstm", radius=2,
+                        seed=0, context_slices=0, neighbour_prior=False):
     import torch
 
     from napari_simseg.core.interaction.memory import input_channels

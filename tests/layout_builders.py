@@ -7,8 +7,8 @@ normalised; masks and labels are discs too.  Everything is tiny (tens of pixels)
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk

@@ -10,7 +10,7 @@ docstring; ``docs/architecture.md`` draws them. A new module goes into one of th
 from __future__ import annotations
 
 import ast
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -44,7 +44,7 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _modules() -> dict:
     """Module name (relative to the package, "" for the package) -> (path, ast)."""
     return {_module_name(p): (p, ast.parse(p.read_text(encoding="utf-8"), str(p)))
@@ -166,7 +166,7 @@ def test_no_module_imports_another_modules_private_names():
 
 def test_modules_and_functions_stay_short():
     long = []
-    for m, (path, tree) in _modules().items():
+    for _m, (path, tree) in _modules().items():
         n = len(path.read_text(encoding="utf-8").splitlines())
         if n > MAX_MODULE_LINES:
             long.append(f"{path.name}: {n} lines")

@@ -101,7 +101,6 @@ def test_write_image_replaces_an_existing_file_atomically(tmp_path, ext, monkeyp
 
 def _checkpoint_writer(path, text):
     from conftest import tiny_meta_and_model
-
     from napari_simseg.core.network.checkpoint import save_checkpoint
 
     meta, model = tiny_meta_and_model()
@@ -122,14 +121,21 @@ def _writers():
 
     def table(path, text):
         result = {"name": text, "classes": ["background", "a"],
-                  "results": [{"clicks": 0, "iou": {"background": 0.9, "a": 0.5}, "dice": {"background": 0.9, "a": 0.6}}]}
+                  "results": [{"clicks": 0, "iou": {"background": 0.9, "a": 0.5},
+                               "dice": {"background": 0.9, "a": 0.6}}]}
         write_table([result], path)
 
     return {
-        "log": (lambda p, t: write_log(p, [4, 8, 8], ["background", t], "ck", []),
-                lambda p: load_log(p)["class_names"][1], "case.simseg.json"),
-        "split": (lambda p, t: save_split(p, {"train": [t], "val": [], "test": []}),
-                  lambda p: load_split(p)["train"][0], "split.json"),
+        "log": (
+            lambda p, t: write_log(p, [4, 8, 8], ["background", t], "ck", []),
+            lambda p: load_log(p)["class_names"][1],
+            "case.simseg.json",
+        ),
+        "split": (
+            lambda p, t: save_split(p, {"train": [t], "val": [], "test": []}),
+            lambda p: load_split(p)["train"][0],
+            "split.json",
+        ),
         "table": (table, lambda p: p.read_text().splitlines()[2].split("|")[1].strip(), "table.md"),
         "checkpoint": (_checkpoint_writer, _read_checkpoint, "model.safetensors"),
     }
@@ -154,8 +160,11 @@ def test_every_writer_is_atomic(tmp_path, kind, monkeypatch):
 def test_evaluation_plot_and_cli_json_are_written_atomically(tmp_path, monkeypatch):
     from napari_simseg.core.jobs.evaluation import write_plot
 
-    result = {"name": "r", "classes": ["background", "a"],
-              "results": [{"clicks": k, "dice": {"background": 0.9, "a": 0.5 + k / 10}} for k in (0, 1)]}
+    result = {
+        "name": "r",
+        "classes": ["background", "a"],
+        "results": [{"clicks": k, "dice": {"background": 0.9, "a": 0.5 + k / 10}} for k in (0, 1)],
+    }
     plot = write_plot([result], tmp_path / "r.png")
     assert plot.read_bytes()[:4] == b"\x89PNG" and _leftovers(tmp_path) == []
     # check-data's --json goes through the same helper
@@ -188,8 +197,7 @@ _WRITER = textwrap.dedent(
 def _kill_writer(target, value: int, delay: float) -> bool:
     """Start a writer of ``value``'s array over ``target``, SIGKILL it after ``delay`` s;
     returns whether it finished first."""
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target), str(value)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target), str(value)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)

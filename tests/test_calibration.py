@@ -69,9 +69,9 @@ def test_honoured_clicks_count_in_the_objective():
 
 
 def test_checkpoint_stores_offsets_with_format_3(tmp_path):
-    from conftest import tiny_meta_and_model
     from safetensors import safe_open
 
+    from conftest import tiny_meta_and_model
     from napari_simseg.core.network.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 
     meta, model = tiny_meta_and_model()
@@ -92,7 +92,6 @@ def test_checkpoint_stores_offsets_with_format_3(tmp_path):
 @pytest.mark.parametrize("bad", [[0.0, 1.0], [0.0, float("nan"), 0.0], ["a", 0, 0], 0.5])
 def test_bad_offsets_are_refused_with_an_actionable_message(tmp_path, bad):
     from conftest import tiny_meta_and_model
-
     from napari_simseg.core.network.checkpoint import CheckpointError, save_checkpoint
 
     meta, model = tiny_meta_and_model()
@@ -102,9 +101,9 @@ def test_bad_offsets_are_refused_with_an_actionable_message(tmp_path, bad):
 
 
 def test_update_checkpoint_meta_copies_tensors_bit_for_bit(tmp_path):
-    from conftest import tiny_meta_and_model
     from safetensors.torch import load_file
 
+    from conftest import tiny_meta_and_model
     from napari_simseg.core.network.checkpoint import (
         CheckpointError,
         read_checkpoint_meta,
@@ -132,8 +131,8 @@ def test_update_checkpoint_meta_copies_tensors_bit_for_bit(tmp_path):
 
 def test_evaluation_rounds_use_offsets_for_labels_not_memory():
     import torch
-    from conftest import tiny_meta_and_model
 
+    from conftest import tiny_meta_and_model
     from napari_simseg.core.engine.rounds import run_rounds
     from napari_simseg.core.interaction.virtual_user import EvaluationUser
 
@@ -159,7 +158,6 @@ def test_evaluation_rounds_use_offsets_for_labels_not_memory():
 
 def test_session_decides_with_the_checkpoint_offsets(tmp_path, small_volume):
     from conftest import tiny_meta_and_model
-
     from napari_simseg.core.network.checkpoint import save_checkpoint
     from napari_simseg.core.session.interactive import InteractiveSession
 
@@ -184,7 +182,6 @@ def test_session_decides_with_the_checkpoint_offsets(tmp_path, small_volume):
 
 def test_evaluate_records_offsets_and_can_switch_them_off(tmp_path):
     from conftest import tiny_meta_and_model
-
     from napari_simseg.core.data.phantom import make_phantom_dataset
     from napari_simseg.core.jobs.evaluation import evaluate, format_report
     from napari_simseg.core.network.checkpoint import save_checkpoint
@@ -204,9 +201,9 @@ def test_evaluate_records_offsets_and_can_switch_them_off(tmp_path):
 
 
 def test_calibrate_end_to_end_writes_a_checkpoint_that_evaluate_uses(tmp_path, capsys):
-    from conftest import tiny_meta_and_model
     from safetensors.torch import load_file
 
+    from conftest import tiny_meta_and_model
     from napari_simseg.cli import main
     from napari_simseg.core.data.phantom import make_phantom_dataset
     from napari_simseg.core.network.checkpoint import read_checkpoint_meta, save_checkpoint
@@ -233,7 +230,6 @@ def test_calibrate_end_to_end_writes_a_checkpoint_that_evaluate_uses(tmp_path, c
 
 def test_calibrate_without_a_saved_split_is_a_one_line_error(tmp_path, capsys):
     from conftest import tiny_meta_and_model
-
     from napari_simseg.cli import main
     from napari_simseg.core.data.phantom import make_phantom_dataset
     from napari_simseg.core.network.checkpoint import save_checkpoint

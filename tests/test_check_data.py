@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+
 from conftest import HIPPOCAMPUS, NO_SHARED_DATA
 from layout_builders import CLASSES, make_masks_dataset, make_msd4d_dataset, make_nnunet_dataset, write_picture
-
 from napari_simseg.cli import main
 
 REQUIRED_FIELDS = {"n_cases", "classes", "channels", "problems", "layout", "shapes", "spacings", "class_voxels",
@@ -51,9 +51,16 @@ def test_masks_data_set_with_overlaps_resampling_and_problems(tmp_path, capsys):
     assert any("resampled to the 32x32 label grid (block mean" in n and "4 case(s)" in n for n in summary["notes"])
     assert_training_estimate(summary)
     assert summary["working_shape"] == [32, 32]
-    for expected in ("layout: masks", "Cases: 4 found (c0, c1, c2, c3), 3 usable; not usable: c3 (see Problems)", "Classes: 4 (background, lung, heart, clavicle)",
-                     "label grid 32x32; images 64x64", "lung / heart:", "masks/rib: class folder 'rib'",
-                     "s per training step", "Verdict: usable"):
+    for expected in (
+        "layout: masks",
+        "Cases: 4 found (c0, c1, c2, c3), 3 usable; not usable: c3 (see Problems)",
+        "Classes: 4 (background, lung, heart, clavicle)",
+        "label grid 32x32; images 64x64",
+        "lung / heart:",
+        "masks/rib: class folder 'rib'",
+        "s per training step",
+        "Verdict: usable",
+    ):
         assert expected in text, expected
 
 
@@ -81,8 +88,13 @@ def test_too_few_usable_cases_exit_2_with_the_problems(tmp_path, capsys):
     (root / "imagesTr" / "case001_0001.png").unlink()
     code, text, summary = run_check_data(root, tmp_path, capsys)
     assert code == 2 and summary["n_usable"] == 1 and not summary["usable"]
-    assert summary["problems"] == [{"case": "case001", "file": str(root / "imagesTr" / "case001_0001.png"),
-                                    "reason": "channel 1 ('T2') of case 'case001' is missing"}]
+    assert summary["problems"] == [
+        {
+            "case": "case001",
+            "file": str(root / "imagesTr" / "case001_0001.png"),
+            "reason": "channel 1 ('T2') of case 'case001' is missing",
+        }
+    ]
     assert "NOT usable" in text and "case001_0001.png: channel 1 ('T2')" in text
 
 

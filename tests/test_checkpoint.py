@@ -3,8 +3,8 @@ import pickle
 
 import pytest
 import torch
-from conftest import tiny_meta_and_model
 
+from conftest import tiny_meta_and_model
 from napari_simseg.core.network.checkpoint import (
     CheckpointError,
     load_checkpoint,

@@ -12,6 +12,7 @@ import pytest
 # Load torch's native stack before the first canvas (see napari_simseg._llvm_guard).
 import segmentation_models_pytorch  # noqa: F401, E402
 import tifffile
+
 from layout_builders import disc, write_picture
 from training_helpers import tiny_config
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_meta_and_model
 
+from conftest import tiny_meta_and_model
 from napari_simseg.core.data.augmentation import Augmenter
 from napari_simseg.core.data.datasets import discover_dataset
 from napari_simseg.core.data.slices import SliceDataset
@@ -47,7 +47,7 @@ def test_memory_puts_the_slice_first_and_neighbours_last():
     stack = rng.normal(size=(5, h, w)).astype(np.float32)
     mem = InteractionMemory("sim", n, (h, w), depth=2, context_slices=2)
     plain = InteractionMemory("sim", n, (h, w), depth=2)
-    for r in range(3):
+    for _r in range(3):
         clicks = (rng.random((n, h, w)) > 0.8).astype(np.float32)
         mem.push(clicks)
         plain.push(clicks)

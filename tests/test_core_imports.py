@@ -17,7 +17,9 @@ def _modules_after(code: str) -> set:
         print(json.dumps(sorted(sys.modules)))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return set(json.loads(proc.stdout.strip().splitlines()[-1]))
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import HIPPOCAMPUS, NO_SHARED_DATA
 
+from conftest import HIPPOCAMPUS, NO_SHARED_DATA
 from napari_simseg.core.data.augmentation import Augmenter
 from napari_simseg.core.data.datasets import (
     Case,

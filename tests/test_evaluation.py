@@ -27,7 +27,7 @@ def test_schema_and_outputs(phantom_data, phantom_checkpoint, tmp_path):
     assert [r["clicks"] for r in res["results"]] == [0, 1, 3]
     for r in res["results"]:
         assert set(r["dice"]) == set(res["classes"]) == set(r["iou"])
-        for c, d in r["dice"].items():
+        for d in r["dice"].values():
             assert d is None or 0.0 <= d <= 1.0
     assert res["latency_ms"]["mean"] > 0
     assert res["noc"]["max_clicks"] == 4
@@ -81,9 +81,27 @@ def test_saved_split_is_used(phantom_data, phantom_checkpoint, tmp_path):
 def test_cli_evaluate_writes_files(phantom_data, phantom_checkpoint, tmp_path, capsys):
     from napari_simseg.cli import main
 
-    rc = main(["evaluate", "--checkpoint", str(phantom_checkpoint), "--data", str(phantom_data),
-               "--clicks", "0,2", "--noc-clicks", "2", "--device", "cpu",
-               "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png"), "--table", str(tmp_path / "r.md")])
+    rc = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(phantom_checkpoint),
+            "--data",
+            str(phantom_data),
+            "--clicks",
+            "0,2",
+            "--noc-clicks",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--plot",
+            str(tmp_path / "r.png"),
+            "--table",
+            str(tmp_path / "r.md"),
+        ]
+    )
     assert rc == 0
     assert json.loads((tmp_path / "r.json").read_text())["results"][1]["clicks"] == 2
     assert (tmp_path / "r.png").is_file() and (tmp_path / "r.md").is_file()
@@ -102,8 +120,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_honour_clicks_is_recorded_and_can_be_switched_off(phantom_data, phantom_checkpoint):
     on = evaluate(phantom_checkpoint, phantom_data, clicks=[0, 2], noc_clicks=0, device="cpu", progress=False)
-    off = evaluate(phantom_checkpoint, phantom_data, clicks=[0, 2], noc_clicks=0, device="cpu", progress=False,
-                   honour_clicks=False)
+    off = evaluate(
+        phantom_checkpoint, phantom_data, clicks=[0, 2], noc_clicks=0, device="cpu", progress=False, honour_clicks=False
+    )
     assert on["honour_clicks"] is True and off["honour_clicks"] is False
     assert on["results"][0] == off["results"][0]  # 0 clicks: nothing to honour
     assert "not honoured" in format_report(off) and "not honoured" not in format_report(on)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import tifffile
-from layout_builders import make_folder_dataset, write_picture
 from PIL import Image
 
+from layout_builders import make_folder_dataset, write_picture
 from napari_simseg.core.data.datasets import discover_dataset, read_and_check
 from napari_simseg.core.io.images import ImageReadError, read_channels, read_image, read_image_info
 

@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from layout_builders import noisy_image, write_picture
 from PIL import Image
 
+from layout_builders import noisy_image, write_picture
 from napari_simseg.core.data.datasets import discover_dataset, read_and_check
 from napari_simseg.core.io.images import ImageReadError, read_channels, read_image, read_image_info
 

@@ -61,17 +61,23 @@ def test_load_never_drops_unsaved_rounds_silently(viewer, session, tmp_path):
     assert "replayed" in session.load(labels_path, discard=True)  # the explicit override
 
 
-@pytest.mark.parametrize("event, match", [
-    ({"action": "auto", "slices": list(range(40000))}, r"event 0 \('auto'\): 40000 slices listed, the image has 5"),
-    ({"action": "auto", "slices": [1, 1]}, "lists a slice twice"),
-    ({"action": "clicks", "slice": 9, "clicks": []}, r"'slice' 9 is outside the image \(slices 0..4\)"),
-    ({"action": "clicks", "slice": 2.5, "clicks": []}, "'slice' must be an integer, got 2.5"),
-    ({"action": "clicks", "slice": 1, "clicks": [{"class": "a", "y": 1, "x": 1}]}, "class index must be an integer, got 'a'"),
-    ({"action": "clicks", "slice": 1, "clicks": [{"class": 1, "y": float("nan"), "x": 1}]}, "not a finite number"),
-    ({"action": "clicks", "slice": 1, "clicks": [{"class": 7, "y": 1, "x": 1}]}, "unknown class index 7"),
-    ({"action": "set_labels", "slice": 1, "labels": [[0] * 48] * 3}, "'labels' must be 40 rows of 48"),
-    ({"action": "explode", "slice": 1}, "unknown action"),
-])
+@pytest.mark.parametrize(
+    "event, match",
+    [
+        ({"action": "auto", "slices": list(range(40000))}, r"event 0 \('auto'\): 40000 slices listed, the image has 5"),
+        ({"action": "auto", "slices": [1, 1]}, "lists a slice twice"),
+        ({"action": "clicks", "slice": 9, "clicks": []}, r"'slice' 9 is outside the image \(slices 0..4\)"),
+        ({"action": "clicks", "slice": 2.5, "clicks": []}, "'slice' must be an integer, got 2.5"),
+        (
+            {"action": "clicks", "slice": 1, "clicks": [{"class": "a", "y": 1, "x": 1}]},
+            "class index must be an integer, got 'a'",
+        ),
+        ({"action": "clicks", "slice": 1, "clicks": [{"class": 1, "y": float("nan"), "x": 1}]}, "not a finite number"),
+        ({"action": "clicks", "slice": 1, "clicks": [{"class": 7, "y": 1, "x": 1}]}, "unknown class index 7"),
+        ({"action": "set_labels", "slice": 1, "labels": [[0] * 48] * 3}, "'labels' must be 40 rows of 48"),
+        ({"action": "explode", "slice": 1}, "unknown action"),
+    ],
+)
 def test_bad_logs_are_refused_before_anything_is_allocated(viewer, session, tmp_path, event, match):
     from napari_simseg.core.session.interaction_log import LogError, write_log
 

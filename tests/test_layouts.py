@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from layout_builders import (
     CLASSES,
     make_folder_dataset,
@@ -19,7 +20,6 @@ from layout_builders import (
     noisy_image,
     write_picture,
 )
-
 from napari_simseg.core.data.datasets import (
     Case,
     DatasetError,

@@ -30,9 +30,12 @@ def test_empty_memory_is_image_then_zeros():
 
 def test_none_keeps_only_current_round():
     m = InteractionMemory("none", N, (H, W))
-    a = np.zeros((N, H, W), np.float32); a[0, 1, 1] = 1
-    b = np.zeros((N, H, W), np.float32); b[2, 3, 3] = 1
-    m.push(a); m.set_probabilities(masks(0.5))
+    a = np.zeros((N, H, W), np.float32)
+    a[0, 1, 1] = 1
+    b = np.zeros((N, H, W), np.float32)
+    b[2, 3, 3] = 1
+    m.push(a)
+    m.set_probabilities(masks(0.5))
     m.push(b)
     x = m.network_input(image())
     np.testing.assert_array_equal(x[1:], b)
@@ -40,9 +43,13 @@ def test_none_keeps_only_current_round():
 
 def test_cim_merges_all_rounds():
     m = InteractionMemory("cim", N, (H, W))
-    a = np.zeros((N, H, W), np.float32); a[0, 1, 1] = 1
-    b = np.zeros((N, H, W), np.float32); b[2, 3, 3] = 1
-    m.push(a); m.set_probabilities(masks(0.5)); m.push(b)
+    a = np.zeros((N, H, W), np.float32)
+    a[0, 1, 1] = 1
+    b = np.zeros((N, H, W), np.float32)
+    b[2, 3, 3] = 1
+    m.push(a)
+    m.set_probabilities(masks(0.5))
+    m.push(b)
     x = m.network_input(image())
     np.testing.assert_array_equal(x[1:], np.maximum(a, b))
 
@@ -59,7 +66,7 @@ def test_sim_layout_channel_by_channel():
     x = m.network_input(image())
     # states 2, 3, 4 oldest to newest; state 4's probabilities are missing -> zeros
     expected = [None]
-    for slot, k in enumerate((2, 3, 4)):
+    for _slot, k in enumerate((2, 3, 4)):
         for c in range(N):
             expected.append(10 * k + c)
         for c in range(N):
@@ -81,15 +88,19 @@ def test_sim_missing_states_are_zero_at_oldest_end():
 
 def test_undo_redo_reset():
     m = InteractionMemory("sim", N, (H, W), 2)
-    a = masks(1); b = masks(2)
-    m.push(a); m.set_probabilities(masks(0.1))
-    m.push(b); m.set_probabilities(masks(0.2))
+    a = masks(1)
+    b = masks(2)
+    m.push(a)
+    m.set_probabilities(masks(0.1))
+    m.push(b)
+    m.set_probabilities(masks(0.2))
     before = m.network_input(image())
     m.undo()
     assert m.n_rounds == 1 and m.can_redo
     m.redo()
     np.testing.assert_array_equal(m.network_input(image()), before)
-    m.undo(); m.push(a)
+    m.undo()
+    m.push(a)
     assert not m.can_redo  # a new round clears redo
     m.reset()
     assert m.n_rounds == 0 and not m.can_undo and not m.can_redo

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
 
+from conftest import TINY_MODEL
 from napari_simseg.core.network.model import ModelConfig, ModelConfigError, build_model
 
 

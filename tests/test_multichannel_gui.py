@@ -17,8 +17,8 @@ CHANNELS = ("T1", "T2")
 @pytest.fixture
 def two_channel_checkpoint(tmp_path):
     import torch
-    from conftest import TINY_MODEL
 
+    from conftest import TINY_MODEL
     from napari_simseg.core.interaction.memory import input_channels
     from napari_simseg.core.network.checkpoint import CheckpointMeta, save_checkpoint
     from napari_simseg.core.network.model import ModelConfig, build_model

@@ -8,15 +8,15 @@ with and without context slices."""
 import numpy as np
 import pytest
 import torch
-from layout_builders import make_msd4d_dataset, make_nnunet_dataset
-from training_helpers import tiny_config
 
+from layout_builders import make_msd4d_dataset, make_nnunet_dataset
 from napari_simseg.core.interaction.memory import input_channels
 from napari_simseg.core.jobs.calibration import calibrate
 from napari_simseg.core.jobs.evaluation import evaluate
 from napari_simseg.core.jobs.training import train
 from napari_simseg.core.network.checkpoint import load_checkpoint
 from napari_simseg.core.session.interactive import InteractiveSession
+from training_helpers import tiny_config
 
 
 @pytest.mark.parametrize("context_slices", [0, 1])

@@ -184,10 +184,9 @@ def test_a_painted_source_is_logged_and_replayed_as_its_prior(tmp_path, make_che
 
 
 def test_priors_asked_of_slices_without_neighbour_labels_are_refused(tmp_path):
-    from training_helpers import tiny_config
-
     from napari_simseg.core.data.slices import SliceDataset
     from napari_simseg.core.jobs.training import TrainingData, train
+    from training_helpers import tiny_config
 
     rng = np.random.default_rng(0)
     images = {"a": rng.normal(size=(1, 3, 32, 32)).astype(np.float32)}

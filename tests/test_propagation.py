@@ -86,7 +86,7 @@ def test_propagation_carries_clicks_until_the_structure_ends(truth_session):
     assert record.slices == [1, 2, 3, 5, 6, 7, 8]
     assert s.propagated == {z: 4 for z in record.slices}
     assert [z for z, _ in record.steps] == [5, 3, 6, 2, 7, 1, 8]  # the directions take turns
-    for z, rounds in record.steps:
+    for _z, rounds in record.steps:
         assert rounds == [[Click(1, 16.0, 16.0), Click(0, 28.0, 28.0)]]
     # seeds are guesses: slice 1 has no disk and its seeded pixel is not forced to class 1
     assert s.labels[1, 16, 16] == 0 and s.is_user_edited(1) is False and s.is_user_edited(4)

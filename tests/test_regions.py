@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tiny_meta_and_model
 
+from conftest import tiny_meta_and_model
 from napari_simseg.core.imaging.regions import (
     MIN_SIDE,
     TILE,

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
-from conftest import tiny_meta_and_model
 
+from conftest import tiny_meta_and_model
 from napari_simseg.core.engine.rounds import BatchMemory, run_rounds
 from napari_simseg.core.interaction.memory import InteractionMemory
 from napari_simseg.core.interaction.virtual_user import EvaluationUser

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from training_helpers import make_phantom_training_data, tiny_config
 
 from napari_simseg.core.engine.data_generation import _simulate_and_forward
 from napari_simseg.core.jobs.training import TrainConfig, train
+from training_helpers import make_phantom_training_data, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,9 @@ def test_ddg_runs_rounds_without_grad_then_one_training_step():
 
     cfg = _cfg("x", "y", memory="sim", depth=3, drop_fraction=0.0, drop_class=False, random_rounds=False)
     spy = _net(cfg)
-    logits, _ = _simulate_and_forward(spy, spy, _batch(), cfg, 3, np.random.default_rng(0), torch.device("cpu"), nullcontext)
+    logits, _ = _simulate_and_forward(
+        spy, spy, _batch(), cfg, 3, np.random.default_rng(0), torch.device("cpu"), nullcontext
+    )
     assert [c["grad"] for c in spy.calls] == [False, False, True]
     assert [c["training"] for c in spy.calls] == [False, False, True]
     assert all(c["batch"] == 3 for c in spy.calls)  # the whole batch at once
@@ -113,16 +115,17 @@ def test_ddg_runs_rounds_without_grad_then_one_training_step():
     final = spy.calls[-1]["x"]
     n = 3
     # the training input holds D states: clicks of all 3 rounds, probabilities of rounds 1-2
-    assert final[:, 1:1 + n].sum() > 0  # first round's clicks (p = 1, nothing dropped)
-    assert final[:, 1 + n:1 + 2 * n].sum() > 0  # its probabilities
+    assert final[:, 1 : 1 + n].sum() > 0  # first round's clicks (p = 1, nothing dropped)
+    assert final[:, 1 + n : 1 + 2 * n].sum() > 0  # its probabilities
     assert final[:, -n:].abs().sum() == 0  # newest round's output not known yet
 
 
 def test_ddg_cim_runs_t_rounds_and_merges_clicks():
     from contextlib import nullcontext
 
-    cfg = _cfg("x", "y", memory="cim", decoder="plain", max_clicks=3, drop_fraction=0.0, drop_class=False,
-               random_rounds=False)
+    cfg = _cfg(
+        "x", "y", memory="cim", decoder="plain", max_clicks=3, drop_fraction=0.0, drop_class=False, random_rounds=False
+    )
     spy = _net(cfg)
     _simulate_and_forward(spy, spy, _batch(), cfg, 3, np.random.default_rng(0), torch.device("cpu"), nullcontext)
     assert [c["grad"] for c in spy.calls] == [False, False, True]
@@ -135,12 +138,15 @@ def test_padding_is_ignored_by_loss_and_never_clicked():
 
     from napari_simseg.core.jobs.training import IGNORE_INDEX
 
-    cfg = _cfg("x", "y", memory="sim", depth=3, drop_fraction=0.0, drop_class=False, click_radius=0,
-               random_rounds=False)
+    cfg = _cfg(
+        "x", "y", memory="sim", depth=3, drop_fraction=0.0, drop_class=False, click_radius=0, random_rounds=False
+    )
     spy = _net(cfg)
     batch = _batch(2)
     batch["crop"] = torch.tensor([[2, 30, 3, 29], [0, 32, 0, 20]])
-    _, targets = _simulate_and_forward(spy, spy, batch, cfg, 3, np.random.default_rng(1), torch.device("cpu"), nullcontext)
+    _, targets = _simulate_and_forward(
+        spy, spy, batch, cfg, 3, np.random.default_rng(1), torch.device("cpu"), nullcontext
+    )
     for i, (y0, y1, x0, x1) in enumerate(batch["crop"].tolist()):
         inside = torch.zeros(32, 32, dtype=torch.bool)
         inside[y0:y1, x0:x1] = True
@@ -192,7 +198,9 @@ def test_bad_data_is_reported_by_file_name(tmp_path, phantom_data):
     with pytest.raises(DatasetError, match=victim.name):
         train(_cfg(bad, tmp_path / "o", epochs=1, steps_per_epoch=1, val_fraction=0.5), log=lambda m: None)
     # skip: trains on the rest
-    best = train(_cfg(bad, tmp_path / "o2", epochs=1, steps_per_epoch=1, on_error="skip", val_fraction=0.4), log=lambda m: None)
+    best = train(
+        _cfg(bad, tmp_path / "o2", epochs=1, steps_per_epoch=1, on_error="skip", val_fraction=0.4), log=lambda m: None
+    )
     assert best.is_file()
 
 
@@ -200,10 +208,32 @@ def test_cli_train_last_line_is_best_checkpoint(phantom_data, tmp_path, capsys):
     from napari_simseg.cli import main
 
     out = tmp_path / "cli"
-    rc = main(["train", "--config", str(Path(__file__).resolve().parents[1] / "training/configs/ddg_sim.yaml"),
-               "--data", str(phantom_data), "--out", str(out), "--encoder", "resnet18", "--encoder-depth", "3",
-               "--decoder-channels", "16,8,8", "--epochs", "1", "--steps-per-epoch", "1", "--device", "cpu",
-               "--no-progress", "--val-clicks", "1"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(Path(__file__).resolve().parents[1] / "training/configs/ddg_sim.yaml"),
+            "--data",
+            str(phantom_data),
+            "--out",
+            str(out),
+            "--encoder",
+            "resnet18",
+            "--encoder-depth",
+            "3",
+            "--decoder-channels",
+            "16,8,8",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--val-clicks",
+            "1",
+        ]
+    )
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == str(out / "best.safetensors")
@@ -221,10 +251,34 @@ def test_cli_train_rejects_unknown_config_keys(tmp_path, capsys):
 def _torchrun_train(data, out, *options):
     """``simseg train`` of a small network in two CPU processes under torchrun."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "napari_simseg.cli", "train", "--data", str(data), "--out", str(out),
-           "--encoder", "resnet18", "--encoder-depth", "3", "--decoder-channels", "16,8,8",
-           "--batch-size", "2", "--device", "cpu", "--no-progress", "--val-clicks", "1", *options]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "napari_simseg.cli",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--encoder",
+        "resnet18",
+        "--encoder-depth",
+        "3",
+        "--decoder-channels",
+        "16,8,8",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--val-clicks",
+        "1",
+        *options,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -243,16 +297,31 @@ def test_torchrun_two_cpu_processes(phantom_data, tmp_path):
 def test_every_rank_follows_rank_zeros_plan(tmp_path):
     # ranks that planned differently would schedule differently and deadlock in DDP
     script = tmp_path / "share.py"
-    script.write_text("import torch\n"
-                      "from napari_simseg.core.jobs.training import _Dist\n"
-                      "d = _Dist(torch.device('cpu'))\n"
-                      "import sys, pathlib\n"
-                      "plan = d.share([10 + d.rank, 20 * (d.rank + 1)], torch.device('cpu'))\n"
-                      "pathlib.Path(sys.argv[1], f'rank{d.rank}.txt').write_text(str(plan))\n"
-                      "d.close()\n")
+    script.write_text(
+        "import torch\n"
+        "from napari_simseg.core.jobs.training import _Dist\n"
+        "d = _Dist(torch.device('cpu'))\n"
+        "import sys, pathlib\n"
+        "plan = d.share([10 + d.rank, 20 * (d.rank + 1)], torch.device('cpu'))\n"
+        "pathlib.Path(sys.argv[1], f'rank{d.rank}.txt').write_text(str(plan))\n"
+        "d.close()\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # one file per rank: the two ranks' stdout interleave
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["[10, 20]", "[10, 20]"]
@@ -260,8 +329,9 @@ def test_every_rank_follows_rank_zeros_plan(tmp_path):
 
 def test_torchrun_with_a_planned_time_budget_finishes(phantom_data, tmp_path):
     out = tmp_path / "ddp_plan"
-    proc = _torchrun_train(phantom_data, out, "--epochs", "2", "--max-minutes", "0.25", "--plan-steps",
-                           "--no-time-schedule")
+    proc = _torchrun_train(
+        phantom_data, out, "--epochs", "2", "--max-minutes", "0.25", "--plan-steps", "--no-time-schedule"
+    )
     rows = json.loads((out / "log.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2]
     assert proc.stdout.count("plan:") == 1  # planned and printed once, by rank 0
@@ -278,15 +348,19 @@ def test_init_from_fine_tunes_and_checks_architecture(phantom_data, tmp_path):
 
     first = train(_cfg(phantom_data, tmp_path / "a", epochs=1, steps_per_epoch=1), log=lambda m: None)
     # lr 0: the fine-tuned network must equal its starting point
-    second = train(_cfg(phantom_data, tmp_path / "b", epochs=1, steps_per_epoch=1, init_from=str(first), lr=0.0),
-                   log=lambda m: None)
+    second = train(
+        _cfg(phantom_data, tmp_path / "b", epochs=1, steps_per_epoch=1, init_from=str(first), lr=0.0),
+        log=lambda m: None,
+    )
     a, b = load_checkpoint(first).model.state_dict(), load_checkpoint(second).model.state_dict()
     for k in a:
         if a[k].is_floating_point() and "running" not in k:
             torch.testing.assert_close(a[k], b[k], msg=k)
     with pytest.raises(CheckpointError, match="architecture"):
-        train(_cfg(phantom_data, tmp_path / "c", epochs=1, steps_per_epoch=1, init_from=str(first),
-                   decoder="plain"), log=lambda m: None)
+        train(
+            _cfg(phantom_data, tmp_path / "c", epochs=1, steps_per_epoch=1, init_from=str(first), decoder="plain"),
+            log=lambda m: None,
+        )
 
 
 def test_cosine_schedule_runs_from_lr_to_final_fraction():
@@ -320,8 +394,18 @@ def test_init_from_carries_weights_across_the_stem_stride(phantom_data, tmp_path
     from napari_simseg.core.network.checkpoint import load_checkpoint
 
     first = train(_cfg(phantom_data, tmp_path / "a", epochs=1, steps_per_epoch=1), log=lambda m: None)
-    second = train(_cfg(phantom_data, tmp_path / "b", epochs=1, steps_per_epoch=1, init_from=str(first),
-                        lr=0.0, encoder_stem_stride=1), log=lambda m: None)
+    second = train(
+        _cfg(
+            phantom_data,
+            tmp_path / "b",
+            epochs=1,
+            steps_per_epoch=1,
+            init_from=str(first),
+            lr=0.0,
+            encoder_stem_stride=1,
+        ),
+        log=lambda m: None,
+    )
     a, b = load_checkpoint(first).model, load_checkpoint(second).model
     assert a.config.encoder_stem_stride == 2 and b.config.encoder_stem_stride == 1
     sa, sb = a.state_dict(), b.state_dict()
@@ -333,8 +417,17 @@ def test_init_from_carries_weights_across_the_stem_stride(phantom_data, tmp_path
 def test_auto_fraction_trains_that_share_of_batches_on_the_empty_memory():
     from contextlib import nullcontext
 
-    cfg = _cfg("x", "y", memory="sim", depth=3, max_clicks=3, drop_fraction=0.0, drop_class=False,
-               random_rounds=False, auto_fraction=0.25)
+    cfg = _cfg(
+        "x",
+        "y",
+        memory="sim",
+        depth=3,
+        max_clicks=3,
+        drop_fraction=0.0,
+        drop_class=False,
+        random_rounds=False,
+        auto_fraction=0.25,
+    )
     spy = _net(cfg)
     rng = np.random.default_rng(5)
     automatic = 0
@@ -434,8 +527,9 @@ def test_ema_checkpoints_hold_the_moving_average_and_resume_continues_it(phantom
         expected = decay * first["model"][k] + (1 - decay) * w2  # weights and batch-norm statistics
         torch.testing.assert_close(second["ema"]["module." + k], expected, msg=k)
         torch.testing.assert_close(saved[k], expected, msg=k)  # the checkpoint is the average
-        torch.testing.assert_close(straight["ema"]["module." + k], second["ema"]["module." + k],
-                                   rtol=0, atol=0, msg=k)  # resuming changes nothing
+        torch.testing.assert_close(
+            straight["ema"]["module." + k], second["ema"]["module." + k], rtol=0, atol=0, msg=k
+        )  # resuming changes nothing
         moved += int(not torch.equal(w2, expected))
     assert moved > 10  # the raw weights moved away from the average: the test has teeth
 
@@ -443,12 +537,15 @@ def test_ema_checkpoints_hold_the_moving_average_and_resume_continues_it(phantom
 def test_resume_with_ema_needs_a_state_that_has_one(phantom_data, tmp_path):
     train(_cfg(phantom_data, tmp_path / "r", epochs=1, steps_per_epoch=1), log=lambda m: None)
     with pytest.raises(ValueError, match="written without weight averaging"):
-        train(_cfg(phantom_data, tmp_path / "r", epochs=2, steps_per_epoch=1, ema_decay=0.9, resume=True),
-              log=lambda m: None)
+        train(
+            _cfg(phantom_data, tmp_path / "r", epochs=2, steps_per_epoch=1, ema_decay=0.9, resume=True),
+            log=lambda m: None,
+        )
 
 
-@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "training/configs").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "config", sorted((Path(__file__).resolve().parents[1] / "training/configs").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_training_config_is_valid(config):
     import yaml
 
@@ -468,8 +565,7 @@ def test_train_axes_are_checked():
 
 def test_train_axes_train_on_every_axis_and_validate_on_one(phantom_data, tmp_path):
     messages = []
-    train(_cfg(phantom_data, tmp_path / "m", epochs=1, steps_per_epoch=1, train_axes=[0, 1, 2]),
-          log=messages.append)
+    train(_cfg(phantom_data, tmp_path / "m", epochs=1, steps_per_epoch=1, train_axes=[0, 1, 2]), log=messages.append)
     split = json.loads((tmp_path / "m" / "split.json").read_text())
     data_line = next(m for m in messages if m.startswith("data:"))
     # phantom volumes are (6, 40, 44): 6 + 40 + 44 training slices each, 6 validation slices each
@@ -525,11 +621,22 @@ def test_mix_rounds_mixes_round_counts_within_a_batch():
     from contextlib import nullcontext
 
     n, b = 3, 12
-    cfg = _cfg("x", "y", memory="sim", depth=3, max_clicks=3, drop_fraction=0.0, drop_class=False,
-               decreasing_probability=False, auto_fraction=0.25, mix_rounds=True)  # every round clicks
+    cfg = _cfg(
+        "x",
+        "y",
+        memory="sim",
+        depth=3,
+        max_clicks=3,
+        drop_fraction=0.0,
+        drop_class=False,
+        decreasing_probability=False,
+        auto_fraction=0.25,
+        mix_rounds=True,
+    )  # every round clicks
     spy = _net(cfg)
-    logits, _ = _simulate_and_forward(spy, spy, _batch(b), cfg, n, np.random.default_rng(3), torch.device("cpu"),
-                                      nullcontext)
+    logits, _ = _simulate_and_forward(
+        spy, spy, _batch(b), cfg, n, np.random.default_rng(3), torch.device("cpu"), nullcontext
+    )
     assert logits.shape[0] == b and logits.requires_grad
     final = spy.calls[-1]
     assert final["grad"] and final["training"] and final["batch"] == b
@@ -537,7 +644,7 @@ def test_mix_rounds_mixes_round_counts_within_a_batch():
     # the no-grad rounds shrink to the items still clicking
     sizes = [c["batch"] for c in spy.calls[:-1]]
     assert sizes == sorted(sizes, reverse=True) and all(s < b for s in sizes)
-    states = final["x"][:, 1:1 + 2 * n * 3].reshape(b, 3, 2, n, 32, 32)
+    states = final["x"][:, 1 : 1 + 2 * n * 3].reshape(b, 3, 2, n, 32, 32)
     clicked = states[:, :, 0].flatten(2).sum(-1) > 0  # (items, state slots): clicks present
     rounds = clicked.sum(1).tolist()
     assert {0, 1, 2, 3} <= set(rounds), rounds  # every kind of item in one batch
@@ -545,9 +652,9 @@ def test_mix_rounds_mixes_round_counts_within_a_batch():
         if r == 0:  # automatic: image only
             assert final["x"][i, 1:].abs().sum() == 0
         else:  # the newest r slots hold clicks, the probabilities of all but the newest
-            assert clicked[i, 3 - r:].all() and not clicked[i, :3 - r].any()
+            assert clicked[i, 3 - r :].all() and not clicked[i, : 3 - r].any()
             probs = states[i, :, 1].flatten(1).abs().sum(-1) > 0
-            assert probs[3 - r:2].all() and not probs[2] and not probs[:3 - r].any()
+            assert probs[3 - r : 2].all() and not probs[2] and not probs[: 3 - r].any()
 
 
 def test_mix_rounds_gives_each_item_the_lstm_state_of_its_own_rounds():
@@ -556,12 +663,22 @@ def test_mix_rounds_gives_each_item_the_lstm_state_of_its_own_rounds():
     from contextlib import nullcontext
 
     n, b = 3, 12
-    cfg = _cfg("x", "y", memory="sim", depth=3, max_clicks=3, drop_fraction=0.0, drop_class=False,
-               decreasing_probability=False, auto_fraction=0.25, mix_rounds=True)  # every round clicks
+    cfg = _cfg(
+        "x",
+        "y",
+        memory="sim",
+        depth=3,
+        max_clicks=3,
+        drop_fraction=0.0,
+        drop_class=False,
+        decreasing_probability=False,
+        auto_fraction=0.25,
+        mix_rounds=True,
+    )  # every round clicks
     spy = _net(cfg, n)
     _simulate_and_forward(spy, spy, _batch(b), cfg, n, np.random.default_rng(3), torch.device("cpu"), nullcontext)
     final = spy.calls[-1]
-    clicked = final["x"][:, 1:1 + 2 * n * 3].reshape(b, 3, 2, n, 32, 32)[:, :, 0].flatten(2).sum(-1) > 0
+    clicked = final["x"][:, 1 : 1 + 2 * n * 3].reshape(b, 3, 2, n, 32, 32)[:, :, 0].flatten(2).sum(-1) > 0
     rounds = clicked.sum(1).tolist()
     assert max(rounds) == 3 and final["state_in"] is not None
     rows = [[i for i in range(b) if rounds[i] > k + 1] for k in range(2)]  # who each no-grad call ran
@@ -579,7 +696,6 @@ def test_mix_rounds_gives_each_item_the_lstm_state_of_its_own_rounds():
 
 def test_validation_takes_fewer_large_slices_per_call():
     from conftest import tiny_meta_and_model
-
     from napari_simseg.core.imaging.regions import TILE_BATCH_BYTES
     from napari_simseg.core.jobs.training import _val_batch
 

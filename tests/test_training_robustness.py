@@ -11,11 +11,11 @@ import shutil
 
 import pytest
 import torch
-from training_helpers import make_phantom_training_data, tiny_config
 
 from napari_simseg.core.io import atomic
 from napari_simseg.core.io.atomic import TMP_PREFIX
 from napari_simseg.core.jobs.training import train
+from training_helpers import make_phantom_training_data, tiny_config
 
 
 @pytest.fixture(scope="module")

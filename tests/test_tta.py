@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_meta_and_model
 
+from conftest import tiny_meta_and_model
 from napari_simseg.core.network.predictor import FlipEnsemble
 
 

@@ -183,7 +183,8 @@ def test_refuses_bad_layers_without_changes(viewer, make_checkpoint):
     with pytest.raises(ImageError, match="4 dimensions"):
         ViewerSession(viewer, "4d", checkpoint=ckpt)
     viewer.add_image(np.random.default_rng(0).normal(size=(3, 16, 16)), name="ok")
-    viewer.add_labels(np.zeros((3, 16, 16), np.uint8), name="SimSeg labels", metadata={"class_names": ["background", "x"]})
+    viewer.add_labels(np.zeros((3, 16, 16), np.uint8), name="SimSeg labels",
+                      metadata={"class_names": ["background", "x"]})
     names = [layer.name for layer in viewer.layers]
     with pytest.raises(CheckpointError, match="trained for classes"):
         ViewerSession(viewer, "ok", checkpoint=ckpt)

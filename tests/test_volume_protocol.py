@@ -95,8 +95,25 @@ def test_volume_protocol_refusals_and_cli(phantom_data, phantom_checkpoint, tmp_
                  progress=False)
     from napari_simseg.cli import main
 
-    rc = main(["evaluate", "--checkpoint", str(phantom_checkpoint), "--data", str(phantom_data), "--protocol",
-               "volume", "--clicks", "0,1", "--device", "cpu", "--max-volumes", "1", "--json", str(tmp_path / "v.json")])
+    rc = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(phantom_checkpoint),
+            "--data",
+            str(phantom_data),
+            "--protocol",
+            "volume",
+            "--clicks",
+            "0,1",
+            "--device",
+            "cpu",
+            "--max-volumes",
+            "1",
+            "--json",
+            str(tmp_path / "v.json"),
+        ]
+    )
     assert rc == 0
     doc = json.loads((tmp_path / "v.json").read_text())
     assert doc["protocol"] == "volume" and doc["n_volumes"] == 1

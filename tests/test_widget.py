@@ -355,7 +355,8 @@ def test_llvm_guard_prevents_the_triton_crash(tmp_path):
         print("ok")
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ok" in proc.stdout
 

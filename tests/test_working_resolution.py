@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL
 
+from conftest import TINY_MODEL
 from napari_simseg.core.imaging.preprocessing import (
     context_stack,
     resize_image,

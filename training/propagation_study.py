@@ -64,12 +64,27 @@ def main() -> None:
             run = volume_protocol_outputs(predictor, image, labels, args.steps, rule=rule)
             dice.append([dice_iou_per_class(o, labels, len(classes))[0][1:] for o in run.outputs])
         mean = np.nanmean(np.asarray(dice, float), axis=0)
-        out[name] = {int(k): [round(float(v), 4) for v in mean[k]] for k in sorted({0, 1, 3, 5, args.steps}) if k <= args.steps}
-        print(f"{name:8s} " + "  ".join(f"{k}: {'/'.join(f'{v:.3f}' for v in out[name][k])}" for k in out[name])
-              + f"  ({time.monotonic() - t0:.0f} s)", flush=True)
+        out[name] = {
+            int(k): [round(float(v), 4) for v in mean[k]] for k in sorted({0, 1, 3, 5, args.steps}) if k <= args.steps
+        }
+        print(
+            f"{name:8s} "
+            + "  ".join(f"{k}: {'/'.join(f'{v:.3f}' for v in out[name][k])}" for k in out[name])
+            + f"  ({time.monotonic() - t0:.0f} s)",
+            flush=True,
+        )
     with open(args.json, "w") as fh:
-        json.dump({"checkpoint": args.checkpoint, "neighbour_prior": bool(predictor.meta.neighbour_prior),
-                   "volumes": ids, "classes": classes[1:], "dice": out}, fh, indent=1)
+        json.dump(
+            {
+                "checkpoint": args.checkpoint,
+                "neighbour_prior": bool(predictor.meta.neighbour_prior),
+                "volumes": ids,
+                "classes": classes[1:],
+                "dice": out,
+            },
+            fh,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":

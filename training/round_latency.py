@@ -21,7 +21,8 @@ for tta in (True, False):
     for i in range(12):
         r = s.add_clicks(z // 2, [(1 + i % 2, h // 2, w // 2 + i % 3)])
         if i >= 2:
-            total.append(r.total_ms); model.append(r.model_ms)
+            total.append(r.total_ms)
+            model.append(r.model_ms)
         if r.round >= 3:
             s.reset_slice(z // 2)
     print(f"{path.name} {vol.shape}, tta={tta}: round {statistics.median(total):.1f} ms median "

@@ -2,15 +2,15 @@
 
 On the 2D TotalSegmentator CT set (``training/make_totalseg_2d.py ct``: 30 axial slices of
 one CT, 10 structures the bundled hippocampus model does not know), taught one organ
-(``--classes liver``, the default: background and liver, present on every slice) or
-all 10 structures (``--classes all``), a fixed set of held-out images is never taught on; teaching runs on 1, 3 and 10 of the other images
-(nested subsets, evenly spread) for a few minutes each, from a fresh network and from
-the bundled model (transfer: its encoder and decoder, a fresh class head), through
-exactly the code the widget's *Teach* runs (``core.session.teaching.start_teaching``: the
-teaching recipe, the held-back split, a process of its own). Each taught checkpoint is
-evaluated on the held-out images with ``core.jobs.evaluation.evaluate`` at 0 and 3 clicks
-(evaluation virtual user), next to a method that learns nothing (the random walker on
-the same clicks).
+(``--classes liver``, the default: background and liver, present on every slice) or all 10
+structures (``--classes all``), a fixed set of held-out images is never taught on; teaching
+runs on 1, 3 and 10 of the other images (nested subsets, evenly spread) for a few minutes
+each, from a fresh network and from the bundled model (transfer: its encoder and decoder, a
+fresh class head), through exactly the code the widget's *Teach* runs
+(``core.session.teaching.start_teaching``: the teaching recipe, the held-back split, a
+process of its own). Each taught checkpoint is evaluated on the held-out images with
+``core.jobs.evaluation.evaluate`` at 0 and 3 clicks (evaluation virtual user), next to a
+method that learns nothing (the random walker on the same clicks).
 
 The images are slices of one patient and the labels are TotalSegmentator's outputs:
 the held-out images are neighbours of the taught ones (the use case of teaching while
@@ -53,8 +53,11 @@ def choose_images(case_ids: list, held_out: int, sizes: list) -> tuple[list, dic
     # nested: each smaller subset is taken evenly from the larger one
     subsets, current = {}, order
     for n in sorted(sizes, reverse=True):
-        current = [current[i] for i in np.linspace(0, len(current) - 1, n + 2).round().astype(int)[1:-1]] \
-            if n < len(current) else current
+        current = (
+            [current[i] for i in np.linspace(0, len(current) - 1, n + 2).round().astype(int)[1:-1]]
+            if n < len(current)
+            else current
+        )
         subsets[n] = sorted(current)
     return test, subsets
 
@@ -77,22 +80,47 @@ def teach_once(cases, spec, base, minutes: float, out: Path, threads: int, optio
     teach_cases = [TeachCase(cid, image, labels, [0]) for cid, (image, labels) in cases.items()]
     load = os.getloadavg()[0]
     t0 = time.monotonic()
-    job = start_teaching(teach_cases, spec.class_names, list(getattr(spec, "channel_names", None) or ["image"]),
-                         base, minutes, out, threads=threads, nice=0, options=options,
-                         provenance={"image": f"{len(cases)} images of {spec.root}"})
+    job = start_teaching(
+        teach_cases,
+        spec.class_names,
+        list(getattr(spec, "channel_names", None) or ["image"]),
+        base,
+        minutes,
+        out,
+        threads=threads,
+        nice=0,
+        options=options,
+        provenance={"image": f"{len(cases)} images of {spec.root}"},
+    )
     path = job.result()
-    return {"checkpoint": str(path), "seconds": round(time.monotonic() - t0, 1), "load_before": round(load, 2),
-            "load_after": round(os.getloadavg()[0], 2), "epochs": len(job.epochs),
-            "steps": int(sum(e.get("steps") or 0 for e in job.epochs)), "plan": [t for t in job.log if "plan" in t],
-            "held_back": job.state["summary"]["held_back"], "validation_dice": job.state["after"]}
+    return {
+        "checkpoint": str(path),
+        "seconds": round(time.monotonic() - t0, 1),
+        "load_before": round(load, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "epochs": len(job.epochs),
+        "steps": int(sum(e.get("steps") or 0 for e in job.epochs)),
+        "plan": [t for t in job.log if "plan" in t],
+        "held_back": job.state["summary"]["held_back"],
+        "validation_dice": job.state["after"],
+    }
 
 
 def evaluate_on(checkpoint, data: Path, split_file: Path, method: str = "model") -> dict:
     from napari_simseg.core.jobs.evaluation import evaluate
 
     clicks = (0, 3) if method == "model" else (1, 3)
-    res = evaluate(checkpoint, data, split="test", split_file=str(split_file), clicks=clicks, method=method,
-                   device="cpu", progress=False, log=lambda *a: None)
+    res = evaluate(
+        checkpoint,
+        data,
+        split="test",
+        split_file=str(split_file),
+        clicks=clicks,
+        method=method,
+        device="cpu",
+        progress=False,
+        log=lambda *a: None,
+    )
     names = res["classes"]
     return {str(r["clicks"]): {"mean": _mean_fg(r["dice"], names), "per_class": r["dice"]} for r in res["results"]}
 
@@ -111,8 +139,14 @@ def plot(doc: dict, path: Path) -> None:
             continue
         n = [r["images"] for r in rows]
         for k, ls in (("3", "-"), ("0", "--")):
-            ax.plot(n, [r["held_out_dice"][k]["mean"] for r in rows], ls, marker="o", color=colour,
-                    label=f"{init}, {k} clicks")
+            ax.plot(
+                n,
+                [r["held_out_dice"][k]["mean"] for r in rows],
+                ls,
+                marker="o",
+                color=colour,
+                label=f"{init}, {k} clicks",
+            )
     rw = doc.get("random_walker", {}).get("3", {}).get("mean")
     if rw is not None:
         ax.axhline(rw, color="grey", ls=":", label="random walker, 3 clicks (learns nothing)")
@@ -137,8 +171,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="1,3,10")
     ap.add_argument("--inits", default="fresh,transfer")
     ap.add_argument("--held-out", type=int, default=8)
-    ap.add_argument("--classes", default="liver",
-                    help="comma-separated structures of the set to teach ('all': every one of them)")
+    ap.add_argument(
+        "--classes", default="liver", help="comma-separated structures of the set to teach ('all': every one of them)"
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--options", default="{}", help="training options over the teaching recipe, as JSON")
     ap.add_argument("--work", default="/tmp/teach_curve")
@@ -159,23 +194,41 @@ def main(argv=None) -> int:
     split_file = work / "split.json"
     split_file.write_text(json.dumps({"train": sorted(set(sum(subsets.values(), []))), "val": [], "test": test}))
     arrays = {c.case_id: load_case(c, n_classes=spec.n_classes, spec=spec) for c in spec.cases}
-    doc = {"data": str(data), "classes": list(spec.class_names), "held_out": test, "subsets": subsets,
-           "sizes": sizes, "minutes": args.minutes, "threads": args.threads, "cpus": os.cpu_count(),
-           "options": json.loads(args.options),
-           "command": "python training/teach_curve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "runs": []}
+    doc = {
+        "data": str(data),
+        "classes": list(spec.class_names),
+        "held_out": test,
+        "subsets": subsets,
+        "sizes": sizes,
+        "minutes": args.minutes,
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "options": json.loads(args.options),
+        "command": "python training/teach_curve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "runs": [],
+    }
     doc["random_walker"] = evaluate_on(None, data, split_file, method="random_walker")
     print(f"random walker: {doc['random_walker']['3']['mean']} at 3 clicks", flush=True)
     for init in args.inits.split(","):
         for n in sizes:
             cases = {cid: arrays[cid] for cid in subsets[n]}
-            run = teach_once(cases, spec, INIT_BASES[init], args.minutes, work / f"{init}-{n}.safetensors",
-                             args.threads, json.loads(args.options) or None)
+            run = teach_once(
+                cases,
+                spec,
+                INIT_BASES[init],
+                args.minutes,
+                work / f"{init}-{n}.safetensors",
+                args.threads,
+                json.loads(args.options) or None,
+            )
             run.update(init=init, images=n, held_out_dice=evaluate_on(run["checkpoint"], data, split_file))
             doc["runs"].append(run)
-            print(f"{init} {n:2d} images: held-out Dice {run['held_out_dice']['0']['mean']} @0, "
-                  f"{run['held_out_dice']['3']['mean']} @3 clicks ({run['steps']} steps, {run['seconds']} s, "
-                  f"load {run['load_before']}->{run['load_after']})", flush=True)
+            print(
+                f"{init} {n:2d} images: held-out Dice {run['held_out_dice']['0']['mean']} @0, "
+                f"{run['held_out_dice']['3']['mean']} @3 clicks ({run['steps']} steps, {run['seconds']} s, "
+                f"load {run['load_before']}->{run['load_after']})",
+                flush=True,
+            )
             Path(args.json).write_text(json.dumps(doc, indent=1))
     plot(doc, Path(args.plot))
     print(f"wrote {args.json} and {args.plot}")

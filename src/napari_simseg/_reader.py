@@ -9,8 +9,8 @@ writer can put it back. All three are in numpy axis order, as in ``core.io.image
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from napari_simseg.core.io.images import SUPPORTED_EXTENSIONS, Volume, is_suppor
 
 __all__ = ["get_reader", "layer_data_from_volume", "read_layers"]
 
-PathOrPaths = Union[str, list]
+PathOrPaths = str | list
 #: a file of more channels than this (a 4D time series) opens as one layer, channels first
 MAX_CHANNEL_LAYERS = 8
 
@@ -47,7 +47,7 @@ def _looks_like_dicom_folder(folder: Path, max_files: int = 64) -> bool:
     return any(looks_like_dicom(f) for f in files)
 
 
-def get_reader(path: PathOrPaths) -> Optional[Callable]:
+def get_reader(path: PathOrPaths) -> Callable | None:
     """Return :func:`read_layers` if this plugin can read ``path``, else None.
 
     Parameters

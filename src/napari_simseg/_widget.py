@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Optional
 
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
@@ -135,13 +134,13 @@ class SimSegWidget(QWidget):
     job_finished = Signal(str, str)
     _idle = Signal()  # a job's worker is gone and the widget is ready for the next one
 
-    def __init__(self, napari_viewer, parent: Optional[QWidget] = None):
+    def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.session: Optional[ViewerSession] = None
+        self.session: ViewerSession | None = None
         self.worker = None
-        self._job: Optional[Job] = None
-        self._end_session_when_idle: Optional[str] = None  # end the session with this once the job ends
+        self._job: Job | None = None
+        self._end_session_when_idle: str | None = None  # end the session with this once the job ends
         self._ended = False  # whether the running job has reported its end
         self._layer_connections: list = []  # (emitter, callback) on the session's layers
         self._bound_layers: list = []
@@ -627,7 +626,7 @@ class SimSegWidget(QWidget):
         return True
 
     # ------------------------------------------------------------------ files
-    def save(self, path) -> Optional[tuple]:
+    def save(self, path) -> tuple | None:
         """Write the labels to ``path`` and the interaction log beside them."""
         if not self._ready():
             return None
@@ -667,7 +666,7 @@ class SimSegWidget(QWidget):
             return
         self._start(job)
 
-    def _start(self, job: Optional[Job]) -> None:
+    def _start(self, job: Job | None) -> None:
         """Run ``job.compute`` on a napari worker; results come back as signals."""
         if job is None:
             return

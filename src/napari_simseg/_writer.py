@@ -7,7 +7,7 @@ fits the layer) as the direction cosine matrix. DICOM is read-only.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from napari_simseg.core.io.images import Volume, write_image
 __all__ = ["compact_labels", "volume_from_layer", "write_image_layer", "write_labels_layer"]
 
 
-def _direction(metadata: Optional[dict], ndim: int) -> Optional[np.ndarray]:
+def _direction(metadata: dict | None, ndim: int) -> np.ndarray | None:
     if not metadata or metadata.get("direction") is None:
         return None
     d = np.asarray(metadata["direction"], dtype=float)

@@ -35,7 +35,7 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip=()) -> Non
         text = f"default: {default}"
         if base is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif base in (list, typing.List) or typing.get_origin(base) is list:
+        elif base in (list, list) or typing.get_origin(base) is list:
             parser.add_argument(flag, dest=f.name, type=_parse_list, default=None, metavar="A,B,...", help=text)
         elif base in (int, float, str):
             parser.add_argument(flag, dest=f.name, type=base, default=None, help=text)

@@ -8,7 +8,7 @@ holding every channel along its first axis can be chosen in the *Image* box inst
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
@@ -74,7 +74,7 @@ class ImagePicker(QWidget):
         names = list(names) or ["image"]
         if names == self.channel_names and len(self.channel_combos) == (len(names) if len(names) > 1 else 0):
             return
-        for label, combo in zip(self._channel_labels, self.channel_combos):
+        for combo in self.channel_combos:
             self.form.removeRow(combo)
         self.channel_combos, self._channel_labels = [], []
         self.channel_names = names

@@ -11,9 +11,10 @@ and its one-job-at-a-time guard. Qt-free, like ``viewer_session``.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -55,9 +56,9 @@ class Job:
     compute: Callable[[], Any]
     finish: Callable[[Any], Any]
     fail: Callable[[BaseException], str]
-    on_yield: Optional[Callable[[Any], None]] = None
-    cancel: Optional[Callable[[], str]] = None
-    slice: Optional[int] = None
+    on_yield: Callable[[Any], None] | None = None
+    cancel: Callable[[], str] | None = None
+    slice: int | None = None
 
     @property
     def is_generator(self) -> bool:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from napari.layers import Image, Labels, Points
@@ -177,8 +177,8 @@ def match_channel_layers(viewer, names: Sequence[str]) -> list:
     out, taken = [], set()
     for name in names:
         free = [layer for layer in viewer.layers if isinstance(layer, Image) and id(layer) not in taken]
-        word = re.compile(rf"(?<![a-z0-9]){re.escape(name.lower())}(?![a-z0-9])")
-        fits = [la for la in free if word.search(la.name.lower())] or [la for la in free if name.lower() in la.name.lower()]
+        word, low = re.compile(rf"(?<![a-z0-9]){re.escape(name.lower())}(?![a-z0-9])"), name.lower()
+        fits = [la for la in free if word.search(la.name.lower())] or [la for la in free if low in la.name.lower()]
         exact = [layer for layer in fits if layer.name.lower() == name.lower()]
         chosen = exact[0] if exact else (fits[0] if len(fits) == 1 else None)
         if chosen is not None:
@@ -256,7 +256,7 @@ def existing_labels_layer(viewer, shape: Sequence[int]):
     return existing if existing is not None and tuple(existing.data.shape) == tuple(shape) else None
 
 
-def keep_other_labels_layer(viewer, shape: Sequence[int]) -> Optional[str]:
+def keep_other_labels_layer(viewer, shape: Sequence[int]) -> str | None:
     """Rename a ``"SimSeg labels"`` layer of another shape (an earlier image's labels: they
     stay) after the image it was made for, freeing the name; returns its new name or None."""
     layer = viewer.layers[LABELS_LAYER_NAME] if LABELS_LAYER_NAME in viewer.layers else None
@@ -268,7 +268,7 @@ def keep_other_labels_layer(viewer, shape: Sequence[int]) -> Optional[str]:
     return layer.name
 
 
-def labels_class_problem(layer, class_names: Sequence[str]) -> Optional[str]:
+def labels_class_problem(layer, class_names: Sequence[str]) -> str | None:
     """Why a labels layer cannot hold the labels of ``class_names``, or None.
 
     A layer SimSeg made names its classes in its metadata; one without them (e.g. read
@@ -309,7 +309,7 @@ def current_slice(viewer, layer, n_slices: int) -> int:
     return int(np.clip(round(float(pos[0])), 0, n_slices - 1))
 
 
-def view_problem(viewer) -> Optional[str]:
+def view_problem(viewer) -> str | None:
     """Why clicks on a 3D image cannot be taken in the current view, or None."""
     dims = viewer.dims
     n = dims.ndim
@@ -322,7 +322,7 @@ def view_problem(viewer) -> Optional[str]:
 
 
 # ---------------------------------------------------------------------- labels
-def painted_slices(event, n_slices: int) -> Optional[set]:
+def painted_slices(event, n_slices: int) -> set | None:
     """Slices a labels layer's ``paint`` event touched, or None (unknown: compare all).
 
     Napari's history atoms are either masked edits with a bounding box
@@ -375,7 +375,7 @@ class LabelsView:
         self.written = np.array(written, copy=True)
         self._hand_edited: set = set()
         # slices to compare with ``written`` before the next answer; None: every slice
-        self._candidates: Optional[set] = None
+        self._candidates: set | None = None
         if existing is None:
             self.layer = self._add(np.zeros_like(self._as_shown(self.written)))
         else:
@@ -439,7 +439,7 @@ class LabelsView:
         self._flush()
         return set(self._hand_edited)
 
-    def mark_edited(self, slices: Optional[Iterable[int]]) -> None:
+    def mark_edited(self, slices: Iterable[int] | None) -> None:
         """Note slices to compare at the next question (None: every slice)."""
         # napari emits ``paint`` before it writes some edits: comparing now could miss them
         if slices is None or self._candidates is None:
@@ -472,7 +472,7 @@ class LabelsView:
         self.mark_edited(None)
 
     # -------------------------------------------------------------- writing
-    def write(self, z: int, labels: np.ndarray, may_overwrite: Union[bool, Callable[[list], bool]]) -> bool:
+    def write(self, z: int, labels: np.ndarray, may_overwrite: bool | Callable[[list], bool]) -> bool:
         """Show SimSeg's ``labels`` on slice ``z`` unless that erases hand edits.
 
         Parameters
@@ -632,7 +632,7 @@ class ClickLayers:
         self.layers = make_click_layers(viewer, image_layer, class_names)
         self._rounds: dict[int, list[list[PointKey]]] = defaultdict(list)
         self._redo: dict[int, list[list[PointKey]]] = defaultdict(list)
-        self._in_flight: Optional[list[PointKey]] = None  # points of the running round
+        self._in_flight: list[PointKey] | None = None  # points of the running round
 
     def live(self) -> Iterator[tuple[int, object]]:
         """``(class index, layer)`` of the layers still in the viewer."""

@@ -10,7 +10,6 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from napari_simseg.core.session.teaching import TeachCase, accepted_slices, layo
 __all__ = ["ViewerTeachJob", "image_source_path", "start_viewer_teaching", "taught_checkpoint_path"]
 
 
-def image_source_path(layer) -> Optional[Path]:
+def image_source_path(layer) -> Path | None:
     """The file (or DICOM folder) an image layer was read from, or None."""
     path = getattr(getattr(layer, "source", None), "path", None)
     if not path:
@@ -69,8 +68,8 @@ class ViewerTeachJob:
         self.slices = list(slices)
         self.base = base
         self.switched = False
-        self.switch_error: Optional[str] = None
-        self._loader: Optional[threading.Thread] = None
+        self.switch_error: str | None = None
+        self._loader: threading.Thread | None = None
         self._loaded = None  # the new Predictor, or the exception loading it raised
 
     @property
@@ -126,7 +125,7 @@ class ViewerTeachJob:
             return self.switched or self.switch_error is not None
         return state["status"] in ("failed", "cancelled")
 
-    def result(self, timeout: Optional[float] = None) -> Path:
+    def result(self, timeout: float | None = None) -> Path:
         """Wait for the new checkpoint (see ``TeachJob.result``); the session switches to it."""
         path = self.job.result(timeout)
         self.poll()

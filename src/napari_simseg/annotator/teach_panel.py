@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
@@ -65,7 +65,7 @@ class TeachPanel(QGroupBox):
     POLL_MS = 200
     teach_finished = Signal(str, str)
 
-    def __init__(self, get_session: Callable, parent: Optional[QWidget] = None):
+    def __init__(self, get_session: Callable, parent: QWidget | None = None):
         super().__init__("Teach (learn from the labelled slices)", parent)
         self._get_session = get_session
         self.job = None

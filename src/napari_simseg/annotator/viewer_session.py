@@ -21,8 +21,9 @@ its long jobs (automatic segmentation, propagation, loading) are in :mod:`napari
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -114,10 +115,10 @@ class ViewerSession(LongJobs):
     ``"SimSeg labels (<its image>)"`` (``kept_labels_layer``), and a new one is made.
     """
 
-    def __init__(self, viewer, image_layer=None, checkpoint: Union[str, Path, "Predictor"] = "demo",
+    def __init__(self, viewer, image_layer=None, checkpoint: str | Path | Predictor = "demo",
                  device: str = "auto", *, overwrite_policy: str = "ask",
-                 confirm: Optional[Callable[[list], bool]] = None, batch_size: int = 8,
-                 confirm_discard: Optional[Callable[[str], bool]] = None, channel_axis: Optional[int] = None):
+                 confirm: Callable[[list], bool] | None = None, batch_size: int = 8,
+                 confirm_discard: Callable[[str], bool] | None = None, channel_axis: int | None = None):
         from napari_simseg._llvm_guard import avoid_triton_llvm_clash
 
         avoid_triton_llvm_clash()  # before the first torch import in a process with a canvas
@@ -150,9 +151,9 @@ class ViewerSession(LongJobs):
         self.batch_size = int(batch_size)
         self._saved_events = 0  # the session's log up to here is saved (or was loaded)
         self._nonfinite_points = self._outside_points = 0  # what the last prepare_round removed
-        self._job: Optional[Job] = None
+        self._job: Job | None = None
         self.teach_job = None  # the running or last teach() job (napari_simseg.annotator.teach.ViewerTeachJob)
-        self.last_result: Optional[RoundResult] = None
+        self.last_result: RoundResult | None = None
         self.last_round_clicks = 0  # clicks of the last finished round
         self.last_round_shown = True  # whether its labels reached the layer
         self._labels = LabelsView(viewer, image, self.class_names, session.labels, existing)
@@ -170,14 +171,14 @@ class ViewerSession(LongJobs):
         from napari_simseg.core.network import checkpoint, predictor  # noqa: F401
 
     @staticmethod
-    def load_predictor(checkpoint, device: str = "auto") -> "Predictor":
+    def load_predictor(checkpoint, device: str = "auto") -> Predictor:
         """Load a checkpoint (path, ``"demo"``) onto ``device``; touches no layer, so it
         may run on a worker thread. Pass the result as ``checkpoint=`` to the
         constructor, which then checks its classes against an existing labels layer."""
         return ViewerSession._load_predictor(checkpoint, device)
 
     @staticmethod
-    def _load_predictor(checkpoint, device: str) -> "Predictor":
+    def _load_predictor(checkpoint, device: str) -> Predictor:
         """The predictor on ``device`` (a loaded one is kept; an unavailable device is refused)."""
         from napari_simseg.core.network.devices import resolve_device
         from napari_simseg.core.network.predictor import Predictor
@@ -250,7 +251,7 @@ class ViewerSession(LongJobs):
         """The slice (index along axis 0 of the image) the viewer shows; 0 for 2D."""
         return 0 if self.is_2d else current_slice(self.viewer, self.labels_layer, self.n_slices)
 
-    def view_problem(self) -> Optional[str]:
+    def view_problem(self) -> str | None:
         """Why clicks cannot be taken in the current view, or None."""
         return None if self.is_2d else view_problem(self.viewer)
 
@@ -344,7 +345,7 @@ class ViewerSession(LongJobs):
         self._job = job
         return job
 
-    def prepare_round(self, slice_index=None) -> Optional[Job]:
+    def prepare_round(self, slice_index=None) -> Job | None:
         """Gather a slice's pending points into a round job (None: nothing pending).
 
         Parameters
@@ -376,7 +377,7 @@ class ViewerSession(LongJobs):
             return None
         return self._round_job(z, keys)
 
-    def run(self, slice_index=None) -> Optional["RoundResult"]:
+    def run(self, slice_index=None) -> RoundResult | None:
         """Run a round with the pending points of a slice (default: the current one).
 
         Returns
@@ -387,7 +388,7 @@ class ViewerSession(LongJobs):
         job = self.prepare_round(self.current_slice() if slice_index is None else slice_index)
         return None if job is None else self._run_sync(job)
 
-    def add_clicks(self, slice_index, clicks: Sequence) -> "RoundResult":
+    def add_clicks(self, slice_index, clicks: Sequence) -> RoundResult:
         """Place clicks on a slice (they appear in the class layers) and run the round.
 
         Parameters
@@ -495,7 +496,7 @@ class ViewerSession(LongJobs):
         return self.checkpoint
 
     def teach(self, max_minutes: float = 3.0, slices="accepted", checkpoint="current", output=None,
-              options: Optional[dict] = None):
+              options: dict | None = None):
         """Fine-tune the network on this session's labelled slices in a background process.
 
         Parameters

@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class DatasetError(ValueError):
         not about specific files).
     """
 
-    def __init__(self, message: str, issues: Sequence["CaseIssue"] = ()):
+    def __init__(self, message: str, issues: Sequence[CaseIssue] = ()):
         self.issues = list(issues)
         super().__init__(message)
 
@@ -387,7 +388,8 @@ def _numbered_names(obj: Any, source: str, what: str) -> list[str]:
     except ValueError:
         raise DatasetError(f"{source}: '{what}' keys must be channel numbers 0, 1, ...; got {list(obj)}") from None
     if sorted(numbered) != list(range(len(numbered))):
-        raise DatasetError(f"{source}: '{what}' must number the channels 0..{len(numbered) - 1}; got {sorted(numbered)}")
+        raise DatasetError(f"{source}: '{what}' must number the channels 0..{len(numbered) - 1}; "
+                           f"got {sorted(numbered)}")
     return [numbered[k] for k in range(len(numbered))]
 
 

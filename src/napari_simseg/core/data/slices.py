@@ -7,8 +7,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -196,7 +197,7 @@ class SliceDataset(torch.utils.data.Dataset):
                     slices: dict | None = None, working_size: int | None = None, crop_size: int | None = None,
                     augmenter: Augmenter | None = None, context_slices: int = 0, seed: int = 0,
                     target_shape: Sequence[int] | None = None, multiple: int = 32,
-                    pad_value: float = 0.0, pad_mode: str = "constant") -> "SliceDataset":
+                    pad_value: float = 0.0, pad_mode: str = "constant") -> SliceDataset:
         """A dataset of volumes already in memory (e.g. what a user labelled in napari).
 
         Parameters
@@ -230,7 +231,8 @@ class SliceDataset(torch.utils.data.Dataset):
             if scale != 1.0:
                 shape = working_shape(lab.shape, scale)
                 image, lab = resize_image(image, shape), resize_labels(lab, shape)
-            ds.images[cid], ds.labels[cid], ds.scales[cid] = np.ascontiguousarray(image), np.ascontiguousarray(lab), scale
+            ds.images[cid], ds.labels[cid] = np.ascontiguousarray(image), np.ascontiguousarray(lab)
+            ds.scales[cid] = scale
         ds.cases = [Case(cid, Path(cid), label_path=Path(cid)) for cid in images]  # in memory: no files
         ds.labelled = {cid: sorted(int(k) for k in ks) for cid, ks in (slices or {}).items()}
         ds.target_shape = tuple(target_shape) if target_shape is not None else ds.largest_item_shape(multiple)
@@ -299,7 +301,7 @@ class SliceDataset(torch.utils.data.Dataset):
             keep = np.linspace(0, len(self.index) - 1, int(max_items)).round().astype(int)
             self.index = [self.index[i] for i in keep]
 
-    def along(self, axis: int) -> "SliceDataset":
+    def along(self, axis: int) -> SliceDataset:
         """The same loaded volumes sliced along ``axis`` instead.
 
         Nothing is read or preprocessed again: the arrays are views of this dataset's

@@ -24,7 +24,7 @@ The image is min-max scaled to ``[0, 1]`` (a constant image becomes zeros).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from scipy import ndimage as ndi

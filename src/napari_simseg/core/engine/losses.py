@@ -11,7 +11,7 @@ term optimises the overlap that the evaluation reports.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -12,7 +12,7 @@ in the napari session.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ class BatchMemory:
         self.context_slices = (images.shape[1] // c - 1) // 2
         self.channels = input_channels(kind, n_classes, self.depth, self.context_slices, c)
         self._clicks: list[torch.Tensor] = []
-        self._probs: list[Optional[torch.Tensor]] = []
+        self._probs: list[torch.Tensor | None] = []
 
     @property
     def n_rounds(self) -> int:
@@ -132,11 +132,11 @@ def run_rounds(
     depth: int,
     n_classes: int,
     radius: int,
-    clicker: Callable[[np.ndarray, Optional[np.ndarray]], Sequence[Sequence]],
+    clicker: Callable[[np.ndarray, np.ndarray | None], Sequence[Sequence]],
     amp: bool = False,
-    on_round: Optional[Callable[[int, np.ndarray, float], None]] = None,
+    on_round: Callable[[int, np.ndarray, float], None] | None = None,
     honour: bool = False,
-    decision_offsets: Optional[Sequence[float]] = None,
+    decision_offsets: Sequence[float] | None = None,
     image_channels: int = 1,
 ) -> list[np.ndarray]:
     """Run 0..``n_rounds`` rounds of a virtual user on a batch of slices.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Optional
 
 import numpy as np
 
@@ -47,8 +46,8 @@ class TrainConfig:
     lstm_kernel_size: int = 3
     lstm_separable: bool = True
     encoder_stem_stride: int = 2
-    encoder_weights: Optional[str] = None
-    init_from: Optional[str] = None
+    encoder_weights: str | None = None
+    init_from: str | None = None
     init_transfer: bool = False
     # virtual user
     click_radius: int = 2
@@ -57,7 +56,7 @@ class TrainConfig:
     drop_class: bool = True
     drop_fraction: float = 0.8
     decreasing_probability: bool = True
-    ddg_rounds: Optional[int] = None
+    ddg_rounds: int | None = None
     random_rounds: bool = True
     mix_rounds: bool = False  # rounds (and auto_fraction) drawn per item, not per batch
     prior_fraction: float = 0.0  # items whose memory starts with a neighbouring slice's labels (propagation)
@@ -65,24 +64,24 @@ class TrainConfig:
     auto_fraction: float = 0.0
     # data
     axis: int = 0
-    train_axes: Optional[list] = None
+    train_axes: list | None = None
     context_slices: int = 0
-    pad_to: Optional[list] = None
+    pad_to: list | None = None
     pad_mode: str = "edge"  # image padding of items and inputs: border pixels repeated ("constant": mean grey)
     n4: bool = False
     on_error: str = "stop"
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     split_seed: int = 0
-    max_volumes: Optional[int] = None
-    max_empty_fraction: Optional[float] = None  # training slices without any structure: at most this share
+    max_volumes: int | None = None
+    max_empty_fraction: float | None = None  # training slices without any structure: at most this share
     augment: bool = True
     aug_rotate_degrees: float = 0.0
-    aug_scale: Optional[list] = None
+    aug_scale: list | None = None
     aug_flips: list = field(default_factory=lambda: ["vertical", "horizontal"])
-    working_size: Optional[int] = None
-    crop_size: Optional[int] = None
-    val_max_slices: Optional[int] = None
+    working_size: int | None = None
+    crop_size: int | None = None
+    val_max_slices: int | None = None
     # optimisation
     epochs: int = 75
     batch_size: int = 4
@@ -93,9 +92,9 @@ class TrainConfig:
     dice_loss_weight: float = 0.0
     ema_decay: float = 0.0
     class_weighting: str = "inverse_sqrt_frequency"
-    max_minutes: Optional[float] = None
-    stop_after_epoch: Optional[int] = None
-    steps_per_epoch: Optional[int] = None
+    max_minutes: float | None = None
+    stop_after_epoch: int | None = None
+    steps_per_epoch: int | None = None
     plan_steps: bool = False
     time_schedule: bool = False
     seed: int = 0
@@ -108,7 +107,7 @@ class TrainConfig:
     half_checkpoint: bool = False
     progress: bool = True
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if not self.data:
             raise ValueError("no data folder given (--data DIR)")
         if not self.out:
@@ -201,7 +200,7 @@ class TrainConfig:
         return self
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

@@ -23,12 +23,12 @@ Boxes are ``(y0, y1, x0, x1)``, half-open, in pixels of the grid they belong to.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["FULL_SLICE_PIXELS", "MARGIN", "MIN_SIDE", "TILE", "TILE_BATCH_BYTES", "TILE_OVERLAP", "box_around", "foreground_box",
-           "grow_box", "scale_box", "tiles", "touched_boxes"]
+__all__ = ["FULL_SLICE_PIXELS", "MARGIN", "MIN_SIDE", "TILE", "TILE_BATCH_BYTES", "TILE_OVERLAP", "box_around",
+           "foreground_box", "grow_box", "scale_box", "tiles", "touched_boxes"]
 
 FULL_SLICE_PIXELS = 256 * 256
 MARGIN = 32
@@ -40,7 +40,7 @@ TILE_BATCH_BYTES = 2**30  # tiles per network call: about this much memory at mo
 Box = tuple[int, int, int, int]
 
 
-def foreground_box(labels: np.ndarray) -> Optional[Box]:
+def foreground_box(labels: np.ndarray) -> Box | None:
     """The bounding box of the nonzero pixels of a 2D label map (``None``: all background)."""
     rows = np.flatnonzero(labels.any(axis=1))
     if rows.size == 0:
@@ -64,7 +64,7 @@ def _fit(lo: float, hi: float, size: int, margin: int, min_side: int) -> tuple[i
     return lo, hi
 
 
-def box_around(shape: Sequence[int], points: Iterable[Sequence[float]], boxes: Iterable[Optional[Box]] = (),
+def box_around(shape: Sequence[int], points: Iterable[Sequence[float]], boxes: Iterable[Box | None] = (),
                margin: int = MARGIN, min_side: int = MIN_SIDE) -> Box:
     """The box around ``points`` (``(y, x)``) and ``boxes``, with ``margin``, at least
     ``min_side`` a side, inside a grid of ``shape`` (the whole grid when there is nothing)."""

@@ -8,8 +8,8 @@ class's mask. Radius 0 marks the single pixel.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -77,7 +77,6 @@ Choices where the paper is vague
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import numpy as np
 from scipy import ndimage
@@ -96,7 +95,7 @@ __all__ = [
     "sdg_clicks",
 ]
 
-RngLike = Union[np.random.Generator, int, None]
+RngLike = np.random.Generator | int | None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -191,7 +190,7 @@ def _check_gt(gt, n_classes: int, ndim: int = 2) -> np.ndarray:
     return arr
 
 
-def _check_prediction(prediction, shape: tuple[int, ...], n_classes: int) -> Optional[np.ndarray]:
+def _check_prediction(prediction, shape: tuple[int, ...], n_classes: int) -> np.ndarray | None:
     if prediction is None:
         return None
     pred = _check_labels(prediction, n_classes, "prediction", len(shape))
@@ -296,10 +295,10 @@ def _central_in_crop(sub: np.ndarray) -> tuple[int, int]:
 
 def largest_mislabelled_region(
     gt: np.ndarray,
-    prediction: Optional[np.ndarray],
+    prediction: np.ndarray | None,
     label: int,
     connectivity: int = 1,
-) -> Optional[tuple[tuple[slice, slice], np.ndarray]]:
+) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """Largest connected component of ``(gt == label) & (prediction != label)``.
 
     Parameters
@@ -463,7 +462,7 @@ class _Components:
 
 def _apply_rules_3_4(
     labels: np.ndarray,
-    ignored_class: Optional[int],
+    ignored_class: int | None,
     drop_fraction: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
@@ -512,7 +511,7 @@ class DDGClicker:
         self.component_labels = self._comps.labels
         self.component_class = self._comps.classes
         self.click_counts = np.zeros(self._comps.n, dtype=np.int64)
-        self.ignored_class: Optional[int] = (
+        self.ignored_class: int | None = (
             int(rng.integers(self.n_classes)) if config.drop_class else None
         )
         self.round_index = 0
@@ -538,7 +537,7 @@ class DDGClicker:
         ys, xs = np.divmod(flat, comps.shape[1])
         return comps.classes.copy(), np.stack([ys, xs], axis=1), np.arange(1, comps.n + 1)
 
-    def _corrective(self, p: float, prediction: Optional[np.ndarray]):
+    def _corrective(self, p: float, prediction: np.ndarray | None):
         """Step b): per class, with probability p, one click in the largest mislabelled region."""
         cfg = self.config
         draws = self._rng.random(self.n_classes) < p
@@ -576,7 +575,7 @@ class DDGClicker:
             labels = comp_ids = np.zeros(0, dtype=np.intp)
             points = np.zeros((0, 2), dtype=np.intp)
         self.round_index += 1
-        generated = [_make_click(l, y, x) for l, (y, x) in zip(labels, points)]
+        generated = [_make_click(c, y, x) for c, (y, x) in zip(labels, points)]
         keep = _apply_rules_3_4(labels, self.ignored_class, float(self.config.drop_fraction), self._rng)
         np.add.at(self.click_counts, comp_ids[keep] - 1, 1)
         kept = [c for c, k in zip(generated, keep) if k]
@@ -610,13 +609,13 @@ class TrainingVirtualUser:
     is vague. Clicks of class ``c`` always lie on pixels where ``gt == c``.
     """
 
-    def __init__(self, n_classes: int, config: Optional[DDGConfig] = None, rng: RngLike = None) -> None:
+    def __init__(self, n_classes: int, config: DDGConfig | None = None, rng: RngLike = None) -> None:
         if int(n_classes) < 1:
             raise ValueError(f"n_classes must be >= 1, got {n_classes}")
         self.n_classes = int(n_classes)
         self.config = config if config is not None else DDGConfig()
         self.rng = _as_rng(rng)
-        self.episode: Optional[DDGClicker] = None
+        self.episode: DDGClicker | None = None
 
     def start(self, gt_labels) -> DDGClicker:
         """Begin an episode for one image.
@@ -681,7 +680,7 @@ class TrainingVirtualUser:
         return self._require().p
 
     @property
-    def ignored_class(self) -> Optional[int]:
+    def ignored_class(self) -> int | None:
         """Class ignored in the current episode (rule 3), None if rule 3 is off."""
         return self._require().ignored_class
 
@@ -694,7 +693,7 @@ class TrainingVirtualUser:
 # --------------------------------------------------------------------------- SDG
 
 
-def sdg_clicks(gt_labels, n_classes: int, config: Optional[DDGConfig] = None, rng: RngLike = None) -> list[Click]:
+def sdg_clicks(gt_labels, n_classes: int, config: DDGConfig | None = None, rng: RngLike = None) -> list[Click]:
     """Static Data Generation: clicks sampled once from the ground truth.
 
     No model is in the loop. For every connected component of every class
@@ -732,7 +731,7 @@ def sdg_clicks(gt_labels, n_classes: int, config: Optional[DDGConfig] = None, rn
     labels = comps.classes[comp_ids - 1]
     keep = _apply_rules_3_4(labels, ignored, float(cfg.drop_fraction), gen)
     ys, xs = np.divmod(flat[keep], gt.shape[1])
-    return [_make_click(l, y, x) for l, y, x in zip(labels[keep], ys, xs)]
+    return [_make_click(c, y, x) for c, y, x in zip(labels[keep], ys, xs)]
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -16,7 +16,7 @@ dermoscopy, endoscopy, fundus or histology pictures are in true colour. So a pic
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -14,15 +14,14 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-__all__ = ["imagej_image_count", "is_palette_png", "looks_like_dicom", "nifti_truncation_problem", "slice_positions_problem",
-           "unread_files_problem"]
+__all__ = ["imagej_image_count", "is_palette_png", "looks_like_dicom", "nifti_truncation_problem",
+           "slice_positions_problem", "unread_files_problem"]
 
 
-def nifti_truncation_problem(path: Path, image, compressed: bool) -> Optional[str]:
+def nifti_truncation_problem(path: Path, image, compressed: bool) -> str | None:
     """A NIfTI file (``.nii.gz`` when ``compressed``) shorter than its header (``image``:
     its SimpleITK image, whose metadata holds the header) says, described."""
     try:
@@ -50,7 +49,7 @@ def nifti_truncation_problem(path: Path, image, compressed: bool) -> Optional[st
     return f"the file is truncated ({total} bytes of data, the header needs {expected})" if total < expected else None
 
 
-def imagej_image_count(ij: dict) -> Optional[int]:
+def imagej_image_count(ij: dict) -> int | None:
     """The number of 2D images an ImageJ description announces (``images=``, else
     ``channels x slices x frames``); ``None`` without any such entry."""
     try:
@@ -88,7 +87,7 @@ def _names(paths, most: int = 5) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def unread_files_problem(folder: Path, files: dict[str, list[str]]) -> Optional[str]:
+def unread_files_problem(folder: Path, files: dict[str, list[str]]) -> str | None:
     """The files of ``folder`` that look like DICOM but are in none of the series
     ``files`` (series id: file names, as GDCM listed them), described; ``None`` if none."""
     found = sorted(p for p in Path(folder).iterdir() if p.is_file() and looks_like_dicom(p))
@@ -101,7 +100,7 @@ def unread_files_problem(folder: Path, files: dict[str, list[str]]) -> Optional[
             "(a slice would be missing: replace or remove the file(s))")
 
 
-def _position(text: str) -> Optional[tuple]:
+def _position(text: str) -> tuple | None:
     try:
         values = [float(v) for v in text.replace("\\", " ").split()]
     except ValueError:
@@ -109,7 +108,7 @@ def _position(text: str) -> Optional[tuple]:
     return tuple(values) if len(values) == 3 else None
 
 
-def slice_positions_problem(series_id: str, files: list[str], reader, image) -> Optional[str]:
+def slice_positions_problem(series_id: str, files: list[str], reader, image) -> str | None:
     """What is wrong with the slice positions of a series read by ``reader`` (a
     SimpleITK ``ImageSeriesReader`` with its metadata dictionaries) into ``image``:
     two slices at one position, a gap of a multiple of the spacing (slices missing), or

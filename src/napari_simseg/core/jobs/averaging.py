@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,8 +28,8 @@ _AVERAGE_MUST_MATCH = ("class_names", "channel_names", "memory", "depth", "click
                        "context_slices", "working_size", "flips", "neighbour_prior", "model")
 
 
-def average_checkpoints(paths: Sequence, output, weights: Optional[Sequence[float]] = None,
-                        half: Optional[bool] = None) -> Path:
+def average_checkpoints(paths: Sequence, output, weights: Sequence[float] | None = None,
+                        half: bool | None = None) -> Path:
     """Average the weights of several checkpoints of one network (a "model soup").
 
     Fine-tuning runs that start from the same checkpoint stay in one basin of the loss,

@@ -9,7 +9,6 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -53,7 +52,7 @@ def benchmark_inference(
     encoder: str = "resnet34",
     repeats: int = 20,
     warmup: int = 5,
-    json_path: Optional[str] = None,
+    json_path: str | None = None,
     log=print,
 ) -> dict:
     """Per-slice forward latency of the DDG-SIM network and of a plain smp U-Net,
@@ -109,8 +108,9 @@ def benchmark_inference(
     }
     log(f"inference benchmark on {dev}, {size}x{size}, batch 1, D={depth}, N={n_classes}, {encoder}")
     log(f"  {'network':<22}{'mean ms':>10}{'std':>8}{'median':>10}")
-    log(f"  {'DDG-SIM (ConvLSTM)':<22}{result['sim_ms']['mean']:>10.2f}{result['sim_ms']['std']:>8.2f}{result['sim_ms']['median']:>10.2f}")
-    log(f"  {'plain smp U-Net':<22}{result['unet_ms']['mean']:>10.2f}{result['unet_ms']['std']:>8.2f}{result['unet_ms']['median']:>10.2f}")
+    for name, key in (("DDG-SIM (ConvLSTM)", "sim_ms"), ("plain smp U-Net", "unet_ms")):
+        ms = result[key]
+        log(f"  {name:<22}{ms['mean']:>10.2f}{ms['std']:>8.2f}{ms['median']:>10.2f}")
     log(f"  ratio (median) {result['ratio']:.2f}  (target <= 2.0)")
     log(f"  session overhead per round {result['session_overhead_ms']:.2f} ms  (target <= 15)")
     if json_path:
@@ -127,7 +127,7 @@ def benchmark_training(
     encoder: str = "resnet34",
     repeats: int = 5,
     warmup: int = 2,
-    json_path: Optional[str] = None,
+    json_path: str | None = None,
     log=print,
 ) -> dict:
     """Time a DDG-SIM training step (its no-grad rounds and virtual user included) and
@@ -150,8 +150,10 @@ def benchmark_training(
     labels = np.minimum(labels, len(names) - 1)
     n = len(names)
     img = (image - image.mean()) / (image.std() + 1e-6)
-    batch = {"image": torch.from_numpy(img[:, None].astype(np.float32)),
-             "labels": torch.from_numpy(labels.astype(np.int64))}
+    batch = {
+        "image": torch.from_numpy(img[:, None].astype(np.float32)),
+        "labels": torch.from_numpy(labels.astype(np.int64)),
+    }
     # the precision `simseg train` uses (TrainConfig.amp): float16 on CUDA, bfloat16 on a CPU with it
     amp = dev.type == "cuda" or (dev.type == "cpu" and cpu_bf16_supported())
 
@@ -161,8 +163,17 @@ def benchmark_training(
     result = {"device": str(dev), "precision": ("float16" if dev.type == "cuda" else "bfloat16") if amp else "float32"}
     for name, sim_kind in (("ddg", "ddg"), ("sdg", "sdg")):
         # the same network (SIM memory, ConvLSTM decoder) for both: only the simulation differs
-        cfg = TrainConfig(data="-", out="-", memory="sim", depth=depth, max_clicks=depth, decoder="convlstm",
-                          simulation=sim_kind, encoder=encoder, random_rounds=False)
+        cfg = TrainConfig(
+            data="-",
+            out="-",
+            memory="sim",
+            depth=depth,
+            max_clicks=depth,
+            decoder="convlstm",
+            simulation=sim_kind,
+            encoder=encoder,
+            random_rounds=False,
+        )
         torch.manual_seed(0)
         net = build_model(cfg.model_config(n)).to(dev)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -181,10 +192,18 @@ def benchmark_training(
                 ms.append((time.perf_counter() - t0) * 1e3)
         result[f"{name}_step_ms"] = round(statistics.median(ms), 2)
     result["ratio"] = round(result["ddg_step_ms"] / result["sdg_step_ms"], 3)
-    result["config"] = {"size": size, "batch_size": batch_size, "depth": depth, "n_classes": n,
-                        "encoder": encoder, "repeats": repeats}
-    log(f"training-step benchmark on {dev} ({result['precision']}): batch {batch_size} x {size}x{size}, D={depth}, "
-        f"N={n}, {encoder}")
+    result["config"] = {
+        "size": size,
+        "batch_size": batch_size,
+        "depth": depth,
+        "n_classes": n,
+        "encoder": encoder,
+        "repeats": repeats,
+    }
+    log(
+        f"training-step benchmark on {dev} ({result['precision']}): batch {batch_size} x {size}x{size}, D={depth}, "
+        f"N={n}, {encoder}"
+    )
     log(f"  DDG-SIM step {result['ddg_step_ms']:.1f} ms (t-1 no-grad rounds + virtual user + training step)")
     log(f"  SDG step     {result['sdg_step_ms']:.1f} ms")
     log(f"  ratio {result['ratio']:.2f}  (target <= 2.0)")
@@ -227,8 +246,13 @@ def round_scenario(checkpoint: str, device: str, size: int, repeats: int) -> dic
         if r:  # the first round loads and warms up
             ms.append(res.total_ms)
         boxes.append(res.box)
-    return {"size": size, "round_ms": _stats(ms), "region": list(boxes[-1]), "rounds": repeats,
-            "peak_rss_gb": round(_peak_rss_bytes() / 2**30, 3)}
+    return {
+        "size": size,
+        "round_ms": _stats(ms),
+        "region": list(boxes[-1]),
+        "rounds": repeats,
+        "peak_rss_gb": round(_peak_rss_bytes() / 2**30, 3),
+    }
 
 
 def auto_scenario(checkpoint: str, device: str, depth: int, size: int, slices: int) -> dict:
@@ -241,9 +265,12 @@ def auto_scenario(checkpoint: str, device: str, depth: int, size: int, slices: i
     for _ in session.iter_auto(range(min(slices, depth))):
         pass
     seconds = time.perf_counter() - t0
-    return {"volume": [depth, size, size], "slices_done": min(slices, depth),
-            "seconds_per_slice": round(seconds / min(slices, depth), 3),
-            "peak_rss_gb": round(_peak_rss_bytes() / 2**30, 3)}
+    return {
+        "volume": [depth, size, size],
+        "slices_done": min(slices, depth),
+        "seconds_per_slice": round(seconds / min(slices, depth), 3),
+        "peak_rss_gb": round(_peak_rss_bytes() / 2**30, 3),
+    }
 
 
 def _in_fresh_process(function: str, *args) -> dict:
@@ -251,17 +278,32 @@ def _in_fresh_process(function: str, *args) -> dict:
     import subprocess
     import sys
 
-    code = ("import json, sys; from napari_simseg.core.jobs import benchmark as b; "
-            f"print(json.dumps(b.{function}(*json.loads(sys.argv[1]))))")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(list(args))], capture_output=True, text=True,
-                          encoding="utf-8", errors="replace")
+    code = (
+        "import json, sys; from napari_simseg.core.jobs import benchmark as b; "
+        f"print(json.dumps(b.{function}(*json.loads(sys.argv[1]))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(list(args))],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark scenario {function}{args} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def benchmark_rounds(checkpoint: str = "demo", device: str = "cpu", sizes=(512, 2048), auto_volume=(300, 512),
-                     auto_slices: int = 8, repeats: int = 10, json_path: Optional[str] = None, log=print) -> dict:
+def benchmark_rounds(
+    checkpoint: str = "demo",
+    device: str = "cpu",
+    sizes=(512, 2048),
+    auto_volume=(300, 512),
+    auto_slices: int = 8,
+    repeats: int = 10,
+    json_path: str | None = None,
+    log=print,
+) -> dict:
     """Rounds and automatic segmentation at real image sizes, each in a fresh process.
 
     A round clicks three classes around the middle of a synthetic slice (so the
@@ -270,28 +312,43 @@ def benchmark_rounds(checkpoint: str = "demo", device: str = "cpu", sizes=(512, 
     with the slices done: labels are all the session keeps of them). Figures are
     printed and written as JSON; nothing here asserts a time.
     """
-    result = {"checkpoint": str(checkpoint), "device": str(device), "torch_threads": torch.get_num_threads(),
-              "round": [], "auto_volume": None}
+    result = {
+        "checkpoint": str(checkpoint),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "round": [],
+        "auto_volume": None,
+    }
     for size in sizes:
         res = _in_fresh_process("round_scenario", checkpoint, device, int(size), int(repeats))
         result["round"].append(res)
-        log(f"round on a {size}x{size} slice: {res['round_ms']['median']:.0f} ms median "
-            f"(region {res['region']}), peak memory {res['peak_rss_gb']:.2f} GB")
+        log(
+            f"round on a {size}x{size} slice: {res['round_ms']['median']:.0f} ms median "
+            f"(region {res['region']}), peak memory {res['peak_rss_gb']:.2f} GB"
+        )
     if auto_volume:
         depth, size = auto_volume
         res = _in_fresh_process("auto_scenario", checkpoint, device, int(depth), int(size), int(auto_slices))
         result["auto_volume"] = res
-        log(f"automatic segmentation of a {depth}x{size}x{size} volume ({res['slices_done']} slices done): "
-            f"{res['seconds_per_slice']:.2f} s per slice, peak memory {res['peak_rss_gb']:.2f} GB")
+        log(
+            f"automatic segmentation of a {depth}x{size}x{size} volume ({res['slices_done']} slices done): "
+            f"{res['seconds_per_slice']:.2f} s per slice, peak memory {res['peak_rss_gb']:.2f} GB"
+        )
     if json_path:
         atomic_write_text(json_path, json.dumps(result, indent=1))
     return result
 
 
 # ---------------------------------------------------------------------- the default recipe
-def benchmark_recipe(data: Optional[str] = None, device: str = "cpu", max_minutes: float = 20.0,
-                     useful_dice: float = 0.8, out: Optional[str] = None, json_path: Optional[str] = None,
-                     log=print) -> dict:
+def benchmark_recipe(
+    data: str | None = None,
+    device: str = "cpu",
+    max_minutes: float = 20.0,
+    useful_dice: float = 0.8,
+    out: str | None = None,
+    json_path: str | None = None,
+    log=print,
+) -> dict:
     """The default recipe's speed here and, with ``data``, its time to a first useful checkpoint.
 
     Without ``data``: the recipe for 2D radiographs of 1024 x 1024 pixels with five
@@ -311,21 +368,33 @@ def benchmark_recipe(data: Optional[str] = None, device: str = "cpu", max_minute
     from napari_simseg.core.jobs.training import train
 
     if data is None:
-        shapes, names, channels = [(1024, 1024)] * 8, ["background", "right lung", "left lung", "heart",
-                                                          "right clavicle", "left clavicle"], ["image"]
+        shapes, names, channels = (
+            [(1024, 1024)] * 8,
+            ["background", "right lung", "left lung", "heart", "right clavicle", "left clavicle"],
+            ["image"],
+        )
     else:
         spec = discover_dataset(data)
         shapes, names, channels = case_shapes(spec), list(spec.class_names), list(spec.channel_names)
-    options = default_recipe(shapes, names, channels, max_minutes=max_minutes,
-                             n_cases=len(spec.cases) if data is not None else None)
+    options = default_recipe(
+        shapes, names, channels, max_minutes=max_minutes, n_cases=len(spec.cases) if data is not None else None
+    )
     item = item_shape(options, shapes)
     step_s = estimate_step_seconds(options, len(names), len(channels), item, device=device)
-    result = {"data": data or "synthetic 1024x1024 radiograph shapes", "device": str(device),
-              "working_size": options["working_size"], "item_shape": list(item),
-              "batch_size": options["batch_size"], "seconds_per_step": round(step_s, 3),
-              "steps_per_second": round(1.0 / step_s, 2), "torch_threads": torch.get_num_threads()}
-    log(f"default recipe: working size {options['working_size'] or 'own'}, items {item[0]}x{item[1]}, batch "
-        f"{options['batch_size']}: {step_s:.2f} s per step ({1 / step_s:.2f} steps/s, all DDG rounds)")
+    result = {
+        "data": data or "synthetic 1024x1024 radiograph shapes",
+        "device": str(device),
+        "working_size": options["working_size"],
+        "item_shape": list(item),
+        "batch_size": options["batch_size"],
+        "seconds_per_step": round(step_s, 3),
+        "steps_per_second": round(1.0 / step_s, 2),
+        "torch_threads": torch.get_num_threads(),
+    }
+    log(
+        f"default recipe: working size {options['working_size'] or 'own'}, items {item[0]}x{item[1]}, batch "
+        f"{options['batch_size']}: {step_s:.2f} s per step ({1 / step_s:.2f} steps/s, all DDG rounds)"
+    )
     if data is not None:
         scratch = None if out else tempfile.TemporaryDirectory(prefix="simseg-bench-")
         folder = Path(out) if out else Path(scratch.name)
@@ -343,11 +412,20 @@ def benchmark_recipe(data: Optional[str] = None, device: str = "cpu", max_minute
         finally:
             if scratch is not None:
                 scratch.cleanup()
-        result.update(useful_dice=useful_dice, run=str(folder) if out else None,
-                      minutes_run=round((time.monotonic() - t0) / 60, 2), first_useful=reached or None)
-        log(f"first checkpoint with validation Dice >= {useful_dice} at 3 clicks: "
-            + (f"{reached['minutes']:.1f} min (epoch {reached['epoch']}, {reached['score']:.3f})" if reached
-               else f"not within {max_minutes} min"))
+        result.update(
+            useful_dice=useful_dice,
+            run=str(folder) if out else None,
+            minutes_run=round((time.monotonic() - t0) / 60, 2),
+            first_useful=reached or None,
+        )
+        log(
+            f"first checkpoint with validation Dice >= {useful_dice} at 3 clicks: "
+            + (
+                f"{reached['minutes']:.1f} min (epoch {reached['epoch']}, {reached['score']:.3f})"
+                if reached
+                else f"not within {max_minutes} min"
+            )
+        )
     if json_path:
         atomic_write_text(json_path, json.dumps(result, indent=1))
     return result

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -101,8 +101,8 @@ def fit_decision_offsets(volumes, n_classes: int, rounds: Sequence[int] = (0, 1,
     return [round(float(v), 4) for v in offsets], before, best
 
 
-def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[str] = None,
-                   max_volumes: Optional[int] = 40, rounds: int = 3, tta: bool = True,
+def collect_rounds(checkpoint, data, split: str = "train", split_file: str | None = None,
+                   max_volumes: int | None = 40, rounds: int = 3, tta: bool = True,
                    device: str = "auto", batch_size: int = 64, progress: bool = True) -> dict:
     """Run the evaluation virtual user (offsets off) and keep every round's probabilities.
 
@@ -161,7 +161,7 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
             user = EvaluationUser(n)
             round_no = [0]
 
-            def clicker(gts, previous, z0=start):
+            def clicker(gts, previous, z0=start, user=user, round_no=round_no, new_rows=new_rows):
                 round_no[0] += 1
                 clicks = user.next_round_batch(gts, previous)
                 new_rows[round_no[0]].extend((z0 + i, int(round(c.y)), int(round(c.x)), c.label)
@@ -181,8 +181,8 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: Optional[
             "path": Path(path), "split": which}
 
 
-def calibrate(checkpoint, data, output, split: str = "train", split_file: Optional[str] = None,
-              max_volumes: Optional[int] = 40, rounds: int = 3, tta: bool = True,
+def calibrate(checkpoint, data, output, split: str = "train", split_file: str | None = None,
+              max_volumes: int | None = 40, rounds: int = 3, tta: bool = True,
               device: str = "auto", sweeps: int = 2, progress: bool = True, log=print) -> dict:
     """Fit decision offsets on ``split`` and write a checkpoint that carries them.
 

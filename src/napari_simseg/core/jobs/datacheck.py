@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -112,7 +112,7 @@ class _CaseFacts:
         self.counts = counts
 
     @classmethod
-    def of(cls, read: CaseRead, spec: DatasetSpec) -> "_CaseFacts":
+    def of(cls, read: CaseRead, spec: DatasetSpec) -> _CaseFacts:
         counts = None
         if not read.issues:
             counts = np.bincount(read.labels.ravel(), minlength=spec.n_classes)[: spec.n_classes]

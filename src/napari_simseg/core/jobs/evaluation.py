@@ -48,9 +48,10 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,8 +78,8 @@ class _Method:
     memory: str
     normalization: dict
     axis: int
-    checkpoint: Optional[Path] = None
-    offsets: Optional[list] = None
+    checkpoint: Path | None = None
+    offsets: list | None = None
     predictor: Any = None  # the model's Predictor (the volume protocol's sessions use it)
 
 
@@ -180,17 +181,17 @@ def _case_outputs(how: _Method, protocol: str, case, spec, rounds, batch_size, u
 def evaluate(
     checkpoint="demo",
     data=None,
-    split: Optional[str] = None,
-    split_file: Optional[str] = None,
+    split: str | None = None,
+    split_file: str | None = None,
     clicks: Sequence[int] = (0, 1, 2, 3, 6),
     method: str = "model",
-    memory: Optional[str] = None,
+    memory: str | None = None,
     device: str = "auto",
     batch_size: int = 64,
     noc_clicks: int = 0,
-    max_volumes: Optional[int] = None,
-    axis: Optional[int] = None,
-    name: Optional[str] = None,
+    max_volumes: int | None = None,
+    axis: int | None = None,
+    name: str | None = None,
     progress: bool = True,
     log=print,
     honour_clicks: bool = True,
@@ -388,7 +389,7 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_table(results: Sequence[dict], path, clicks: Optional[int] = None) -> Path:
+def write_table(results: Sequence[dict], path, clicks: int | None = None) -> Path:
     """Markdown table in the shape of the paper's Table 1: one row per system (or per
     click count when a single result is given), IoU and Dice per class in percent."""
     results = list(results)
@@ -412,7 +413,7 @@ def write_table(results: Sequence[dict], path, clicks: Optional[int] = None) -> 
     return atomic_write_text(path, "\n".join([header, sep, *rows]) + "\n")
 
 
-def write_plot(results: Sequence[dict], path, title: Optional[str] = None) -> Path:
+def write_plot(results: Sequence[dict], path, title: str | None = None) -> Path:
     """PNG of Dice per class against the number of clicks, one line per class
     (one panel per result when several are given)."""
     import matplotlib
@@ -434,7 +435,7 @@ def write_plot(results: Sequence[dict], path, title: Optional[str] = None) -> Pa
     return _finish_dice_plot(fig, axes, title, path)
 
 
-def write_clicks_plot(results: Sequence[dict], path, title: Optional[str] = None) -> Path:
+def write_clicks_plot(results: Sequence[dict], path, title: str | None = None) -> Path:
     """PNG of Dice per foreground class against the user's clicks per volume, one line
     per class and result (e.g. the per-slice and the volume protocol on one set)."""
     import matplotlib
@@ -461,7 +462,7 @@ def write_clicks_plot(results: Sequence[dict], path, title: Optional[str] = None
     return _finish_dice_plot(fig, axes, title, path)
 
 
-def _finish_dice_plot(fig, axes, title: Optional[str], path) -> Path:
+def _finish_dice_plot(fig, axes, title: str | None, path) -> Path:
     """Label, title and write a figure of Dice panels atomically; returns its path."""
     import matplotlib.pyplot as plt
 

@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -95,7 +95,7 @@ def lateral_classes(class_names: Sequence[str]) -> list[str]:
     return [n for n in class_names if _LATERAL.search(str(n).lower().replace("_", " "))]
 
 
-def working_slice_shape(shapes: Sequence[Sequence[int]], working_size: Optional[int]) -> tuple[int, int]:
+def working_slice_shape(shapes: Sequence[Sequence[int]], working_size: int | None) -> tuple[int, int]:
     """The largest ``(h, w)`` of the slices (along the first axis) at the working resolution."""
     hs, ws = [], []
     for shape in shapes:
@@ -156,7 +156,7 @@ def item_shape(options: dict, shapes: Sequence[Sequence[int]]) -> tuple[int, int
     return tuple(round_up(v, 32) for v in ((crop, crop) if crop else working))
 
 
-def case_bytes(shapes: Sequence[Sequence[int]], n_channels: int, working_size: Optional[int]) -> float:
+def case_bytes(shapes: Sequence[Sequence[int]], n_channels: int, working_size: int | None) -> float:
     """Mean bytes of one preprocessed case in memory (float32 channels and uint8 labels at
     the working resolution) over ``shapes``."""
     sizes = []
@@ -168,7 +168,7 @@ def case_bytes(shapes: Sequence[Sequence[int]], n_channels: int, working_size: O
 
 
 def max_cases_in_memory(shapes: Sequence[Sequence[int]], n_cases: int, n_channels: int,
-                        working_size: Optional[int]) -> Optional[int]:
+                        working_size: int | None) -> int | None:
     """How many cases (training and validation together) the recipe reads, ``None`` for all:
     as many as :data:`ARRAY_BYTES` holds, at least 10. Reading takes time too: a set of
     hundreds of large volumes would spend the budget (and the memory) before a step."""
@@ -179,7 +179,7 @@ def max_cases_in_memory(shapes: Sequence[Sequence[int]], n_cases: int, n_channel
 
 def default_recipe(shapes: Sequence[Sequence[int]], class_names: Sequence[str],
                    channel_names: Sequence[str] = ("image",), max_minutes: float = 20.0,
-                   n_cases: Optional[int] = None, *, budget_working_size: bool = True) -> dict:
+                   n_cases: int | None = None, *, budget_working_size: bool = True) -> dict:
     """The training options of the default recipe for a data set (see the module docstring).
 
     Parameters

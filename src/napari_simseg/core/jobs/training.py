@@ -61,7 +61,6 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -293,7 +292,7 @@ class TrainingData:
     description: str = "data given in memory"
 
 
-def _setup(cfg: TrainConfig, log, data: Optional[TrainingData] = None) -> _Run:
+def _setup(cfg: TrainConfig, log, data: TrainingData | None = None) -> _Run:
     """Device, data, network, optimiser, loss and checkpoint header of a run."""
     from napari_simseg.core.engine.losses import FocalDiceLoss, FocalLoss, SoftDiceLoss, class_weights_from_counts
 
@@ -596,7 +595,7 @@ def _end_epoch(run: _Run, epoch: int, row: dict, history: list, best: float, sto
     return best
 
 
-def train(cfg: TrainConfig, log=print, data: Optional[TrainingData] = None, on_epoch=None) -> Path:
+def train(cfg: TrainConfig, log=print, data: TrainingData | None = None, on_epoch=None) -> Path:
     """Train a network; returns the path of the best checkpoint.
 
     Writes into ``cfg.out``: ``config.yaml``, ``split.json``, ``best.safetensors``,

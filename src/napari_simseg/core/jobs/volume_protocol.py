@@ -22,8 +22,8 @@ counts the user's clicks (propagated seeds are not the user's).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -60,8 +60,8 @@ class VolumeRun:
 
 
 def run_volume_protocol(session: InteractiveSession, gt: np.ndarray, steps: int,
-                        user: Optional[EvaluationUser] = None, rule: Optional[SeedRule] = None,
-                        on_step: Optional[Callable[[int, VolumeRun], None]] = None) -> VolumeRun:
+                        user: EvaluationUser | None = None, rule: SeedRule | None = None,
+                        on_step: Callable[[int, VolumeRun], None] | None = None) -> VolumeRun:
     """Run ``steps`` steps of the volume protocol on a fresh ``session``.
 
     Parameters
@@ -110,7 +110,7 @@ def run_volume_protocol(session: InteractiveSession, gt: np.ndarray, steps: int,
 
 def volume_protocol_outputs(predictor, image: np.ndarray, gt: np.ndarray, steps: int, *,
                             honour_clicks: bool = True, decision_offsets: bool = True,
-                            rule: Optional[SeedRule] = None) -> VolumeRun:
+                            rule: SeedRule | None = None) -> VolumeRun:
     """:func:`run_volume_protocol` on a raw ``(C, S, H, W)`` image (not normalised: the
     session normalises it as the plugin does) with ``predictor`` (a loaded Predictor)."""
     session = InteractiveSession(list(np.asarray(image)), predictor, honour_clicks=honour_clicks,

@@ -10,9 +10,9 @@ Writes are atomic (:mod:`.atomic`: a temporary file in the same folder, then a r
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -230,10 +230,10 @@ class CheckpointMeta:
     simulation: str = "ddg"
     training: dict = field(default_factory=dict)
     context_slices: int = 0
-    decision_offsets: Optional[list] = None
+    decision_offsets: list | None = None
     channel_names: list = field(default_factory=lambda: ["image"])
-    working_size: Optional[int] = None
-    flips: Optional[list] = None
+    working_size: int | None = None
+    flips: list | None = None
     neighbour_prior: bool = False
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
@@ -261,7 +261,7 @@ class CheckpointMeta:
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict(self.model)
 
-    def validate(self, source: str = "checkpoint") -> "CheckpointMeta":
+    def validate(self, source: str = "checkpoint") -> CheckpointMeta:
         """Check every field (:func:`check_header`) and that they fit together."""
         if self.format != FORMAT_NAME:
             raise CheckpointError(f"{source}: not a napari-simseg checkpoint (format {self.format!r})")
@@ -302,7 +302,7 @@ class Checkpoint:
 
     meta: CheckpointMeta
     model: SimSegNet
-    path: Optional[str] = None
+    path: str | None = None
 
 
 def save_checkpoint(
@@ -453,8 +453,8 @@ def read_checkpoint_meta(path) -> CheckpointMeta:
 
 def load_checkpoint(
     path,
-    expected_classes: Optional[Sequence[str]] = None,
-    expected_channels: Optional[int] = None,
+    expected_classes: Sequence[str] | None = None,
+    expected_channels: int | None = None,
 ) -> Checkpoint:
     """Load a checkpoint, checking it against what the caller needs.
 

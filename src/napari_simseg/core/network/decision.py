@@ -16,14 +16,14 @@ calibration) alike.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = ["active_offsets", "decide_labels"]
 
 
-def active_offsets(offsets: Optional[Sequence[float]], n_classes: int) -> Optional[np.ndarray]:
+def active_offsets(offsets: Sequence[float] | None, n_classes: int) -> np.ndarray | None:
     """``offsets`` as float32, or ``None`` when they change nothing (absent or all zero).
 
     Raises
@@ -39,7 +39,7 @@ def active_offsets(offsets: Optional[Sequence[float]], n_classes: int) -> Option
     return off if np.any(off) else None
 
 
-def decide_labels(scores, offsets: Optional[Sequence[float]] = None, axis: int = 0,
+def decide_labels(scores, offsets: Sequence[float] | None = None, axis: int = 0,
                   log: bool = False):
     """Labels from class probabilities (or log-probabilities), with optional offsets.
 

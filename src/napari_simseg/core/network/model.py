@@ -28,9 +28,9 @@ a plain U-Net.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -48,7 +48,7 @@ __all__ = [
 DECODERS = ("convlstm", "plain")
 
 # Per decoder stage: (hidden, cell) for convlstm; the whole tuple is the recurrent state.
-RecurrentState = Optional[tuple[tuple[torch.Tensor, torch.Tensor], ...]]
+RecurrentState = tuple[tuple[torch.Tensor, torch.Tensor], ...] | None
 
 
 class ModelConfigError(ValueError):
@@ -119,11 +119,11 @@ class ModelConfig:
     lstm_kernel_size: int = 3
     lstm_separable: bool = True
     encoder_stem_stride: int = 2
-    encoder_weights: Optional[str] = None
-    edge_padded_channels: Optional[Sequence[int]] = None
-    canvas: Optional[Sequence[int]] = None
+    encoder_weights: str | None = None
+    edge_padded_channels: Sequence[int] | None = None
+    canvas: Sequence[int] | None = None
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         from segmentation_models_pytorch.encoders import get_encoder_names
 
         if self.decoder not in DECODERS:
@@ -183,7 +183,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:

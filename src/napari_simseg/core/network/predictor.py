@@ -7,8 +7,8 @@ flip averaging (:class:`FlipEnsemble`) is part of the predictor.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -133,12 +133,12 @@ class Predictor:
 
     def __init__(
         self,
-        checkpoint: Union[str, Path, Checkpoint],
+        checkpoint: str | Path | Checkpoint,
         device: str = "auto",
         amp: bool = True,
         tta: bool = True,
-        expected_classes: Optional[Sequence[str]] = None,
-        channels_last: Optional[bool] = None,
+        expected_classes: Sequence[str] | None = None,
+        channels_last: bool | None = None,
     ):
         self.device = resolve_device(device)  # an unavailable device fails before the load
         if isinstance(checkpoint, Checkpoint):
@@ -293,7 +293,8 @@ class Predictor:
         return lo
 
     def check_memory(self, batch: int, height: int, width: int) -> None:
-        """Refuse a call that would not fit in memory (:class:`~napari_simseg.core.network.devices.MemoryGuardError`)."""
+        """Refuse a call that would not fit in memory
+        (:class:`~napari_simseg.core.network.devices.MemoryGuardError`)."""
         views = f" on {self.views} flipped views" if self.views > 1 else ""
         check_memory(self.device, self.required_bytes(batch, height, width),
                      f"running the network on {batch} x {height}x{width} pixels{views}",

@@ -7,9 +7,9 @@ returns is numpy.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -76,7 +76,7 @@ class RoundResult:
     box: tuple = ()  # (y0, y1, x0, x1) of the image the round ran on (see core.imaging.regions)
 
 
-def _channel_arrays(image, channel_axis: Optional[int], channel_names: Sequence[str]) -> list:
+def _channel_arrays(image, channel_axis: int | None, channel_names: Sequence[str]) -> list:
     """The image as a list of checked ``(H, W)`` or ``(Z, H, W)`` arrays, one per channel."""
     names = list(channel_names)
     if channel_axis is not None:
@@ -177,12 +177,12 @@ class InteractiveSession:
     def __init__(
         self,
         image,
-        predictor: Union[Predictor, str, Path] = "demo",
+        predictor: Predictor | str | Path = "demo",
         device: str = "auto",
         max_state_history: int = 8,
         honour_clicks: bool = True,
         decision_offsets: bool = True,
-        channel_axis: Optional[int] = None,
+        channel_axis: int | None = None,
     ):
         if not isinstance(predictor, Predictor):
             predictor = Predictor(predictor, device=device)
@@ -283,7 +283,7 @@ class InteractiveSession:
         """A working-grid box on the image grid."""
         return box if self.scale == 1.0 else scale_box(box, 1.0 / self.scale, self.shape[1:])
 
-    def _image_input(self, idx: int, box: Optional[tuple] = None) -> np.ndarray:
+    def _image_input(self, idx: int, box: tuple | None = None) -> np.ndarray:
         """The slice's channels, with its neighbours' when the network is 2.5D (see
         ``core.interaction.memory``), on the working grid, cut to ``box`` (working grid; default
         the whole slice)."""
@@ -322,7 +322,7 @@ class InteractiveSession:
         return 0 if mem is None else mem.n_rounds
 
     @property
-    def offsets(self) -> Optional[list]:
+    def offsets(self) -> list | None:
         """The per-class decision offsets in use (``None``: plain argmax)."""
         if not self.decision_offsets:
             return None
@@ -530,16 +530,17 @@ class InteractiveSession:
         return list(self._propagations)
 
     def iter_propagate(self, slice_index, direction: str = "both", stop: Sequence[int] = (),
-                       rule: Optional[SeedRule] = None, labels: Optional[np.ndarray] = None
-                       ) -> Iterator[tuple[int, int, Optional[int]]]:
+                       rule: SeedRule | None = None, labels: np.ndarray | None = None
+                       ) -> Iterator[tuple[int, int, int | None]]:
         """:meth:`propagate` step by step: yields ``(done, total, slice)`` after each slice
         (first ``(0, total, None)``); stopping early keeps, logs and makes undoable the
         slices written so far. The arguments are checked at the call."""
         return self._walk(*self._propagation_args(slice_index, direction, stop, rule, labels))
 
     def propagate(self, slice_index, direction: str = "both", stop: Sequence[int] = (),
-                  rule: Optional[SeedRule] = None, labels: Optional[np.ndarray] = None) -> Propagation:
-        """Carry a finished slice into its neighbours, slice by slice (see :mod:`~napari_simseg.core.session.propagation`).
+                  rule: SeedRule | None = None, labels: np.ndarray | None = None) -> Propagation:
+        """Carry a finished slice into its neighbours, slice by slice
+        (see :mod:`~napari_simseg.core.session.propagation`).
 
         Parameters
         ----------
@@ -606,7 +607,7 @@ class InteractiveSession:
         return record
 
     def seeded_round(self, slice_index, clicks: Sequence, source: int, fresh: bool = True,
-                     prior: Optional[np.ndarray] = None) -> RoundResult:
+                     prior: np.ndarray | None = None) -> RoundResult:
         """A propagation's round on a slice, marked as propagated from ``source`` (not
         logged: the propagation logs itself); ``fresh`` starts from an empty memory.
 
@@ -660,7 +661,7 @@ class InteractiveSession:
     # ------------------------------------------------------------------ automatic
     def iter_auto(
         self,
-        slices: Optional[Sequence[int]] = None,
+        slices: Sequence[int] | None = None,
         batch_size: int = 8,
     ) -> Iterator[tuple[int, int]]:
         """Zero-click prediction, batched; yields ``(done, total)`` after each batch.
@@ -719,7 +720,7 @@ class InteractiveSession:
         self,
         slice_index=None,
         batch_size: int = 8,
-        progress: Optional[Callable[[int, int], None]] = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
         """Automatic segmentation of one slice (``slice_index``) or of every slice (None).
 

@@ -59,8 +59,9 @@ of the code that replays it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -154,9 +155,9 @@ class SliceState:
     memory: Any
     rounds: tuple = ()
     can_redo: bool = False
-    region: Optional[tuple] = None
+    region: tuple | None = None
 
-    def same_as(self, other: "SliceState") -> bool:
+    def same_as(self, other: SliceState) -> bool:
         """Whether both describe the same memory object with the same rounds (by identity)."""
         return (self.memory is other.memory and self.can_redo == other.can_redo
                 and len(self.rounds) == len(other.rounds)
@@ -187,7 +188,7 @@ class Propagation:
     steps: list = field(default_factory=list)
     before: dict = field(default_factory=dict)
     written: dict = field(default_factory=dict)
-    source_labels: Optional[np.ndarray] = None
+    source_labels: np.ndarray | None = None
 
     @property
     def slices(self) -> list[int]:
@@ -249,7 +250,7 @@ def _seeds(session, previous: np.ndarray, user: list, rule: SeedRule) -> list[Cl
 
 
 def iter_propagate(session, record: Propagation, stop: Iterable[int] = (), rule: SeedRule = SeedRule(),
-                   source_labels: Optional[np.ndarray] = None) -> Iterator[tuple[int, int, Optional[int]]]:
+                   source_labels: np.ndarray | None = None) -> Iterator[tuple[int, int, int | None]]:
     """Propagate ``record.source`` into its neighbours, filling ``record`` as it goes.
 
     ``source_labels`` replaces the source slice's labels (e.g. as painted in a viewer;

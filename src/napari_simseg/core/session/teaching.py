@@ -38,18 +38,19 @@ held-back slices of the volume being taught is optimistic for other volumes.
 
 The process
 -----------
-:func:`start_teaching` packs the slices (each accepted slice with its neighbours for
-2.5D context, nothing else) into a temporary ``.npz`` with a JSON spec, and returns a
-:class:`TeachJob` at once: a background thread writes the files and spawns the
-process, ``python -m napari_simseg.core.jobs.teach_worker WORKDIR``: a fresh interpreter,
-like ``multiprocessing``'s ``spawn`` start method but without re-running the caller's
-main script in the child (``spawn`` does that, and a script that opens a viewer would
-open a second one there). The process appends JSON lines to ``progress.jsonl``;
-:meth:`TeachJob.poll` reads the new ones without blocking. :meth:`TeachJob.cancel`
-terminates the process and removes the temporaries; the process also ends when the
-process that started it exits (``atexit``) or dies (the worker watches its parent). The new checkpoint is written (atomically) to the output path
-given, with its provenance in the header's training record (``training["teach"]``:
-base checkpoint, slices per case, held-back slices, minutes, before and after Dice).
+:func:`start_teaching` packs the slices (each accepted slice with its neighbours for 2.5D
+context, nothing else) into a temporary ``.npz`` with a JSON spec, and returns a
+:class:`TeachJob` at once: a background thread writes the files and spawns the process,
+``python -m napari_simseg.core.jobs.teach_worker WORKDIR``: a fresh interpreter, like
+``multiprocessing``'s ``spawn`` start method but without re-running the caller's main script
+in the child (``spawn`` does that, and a script that opens a viewer would open a second one
+there). The process appends JSON lines to ``progress.jsonl``; :meth:`TeachJob.poll` reads
+the new ones without blocking. :meth:`TeachJob.cancel` terminates the process and removes
+the temporaries; the process also ends when the process that started it exits (``atexit``)
+or dies (the worker watches its parent). The new checkpoint is written (atomically) to the
+output path given, with its provenance in the header's training record
+(``training["teach"]``: base checkpoint, slices per case, held-back slices, minutes, before
+and after Dice).
 """
 
 from __future__ import annotations
@@ -65,16 +66,28 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
 from napari_simseg.core.io.atomic import atomic_write_text, remove_stale_temporaries
 
-__all__ = ["HOLD_BACK_FRACTION", "HOLD_BACK_MIN", "SLICE_MODES", "TeachCase", "TeachJob", "TeachSplit",
-           "WORKER_MODULE", "accepted_slices", "init_kind", "pack_cases", "split_held_back", "start_teaching"]
+__all__ = [
+    "HOLD_BACK_FRACTION",
+    "HOLD_BACK_MIN",
+    "SLICE_MODES",
+    "TeachCase",
+    "TeachJob",
+    "TeachSplit",
+    "WORKER_MODULE",
+    "accepted_slices",
+    "init_kind",
+    "pack_cases",
+    "split_held_back",
+    "start_teaching",
+]
 
 SLICE_MODES = ("accepted", "edited")
 HOLD_BACK_FRACTION = 0.2
@@ -140,8 +153,9 @@ def accepted_slices(session, painted: Sequence[int] = (), mode: str = "accepted"
     return sorted(out)
 
 
-def split_held_back(cases: Sequence[TeachCase], fraction: float = HOLD_BACK_FRACTION,
-                    minimum: int = HOLD_BACK_MIN) -> TeachSplit:
+def split_held_back(
+    cases: Sequence[TeachCase], fraction: float = HOLD_BACK_FRACTION, minimum: int = HOLD_BACK_MIN
+) -> TeachSplit:
     """Hold back ``fraction`` of the units (at least one, evenly spread) when there are
     ``minimum`` or more; a unit is a case when there are several, else a slice."""
     cases = [c for c in cases if len(c.slices)]
@@ -211,10 +225,17 @@ def pack_cases(cases: Sequence[TeachCase], split: TeachSplit, context: int) -> t
             labels[[z - a for z in inside]] = c.labels[inside]
             arrays[f"image{i}"] = np.ascontiguousarray(c.image[:, a:b], dtype=np.float32)
             arrays[f"labels{i}"] = labels
-            parts.append({"id": c.case_id if len(runs) == 1 else f"{c.case_id}@{a}", "case": c.case_id,
-                          "first": a, "image": f"image{i}", "labels": f"labels{i}",
-                          "train": [z - a for z in train_z if a <= z < b],
-                          "val": [z - a for z in val_z if a <= z < b]})
+            parts.append(
+                {
+                    "id": c.case_id if len(runs) == 1 else f"{c.case_id}@{a}",
+                    "case": c.case_id,
+                    "first": a,
+                    "image": f"image{i}",
+                    "labels": f"labels{i}",
+                    "train": [z - a for z in train_z if a <= z < b],
+                    "val": [z - a for z in val_z if a <= z < b],
+                }
+            )
     return arrays, parts
 
 
@@ -224,19 +245,32 @@ def _check_cases(cases: Sequence[TeachCase], n_classes: int) -> list:
         raise ValueError("nothing to teach: no labelled slices (click, propagate or paint some slices first)")
     for c in cases:
         if c.image.ndim != 4 or c.labels.shape != c.image.shape[1:]:
-            raise ValueError(f"{c.case_id}: image (C, S, H, W) {c.image.shape} and labels (S, H, W) "
-                             f"{c.labels.shape} do not fit")
+            raise ValueError(
+                f"{c.case_id}: image (C, S, H, W) {c.image.shape} and labels (S, H, W) {c.labels.shape} do not fit"
+            )
         values = c.labels[sorted(c.slices)]
         if values.size and (values.min() < 0 or values.max() >= n_classes):
             raise ValueError(f"{c.case_id}: labels must lie in 0..{n_classes - 1} (the network's classes)")
     return cases
 
 
-def start_teaching(cases: Sequence[TeachCase], class_names: Sequence[str], channel_names: Sequence[str],
-                   base, max_minutes: float, output, *, layout: Optional[dict] = None,
-                   normalization: Optional[dict] = None, options: Optional[dict] = None,
-                   provenance: Optional[dict] = None, threads: Optional[int] = None, nice: int = 10,
-                   device: str = "auto", split: Optional[TeachSplit] = None) -> "TeachJob":
+def start_teaching(
+    cases: Sequence[TeachCase],
+    class_names: Sequence[str],
+    channel_names: Sequence[str],
+    base,
+    max_minutes: float,
+    output,
+    *,
+    layout: dict | None = None,
+    normalization: dict | None = None,
+    options: dict | None = None,
+    provenance: dict | None = None,
+    threads: int | None = None,
+    nice: int = 10,
+    device: str = "auto",
+    split: TeachSplit | None = None,
+) -> TeachJob:
     """Start teaching in a background process; returns its :class:`TeachJob` at once.
 
     Parameters
@@ -280,25 +314,38 @@ def start_teaching(cases: Sequence[TeachCase], class_names: Sequence[str], chann
     base_meta = None if base_path is None else read_checkpoint_meta(base_path)
     kind = init_kind(base_meta, class_names, channel_names)
     if kind == "finetune" and layout is not None and layout_of(base_meta) != dict(layout):
-        raise ValueError(f"{base_path} keeps its memories differently ({layout_of(base_meta)}) from this "
-                         f"session's network ({dict(layout)}); start a session with it first, or teach from "
-                         "the session's checkpoint")
+        raise ValueError(
+            f"{base_path} keeps its memories differently ({layout_of(base_meta)}) from this "
+            f"session's network ({dict(layout)}); start a session with it first, or teach from "
+            "the session's checkpoint"
+        )
     split = split or split_held_back(cases)
     context = max([1, base_meta.context_slices if base_meta else 0, (layout or {}).get("context_slices") or 0])
     arrays, parts = pack_cases(cases, split, context)
     spec = {
-        "started": time.time(), "max_minutes": budget, "base": base_path, "init": kind,
-        "class_names": list(class_names), "channel_names": list(channel_names), "layout": layout,
-        "normalization": normalization, "options": dict(options or {}), "output": str(Path(output).resolve()),
-        "parts": parts, "shapes": [list(c.labels.shape if c.labels.shape[0] > 1 else c.labels.shape[1:])
-                                   for c in cases],
-        "train_slices": split.train, "held_back": split.held_back, "provenance": dict(provenance or {}),
-        "threads": threads or max(1, (os.cpu_count() or 2) - 1), "nice": int(nice), "device": device,
+        "started": time.time(),
+        "max_minutes": budget,
+        "base": base_path,
+        "init": kind,
+        "class_names": list(class_names),
+        "channel_names": list(channel_names),
+        "layout": layout,
+        "normalization": normalization,
+        "options": dict(options or {}),
+        "output": str(Path(output).resolve()),
+        "parts": parts,
+        "shapes": [list(c.labels.shape if c.labels.shape[0] > 1 else c.labels.shape[1:]) for c in cases],
+        "train_slices": split.train,
+        "held_back": split.held_back,
+        "provenance": dict(provenance or {}),
+        "threads": threads or max(1, (os.cpu_count() or 2) - 1),
+        "nice": int(nice),
+        "device": device,
     }
     return TeachJob(spec, arrays)
 
 
-_RUNNING: "weakref.WeakSet[TeachJob]" = weakref.WeakSet()
+_RUNNING: weakref.WeakSet[TeachJob] = weakref.WeakSet()
 
 
 @atexit.register
@@ -315,8 +362,14 @@ def _spawn_worker(workdir: Path) -> subprocess.Popen:
     package_root = str(Path(__file__).resolve().parents[3])  # the folder that holds napari_simseg
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(workdir / "worker.log", "wb") as log:
-        return subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(workdir)], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(workdir))
+        return subprocess.Popen(
+            [sys.executable, "-m", WORKER_MODULE, str(workdir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(workdir),
+        )
 
 
 class TeachJob:
@@ -350,22 +403,34 @@ class TeachJob:
         self.workdir = Path(tempfile.mkdtemp(prefix="simseg-teach-"))
         self.output = Path(spec["output"])
         self.max_minutes = float(spec["max_minutes"])
-        self.process: Optional[subprocess.Popen] = None
-        self.state = {"status": "preparing", "epoch": 0, "epochs": None, "loss": None, "dice": None,
-                      "clicks": None, "before": None, "after": None, "held_back": bool(spec["held_back"]),
-                      "message": "starting the teaching process", "checkpoint": None, "summary": None}
+        self.process: subprocess.Popen | None = None
+        self.state = {
+            "status": "preparing",
+            "epoch": 0,
+            "epochs": None,
+            "loss": None,
+            "dice": None,
+            "clicks": None,
+            "before": None,
+            "after": None,
+            "held_back": bool(spec["held_back"]),
+            "message": "starting the teaching process",
+            "checkpoint": None,
+            "summary": None,
+        }
         self.log: list[str] = []  # the trainer's log lines
         self.epochs: list[dict] = []  # the epoch events (epoch, steps, train_loss, dice, minutes)
         self._started = time.monotonic()
-        self._ended: Optional[float] = None
+        self._ended: float | None = None
         self._offset = 0
         self._lock = threading.Lock()
         self._cancelled = False
-        self._launch_error: Optional[str] = None
+        self._launch_error: str | None = None
         _RUNNING.add(self)
         spec = {**spec, "parent_pid": os.getpid()}
-        self._thread = threading.Thread(target=self._launch, args=(spec, arrays), daemon=True,
-                                        name="simseg-teach-launch")
+        self._thread = threading.Thread(
+            target=self._launch, args=(spec, arrays), daemon=True, name="simseg-teach-launch"
+        )
         self._thread.start()
 
     # ------------------------------------------------------------------ launch
@@ -408,20 +473,33 @@ class TeachJob:
         if kind == "started":
             st.update(status="running", message="preparing the slices")
         elif kind == "plan":
-            st.update(epochs=event.get("epochs"), clicks=event.get("clicks"),
-                      message=f"training for {event.get('max_minutes') or 0:.1f} min")
+            st.update(
+                epochs=event.get("epochs"),
+                clicks=event.get("clicks"),
+                message=f"training for {event.get('max_minutes') or 0:.1f} min",
+            )
         elif kind == "before":
             st["before"] = event.get("dice")
         elif kind == "log":
             self.log.append(str(event.get("text")))
         elif kind == "epoch":
             self.epochs.append(dict(event))
-            st.update(epoch=event.get("epoch"), epochs=event.get("epochs"), loss=event.get("train_loss"),
-                      dice=event.get("dice"), message=f"epoch {event.get('epoch')}/{event.get('epochs')}")
+            st.update(
+                epoch=event.get("epoch"),
+                epochs=event.get("epochs"),
+                loss=event.get("train_loss"),
+                dice=event.get("dice"),
+                message=f"epoch {event.get('epoch')}/{event.get('epochs')}",
+            )
         elif kind == "done":
-            st.update(status="done", checkpoint=event.get("checkpoint"), after=event.get("after"),
-                      before=event.get("before", st["before"]), summary=event.get("summary"),
-                      message=f"taught: {Path(event.get('checkpoint') or '').name}")
+            st.update(
+                status="done",
+                checkpoint=event.get("checkpoint"),
+                after=event.get("after"),
+                before=event.get("before", st["before"]),
+                summary=event.get("summary"),
+                message=f"taught: {Path(event.get('checkpoint') or '').name}",
+            )
         elif kind == "error":
             st.update(status="failed", message=f"teaching failed: {event.get('message')}")
 
@@ -441,9 +519,12 @@ class TeachJob:
             for event in self._read_events():  # the last lines, written just before it ended
                 self._apply(event)
             if self.state["status"] not in _TERMINAL:
-                self.state.update(status="failed", message=f"the teaching process ended (exit code "
-                                                           f"{process.returncode}) without a result"
-                                                           f"{self._log_tail()}")
+                self.state.update(
+                    status="failed",
+                    message=f"the teaching process ended (exit code "
+                    f"{process.returncode}) without a result"
+                    f"{self._log_tail()}",
+                )
             self._finish()
         return self.state
 
@@ -470,7 +551,7 @@ class TeachJob:
         """Whether the job ended (done, failed or cancelled)."""
         return self.poll()["status"] in _TERMINAL
 
-    def result(self, timeout: Optional[float] = None) -> Path:
+    def result(self, timeout: float | None = None) -> Path:
         """Wait for the job; returns the new checkpoint's path.
 
         Raises
