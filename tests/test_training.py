@@ -543,9 +543,18 @@ def test_resume_with_ema_needs_a_state_that_has_one(phantom_data, tmp_path):
         )
 
 
-@pytest.mark.parametrize(
-    "config", sorted((Path(__file__).resolve().parents[1] / "training/configs").glob("*.yaml")), ids=lambda p: p.name
-)
+_REPO = Path(__file__).resolve().parents[1]
+_CONFIGS = sorted([*(_REPO / "training/configs").rglob("*.yaml"), *(_REPO / "experiments/configs").rglob("*.yaml")])
+
+
+def test_the_config_folders_hold_the_ablation_and_demo_configs():
+    names = {p.relative_to(_REPO).as_posix() for p in _CONFIGS}
+    for row in ("auto", "sdg_base", "ddg_cim", "ddg_sim", "ddg_sim_no_rules"):
+        assert f"training/configs/{row}.yaml" in names
+    assert "training/configs/demo/demo_hippocampus.yaml" in names
+
+
+@pytest.mark.parametrize("config", _CONFIGS, ids=lambda p: p.relative_to(_REPO).as_posix())
 def test_every_shipped_training_config_is_valid(config):
     import yaml
 

@@ -3,7 +3,9 @@
 # Trains four networks with the same data split and budget, evaluates all five systems with
 # the same virtual user on the validation volumes, and writes JSON, a table and a plot.
 #
-#   DATA=../shared/data/Task04_Hippocampus OUT=runs/ablation bash training/ablation.sh [extra train flags]
+#   DATA=/path/to/Task04_Hippocampus OUT=runs/ablation bash training/ablation.sh [extra train flags]
+#
+# DATA is the MSD Task04_Hippocampus folder (or any data set folder).
 #
 # Extra flags go to every `simseg train` (e.g. --encoder resnet18 --epochs 3 --steps-per-epoch 150).
 set -euo pipefail

@@ -2,6 +2,7 @@
 # How the bundled demo model was made: DDG-SIM on Task04_Hippocampus on a 2-core CPU,
 # in ten training stages, a weight average and a calibration; the average, calibrated, is
 # stored in the package as float16 (under 30 MB).
+# Stage configs are in training/configs/demo/.
 #   stage 1: demo_hippocampus.yaml from random weights (published stride-2 stem)
 #   stage 2: demo_hippocampus_fullres.yaml from stage 1's best epoch, encoder stem at
 #            stride 1, cosine lr decay planned over 26 epochs, stopped after epoch 10
@@ -19,12 +20,13 @@
 #            demo_hippocampus_planes.yaml (slices along all three axes)
 #   stage 12: `simseg average`: the uniform mean of the weights of the best epochs of
 #            stages 7 to 11 (a "model soup": five fine-tunes from one starting point)
-#   (tried and not part of the recipe: stage 5, demo_hippocampus_spatial.yaml, from stage 4)
+#   (tried and not part of the recipe: stage 5, experiments/configs/demo_hippocampus_spatial.yaml,
+#   from stage 4)
 #   calibration: `simseg calibrate` fits per-class decision offsets on 40 training
 #            volumes (never the validation ones) and writes calibrated.safetensors,
 #            the file that is bundled
 #
-#   DATA=../shared/data/Task04_Hippocampus bash training/demo_model.sh
+#   DATA=/path/to/Task04_Hippocampus bash training/demo_model.sh   (the MSD Task04_Hippocampus folder)
 #
 # All stages use the same seeded split by volume (split_seed 0, 20 % validation), so the
 # validation volumes are never trained on. --max-minutes stops a stage early; append
@@ -34,11 +36,11 @@ DATA=${DATA:?set DATA to the Task04_Hippocampus folder}
 OUT=${OUT:-runs/demo_hippocampus}
 DEVICE=${DEVICE:-auto}
 HERE=$(cd "$(dirname "$0")" && pwd)
-simseg train --config "$HERE/configs/demo_hippocampus.yaml" --data "$DATA" --out "$OUT" \
+simseg train --config "$HERE/configs/demo/demo_hippocampus.yaml" --data "$DATA" --out "$OUT" \
   --device "$DEVICE" --max-minutes "${MINUTES:-60}" | tail -n 1
 # fine_tune CONFIG OUT_DIR FROM_DIR [more simseg train options]: a stage from FROM_DIR's best epoch
 fine_tune() {
-  simseg train --config "$HERE/configs/$1" --data "$DATA" --out "$2" \
+  simseg train --config "$HERE/configs/demo/$1" --data "$DATA" --out "$2" \
     --init-from "$3/best.safetensors" --device "$DEVICE" "${@:4}" | tail -n 1
 }
 fine_tune demo_hippocampus_fullres.yaml "${OUT}_fullres" "$OUT" --stop-after-epoch 10

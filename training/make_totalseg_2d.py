@@ -1,4 +1,4 @@
-"""Build a 2D multi-structure PNG data set from the TotalSegmentator examples (../shared/data).
+"""Build a 2D multi-structure PNG data set from the TotalSegmentator example files.
 
 Every axial slice of ``example_ct_sm.nii.gz`` (or ``example_mr_sm.nii.gz``) becomes one
 case: a 16-bit PNG image at 4x the slice's resolution and one binary PNG mask per
@@ -7,20 +7,28 @@ class at 2x (so the reader's integer-factor resampling is exercised too), in the
 TotalSegmentator's own outputs, not manual annotations: a test bed for the pipeline
 and the recipe, not a ground truth for accuracy claims.
 
-    python training/make_totalseg_2d.py ct OUT_DIR
-    python training/make_totalseg_2d.py mr OUT_DIR
+    python training/make_totalseg_2d.py ct OUT_DIR [EXAMPLES_DIR]
+    python training/make_totalseg_2d.py mr OUT_DIR [EXAMPLES_DIR]
+
+``EXAMPLES_DIR`` holds ``example_ct_sm.nii.gz``, ``example_seg.nii.gz``,
+``example_mr_sm.nii.gz`` and ``example_seg_mr.nii.gz``: the test files of the
+TotalSegmentator repository (``tests/reference_files/`` of
+https://github.com/wasserth/TotalSegmentator). Without it, ``$TOTALSEG_EXAMPLES`` or the
+development machine's copy is used.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_example"
+# where the development machine keeps the examples (a folder beside the repository)
+DEFAULT_EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_example"
 # class name -> TotalSegmentator label values merged into it
 CLASSES = {
     "ct": ("example_ct_sm.nii.gz", "example_seg.nii.gz", {
@@ -43,10 +51,16 @@ def _zoom(plane: np.ndarray, factor: int, labels: bool) -> np.ndarray:
     return sitk.GetArrayFromImage(out)
 
 
-def build(kind: str, out: Path) -> None:
+def build(kind: str, out: Path, examples: Path = DEFAULT_EXAMPLES) -> None:
     image_file, seg_file, classes = CLASSES[kind]
-    image = sitk.GetArrayFromImage(sitk.ReadImage(str(SHARED / image_file))).astype(np.float32)
-    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(SHARED / seg_file)))
+    missing = [name for name in (image_file, seg_file) if not (examples / name).is_file()]
+    if missing:
+        raise SystemExit(
+            f"{examples} lacks {', '.join(missing)}: pass the folder holding TotalSegmentator's example files "
+            "(tests/reference_files/ of https://github.com/wasserth/TotalSegmentator) as EXAMPLES_DIR"
+        )
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(examples / image_file))).astype(np.float32)
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(examples / seg_file)))
     offset = 1024.0 if kind == "ct" else 0.0  # CT: Hounsfield units shifted to unsigned
     (out / "images").mkdir(parents=True, exist_ok=True)
     for name in classes:
@@ -63,4 +77,7 @@ def build(kind: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    build(sys.argv[1], Path(sys.argv[2]))
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in CLASSES:
+        raise SystemExit(__doc__)
+    default = os.environ.get("TOTALSEG_EXAMPLES") or DEFAULT_EXAMPLES
+    build(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3] if len(sys.argv) == 4 else default))

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The bundled model under both evaluation protocols (issue 17, point 4; docs/results/README.md
-# "Propagation: the volume protocol"): on the 40 hippocampus volumes it never trained on (its
+# "The bundled model: both protocols"): on the 40 hippocampus volumes it never trained on (its
 # checkpoint header's val_volumes), the per-slice protocol (every slice gets its own rounds) and
 # the volume protocol (each round corrects the worst slice and propagates it), with Dice against
-# the user's clicks per volume in one plot. Run from the repository root beside ../shared/data.
+# the user's clicks per volume in one plot. Run from the repository root;
+# DATA is the MSD Task04_Hippocampus folder.
 set -euo pipefail
 DATA=${DATA:-../shared/data/Task04_Hippocampus}
 OUT=${OUT:-docs/results}

@@ -2,7 +2,7 @@
 the bundled model (or ``--checkpoint``) on some of the bundled model's unseen hippocampus
 volumes, once per seed rule.
 
-    python training/propagation_study.py [--volumes 8] [--steps 10] [--rules clicks,none]
+    python experiments/propagation_study.py [--volumes 8] [--steps 10] [--rules clicks,none]
         [--checkpoint runs/prior/best.safetensors] [--json docs/results/propagation_study.json]
 
 A ``--checkpoint`` must have been trained on the bundled model's split (its

@@ -1,6 +1,6 @@
 """Where the errors left after 3 evaluation clicks lie (README, demo model section).
 
-    python training/boundary_errors.py [CHECKPOINT] [N_VOLUMES]
+    python experiments/boundary_errors.py [CHECKPOINT] [N_VOLUMES]
 
 For the first N validation volumes of ``runs/demo_hippocampus/split.json``: error pixels
 per foreground pixel at 0 and 3 clicks, and the share of error pixels on the one-pixel

@@ -5,7 +5,9 @@
 #  setup 3: 0 clicks at test: Auto, default DDG-SIM, DDG-SIM with rules 2-4 disabled.
 # Reuses $OUT/auto and $OUT/ddg_sim from ablation.sh when they exist.
 #
-#   DATA=../shared/data/Task04_Hippocampus OUT=runs/ablation bash training/click_study.sh [extra train flags]
+#   DATA=/path/to/Task04_Hippocampus OUT=runs/ablation bash experiments/click_study.sh [extra train flags]
+#
+# DATA is the MSD Task04_Hippocampus folder; the configs are the ablation's, in training/configs/.
 set -euo pipefail
 DATA=${DATA:?set DATA to a dataset folder}
 OUT=${OUT:-runs/ablation}
@@ -16,7 +18,7 @@ mkdir -p "$OUT"
 train() {  # folder config [flags]
   local dir=$1 cfg=$2; shift 2
   [ -f "$OUT/$dir/best.safetensors" ] || \
-    simseg train --config "$HERE/configs/$cfg.yaml" --data "$DATA" --out "$OUT/$dir" --device "$DEVICE" "$@" | tail -n 1
+    simseg train --config "$HERE/../training/configs/$cfg.yaml" --data "$DATA" --out "$OUT/$dir" --device "$DEVICE" "$@" | tail -n 1
 }
 # the paper's systems: the network alone (no flip averaging, clicks not forced)
 ev() {  # name folder clicks [flags]

@@ -1,7 +1,7 @@
 """Where the volume protocol loses (docs/propagation.md): how much of the error the
 worst slices hold, and how much one corrective round and its propagation remove.
 
-    python training/volume_protocol_limits.py [--volumes 40] [--steps 5] [--rounds-volumes 12]
+    python experiments/volume_protocol_limits.py [--volumes 40] [--steps 5] [--rounds-volumes 12]
         [--json docs/results/volume_protocol_limits.json]
 
 On the bundled model's unseen hippocampus volumes (its ``val_volumes``):

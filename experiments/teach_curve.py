@@ -16,7 +16,7 @@ The images are slices of one patient and the labels are TotalSegmentator's outpu
 the held-out images are neighbours of the taught ones (the use case of teaching while
 annotating one volume), not other patients.
 
-    python training/teach_curve.py [--classes liver|all|liver,spleen,...] [--minutes 3] [--sizes 1,3,10]
+    python experiments/teach_curve.py [--classes liver|all|liver,spleen,...] [--minutes 3] [--sizes 1,3,10]
         [--inits fresh,transfer] [--data /tmp/ts_ct2d] [--json docs/results/teach_curve.json]
         [--plot docs/results/teach_curve.png]
 """
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "cpus": os.cpu_count(),
         "options": json.loads(args.options),
-        "command": "python training/teach_curve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python experiments/teach_curve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "runs": [],
     }
     doc["random_walker"] = evaluate_on(None, data, split_file, method="random_walker")

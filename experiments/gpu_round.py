@@ -8,8 +8,8 @@ written as JSON per mode: the round's median wall time (everything the session d
 click encoding, region, network, decision) and the network's own share. The target
 of the "real sizes" issue is a 512² round in 10 ms or less on an H100/H200.
 
-    python training/gpu_round.py --device cuda --json gpu_round.json
-    python training/gpu_round.py --device cpu --size 256 --modes fp32,bf16 --repeats 3   # a smoke test
+    python experiments/gpu_round.py --device cuda --json gpu_round.json
+    python experiments/gpu_round.py --device cpu --size 256 --modes fp32,bf16 --repeats 3   # a smoke test
 """
 
 from __future__ import annotations
