@@ -343,14 +343,15 @@ def test_writer_merges_waiting_snapshots_and_retries_a_failed_commit(tmp_path, m
 
     monkeypatch.setattr(rec, "commit", flaky)
     writer = AutosaveWriter(rec, store)
-    writer.submit(Snapshot(shown={1: _slice(1)}, events=_events(0, 2)))
+    done = []
+    writer.submit(Snapshot(shown={1: _slice(1)}, events=_events(0, 2)), on_committed=lambda: done.append(1))
     assert writer.flush(10)
-    assert isinstance(writer.error, OSError) and writer.commits == 0
+    assert isinstance(writer.error, OSError) and writer.commits == 0 and done == []
     gate["fail"] = False
     for i in range(2, 40):  # faster than it writes: merged while it is busy
         writer.submit(Snapshot(shown={i % SHAPE[0]: _slice(i)}, events=_events(i, 1), events_start=i))
     assert writer.flush(10) and writer.error is None
-    assert 1 <= writer.commits <= 38
+    assert 1 <= writer.commits <= 38 and done == [1]  # run once its snapshot was on disk
     writer.close(remove=False)
     state = store.read(store.find(fp)[0])
     assert state.events == _events(0, 2) + [e for i in range(2, 40) for e in _events(i, 1)]

@@ -13,6 +13,7 @@ into the next one; :attr:`AutosaveWriter.error` says what failed until a commit 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from napari_simseg.core.session.recovery import RecoveryRecord, RecoveryStore, Snapshot
 
@@ -35,7 +36,9 @@ class AutosaveWriter:
         self._store = store
         self._cond = threading.Condition()
         self._pending: Snapshot | None = None
+        self._callbacks: list = []  # run once the pending snapshot is committed
         self._failed: Snapshot | None = None  # a snapshot whose commit failed: retried with the next
+        self._failed_callbacks: list = []
         self._busy = False
         self._closed = False
         self.error: BaseException | None = None
@@ -43,12 +46,18 @@ class AutosaveWriter:
         self._thread = threading.Thread(target=self._run, name="simseg-autosave", daemon=True)
         self._thread.start()
 
-    def submit(self, snap: Snapshot) -> None:
-        """Queue ``snap`` (merged with any snapshot still waiting); returns at once."""
+    def submit(self, snap: Snapshot, on_committed: Callable[[], None] | None = None) -> None:
+        """Queue ``snap`` (merged with any snapshot still waiting); returns at once.
+
+        ``on_committed()`` runs on the writer's thread once ``snap`` is on disk (e.g. removing
+        the folder of a session this one recovered).
+        """
         with self._cond:
             if self._closed:
                 raise RuntimeError("the autosave writer is closed")
             self._pending = snap if self._pending is None else self._pending.then(snap)
+            if on_committed is not None:
+                self._callbacks.append(on_committed)
             self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -86,12 +95,14 @@ class AutosaveWriter:
                 if self._pending is None:
                     return
                 snap, self._pending = self._pending, None
+                callbacks, self._callbacks = self._callbacks, []
                 if self._failed is not None:
                     try:
                         snap = self._failed.then(snap)
                     except ValueError:
                         pass  # only a whole snapshot (a reset log) follows a mismatch
-                    self._failed = None
+                    callbacks = self._failed_callbacks + callbacks
+                    self._failed, self._failed_callbacks = None, []
                 self._busy = True
             try:
                 self.record.commit(snap)
@@ -99,7 +110,13 @@ class AutosaveWriter:
                 self.commits += 1
             except Exception as exc:  # noqa: BLE001 - reported through .error; the GUI must go on
                 self.error = exc
-                self._failed = snap
+                self._failed, self._failed_callbacks = snap, callbacks
+                callbacks = []
+            try:
+                for callback in callbacks:
+                    callback()
+            except Exception as exc:  # noqa: BLE001 - the data are written; say what else failed
+                self.error = exc
             finally:
                 with self._cond:
                     self._busy = False
