@@ -200,8 +200,43 @@ def test_no_argparse_and_no_gui_under_core():
 
 def test_widget_and_viewer_session_stay_in_their_lanes():
     assert "torch" not in _imported_top_level("_widget"), "the widget gets numpy from core, never torch"
-    for m in ("annotator.viewer_session", "annotator.layers", "annotator.jobs", "annotator.teach"):
-        assert not _imported_top_level(m) & {"qtpy", "PyQt6", "superqt"}, f"{m} must stay Qt-free"
+    qt_free = ("viewer_session", "session_start", "jobs", "slice_jobs", "session_files", "layers", "labels_view",
+               "click_layers", "teach", "shortcuts", "colors")
+    for m in (f"{APP_PACKAGE}.{name}" for name in qt_free):
+        assert m in _modules(), m
+        assert not _imported_top_level(m) & {"qtpy", "PyQt6", "PyQt5", "PySide6", "superqt"}, f"{m} must stay Qt-free"
+
+
+def test_the_adapter_package_says_what_it_holds():
+    """``annotator/__init__``'s docstring names each of its modules."""
+    doc = ast.get_docstring(_modules()[APP_PACKAGE][1]) or ""
+    for m in _modules():
+        if m.startswith(APP_PACKAGE + "."):
+            assert f"``{m.rsplit('.', 1)[1]}``" in doc, f"{APP_PACKAGE}/__init__.py's docstring does not describe {m}"
+
+
+def test_the_adapter_reaches_into_no_other_objects_privates():
+    """In the napari adapter and the widget, ``x._name`` is only ever ``self._name`` or ``cls._name``:
+    collaborators talk through public, narrow interfaces."""
+    bad = []
+    for m, (path, tree) in _modules().items():
+        if m == "_widget" or m.startswith(APP_PACKAGE):
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                    bad.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_mixin_in_the_adapter():
+    """The napari adapter's classes are composed, not mixed in: no class of it inherits from
+    another class of the package (mixins reached into ViewerSession's privates)."""
+    ours = {node.name for m, (_, tree) in _modules().items() for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef)}
+    mixed = [f"{m}.{node.name}({base.id})" for m, (_, tree) in _modules().items() if m.startswith(APP_PACKAGE)
+             for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+             for base in node.bases if isinstance(base, ast.Name) and base.id in ours]
+    assert not mixed, mixed
 
 
 def _closure(module: str) -> set:

@@ -1,22 +1,25 @@
-"""The SimSeg dock widget (buttons and threading around a :class:`ViewerSession`) and its dialogs.
+"""The SimSeg dock widget: buttons around a :class:`ViewerSession`, its jobs run off the GUI thread.
 
 Every action on the image goes through :class:`~napari_simseg.annotator.viewer_session.ViewerSession`
-(the console API), so the widget and scripts cannot drift apart. What the widget adds:
+(the console API), so the widget and scripts cannot drift apart. One path down and back:
+the widget asks the session for a :class:`~napari_simseg.annotator.jobs.Job`
+(``prepare_round``, ``prepare_auto``, ``prepare_propagate``, ``prepare_load``,
+``ViewerSession.prepare_start``), :class:`~napari_simseg.annotator.job_worker.JobWorker` runs its
+``compute`` on a napari worker thread and its ``finish`` on the GUI thread (which writes the
+layers), and the widget shows the job's own summary. What the widget adds:
 
-* the network runs on a napari worker thread, never on the GUI thread: a round is
-  ``ViewerSession.prepare_round`` (GUI thread) -> ``Job.compute`` (worker) ->
-  ``Job.finish`` (GUI thread, via the worker's ``returned`` signal);
 * clicks are debounced: each new point restarts a single-shot timer
   (:attr:`SimSegWidget.DEBOUNCE_MS`), and when it fires ``ViewerSession.prepare_round()``
   gathers the pending points of one slice into a round; clicks placed while a round
   runs wait for the next one;
-* one job at a time: while a worker runs, the buttons that change the session are
-  disabled and key presses are refused with a message;
-* "Auto volume" and "Propagate" run generator workers reporting ``(done, total)`` to a
-  progress bar; Cancel quits them between batches (slices) and the finished slices are kept;
+* one job at a time: while a worker runs, the buttons that change the session (and
+  *Teach*) are disabled and key presses are refused with a message;
+* "Auto volume", "Propagate" and "Load" run generator jobs reporting ``(done, total)`` to a
+  progress bar; Cancel quits them between steps and what was finished is kept (a load
+  changes nothing until it is complete);
 * questions go through Qt dialogs (:func:`ask_overwrite` and :func:`ask_discard`, passed
   to the session as its ``confirm`` and ``confirm_discard``, and :func:`ask_restart`);
-* "Load" replays the log as a generator job, with the progress bar and Cancel.
+* the model stack (torch) is imported on a thread of its own when the widget is first shown.
 
 This module never imports torch; it gets numpy arrays back from the core.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from pathlib import Path
 
 from qtpy.QtCore import QTimer, Signal
@@ -32,30 +36,20 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QGridLayout,
     QHBoxLayout,
-    QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_simseg.annotator.dialogs import (
-    JobError,
-    ask_discard,
-    ask_overwrite,
-    ask_restart,
-    disconnect_all,
-    shield_runtime_errors,
-)
+from napari_simseg.annotator.controls import DEMO, CheckpointField, session_buttons
+from napari_simseg.annotator.dialogs import ask_discard, ask_overwrite, ask_restart, disconnect_all
 from napari_simseg.annotator.image_picker import ImagePicker
-from napari_simseg.annotator.layers import check_image_layer
-from napari_simseg.annotator.teach_panel import TeachPanel
-from napari_simseg.annotator.viewer_session import OVERWRITE_POLICIES, Job, ViewerSession
-from napari_simseg.core.io.colour import is_colour_names
+from napari_simseg.annotator.job_worker import JobWorker, one_line
+from napari_simseg.annotator.shortcuts import bind_session_keys, unbind_keys
+from napari_simseg.annotator.teach_panel import TeachPanel, set_wrapped_text, wrapping_label
+from napari_simseg.annotator.viewer_session import OVERWRITE_POLICIES, SessionOptions, ViewerSession
 from napari_simseg.core.io.images import WRITABLE_EXTENSIONS
 from napari_simseg.core.io.resources import DEMO_CHECKPOINT, peek_channel_names
 from napari_simseg.core.network.devices import DEVICES
@@ -64,43 +58,30 @@ __all__ = ["SimSegWidget", "ask_discard", "ask_overwrite", "ask_restart"]
 
 logger = logging.getLogger(__name__)
 
+#: what a failed action raises that the status line reports (anything else is a bug: it propagates)
+_REPORTED = (ValueError, TypeError, RuntimeError, OSError, IndexError)
+
 
 def _same_layer(a, b) -> bool:
     """Whether two layers are one, seen through napari's plugin proxies or not."""
     return a is not None and b is not None and getattr(a, "__wrapped__", a) is getattr(b, "__wrapped__", b)
 
 
-def _one_line(exc: BaseException) -> str:
-    """The first line of an error's message (the status label has one line)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-_DEMO = "demo"
-
-# Keys bound on the plugin's own layers only. Ctrl-Z stays napari's paint undo on the
-# labels layer, so round undo/redo also have Alt bindings that work on every SimSeg layer.
-KEYS_UNDO = ("Control-Z", "Alt-Z")
-KEYS_REDO = ("Control-Shift-Z", "Alt-Shift-Z")
-KEY_RUN = "Enter"
-KEY_PROPAGATE = "Alt-P"  # P is napari's paint (labels) and add (points) mode
-
-
-def _unbind_keys(layers) -> None:
-    for layer in layers:
-        for key in (*KEYS_UNDO, *KEYS_REDO, KEY_RUN, KEY_PROPAGATE):
-            try:
-                layer.bind_key(key, None)
-            except (KeyError, ValueError, TypeError):
-                pass
-    del layers[:]
-
-
-def _release(viewer_connections, layer_connections, bound_layers) -> None:
+def _release(viewer_connections, layer_connections, bound_layers, sessions) -> None:
     """Let go of the viewer once the Qt widget is gone (no call may reach it then)."""
     disconnect_all(viewer_connections)
     disconnect_all(layer_connections)
-    _unbind_keys(bound_layers)
+    unbind_keys(bound_layers)
+    for session in sessions:
+        session.close()  # another widget may take its layers over
+    del sessions[:]
+
+
+def _import_model_stack() -> None:
+    try:
+        ViewerSession.import_model_stack()
+    except Exception:  # noqa: BLE001 - Start reports it, with its reason
+        logger.debug("SimSeg: importing the model stack failed", exc_info=True)
 
 
 class SimSegWidget(QWidget):
@@ -115,8 +96,8 @@ class SimSegWidget(QWidget):
     ----------
     session : ViewerSession or None
         The running session (also usable from the console).
-    worker : napari worker or None
-        The worker of the job in progress.
+    jobs : JobWorker
+        Runs the session's jobs on worker threads (``jobs.worker``: the one in progress).
     overwrite_policy : {"ask", "always", "never"}
         What to do when a result would replace hand-edited labels.
 
@@ -125,7 +106,7 @@ class SimSegWidget(QWidget):
     round_finished(RoundResult)
         A round's labels are on the layer.
     job_finished(str kind, str message)
-        Any job (``round``, ``auto``, ``load``) ended: done, failed or cancelled.
+        Any job (``start``, ``round``, ``auto``, ``propagate``, ``load``) ended: done, failed or cancelled.
     """
 
     DEBOUNCE_MS = 400
@@ -138,13 +119,18 @@ class SimSegWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session: ViewerSession | None = None
-        self.worker = None
-        self._job: Job | None = None
         self._end_session_when_idle: str | None = None  # end the session with this once the job ends
-        self._ended = False  # whether the running job has reported its end
+        self._start_failure: str | None = None  # the status of the last failed Start
+        self._starting_device = "auto"
+        self._preloaded = False
         self._layer_connections: list = []  # (emitter, callback) on the session's layers
         self._bound_layers: list = []
+        self._sessions: list = []  # the session, for the destroyed-handler to close
         self._build_ui()
+        self.jobs = JobWorker(self.progress, self.cancel_button, self)
+        self.jobs.ended.connect(self._on_job_ended)
+        self.jobs.idle.connect(self._on_idle)
+        self._update_buttons()
 
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
@@ -162,17 +148,17 @@ class SimSegWidget(QWidget):
             self._watch_name(layer)
         # the C++ widget can go before the viewer: then nothing may call into it
         # (the lists are emptied in place, so the partial sees later additions)
-        self.destroyed.connect(
-            functools.partial(
-                _release, self._viewer_connections, self._layer_connections, self._bound_layers
-            )
-        )
+        self.destroyed.connect(functools.partial(
+            _release, self._viewer_connections, self._layer_connections, self._bound_layers, self._sessions))
         self._refresh_image_combo()
         if not DEMO_CHECKPOINT.is_file():
-            self._set_status(
-                "The bundled demo model is not installed: choose a checkpoint "
-                "(.safetensors) with Browse..."
-            )
+            self._set_status("The bundled demo model is not installed: choose a checkpoint "
+                             "(.safetensors) with Browse...")
+
+    @property
+    def worker(self):
+        """The napari worker of the job in progress, or None."""
+        return self.jobs.worker
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
@@ -182,15 +168,10 @@ class SimSegWidget(QWidget):
         layout.addWidget(self.image_picker)
         form = QFormLayout()
 
-        self.checkpoint_edit = QLineEdit(_DEMO)
-        self.checkpoint_edit.setToolTip("'demo' for the bundled model, or a .safetensors checkpoint")
-        self.checkpoint_edit.editingFinished.connect(self._on_checkpoint_changed)
-        browse = QPushButton("Browse...")
-        browse.clicked.connect(self._browse_checkpoint)
-        row = QHBoxLayout()
-        row.addWidget(self.checkpoint_edit)
-        row.addWidget(browse)
-        form.addRow("Checkpoint", row)
+        self.checkpoint_field = CheckpointField()
+        self.checkpoint_edit = self.checkpoint_field.edit
+        self.checkpoint_field.changed.connect(self._on_checkpoint_changed)
+        form.addRow("Checkpoint", self.checkpoint_field)
 
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
@@ -212,27 +193,11 @@ class SimSegWidget(QWidget):
         self.start_button.setToolTip("Load the checkpoint and create one click layer per class")
         self.start_button.clicked.connect(lambda: self.start())
         layout.addWidget(self.start_button)
-
-        grid = QGridLayout()
-        for i, (name, text, tip, slot) in enumerate((
-            ("run", "Run round", f"Run a round now with the new clicks of this slice ({KEY_RUN})", self.run_now),
-            ("auto_slice", "Auto slice", "Segment this slice without clicks", self.auto_slice),
-            ("auto_volume", "Auto volume", "Segment every slice without clicks (slices with clicks are kept)",
-             self.auto_volume),
-            ("undo", "Undo", "Undo this slice's last round, or the propagation that wrote it (Ctrl+Z on click "
-             "layers, Alt+Z)", self.undo),
-            ("redo", "Redo", "Redo this slice's last undone round (Ctrl+Shift+Z on click layers, Alt+Shift+Z)",
-             self.redo),
-            ("reset", "Reset slice", "Forget this slice's rounds and clicks and clear its labels", self.reset_slice),
-            ("propagate", "Propagate", "Carry this finished slice into its neighbours, slice by slice, until the "
-             f"structure ends or a slice you edited ({KEY_PROPAGATE}); Undo on a propagated slice undoes it all",
-             self.propagate),
-        )):
-            button = QPushButton(text)
-            button.setToolTip(tip)
-            button.clicked.connect(slot)
+        grid, buttons = session_buttons({
+            "run": self.run_now, "auto_slice": self.auto_slice, "auto_volume": self.auto_volume, "undo": self.undo,
+            "redo": self.redo, "reset": self.reset_slice, "propagate": self.propagate})
+        for name, button in buttons.items():
             setattr(self, f"{name}_button", button)
-            grid.addWidget(button, i // 3, i % 3)
         layout.addLayout(grid)
 
         progress_row = QHBoxLayout()
@@ -257,24 +222,22 @@ class SimSegWidget(QWidget):
         layout.addLayout(files)
 
         self.teach_panel = TeachPanel(lambda: self.session)  # Teach: budget, progress, Cancel, Dice
+        self.teach_panel.teach_finished.connect(self._on_teach_finished)
         layout.addWidget(self.teach_panel)
-        self.latency_label = QLabel("")
-        self.status_label = QLabel("")
-        for label in (self.latency_label, self.status_label):
-            label.setWordWrap(True)
-            label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
-            layout.addWidget(label)
+        self.latency_label = wrapping_label()
+        self.status_label = wrapping_label()
+        layout.addWidget(self.latency_label)
+        layout.addWidget(self.status_label)
         layout.addStretch(1)
-        self._update_buttons()
 
     def _set_status(self, text: str) -> None:
-        self.status_label.setText(text)
+        set_wrapped_text(self.status_label, text)
         if text:
             logger.info("SimSeg: %s", text)
 
     def _update_buttons(self) -> None:
         running = self.session is not None
-        busy = self.worker is not None
+        busy = self.jobs.busy
         for button in (
             self.run_button, self.auto_slice_button, self.auto_volume_button, self.undo_button,
             self.redo_button, self.reset_button, self.propagate_button, self.save_button, self.load_button,
@@ -282,7 +245,14 @@ class SimSegWidget(QWidget):
             button.setEnabled(running and not busy)
         self.start_button.setEnabled(not busy)
         self.device_combo.setEnabled(not busy)
+        self.teach_panel.set_busy(busy)
         self.start_button.setText("Restart" if running else "Start")
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        if not self._preloaded:  # the canvas exists now, so the LLVM guard sees its driver
+            self._preloaded = True
+            threading.Thread(target=_import_model_stack, daemon=True, name="simseg-import").start()
 
     # ------------------------------------------------------------------ layers
     def _watch_name(self, layer) -> None:
@@ -302,14 +272,13 @@ class SimSegWidget(QWidget):
         """The session's image gone: the session ends (its labels and clicks stay); a
         class's clicks layer gone: say what that means."""
         s = self.session
-        image = s.image_layer
-        if _same_layer(layer, image):  # a channel view forwards its attributes, __wrapped__ too
+        if _same_layer(layer, s.image_layer):  # a channel view forwards its attributes, __wrapped__ too
             message = (f"the image '{layer.name}' was removed from the viewer: its session ended (the labels "
                        "and clicks layers stay; press Start to segment an image)")
-            if self.worker is None:
-                self._end_session(message)
-            else:
+            if self.jobs.busy:
                 self._end_session_when_idle = message  # the running job still has its session
+            else:
+                self._end_session(message)
         elif any(_same_layer(layer, c) for c in s.click_layers):
             self._set_status(f"'{layer.name}' was removed: that class cannot be clicked until Restart, which "
                              "makes the layer again (the labels stay)")
@@ -331,15 +300,31 @@ class SimSegWidget(QWidget):
         """The image layer chosen in the *Image* box, or None."""
         return self.image_picker.image_layer()
 
+    # ------------------------------------------------------------------ checkpoint, configuration
     def _on_checkpoint_changed(self) -> None:
-        """Show one image box per channel when the checkpoint reads several."""
-        self.image_picker.set_channels(peek_channel_names(self.checkpoint_edit.text().strip() or _DEMO))
+        """Show one image box per channel when the checkpoint reads several; say at once when
+        the file is missing, and clear what a failed Start said once the path is fixed."""
+        text = self.checkpoint_field.text()
+        self.image_picker.set_channels(peek_channel_names(text))
+        problem = self.checkpoint_field.problem()
+        if problem:
+            self._start_failure = problem
+            self._set_status(problem)
+        elif self._start_failure is not None and self.status_label.text() == self._start_failure:
+            self._start_failure = None
+            self._set_status(f"checkpoint {Path(text).name}: press {self.start_button.text()}")
 
     def configure(self, checkpoint=None, device=None, image_layer=None, start: bool = False) -> bool:
         """Set the checkpoint, device and image (any left None stays), optionally Start.
 
-        Returns whether a session runs afterwards.
+        Returns whether a session runs afterwards; an ``image_layer`` that is not an image
+        layer of this viewer is refused (nothing changes, nothing starts) with a message.
         """
+        if image_layer is not None:
+            problem = self._image_choice_problem(image_layer)
+            if problem:
+                self._set_status(problem)
+                return False
         if checkpoint is not None:
             self.set_checkpoint(checkpoint)
         if device is not None:
@@ -350,18 +335,21 @@ class SimSegWidget(QWidget):
             return self.start(wait=True)
         return self.session is not None
 
+    def _image_choice_problem(self, image_layer) -> str | None:
+        from napari.layers import Image
+
+        name = getattr(image_layer, "name", str(image_layer))
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is None or (not isinstance(image_layer, str) and not _same_layer(layer, image_layer)):
+            return f"'{name}' is not a layer of this viewer: nothing started"
+        if not isinstance(layer, Image):
+            return f"'{name}' is a {type(layer).__name__} layer, not an image layer: choose an image (nothing started)"
+        return None
+
     def set_checkpoint(self, path) -> None:
         """Use this checkpoint at the next Start (``"demo"``: the bundled model)."""
-        self.checkpoint_edit.setText(str(path))
-        self._on_checkpoint_changed()
+        self.checkpoint_field.set_text(str(path))
 
-    def _browse_checkpoint(self) -> None:
-        start = str(DEMO_CHECKPOINT.parent) if DEMO_CHECKPOINT.parent.is_dir() else ""
-        path, _ = QFileDialog.getOpenFileName(self, "SimSeg checkpoint", start, "SimSeg checkpoints (*.safetensors)")
-        if path:
-            self.set_checkpoint(path)
-
-    # ------------------------------------------------------------------ start
     @property
     def overwrite_policy(self) -> str:
         return self.policy_combo.currentText()
@@ -379,16 +367,17 @@ class SimSegWidget(QWidget):
     def _confirm_overwrite(self, slices) -> bool:
         return ask_overwrite(self, slices)
 
-    def _confirm_restart(self) -> bool:
-        return ask_restart(self)
+    def _confirm_discard(self, question: str) -> bool:
+        return ask_discard(self, question)
 
+    # ------------------------------------------------------------------ start
     def start(self, wait: bool = False) -> bool:
         """Start (or restart) a session on the chosen image and checkpoint.
 
-        The image is checked at once; the checkpoint then loads on a worker thread (the
-        GUI stays responsive) and the session replaces the previous one when it is
-        ready, with ``job_finished("start", message)``. On any problem the status label
-        shows one line and nothing changes.
+        The layers are checked at once; the checkpoint then loads and the image is read on a
+        worker thread (the GUI stays responsive), and the session replaces the previous one
+        when it is ready, with ``job_finished("start", message)``. On any problem the status
+        label shows one line and nothing changes.
 
         Parameters
         ----------
@@ -402,60 +391,31 @@ class SimSegWidget(QWidget):
             ``wait=False``: whether loading started. ``wait=True``: whether a new
             session now runs.
         """
-        if self.worker is not None:
+        if self.jobs.busy:
             self._set_status("SimSeg is busy; wait for the current job to finish")
             return False
-        checkpoint = self.checkpoint_edit.text().strip() or _DEMO
-        if checkpoint == _DEMO and not DEMO_CHECKPOINT.is_file():
-            self._set_status(
-                f"the bundled demo model is not installed ({DEMO_CHECKPOINT.name}); choose a "
-                "checkpoint (.safetensors) with Browse..."
-            )
+        checkpoint = self.checkpoint_field.text()
+        if checkpoint == DEMO and not DEMO_CHECKPOINT.is_file():
+            self._set_status(f"the bundled demo model is not installed ({DEMO_CHECKPOINT.name}); choose a "
+                             "checkpoint (.safetensors) with Browse...")
             return False
-        ViewerSession.import_model_stack()  # the LLVM guard comes before torch's first import
         self._on_checkpoint_changed()
-        image, channel_axis = self.image_picker.selection(), self.image_picker.channel_axis()
+        options = SessionOptions(device=self.device_combo.currentText(), overwrite_policy=self.overwrite_policy,
+                                 confirm=self._confirm_overwrite, confirm_discard=self._confirm_discard,
+                                 channel_axis=self.image_picker.channel_axis())
         try:
-            for layer in image if isinstance(image, list) else [image] if channel_axis is None else []:
-                check_image_layer(layer, allow_colour=is_colour_names(self.image_picker.channel_names))
-        except (ValueError, TypeError) as exc:
-            self._set_status(_one_line(exc))
-            self._update_buttons()
+            job = ViewerSession.prepare_start(self.viewer, self.image_picker.selection(), checkpoint, options,
+                                              replaces=self.session)
+        except _REPORTED as exc:
+            self._start_failure = one_line(exc)
+            self._set_status(self._start_failure)
             return False
-        if self.session is not None and self.session.has_rounds() and not self._confirm_restart():
+        if self.session is not None and self.session.has_rounds() and not ask_restart(self):
             return False
-        device = self.device_combo.currentText()
+        self._starting_device = options.device
         previous = self.session
-
-        def load():
-            return ViewerSession.load_predictor(checkpoint, device)
-
-        def finish(predictor) -> str:
-            session = ViewerSession(
-                self.viewer,
-                image,
-                channel_axis=channel_axis,
-                checkpoint=predictor,
-                device=device,
-                overwrite_policy=self.overwrite_policy,
-                confirm=self._confirm_overwrite,
-                confirm_discard=lambda question: ask_discard(self, question),
-            )
-            self._detach()
-            self.session = session
-            self._device = device
-            self._attach()
-            self.latency_label.setText("")
-            slices = "" if session.is_2d else f" ({session.n_slices} slices)"
-            kept = f"; the earlier labels are now '{session.kept_labels_layer}'" if session.kept_labels_layer else ""
-            return (
-                f"segmenting '{session.image_layer.name}'{slices} on {session.device} with classes "
-                f"{', '.join(session.class_names)}: click in a '<class> clicks' layer{kept}"
-            )
-
-        job = Job("start", "loading the checkpoint", load, finish, _one_line)
         if not wait:
-            self._start(job)
+            self._run(job)
             return True
         from qtpy.QtCore import QEventLoop
 
@@ -464,12 +424,21 @@ class SimSegWidget(QWidget):
         # before anyone listens (the loop would then wait forever)
         self._idle.connect(loop.quit)
         try:
-            self._start(job)
-            if self.worker is not None:
+            self._run(job)
+            if self.jobs.busy:
                 loop.exec()
         finally:
             self._idle.disconnect(loop.quit)
         return self.session is not None and self.session is not previous
+
+    def _adopt(self, session: ViewerSession) -> None:
+        """The started session becomes the widget's (the previous one was closed by it)."""
+        self._detach()
+        self.session = session
+        self._sessions[:] = [session]
+        self._device = self._starting_device
+        self._start_failure = None
+        self._attach()
 
     def _attach(self) -> None:
         """Listen to the session's click layers and bind the SimSeg keys on its layers."""
@@ -477,30 +446,15 @@ class SimSegWidget(QWidget):
         for layer in s.click_layers:
             layer.events.data.connect(self._on_points_changed)
             self._layer_connections.append((layer.events.data, self._on_points_changed))
-        for layer in [*s.click_layers, s.labels_layer]:
-            is_labels = layer is s.labels_layer
-            for key in KEYS_UNDO:
-                if not (is_labels and key.startswith("Control")):
-                    layer.bind_key(key, self._key(self.undo), overwrite=True)
-            for key in KEYS_REDO:
-                if not (is_labels and key.startswith("Control")):
-                    layer.bind_key(key, self._key(self.redo), overwrite=True)
-            layer.bind_key(KEY_RUN, self._key(self.run_now), overwrite=True)
-            layer.bind_key(KEY_PROPAGATE, self._key(self.propagate), overwrite=True)
-            self._bound_layers.append(layer)
+        actions = {"undo": self.undo, "redo": self.redo, "run": self.run_now, "propagate": self.propagate}
+        bind_session_keys(s.click_layers, s.labels_layer, actions, self._bound_layers)
 
     def _detach(self) -> None:
         disconnect_all(self._layer_connections)
-        _unbind_keys(self._bound_layers)
+        unbind_keys(self._bound_layers)
         if self.session is not None:
             self.session.close()
-
-    @staticmethod
-    def _key(action):
-        def handler(layer):
-            action()
-
-        return handler
+        del self._sessions[:]
 
     # ------------------------------------------------------------------ device
     def _on_device_changed(self, device: str) -> None:
@@ -509,29 +463,30 @@ class SimSegWidget(QWidget):
         elif device != self._device:
             self.set_device(device)
 
+    def _show_device(self, device: str) -> None:
+        self.device_combo.blockSignals(True)
+        self.device_combo.setCurrentText(device)
+        self.device_combo.blockSignals(False)
+
     def set_device(self, device: str) -> bool:
         """Rebuild the predictor on ``device``; on failure the previous one stays."""
         if self.session is None:
             self.device_combo.setCurrentText(device)
             return True
         try:
-            if self.worker is not None:
+            if self.jobs.busy:
                 raise RuntimeError("SimSeg is busy; change the device when the job is done")
             name = self.session.set_device(device)
         except (ValueError, RuntimeError, OSError) as exc:
             self._set_status(str(exc))
-            self.device_combo.blockSignals(True)
-            self.device_combo.setCurrentText(self._device)
-            self.device_combo.blockSignals(False)
+            self._show_device(self._device)
             return False
         self._device = device
-        self.device_combo.blockSignals(True)
-        self.device_combo.setCurrentText(device)
-        self.device_combo.blockSignals(False)
+        self._show_device(device)
         self._set_status(f"the network now runs on {name}")
         return True
 
-    # ------------------------------------------------------------------ rounds
+    # ------------------------------------------------------------------ rounds and jobs
     def _on_points_changed(self, event) -> None:
         action = getattr(getattr(event, "action", None), "value", getattr(event, "action", None))
         if action in ("adding", "removing", "changing"):
@@ -539,58 +494,102 @@ class SimSegWidget(QWidget):
         self._debounce.start()  # restarts: quick clicks form one round
 
     def _on_debounce(self) -> None:
-        if self.session is None:
-            return
-        if self.worker is not None:
-            return  # picked up when the running job ends
+        if self.session is None or self.jobs.busy:
+            return  # a running job picks the clicks up when it ends
         try:
             # the session picks the slice: the current one if it has new clicks, else the first that has
             job = self.session.prepare_round()
-        except (ValueError, RuntimeError, IndexError) as exc:
+        except _REPORTED as exc:
             self._set_status(str(exc))
             return
         if job is None and self.session.ignored_points:
             self._set_status(self.session.ignored_note)
-        self._start(job)
+        self._run(job)
 
     def run_now(self) -> None:
         """Run a round now with the new clicks of the current slice."""
         if not self._ready():
             return
         self._debounce.stop()
+        z = self.session.current_slice()
         try:
-            job = self.session.prepare_round(self.session.current_slice())
-        except (ValueError, RuntimeError, IndexError) as exc:
+            job = self.session.prepare_round(z)
+        except _REPORTED as exc:
             self._set_status(str(exc))
             return
         if job is None:
             note = f"; {self.session.ignored_note}" if self.session.ignored_points else ""
-            self._set_status(f"no new clicks on slice {self.session.current_slice()}{note}")
-            return
-        self._start(job)
+            self._set_status(f"no new clicks on slice {z}{note}")
+        self._run(job)
 
     def auto_slice(self) -> None:
         """Segment the current slice without clicks, on a worker."""
         if self._ready():
-            self._start_guarded(lambda: self.session.prepare_auto(self.session.current_slice()))
+            self._prepare_and_run(lambda s: s.prepare_auto(s.current_slice()))
 
     def auto_volume(self) -> None:
         """Segment every slice without clicks, on a generator worker with progress."""
         if self._ready():
-            self._start_guarded(lambda: self.session.prepare_auto(None))
+            self._prepare_and_run(lambda s: s.prepare_auto(None))
 
     def propagate(self) -> None:
         """Carry the current slice into its neighbours, on a generator worker with progress."""
         if self._ready():
-            self._start_guarded(lambda: self.session.prepare_propagate(self.session.current_slice()))
+            self._prepare_and_run(lambda s: s.prepare_propagate(s.current_slice()))
+
+    def load(self, path) -> None:
+        """Restore labels from ``path`` and replay their log (on a worker)."""
+        if self._ready():
+            self._prepare_and_run(lambda s: s.prepare_load(path))
 
     def cancel(self) -> None:
         """Stop a running automatic segmentation, propagation or load after its current step."""
-        if self.worker is not None and self._job is not None and self._job.is_generator:
-            self.worker.quit()
-            self.cancel_button.setEnabled(False)
+        if self.jobs.cancel():
             self._set_status("cancelling after the current batch ...")
 
+    def _prepare_and_run(self, prepare) -> None:
+        try:
+            job = prepare(self.session)
+        except _REPORTED as exc:
+            self._set_status(str(exc))
+            return
+        self._run(job)
+
+    def _run(self, job) -> None:
+        if job is None:
+            return
+        self.jobs.start(job)
+        self._set_status(f"{job.description} ...")
+        self._update_buttons()
+
+    def _on_job_ended(self, kind: str, message: str, timing: str, value) -> None:
+        if kind == "start":
+            if value is not None:
+                self._adopt(value)
+            else:
+                self._start_failure = message
+        if value is not None:
+            self.latency_label.setText(timing)  # a round's timing; other jobs: what it showed is stale
+        self._set_status(message)
+        self.job_finished.emit(kind, message)
+        if kind == "round" and value is not None:
+            self.round_finished.emit(value)
+
+    def _on_idle(self) -> None:
+        self._update_buttons()
+        if self._end_session_when_idle:
+            self._end_session(self._end_session_when_idle)
+        self._idle.emit()
+        if self.session is not None:
+            QTimer.singleShot(0, self._on_debounce)  # clicks placed while it ran
+
+    def _on_teach_finished(self, status: str, message: str) -> None:
+        """The session switched to a taught checkpoint: the field shows it, so Restart keeps it."""
+        job = self.session.teach_job if self.session is not None else None
+        if job is not None and job.switched:
+            self.checkpoint_field.set_text(self.session.checkpoint)
+
+    # ------------------------------------------------------------------ undo, redo, reset
     def undo(self) -> None:
         """Undo the current slice's newest round (its clicks go too)."""
         self._quick(lambda s: s.undo(), "undid the last round (or the propagation) on slice {z}")
@@ -620,8 +619,8 @@ class SimSegWidget(QWidget):
         if self.session is None:
             self._set_status("press Start first")
             return False
-        if self.worker is not None:
-            self._set_status(f"SimSeg is busy ({self._job.description}); wait for it to finish")
+        if self.jobs.busy:
+            self._set_status(f"SimSeg is busy ({self.jobs.job.description}); wait for it to finish")
             return False
         return True
 
@@ -638,11 +637,6 @@ class SimSegWidget(QWidget):
         self._set_status(f"saved {labels.name} and {log.name}")
         return labels, log
 
-    def load(self, path) -> None:
-        """Restore labels from ``path`` and replay their log (on a worker)."""
-        if self._ready():
-            self._start_guarded(lambda: self.session.prepare_load(path))
-
     def _file_filter(self) -> str:
         patterns = " ".join(f"*{e}" for e in WRITABLE_EXTENSIONS)
         return f"Label images ({patterns})"
@@ -657,119 +651,6 @@ class SimSegWidget(QWidget):
         if path:
             self.load(Path(path))
 
-    # ------------------------------------------------------------------ threading
-    def _start_guarded(self, prepare) -> None:
-        try:
-            job = prepare()
-        except (ValueError, RuntimeError, OSError, IndexError) as exc:
-            self._set_status(str(exc))
-            return
-        self._start(job)
-
-    def _start(self, job: Job | None) -> None:
-        """Run ``job.compute`` on a napari worker; results come back as signals."""
-        if job is None:
-            return
-        from napari.qt.threading import create_worker
-
-        # errors are shown in the status line, not re-raised in the GUI thread
-        compute = shield_runtime_errors(job.compute) if job.is_generator else job.compute
-        worker = create_worker(compute, _start_thread=False, _ignore_errors=True)
-        if job.is_generator:
-            worker.yielded.connect(self._on_yielded)
-            worker.aborted.connect(self._on_aborted)
-            self.progress.setRange(0, 0)  # busy until the first (done, total)
-            self.progress.setVisible(True)
-            self.cancel_button.setVisible(True)
-            self.cancel_button.setEnabled(True)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_worker_finished)
-        self.worker = worker
-        self._job = job
-        self._ended = False
-        self._set_status(f"{job.description} ...")
-        self._update_buttons()
-        worker.start()
-
-    def _on_yielded(self, value) -> None:
-        job = self._job
-        if job is None or job.on_yield is None:
-            return
-        done, total = value[0], value[1]
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
-        job.on_yield(value)
-
-    def _end(self, kind: str, message: str) -> None:
-        self._ended = True
-        self._set_status(message)
-        self.job_finished.emit(kind, message)
-
-    def _on_returned(self, result) -> None:
-        job = self._job
-        if job is None:
-            return
-        try:
-            out = job.finish(result)
-        except (ValueError, RuntimeError, OSError, IndexError) as exc:
-            self._end(job.kind, _one_line(exc))
-            return
-        if job.kind == "round":
-            self._show_latency(out)
-            self._end(job.kind, self._round_message(out))
-            self.round_finished.emit(out)
-        else:
-            self.latency_label.setText("")  # it timed a round: not what the labels show now
-            self._end(job.kind, str(out))
-
-    def _on_errored(self, exc) -> None:
-        job = self._job
-        if job is not None:
-            if isinstance(exc, JobError) and exc.__cause__ is not None:
-                exc = exc.__cause__
-            self._end(job.kind, job.fail(exc))
-
-    def _on_aborted(self) -> None:
-        job = self._job
-        if job is not None and job.cancel is not None:
-            self._end(job.kind, job.cancel())
-
-    def _on_worker_finished(self) -> None:
-        job = self._job
-        if job is not None and not self._ended:
-            # a generator quit before it yielded again still has to release the session
-            message = job.cancel() if job.cancel is not None else job.fail(RuntimeError("stopped"))
-            self._end(job.kind, message)
-        self.worker = None
-        self._job = None
-        self.progress.setVisible(False)
-        self.cancel_button.setVisible(False)
-        self._update_buttons()
-        if self._end_session_when_idle:
-            self._end_session(self._end_session_when_idle)
-        self._idle.emit()
-        if self.session is not None and self.session.pending_points():
-            QTimer.singleShot(0, self._on_debounce)  # clicks placed while it ran
-
-    def _round_message(self, result) -> str:
-        s = self.session
-        where = "" if s.is_2d else f" on slice {result.slice_index}"
-        n = s.last_round_clicks
-        text = f"{n} new click{'s' * (n != 1)}{where}: round {result.round} done"
-        if not s.last_round_shown:
-            text += "; your hand-edited labels were kept (Undo/Reset slice, or set Hand edits)"
-        if s.ignored_points:
-            text += f"; {s.ignored_note}"
-        return text
-
-    def _show_latency(self, result) -> None:
-        where = "" if self.session.is_2d else f" on slice {result.slice_index}"
-        self.latency_label.setText(
-            f"round {result.round}{where}: {result.total_ms:.0f} ms "
-            f"(network {result.model_ms:.0f} ms)"
-        )
-
     # ------------------------------------------------------------------ teardown
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.shutdown()
@@ -778,8 +659,6 @@ class SimSegWidget(QWidget):
     def shutdown(self) -> None:
         """Stop a running worker and let go of the viewer's layers."""
         self._debounce.stop()
-        if self.worker is not None:
-            self.worker.quit()  # a generator stops at its next batch; a round just ends
-            self.worker.await_workers(msecs=10000)
+        self.jobs.shutdown()
         self._detach()
         disconnect_all(self._viewer_connections)

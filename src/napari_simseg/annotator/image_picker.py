@@ -91,9 +91,14 @@ class ImagePicker(QWidget):
             self.channel_combos.append(combo)
             self._channel_labels.append(label)
 
-    def select(self, layer) -> None:
-        """Choose ``layer`` (or its name) in the *Image* box."""
-        self.image_combo.setCurrentText(getattr(layer, "name", str(layer)))
+    def select(self, layer) -> bool:
+        """Choose ``layer`` (or its name) in the *Image* box; returns whether it is listed there
+        (only image layers are)."""
+        name = getattr(layer, "name", str(layer))
+        if self.image_combo.findText(name) < 0:
+            return False
+        self.image_combo.setCurrentText(name)
+        return True
 
     def image_layer(self):
         """The layer chosen in the *Image* box, or None."""

@@ -1,14 +1,22 @@
 """Teaching from a viewer: a :class:`~napari_simseg.annotator.viewer_session.ViewerSession`'s labelled
 slices to a :class:`~napari_simseg.core.session.teaching.TeachJob`, and the switch to the new
 checkpoint once it is done (``ViewerSession.teach``). Qt-free, like the viewer session.
+
+Taught checkpoints go to a folder of the user's: beside the image when that folder is the
+user's and writable, never inside the installed package (whose bundled sample is read-only
+to SimSeg) or the Python installation; otherwise to :func:`user_checkpoint_dir`.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
+import sysconfig
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +24,66 @@ import numpy as np
 from napari_simseg.core.io.images import split_extension
 from napari_simseg.core.session.teaching import TeachCase, accepted_slices, layout_of, start_teaching
 
-__all__ = ["ViewerTeachJob", "image_source_path", "start_viewer_teaching", "taught_checkpoint_path"]
+__all__ = ["TeachRequest", "ViewerTeachJob", "image_source_path", "is_user_folder", "start_viewer_teaching",
+           "taught_checkpoint_path", "user_checkpoint_dir"]
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TeachRequest:
+    """What to teach (``ViewerSession.teach``'s arguments).
+
+    Attributes
+    ----------
+    max_minutes : float
+        The time budget, until the new checkpoint is written.
+    slices : {"accepted", "edited"} or sequence of int
+        Which labelled slices (``core.session.teaching.accepted_slices``), or the slices.
+    base : "current", "demo", path or None
+        Where teaching starts: the session's network, the bundled model, a checkpoint,
+        or a fresh network.
+    output : str or Path, optional
+        The new checkpoint's file or folder (default: :func:`taught_checkpoint_path`).
+    options : dict, optional
+        Training options that override the teaching recipe.
+    """
+
+    max_minutes: float = 3.0
+    slices: str | Sequence[int] = "accepted"
+    base: object = "current"
+    output: str | Path | None = None
+    options: dict | None = None
+
+
+def user_checkpoint_dir() -> Path:
+    """The user's folder for taught checkpoints: ``checkpoints`` in napari-simseg's user data
+    folder (``$XDG_DATA_HOME/napari-simseg`` or ``~/.local/share/napari-simseg`` on Linux,
+    ``~/Library/Application Support/napari-simseg`` on macOS, ``%LOCALAPPDATA%\\napari-simseg``
+    on Windows; platformdirs, which napari depends on)."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-simseg", appauthor=False)) / "checkpoints"
+
+
+def _installation_folders() -> list[Path]:
+    """Folders that belong to the installation, not the user: the package and Python's own."""
+    folders = {PACKAGE_DIR, Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)}
+    for key in ("purelib", "platlib", "stdlib", "platstdlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            folders.add(Path(path))
+    return [f.resolve() for f in folders]
+
+
+def is_user_folder(folder) -> bool:
+    """Whether SimSeg may write into ``folder``: an existing, writable folder outside the
+    installed package and the Python installation (site-packages, the environment)."""
+    folder = Path(folder).expanduser()
+    if not (folder.is_dir() and os.access(folder, os.W_OK)):
+        return False
+    resolved = folder.resolve()
+    return not any(resolved == f or f in resolved.parents for f in _installation_folders())
 
 
 def image_source_path(layer) -> Path | None:
@@ -28,16 +95,36 @@ def image_source_path(layer) -> Path | None:
 
 
 def taught_checkpoint_path(layer, output=None) -> Path:
-    """Where a checkpoint taught on ``layer`` goes: ``output`` when it names a
-    ``.safetensors`` file; else ``<image stem>.taught-<time>.safetensors`` in ``output``,
-    or beside the image file, or in the working directory (the first writable one)."""
-    if output is not None and str(output).endswith(".safetensors"):
-        return Path(output).expanduser()
+    """Where a checkpoint taught on ``layer`` goes.
+
+    ``output`` when it names a ``.safetensors`` file; else ``<image stem>.taught-<time>.safetensors``
+    in ``output``, or beside the image file when its folder is the user's
+    (:func:`is_user_folder`), else in :func:`user_checkpoint_dir` (made if missing).
+
+    Raises
+    ------
+    ValueError
+        For an ``output`` inside the installed package or the Python installation.
+    OSError
+        When the user's data folder cannot be made.
+    """
+    if output is not None:
+        path = Path(output).expanduser()
+        target = path.parent if str(output).endswith(".safetensors") else path
+        resolved = target.resolve()
+        if any(resolved == f or f in resolved.parents for f in _installation_folders()):
+            raise ValueError(f"{path} lies inside the napari-simseg installation; choose a folder of your own")
+        if str(output).endswith(".safetensors"):
+            return path
     source = image_source_path(layer)
     stem = split_extension(source)[0] if source else re.sub(r"[^\w.-]+", "_", str(layer.name)) or "image"
-    folders = [Path(output).expanduser()] if output is not None else [
-        *([source.parent] if source else []), Path.cwd(), Path.home()]
-    folder = next((f for f in folders if f.is_dir() and os.access(f, os.W_OK)), folders[0])
+    if output is not None:
+        folder = Path(output).expanduser()
+    elif source is not None and is_user_folder(source.parent):
+        folder = source.parent
+    else:
+        folder = user_checkpoint_dir()
+        folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{stem}.taught-{time.strftime('%Y%m%d-%H%M%S')}.safetensors"
 
 
@@ -172,23 +259,25 @@ def _before_after(state: dict, clicks, where: str) -> str:
     return f": Dice at {key} clicks on {where} {shown}"
 
 
-def start_viewer_teaching(vs, max_minutes, slices, checkpoint, output, options) -> ViewerTeachJob:
+def start_viewer_teaching(vs, request: TeachRequest) -> ViewerTeachJob:
     """Start teaching a viewer session's labelled slices (``ViewerSession.teach``)."""
     session = vs.session
-    if isinstance(slices, str):
-        chosen = accepted_slices(session, vs.hand_edited, slices)
+    if isinstance(request.slices, str):
+        chosen = accepted_slices(session, vs.hand_edited, request.slices)
     else:
-        chosen = sorted({session.check_slice(0 if vs.is_2d else z) for z in slices})
+        chosen = sorted({session.check_slice(0 if vs.is_2d else z) for z in request.slices})
     if not chosen:
         raise ValueError("nothing to teach yet: click, propagate or paint some slices first")
     labels = np.asarray(vs.labels_layer.data)
     labels = labels[None] if vs.is_2d else labels
     predictor = session.predictor
+    checkpoint = request.base
     base = predictor.checkpoint.path if isinstance(checkpoint, str) and checkpoint == "current" else checkpoint
     source = image_source_path(vs.image_layer)
     job = start_teaching(
         [TeachCase(vs.image_layer.name, session.volume, labels, chosen)], session.class_names,
-        predictor.channel_names, base, max_minutes, taught_checkpoint_path(vs.image_layer, output),
-        layout=layout_of(predictor.meta), normalization=dict(predictor.meta.normalization), options=options,
-        provenance={"image": str(source) if source else vs.image_layer.name}, device=str(predictor.device))
+        predictor.channel_names, base, request.max_minutes, taught_checkpoint_path(vs.image_layer, request.output),
+        layout=layout_of(predictor.meta), normalization=dict(predictor.meta.normalization),
+        options=request.options, provenance={"image": str(source) if source else vs.image_layer.name},
+        device=str(predictor.device))
     return ViewerTeachJob(vs, job, chosen, None if base is None else str(base))

@@ -27,12 +27,39 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-__all__ = ["TEACH_BASES", "TeachPanel"]
+__all__ = ["TEACH_BASES", "TeachPanel", "progress_text", "set_wrapped_text", "wrapping_label"]
 
 logger = logging.getLogger(__name__)
 
 #: The start networks offered, and what ``ViewerSession.teach(checkpoint=...)`` gets for each.
 TEACH_BASES = {"current model": "current", "bundled model": "demo", "fresh network": None}
+
+
+def wrapping_label() -> QLabel:
+    """A word-wrapped label that never asks for width: a long file name in it is cut at the
+    dock's edge (and shown whole in its tooltip) instead of widening the dock."""
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+    label.setMinimumWidth(0)
+    return label
+
+
+def set_wrapped_text(label: QLabel, text: str) -> None:
+    """Show ``text`` in a :func:`wrapping_label`, whole in its tooltip too."""
+    label.setText(text)
+    label.setToolTip(text)
+
+
+def progress_text(state: dict) -> str:
+    """The short text inside the progress bar (the details go to the status line below it)."""
+    if state["status"] == "done":
+        return "done"
+    if state["status"] in ("failed", "cancelled"):
+        return state["status"]
+    if state.get("epoch"):
+        return f"epoch {state['epoch']}/{state['epochs']}"
+    return "starting"
 
 
 def _cancel_job(holder: list) -> None:
@@ -71,6 +98,7 @@ class TeachPanel(QGroupBox):
         self.job = None
         self.options: dict = {}
         self._jobs: list = []  # what the destroyed-handler cancels (it must not reach self)
+        self._busy = False  # the widget runs another job
         grid = QGridLayout(self)
         self.minutes_spin = QDoubleSpinBox()
         self.minutes_spin.setRange(0.1, 240.0)
@@ -93,9 +121,7 @@ class TeachPanel(QGroupBox):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setVisible(False)
         self.cancel_button.clicked.connect(self.cancel)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        self.status_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+        self.status_label = wrapping_label()
         grid.addWidget(self.minutes_spin, 0, 0)
         grid.addWidget(self.base_combo, 0, 1)
         grid.addWidget(self.teach_button, 0, 2)
@@ -112,9 +138,14 @@ class TeachPanel(QGroupBox):
         return self._timer.isActive()
 
     def _set_status(self, text: str) -> None:
-        self.status_label.setText(text)
-        if text:
+        if text and text != self.status_label.text():
             logger.info("SimSeg teach: %s", text)
+        set_wrapped_text(self.status_label, text)
+
+    def set_busy(self, busy: bool) -> None:
+        """Disable *Teach* while the widget runs another job (Auto volume, a load ...)."""
+        self._busy = bool(busy)
+        self.teach_button.setEnabled(not self._busy and not self.running)
 
     def teach(self) -> bool:
         """Start teaching with the budget and start network chosen; returns whether it started."""
@@ -124,6 +155,9 @@ class TeachPanel(QGroupBox):
             return False
         if self.running:
             self._set_status("already teaching; Cancel first")
+            return False
+        if self._busy or session.busy:
+            self._set_status("SimSeg is busy; Teach when the running job is done")
             return False
         base = TEACH_BASES[self.base_combo.currentText()]
         try:
@@ -135,7 +169,7 @@ class TeachPanel(QGroupBox):
         self._jobs[:] = [job]
         self.teach_button.setEnabled(False)
         self.progress.setValue(0)
-        self.progress.setFormat("starting ...")
+        self.progress.setFormat("starting")
         self.progress.setVisible(True)
         self.cancel_button.setVisible(True)
         self.cancel_button.setEnabled(True)
@@ -152,13 +186,13 @@ class TeachPanel(QGroupBox):
         ended = job.done()
         text = job.describe()
         self.progress.setValue(int(1000 * job.fraction))
-        self.progress.setFormat(text.removeprefix("teaching: "))
+        self.progress.setFormat(progress_text(job.state))
+        self._set_status(text if ended else f"{text} (you can keep clicking)")
         if ended:
             self._timer.stop()
             self.progress.setVisible(False)
             self.cancel_button.setVisible(False)
-            self.teach_button.setEnabled(True)
-            self._set_status(text)
+            self.teach_button.setEnabled(not self._busy)
             self.teach_finished.emit(job.state["status"], text)
 
     def cancel(self) -> None:

@@ -12,11 +12,15 @@ From napari's console every call runs synchronously::
     vs.auto()                                        # every slice without clicks
 
 The widget adds threading only: ``prepare_*`` (GUI thread: reads the layers, returns a
-:class:`Job`), ``Job.compute`` (any thread: touches only the core session), then
-``Job.finish`` / ``fail`` / ``cancel`` (GUI thread: updates the layers); one job at a
-time. This module is Qt-free (questions to the user come in as the ``confirm`` and
-``confirm_discard`` callbacks) and reads and writes layers through :mod:`napari_simseg.annotator.layers`;
-its long jobs (automatic segmentation, propagation, loading) are in :mod:`napari_simseg.annotator.jobs`.
+:class:`~napari_simseg.annotator.jobs.Job`), ``Job.compute`` (any thread: touches only the
+core session), then ``Job.finish`` / ``fail`` / ``cancel`` (GUI thread: writes the layers and
+says what happened, ``Job.summary``); one job at a time (:class:`~napari_simseg.annotator.jobs.JobRunner`).
+
+The session owns its collaborators and hands them explicitly to the jobs it builds: the
+:class:`~napari_simseg.annotator.labels_view.LabelsView` (the labels layer and its hand edits),
+the :class:`~napari_simseg.annotator.click_layers.ClickLayers` (the click layers and which
+points each round used) and the job runner. Qt-free: questions to the user come in as the
+``confirm`` and ``confirm_discard`` callbacks.
 """
 
 from __future__ import annotations
@@ -27,38 +31,52 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_simseg.annotator.jobs import Job, LongJobs, log_path_for
+from napari_simseg.annotator.click_layers import ClickLayers, IgnoredPoints, PointKey, clicks_from_keys
+from napari_simseg.annotator.jobs import Job, JobRunner
+from napari_simseg.annotator.labels_view import LabelsView
 from napari_simseg.annotator.layers import (
     CLICKS_SUFFIX,
     LABELS_LAYER_NAME,
-    ClickLayers,
-    LabelsView,
-    PointKey,
-    check_click_layer_names,
-    check_image_layer,
-    clicks_from_keys,
     current_slice,
-    existing_labels_layer,
-    find_image_layer,
-    image_channels,
     keep_other_labels_layer,
-    labels_class_problem,
     view_problem,
 )
+from napari_simseg.annotator.session_files import (
+    SavedSession,
+    load_job,
+    log_path_for,
+    read_saved,
+    save_session,
+)
+from napari_simseg.annotator.session_start import (
+    LIVE_SESSIONS,
+    OVERWRITE_POLICIES,
+    SessionOptions,
+    StartParts,
+    StartPlan,
+    plan_start,
+)
+from napari_simseg.annotator.slice_jobs import auto_job, propagate_job
 from napari_simseg.core.interaction.clicks import as_clicks, validate_click
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_simseg.core.network.predictor import Predictor
     from napari_simseg.core.session.interactive import InteractiveSession, RoundResult
 
-__all__ = ["CLICKS_SUFFIX", "LABELS_LAYER_NAME", "OVERWRITE_POLICIES", "Job", "ViewerSession", "log_path_for"]
+__all__ = ["CLICKS_SUFFIX", "LABELS_LAYER_NAME", "OVERWRITE_POLICIES", "Job", "SessionOptions", "ViewerSession",
+           "log_path_for"]
 
-OVERWRITE_POLICIES = ("ask", "always", "never")
 # log actions that are the user's work (a Load replacing them asks first)
 _WORK_ACTIONS = ("clicks", "auto", "set_labels", "propagate")
 
 
-class ViewerSession(LongJobs):
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message (a status line has one line)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class ViewerSession:
     """Interactive segmentation of one image layer of a napari viewer.
 
     Parameters
@@ -104,6 +122,8 @@ class ViewerSession(LongJobs):
         Missing checkpoint (for ``"demo"``: the demo model is not installed).
     ValueError
         Unavailable device.
+    RuntimeError
+        Another session of this viewer (not closed) drives the layers this one would use.
 
     Notes
     -----
@@ -122,49 +142,76 @@ class ViewerSession(LongJobs):
         from napari_simseg._llvm_guard import avoid_triton_llvm_clash
 
         avoid_triton_llvm_clash()  # before the first torch import in a process with a canvas
-        from napari_simseg.core.session.interactive import InteractiveSession
+        options = SessionOptions(device, overwrite_policy, confirm, batch_size, confirm_discard, channel_axis)
+        plan = plan_start(viewer, image_layer, checkpoint, options, self.load_predictor)
+        self._bind(plan, plan.build())
 
-        if overwrite_policy not in OVERWRITE_POLICIES:
-            raise ValueError(f"overwrite_policy must be one of {OVERWRITE_POLICIES}, got {overwrite_policy!r}")
+    @classmethod
+    def prepare_start(cls, viewer, image_layer=None, checkpoint="demo", options: SessionOptions | None = None,
+                      replaces: ViewerSession | None = None) -> Job:
+        """A job starting a session (the widget's *Start*): the layers are chosen and checked
+        here, ``compute`` loads the network, reads the pixels and builds the core session
+        (any thread), and ``finish`` (GUI thread) checks the viewer's layers again, makes the
+        session's layers and returns the new :class:`ViewerSession` (``replaces``, the session
+        it restarts, is closed then).
+
+        Raises
+        ------
+        ImageError, RuntimeError
+            As the constructor, for what can be checked before loading.
+        """
+        from napari_simseg._llvm_guard import avoid_triton_llvm_clash
+
+        avoid_triton_llvm_clash()  # here on the GUI thread; torch is imported by compute
+        plan = plan_start(viewer, image_layer, checkpoint, options or SessionOptions(), cls.load_predictor, replaces)
+
+        def finish(parts: StartParts) -> ViewerSession:
+            session = cls.__new__(cls)  # bound here, on the GUI thread, from what compute built
+            cls._bind(session, plan, parts)
+            return session
+
+        return Job("start", "loading the checkpoint", plan.build, finish, _one_line, summary=cls.describe)
+
+    def _bind(self, plan: StartPlan, parts: StartParts) -> None:
+        """Check the viewer's layers against the loaded network, then make this session's layers."""
+        viewer, options = plan.viewer, plan.options
+        existing = plan.check_viewer(parts)  # every check happens before the first change to the viewer
+        if plan.replaces is not None:
+            plan.replaces.close()
         self.viewer = viewer
-        if not isinstance(image_layer, (list, tuple)) and channel_axis is None:
-            layer = find_image_layer(viewer, image_layer)
-            if layer is None or np.ndim(layer.data) != 4:  # a 4D layer may hold channels
-                check_image_layer(layer, allow_colour=True)  # before the slow load
-
-        # --- every check happens before the first change to the viewer
-        predictor = self._load_predictor(checkpoint, device)
-        image, channels = image_channels(viewer, image_layer, predictor.channel_names, channel_axis)
-        existing = existing_labels_layer(viewer, channels[0].shape)
-        self._check_labels_classes(existing, predictor)
-        check_click_layer_names(viewer, predictor.class_names)
-        session = InteractiveSession(channels if len(channels) > 1 else channels[0], predictor)
-
-        # --- checks passed: bind to the viewer
-        self.kept_labels_layer = keep_other_labels_layer(viewer, channels[0].shape)
-        self.image_layer = image
-        self._image = channels[0]
-        self.session: InteractiveSession = session
-        self.overwrite_policy = overwrite_policy
-        self.confirm = confirm
-        self.confirm_discard = confirm_discard
-        self.batch_size = int(batch_size)
+        self.kept_labels_layer = keep_other_labels_layer(viewer, parts.channels[0].shape)
+        self.image_layer = plan.image.layer
+        self._channels = parts.channels
+        self.session: InteractiveSession = parts.session
+        self.overwrite_policy = options.overwrite_policy
+        self.confirm = options.confirm
+        self.confirm_discard = options.confirm_discard
+        self.batch_size = options.batch_size
         self._saved_events = 0  # the session's log up to here is saved (or was loaded)
-        self._nonfinite_points = self._outside_points = 0  # what the last prepare_round removed
-        self._job: Job | None = None
+        self._ignored = IgnoredPoints()  # what the last prepare_round removed
+        self._jobs = JobRunner()
         self.teach_job = None  # the running or last teach() job (napari_simseg.annotator.teach.ViewerTeachJob)
         self.last_result: RoundResult | None = None
         self.last_round_clicks = 0  # clicks of the last finished round
         self.last_round_shown = True  # whether its labels reached the layer
-        self._labels = LabelsView(viewer, image, self.class_names, session.labels, existing)
-        self._clicks = ClickLayers(viewer, image, self.class_names, session.shape)
+        self._labels = LabelsView(viewer, self.image_layer, self.class_names, self.session.labels, existing)
+        self._clicks = ClickLayers(viewer, self.image_layer, self.class_names, self.session.shape)
         self._clicks.activate()
+        self._closed = False
+        LIVE_SESSIONS.add(self)
+
+    def describe(self) -> str:
+        """What this session segments, in one line (the widget's status after *Start*)."""
+        slices = "" if self.is_2d else f" ({self.n_slices} slices)"
+        kept = f"; the earlier labels are now '{self.kept_labels_layer}'" if self.kept_labels_layer else ""
+        return (f"segmenting '{self.image_layer.name}'{slices} on {self.device} with classes "
+                f"{', '.join(self.class_names)}: click in a '<class> clicks' layer{kept}")
 
     # ------------------------------------------------------------------ set-up
     @staticmethod
     def import_model_stack() -> None:
-        """Import torch and the model code on the calling (GUI) thread, before a worker loads a
-        checkpoint: the LLVM guard must run before torch's first import, best not off the main thread."""
+        """Import torch and the model code on the calling thread, after the LLVM guard (which must
+        run before torch's first import in a process with a canvas)."""
         from napari_simseg._llvm_guard import avoid_triton_llvm_clash
 
         avoid_triton_llvm_clash()
@@ -174,37 +221,29 @@ class ViewerSession(LongJobs):
     def load_predictor(checkpoint, device: str = "auto") -> Predictor:
         """Load a checkpoint (path, ``"demo"``) onto ``device``; touches no layer, so it
         may run on a worker thread. Pass the result as ``checkpoint=`` to the
-        constructor, which then checks its classes against an existing labels layer."""
-        return ViewerSession._load_predictor(checkpoint, device)
-
-    @staticmethod
-    def _load_predictor(checkpoint, device: str) -> Predictor:
-        """The predictor on ``device`` (a loaded one is kept; an unavailable device is refused)."""
+        constructor, which then checks its classes against an existing labels layer.
+        A loaded Predictor is kept (an unavailable device is refused as for a path)."""
         from napari_simseg.core.network.devices import resolve_device
         from napari_simseg.core.network.predictor import Predictor
 
         if isinstance(checkpoint, Predictor):
-            resolve_device(device)  # an unavailable device is refused as for a path
+            resolve_device(device)
             return checkpoint
         return Predictor(checkpoint, device=device)  # refuses an unavailable device before the slow load
 
-    @staticmethod
-    def _check_labels_classes(existing, predictor) -> None:
-        """Refuse a predictor whose classes do not fit an ``existing`` labels layer."""
-        from napari_simseg.core.network.checkpoint import CheckpointError
-
-        problem = None if existing is None else labels_class_problem(existing, predictor.class_names)
-        if problem:
-            raise CheckpointError(
-                f"{predictor.checkpoint.path}: trained for classes {predictor.class_names}, but the "
-                f"'{LABELS_LAYER_NAME}' layer {problem}; pick a matching checkpoint or rename that layer"
-            )
-
     def close(self) -> None:
-        """Stop listening to the layers (the layers and their contents stay) and cancel a running teach job."""
+        """Stop listening to the layers (the layers and their contents stay), cancel a running
+        teach job and let another session take the layers over."""
         if self.teach_job is not None:
             self.teach_job.cancel()
         self._labels.close()
+        self._closed = True
+        LIVE_SESSIONS.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     # ------------------------------------------------------------------ properties
     @property
@@ -226,7 +265,7 @@ class ViewerSession(LongJobs):
     @property
     def busy(self) -> bool:
         """Whether a job (network computation) is in progress."""
-        return self._job is not None
+        return self._jobs.busy
 
     @property
     def labels_layer(self):
@@ -261,21 +300,13 @@ class ViewerSession(LongJobs):
 
     @property
     def ignored_points(self) -> int:
-        """How many points the last :meth:`prepare_round` removed (NaN/inf or outside the image)."""
-        return self._nonfinite_points + self._outside_points
+        """How many points the last :meth:`prepare_round` removed (NaN/inf, between slices, outside the image)."""
+        return self._ignored.count
 
     @property
     def ignored_note(self) -> str:
         """What the last :meth:`prepare_round` ignored, in words ("" when nothing)."""
-        parts = []
-        n = self._outside_points
-        if n:
-            size = " x ".join(str(d) for d in (self.session.shape[1:] if self.is_2d else self.session.shape))
-            parts.append(f"{n} point{'s' * (n != 1)} outside the image ({size}) removed")
-        n = self._nonfinite_points
-        if n:
-            parts.append(f"{n} point{'s' * (n != 1)} with a NaN or infinite coordinate ignored (removed)")
-        return "; ".join(parts)
+        return self._ignored.note
 
     def has_unsaved_rounds(self) -> bool:
         """Whether rounds, automatic results or set labels were made since the last save or load."""
@@ -285,10 +316,6 @@ class ViewerSession(LongJobs):
         if slice_index is None:
             return self.current_slice()
         return 0 if self.is_2d else self.session.check_slice(slice_index)
-
-    def _ensure_idle(self) -> None:
-        if self._job is not None:
-            raise RuntimeError(f"SimSeg is busy ({self._job.description}); wait for it to finish")
 
     # ------------------------------------------------------------------ hand edits
     def is_hand_edited(self, slice_index) -> bool:
@@ -321,13 +348,13 @@ class ViewerSession(LongJobs):
     def _round_job(self, z: int, keys: list[PointKey]) -> Job:
         clicks = clicks_from_keys(keys)
         session = self.session  # the job keeps its session even if load() replaces it
-        self._clicks.begin_round(keys)
+        ignored = self.ignored_note
+        where = "" if self.is_2d else f" on slice {z}"
 
         def compute():
             return session.add_clicks(z, clicks)
 
         def finish(result):
-            self._job = None
             self._clicks.end_round(z, keys, result.round)
             self.last_round_shown = self._labels.write(z, result.labels, self._may_overwrite)
             self.last_round_clicks = len(keys)
@@ -335,14 +362,22 @@ class ViewerSession(LongJobs):
             return result
 
         def fail(exc):
-            # the clicks become pending again; the user retries with "Run"
-            self._job = None
-            self._clicks.abandon_round()
-            return f"round on slice {z} failed: {exc}"
+            self._clicks.abandon_round()  # the clicks become pending again; the user retries with "Run"
+            return f"round{where} failed: {exc}"
 
-        where = "" if self.is_2d else f" on slice {z}"
-        job = Job("round", f"round{where}", compute, finish, fail, slice=z)
-        self._job = job
+        def summary(result) -> str:
+            n = len(keys)
+            text = f"{n} new click{'s' * (n != 1)}{where}: round {result.round} done"
+            if not self.last_round_shown:
+                text += "; your hand-edited labels were kept (Undo/Reset slice, or set Hand edits)"
+            return text + (f"; {ignored}" if ignored else "")
+
+        def timing(result) -> str:
+            return f"round {result.round}{where}: {result.total_ms:.0f} ms (network {result.model_ms:.0f} ms)"
+
+        job = self._jobs.hold(Job("round", f"round{where}", compute, finish, fail, slice=z, summary=summary,
+                                  timing=timing))
+        self._clicks.begin_round(keys)
         return job
 
     def prepare_round(self, slice_index=None) -> Job | None:
@@ -355,14 +390,14 @@ class ViewerSession(LongJobs):
             else the first slice that has some (the widget's path for new clicks).
 
         Points outside the image are removed, and so are points with a NaN or infinite
-        coordinate, on every slice (counted in :attr:`ignored_points` and described in
-        :attr:`ignored_note`, which the widget reports).
-        Raises RuntimeError when busy or when the view does not show slices along the
-        first axis.
+        coordinate and points between slices (a slice coordinate that is not a whole
+        number: the API refuses slice 2.7, so the layers do too), on every slice (counted
+        in :attr:`ignored_points` and described in :attr:`ignored_note`, which the
+        widget reports). Raises RuntimeError when busy or when the view does not show
+        slices along the first axis.
         """
-        self._ensure_idle()
-        self._nonfinite_points = self._clicks.drop_nonfinite()
-        self._outside_points = self._clicks.drop_outside()  # at once: said now, not at a later round
+        self._jobs.ensure_idle()
+        self._ignored = self._clicks.drop_unusable()  # at once: said now, not at a later round
         if slice_index is None:
             slices = self.pending_slices()
             if not slices:
@@ -386,7 +421,7 @@ class ViewerSession(LongJobs):
             None when the slice has no new points.
         """
         job = self.prepare_round(self.current_slice() if slice_index is None else slice_index)
-        return None if job is None else self._run_sync(job)
+        return None if job is None else self._jobs.run(job)
 
     def add_clicks(self, slice_index, clicks: Sequence) -> RoundResult:
         """Place clicks on a slice (they appear in the class layers) and run the round.
@@ -401,56 +436,37 @@ class ViewerSession(LongJobs):
         Raises
         ------
         ClickError
-            For a click outside the slice or of an unknown class (nothing changes).
+            For clicks that are not a sequence of clicks, a click outside the slice or of
+            an unknown class (nothing changes).
         """
-        self._ensure_idle()
+        self._jobs.ensure_idle()
         z = self._check_slice(slice_index)
         clicks = as_clicks(clicks)
         for c in clicks:
             validate_click(c, self.n_classes, self.session.shape[1:])
         keys = self._clicks.keys(z, clicks)
+        self._ignored = IgnoredPoints()
         job = self._round_job(z, keys)  # marks the points as used before they appear
         try:
             self._clicks.add(keys)
         except Exception:
-            self._job = None
+            self._jobs.release()
             self._clicks.abandon_round()
             raise
-        return self._run_sync(job)
-
-    def _run_sync(self, job: Job):
-        try:
-            if job.is_generator:
-                for value in job.compute():
-                    job.on_yield(value)
-                result = None
-            else:
-                result = job.compute()
-        except BaseException as exc:
-            job.fail(exc)
-            raise
-        return job.finish(result)
+        return self._jobs.run(job)
 
     def undo(self, slice_index=None) -> np.ndarray:
         """Undo the newest round of a slice: its points go, its labels go back."""
-        self._ensure_idle()
+        self._jobs.ensure_idle()
         z = self._check_slice(slice_index)
         labels = self.session.undo(z)  # raises when there is nothing to undo
         self._clicks.undo(z)
-        self._write_changed([z])  # undoing a propagation changes all its slices
+        self._labels.sync(self.session.labels, self._may_overwrite, also=[z])  # a propagation: all its slices
         return labels
-
-    def _write_changed(self, also=()) -> list[int]:
-        """Show ``also`` and every slice whose session labels differ from what was last written there."""
-        diff = np.flatnonzero((self.session.labels != self._labels.written).any(axis=(1, 2)))
-        changed = sorted({int(z) for z in diff} | set(also))
-        for z in changed:
-            self._labels.write(z, self.session.labels[z], self._may_overwrite)
-        return changed
 
     def redo(self, slice_index=None) -> np.ndarray:
         """Redo the most recently undone round of a slice (its points come back)."""
-        self._ensure_idle()
+        self._jobs.ensure_idle()
         z = self._check_slice(slice_index)
         labels = self.session.redo(z)  # raises when there is nothing to redo
         self._clicks.redo(z)
@@ -459,25 +475,76 @@ class ViewerSession(LongJobs):
 
     def reset(self, slice_index=None) -> np.ndarray:
         """Forget every round of a slice, remove its points and clear its labels."""
-        self._ensure_idle()
+        self._jobs.ensure_idle()
         z = self._check_slice(slice_index)
         labels = self.session.reset_slice(z)
         self._clicks.reset(z)
         self._labels.write(z, labels, self._may_overwrite)
         return labels
 
-    # ------------------------------------------------------------------ device
+    # ------------------------------------------------------------------ automatic, propagation
+    def prepare_auto(self, slices=None) -> Job:
+        """A job predicting slices without clicks (0-click result), batched.
+
+        Parameters
+        ----------
+        slices : int, sequence of int or None
+            None: every slice. Slices with rounds (clicks, or a propagation) are skipped
+            (they hold the user's work); hand-edited slices are overwritten only as
+            ``overwrite_policy`` allows (asked once, for all of them).
+
+        Raises
+        ------
+        RuntimeError
+            When busy, or when no slice is left to predict.
+        """
+        self._jobs.ensure_idle()
+        wanted = list(range(self.n_slices)) if slices is None else [self._check_slice(s) for s in np.atleast_1d(slices)]
+        return self._jobs.hold(auto_job(self.session, self._labels, wanted, self._may_overwrite, self.batch_size))
+
+    def auto(self, slice_index=None) -> str:
+        """Automatic (0-click) segmentation of one slice, or of every slice (None); returns a summary line."""
+        return self._jobs.run(self.prepare_auto(slice_index))
+
+    def prepare_propagate(self, slice_index=None, direction: str = "both") -> Job:
+        """A job carrying a finished slice into its neighbours, slice by slice
+        (:meth:`InteractiveSession.propagate <napari_simseg.core.session.interactive.InteractiveSession.propagate>`).
+
+        Slices edited by hand (painted) stop it like slices with clicks: they are never
+        overwritten. A finished slice painted by hand is carried from its labels as
+        shown; otherwise from its clicks. The job yields ``(done, total, slice,
+        labels)``; cancelling keeps the slices done, and Undo on any propagated slice
+        (or :meth:`undo_propagation`) undoes the whole propagation.
+        """
+        self._jobs.ensure_idle()
+        if self.is_2d:
+            raise RuntimeError("propagation needs a 3D image (a 2D image has no neighbouring slices)")
+        z = self._check_slice(slice_index)
+        return self._jobs.hold(propagate_job(self.session, self._labels, z, direction))
+
+    def propagate(self, slice_index=None, direction: str = "both") -> str:
+        """Carry a finished slice (default: the current one) into its neighbours; returns a summary line."""
+        return self._jobs.run(self.prepare_propagate(slice_index, direction))
+
+    def undo_propagation(self, slice_index=None) -> list[int]:
+        """Undo the newest propagation (from ``slice_index``, when given) as one step; returns
+        the slices restored."""
+        self._jobs.ensure_idle()
+        restored = self.session.undo_propagation(None if slice_index is None else self._check_slice(slice_index))
+        self._labels.sync(self.session.labels, self._may_overwrite)
+        return restored
+
+    # ------------------------------------------------------------------ device, checkpoint
     def set_device(self, device: str) -> str:
         """Move the network to another device (``auto``, ``cpu``, ``cuda``, ``mps``)."""
         from napari_simseg.core.network.predictor import Predictor
 
-        self._ensure_idle()
+        self._jobs.ensure_idle()
         old = self.session.predictor
         new = Predictor(old.checkpoint, device=device, tta=old.tta)
         self.session.set_predictor(new)
         return str(new.device)
 
-    # ------------------------------------------------------------------ teaching
     @property
     def checkpoint(self) -> str:
         """The checkpoint file the network runs now (the bundled model's file for ``"demo"``)."""
@@ -488,7 +555,7 @@ class ViewerSession(LongJobs):
         memory layout (e.g. a taught one), keeping every slice's labels and memory (the LSTM states restart)."""
         from napari_simseg.core.network.predictor import Predictor
 
-        self._ensure_idle()
+        self._jobs.ensure_idle()
         old = self.session.predictor
         if not isinstance(checkpoint, Predictor):
             checkpoint = Predictor(checkpoint, device=str(old.device), tta=old.tta, expected_classes=self.class_names)
@@ -511,8 +578,10 @@ class ViewerSession(LongJobs):
             Where teaching starts: this session's network, the bundled model, any
             checkpoint (of other classes: transfer), or a fresh network (``None``).
         output : str or Path, optional
-            The new checkpoint's file or folder (default: beside the image file, else the
-            working directory), named ``<image>.taught-<time>.safetensors``.
+            The new checkpoint's file or folder. Default: beside the image file when that
+            folder is the user's and writable (never inside the installed package), else
+            the user's data folder (``napari_simseg.annotator.teach.user_checkpoint_dir``);
+            named ``<image>.taught-<time>.safetensors``.
         options : dict, optional
             Training options that override the teaching recipe (``core.jobs.teach_worker``).
 
@@ -524,11 +593,14 @@ class ViewerSession(LongJobs):
             200 ms), the session runs the new checkpoint (:attr:`checkpoint`), keeping
             every slice's labels and memory. :meth:`close` cancels it.
         """
-        from napari_simseg.annotator.teach import start_viewer_teaching
+        from napari_simseg.annotator.teach import TeachRequest, start_viewer_teaching
 
         if self.teach_job is not None and not self.teach_job.done():
             raise RuntimeError("SimSeg is already teaching; wait for it or cancel it first")
-        self.teach_job = start_viewer_teaching(self, max_minutes, slices, checkpoint, output, options)
+        self._jobs.ensure_idle()  # the labels are read as the layer shows them: not while a job writes them
+        request = TeachRequest(max_minutes=max_minutes, slices=slices, base=checkpoint, output=output,
+                               options=options)
+        self.teach_job = start_viewer_teaching(self, request)
         return self.teach_job
 
     # ------------------------------------------------------------------ files
@@ -545,10 +617,60 @@ class ViewerSession(LongJobs):
         -------
         (labels path, log path)
         """
-        self._ensure_idle()
-        written = self._labels.write_file(path)
+        self._jobs.ensure_idle()
         saved = len(self.session.log)
-        log = self.session.save_log(log_path_for(written))
+        written = save_session(self._labels, self.session, path)
         self._saved_events = saved
-        return written, Path(log)
+        return written
 
+    def prepare_load(self, path, discard: bool = False) -> Job:
+        """A job restoring labels from a file and, with its log, the memories.
+
+        Rounds made since the last save or load are replaced only with ``discard=True``
+        or when ``confirm_discard`` agrees; otherwise a ``RuntimeError`` and nothing
+        changes. The job's ``compute`` reads the labels file and the log, checks every
+        field of the log (:func:`~napari_simseg.core.session.interaction_log.check_log`)
+        before anything is allocated from it, and replays it (network rounds), yielding
+        ``(done, total)`` logged actions; stopping it early (the widget's Cancel) or an
+        error leaves the session as it was.
+        """
+        self._jobs.ensure_idle()
+        path = Path(path)
+        if not discard and self.has_unsaved_rounds():
+            question = f"Loading {path.name} replaces the rounds made since the last save."
+            if self.confirm_discard is None or not self.confirm_discard(question):
+                raise RuntimeError(f"{path.name} not loaded: it would replace rounds made since the last save; "
+                                   "Save first (or load with discard=True)")
+        labels, shape, names = self._labels, tuple(self._channels[0].shape), self.class_names
+
+        def read() -> SavedSession:
+            return read_saved(path, labels, shape, names)
+
+        return self._jobs.hold(load_job(path, read, self._session_factory(), self._adopt))
+
+    def _session_factory(self) -> Callable[[], InteractiveSession]:
+        """A fresh core session like this one (the image, network and settings of now)."""
+        from napari_simseg.core.session.interactive import InteractiveSession
+
+        s, channels = self.session, self._channels
+        image = channels if len(channels) > 1 else channels[0]
+        settings = dict(max_state_history=s.max_state_history, honour_clicks=s.honour_clicks,
+                        decision_offsets=s.decision_offsets)
+        return lambda: InteractiveSession(image, s.predictor, **settings)
+
+    def _adopt(self, fresh: InteractiveSession, saved: SavedSession) -> None:
+        """A loaded session becomes this one's: its labels, clicks and memories (GUI thread)."""
+        from napari_simseg.core.session.interaction_log import rounds_from_log
+
+        self.session = fresh
+        self._saved_events = len(fresh.log)
+        self._clicks.restore(*rounds_from_log(saved.log))
+        self._labels.replace(fresh.labels, saved.labels)
+
+    def load(self, path, discard: bool = False) -> str:
+        """Restore labels from a file and, if ``<stem>.simseg.json`` exists, the memories.
+
+        Rounds made since the last save or load are replaced only with ``discard=True``
+        or when ``confirm_discard`` agrees (see :meth:`prepare_load`).
+        """
+        return self._jobs.run(self.prepare_load(path, discard))

@@ -92,10 +92,12 @@ def as_clicks(clicks: Iterable) -> list[Click]:
     Raises
     ------
     ClickError
-        For a malformed click, a class index that is not an integer (see
-        :func:`as_index`: ``1.5`` and ``True`` are refused, not rounded) or a
-        coordinate that is not a number.
+        For ``clicks`` that is not a sequence (``None``, a single click), a malformed
+        click, a class index that is not an integer (see :func:`as_index`: ``1.5`` and
+        ``True`` are refused, not rounded) or a coordinate that is not a number.
     """
+    if isinstance(clicks, (str, bytes, Click)) or not isinstance(clicks, Iterable):
+        raise ClickError(f"clicks must be a sequence of Click or (class index, y, x); got {clicks!r}")
     out = []
     for c in clicks:
         if isinstance(c, Click):
