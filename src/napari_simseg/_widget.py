@@ -343,7 +343,8 @@ class SimSegWidget(QWidget):
         if layer is None or (not isinstance(image_layer, str) and not _same_layer(layer, image_layer)):
             return f"'{name}' is not a layer of this viewer: nothing started"
         if not isinstance(layer, Image):
-            return f"'{name}' is a {type(layer).__name__} layer, not an image layer: choose an image (nothing started)"
+            kind = type(getattr(layer, "__wrapped__", layer)).__name__
+            return f"'{name}' is a {kind} layer, not an image layer: choose an image (nothing started)"
         return None
 
     def set_checkpoint(self, path) -> None:

@@ -56,7 +56,7 @@ class CheckpointField(QWidget):
         """Why the entered checkpoint cannot be used (a missing file, a folder), or None."""
         try:
             resolve_checkpoint(self.text())
-        except FileNotFoundError as exc:
+        except OSError as exc:  # missing, a folder, a name the system refuses
             return str(exc).strip().splitlines()[0]
         return None
 

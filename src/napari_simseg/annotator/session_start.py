@@ -73,18 +73,23 @@ def _layer_names(viewer, class_names) -> list:
     return [name for name in wanted if name in viewer.layers]
 
 
+def _unwrapped(obj):
+    """The object itself, seen through napari's plugin proxies (each access makes a new proxy)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 def owner_problem(viewer, class_names, sources, replaces=None) -> str | None:
     """Why a new session of ``class_names`` on the image layers ``sources`` may not start in
     ``viewer``: another live session (not ``replaces``, the one it restarts) drives the layers
     it would take over or segments the same image; None when nothing stands in the way."""
-    taken = {id(viewer.layers[name]) for name in _layer_names(viewer, class_names)}
-    images = {id(getattr(s, "__wrapped__", s)) for s in sources}
+    taken = {id(_unwrapped(viewer.layers[name])) for name in _layer_names(viewer, class_names)}
+    images = {id(_unwrapped(s)) for s in sources}
     for other in list(LIVE_SESSIONS):
-        if other is replaces or other.viewer is not viewer:
+        if other is replaces or _unwrapped(other.viewer) is not _unwrapped(viewer):
             continue
-        mine = [other.labels_layer, *other.click_layers]
-        clash = [layer.name for layer in mine if id(layer) in taken and layer in viewer.layers]
-        if clash or id(getattr(other.image_layer, "__wrapped__", other.image_layer)) in images:
+        mine = [other.labels_layer, *getattr(other, "click_layers", [])]  # [] while it makes them
+        clash = [layer.name for layer in mine if id(_unwrapped(layer)) in taken]
+        if clash or id(_unwrapped(other.image_layer)) in images:
             shown = ", ".join(f"'{n}'" for n in clash[:3]) + (" ..." if len(clash) > 3 else "")
             what = f"drives {shown}" if clash else "segments it"
             return (f"another SimSeg session (segmenting '{other.image_layer.name}') {what}: close it first "

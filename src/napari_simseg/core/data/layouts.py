@@ -214,7 +214,9 @@ class DatasetSpec:
 
 
 def _hidden(p: Path) -> bool:
-    return p.name.startswith(".")
+    """Skipped without a note: hidden files, and SimSeg's own checkpoints (a taught one is
+    written beside its image when that folder is the user's)."""
+    return p.name.startswith(".") or p.name.lower().endswith(".safetensors")
 
 
 def _case_id(p: Path) -> str:
@@ -233,7 +235,7 @@ def _note(notes: list[str], message: str) -> None:
 def _list_files(folder: Path, notes: list[str], file_ending: str | None = None) -> list[Path]:
     """The readable images of a folder (sub-folders are DICOM series), sorted.
 
-    Hidden files are skipped silently; files of another type (or, with
+    Hidden files and checkpoints are skipped silently; files of another type (or, with
     ``file_ending``, another ending) are skipped with a note.
     """
     kept, ignored = [], []
