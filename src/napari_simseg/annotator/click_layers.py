@@ -18,8 +18,8 @@ from napari_simseg.annotator.colors import class_colors
 from napari_simseg.annotator.layers import CLICKS_SUFFIX, transform_kwargs
 from napari_simseg.core.interaction.clicks import Click
 
-__all__ = ["SLICE_TOLERANCE", "ClickLayers", "IgnoredPoints", "PointKey", "clicks_from_keys", "keys_from_clicks",
-           "make_click_layers", "point_coords"]
+__all__ = ["SLICE_TOLERANCE", "ClickLayers", "IgnoredPoints", "PointKey", "click_layer_model", "clicks_from_keys",
+           "iter_click_layers", "keys_from_clicks", "make_click_layers", "point_coords"]
 
 #: how far from a whole number a point's slice coordinate may be (float error) and still lie on that slice
 SLICE_TOLERANCE = 1e-3
@@ -43,36 +43,50 @@ def clicks_from_keys(keys: Iterable[PointKey]) -> list[Click]:
     return [Click(cls, coords[-2], coords[-1]) for cls, coords in keys]
 
 
-def make_click_layers(viewer, image_layer, class_names: Sequence[str]) -> list:
-    """One empty ``"<class> clicks"`` points layer per class, placed over ``image_layer``.
+def click_layer_model(image_layer, class_names: Sequence[str], class_index: int) -> Points:
+    """A new, empty ``"<class> clicks"`` points layer over ``image_layer``, not yet in a viewer
+    (no Qt: any thread)."""
+    ndim = image_layer.ndim
+    h, w = image_layer.data.shape[-3:-1] if getattr(image_layer, "rgb", False) else image_layer.data.shape[-2:]
+    name = class_names[class_index]
+    return Points(
+        np.empty((0, ndim)), ndim=ndim, name=f"{name}{CLICKS_SUFFIX}",
+        face_color=class_colors(len(class_names))[class_index], border_color="black", border_width=0.15,
+        size=max(2.0, 0.04 * min(h, w)), out_of_slice_display=False,
+        metadata={"simseg": {"role": "clicks", "class_index": class_index, "class_name": name}},
+        **transform_kwargs(image_layer),
+    )
+
+
+def iter_click_layers(viewer, image_layer, class_names: Sequence[str], models=None) -> Iterator:
+    """One empty ``"<class> clicks"`` points layer per class, placed over ``image_layer``, made one
+    by one (the caller may let the event loop run between them).
 
     A points layer of that name and dimensionality is emptied and reused (its clicks
     belong to rounds this session never ran); one of another dimensionality is replaced.
+    ``models`` are the new layers made beforehand (:func:`click_layer_model`), one per class.
     """
     colors = class_colors(len(class_names))
     ndim = image_layer.ndim
-    h, w = image_layer.data.shape[-3:-1] if getattr(image_layer, "rgb", False) else image_layer.data.shape[-2:]
-    size = max(2.0, 0.04 * min(h, w))
-    layers = []
     for i, name in enumerate(class_names):
         lname = f"{name}{CLICKS_SUFFIX}"
         layer = viewer.layers[lname] if lname in viewer.layers else None
-        meta = {"simseg": {"role": "clicks", "class_index": i, "class_name": name}}
         if isinstance(layer, Points) and layer.ndim == ndim:
             layer.selected_data = set()  # a stale selection breaks the colour update
             layer.data = np.empty((0, ndim))
             layer.current_face_color = colors[i]
+            meta = {"simseg": {"role": "clicks", "class_index": i, "class_name": name}}
             layer.metadata = {**layer.metadata, **meta}
         else:
             if layer is not None:  # a points layer of another dimensionality
                 viewer.layers.remove(layer)
-            layer = viewer.add_points(
-                np.empty((0, ndim)), ndim=ndim, name=lname, face_color=colors[i],
-                border_color="black", border_width=0.15, size=size,
-                out_of_slice_display=False, metadata=meta, **transform_kwargs(image_layer),
-            )
-        layers.append(layer)
-    return layers
+            layer = viewer.add_layer(models[i] if models else click_layer_model(image_layer, class_names, i))
+        yield layer
+
+
+def make_click_layers(viewer, image_layer, class_names: Sequence[str], models=None) -> list:
+    """:func:`iter_click_layers` at once."""
+    return list(iter_click_layers(viewer, image_layer, class_names, models))
 
 
 @dataclass(frozen=True)
@@ -118,20 +132,18 @@ class ClickLayers:
     Parameters
     ----------
     viewer : napari.Viewer
-    image_layer : napari.layers.Image
-        The segmented image; new layers copy its geometry. Existing click layers of
-        the same dimensionality are emptied and reused.
-    class_names : sequence of str
-        One layer per class, background included, in class-index order.
+    layers : list of napari.layers.Points
+        One layer per class, background included, in class-index order
+        (:func:`make_click_layers`).
     shape : (Z, H, W)
         The session's slice stack (``Z == 1`` for a 2D image).
     """
 
-    def __init__(self, viewer, image_layer, class_names: Sequence[str], shape: Sequence[int]):
+    def __init__(self, viewer, layers: list, shape: Sequence[int]):
         self.viewer = viewer
-        self.is_2d = image_layer.ndim == 2
+        self.is_2d = layers[0].ndim == 2
         self.shape = tuple(int(s) for s in shape)
-        self.layers = make_click_layers(viewer, image_layer, class_names)
+        self.layers = list(layers)
         self._rounds: dict[int, list[list[PointKey]]] = defaultdict(list)
         self._redo: dict[int, list[list[PointKey]]] = defaultdict(list)
         self._in_flight: list[PointKey] | None = None  # points of the running round

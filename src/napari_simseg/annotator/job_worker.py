@@ -8,7 +8,9 @@ came of it: the job's kind, its one-line message, its timing and what ``finish``
 
 from __future__ import annotations
 
-from qtpy.QtCore import QObject, Signal
+import inspect
+
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_simseg.annotator.dialogs import JobError, shield_runtime_errors
 from napari_simseg.annotator.jobs import Job
@@ -51,10 +53,12 @@ class JobWorker(QObject):
         self.worker = None
         self.job: Job | None = None
         self._ended = False  # whether the running job has reported its end
+        self._steps = None  # the GUI steps of a finish still running (one per event-loop turn)
+        self._worker_gone = False  # the worker ended while those steps run
 
     @property
     def busy(self) -> bool:
-        return self.worker is not None
+        return self.worker is not None or self._steps is not None
 
     def start(self, job: Job) -> None:
         """Run ``job.compute`` on a napari worker; what comes back arrives as signals."""
@@ -73,7 +77,7 @@ class JobWorker(QObject):
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
-        self.worker, self.job, self._ended = worker, job, False
+        self.worker, self.job, self._ended, self._worker_gone = worker, job, False, False
         worker.start()
 
     def cancel(self) -> bool:
@@ -112,7 +116,28 @@ class JobWorker(QObject):
         except (ValueError, RuntimeError, OSError, IndexError) as exc:
             self._end(job.kind, one_line(exc))
             return
+        if inspect.isgenerator(value):
+            self._steps = value
+            QTimer.singleShot(0, self._next_step)
+            return
         self._end(job.kind, job.summary(value), job.timing(value), value)
+
+    def _next_step(self) -> None:
+        """Run one GUI step of a finish, then let the event loop run before the next."""
+        job = self.job
+        try:
+            next(self._steps)
+        except StopIteration as stop:
+            self._steps = None
+            self._end(job.kind, job.summary(stop.value), job.timing(stop.value), stop.value)
+        except (ValueError, RuntimeError, OSError, IndexError) as exc:
+            self._steps = None
+            self._end(job.kind, one_line(exc))
+        else:
+            QTimer.singleShot(0, self._next_step)
+            return
+        if self._worker_gone:
+            self._on_finished()
 
     def _on_errored(self, exc) -> None:
         job = self.job
@@ -127,6 +152,9 @@ class JobWorker(QObject):
             self._end(job.kind, job.cancel())
 
     def _on_finished(self) -> None:
+        if self._steps is not None:  # its finish still runs step by step: the job ends after it
+            self._worker_gone = True
+            return
         job = self.job
         if job is not None and not self._ended:
             # a generator quit before it yielded again still has to release the session

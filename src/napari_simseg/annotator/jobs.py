@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Job", "JobRunner"]
+__all__ = ["Job", "JobRunner", "completed"]
 
 
 def _no_timing(value) -> str:
@@ -36,7 +36,9 @@ class Job:
         session, never a layer, so it may run on a worker thread.
     finish : callable
         ``finish(result)`` on the GUI thread once ``compute`` returned (generators:
-        ``None``); writes the layers and returns what the synchronous API returns.
+        ``None``); writes the layers and returns what the synchronous API returns, or a
+        generator of GUI steps that returns it (:func:`completed`; the widget lets the event
+        loop run between the steps, e.g. between the layers a start adds).
     fail : callable
         ``fail(exception)`` on the GUI thread if ``compute`` raised; returns a message.
     on_yield : callable, optional
@@ -66,6 +68,17 @@ class Job:
     @property
     def is_generator(self) -> bool:
         return inspect.isgeneratorfunction(self.compute)
+
+
+def completed(value):
+    """What ``finish`` returned, its steps run first when it returned a generator of them."""
+    if not inspect.isgenerator(value):
+        return value
+    while True:
+        try:
+            next(value)
+        except StopIteration as stop:
+            return stop.value
 
 
 class JobRunner:
@@ -136,4 +149,4 @@ class JobRunner:
         except BaseException as exc:
             job.fail(exc)
             raise
-        return job.finish(result)
+        return completed(job.finish(result))

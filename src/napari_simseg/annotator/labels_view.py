@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from napari.layers import Labels
 
 from napari_simseg._writer import write_labels_layer
 from napari_simseg.annotator.colors import labels_layer_kwargs
@@ -18,7 +19,7 @@ from napari_simseg.annotator.layers import LABELS_LAYER_NAME, transform_kwargs
 from napari_simseg.core.imaging.preprocessing import ImageError
 from napari_simseg.core.io.images import WRITABLE_EXTENSIONS, ImageWriteError, read_image, split_extension
 
-__all__ = ["LabelsView", "painted_slices"]
+__all__ = ["LabelsView", "labels_layer_model", "painted_slices"]
 
 
 def painted_slices(event, n_slices: int) -> set | None:
@@ -46,6 +47,13 @@ def painted_slices(event, n_slices: int) -> set | None:
     return slices
 
 
+def labels_layer_model(image_layer, class_names: Sequence[str], data: np.ndarray) -> Labels:
+    """A new ``"SimSeg labels"`` layer over ``image_layer``, not yet in a viewer (no Qt: any thread)."""
+    kwargs = labels_layer_kwargs(class_names)
+    kwargs["metadata"]["image_name"] = image_layer.name
+    return Labels(data, name=LABELS_LAYER_NAME, opacity=0.6, **kwargs, **transform_kwargs(image_layer))
+
+
 class LabelsView:
     """The ``"SimSeg labels"`` layer and what SimSeg last wrote into it.
 
@@ -64,9 +72,12 @@ class LabelsView:
     existing : napari.layers.Labels, optional
         A ``"SimSeg labels"`` layer to adopt (its contents stay; slices that differ
         from ``written`` count as hand-edited); else a new, empty layer is added.
+    new_layer : napari.layers.Labels, optional
+        That new layer, made beforehand (:func:`labels_layer_model`, on any thread).
     """
 
-    def __init__(self, viewer, image_layer, class_names: Sequence[str], written: np.ndarray, existing=None):
+    def __init__(self, viewer, image_layer, class_names: Sequence[str], written: np.ndarray, existing=None,
+                 new_layer=None):
         self.viewer = viewer
         self.image_layer = image_layer
         self.class_names = list(class_names)
@@ -76,8 +87,10 @@ class LabelsView:
         # slices to compare with ``written`` before the next answer; None: every slice
         self._candidates: set | None = None
         if existing is None:
-            shown = self._as_shown(self.written)
-            self.layer = self._add(np.zeros(shown.shape, shown.dtype))  # lazily zeroed: no pass over it here
+            if new_layer is None:
+                shown = self._as_shown(self.written)
+                new_layer = labels_layer_model(image_layer, self.class_names, np.zeros(shown.shape, shown.dtype))
+            self.layer = viewer.add_layer(new_layer)
         else:
             self.layer = self._adopt(existing)
         self._connect()
@@ -90,10 +103,7 @@ class LabelsView:
         return stack[0] if self.is_2d else stack
 
     def _add(self, data: np.ndarray):
-        kwargs = labels_layer_kwargs(self.class_names)
-        kwargs["metadata"]["image_name"] = self.image_layer.name
-        return self.viewer.add_labels(data, name=LABELS_LAYER_NAME, opacity=0.6, **kwargs,
-                                      **transform_kwargs(self.image_layer))
+        return self.viewer.add_layer(labels_layer_model(self.image_layer, self.class_names, data))
 
     def _adopt(self, layer):
         kwargs = labels_layer_kwargs(self.class_names)

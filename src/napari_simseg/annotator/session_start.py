@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from napari_simseg.annotator.click_layers import click_layer_model
+from napari_simseg.annotator.labels_view import labels_layer_model
 from napari_simseg.annotator.layers import (
     CLICKS_SUFFIX,
     LABELS_LAYER_NAME,
@@ -99,11 +103,15 @@ def owner_problem(viewer, class_names, sources, replaces=None) -> str | None:
 
 @dataclass
 class StartParts:
-    """What :meth:`StartPlan.build` made off the GUI thread."""
+    """What :meth:`StartPlan.build` made off the GUI thread: the network, the image's channels,
+    the core session, and the new layers (not yet in the viewer; used where no layer of the
+    viewer is adopted)."""
 
     predictor: Any
     channels: list
     session: Any  # InteractiveSession
+    labels_layer: Any = None
+    click_layers: list | None = None
 
 
 @dataclass
@@ -145,7 +153,11 @@ class StartPlan:
                                   f"{self.channel_names} as its header said when Start was pressed; press Start again")
         channels = self.image.read()
         session = InteractiveSession(channels if len(channels) > 1 else channels[0], predictor)
-        return StartParts(predictor, channels, session)
+        names = list(predictor.class_names)
+        shown = session.labels[0] if session.is_2d else session.labels
+        labels_layer = labels_layer_model(self.image.layer, names, np.zeros(shown.shape, shown.dtype))
+        clicks = [click_layer_model(self.image.layer, names, i) for i in range(len(names))]
+        return StartParts(predictor, channels, session, labels_layer, clicks)
 
     def check_viewer(self, parts: StartParts):
         """The viewer's ``"SimSeg labels"`` layer to adopt (or None) once every check of the

@@ -25,13 +25,19 @@ points each round used) and the job runner. Qt-free: questions to the user come 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_simseg.annotator.click_layers import ClickLayers, IgnoredPoints, PointKey, clicks_from_keys
+from napari_simseg.annotator.click_layers import (
+    ClickLayers,
+    IgnoredPoints,
+    PointKey,
+    clicks_from_keys,
+    iter_click_layers,
+)
 from napari_simseg.annotator.jobs import Job, JobRunner
 from napari_simseg.annotator.labels_view import LabelsView
 from napari_simseg.annotator.layers import (
@@ -165,15 +171,25 @@ class ViewerSession:
         avoid_triton_llvm_clash()  # here on the GUI thread; torch is imported by compute
         plan = plan_start(viewer, image_layer, checkpoint, options or SessionOptions(), cls.load_predictor, replaces)
 
-        def finish(parts: StartParts) -> ViewerSession:
+        def finish(parts: StartParts):
             session = cls.__new__(cls)  # bound here, on the GUI thread, from what compute built
-            cls._bind(session, plan, parts)
-            return session
+
+            def steps():
+                yield from cls._bind_steps(session, plan, parts)
+                return session
+
+            return steps()  # one layer per step: the widget lets the event loop run between them
 
         return Job("start", "loading the checkpoint", plan.build, finish, _one_line, summary=cls.describe)
 
     def _bind(self, plan: StartPlan, parts: StartParts) -> None:
-        """Check the viewer's layers against the loaded network, then make this session's layers."""
+        """Bind to the viewer at once (the console)."""
+        for _ in self._bind_steps(plan, parts):
+            pass
+
+    def _bind_steps(self, plan: StartPlan, parts: StartParts) -> Iterator[str]:
+        """Check the viewer's layers against the loaded network, then make this session's layers,
+        yielding after each layer it adds."""
         viewer, options = plan.viewer, plan.options
         existing = plan.check_viewer(parts)  # every check happens before the first change to the viewer
         if plan.replaces is not None:
@@ -194,11 +210,17 @@ class ViewerSession:
         self.last_result: RoundResult | None = None
         self.last_round_clicks = 0  # clicks of the last finished round
         self.last_round_shown = True  # whether its labels reached the layer
-        self._labels = LabelsView(viewer, self.image_layer, self.class_names, self.session.labels, existing)
-        self._clicks = ClickLayers(viewer, self.image_layer, self.class_names, self.session.shape)
-        self._clicks.activate()
         self._closed = False
-        LIVE_SESSIONS.add(self)
+        self._labels = LabelsView(viewer, self.image_layer, self.class_names, self.session.labels, existing,
+                                  new_layer=parts.labels_layer)
+        LIVE_SESSIONS.add(self)  # from its first layer on, no other session takes them over
+        yield LABELS_LAYER_NAME
+        click_layers = []
+        for layer in iter_click_layers(viewer, self.image_layer, self.class_names, parts.click_layers):
+            click_layers.append(layer)
+            yield layer.name
+        self._clicks = ClickLayers(viewer, click_layers, self.session.shape)
+        self._clicks.activate()
 
     def describe(self) -> str:
         """What this session segments, in one line (the widget's status after *Start*)."""
