@@ -104,3 +104,21 @@ def test_widget_asks_one_layer_per_channel_and_segments_a_two_channel_image(make
         assert widget.image_picker.channel_combos == []
     finally:
         widget.shutdown()
+
+
+def test_a_saved_multichannel_session_loads_with_every_channel(make_napari_viewer, two_channel_checkpoint, channels,
+                                                               tmp_path):
+    from napari_simseg import ViewerSession
+
+    viewer = make_napari_viewer()
+    viewer.add_image(channels[0], name="T1")
+    viewer.add_image(channels[1], name="T2")
+    s = ViewerSession(viewer, checkpoint=two_channel_checkpoint, device="cpu")
+    s.add_clicks(1, [(1, 20, 20)])
+    shown = s.labels
+    labels_path, _ = s.save(tmp_path / "case.nii.gz")
+    s.reset(1)
+    assert "replayed 1 logged actions" in s.load(labels_path)  # the replay runs the network on both channels
+    assert s.session.volume.shape == (2, 4, 40, 48) and s.session.n_rounds(1) == 1
+    np.testing.assert_array_equal(s.labels, shown)
+    s.close()
