@@ -27,6 +27,10 @@ def one_line(exc: BaseException) -> str:
 class JobWorker(QObject):
     """Runs jobs on napari worker threads, one at a time, with a progress bar and *Cancel*.
 
+    A ``finish`` that is a generator runs one step per :attr:`STEP_PAUSE_MS`: a zero-delay timer
+    would be served before the canvas's paint and the other timers, starving them as if the
+    steps were one.
+
     Parameters
     ----------
     progress : QProgressBar
@@ -43,6 +47,7 @@ class JobWorker(QObject):
         The worker is gone: the next job may start.
     """
 
+    STEP_PAUSE_MS = 30  # between GUI steps: time for a paint and other timers
     ended = Signal(str, str, str, object)
     idle = Signal()
 
@@ -118,7 +123,7 @@ class JobWorker(QObject):
             return
         if inspect.isgenerator(value):
             self._steps = value
-            QTimer.singleShot(0, self._next_step)
+            QTimer.singleShot(self.STEP_PAUSE_MS, self._next_step)
             return
         self._end(job.kind, job.summary(value), job.timing(value), value)
 
@@ -134,7 +139,7 @@ class JobWorker(QObject):
             self._steps = None
             self._end(job.kind, one_line(exc))
         else:
-            QTimer.singleShot(0, self._next_step)
+            QTimer.singleShot(self.STEP_PAUSE_MS, self._next_step)
             return
         if self._worker_gone:
             self._on_finished()
