@@ -44,7 +44,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_simseg.annotator.controls import DEMO, CheckpointField, session_buttons
-from napari_simseg.annotator.dialogs import ask_discard, ask_overwrite, ask_restart, disconnect_all
+from napari_simseg.annotator.dialogs import ask_discard, ask_labels_alone, ask_overwrite, ask_restart, disconnect_all
 from napari_simseg.annotator.image_picker import ImagePicker
 from napari_simseg.annotator.job_worker import JobWorker, one_line
 from napari_simseg.annotator.shortcuts import bind_session_keys, unbind_keys
@@ -120,6 +120,7 @@ class SimSegWidget(QWidget):
         self.viewer = napari_viewer
         self.session: ViewerSession | None = None
         self._end_session_when_idle: str | None = None  # end the session with this once the job ends
+        self._questions: list = []  # dialogs a job's end raised, asked once its worker is gone
         self._start_failure: str | None = None  # the status of the last failed Start
         self._starting_device = "auto"
         self._preloaded = False
@@ -575,12 +576,27 @@ class SimSegWidget(QWidget):
         self.job_finished.emit(kind, message)
         if kind == "round" and value is not None:
             self.round_finished.emit(value)
+        if kind == "load" and self.session is not None and self.session.mismatched_load is not None:
+            self._questions.append(self._offer_labels_alone)  # asked once the worker is gone
+
+    def _offer_labels_alone(self) -> None:
+        """A load refused for a log saved with other labels: ask whether to load the labels alone."""
+        path = None if self.session is None else self.session.mismatched_load
+        if path is not None and ask_labels_alone(self, self.status_label.text()):
+            self._prepare_and_run(lambda s: s.prepare_load(path, discard=True, log=False))
+
+    def _ask_questions(self) -> None:
+        """The questions a job's end raised (one job at a time: the first that starts one ends it)."""
+        while self._questions and not self.jobs.busy:
+            self._questions.pop(0)()
 
     def _on_idle(self) -> None:
         self._update_buttons()
         if self._end_session_when_idle:
             self._end_session(self._end_session_when_idle)
         self._idle.emit()
+        if self._questions:
+            QTimer.singleShot(0, self._ask_questions)
         if self.session is not None:
             QTimer.singleShot(0, self._on_debounce)  # clicks placed while it ran
 

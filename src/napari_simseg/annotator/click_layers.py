@@ -327,3 +327,29 @@ class ClickLayers:
             rows = [c for rs in self._rounds.values() for r in rs for k, c in r if k == cls]
             layer.selected_data = set()
             layer.data = np.asarray(rows, dtype=float).reshape(-1, ndim)
+
+    # -------------------------------------------------------------- the whole state (autosave)
+    def state(self) -> dict:
+        """Every class layer's points and the points each round, and each undone round, used:
+        what :meth:`restore_state` puts back exactly (JSON-able but for the layers' arrays)."""
+        def stacks(by_slice):
+            return {str(z): [[[int(c), list(coords)] for c, coords in r] for r in rs] for z, rs in by_slice.items()
+                    if rs}
+
+        return {"ndim": 2 if self.is_2d else 3,
+                "layers": [np.array(layer.data, dtype=float) for layer in self.layers],
+                "rounds": stacks(self._rounds), "redo": stacks(self._redo)}
+
+    def restore_state(self, state: dict) -> None:
+        """Put back a :meth:`state`: the layers' points (pending ones included) and the rounds'."""
+        def stacks(by_slice):
+            return defaultdict(list, {int(z): [[(int(c), tuple(float(v) for v in coords)) for c, coords in r]
+                                               for r in rs] for z, rs in by_slice.items()})
+
+        self._in_flight = None
+        self._rounds, self._redo = stacks(state.get("rounds", {})), stacks(state.get("redo", {}))
+        ndim = int(state.get("ndim", 2 if self.is_2d else 3))
+        layers = state.get("layers", [])
+        for cls, layer in self.live():
+            layer.selected_data = set()
+            layer.data = np.asarray(layers[cls] if cls < len(layers) else [], dtype=float).reshape(-1, ndim)

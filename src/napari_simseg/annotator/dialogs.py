@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QMessageBox
 
-__all__ = ["JobError", "ask_discard", "ask_overwrite", "ask_restart", "disconnect_all", "shield_runtime_errors"]
+__all__ = ["JobError", "ask_discard", "ask_labels_alone", "ask_overwrite", "ask_restart", "disconnect_all",
+           "shield_runtime_errors"]
 
 
 def _ask(parent, title: str, text: str) -> bool:
@@ -35,6 +36,12 @@ def ask_discard(parent, question: str) -> bool:
     """Ask before a Load replaces rounds made since the last save (``question`` says which)."""
     return _ask(parent, "SimSeg: discard unsaved rounds?", f"{question}\n\nThey are lost unless you Save "
                 "first.\n\nLoad anyway?")
+
+
+def ask_labels_alone(parent, refusal: str) -> bool:
+    """Ask whether to load a labels file alone after its log was refused (``refusal`` says why)."""
+    return _ask(parent, "SimSeg: labels and log do not match", f"{refusal}\n\nLoad the labels alone (the "
+                "interaction memories start empty)?")
 
 
 class JobError(Exception):

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_simseg.annotator.jobs import Job
-from napari_simseg.core.io.images import split_extension
-from napari_simseg.core.session.interaction_log import check_log, load_log
+from napari_simseg.core.io.images import WRITABLE_EXTENSIONS, ImageWriteError, split_extension
+from napari_simseg.core.session.interaction_log import check_log, events_for_labels, labels_record, load_log
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_simseg.annotator.labels_view import LabelsView
@@ -34,12 +34,23 @@ def log_path_for(labels_path) -> Path:
 def save_session(labels: LabelsView, session: InteractiveSession, path) -> tuple[Path, Path]:
     """Write the labels as ``labels`` shows them to ``path`` and the session's log beside them.
 
+    The pair is one transaction: the log, naming the labels it goes with and the previous
+    save's (:func:`~napari_simseg.core.session.interaction_log.labels_record`), is written
+    first, then the labels. Killed between the two, the files load back as the previous
+    save, whole (:func:`read_saved`).
+
     Returns
     -------
     (labels path, log path)
     """
+    path = Path(path)
+    ext = split_extension(path)[1]
+    if ext not in WRITABLE_EXTENSIONS:  # before the log: a refused name changes nothing
+        raise ImageWriteError(path, f"unsupported extension '{ext}'; use one of {', '.join(WRITABLE_EXTENSIONS)}")
+    log_file = log_path_for(path)
+    record = labels_record(path, np.asarray(labels.live().data), session.log, log_file)
+    log = session.save_log(log_file, labels=record)
     written = labels.write_file(path)
-    log = session.save_log(log_path_for(written))
     return written, Path(log)
 
 
@@ -56,33 +67,50 @@ class SavedSession:
     log_file : Path
         Where its log would be.
     log : dict or None
-        The checked log (:func:`~napari_simseg.core.session.interaction_log.check_log`), or
-        None when there is no log file.
+        The checked log (:func:`~napari_simseg.core.session.interaction_log.check_log`) that
+        belongs to these labels, or None when there is no log file (or it is not used).
+    note : str
+        What the reader chose, for the summary ("" when nothing to say).
     """
 
     path: Path
     labels: np.ndarray
     log_file: Path
     log: dict | None
+    note: str = ""
 
 
-def read_saved(path, labels: LabelsView, shape: tuple, class_names: list) -> SavedSession:
+def read_saved(path, labels: LabelsView, shape: tuple, class_names: list, log: bool | None = None) -> SavedSession:
     """Read a labels file and its log, checking every field before anything is allocated from it.
+
+    Parameters
+    ----------
+    log : bool, optional
+        None: the log that belongs to these labels
+        (:func:`~napari_simseg.core.session.interaction_log.events_for_labels`: the previous
+        save's when the last save was interrupted between its two files); ``False``: none
+        (the labels alone); ``True``: the log as it is, even if saved with other labels
+        (where they differ, the labels count as hand edits).
 
     Raises
     ------
     ImageError
         For labels that do not fit the image or its classes.
     LogError
-        For a log that does not fit them.
+        For a log that does not fit them; ``LabelsMismatchError`` (with ``log=None``) for
+        labels the log was not saved with, naming both files and what to do.
     """
     path = Path(path)
     array = labels.read_file(path)
     log_file = log_path_for(path)
-    doc = None
-    if log_file.is_file():
+    doc, note = None, ""
+    if log is not False and log_file.is_file():
         doc = check_log(load_log(log_file), tuple(shape), class_names, str(log_file))
-    return SavedSession(path, array, log_file, doc)
+        if log is None:
+            doc, note = events_for_labels(doc, array, path, log_file)
+    elif log is False and log_file.is_file():
+        note = f"{log_file.name} not used: interaction memories start empty"
+    return SavedSession(path, array, log_file, doc, note)
 
 
 def load_job(path, read: Callable[[], SavedSession], new_session: Callable[[], InteractiveSession],
@@ -111,8 +139,9 @@ def load_job(path, read: Callable[[], SavedSession], new_session: Callable[[], I
         saved = loaded["saved"]
         adopt(loaded["session"], saved)
         if saved.log is None:
-            return f"loaded {name} (no {saved.log_file.name}: interaction memories start empty)"
-        return f"loaded {name} and replayed {len(saved.log['events'])} logged actions"
+            return f"loaded {name} ({saved.note or f'no {saved.log_file.name}: interaction memories start empty'})"
+        note = f"; {saved.note}" if saved.note else ""
+        return f"loaded {name} and replayed {len(saved.log['events'])} logged actions{note}"
 
     def cancel():
         return f"loading {name} cancelled after {progress['done']}/{progress['total']} logged actions; nothing changed"

@@ -25,6 +25,7 @@ points each round used) and the job runner. Qt-free: questions to the user come 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -232,6 +233,8 @@ class ViewerSession:
         self.last_result: RoundResult | None = None
         self.last_round_clicks = 0  # clicks of the last finished round
         self.last_round_shown = True  # whether its labels reached the layer
+        #: the labels file the last load refused for a log saved with other labels (else None)
+        self.mismatched_load: Path | None = None
         self._closed = False
         self._labels = LabelsView(viewer, self.image_layer, self.class_names, self.session.labels, existing,
                                   new_layer=parts.labels_layer)
@@ -660,6 +663,12 @@ class ViewerSession:
         Returns
         -------
         (labels path, log path)
+
+        Notes
+        -----
+        The pair is one transaction: the log is written first, naming the labels it goes
+        with and the previous save's; a save killed between the two files loads back as the
+        previous save, whole (see :meth:`prepare_load`).
         """
         self._jobs.ensure_idle()
         saved = len(self.session.log)
@@ -667,7 +676,7 @@ class ViewerSession:
         self._saved_events = saved
         return written
 
-    def prepare_load(self, path, discard: bool = False) -> Job:
+    def prepare_load(self, path, discard: bool = False, log: bool | None = None) -> Job:
         """A job restoring labels from a file and, with its log, the memories.
 
         Rounds made since the last save or load are replaced only with ``discard=True``
@@ -677,6 +686,13 @@ class ViewerSession:
         before anything is allocated from it, and replays it (network rounds), yielding
         ``(done, total)`` logged actions; stopping it early (the widget's Cancel) or an
         error leaves the session as it was.
+
+        The log must be the one saved with these labels (the previous save's when the last
+        save was interrupted between its two files); labels it was not saved with fail the
+        job with ``LabelsMismatchError`` naming both files, unless ``log`` says what to do:
+        ``False`` loads the labels alone, ``True`` replays the log under them anyway (where
+        they differ they count as hand edits); :attr:`mismatched_load` then names the file
+        (the widget asks whether to load the labels alone).
         """
         self._jobs.ensure_idle()
         path = Path(path)
@@ -688,9 +704,18 @@ class ViewerSession:
         labels, shape, names = self._labels, tuple(self._channels[0].shape), self.class_names
 
         def read() -> SavedSession:
-            return read_saved(path, labels, shape, names)
+            return read_saved(path, labels, shape, names, log)
 
-        return self._jobs.hold(load_job(path, read, self._session_factory(), self._adopt))
+        self.mismatched_load = None
+        job = load_job(path, read, self._session_factory(), self._adopt)
+
+        def fail(exc):
+            from napari_simseg.core.session.interaction_log import LabelsMismatchError
+
+            self.mismatched_load = path if isinstance(exc, LabelsMismatchError) else None
+            return job.fail(exc)
+
+        return self._jobs.hold(dataclasses.replace(job, fail=fail))
 
     def _session_factory(self) -> Callable[[], InteractiveSession]:
         """A fresh core session like this one (the image, network and settings of now)."""
@@ -711,10 +736,11 @@ class ViewerSession:
         self._clicks.restore(*rounds_from_log(saved.log))
         self._labels.replace(fresh.labels, saved.labels)
 
-    def load(self, path, discard: bool = False) -> str:
+    def load(self, path, discard: bool = False, log: bool | None = None) -> str:
         """Restore labels from a file and, if ``<stem>.simseg.json`` exists, the memories.
 
         Rounds made since the last save or load are replaced only with ``discard=True``
-        or when ``confirm_discard`` agrees (see :meth:`prepare_load`).
+        or when ``confirm_discard`` agrees; ``log``: what to do with a log saved with other
+        labels (see :meth:`prepare_load`).
         """
-        return self._jobs.run(self.prepare_load(path, discard))
+        return self._jobs.run(self.prepare_load(path, discard, log))

@@ -27,10 +27,24 @@ A ``propagate`` event holds every seed of every slice it wrote
 (:mod:`~napari_simseg.core.session.propagation`), so its replay does not depend on the seed
 rules of the code that replays it; ``undo`` on a propagated slice undoes the whole
 propagation, as it did when recorded.
+
+A log saved with a labels file (the viewer's *Save*) names the labels it belongs to::
+
+    "labels": {"file": name, "digest": labels_digest(labels as saved),
+               "previous": {"digest": ..., "n_events": k} | {"digest": ..., "events": [...]} | null}
+
+The pair is one transaction: the log is written first, then the labels file. A kill
+between the two leaves the previous labels with the new log, whose ``previous`` names those
+labels' digest and their events (the first ``k`` events of this log, or the events
+themselves when the previous log was another session's): :func:`events_for_labels` then
+gives the previous set back whole. Labels that fit neither (changed since, by another
+program or an interrupted save of an older version) are refused by name
+(:class:`LabelsMismatchError`), saying how to load them anyway.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -41,16 +55,19 @@ import numpy as np
 from napari_simseg.core.interaction.clicks import Click, ClickError, as_index, validate_click
 from napari_simseg.core.io.atomic import atomic_write_text
 
-__all__ = ["LOG_FORMAT", "LOG_VERSION", "LogError", "check_log", "iter_replay", "load_log", "replay_log",
-           "rounds_from_log", "write_log"]
+__all__ = ["LOG_FORMAT", "LOG_VERSION", "LabelsMismatchError", "LogError", "check_log", "events_for_labels",
+           "iter_replay", "labels_digest", "labels_record", "load_log", "replay_log", "rounds_from_log", "write_log"]
 
 LOG_FORMAT = "napari-simseg-log"
 LOG_VERSION = 1
 
 
 def write_log(path, image_shape: Sequence[int], class_names: Sequence[str], checkpoint,
-              events: Sequence[dict]) -> Path:
-    """Write a log document atomically (a temporary file in the same folder, then a rename)."""
+              events: Sequence[dict], labels: dict | None = None) -> Path:
+    """Write a log document atomically (a temporary file in the same folder, then a rename).
+
+    ``labels``: the labels file it belongs to (:func:`labels_record`), when there is one.
+    """
     path = Path(path)
     doc = {
         "format": LOG_FORMAT,
@@ -60,6 +77,8 @@ def write_log(path, image_shape: Sequence[int], class_names: Sequence[str], chec
         "checkpoint": checkpoint,
         "events": list(events),
     }
+    if labels is not None:
+        doc["labels"] = labels
     return atomic_write_text(path, json.dumps(doc, indent=1))
 
 
@@ -202,10 +221,115 @@ def check_log(doc: dict, image_shape: Sequence[int] | None = None, class_names: 
     events = doc.get("events")
     if not isinstance(events, list):
         raise LogError(f"{source}: 'events' must be a list, got {type(events).__name__}")
+    _check_labels_entry(doc.get("labels"), len(events), source)
     n_slices = shape[0] if len(shape) == 3 else 1
     for i, event in enumerate(events):
         _check_event(event, n_slices, shape[-2:], len(names), f"{source}: event {i}")
     return doc
+
+
+def labels_digest(labels) -> str:
+    """A digest of a labels array's shape and values, whatever integer type holds them
+    (a file read back in another type gives the same digest)."""
+    a = np.asarray(labels)
+    top = int(a.max()) if a.size else 0
+    kind = "<u1" if top < 2**8 else "<u2" if top < 2**16 else "<u4"
+    h = hashlib.blake2b(f"{a.shape}".encode(), digest_size=16)
+    for part in a.reshape(-1, *a.shape[-2:]) if a.ndim >= 2 else [a]:  # a slice at a time: no big copy
+        h.update(np.ascontiguousarray(part, dtype=kind).tobytes())
+    return h.hexdigest()
+
+
+def _without_times(events) -> str:
+    return json.dumps([{k: v for k, v in e.items() if k != "time"} for e in events], sort_keys=True)
+
+
+def labels_record(labels_file, labels, events: Sequence[dict], log_path) -> dict:
+    """The ``"labels"`` entry of a log about to be written with a labels file (see the module).
+
+    Parameters
+    ----------
+    labels_file : str or Path
+        The labels file the log goes with.
+    labels : ndarray
+        The labels being saved.
+    events : sequence of dict
+        The new log's events.
+    log_path : str or Path
+        The log file; the log there now (if it names its labels) becomes ``previous``.
+    """
+    previous = None
+    try:
+        old = load_log(log_path) if Path(log_path).is_file() else None
+    except ValueError:
+        old = None  # an unreadable log: nothing to fall back on
+    old_digest = (old.get("labels") or {}).get("digest") if old else None
+    if old is not None and isinstance(old_digest, str):
+        k = len(old["events"])
+        if k <= len(events) and _without_times(events[:k]) == _without_times(old["events"]):
+            previous = {"digest": old_digest, "n_events": k}
+        else:
+            previous = {"digest": old_digest, "events": old["events"]}
+    return {"file": Path(labels_file).name, "digest": labels_digest(labels), "previous": previous}
+
+
+class LabelsMismatchError(LogError):
+    """A labels file and its log that were not saved together."""
+
+
+def events_for_labels(doc: dict, labels, labels_file, log_file) -> tuple[dict, str]:
+    """The log of ``doc`` that belongs to ``labels`` (read from ``labels_file``).
+
+    Returns
+    -------
+    (doc, note)
+        ``doc`` itself when the labels are those it was saved with (or it names none: a
+        log from before labels were named); the previous save's log when the labels are
+        those (the last save was interrupted between its two files; ``note`` says so).
+
+    Raises
+    ------
+    LabelsMismatchError
+        When the labels fit neither: naming both files and how to load them anyway.
+    """
+    entry = doc.get("labels")
+    if not entry:
+        return doc, ""
+    digest = labels_digest(labels)
+    if digest == entry["digest"]:
+        return doc, ""
+    previous = entry.get("previous") or {}
+    if previous.get("digest") == digest:
+        if "n_events" in previous:
+            events = doc["events"][: previous["n_events"]]
+        else:
+            events = previous["events"]
+        old = check_log({**doc, "events": events, "labels": None}, source=f"{log_file} (previous save)")
+        return old, (f"the last save of {Path(labels_file).name} did not finish: loaded the save before it "
+                     f"({len(events)} logged actions)")
+    raise LabelsMismatchError(
+        f"{Path(labels_file).name} does not hold the labels {Path(log_file).name} was saved with (changed since, "
+        "or a save of an older version was interrupted): load the labels alone (load(..., log=False): the "
+        "interaction memories start empty) or replay this log under them anyway (log=True: where they differ "
+        "they count as hand edits)"
+    )
+
+
+def _check_labels_entry(entry, n_events: int, source: str) -> None:
+    """The ``"labels"`` entry's fields (the labels file a log was saved with)."""
+    if entry is None:
+        return
+    if not isinstance(entry, dict) or not isinstance(entry.get("digest"), str):
+        raise LogError(f"{source}: 'labels' must name the labels' 'digest', got {entry!r:.80}")
+    previous = entry.get("previous")
+    if previous is None:
+        return
+    n = previous.get("n_events") if isinstance(previous, dict) else None
+    if not isinstance(previous, dict) or not isinstance(previous.get("digest"), str) or not (
+            isinstance(previous.get("events"), list)
+            or (isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= n_events)):
+        raise LogError(f"{source}: 'labels.previous' must be a digest with 'n_events' or 'events', "
+                       f"got {previous!r:.80}")
 
 
 def _event_clicks(event: dict) -> list[Click]:

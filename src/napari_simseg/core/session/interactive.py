@@ -743,7 +743,14 @@ class InteractiveSession:
     def log(self) -> list[dict]:
         return [dict(e) for e in self._log]
 
-    def save_log(self, path) -> Path:
-        """Write the ordered interaction log as JSON (atomically); see ``core.session.interaction_log``."""
+    def log_since(self, start: int) -> list[dict]:
+        """The log's events from index ``start`` on (what an autosave has not written yet)."""
+        return [dict(e) for e in self._log[start:]]
+
+    def save_log(self, path, labels: dict | None = None) -> Path:
+        """Write the ordered interaction log as JSON (atomically); see ``core.session.interaction_log``.
+
+        ``labels``: the labels file the log goes with
+        (:func:`~napari_simseg.core.session.interaction_log.labels_record`)."""
         shape = self.shape if not self.is_2d else self.shape[1:]
-        return write_log(path, shape, self.class_names, self.predictor.checkpoint.path, self._log)
+        return write_log(path, shape, self.class_names, self.predictor.checkpoint.path, self._log, labels)
