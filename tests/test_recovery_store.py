@@ -52,8 +52,12 @@ def test_fingerprint_keys_the_content_and_the_file(tmp_path):
     fp = image_fingerprint([image])
     assert fp == image_fingerprint([image.copy()])
     changed = image.copy()
-    changed[3, 7, 11] += 1.0  # one pixel the strided sample does not hold: a slice sum changes
+    changed[3, 7, 11] += 1.0  # a small image is hashed whole
     assert image_fingerprint([changed])["key"] != fp["key"]
+    big = np.zeros((4, 512, 512), np.float32)
+    big_fp = image_fingerprint([big])
+    big[2, 32, 5] = 1.0  # on a summed row, between the sampled values
+    assert image_fingerprint([big])["key"] != big_fp["key"]
     assert image_fingerprint([image.astype(np.float64)])["key"] != fp["key"]
     assert image_fingerprint([image, image])["key"] != fp["key"]
     path = tmp_path / "ct.nii.gz"

@@ -12,12 +12,23 @@ into the next one; :attr:`AutosaveWriter.error` says what failed until a commit 
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections.abc import Callable
 
 from napari_simseg.core.session.recovery import RecoveryRecord, RecoveryStore, Snapshot
 
 __all__ = ["AutosaveWriter"]
+
+_RUNNING: weakref.WeakSet = weakref.WeakSet()  # writers to finish when the interpreter exits
+
+
+@atexit.register
+def _finish_writing() -> None:
+    """On a normal exit, write what waits (the thread is a daemon: it would be cut off)."""
+    for writer in list(_RUNNING):
+        writer.flush(timeout=10.0)
 
 
 class AutosaveWriter:
@@ -45,6 +56,7 @@ class AutosaveWriter:
         self.commits = 0
         self._thread = threading.Thread(target=self._run, name="simseg-autosave", daemon=True)
         self._thread.start()
+        _RUNNING.add(self)
 
     def submit(self, snap: Snapshot, on_committed: Callable[[], None] | None = None) -> None:
         """Queue ``snap`` (merged with any snapshot still waiting); returns at once.
@@ -72,10 +84,14 @@ class AutosaveWriter:
             return self._pending is None and not self._busy
 
     def close(self, remove: bool, timeout: float | None = 30.0) -> None:
-        """Write what waits, stop the thread, then remove the folder (``remove``) or keep it."""
-        self.flush(timeout)
+        """Stop the thread, then remove the folder (``remove``: what waits is not written) or
+        keep it (what waits is written first)."""
+        if not remove:
+            self.flush(timeout)
         with self._cond:
             self._closed = True
+            if remove:
+                self._pending = None
             self._cond.notify_all()
         self._thread.join(timeout)
         if remove:

@@ -60,7 +60,10 @@ LOCK = "lock"
 #: a folder without a manifest this old was left by a process killed before its first commit
 _ORPHAN_SECONDS = 120.0
 _MAX_SEGMENTS = 64  # log segments before they are merged into one
-_SAMPLE = 1 << 20  # elements of an image hashed for its key
+# what of an image is hashed for its key: about 2**18 values spread over it, and each slice's
+# sum over every 16th row (a 300 x 512 x 512 volume: ~15 ms, the whole of it would take ~0.5 s)
+_SAMPLE = 1 << 18
+_ROW_STEP = 16
 
 
 class RecoveryError(ValueError):
@@ -102,8 +105,9 @@ def image_fingerprint(channels: Sequence[np.ndarray], path=None) -> dict:
     -------
     dict
         ``{"key", "path", "size", "mtime_ns", "shape", "dtype", "content"}``: ``content``
-        hashes each channel's shape, type, a strided sample of at most 2**20 values and
-        every slice's sum (a change between the sampled values still changes a sum).
+        hashes each channel's shape, type, a strided sample of about 2**18 values and
+        every slice's sum over every 16th row (an image of up to 2**18 values is hashed
+        whole).
     """
     h = hashlib.blake2b(digest_size=16)
     shapes, dtypes = [], []
@@ -114,8 +118,8 @@ def image_fingerprint(channels: Sequence[np.ndarray], path=None) -> dict:
         h.update(f"{a.shape}{a.dtype.str}".encode())
         flat = a.reshape(-1)
         h.update(np.ascontiguousarray(flat[:: max(1, flat.size // _SAMPLE)]).tobytes())
-        sums = a.reshape(-1, *a.shape[-2:]).sum(axis=(1, 2), dtype=np.float64)
-        h.update(sums.tobytes())
+        rows = a.reshape(-1, *a.shape[-2:])[:, ::_ROW_STEP]  # every slice's sum over every 16th row
+        h.update(rows.sum(axis=(1, 2), dtype=np.float64).tobytes())
     fp = {"path": None, "size": None, "mtime_ns": None, "shape": shapes, "dtype": dtypes, "content": h.hexdigest()}
     if path is not None:
         p = Path(path)
