@@ -48,6 +48,12 @@ def tiny_meta_and_model(memory="sim", depth=3, class_names=("background", "a", "
     return meta, model
 
 
+@pytest.fixture(autouse=True)
+def _recovery_store_in_tmp(tmp_path_factory, monkeypatch):
+    """Sessions autosave into a folder of the test's own, never the user's cache."""
+    monkeypatch.setenv("SIMSEG_RECOVERY_DIR", str(tmp_path_factory.mktemp("recovery")))
+
+
 @pytest.fixture
 def make_checkpoint(tmp_path):
     """Factory: write a tiny random checkpoint and return its path."""

@@ -18,7 +18,10 @@ layers), and the widget shows the job's own summary. What the widget adds:
   progress bar; Cancel quits them between steps and what was finished is kept (a load
   changes nothing until it is complete);
 * questions go through Qt dialogs (:func:`ask_overwrite` and :func:`ask_discard`, passed
-  to the session as its ``confirm`` and ``confirm_discard``, and :func:`ask_restart`);
+  to the session as its ``confirm`` and ``confirm_discard``, and :func:`ask_restart`); those a
+  job's end raises (restore unsaved work after *Start*, load labels alone) once its worker is gone;
+* autosave: every job's end hands the session's work to its recovery store; a paint stroke
+  does after :attr:`SimSegWidget.AUTOSAVE_MS` (strokes in quick succession are saved once);
 * the model stack (torch) is imported on a thread of its own when the widget is first shown.
 
 This module never imports torch; it gets numpy arrays back from the core.
@@ -44,7 +47,14 @@ from qtpy.QtWidgets import (
 )
 
 from napari_simseg.annotator.controls import DEMO, CheckpointField, session_buttons
-from napari_simseg.annotator.dialogs import ask_discard, ask_labels_alone, ask_overwrite, ask_restart, disconnect_all
+from napari_simseg.annotator.dialogs import (
+    ask_discard,
+    ask_labels_alone,
+    ask_overwrite,
+    ask_recover,
+    ask_restart,
+    disconnect_all,
+)
 from napari_simseg.annotator.image_picker import ImagePicker
 from napari_simseg.annotator.job_worker import JobWorker, one_line
 from napari_simseg.annotator.shortcuts import bind_session_keys, unbind_keys
@@ -110,6 +120,7 @@ class SimSegWidget(QWidget):
     """
 
     DEBOUNCE_MS = 400
+    AUTOSAVE_MS = 250
 
     round_finished = Signal(object)
     job_finished = Signal(str, str)
@@ -137,6 +148,10 @@ class SimSegWidget(QWidget):
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(self.DEBOUNCE_MS)
         self._debounce.timeout.connect(self._on_debounce)
+        self._autosave_timer = QTimer(self)  # after a paint stroke (a job's end saves by itself)
+        self._autosave_timer.setSingleShot(True)
+        self._autosave_timer.setInterval(self.AUTOSAVE_MS)
+        self._autosave_timer.timeout.connect(self._autosave)
 
         self._viewer_connections = [
             (self.viewer.layers.events.inserted, self._on_layers_changed),
@@ -437,6 +452,7 @@ class SimSegWidget(QWidget):
         """The started session becomes the widget's (the previous one was closed by it)."""
         self._detach()
         self.session = session
+        session.schedule_autosave = self._autosave_timer.start
         self._sessions[:] = [session]
         self._device = self._starting_device
         self._start_failure = None
@@ -568,6 +584,7 @@ class SimSegWidget(QWidget):
         if kind == "start":
             if value is not None:
                 self._adopt(value)
+                self._questions.append(self._offer_recovery)  # asked once the worker is gone
             else:
                 self._start_failure = message
         if value is not None:
@@ -584,6 +601,24 @@ class SimSegWidget(QWidget):
         path = None if self.session is None else self.session.mismatched_load
         if path is not None and ask_labels_alone(self, self.status_label.text()):
             self._prepare_and_run(lambda s: s.prepare_load(path, discard=True, log=False))
+
+    def _offer_recovery(self) -> None:
+        """After Start: offer the unsaved work a session left on this image; declined, it is not
+        offered again (and expires)."""
+        info = None if self.session is None else self.session.recoverable()
+        if info is None:
+            return
+        if ask_recover(self, info.describe()):
+            self._prepare_and_run(lambda s: s.prepare_recover(info))
+        else:
+            self.session.recovery.decline(info)
+
+    def _autosave(self) -> None:
+        """A paint stroke's autosave (a running job's end does it instead)."""
+        if self.session is not None and not self.jobs.busy:
+            self.session.autosave()
+            if self.session.recovery is not None and self.session.recovery.error:
+                self._set_status(self.session.recovery.error)
 
     def _ask_questions(self) -> None:
         """The questions a job's end raised (one job at a time: the first that starts one ends it)."""
@@ -676,6 +711,7 @@ class SimSegWidget(QWidget):
     def shutdown(self) -> None:
         """Stop a running worker and let go of the viewer's layers."""
         self._debounce.stop()
+        self._autosave_timer.stop()
         self.jobs.shutdown()
         self._detach()
         disconnect_all(self._viewer_connections)

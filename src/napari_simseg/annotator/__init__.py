@@ -10,7 +10,9 @@ Qt-free (the console's and the widget's):
 * ``jobs``: the :class:`Job` (compute on any thread; finish, fail, cancel on the GUI thread)
   and the :class:`JobRunner` that lets one run at a time;
 * ``slice_jobs``: automatic segmentation and propagation, the jobs that write many slices;
-* ``session_files``: saving and loading the labels and the interaction log;
+* ``session_files``: saving and loading the labels and the interaction log (one transaction);
+* ``autosave``: the session's work kept after every action for recovery after a crash, and
+  restoring it;
 * ``layers``: which layers a session may use (image, channels, geometry) and the view;
 * ``labels_view``: the ``"SimSeg labels"`` layer, written without erasing hand edits;
 * ``click_layers``: the ``"<class> clicks"`` layers and which points each round used;

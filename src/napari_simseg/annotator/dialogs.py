@@ -1,17 +1,19 @@
-"""Qt helpers of the dock widget: its Yes/No questions, and its workers' and signals' plumbing."""
+"""Qt helpers of the dock widget: its Yes/No questions (restoring unsaved work among them), and its
+workers' and signals' plumbing."""
 
 from __future__ import annotations
 
 from qtpy.QtWidgets import QMessageBox
 
-__all__ = ["JobError", "ask_discard", "ask_labels_alone", "ask_overwrite", "ask_restart", "disconnect_all",
-           "shield_runtime_errors"]
+__all__ = ["JobError", "ask_discard", "ask_labels_alone", "ask_overwrite", "ask_recover", "ask_restart",
+           "disconnect_all", "shield_runtime_errors"]
 
 
-def _ask(parent, title: str, text: str) -> bool:
-    """A Yes/No question whose default (Enter, Escape) is No."""
+def _ask(parent, title: str, text: str, default_yes: bool = False) -> bool:
+    """A Yes/No question whose default (Enter) is No unless ``default_yes``."""
     buttons = QMessageBox.StandardButton
-    return QMessageBox.question(parent, title, text, buttons.Yes | buttons.No, buttons.No) == buttons.Yes
+    default = buttons.Yes if default_yes else buttons.No
+    return QMessageBox.question(parent, title, text, buttons.Yes | buttons.No, default) == buttons.Yes
 
 
 def ask_overwrite(parent, slices) -> bool:
@@ -36,6 +38,14 @@ def ask_discard(parent, question: str) -> bool:
     """Ask before a Load replaces rounds made since the last save (``question`` says which)."""
     return _ask(parent, "SimSeg: discard unsaved rounds?", f"{question}\n\nThey are lost unless you Save "
                 "first.\n\nLoad anyway?")
+
+
+def ask_recover(parent, what: str) -> bool:
+    """Ask whether to restore the unsaved work a session left on this image (``what`` says what
+    it holds); Enter restores (restoring loses nothing, declining hides it)."""
+    return _ask(parent, "SimSeg: restore unsaved work?", f"SimSeg kept {what} on this image: its session "
+                "ended without Save (napari was closed or crashed).\n\nRestore it? (No: it is not offered "
+                "again and is deleted after 14 days.)", default_yes=True)
 
 
 def ask_labels_alone(parent, refusal: str) -> bool:

@@ -85,11 +85,13 @@ class JobRunner:
     """One job at a time: the guard every job of a viewer session goes through.
 
     :meth:`hold` takes the guard for a job and returns the job with its ``finish``, ``fail``
-    and ``cancel`` releasing it first; :meth:`run` runs a job in place (the console).
+    and ``cancel`` releasing it first and calling ``after()`` last (the session's autosave);
+    :meth:`run` runs a job in place (the console).
     """
 
-    def __init__(self):
+    def __init__(self, after: Callable[[], Any] | None = None):
         self._job: Job | None = None
+        self.after = after
 
     @property
     def busy(self) -> bool:
@@ -122,7 +124,11 @@ class JobRunner:
 
             def call(*args):
                 self.release()
-                return end(*args)
+                try:
+                    return end(*args)
+                finally:
+                    if self.after is not None:
+                        self.after()
 
             return call
 

@@ -1,6 +1,7 @@
 """The ``"SimSeg labels"`` layer: :class:`LabelsView` writes SimSeg's results into it without
 erasing hand edits (what SimSeg last wrote per slice, which slices were edited by hand, with
-:func:`painted_slices` reading napari's paint history), and reads and writes its labels files.
+:func:`painted_slices` reading napari's paint history), tells the autosave which slices changed
+since it last looked, and reads and writes its labels files.
 
 Nothing here imports Qt or torch.
 """
@@ -86,6 +87,10 @@ class LabelsView:
         self._hand_edited: set = set()
         # slices to compare with ``written`` before the next answer; None: every slice
         self._candidates: set | None = None
+        # slices changed since the last autosave took them (None: every slice; an adopted layer's count)
+        self._touched: set | None = set() if existing is None else None
+        #: called after a paint stroke or another hand edit of the layer (the session's autosave)
+        self.on_hand_edit: Callable[[], None] | None = None
         if existing is None:
             if new_layer is None:
                 shown = self._as_shown(self.written)
@@ -131,6 +136,7 @@ class LabelsView:
         if self.layer not in self.viewer.layers:
             self.layer = self._add(self._as_shown(self.written).copy())
             self._connect()
+            self._touched = None  # hand edits shown before are gone with the old layer
         return self.layer
 
     def shown(self, z: int) -> np.ndarray:
@@ -176,10 +182,35 @@ class LabelsView:
                     self._hand_edited.add(z)
 
     def _on_paint(self, event) -> None:
-        self.mark_edited(None if self.is_2d else painted_slices(event, self.n_slices))
+        self._hand_edit(None if self.is_2d else painted_slices(event, self.n_slices))
 
     def _on_data(self, event=None) -> None:
-        self.mark_edited(None)
+        self._hand_edit(None)
+
+    def _hand_edit(self, slices) -> None:
+        self.mark_edited(slices)
+        self._touch(slices)
+        if self.on_hand_edit is not None:
+            self.on_hand_edit()
+            self._touch(slices)  # napari tells some edits (``data_setitem``) before it writes them: again
+
+    # -------------------------------------------------------------- what changed (autosave)
+    def _touch(self, slices) -> None:
+        if slices is None or self._touched is None:
+            self._touched = None
+        else:
+            self._touched.update(int(z) for z in slices)
+
+    def take_touched(self) -> set | None:
+        """The slices whose shown or written labels changed since the last call (None: every slice)."""
+        touched, self._touched = self._touched, set()
+        return touched
+
+    def nonempty_slices(self) -> set:
+        """Slices with labels, as shown or as SimSeg wrote them."""
+        shown = np.asarray(self.live().data).reshape(self.n_slices, -1)
+        written = self.written.reshape(self.n_slices, -1)
+        return {int(z) for z in np.flatnonzero(shown.any(axis=1) | written.any(axis=1))}
 
     # -------------------------------------------------------------- writing
     def write(self, z: int, labels: np.ndarray, may_overwrite: bool | Callable[[list], bool]) -> bool:
@@ -201,6 +232,7 @@ class LabelsView:
         """
         edited = self.is_hand_edited(z) and not np.array_equal(self.shown(z), labels)
         self.written[z] = labels
+        self._touch([z])
         if edited:
             allowed = may_overwrite([z]) if callable(may_overwrite) else may_overwrite
             if not allowed:
@@ -274,4 +306,5 @@ class LabelsView:
         layer.data[...] = shown
         layer.refresh()
         self.mark_edited(None)
+        self._touch(None)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_simseg.annotator.autosave import image_path, open_recovery
 from napari_simseg.annotator.click_layers import click_layer_model
 from napari_simseg.annotator.labels_view import labels_layer_model
 from napari_simseg.annotator.layers import (
@@ -56,6 +57,9 @@ class SessionOptions:
         ``confirm_discard(question) -> bool`` before a load replaces unsaved rounds.
     channel_axis : int, optional
         The axis of a single image layer that holds the channels.
+    autosave : bool or RecoveryStore
+        Keep the session's work in the recovery store after every completed action
+        (``True``: the user's cache folder, :mod:`napari_simseg.core.session.recovery`).
     """
 
     device: str = "auto"
@@ -64,6 +68,7 @@ class SessionOptions:
     batch_size: int = 8
     confirm_discard: Callable[[str], bool] | None = None
     channel_axis: int | None = None
+    autosave: Any = True
 
     def __post_init__(self):
         if self.overwrite_policy not in OVERWRITE_POLICIES:
@@ -112,6 +117,7 @@ class StartParts:
     session: Any  # InteractiveSession
     labels_layer: Any = None
     click_layers: list | None = None
+    recovery: Any = None  # annotator.autosave.RecoveryOpening, or None without autosave
 
 
 @dataclass
@@ -141,6 +147,7 @@ class StartPlan:
     options: SessionOptions
     load: Callable
     replaces: Any = None
+    image_path: str | None = None  # the file the image was read from, if napari knows it
 
     def build(self) -> StartParts:
         """Load the network, read and check the pixels, build the core session (any thread)."""
@@ -157,7 +164,8 @@ class StartPlan:
         shown = session.labels[0] if session.is_2d else session.labels
         labels_layer = labels_layer_model(self.image.layer, names, np.zeros(shown.shape, shown.dtype))
         clicks = [click_layer_model(self.image.layer, names, i) for i in range(len(names))]
-        return StartParts(predictor, channels, session, labels_layer, clicks)
+        recovery = open_recovery(self.options.autosave, channels, self.image_path)  # the image's key: here
+        return StartParts(predictor, channels, session, labels_layer, clicks, recovery)
 
     def check_viewer(self, parts: StartParts):
         """The viewer's ``"SimSeg labels"`` layer to adopt (or None) once every check of the
@@ -216,5 +224,5 @@ def plan_start(viewer, image_layer, checkpoint, options: SessionOptions, load: C
     owner = owner_problem(viewer, [], image.sources, replaces)
     if owner:
         raise RuntimeError(owner)
-    return StartPlan(viewer, image, names, checkpoint, options, load, replaces)
+    return StartPlan(viewer, image, names, checkpoint, options, load, replaces, image_path(image.layer))
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_simseg.annotator.autosave import SessionRecovery
 from napari_simseg.annotator.click_layers import (
     ClickLayers,
     IgnoredPoints,
@@ -69,6 +70,7 @@ from napari_simseg.core.interaction.clicks import as_clicks, validate_click
 if TYPE_CHECKING:  # pragma: no cover
     from napari_simseg.core.network.predictor import Predictor
     from napari_simseg.core.session.interactive import InteractiveSession, RoundResult
+    from napari_simseg.core.session.recovery import RecoveredSession, RecoveryInfo, RecoveryStore
 
 __all__ = ["CLICKS_SUFFIX", "LABELS_LAYER_NAME", "OVERWRITE_POLICIES", "Job", "SessionOptions", "ViewerSession",
            "log_path_for"]
@@ -132,6 +134,9 @@ class ViewerSession:
         made since the last save or load (the widget passes a question dialog).
         Without it such a load is refused (``RuntimeError``) unless ``discard=True``:
         unsaved work is never dropped silently.
+    autosave : bool or RecoveryStore
+        Keep the work after every completed action in the recovery store (``True``: the user's
+        cache folder), for :meth:`recover` after a crash; ``False``: off.
 
     Raises
     ------
@@ -160,11 +165,12 @@ class ViewerSession:
     def __init__(self, viewer, image_layer=None, checkpoint: str | Path | Predictor = "demo",
                  device: str = "auto", *, overwrite_policy: str = "ask",
                  confirm: Callable[[list], bool] | None = None, batch_size: int = 8,
-                 confirm_discard: Callable[[str], bool] | None = None, channel_axis: int | None = None):
+                 confirm_discard: Callable[[str], bool] | None = None, channel_axis: int | None = None,
+                 autosave: bool | RecoveryStore = True):
         from napari_simseg._llvm_guard import avoid_triton_llvm_clash
 
         avoid_triton_llvm_clash()  # before the first torch import in a process with a canvas
-        options = SessionOptions(device, overwrite_policy, confirm, batch_size, confirm_discard, channel_axis)
+        options = SessionOptions(device, overwrite_policy, confirm, batch_size, confirm_discard, channel_axis, autosave)
         plan = plan_start(viewer, image_layer, checkpoint, options, self.load_predictor)
         self._bind(plan, plan.build())
 
@@ -228,7 +234,7 @@ class ViewerSession:
         self.batch_size = options.batch_size
         self._saved_events = 0  # the session's log up to here is saved (or was loaded)
         self._ignored = IgnoredPoints()  # what the last prepare_round removed
-        self._jobs = JobRunner()
+        self._jobs = JobRunner(after=self.autosave)  # every job's end hands its work to the autosave
         self.teach_job = None  # the running or last teach() job (napari_simseg.annotator.teach.ViewerTeachJob)
         self.last_result: RoundResult | None = None
         self.last_round_clicks = 0  # clicks of the last finished round
@@ -236,6 +242,10 @@ class ViewerSession:
         #: the labels file the last load refused for a log saved with other labels (else None)
         self.mismatched_load: Path | None = None
         self._closed = False
+        #: ``schedule_autosave()`` defers the autosave after a paint stroke (the widget's timer); None: at once
+        self.schedule_autosave: Callable[[], None] | None = None
+        #: the autosave (``error``, ``last_ms``, ``flush()``, ``decline(info)``); None with ``autosave=False``
+        self.recovery: SessionRecovery | None = None
         self._labels = LabelsView(viewer, self.image_layer, self.class_names, self.session.labels, existing,
                                   new_layer=parts.labels_layer)
         LIVE_SESSIONS.add(self)  # from its first layer on, no other session takes them over
@@ -246,6 +256,10 @@ class ViewerSession:
             yield layer.name
         self._clicks = ClickLayers(viewer, click_layers, self.session.shape)
         self._clicks.activate()
+        if parts.recovery is not None:
+            info = {"class_names": self.class_names, "is_2d": self.is_2d, "image": str(self.image_layer.name)}
+            self.recovery = SessionRecovery(parts.recovery, self._labels, self._clicks, info)
+            self._labels.on_hand_edit = self._on_hand_edit
 
     def describe(self) -> str:
         """What this session segments, in one line (the widget's status after *Start*)."""
@@ -280,12 +294,15 @@ class ViewerSession:
 
     def close(self) -> None:
         """Stop listening to the layers (the layers and their contents stay), cancel a running
-        teach job and let another session take the layers over."""
+        teach job, let another session take the layers over and remove this session's
+        recovery data (a clean end: nothing to restore)."""
         if self.teach_job is not None:
             self.teach_job.cancel()
         self._labels.close()
         self._closed = True
         LIVE_SESSIONS.discard(self)
+        if self.recovery is not None:
+            self.recovery.close(remove=True)
 
     @property
     def closed(self) -> bool:
@@ -509,6 +526,7 @@ class ViewerSession:
         labels = self.session.undo(z)  # raises when there is nothing to undo
         self._clicks.undo(z)
         self._labels.sync(self.session.labels, self._may_overwrite, also=[z])  # a propagation: all its slices
+        self.autosave()
         return labels
 
     def redo(self, slice_index=None) -> np.ndarray:
@@ -518,6 +536,7 @@ class ViewerSession:
         labels = self.session.redo(z)  # raises when there is nothing to redo
         self._clicks.redo(z)
         self._labels.write(z, labels, self._may_overwrite)
+        self.autosave()
         return labels
 
     def reset(self, slice_index=None) -> np.ndarray:
@@ -527,6 +546,7 @@ class ViewerSession:
         labels = self.session.reset_slice(z)
         self._clicks.reset(z)
         self._labels.write(z, labels, self._may_overwrite)
+        self.autosave()
         return labels
 
     # ------------------------------------------------------------------ automatic, propagation
@@ -579,6 +599,7 @@ class ViewerSession:
         self._jobs.ensure_idle()
         restored = self.session.undo_propagation(None if slice_index is None else self._check_slice(slice_index))
         self._labels.sync(self.session.labels, self._may_overwrite)
+        self.autosave()
         return restored
 
     # ------------------------------------------------------------------ device, checkpoint
@@ -674,6 +695,7 @@ class ViewerSession:
         saved = len(self.session.log)
         written = save_session(self._labels, self.session, path)
         self._saved_events = saved
+        self.autosave(state="saved")  # the work is in files: nothing to offer after a crash
         return written
 
     def prepare_load(self, path, discard: bool = False, log: bool | None = None) -> Job:
@@ -696,11 +718,7 @@ class ViewerSession:
         """
         self._jobs.ensure_idle()
         path = Path(path)
-        if not discard and self.has_unsaved_rounds():
-            question = f"Loading {path.name} replaces the rounds made since the last save."
-            if self.confirm_discard is None or not self.confirm_discard(question):
-                raise RuntimeError(f"{path.name} not loaded: it would replace rounds made since the last save; "
-                                   "Save first (or load with discard=True)")
+        self._confirm_replacing(path.name, discard)
         labels, shape, names = self._labels, tuple(self._channels[0].shape), self.class_names
 
         def read() -> SavedSession:
@@ -716,6 +734,15 @@ class ViewerSession:
             return job.fail(exc)
 
         return self._jobs.hold(dataclasses.replace(job, fail=fail))
+
+    def _confirm_replacing(self, what: str, discard: bool) -> None:
+        """Refuse (RuntimeError) to replace rounds made since the last save, unless ``discard`` or
+        ``confirm_discard`` agrees."""
+        if not discard and self.has_unsaved_rounds():
+            question = f"Loading {what} replaces the rounds made since the last save."
+            if self.confirm_discard is None or not self.confirm_discard(question):
+                raise RuntimeError(f"{what} not loaded: it would replace rounds made since the last save; "
+                                   "Save first (or load with discard=True)")
 
     def _session_factory(self) -> Callable[[], InteractiveSession]:
         """A fresh core session like this one (the image, network and settings of now)."""
@@ -735,6 +762,66 @@ class ViewerSession:
         self._saved_events = len(fresh.log)
         self._clicks.restore(*rounds_from_log(saved.log))
         self._labels.replace(fresh.labels, saved.labels)
+        self.autosave(state="saved")  # the loaded work is in files: nothing to offer after a crash
+
+    # ------------------------------------------------------------------ autosave, recovery
+    def autosave(self, state: str = "active") -> bool:
+        """Hand the work done since the last autosave to :attr:`recovery` (written by a background
+        thread; every action's end does it, a paint stroke through :attr:`schedule_autosave`);
+        returns whether anything was handed over (never while a job runs)."""
+        if self.recovery is None or self._jobs.busy:
+            return False
+        return self.recovery.snapshot(self.session, self._saved_events, state)
+
+    def _on_hand_edit(self) -> None:
+        (self.schedule_autosave or self.autosave)()
+
+    def recoverable(self) -> RecoveryInfo | None:
+        """The newest unsaved work on this image that a session left when it ended without
+        closing (napari killed, crashed, or closed without Save), or None (also with
+        ``autosave=False``); ``.describe()`` says what it holds."""
+        return None if self.recovery is None else self.recovery.recoverable()
+
+    def discard_recovery(self, info: RecoveryInfo | None = None) -> None:
+        """Delete recoverable work (default: :meth:`recoverable`'s; ``recovery.decline(info)``
+        keeps it, not offered again, until it expires)."""
+        self.recovery.discard(self._recoverable(info))
+
+    def _recoverable(self, info) -> RecoveryInfo:
+        if (info or self.recoverable()) is None:
+            raise RuntimeError("no unsaved work of this image to restore")
+        return info or self.recoverable()
+
+    def prepare_recover(self, info: RecoveryInfo | None = None, discard: bool = False) -> Job:
+        """A job restoring recoverable work (default: :meth:`recoverable`'s): ``compute`` reads it
+        and replays its log; ``finish`` puts back the labels as they were shown (hand edits
+        included), the click layers with their rounds and redo stacks, and which work was
+        saved: exactly as after its last completed action. Rounds made in this session are
+        replaced only as for a load (``discard``, ``confirm_discard``).
+
+        Raises
+        ------
+        RuntimeError
+            Nothing to restore, or work made with another checkpoint (Start with that one).
+        """
+        self._jobs.ensure_idle()
+        info = self._recoverable(info)
+        self.recovery.check_checkpoint(info, self.checkpoint)
+        self._confirm_replacing("the unsaved work", discard)
+        shape = tuple(self._channels[0].shape)
+        job = self.recovery.recover_job(info, shape, self.class_names, self._session_factory(), self._adopt_recovered)
+        return self._jobs.hold(job)
+
+    def _adopt_recovered(self, fresh: InteractiveSession, state: RecoveredSession, doc: dict) -> None:
+        """Recovered work becomes this session's (GUI thread)."""
+        self.session = fresh
+        self._saved_events = min(int(state.info.session.get("saved_events", 0)), len(fresh.log))
+        self.recovery.put_back(fresh, state, doc, self._saved_events)
+
+    def recover(self, info: RecoveryInfo | None = None, discard: bool = False) -> str:
+        """Restore unsaved work a session left on this image (see :meth:`prepare_recover`); returns
+        a summary line."""
+        return self._jobs.run(self.prepare_recover(info, discard))
 
     def load(self, path, discard: bool = False, log: bool | None = None) -> str:
         """Restore labels from a file and, if ``<stem>.simseg.json`` exists, the memories.
