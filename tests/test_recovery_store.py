@@ -130,6 +130,44 @@ def test_find_offers_only_ended_active_sessions_of_this_image(tmp_path):
     assert not clean.folder.exists() and store.find(fp) == []
 
 
+def test_an_ended_session_held_a_moment_by_a_prune_is_still_read_and_discarded(tmp_path):
+    """Another store's prune locks each ended folder for a moment: reading, declining or
+    discarding it then waits for the lock instead of taking the session to run elsewhere."""
+    import threading
+
+    store = _store(tmp_path)
+    fp = image_fingerprint([_image()])
+    rec = store.create(fp, SHAPE, np.uint8)
+    rec.commit(Snapshot(shown={1: _slice(2)}, events=_events(0, 3)))
+    rec.release()
+    (info,) = store.find(fp)
+    for use in (store.read, lambda i: store.set_state(i, "declined"), store.discard):
+        held, done = threading.Event(), threading.Event()
+
+        def prune_like(held=held, done=done):
+            with store._ended(info.folder) as ended:  # what prune does with each ended folder
+                assert ended
+                held.set()
+                done.wait(0.3)
+
+        pruner = threading.Thread(target=prune_like)
+        pruner.start()
+        held.wait(5)
+        try:
+            result = use(info)
+        finally:
+            done.set()
+            pruner.join()
+        if use is store.read:
+            assert len(result.events) == 3 and result.labels[1].max() == 2
+    assert not info.folder.exists()  # the discard went through, not skipped as "running"
+    running = store.create(fp, SHAPE, np.uint8)
+    running.commit(Snapshot(events=_events(0, 1)))
+    with pytest.raises(RecoveryError, match="running in another process"):
+        store.read(recovery.RecoveryInfo(running.folder, {}))  # a live session is never read
+    running.remove()
+
+
 def _state(store, fp):
     (info,) = store.find(fp)
     state = store.read(info)

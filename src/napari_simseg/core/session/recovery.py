@@ -59,6 +59,11 @@ MANIFEST = "manifest.json"
 LOCK = "lock"
 #: a folder without a manifest this old was left by a process killed before its first commit
 _ORPHAN_SECONDS = 120.0
+# a pruning store holds an ended session's lock for a moment: how long finding it (at Start)
+# and reading, marking or removing it wait for that before taking it to run elsewhere
+_FIND_WAIT_SECONDS = 0.25
+_USE_WAIT_SECONDS = 2.0
+_LOCK_POLL_SECONDS = 0.01
 _MAX_SEGMENTS = 64  # log segments before they are merged into one
 # what of an image is hashed for its key: about 2**18 values spread over it, and each slice's
 # sum over every 16th row (a 300 x 512 x 512 volume: ~15 ms, the whole of it would take ~0.5 s)
@@ -490,10 +495,16 @@ class RecoveryStore:
         return [p for p in entries if key is None or p.name.startswith(key + "-")]
 
     @contextlib.contextmanager
-    def _ended(self, folder: Path) -> Iterator[bool]:
-        """Holds ``folder``'s lock when its session has ended (yields whether it has)."""
+    def _ended(self, folder: Path, wait: float = 0.0) -> Iterator[bool]:
+        """Holds ``folder``'s lock when its session has ended (yields whether it has); tries for
+        ``wait`` seconds, since another store's :meth:`prune` holds an ended session's lock
+        for a moment."""
         lock = _FolderLock(folder / LOCK)
+        deadline = time.monotonic() + wait
         ended = lock.acquire()
+        while not ended and time.monotonic() < deadline:
+            time.sleep(_LOCK_POLL_SECONDS)
+            ended = lock.acquire()
         try:
             yield ended
         finally:
@@ -504,7 +515,7 @@ class RecoveryStore:
         newest first."""
         found = []
         for folder in self._folders(fingerprint["key"]):
-            with self._ended(folder) as ended:
+            with self._ended(folder, _FIND_WAIT_SECONDS) as ended:
                 if not ended:
                     continue
                 try:
@@ -526,7 +537,7 @@ class RecoveryStore:
             (named, with its folder).
         """
         folder = info.folder
-        with self._ended(folder) as ended:
+        with self._ended(folder, _USE_WAIT_SECONDS) as ended:
             if not ended:
                 raise RecoveryError(f"{folder}: its session is running in another process")
             manifest = _read_manifest(folder)
@@ -535,7 +546,7 @@ class RecoveryStore:
 
     def set_state(self, info: RecoveryInfo, state: str) -> None:
         """Mark an ended session (``"declined"``: not offered again; removed when it expires)."""
-        with self._ended(info.folder) as ended:
+        with self._ended(info.folder, _USE_WAIT_SECONDS) as ended:
             if ended:
                 manifest = _read_manifest(info.folder)
                 manifest["state"] = state
@@ -543,7 +554,7 @@ class RecoveryStore:
 
     def discard(self, info: RecoveryInfo) -> None:
         """Remove an ended session's folder."""
-        with self._ended(info.folder) as ended:
+        with self._ended(info.folder, _USE_WAIT_SECONDS) as ended:
             if ended:
                 shutil.rmtree(info.folder, ignore_errors=True)
 
