@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_simseg.annotator.labels_view import LabelsView
     from napari_simseg.core.session.interactive import InteractiveSession
 
-__all__ = ["RecoveryOpening", "SessionRecovery", "image_path", "open_recovery"]
+__all__ = ["RecoveryOpening", "SessionRecovery", "chosen", "image_path", "open_recovery"]
 
 
 def image_path(layer) -> str | None:
@@ -75,8 +75,10 @@ class SessionRecovery:
     opening : RecoveryOpening
     labels : LabelsView
     clicks : ClickLayers
-    info : dict
-        Facts kept with the data (classes, whether the image is 2D, its name).
+    image_shape : tuple
+        The shape of the image's (first) channel, as the interaction log states it.
+    image_name : str
+        The image layer's name (kept with the data, said when it is offered).
 
     Attributes
     ----------
@@ -86,13 +88,15 @@ class SessionRecovery:
         What the last snapshot cost the calling (GUI) thread, in milliseconds.
     """
 
-    def __init__(self, opening: RecoveryOpening, labels: LabelsView, clicks: ClickLayers, info: dict):
+    def __init__(self, opening: RecoveryOpening, labels: LabelsView, clicks: ClickLayers, image_shape: tuple,
+                 image_name: str):
         self.store = opening.store
         self.fingerprint = opening.fingerprint
         self.found: list[RecoveryInfo] = list(opening.found)
         self._labels = labels
         self._clicks = clicks
-        self._info = dict(info)
+        self._shape = tuple(image_shape)
+        self._info = {"class_names": list(labels.class_names), "is_2d": labels.is_2d, "image": str(image_name)}
         self._writer: AutosaveWriter | None = None
         self._session = None  # the core session whose log the writer holds
         self._events = 0  # of its events, how many were handed over
@@ -216,10 +220,12 @@ class SessionRecovery:
         self.store.set_state(info, "declined")
         self.forget(info)
 
-    def put_back(self, fresh: InteractiveSession, state: RecoveredSession, doc: dict, saved_events: int) -> None:
+    def put_back(self, fresh: InteractiveSession, state: RecoveredSession, doc: dict) -> int:
         """The layers as ``state`` left them (GUI thread, ``fresh`` replayed from ``doc``): the
         labels as shown (hand edits included), the click layers with their rounds and redo
-        stacks. The recovered folder goes once this session's own holds the work."""
+        stacks; returns how many of ``fresh``'s logged events were saved in a file. The
+        recovered folder goes once this session's own holds the work."""
+        saved_events = min(int(state.info.session.get("saved_events", 0)), len(fresh.log))
         if state.clicks is not None:
             self._clicks.restore_state(state.clicks)
         else:
@@ -228,6 +234,7 @@ class SessionRecovery:
             self._clicks.restore(*rounds_from_log(doc))
         self._labels.replace(fresh.labels, state.labels[0] if self._labels.is_2d else state.labels)
         self.snapshot(fresh, saved_events, on_committed=lambda: self.store.discard(state.info))
+        return saved_events
 
     @staticmethod
     def check_checkpoint(info: RecoveryInfo, checkpoint: str) -> None:
@@ -238,13 +245,14 @@ class SessionRecovery:
             raise RuntimeError(f"the unsaved work was made with checkpoint {made_with}: Start with it to restore "
                                f"the work (this session runs {checkpoint})")
 
-    def recover_job(self, info: RecoveryInfo, shape: tuple, class_names: list,
-                    new_session: Callable[[], InteractiveSession],
+    def recover_job(self, info: RecoveryInfo, new_session: Callable[[], InteractiveSession],
                     adopt: Callable[[InteractiveSession, RecoveredSession, dict], None]) -> Job:
-        """A job restoring ``info`` on an image of ``shape`` and ``class_names``: ``compute`` reads
-        its folder, checks its log and replays it into ``new_session()``, yielding ``(done,
-        total)``; once complete, ``adopt(fresh, state, log)`` (GUI thread) makes it the viewer's
-        session. Stopped early, or failing, it changes nothing."""
+        """A job restoring ``info``: ``compute`` reads its folder, checks its log and replays it
+        into ``new_session()``, yielding ``(done, total)``; once complete, ``adopt(fresh, state,
+        log)`` (GUI thread) makes it the viewer's session, whose labels, clicks, memories and
+        undo are then as after the work's last completed action. Stopped early, or failing,
+        it changes nothing."""
+        shape, class_names = self._shape, self._info["class_names"]
         from napari_simseg.core.session.interaction_log import LOG_FORMAT, LOG_VERSION, check_log
 
         progress = {"done": 0, "total": info.n_events}
@@ -283,3 +291,22 @@ class SessionRecovery:
             return f"restoring unsaved work failed: {exc}"
 
         return Job("recover", "restoring unsaved work", compute, finish, fail, on_yield=on_yield, cancel=cancel)
+
+
+def chosen(recovery: SessionRecovery | None, info: RecoveryInfo | None = None,
+           checkpoint: str | None = None) -> RecoveryInfo:
+    """``info``, or the newest recoverable work of ``recovery``'s image.
+
+    Raises
+    ------
+    RuntimeError
+        Nothing to restore (or autosave is off), or, with ``checkpoint``, work made with
+        another checkpoint (its log would replay differently: Start with that one).
+    """
+    info = info or (None if recovery is None else recovery.recoverable())
+    if info is None:
+        raise RuntimeError("no unsaved work of this image to restore" + (" (autosave is off)" if recovery is None
+                                                                          else ""))
+    if checkpoint is not None:
+        SessionRecovery.check_checkpoint(info, checkpoint)
+    return info

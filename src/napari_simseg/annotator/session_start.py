@@ -6,7 +6,8 @@ network, reads and checks the pixels and builds the core session;
 :meth:`StartPlan.check_viewer` (GUI thread, just before the layers are made) checks the
 viewer's layers against the network. :data:`LIVE_SESSIONS` holds the sessions not closed,
 so that a second session (a second SimSeg widget, or the console) refuses to take over the
-layers another one drives. Qt-free.
+layers another one drives. :func:`freeze_long_lived_objects` keeps the garbage collector off
+what a Start loaded. Qt-free.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from napari_simseg.annotator.layers import (
     plan_image_channels,
 )
 
-__all__ = ["LIVE_SESSIONS", "OVERWRITE_POLICIES", "SessionOptions", "StartParts", "StartPlan", "owner_problem",
-           "plan_start"]
+__all__ = ["LIVE_SESSIONS", "OVERWRITE_POLICIES", "SessionOptions", "StartParts", "StartPlan",
+           "freeze_long_lived_objects", "owner_problem", "plan_start"]
 
 OVERWRITE_POLICIES = ("ask", "always", "never")
 
@@ -226,3 +227,17 @@ def plan_start(viewer, image_layer, checkpoint, options: SessionOptions, load: C
         raise RuntimeError(owner)
     return StartPlan(viewer, image, names, checkpoint, options, load, replaces, image_path(image.layer))
 
+
+def freeze_long_lived_objects() -> None:
+    """Move every object alive now (torch, the network, napari) out of the garbage collector's
+    reach (:func:`gc.freeze`).
+
+    Once torch and a network are loaded, a full collection walks millions of objects and holds
+    the interpreter 0.2-0.4 s, whichever thread triggers it: a freeze of the GUI that no worker
+    thread can avoid. Frozen, they are never walked again; later collections see only what was
+    made since. The cost is that garbage cycles alive at the freeze are never freed (they are few:
+    it runs after a finished load).
+    """
+    import gc
+
+    gc.freeze()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_simseg.annotator.autosave import SessionRecovery
+from napari_simseg.annotator.autosave import SessionRecovery, chosen
 from napari_simseg.annotator.click_layers import (
     ClickLayers,
     IgnoredPoints,
@@ -62,6 +62,7 @@ from napari_simseg.annotator.session_start import (
     SessionOptions,
     StartParts,
     StartPlan,
+    freeze_long_lived_objects,
     plan_start,
 )
 from napari_simseg.annotator.slice_jobs import auto_job, propagate_job
@@ -83,21 +84,6 @@ def _one_line(exc: BaseException) -> str:
     """The first line of an error's message (a status line has one line)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def freeze_long_lived_objects() -> None:
-    """Move every object alive now (torch, the network, napari) out of the garbage collector's
-    reach (:func:`gc.freeze`).
-
-    Once torch and a network are loaded, a full collection walks millions of objects and holds
-    the interpreter 0.2-0.4 s, whichever thread triggers it: a freeze of the GUI that no worker
-    thread can avoid. Frozen, they are never walked again; later collections see only what was
-    made since. The cost is that garbage cycles alive at the freeze are never freed (they are few:
-    it runs after a finished load).
-    """
-    import gc
-
-    gc.freeze()
 
 
 class ViewerSession:
@@ -257,9 +243,9 @@ class ViewerSession:
         self._clicks = ClickLayers(viewer, click_layers, self.session.shape)
         self._clicks.activate()
         if parts.recovery is not None:
-            info = {"class_names": self.class_names, "is_2d": self.is_2d, "image": str(self.image_layer.name)}
-            self.recovery = SessionRecovery(parts.recovery, self._labels, self._clicks, info)
-            self._labels.on_hand_edit = self._on_hand_edit
+            shape, name = tuple(self._channels[0].shape), self.image_layer.name
+            self.recovery = SessionRecovery(parts.recovery, self._labels, self._clicks, shape, name)
+            self._labels.on_hand_edit = lambda: (self.schedule_autosave or self.autosave)()
 
     def describe(self) -> str:
         """What this session segments, in one line (the widget's status after *Start*)."""
@@ -766,61 +752,40 @@ class ViewerSession:
 
     # ------------------------------------------------------------------ autosave, recovery
     def autosave(self, state: str = "active") -> bool:
-        """Hand the work done since the last autosave to :attr:`recovery` (written by a background
-        thread; every action's end does it, a paint stroke through :attr:`schedule_autosave`);
-        returns whether anything was handed over (never while a job runs)."""
+        """Hand the work done since the last autosave to :attr:`recovery`'s background writer
+        (each action's end does; a paint stroke through :attr:`schedule_autosave`); returns
+        whether anything was handed over (never while a job runs)."""
         if self.recovery is None or self._jobs.busy:
             return False
         return self.recovery.snapshot(self.session, self._saved_events, state)
 
-    def _on_hand_edit(self) -> None:
-        (self.schedule_autosave or self.autosave)()
-
     def recoverable(self) -> RecoveryInfo | None:
-        """The newest unsaved work on this image that a session left when it ended without
-        closing (napari killed, crashed, or closed without Save), or None (also with
-        ``autosave=False``); ``.describe()`` says what it holds."""
+        """The newest unsaved work a session left on this image when it ended without closing
+        (napari killed or crashed), or None; its ``describe()`` says what it holds."""
         return None if self.recovery is None else self.recovery.recoverable()
 
     def discard_recovery(self, info: RecoveryInfo | None = None) -> None:
-        """Delete recoverable work (default: :meth:`recoverable`'s; ``recovery.decline(info)``
-        keeps it, not offered again, until it expires)."""
-        self.recovery.discard(self._recoverable(info))
-
-    def _recoverable(self, info) -> RecoveryInfo:
-        if (info or self.recoverable()) is None:
-            raise RuntimeError("no unsaved work of this image to restore")
-        return info or self.recoverable()
+        """Delete unsaved work (default: :meth:`recoverable`'s); ``recovery.decline(info)`` hides it."""
+        self.recovery.discard(chosen(self.recovery, info))
 
     def prepare_recover(self, info: RecoveryInfo | None = None, discard: bool = False) -> Job:
-        """A job restoring recoverable work (default: :meth:`recoverable`'s): ``compute`` reads it
-        and replays its log; ``finish`` puts back the labels as they were shown (hand edits
-        included), the click layers with their rounds and redo stacks, and which work was
-        saved: exactly as after its last completed action. Rounds made in this session are
-        replaced only as for a load (``discard``, ``confirm_discard``).
-
-        Raises
-        ------
-        RuntimeError
-            Nothing to restore, or work made with another checkpoint (Start with that one).
+        """A job restoring unsaved work (default: :meth:`recoverable`'s) exactly as after its last
+        completed action (:meth:`SessionRecovery.recover_job
+        <napari_simseg.annotator.autosave.SessionRecovery.recover_job>`); rounds made in this
+        session are replaced only as for a load (``discard``, ``confirm_discard``). Raises
+        RuntimeError when there is nothing to restore or it was made with another checkpoint.
         """
         self._jobs.ensure_idle()
-        info = self._recoverable(info)
-        self.recovery.check_checkpoint(info, self.checkpoint)
+        info = chosen(self.recovery, info, self.checkpoint)
         self._confirm_replacing("the unsaved work", discard)
-        shape = tuple(self._channels[0].shape)
-        job = self.recovery.recover_job(info, shape, self.class_names, self._session_factory(), self._adopt_recovered)
-        return self._jobs.hold(job)
+        return self._jobs.hold(self.recovery.recover_job(info, self._session_factory(), self._adopt_recovered))
 
     def _adopt_recovered(self, fresh: InteractiveSession, state: RecoveredSession, doc: dict) -> None:
-        """Recovered work becomes this session's (GUI thread)."""
-        self.session = fresh
-        self._saved_events = min(int(state.info.session.get("saved_events", 0)), len(fresh.log))
-        self.recovery.put_back(fresh, state, doc, self._saved_events)
+        self.session = fresh  # recovered work becomes this session's (GUI thread)
+        self._saved_events = self.recovery.put_back(fresh, state, doc)
 
     def recover(self, info: RecoveryInfo | None = None, discard: bool = False) -> str:
-        """Restore unsaved work a session left on this image (see :meth:`prepare_recover`); returns
-        a summary line."""
+        """Restore unsaved work (see :meth:`prepare_recover`); returns a summary line."""
         return self._jobs.run(self.prepare_recover(info, discard))
 
     def load(self, path, discard: bool = False, log: bool | None = None) -> str:
