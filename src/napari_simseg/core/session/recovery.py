@@ -3,8 +3,8 @@
 A :class:`RecoveryStore` is a folder (:func:`default_root`: ``napari-simseg/recovery`` in the
 user's cache directory, ``$SIMSEG_RECOVERY_DIR`` when set) holding one folder per session,
 named after the image's key (:func:`image_fingerprint`: its file's path, size and time, its
-shape, type and a hash of a strided sample and of each slice's sum) and when and by which
-process the session started. :meth:`RecoveryStore.create` makes one for a running session;
+shape, type and a hash of a strided sample and of each slice's sum over every 16th row) and
+when and by which process the session started. :meth:`RecoveryStore.create` makes one for a running session;
 the returned :class:`RecoveryRecord` takes a :class:`Snapshot` per completed action
 (:meth:`RecoveryRecord.commit`, normally on :class:`~napari_simseg.core.session.autosave.AutosaveWriter`'s
 thread) and writes only what changed:
