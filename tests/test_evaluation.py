@@ -31,11 +31,20 @@ def test_schema_and_outputs(phantom_data, phantom_checkpoint, tmp_path):
             assert d is None or 0.0 <= d <= 1.0
     assert res["latency_ms"]["mean"] > 0
     assert res["noc"]["max_clicks"] == 4
-    for thr in ("0.85", "0.9"):
+    for thr in ("0.85", "0.9", "0.95"):
         for c in res["classes"]:
             entry = res["noc"][thr][c]
             assert entry["n"] == 0 or 1 <= entry["mean"] <= 4
             assert 0 <= entry["failures"] <= entry["n"]
+    # every round after the first of each slice is scored against the one before it
+    rounds = res["rounds"]
+    assert [r["round"] for r in rounds["per_round"]] == [1, 2, 3, 4]
+    assert rounds["first_3"]["n"] == sum(r["n"] for r in rounds["per_round"][:3])
+    assert rounds["all"]["n"] == sum(r["n"] for r in rounds["per_round"]) > 0
+    for s in (rounds["all"], *rounds["per_round"]):
+        if s["n"]:
+            assert 0 <= s["worse"] <= 1 and s["removed"] <= 1 and 0 <= s["clicked_removed"] <= 1
+    assert "made their slice worse" in format_report(res)
     json.dumps(res)  # serialisable
     table = write_table([res], tmp_path / "t.md")
     text = table.read_text()
@@ -81,27 +90,9 @@ def test_saved_split_is_used(phantom_data, phantom_checkpoint, tmp_path):
 def test_cli_evaluate_writes_files(phantom_data, phantom_checkpoint, tmp_path, capsys):
     from napari_simseg.cli import main
 
-    rc = main(
-        [
-            "evaluate",
-            "--checkpoint",
-            str(phantom_checkpoint),
-            "--data",
-            str(phantom_data),
-            "--clicks",
-            "0,2",
-            "--noc-clicks",
-            "2",
-            "--device",
-            "cpu",
-            "--json",
-            str(tmp_path / "r.json"),
-            "--plot",
-            str(tmp_path / "r.png"),
-            "--table",
-            str(tmp_path / "r.md"),
-        ]
-    )
+    rc = main(["evaluate", "--checkpoint", str(phantom_checkpoint), "--data", str(phantom_data),
+               "--clicks", "0,2", "--noc-clicks", "2", "--device", "cpu", "--json", str(tmp_path / "r.json"),
+               "--plot", str(tmp_path / "r.png"), "--table", str(tmp_path / "r.md")])
     assert rc == 0
     assert json.loads((tmp_path / "r.json").read_text())["results"][1]["clicks"] == 2
     assert (tmp_path / "r.png").is_file() and (tmp_path / "r.md").is_file()

@@ -148,7 +148,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=64, help="slices per forward pass")
     p.add_argument("--noc-clicks", type=int, default=0,
-                   help="also compute NoC@85/90 with this click budget, e.g. 20 (runs that many "
+                   help="also compute NoC@85/90/95 with this click budget, e.g. 20 (runs that many "
                         "rounds on every slice; default 0: no NoC)")
     p.add_argument("--max-volumes", type=int, default=None, help="evaluate only the first N volumes")
     p.add_argument("--axis", type=int, default=None, help="slicing axis (default: the checkpoint's)")

@@ -13,8 +13,13 @@ Labels are decided with the checkpoint's per-class decision offsets when it has 
 (fitted on the training split by ``simseg calibrate``; see
 :mod:`~napari_simseg.core.jobs.calibration`), as the session does; ``--no-decision-offsets``
 takes the plain argmax.
-NoC@85/90 (the clicks a slice needs to reach that IoU) costs ``--noc-clicks`` rounds
+NoC@85/90/95 (the clicks a slice needs to reach that IoU) costs ``--noc-clicks`` rounds
 on every slice and is computed only when asked (``noc_clicks > 0``; 0 is the default).
+Every corrective round of the per-slice protocol is also scored against the round before
+it (:func:`~napari_simseg.core.imaging.metrics.round_change`): whether it left its slice
+with more mislabelled pixels (*worse*), the share of its slice's mislabelled pixels it
+removed, and the share it removed of the regions its clicks point at (each click's
+connected mislabelled region of its class); only rounds in which the user clicked count.
 Dice and IoU are computed per volume in 3D over the reassembled prediction and
 averaged over volumes (a class absent from a volume's ground truth and prediction is
 left out of that class's mean).
@@ -39,7 +44,10 @@ JSON written by ``--json``::
      "per_volume": {case id: {"dice": {"k": {class: Dice}}, "clicks": {"k": clicks}}},
      "latency_ms": {"mean": ms, "std": ms},   # per slice and round, batched
      "noc": {"max_clicks": 20, "0.85": {class: {"mean", "failures", "n"}},
-             "0.9": {...}},                       # only with --noc-clicks > 0
+             "0.9": {...}, "0.95": {...}},        # only with --noc-clicks > 0
+     "rounds": {"first_3": summary, "all": summary,   # slice protocol; summary =
+                "per_round": [{"round": k, **summary}, ...]},
+                # {"n", "worse", "removed", "removed_pooled", "clicked_removed", "clicked_removed_pooled"}
      "seconds": wall time}
 """
 
@@ -49,7 +57,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +65,69 @@ import numpy as np
 
 from napari_simseg.core.data.datasets import discover_dataset, load_case, load_case_with
 from napari_simseg.core.data.splits import find_split, select_cases
-from napari_simseg.core.imaging.metrics import dice_iou_per_class, noc
+from napari_simseg.core.imaging.metrics import dice_iou_per_class, noc, round_change, summarise_round_changes
 from napari_simseg.core.imaging.preprocessing import working_volume
 from napari_simseg.core.interaction.virtual_user import EvaluationUser
 from napari_simseg.core.io.atomic import atomic_path, atomic_write_text
 from napari_simseg.core.jobs.volume_protocol import volume_protocol_outputs
 
-__all__ = ["PROTOCOLS", "evaluate", "format_report", "write_clicks_plot", "write_plot", "write_table"]
+__all__ = ["NOC_THRESHOLDS", "PROTOCOLS", "EvaluationOptions", "evaluate", "format_report", "write_clicks_plot",
+           "write_plot", "write_table"]
 
 PROTOCOLS = ("slice", "volume")
+NOC_THRESHOLDS = (0.85, 0.90, 0.95)
+
+
+@dataclass
+class EvaluationOptions:
+    """How :func:`evaluate` runs (every field is also a ``simseg evaluate`` option).
+
+    Attributes
+    ----------
+    split : {"all", "train", "val", "test"} or None
+        Which cases of the data set; None: the test (else validation) cases of a split file.
+    split_file : str or None
+        ``split.json`` to use (default: the data folder's, else the checkpoint folder's).
+    clicks : sequence of int
+        Rounds per slice (per volume for the volume protocol) to report.
+    method : {"model", "random_walker", "grabcut"}
+        The checkpoint's network or a classical segmenter on the same clicks.
+    memory : {"none", "cim", "sim"} or None
+        Override the checkpoint's memory (ablation); None keeps it.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    batch_size : int
+        Slices per network call (bounded by memory).
+    noc_clicks : int
+        Click budget of NoC@85/90/95; 0 skips NoC.
+    max_volumes : int or None
+        Evaluate the first N selected cases only.
+    axis : int or None
+        Slicing axis (None: the checkpoint's).
+    name : str or None
+        Row name in reports (default: the run folder).
+    honour_clicks, tta, decision_offsets : bool
+        Decide labels as the session does: clicked pixels keep their class, flip
+        averaging, the checkpoint's per-class offsets.
+    protocol : {"slice", "volume"}
+        Rounds per slice, or corrective rounds per volume with propagation.
+    """
+
+    split: str | None = None
+    split_file: str | None = None
+    clicks: Sequence[int] = (0, 1, 2, 3, 6)
+    method: str = "model"
+    memory: str | None = None
+    device: str = "auto"
+    batch_size: int = 64
+    noc_clicks: int = 0
+    max_volumes: int | None = None
+    axis: int | None = None
+    name: str | None = None
+    honour_clicks: bool = True
+    tta: bool = True
+    decision_offsets: bool = True
+    protocol: str = "slice"
 
 
 @dataclass
@@ -130,47 +192,59 @@ def _classical_method(method: str, n: int, axis) -> _Method:
 
 
 class _ClickCounter:
-    """The evaluation user of one batch of slices, counting its clicks per round."""
+    """The evaluation user of one batch of slices (the first is ``start``), counting its
+    clicks per round and recording them: ``placed[k][z]`` holds slice ``z``'s round-``k``
+    clicks."""
 
-    def __init__(self, user: EvaluationUser, totals: np.ndarray, rounds: int):
+    def __init__(self, user: EvaluationUser, totals: np.ndarray, rounds: int, start: int = 0,
+                 placed: dict | None = None):
         self.user, self.totals, self.rounds, self.calls = user, totals, rounds, 0
+        self.start = start
+        self.placed = {} if placed is None else placed
 
     def next_round_batch(self, gts, previous=None):  # the model: one call per round, in order
         out = self.user.next_round_batch(gts, previous)
         self.calls += 1
         self.totals[self.calls] += sum(len(c) for c in out)
+        for i, clicks in enumerate(out):
+            self.placed.setdefault(self.calls, {})[self.start + i] = list(clicks)
         return out
 
     def next_round(self, gt, previous=None):  # classical methods: rounds 1..R of each slice in turn
         out = self.user.next_round(gt, previous)
-        self.totals[self.calls % self.rounds + 1] += len(out)
+        k = self.calls % self.rounds + 1
+        self.totals[k] += len(out)
+        self.placed.setdefault(k, {})[self.start + self.calls // self.rounds] = list(out)
         self.calls += 1
         return out
 
 
-def _volume_outputs(method: _Method, image, labels, rounds, batch_size, user, latency, clicks):
+def _volume_outputs(method: _Method, image, labels, rounds, batch_size, user, latency, clicks, placed=None):
     """Label maps ``(S, H, W)`` of one volume after 0..``rounds`` rounds per slice, and
-    the user's clicks in the volume after each."""
+    the user's clicks in the volume after each (``placed`` receives them round by round,
+    see :class:`_ClickCounter`)."""
     outputs = [np.zeros_like(labels) for _ in range(rounds + 1)]
     totals = np.zeros(rounds + 1, int)
+    placed = {} if placed is None else placed
     image = method.prepare(image)
     if method.predictor is not None:  # slices per call bounded by memory, as the session's automatic mode
         batch_size = method.predictor.batch_for(batch_size, *image.shape[-2:])
         method.predictor.check_memory(batch_size, *image.shape[-2:])
     for start in range(0, labels.shape[0], batch_size):
         sl = slice(start, start + batch_size)
-        preds = method.run(image, labels, sl, rounds, _ClickCounter(user, totals, max(1, rounds)), latency, clicks)
+        counter = _ClickCounter(user, totals, max(1, rounds), start, placed)
+        preds = method.run(image, labels, sl, rounds, counter, latency, clicks)
         for k in range(rounds + 1):
             outputs[k][sl] = preds[k]
     return outputs, np.cumsum(totals).tolist()
 
 
-def _case_outputs(how: _Method, protocol: str, case, spec, rounds, batch_size, user, latency, clicks, honour,
-                  offsets) -> tuple:
+def _case_outputs(how: _Method, opts: EvaluationOptions, case, spec, rounds, user, latency, placed) -> tuple:
     """One case's ground truth, label maps after 0..``rounds`` rounds and user clicks after each."""
-    if protocol == "slice":
+    clicks, honour, offsets = sorted(opts.clicks), opts.honour_clicks, opts.decision_offsets
+    if opts.protocol == "slice":
         image, labels = load_case_with(case, how.normalization, how.axis, spec=spec)
-        return (labels, *_volume_outputs(how, image, labels, rounds, batch_size, user, latency, clicks))
+        return (labels, *_volume_outputs(how, image, labels, rounds, opts.batch_size, user, latency, clicks, placed))
     image, labels = load_case(case, axis=how.axis, normalize=False, spec=spec)  # the session normalises
     run = volume_protocol_outputs(how.predictor, image, labels, rounds, honour_clicks=honour,
                                   decision_offsets=offsets)
@@ -178,83 +252,94 @@ def _case_outputs(how: _Method, protocol: str, case, spec, rounds, batch_size, u
     return labels, [o.astype(labels.dtype) for o in run.outputs], run.clicks
 
 
-def evaluate(
-    checkpoint="demo",
-    data=None,
-    split: str | None = None,
-    split_file: str | None = None,
-    clicks: Sequence[int] = (0, 1, 2, 3, 6),
-    method: str = "model",
-    memory: str | None = None,
-    device: str = "auto",
-    batch_size: int = 64,
-    noc_clicks: int = 0,
-    max_volumes: int | None = None,
-    axis: int | None = None,
-    name: str | None = None,
-    progress: bool = True,
-    log=print,
-    honour_clicks: bool = True,
-    tta: bool = True,
-    decision_offsets: bool = True,
-    protocol: str = "slice",
-) -> dict:
+def evaluate(checkpoint="demo", data=None, options: EvaluationOptions | None = None, *, progress: bool = True,
+             log=print, **fields) -> dict:
     """Evaluate a checkpoint (or a classical method) with the evaluation virtual user.
 
-    ``noc_clicks > 0`` also computes NoC@85/90 with that click budget (it runs that
-    many rounds on every slice). ``protocol="volume"``: rounds per volume with
-    propagation (model only, no NoC, no ``memory`` override; see the module docstring).
+    Parameters
+    ----------
+    checkpoint : str or Path
+        A ``.safetensors`` checkpoint, or ``"demo"``.
+    data : str or Path
+        A data set folder (any layout ``simseg check-data`` reads).
+    options : EvaluationOptions, optional
+        How to evaluate; ``fields`` (e.g. ``clicks=(0, 3)``) override its fields.
+    progress : bool
+        Show a progress bar.
+    log : callable
+        Where messages go.
 
-    Returns the result dictionary documented in the module docstring.
+    Returns
+    -------
+    dict
+        The result document of the module docstring. ``noc_clicks > 0`` also computes
+        NoC@85/90/95 with that click budget (it runs that many rounds on every slice).
+        ``protocol="volume"``: rounds per volume with propagation (model only, no NoC, no
+        ``memory`` override).
     """
+    opts = replace(options or EvaluationOptions(), **fields)
     t_start = time.monotonic()
     data = Path(data)
     spec = discover_dataset(data)
     class_names = list(spec.class_names)
     n = len(class_names)
-    clicks = sorted({int(k) for k in clicks})
+    clicks = sorted({int(k) for k in opts.clicks})
     if clicks[0] < 0:
         raise ValueError("click counts must be >= 0")
-    noc_clicks = max(0, int(noc_clicks))
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    if protocol == "volume" and (method != "model" or memory or noc_clicks):
+    opts = replace(opts, clicks=clicks, noc_clicks=max(0, int(opts.noc_clicks)))
+    if opts.protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {opts.protocol!r}")
+    if opts.protocol == "volume" and (opts.method != "model" or opts.memory or opts.noc_clicks):
         raise ValueError("--protocol volume runs the checkpoint's own session: no --method, --memory or --noc-clicks")
-    rounds = max(clicks[-1], noc_clicks)
-    if method == "model":
-        how = _model_method(checkpoint, class_names, device, tta, memory, decision_offsets, axis, honour_clicks)
+    rounds = max(clicks[-1], opts.noc_clicks)
+    if opts.method == "model":
+        how = _model_method(checkpoint, class_names, opts.device, opts.tta, opts.memory, opts.decision_offsets,
+                            opts.axis, opts.honour_clicks)
     else:
-        how = _classical_method(method, n, axis)
-    split_doc, split_src = find_split(data, how.checkpoint, split_file)
-    cases, which = select_cases(spec, split_doc, split)
-    if max_volumes:
-        cases = cases[: int(max_volumes)]
+        how = _classical_method(opts.method, n, opts.axis)
+    split_doc, split_src = find_split(data, how.checkpoint, opts.split_file)
+    cases, which = select_cases(spec, split_doc, opts.split)
+    if opts.max_volumes:
+        cases = cases[: int(opts.max_volumes)]
     user = EvaluationUser(n)
     per_volume = {k: {"dice": [], "iou": [], "clicks": []} for k in clicks}
-    latency, iou_curves, present = [], [], []
+    latency, iou_curves, present, changes = [], [], [], [[] for _ in range(rounds + 1)]
     iterator = cases
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(cases, desc="evaluate", leave=False, dynamic_ncols=True)
     for case in iterator:
-        labels, outputs, counts = _case_outputs(how, protocol, case, spec, rounds, batch_size, user, latency,
-                                                clicks, honour_clicks, decision_offsets)
+        placed: dict = {}
+        labels, outputs, counts = _case_outputs(how, opts, case, spec, rounds, user, latency, placed)
         for k in clicks:
             d, i = dice_iou_per_class(outputs[k], labels, n)
             per_volume[k]["dice"].append(d)
             per_volume[k]["iou"].append(i)
             per_volume[k]["clicks"].append(int(counts[k]))
-        if noc_clicks > 0:
-            curve = np.stack([_slice_ious(outputs[k], labels, n) for k in range(1, noc_clicks + 1)], axis=1)
+        for k, by_slice in placed.items():
+            changes[k] += [round_change(outputs[k - 1][z], outputs[k][z], labels[z], cs)
+                           for z, cs in sorted(by_slice.items()) if cs]
+        if opts.noc_clicks > 0:
+            curve = np.stack([_slice_ious(outputs[k], labels, n) for k in range(1, opts.noc_clicks + 1)], axis=1)
             iou_curves.append(curve)
             present.append(np.stack([(labels == c).any((1, 2)) for c in range(n)], axis=1))
-    result = _result_document(how, checkpoint, name, data, which, split_src, class_names, cases, clicks,
-                              per_volume, latency, honour_clicks, tta, protocol)
-    if noc_clicks > 0 and iou_curves:
-        result["noc"] = _noc_summary(iou_curves, present, noc_clicks, class_names)
+    result = _result_document(how, checkpoint, opts, data, which, split_src, class_names, cases, per_volume, latency)
+    if opts.noc_clicks > 0 and iou_curves:
+        result["noc"] = _noc_summary(iou_curves, present, opts.noc_clicks, class_names)
+    if opts.protocol == "slice" and rounds:
+        result["rounds"] = _rounds_summary(changes)
     result["seconds"] = round(time.monotonic() - t_start, 2)
     return result
+
+
+def _rounds_summary(changes: list) -> dict:
+    """``changes[k]``: the :class:`RoundChange` of every slice clicked in round ``k``."""
+    return {
+        "first_3": summarise_round_changes([c for k in range(1, min(3, len(changes) - 1) + 1) for c in changes[k]]),
+        "all": summarise_round_changes([c for cs in changes[1:] for c in cs]),
+        "per_round": [{"round": k, **summarise_round_changes(changes[k])} for k in range(1, len(changes))],
+    }
 
 
 def _per_class(class_names, values) -> dict:
@@ -275,9 +360,11 @@ def _sem_dict(class_names, values) -> dict:
                                     for col in cols])
 
 
-def _result_document(how: _Method, checkpoint, name, data, which, split_src, class_names, cases, clicks,
-                     per_volume, latency, honour_clicks, tta, protocol="slice") -> dict:
+def _result_document(how: _Method, checkpoint, opts: EvaluationOptions, data, which, split_src, class_names, cases,
+                     per_volume, latency) -> dict:
     is_model = how.name == "model"
+    name, clicks, protocol = opts.name, opts.clicks, opts.protocol
+    honour_clicks, tta = opts.honour_clicks, opts.tta
     return {
         "checkpoint": str(how.checkpoint) if how.checkpoint else None,
         "data": str(data),
@@ -319,7 +406,7 @@ def _result_document(how: _Method, checkpoint, name, data, which, split_src, cla
 def _noc_summary(iou_curves, present, noc_clicks, class_names) -> dict:
     curves = np.concatenate(iou_curves)
     pres = np.concatenate(present)
-    raw = noc(curves, thresholds=(0.85, 0.90), max_clicks=noc_clicks, gt_present=pres)
+    raw = noc(curves, thresholds=NOC_THRESHOLDS, max_clicks=noc_clicks, gt_present=pres)
     out = {"max_clicks": noc_clicks}
     for thr, v in raw.items():
         out[str(thr)] = {
@@ -376,12 +463,18 @@ def format_report(result: dict) -> str:
         lines.append(f"{row['clicks']:>2} {'rounds' if volume else 'clicks'}" + vals
                      + ("" if per_volume is None else f"   {per_volume:.1f} clicks/volume"))
     if "noc" in result:
-        for thr in ("0.85", "0.9"):
+        for thr in [k for k in result["noc"] if k != "max_clicks"]:
             vals = "".join(
                 ("-" if result["noc"][thr][c]["mean"] is None else f"{result['noc'][thr][c]['mean']:.2f}").rjust(width)
                 for c in names
             )
             lines.append(f"NoC@{int(float(thr) * 100)}".ljust(8) + vals)
+    if "rounds" in result:
+        for what, s in (("rounds 1-3", result["rounds"]["first_3"]), ("all rounds", result["rounds"]["all"])):
+            if s["n"]:
+                lines.append(f"{what}: {s['n']} rounds, {100 * s['worse']:.1f} % made their slice worse; error "
+                             f"removed per round {100 * s['removed']:.1f} % of the slice's, "
+                             f"{100 * s['clicked_removed']:.1f} % of the clicked regions'")
     lat = result["latency_ms"]
     if lat["mean"] is not None:
         what = "per corrective round" if volume else "per slice"
