@@ -105,3 +105,15 @@ def test_flip_is_its_own_inverse_for_arrays_and_points():
         assert flip.inverse_point(y, x) == (1.0, 2.0)
     t = torch.arange(12.0).reshape(1, 3, 4)
     assert torch.equal(Flip(True, True).transform(t), t.flip((-2, -1)))
+
+
+def test_torch_and_numpy_resampling_agree():
+    probs = RNG.random(size=(3, 20, 30)).astype(np.float32)
+    ws = WorkingSize((80, 120), 30)
+    assert ws.target == (20, 30)
+    up_np = ws.inverse(probs, kind="probabilities")
+    up_t = ws.inverse(torch.from_numpy(probs), kind="probabilities").numpy()
+    np.testing.assert_allclose(up_t, up_np, atol=1e-5)
+    labels = RNG.integers(0, 3, size=(20, 30)).astype(np.uint8)
+    np.testing.assert_array_equal(ws.inverse(torch.from_numpy(labels), kind="labels").numpy(),
+                                  ws.inverse(labels, kind="labels"))

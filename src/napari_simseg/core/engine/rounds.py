@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from napari_simseg.core.imaging.preprocessing import context_stack
+from napari_simseg.core.imaging.transforms import WorkingSize
 from napari_simseg.core.interaction.clicks import Click, as_clicks, encode_clicks, honour_clicks, shift_clicks
 from napari_simseg.core.interaction.memory import input_channels
 from napari_simseg.core.network.decision import active_offsets, decide_labels
@@ -171,7 +171,7 @@ def run_rounds(
     memory = BatchMemory(memory_kind, n_classes, depth, images, image_channels)
     shape = tuple(images.shape[-2:])
     out_shape = tuple(np.shape(gts)[-2:])
-    scale = (shape[0] / out_shape[0], shape[1] / out_shape[1])
+    grid = _working_grid(out_shape, shape)
     offsets = active_offsets(decision_offsets, n_classes)
     results = []
     state = None
@@ -183,7 +183,7 @@ def run_rounds(
             if honour:
                 for i, image_clicks in enumerate(clicks):
                     placed[i].extend(as_clicks(image_clicks))
-            memory.push(encode_click_batch([_to_grid(c, scale) for c in clicks], n_classes, shape, radius, device))
+            memory.push(encode_click_batch([_to_grid(c, grid) for c in clicks], n_classes, shape, radius, device))
         x = memory.network_input()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -191,8 +191,7 @@ def run_rounds(
         with autocast_for(device, amp):
             logits, new_state = model(x, state if k > 0 else None)
         probs = torch.softmax(logits.float(), dim=1)
-        shown = probs if out_shape == shape else F.interpolate(probs, size=out_shape, mode="bilinear",
-                                                               align_corners=False)
+        shown = grid.inverse(probs, "probabilities")
         if offsets is None:
             labels = decide_labels(shown, axis=1).cpu().numpy()
         else:
@@ -215,11 +214,20 @@ def run_rounds(
     return results
 
 
-def _to_grid(clicks, scale: tuple) -> list:
+def _working_grid(image_shape: tuple, working: tuple) -> WorkingSize:
+    """The :class:`WorkingSize` that took slices of ``image_shape`` to ``working`` (as
+    :func:`~napari_simseg.core.imaging.preprocessing.working_volume` did)."""
+    grid = WorkingSize(image_shape, max(working) if working != image_shape else None)
+    if grid.target != working:
+        raise ValueError(f"slices of {working} are not a working size of the {image_shape} labels")
+    return grid
+
+
+def _to_grid(clicks, grid: WorkingSize) -> list:
     """Clicks on the image grid mapped to the working grid (pixel centres aligned)."""
-    if scale == (1.0, 1.0):
+    if grid.identity:
         return clicks
-    return [Click(c.label, (c.y + 0.5) * scale[0] - 0.5, (c.x + 0.5) * scale[1] - 0.5) for c in as_clicks(clicks)]
+    return [Click(c.label, *grid.transform_point(c.y, c.x)) for c in as_clicks(clicks)]
 
 
 def run_volume_rounds(model, meta, memory_kind: str, image: np.ndarray, labels: np.ndarray, sl: slice,

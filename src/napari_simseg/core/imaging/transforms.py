@@ -44,8 +44,15 @@ __all__ = ["KINDS", "Canvas", "Flip", "FocusCrop", "WorkingSize", "resample"]
 KINDS = ("image", "probabilities", "labels")
 
 
-def resample(array, shape: Sequence[int], kind: str = "image") -> np.ndarray:
-    """``array`` ``(..., H, W)`` resampled to ``shape`` as ``kind`` says (see the module docstring)."""
+def resample(array, shape: Sequence[int], kind: str = "image"):
+    """``array`` ``(..., H, W)`` resampled to ``shape`` as ``kind`` says (see the module docstring).
+
+    A torch tensor is resampled on its device with the same geometry (pixel centres
+    aligned: ``align_corners=False``); ``"image"`` then averages areas only for integer
+    factors, else bilinear.
+    """
+    if not isinstance(array, np.ndarray) and hasattr(array, "dim"):
+        return _resample_torch(array, shape, kind)
     if kind == "image":
         return resize_image(array, shape)
     if kind == "probabilities":
@@ -53,6 +60,26 @@ def resample(array, shape: Sequence[int], kind: str = "image") -> np.ndarray:
     if kind == "labels":
         return resize_labels(array, shape)
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def _resample_torch(tensor, shape: Sequence[int], kind: str):
+    import torch.nn.functional as F
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    size = (int(shape[0]), int(shape[1]))
+    if tuple(tensor.shape[-2:]) == size:
+        return tensor
+    lead = tensor.shape[:-2]
+    flat = tensor.reshape(1, -1, *tensor.shape[-2:])
+    if kind == "labels":
+        out = F.interpolate(flat.float(), size=size, mode="nearest-exact").to(tensor.dtype)
+    else:
+        h, w = tensor.shape[-2:]
+        shrink = size[0] <= h and size[1] <= w and h % size[0] == 0 and w % size[1] == 0
+        mode = "area" if kind == "image" and shrink else "bilinear"
+        out = F.interpolate(flat.float(), size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    return out.reshape(*lead, *size)
 
 
 def _shape2(shape) -> tuple[int, int]:
@@ -88,12 +115,12 @@ class WorkingSize:
         return self.scale == 1.0
 
     def transform(self, array, kind: str = "image"):
-        """``(..., H, W)`` on the slice grid to ``(..., h, w)`` on the working grid."""
-        return np.asarray(array) if self.identity else resample(array, self.target, kind)
+        """``(..., H, W)`` on the slice grid to ``(..., h, w)`` on the working grid (numpy or torch)."""
+        return array if self.identity else resample(array, self.target, kind)
 
     def inverse(self, array, kind: str = "probabilities"):
-        """``(..., h, w)`` on the working grid back to the slice grid."""
-        return np.asarray(array) if self.identity else resample(array, self.source, kind)
+        """``(..., h, w)`` on the working grid back to the slice grid (numpy or torch)."""
+        return array if self.identity else resample(array, self.source, kind)
 
     def transform_point(self, y: float, x: float) -> tuple[float, float]:
         if self.identity:

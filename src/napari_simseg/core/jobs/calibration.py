@@ -37,7 +37,7 @@ import numpy as np
 from napari_simseg.core.data.datasets import discover_dataset, load_case_with
 from napari_simseg.core.data.splits import find_split, select_cases
 from napari_simseg.core.imaging.metrics import dice_iou_per_class
-from napari_simseg.core.imaging.preprocessing import resize_labels, working_volume
+from napari_simseg.core.imaging.transforms import WorkingSize
 from napari_simseg.core.interaction.clicks import as_clicks, honour_clicks
 from napari_simseg.core.interaction.virtual_user import EvaluationUser
 from napari_simseg.core.network.decision import decide_labels
@@ -152,8 +152,8 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: str | Non
     for case in iterator:
         image, labels = load_case_with(case, norm, axis, spec=spec)
         # fitted on the working grid: the probabilities the network gives, at bounded memory
-        image = working_volume(image, meta.working_size)
-        labels = resize_labels(labels, image.shape[-2:])
+        grid = WorkingSize(labels.shape[-2:], meta.working_size)
+        image, labels = grid.transform(image), grid.transform(labels, "labels")
         logp_chunks = []
         new_rows = [[] for _ in range(rounds + 1)]  # (z, y, x, class) of the clicks of round r
         step = predictor.batch_for(batch_size, *image.shape[-2:])  # slices per call bounded by memory

@@ -66,7 +66,7 @@ import numpy as np
 from napari_simseg.core.data.datasets import discover_dataset, load_case, load_case_with
 from napari_simseg.core.data.splits import find_split, select_cases
 from napari_simseg.core.imaging.metrics import dice_iou_per_class, noc, round_change, summarise_round_changes
-from napari_simseg.core.imaging.preprocessing import working_volume
+from napari_simseg.core.imaging.transforms import WorkingSize
 from napari_simseg.core.interaction.virtual_user import EvaluationUser
 from napari_simseg.core.io.atomic import atomic_path, atomic_write_text
 from napari_simseg.core.jobs.volume_protocol import volume_protocol_outputs
@@ -170,8 +170,8 @@ def _model_method(checkpoint, class_names, device, tta, memory, decision_offsets
                                  user.next_round_batch, predictor.device, on_round=on_round,
                                  honour=honour, decision_offsets=offsets)
 
-    def prepare(image):
-        return working_volume(image, meta.working_size)
+    def prepare(image):  # the working grid, as the session's and the trainer's
+        return WorkingSize(image.shape[-2:], meta.working_size).transform(image)
 
     return _Method("model", run, prepare, mem_kind, dict(meta.normalization), meta.axis if axis is None else axis,
                    Path(predictor.checkpoint.path), offsets, predictor)

@@ -21,11 +21,7 @@ from napari_simseg.core.imaging.preprocessing import (
     n4_correct,
     normalize_volume,
     resize_image,
-    resize_labels,
     resize_probabilities,
-    to_working_coordinates,
-    working_scale,
-    working_shape,
 )
 from napari_simseg.core.imaging.regions import (
     FULL_SLICE_PIXELS,
@@ -36,6 +32,7 @@ from napari_simseg.core.imaging.regions import (
     tiles,
     touched_boxes,
 )
+from napari_simseg.core.imaging.transforms import WorkingSize
 from napari_simseg.core.interaction.clicks import (
     Click,
     as_clicks,
@@ -163,10 +160,11 @@ class InteractiveSession:
     the evaluation's 0-click result.
 
     A checkpoint with a *working size* (``Predictor.working_size``) runs on slices
-    shrunk so that their longest side is that size (:attr:`scale`); the memory (click
-    masks, probabilities) lives on that working grid, clicks are given and labels
-    returned on the image's own grid, and probabilities are resampled bilinearly to it
-    before labels are decided.
+    shrunk so that their longest side is that size (:attr:`working`, a
+    :class:`~napari_simseg.core.imaging.transforms.WorkingSize`, as in the evaluation and
+    the trainer); the memory (click masks, probabilities) lives on that working grid,
+    clicks are given and labels returned on the image's own grid, and probabilities are
+    resampled bilinearly to it before labels are decided.
 
     On a slice larger than 256 x 256 pixels at the working resolution, rounds run on a
     region around the slice's clicks and current labels and automatic segmentation on
@@ -193,8 +191,7 @@ class InteractiveSession:
         self.is_2d = channels[0].ndim == 2
         self.volume = _normalised_volume(channels, predictor.meta.normalization)  # (C, Z, H, W)
         self.shape = self.volume.shape[1:]
-        self.scale = working_scale(self.shape, predictor.working_size)
-        self.work_shape = working_shape(self.shape, self.scale)
+        self.working = WorkingSize(self.shape[1:], predictor.working_size)  # image grid <-> network grid
         n = predictor.meta.n_classes
         self.n_classes = n
         self.class_names = list(predictor.meta.class_names)
@@ -241,6 +238,19 @@ class InteractiveSession:
         self.predictor = predictor
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def scale(self) -> float:
+        """Working pixels per image pixel (1: the network runs on the image's own grid)."""
+        return self.working.scale
+
+    @property
+    def work_shape(self) -> tuple[int, int]:
+        """A slice's ``(h, w)`` on the network's working grid."""
+        return self.working.target
+
+    def _on_working_grid(self, clicks: list) -> list:
+        return [Click(c.label, *self.working.transform_point(c.y, c.x)) for c in clicks]
+
     @property
     def n_slices(self) -> int:
         return self.shape[0]
@@ -308,9 +318,7 @@ class InteractiveSession:
                 mem.reframe((grown[1] - grown[0], grown[3] - grown[2]), (box[0] - grown[0], box[2] - grown[2]))
                 self._regions[idx] = grown
             return grown
-        labels = self.labels[idx]
-        if self.scale != 1.0:
-            labels = resize_labels(labels, self.work_shape)
+        labels = self.working.transform(self.labels[idx], "labels")
         box = box_around(self.work_shape, points, touched_boxes(labels, points))
         self._memories[idx] = self._new_memory((box[1] - box[0], box[3] - box[2]))
         self._regions[idx] = box
@@ -389,7 +397,7 @@ class InteractiveSession:
 
     def _run_round(self, idx: int, clicks: list, t0: float, **meta) -> RoundResult:
         """One round of checked ``clicks`` on slice ``idx`` (``meta`` goes on the memory round)."""
-        on_grid = [Click(c.label, *to_working_coordinates(c.y, c.x, self.scale)) for c in clicks]
+        on_grid = self._on_working_grid(clicks)
         # a failed round leaves no trace: the slice's region, memory frame and redo stack
         # come back as they were (a refused round that grew the region must not leave
         # every later round on the grown region)
@@ -630,9 +638,8 @@ class InteractiveSession:
         """Start slice ``idx``'s memory with a neighbour-prior state (see :meth:`seeded_round`)."""
         if prior.shape != self.shape[1:]:
             raise ValueError(f"a prior must have the slice's shape {self.shape[1:]}, got {prior.shape}")
-        on_grid = [Click(c.label, *to_working_coordinates(c.y, c.x, self.scale)) for c in clicks]
-        if self.scale != 1.0:
-            prior = resize_labels(prior, self.work_shape)
+        on_grid = self._on_working_grid(clicks)
+        prior = self.working.transform(prior, "labels")
         y0, y1, x0, x1 = self._region(idx, on_grid)
         mem = self.memory(idx)
         maps = prior_probabilities(prior[y0:y1, x0:x1], self.n_classes)
