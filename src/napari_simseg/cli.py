@@ -147,6 +147,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the checkpoint's memory (e.g. cim for SDG-CIM on an SDG-base model)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=64, help="slices per forward pass")
+    p.add_argument("--locality", default="click", choices=["click", "connected", "none"],
+                   help="what a corrective round may change of the labels shown before it: 'click' (default: "
+                        "only pixels turning to a clicked class, connected to that click), 'connected' (any "
+                        "change connected to a click) or 'none' (the network's new labels everywhere)")
+    p.add_argument("--no-follow-clicks", dest="follow_clicks", action="store_false",
+                   help="do not spread a click's class around a click the network's labels contradict")
     p.add_argument("--noc-clicks", type=int, default=0,
                    help="also compute NoC@85/90/95 with this click budget, e.g. 20 (runs that many "
                         "rounds on every slice; default 0: no NoC)")
@@ -169,6 +175,7 @@ def main_evaluate(args) -> int:
     """``simseg evaluate``: print the report; write the JSON, table and plot asked for."""
     import json
 
+    from napari_simseg.core.interaction.refinement import Refinement
     from napari_simseg.core.io.atomic import atomic_write_text
     from napari_simseg.core.jobs.evaluation import evaluate, format_report, write_plot, write_table
 
@@ -179,6 +186,7 @@ def main_evaluate(args) -> int:
         batch_size=args.batch_size, noc_clicks=args.noc_clicks, max_volumes=args.max_volumes,
         axis=args.axis, name=args.name, honour_clicks=args.honour_clicks,
         tta=args.tta, decision_offsets=args.decision_offsets, protocol=args.protocol,
+        refinement=Refinement(locality=args.locality, follow_clicks=args.follow_clicks),
     )
     print(format_report(result))
     if args.json:

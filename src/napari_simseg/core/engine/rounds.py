@@ -21,7 +21,8 @@ from napari_simseg.core.imaging.preprocessing import context_stack
 from napari_simseg.core.imaging.transforms import WorkingSize
 from napari_simseg.core.interaction.clicks import Click, as_clicks, encode_clicks, honour_clicks, shift_clicks
 from napari_simseg.core.interaction.memory import input_channels
-from napari_simseg.core.network.decision import active_offsets, decide_labels
+from napari_simseg.core.interaction.refinement import Refinement, refine_round
+from napari_simseg.core.network.decision import active_offsets, decide_labels, log_probabilities
 from napari_simseg.core.network.devices import autocast_for
 
 __all__ = ["BatchMemory", "cropped_clicker", "encode_click_batch", "run_rounds", "run_volume_rounds"]
@@ -138,6 +139,7 @@ def run_rounds(
     honour: bool = False,
     decision_offsets: Sequence[float] | None = None,
     image_channels: int = 1,
+    refinement: Refinement | None = None,
 ) -> list[np.ndarray]:
     """Run 0..``n_rounds`` rounds of a virtual user on a batch of slices.
 
@@ -160,6 +162,9 @@ def run_rounds(
     own probabilities either way. ``decision_offsets`` (one per class) are added to the
     log-probabilities before the argmax that gives the labels
     (:mod:`~napari_simseg.core.network.decision`); the memory is unaffected.
+    ``refinement`` decides, as in the interactive session, what each corrective round may
+    change of the labels shown before it
+    (:func:`~napari_simseg.core.interaction.refinement.refine_round`; None: everything).
 
     Returns
     -------
@@ -177,12 +182,13 @@ def run_rounds(
     state = None
     previous = None
     placed = [[] for _ in range(images.shape[0])]
+    refine = refinement is not None and refinement.active
     for k in range(n_rounds + 1):
         if k > 0:
-            clicks = clicker(gts, previous)
+            clicks = [as_clicks(c) for c in clicker(gts, previous)]
             if honour:
                 for i, image_clicks in enumerate(clicks):
-                    placed[i].extend(as_clicks(image_clicks))
+                    placed[i].extend(image_clicks)
             memory.push(encode_click_batch([_to_grid(c, grid) for c in clicks], n_classes, shape, radius, device))
         x = memory.network_input()
         if device.type == "cuda":
@@ -198,6 +204,11 @@ def run_rounds(
             labels = decide_labels(torch.log(shown.clamp_min(1e-12)) if shown is not probs
                                    else torch.log_softmax(logits.float(), dim=1),
                                    offsets, axis=1, log=True).cpu().numpy()
+        if k > 0 and refine:
+            log_p = log_probabilities(shown, offsets, axis=1).cpu().numpy() if refinement.follow_clicks else None
+            for i in range(labels.shape[0]):
+                labels[i] = refine_round(previous[i], labels[i], None if log_p is None else log_p[i], clicks[i],
+                                         refinement)
         for i, image_clicks in enumerate(placed):
             honour_clicks(labels[i], image_clicks)
         elapsed = time.perf_counter() - t0

@@ -36,6 +36,7 @@ JSON written by ``--json``::
      "honour_clicks": bool (model) or null, "tta": bool (model) or null,
      "decision_offsets": [one per class] or null, "split": str,
      "protocol": "slice" | "volume",
+     "refinement": {"locality": str, "follow_clicks": bool} (model) or null,
      "classes": [names], "n_volumes": int, "volumes": [case ids],
      "results": [{"clicks": k,              # rounds per slice (slice) or per volume (volume)
                   "clicks_per_volume": mean user clicks per volume after k rounds,
@@ -57,7 +58,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ from napari_simseg.core.data.datasets import discover_dataset, load_case, load_c
 from napari_simseg.core.data.splits import find_split, select_cases
 from napari_simseg.core.imaging.metrics import dice_iou_per_class, noc, round_change, summarise_round_changes
 from napari_simseg.core.imaging.transforms import WorkingSize
+from napari_simseg.core.interaction.refinement import Refinement
 from napari_simseg.core.interaction.virtual_user import EvaluationUser
 from napari_simseg.core.io.atomic import atomic_path, atomic_write_text
 from napari_simseg.core.jobs.volume_protocol import volume_protocol_outputs
@@ -111,6 +113,10 @@ class EvaluationOptions:
         averaging, the checkpoint's per-class offsets.
     protocol : {"slice", "volume"}
         Rounds per slice, or corrective rounds per volume with propagation.
+    refinement : Refinement
+        What a corrective round may change of the labels shown before it, as in the
+        session (:mod:`~napari_simseg.core.interaction.refinement`); ``Refinement.off()``
+        shows the network's new labels everywhere.
     """
 
     split: str | None = None
@@ -128,6 +134,7 @@ class EvaluationOptions:
     tta: bool = True
     decision_offsets: bool = True
     protocol: str = "slice"
+    refinement: Refinement = field(default_factory=Refinement)
 
 
 @dataclass
@@ -145,10 +152,11 @@ class _Method:
     predictor: Any = None  # the model's Predictor (the volume protocol's sessions use it)
 
 
-def _model_method(checkpoint, class_names, device, tta, memory, decision_offsets, axis, honour) -> _Method:
+def _model_method(checkpoint, class_names, opts: EvaluationOptions) -> _Method:
     from napari_simseg.core.engine.rounds import run_volume_rounds
     from napari_simseg.core.network.predictor import Predictor
 
+    device, tta, memory, axis, honour = opts.device, opts.tta, opts.memory, opts.axis, opts.honour_clicks
     predictor = Predictor(checkpoint, device=device, tta=tta, expected_classes=class_names)
     meta = predictor.meta
     if memory and (memory == "sim") != (meta.memory == "sim"):
@@ -157,7 +165,7 @@ def _model_method(checkpoint, class_names, device, tta, memory, decision_offsets
             f"this checkpoint uses {meta.memory!r}"
         )
     offsets = None
-    if decision_offsets and meta.decision_offsets is not None:
+    if opts.decision_offsets and meta.decision_offsets is not None:
         offsets = [float(v) for v in meta.decision_offsets]
     mem_kind = memory or meta.memory
 
@@ -168,7 +176,7 @@ def _model_method(checkpoint, class_names, device, tta, memory, decision_offsets
 
         return run_volume_rounds(predictor.model, meta, mem_kind, image, labels, sl, rounds,
                                  user.next_round_batch, predictor.device, on_round=on_round,
-                                 honour=honour, decision_offsets=offsets)
+                                 honour=honour, decision_offsets=offsets, refinement=opts.refinement)
 
     def prepare(image):  # the working grid, as the session's and the trainer's
         return WorkingSize(image.shape[-2:], meta.working_size).transform(image)
@@ -247,7 +255,7 @@ def _case_outputs(how: _Method, opts: EvaluationOptions, case, spec, rounds, use
         return (labels, *_volume_outputs(how, image, labels, rounds, opts.batch_size, user, latency, clicks, placed))
     image, labels = load_case(case, axis=how.axis, normalize=False, spec=spec)  # the session normalises
     run = volume_protocol_outputs(how.predictor, image, labels, rounds, honour_clicks=honour,
-                                  decision_offsets=offsets)
+                                  decision_offsets=offsets, refinement=opts.refinement)
     latency.extend(run.round_ms)
     return labels, [o.astype(labels.dtype) for o in run.outputs], run.clicks
 
@@ -293,8 +301,7 @@ def evaluate(checkpoint="demo", data=None, options: EvaluationOptions | None = N
         raise ValueError("--protocol volume runs the checkpoint's own session: no --method, --memory or --noc-clicks")
     rounds = max(clicks[-1], opts.noc_clicks)
     if opts.method == "model":
-        how = _model_method(checkpoint, class_names, opts.device, opts.tta, opts.memory, opts.decision_offsets,
-                            opts.axis, opts.honour_clicks)
+        how = _model_method(checkpoint, class_names, opts)
     else:
         how = _classical_method(opts.method, n, opts.axis)
     split_doc, split_src = find_split(data, how.checkpoint, opts.split_file)
@@ -380,6 +387,8 @@ def _result_document(how: _Method, checkpoint, opts: EvaluationOptions, data, wh
         "split_file": str(split_src) if split_src else None,
         "axis": how.axis,
         "protocol": protocol,
+        "refinement": {"locality": opts.refinement.locality, "follow_clicks": opts.refinement.follow_clicks}
+        if is_model else None,
         "classes": class_names,
         "n_volumes": len(cases),
         "volumes": [c.case_id for c in cases],
@@ -455,7 +464,10 @@ def format_report(result: dict) -> str:
              + ("" if result.get("tta") is not False else ", no flip averaging")
              + ("" if not result.get("decision_offsets") else
                 ", decision offsets " + "/".join(f"{v:+.2f}" for v in result["decision_offsets"]))
-             + (", volume protocol (rounds per volume, each propagated)" if volume else "")]
+             + (", volume protocol (rounds per volume, each propagated)" if volume else "")
+             + ("" if not result.get("refinement") else
+                f", rounds refined: locality {result['refinement']['locality']}"
+                + (", following clicks" if result["refinement"]["follow_clicks"] else ""))]
     lines.append("Dice".ljust(8) + "".join(c.rjust(width) for c in names))
     for row in result["results"]:
         vals = "".join(("-" if row["dice"][c] is None else f"{row['dice'][c]:.3f}").rjust(width) for c in names)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_simseg.core.interaction.refinement import Refinement
 from napari_simseg.core.interaction.virtual_user import EvaluationUser
 from napari_simseg.core.session.interactive import InteractiveSession
 from napari_simseg.core.session.propagation import SeedRule
@@ -110,11 +111,12 @@ def run_volume_protocol(session: InteractiveSession, gt: np.ndarray, steps: int,
 
 def volume_protocol_outputs(predictor, image: np.ndarray, gt: np.ndarray, steps: int, *,
                             honour_clicks: bool = True, decision_offsets: bool = True,
-                            rule: SeedRule | None = None) -> VolumeRun:
+                            rule: SeedRule | None = None, refinement: Refinement | None = None) -> VolumeRun:
     """:func:`run_volume_protocol` on a raw ``(C, S, H, W)`` image (not normalised: the
-    session normalises it as the plugin does) with ``predictor`` (a loaded Predictor)."""
+    session normalises it as the plugin does) with ``predictor`` (a loaded Predictor);
+    ``refinement``: the session's (default :class:`Refinement`)."""
     session = InteractiveSession(list(np.asarray(image)), predictor, honour_clicks=honour_clicks,
-                                 decision_offsets=decision_offsets)
+                                 decision_offsets=decision_offsets, refinement=refinement)
     return run_volume_protocol(session, gt, steps, rule=rule)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["active_offsets", "decide_labels"]
+__all__ = ["active_offsets", "decide_labels", "log_probabilities"]
 
 
 def active_offsets(offsets: Sequence[float] | None, n_classes: int) -> np.ndarray | None:
@@ -77,3 +77,20 @@ def decide_labels(scores, offsets: Sequence[float] | None = None, axis: int = 0,
 
     logp = scores.float() if log else torch.log(scores.float())
     return (logp + torch.from_numpy(off).to(logp.device).view(shape)).argmax(dim=axis)
+
+
+def log_probabilities(probabilities, offsets: Sequence[float] | None = None, axis: int = 0):
+    """``log p + offset`` per class: the scores whose argmax :func:`decide_labels` takes
+    (numpy or torch; probabilities clamped at 1e-12 so that a zero is a large negative
+    score, not ``-inf``)."""
+    is_numpy = isinstance(probabilities, np.ndarray) or not hasattr(probabilities, "detach")
+    off = active_offsets(offsets, probabilities.shape[axis])
+    shape = [1] * probabilities.ndim
+    shape[axis] = -1
+    if is_numpy:
+        logp = np.log(np.maximum(np.asarray(probabilities, np.float32), 1e-12))
+        return logp if off is None else logp + off.reshape(shape)
+    import torch
+
+    logp = torch.log(probabilities.float().clamp_min(1e-12))
+    return logp if off is None else logp + torch.from_numpy(off).to(logp.device).view(shape)

@@ -43,7 +43,8 @@ from napari_simseg.core.interaction.clicks import (
     validate_click,
 )
 from napari_simseg.core.interaction.memory import InteractionMemory, prior_probabilities
-from napari_simseg.core.network.decision import decide_labels
+from napari_simseg.core.interaction.refinement import Refinement, refine_round
+from napari_simseg.core.network.decision import decide_labels, log_probabilities
 from napari_simseg.core.network.predictor import Predictor
 from napari_simseg.core.session.interaction_log import load_log, replay_log, write_log
 from napari_simseg.core.session.propagation import (
@@ -181,12 +182,14 @@ class InteractiveSession:
         honour_clicks: bool = True,
         decision_offsets: bool = True,
         channel_axis: int | None = None,
+        refinement: Refinement | None = None,
     ):
         if not isinstance(predictor, Predictor):
             predictor = Predictor(predictor, device=device)
         self.predictor = predictor
         self.honour_clicks = bool(honour_clicks)
         self.decision_offsets = bool(decision_offsets)
+        self.refinement = Refinement() if refinement is None else refinement
         channels = _channel_arrays(image, channel_axis, predictor.channel_names)
         self.is_2d = channels[0].ndim == 2
         self.volume = _normalised_volume(channels, predictor.meta.normalization)  # (C, Z, H, W)
@@ -348,8 +351,13 @@ class InteractiveSession:
         labels = np.zeros(self.shape[1:], self.labels.dtype) if base is None else base.copy()
         mem = self._memories.get(idx)
         if mem is not None and mem.last is not None and mem.last.probabilities is not None:
-            y0, y1, x0, x1 = self._image_box(self._regions.get(idx, self._whole))
-            labels[y0:y1, x0:x1] = self._to_labels(mem.last.probabilities, (y1 - y0, x1 - x0))
+            shown = mem.last.meta.get("shown")  # a refined round: the labels it decided to show
+            if shown is not None:
+                (y0, y1, x0, x1), refined = shown
+                labels[y0:y1, x0:x1] = refined
+            else:
+                y0, y1, x0, x1 = self._image_box(self._regions.get(idx, self._whole))
+                labels[y0:y1, x0:x1] = self._to_labels(mem.last.probabilities, (y1 - y0, x1 - x0))
             if self.honour_clicks:  # the user's clicks, not a propagation's seeds (guesses)
                 for state in mem.rounds:
                     if PROPAGATED not in state.meta:
@@ -428,11 +436,27 @@ class InteractiveSession:
                 old_mem.restore_frame(old_frame)
             raise
         model_ms = (time.perf_counter() - t1) * 1e3
+        showed_before = idx in self._base_labels or mem.n_rounds > 1
         mem.set_probabilities(probs, payload=self._state_to_storage(new_state))
+        if self.refinement.active and showed_before and PROPAGATED not in meta and clicks:
+            mem.last.meta["shown"] = self._refined(idx, box, probs, clicks)
         self._trim_states(mem)
         labels = self._show_current(idx)
         total_ms = (time.perf_counter() - t0) * 1e3
         return RoundResult(idx, mem.n_rounds, labels, probs, model_ms, total_ms, self._image_box(box))
+
+    def _refined(self, idx: int, box: tuple, probs: np.ndarray, clicks: list) -> tuple:
+        """``(image box, labels)`` a user's round shows in its region: the network's new
+        labels where :mod:`~napari_simseg.core.interaction.refinement` lets them change
+        what the slice showed before the round (the evaluation's rounds use the same rule)."""
+        y0, y1, x0, x1 = self._image_box(box)
+        shape = (y1 - y0, x1 - x0)
+        on_image = resize_probabilities(probs, shape) if probs.shape[-2:] != shape else probs
+        log_p = log_probabilities(on_image, self.offsets, axis=0)
+        proposed = log_p.argmax(0).astype(self.labels.dtype)
+        in_box = shift_clicks(clicks, -y0, -x0)
+        refined = refine_round(self.labels[idx, y0:y1, x0:x1], proposed, log_p, in_box, self.refinement)
+        return (y0, y1, x0, x1), refined.astype(self.labels.dtype)
 
     def _state_to_storage(self, state):
         # keep accelerator memory for the network: stored states live on the CPU

@@ -1,0 +1,207 @@
+"""What a corrective round may change: the labels shown after a round, from the labels shown
+before it, the network's new output and the round's clicks.
+
+One implementation for the interactive session, the evaluation's virtual user and the
+volume protocol (``docs/method.md``, "Clicks that count", gives the reasoning and the
+figures). Two rules, each switchable in :class:`Refinement`:
+
+* **Locality** (FocalClick's idea: a click refines where it points, the rest stays as it
+  was). ``"click"``: a pixel changes only to the class of a click of this round, and only
+  in the connected set of such pixels that holds (or touches) that click; every other
+  pixel keeps the label it showed before the round. ``"connected"``: any change is kept
+  where it is connected to one of the round's clicks. ``"none"``: the network's new
+  labels everywhere (the paper's system).
+* **Following the clicks** (the BRS family, applied to the network's output rather than
+  its input): where the network's new labels still contradict a click, the click's class
+  gets a local bonus on its log-probability, largest at the click and decaying with a
+  Gaussian whose width is the click's distance to the edge of the wrongly labelled region
+  it sits in; the bonus is just large enough to make the click pixel take the click's
+  class (plus ``margin``). Pixels that the bonus turns to the click's class, connected to
+  the click, take it. The network's own margins decide how far the correction spreads:
+  pixels where it was nearly undecided flip, confident ones do not.
+
+Clicked pixels are honoured after this, as before (``clicks.honour_clicks``).
+Rounds that carry a propagation's seeds, or automatic results, are not refined: they
+have no user click to be local to.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_simseg.core.interaction.clicks import Click, as_clicks
+
+__all__ = ["LOCALITIES", "Refinement", "follow_clicks", "keep_local_changes", "refine_round"]
+
+LOCALITIES = ("none", "connected", "click")
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """How a corrective round's output becomes the labels shown.
+
+    Attributes
+    ----------
+    locality : {"click", "connected", "none"}
+        Which of the network's changes a round keeps (module docstring).
+    follow_clicks : bool
+        Give a click's class a local bonus where the network's labels contradict it.
+    margin : float
+        How far past the tie the bonus takes the click pixel, in log-probability.
+    touch : int
+        A change counts as connected to a click within this many pixels of it (Chebyshev).
+    """
+
+    locality: str = "click"
+    follow_clicks: bool = True
+    margin: float = math.log(2.0)
+    touch: int = 2
+
+    def __post_init__(self):
+        if self.locality not in LOCALITIES:
+            raise ValueError(f"locality must be one of {LOCALITIES}, got {self.locality!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.locality != "none" or self.follow_clicks
+
+    @classmethod
+    def off(cls) -> Refinement:
+        """The network's labels as they are (the paper's system)."""
+        return cls(locality="none", follow_clicks=False)
+
+
+def _near(shape: tuple, click: Click, touch: int) -> tuple[slice, slice]:
+    y, x = int(round(click.y)), int(round(click.x))
+    rows = slice(max(0, y - touch), min(shape[0], y + touch + 1))
+    return rows, slice(max(0, x - touch), min(shape[1], x + touch + 1))
+
+
+def _component_touching(mask: np.ndarray, click: Click, touch: int) -> np.ndarray | None:
+    """The 8-connected parts of ``mask`` within ``touch`` pixels of ``click`` (None: none)."""
+    from scipy import ndimage
+
+    near = _near(mask.shape, click, touch)
+    if not mask[near].any():
+        return None
+    regions, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    ids = np.unique(regions[near])
+    ids = ids[ids > 0]
+    return np.isin(regions, ids)
+
+
+def keep_local_changes(previous: np.ndarray, proposed: np.ndarray, clicks: Sequence, locality: str = "click",
+                       touch: int = 2) -> np.ndarray:
+    """``previous`` with only the changes of ``proposed`` that ``locality`` allows (module docstring).
+
+    Parameters
+    ----------
+    previous, proposed : ndarray of int, shape (H, W)
+        Labels shown before the round; labels the network proposes after it.
+    clicks : sequence of Click or (class, y, x)
+        The round's clicks, on the same grid.
+    locality : {"click", "connected", "none"}
+    touch : int
+        Distance within which a change touches a click.
+
+    Returns
+    -------
+    ndarray
+        A new label map.
+    """
+    if locality not in LOCALITIES:
+        raise ValueError(f"locality must be one of {LOCALITIES}, got {locality!r}")
+    if locality == "none":
+        return proposed.copy()
+    clicks = as_clicks(clicks)
+    out = previous.copy()
+    changed = proposed != previous
+    if not changed.any() or not clicks:
+        return out
+    if locality == "connected":
+        for click in clicks:
+            part = _component_touching(changed, click, touch)
+            if part is not None:
+                out[part] = proposed[part]
+        return out
+    for click in clicks:
+        part = _component_touching(changed & (proposed == click.label), click, touch)
+        if part is not None:
+            out[part] = click.label
+    return out
+
+
+def follow_clicks(labels: np.ndarray, log_probabilities: np.ndarray, clicks: Sequence,
+                  margin: float = math.log(2.0)) -> np.ndarray:
+    """``labels`` with each contradicted click's class spread around it (module docstring).
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (H, W)
+        The network's labels after the round (its decision, clicks not yet honoured).
+    log_probabilities : ndarray, shape (N, H, W)
+        Their log-probabilities (with any decision offsets added).
+    clicks : sequence of Click or (class, y, x)
+        The round's clicks, on the same grid.
+    margin : float
+        Log-probability past the tie at the click.
+
+    Returns
+    -------
+    ndarray
+        A new label map; where every click already holds, a copy of ``labels``.
+    """
+    from scipy import ndimage
+
+    out = labels.copy()
+    h, w = labels.shape
+    for click in as_clicks(clicks):
+        y, x = int(round(click.y)), int(round(click.x))
+        if not (0 <= y < h and 0 <= x < w) or out[y, x] == click.label:
+            continue
+        wrong = out[y, x]
+        inside = out == wrong
+        sigma = max(2.0, float(ndimage.distance_transform_edt(inside)[y, x]))
+        reach = int(math.ceil(3 * sigma))  # the bonus is < 1 % of its peak beyond 3 sigma
+        ys, xs = slice(max(0, y - reach), min(h, y + reach + 1)), slice(max(0, x - reach), min(w, x + reach + 1))
+        lp = log_probabilities[:, ys, xs]
+        need = float(lp[wrong, y - ys.start, x - xs.start] - lp[click.label, y - ys.start, x - xs.start]) + margin
+        yy, xx = np.ogrid[ys, xs]
+        bonus = need * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2))
+        boosted = lp[click.label] + bonus
+        wins = boosted >= lp.max(axis=0)
+        part = _component_touching(wins, Click(click.label, y - ys.start, x - xs.start), 0)
+        if part is not None:
+            out[ys, xs][part] = click.label
+    return out
+
+
+def refine_round(previous: np.ndarray, proposed: np.ndarray, log_probabilities: np.ndarray | None,
+                 clicks: Sequence, refinement: Refinement) -> np.ndarray:
+    """The labels shown after a corrective round (one slice).
+
+    Parameters
+    ----------
+    previous : ndarray of int, shape (H, W)
+        Labels shown before the round.
+    proposed : ndarray of int, shape (H, W)
+        The network's decision after the round (before clicks are honoured).
+    log_probabilities : ndarray, shape (N, H, W), or None
+        The log-probabilities behind ``proposed`` (needed by ``follow_clicks``).
+    clicks : sequence of Click or (class, y, x)
+        This round's clicks, on the same grid.
+    refinement : Refinement
+
+    Returns
+    -------
+    ndarray
+        The labels to show (clicked pixels still to be honoured by the caller).
+    """
+    labels = proposed
+    if refinement.follow_clicks and log_probabilities is not None and len(clicks):
+        labels = follow_clicks(labels, log_probabilities, clicks, refinement.margin)
+    return keep_local_changes(previous, labels, clicks, refinement.locality, refinement.touch)

@@ -1,0 +1,107 @@
+"""What a corrective round may change (``core.interaction.refinement``), on hand-made label
+maps and on the bundled, trained model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_simseg.core.interaction.clicks import Click
+from napari_simseg.core.interaction.refinement import Refinement, follow_clicks, keep_local_changes, refine_round
+
+
+def _maps():
+    previous = np.zeros((20, 30), int)
+    previous[5:10, 5:10] = 1  # a structure of class 1, too small
+    proposed = previous.copy()
+    proposed[5:12, 5:12] = 1  # the network grows it where the user clicked ...
+    proposed[15:18, 25:28] = 2  # ... and, far away, invents a class-2 blob
+    proposed[12, 13] = 2  # ... and flips a pixel beside the click to another class
+    return previous, proposed
+
+
+def test_click_locality_keeps_only_the_clicked_class_near_the_click():
+    previous, proposed = _maps()
+    out = keep_local_changes(previous, proposed, [Click(1, 11, 11)], "click")
+    assert (out[5:12, 5:12] == 1).all()  # the clicked structure grew
+    assert (out[15:18, 25:28] == 0).all() and out[12, 13] == 0  # nothing else changed
+    assert out.shape == previous.shape and out is not previous
+
+
+def test_connected_locality_keeps_any_change_touching_a_click_and_none_keeps_all():
+    previous, proposed = _maps()
+    out = keep_local_changes(previous, proposed, [Click(1, 11, 11)], "connected")
+    assert (out[5:12, 5:12] == 1).all() and (out[15:18, 25:28] == 0).all()
+    assert out[12, 13] == 2  # another class, but connected to the click's change
+    out = keep_local_changes(previous, proposed, [Click(2, 16, 26)], "connected")  # on the far blob
+    assert (out[15:18, 25:28] == 2).all() and out[11, 11] == 0
+    np.testing.assert_array_equal(keep_local_changes(previous, proposed, [], "none"), proposed)
+
+
+def test_without_clicks_nothing_changes_and_unknown_locality_is_refused():
+    previous, proposed = _maps()
+    np.testing.assert_array_equal(keep_local_changes(previous, proposed, [], "click"), previous)
+    with pytest.raises(ValueError, match="locality"):
+        Refinement(locality="everywhere")
+
+
+def test_following_a_contradicted_click_spreads_its_class_where_the_network_hesitates():
+    labels = np.zeros((30, 30), int)  # the network says background everywhere
+    p1 = np.full((30, 30), 0.05)
+    p1[10:20, 10:20] = 0.45  # ... but hesitates on a 10 x 10 square
+    log_p = np.log(np.stack([1 - p1, p1]))
+    out = follow_clicks(labels, log_p, [Click(1, 15, 15)])
+    assert (out[12:18, 12:18] == 1).all()  # the hesitant pixels near the click follow it
+    assert (out[:8] == 0).all() and (out[:, :8] == 0).all()  # confident background stays
+    assert out[15, 15] == 1
+    # a click the labels already follow changes nothing
+    np.testing.assert_array_equal(follow_clicks(out, log_p, [Click(1, 15, 15)]), out)
+
+
+def test_refine_round_combines_both_rules():
+    previous, proposed = _maps()
+    log_p = np.log(np.stack([np.full(previous.shape, 0.4), np.full(previous.shape, 0.3), np.full(previous.shape, 0.3)]))
+    out = refine_round(previous, proposed, log_p, [Click(1, 11, 11)], Refinement())
+    assert (out[5:12, 5:12] == 1).all() and (out[15:18, 25:28] == 0).all()
+    np.testing.assert_array_equal(refine_round(previous, proposed, log_p, [Click(1, 11, 11)], Refinement.off()),
+                                  proposed)
+
+
+def test_a_click_on_a_mislabelled_region_fixes_it_and_leaves_far_pixels_alone():
+    """The bundled (trained) model on the bundled sample: after the automatic result, a click
+    in the largest region the result misses changes that region toward the click's class, and
+    no pixel far from the click changes."""
+    from scipy import ndimage
+
+    from napari_simseg.core.interaction.virtual_user import largest_mislabelled_region
+    from napari_simseg.core.io.images import read_image
+    from napari_simseg.core.io.resources import SAMPLE_DIR
+    from napari_simseg.core.session.interactive import InteractiveSession
+
+    image = read_image(SAMPLE_DIR / "images" / "hippocampus_015.nii.gz").array
+    gt = read_image(SAMPLE_DIR / "labels" / "hippocampus_015.nii.gz", labels=True).array.astype(int)
+    session = InteractiveSession(image, "demo", device="cpu")
+    session.predict_auto()
+    best = None
+    for z in range(gt.shape[0]):  # the slice and class with the largest missed region
+        for c in (1, 2):
+            found = largest_mislabelled_region(gt[z], session.labels[z].astype(int), c)
+            if found is not None and (best is None or found[1].sum() > best[3].sum()):
+                best = (z, c, found[0], found[1])
+    z, c, sl, region = best
+    missed = np.zeros(gt.shape[1:], bool)
+    missed[sl] = region
+    y, x = np.unravel_index(ndimage.distance_transform_edt(missed).argmax(), missed.shape)
+    before = session.labels[z].copy()
+    after = session.add_clicks(z, [Click(c, y, x)]).labels
+    assert (after[missed] == c).mean() > (before[missed] == c).mean() + 0.3
+    far = ndimage.distance_transform_edt(~(missed | (before == c) | (after != before))) > 0  # not touched
+    yy, xx = np.ogrid[: missed.shape[0], : missed.shape[1]]
+    distant = ((yy - y) ** 2 + (xx - x) ** 2 > 15**2) & far
+    assert distant.any()
+    np.testing.assert_array_equal(after[distant], before[distant])
+    # with refinement off the same click may change anything (the network's labels everywhere)
+    plain = InteractiveSession(image, "demo", device="cpu", refinement=Refinement.off())
+    plain.predict_auto()
+    changed = plain.add_clicks(z, [Click(c, y, x)]).labels != before
+    assert changed.any()
