@@ -36,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from napari_simseg.core.imaging.transforms import Canvas
+
 __all__ = [
     "DECODERS",
     "ConvLSTMCell",
@@ -341,20 +343,16 @@ class SimSegNet(nn.Module):
             raise ValueError(
                 f"expected input (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        h, w = x.shape[-2:]
-        ch, cw = self.config.canvas or (0, 0)
-        ph, pw = (-max(h, ch)) % self.stride + max(0, ch - h), (-max(w, cw)) % self.stride + max(0, cw - w)
-        # centred, as the trainer pads slices (core.imaging.preprocessing.pad_to_multiple), to the
-        # training canvas: the network then sees a slice where it saw it in training
-        top, left = ph // 2, pw // 2
-        if ph or pw:
-            pad = (left, pw - left, top, ph - top)
+        # centred, as the trainer pads slices, to the training canvas (rounded up to the
+        # stride): the network then sees a slice where it saw it in training
+        canvas = Canvas(x.shape[-2:], self.config.canvas, self.stride)
+        if not canvas.identity:
             if self._pads_edge:
                 if self._edge_padded.device != x.device:  # moved once, not every forward
                     self._edge_padded = self._edge_padded.to(x.device)
-                x = torch.where(self._edge_padded, F.pad(x, pad, mode="replicate"), F.pad(x, pad))
+                x = torch.where(self._edge_padded, canvas.transform(x, "edge"), canvas.transform(x))
             else:
-                x = F.pad(x, pad)
+                x = canvas.transform(x)
         if state is not None:
             expected = (x.shape[0], self.stages[0].lstm.hidden_channels)
             got = tuple(state[0][0].shape[:2])
@@ -371,7 +369,7 @@ class SimSegNet(nn.Module):
             skip = skips[i + 1] if i + 1 < len(skips) else None
             y, s = stage(y, sizes[i + 1], skip, None if state is None else state[i])
             new_state.append(s)
-        logits = self.head(y)[..., top : top + h, left : left + w]
+        logits = canvas.inverse(self.head(y))
         return logits, (tuple(new_state) if self.recurrent else None)
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from napari_simseg.core.imaging.regions import TILE_BATCH_BYTES
+from napari_simseg.core.imaging.transforms import Flip
 from napari_simseg.core.io.resources import resolve_checkpoint
 from napari_simseg.core.network.checkpoint import Checkpoint, load_checkpoint
 from napari_simseg.core.network.devices import autocast_for, check_memory, resolve_device
@@ -49,7 +50,7 @@ class FlipEnsemble(nn.Module):
         must not be averaged over them). Default both: the four views.
     """
 
-    FLIPS = ((), (-1,), (-2,), (-2, -1))
+    FLIPS = (Flip(), Flip(horizontal=True), Flip(vertical=True), Flip(vertical=True, horizontal=True))
     ONE_CALL_PIXELS = 2**20  # views x batch x height x width run in one network call, at most
     _DIMS = {"vertical": -2, "horizontal": -1}
 
@@ -57,7 +58,7 @@ class FlipEnsemble(nn.Module):
         super().__init__()
         self.net = net
         allowed = {self._DIMS[f] for f in flips}
-        self.flips = tuple(v for v in self.FLIPS if set(v) <= allowed)
+        self.flips = tuple(f for f in self.FLIPS if set(f.axes) <= allowed)
 
     @property
     def config(self) -> ModelConfig:
@@ -75,10 +76,10 @@ class FlipEnsemble(nn.Module):
         b = x.shape[0]
         if self.one_view_at_a_time(b, *x.shape[-2:]):
             return self._forward_view_by_view(x, state)
-        views = torch.cat([x.flip(d) if d else x for d in self.flips], dim=0)
+        views = torch.cat([f.transform(x) for f in self.flips], dim=0)
         logits, new_state = self.net(views, state)
         probs = torch.softmax(logits.float(), dim=1)
-        mean = sum((p.flip(d) if d else p) for p, d in zip(probs.split(b), self.flips)) / len(self.flips)
+        mean = sum(f.inverse(p) for p, f in zip(probs.split(b), self.flips)) / len(self.flips)
         return torch.log(mean.clamp_min(1e-12)), new_state
 
     def _forward_view_by_view(self, x: torch.Tensor, state: RecurrentState):
@@ -86,11 +87,11 @@ class FlipEnsemble(nn.Module):
         order (view ``k`` holds batch rows ``k*B .. (k+1)*B``)."""
         b = x.shape[0]
         mean, states = 0, []
-        for k, d in enumerate(self.flips):
+        for k, f in enumerate(self.flips):
             own = None if state is None else tuple((h[k * b:(k + 1) * b], c[k * b:(k + 1) * b]) for h, c in state)
-            logits, new = self.net(x.flip(d) if d else x, own)
+            logits, new = self.net(f.transform(x), own)
             probs = torch.softmax(logits.float(), dim=1)
-            mean = mean + (probs.flip(d) if d else probs)
+            mean = mean + f.inverse(probs)
             states.append(new)
         mean = mean / len(self.flips)
         new_state = None if states[0] is None else tuple(

@@ -20,7 +20,6 @@ from napari_simseg.core.imaging.preprocessing import (
     is_constant,
     n4_correct,
     normalize_volume,
-    resize_image,
     resize_probabilities,
 )
 from napari_simseg.core.imaging.regions import (
@@ -32,7 +31,7 @@ from napari_simseg.core.imaging.regions import (
     tiles,
     touched_boxes,
 )
-from napari_simseg.core.imaging.transforms import WorkingSize
+from napari_simseg.core.imaging.transforms import FocusCrop, WorkingSize
 from napari_simseg.core.interaction.clicks import (
     Click,
     as_clicks,
@@ -72,6 +71,14 @@ class RoundResult:
     model_ms: float
     total_ms: float
     box: tuple = ()  # (y0, y1, x0, x1) of the image the round ran on (see core.imaging.regions)
+    withheld: int = 0  # pixels the network changed that the refinement did not show (away from the clicks)
+
+    @property
+    def note(self) -> str:
+        """One line for a status bar: what the refinement kept away from the clicks."""
+        if not self.withheld:
+            return ""
+        return f"{self.withheld} changed pixels away from the clicks not shown (the round stays where it points)"
 
 
 def _channel_arrays(image, channel_axis: int | None, channel_names: Sequence[str]) -> list:
@@ -299,12 +306,11 @@ class InteractiveSession:
     def _image_input(self, idx: int, box: tuple | None = None) -> np.ndarray:
         """The slice's channels, with its neighbours' when the network is 2.5D (see
         ``core.interaction.memory``), on the working grid, cut to ``box`` (working grid; default
-        the whole slice)."""
+        the whole slice): the image-grid box resampled to the box's working size."""
         box = box or self._whole
         y0, y1, x0, x1 = self._image_box(box)
-        stack = context_stack(self.volume[..., y0:y1, x0:x1], idx, self.predictor.context_slices)
-        shape = (box[1] - box[0], box[3] - box[2])
-        return resize_image(stack, shape) if stack.shape[-2:] != shape else stack
+        crop = FocusCrop((y0, y1, x0, x1), (box[1] - box[0], box[3] - box[2]))
+        return crop.transform(context_stack(self.volume, idx, self.predictor.context_slices))
 
     def _region(self, idx: int, clicks_on_grid: list) -> tuple:
         """The working-grid box a round of ``idx`` runs on (see ``core.imaging.regions``); it
@@ -438,25 +444,29 @@ class InteractiveSession:
         model_ms = (time.perf_counter() - t1) * 1e3
         showed_before = idx in self._base_labels or mem.n_rounds > 1
         mem.set_probabilities(probs, payload=self._state_to_storage(new_state))
+        withheld = 0
         if self.refinement.active and showed_before and PROPAGATED not in meta and clicks:
-            mem.last.meta["shown"] = self._refined(idx, box, probs, clicks)
+            mem.last.meta["shown"], withheld = self._refined(idx, box, probs, clicks)
         self._trim_states(mem)
         labels = self._show_current(idx)
         total_ms = (time.perf_counter() - t0) * 1e3
-        return RoundResult(idx, mem.n_rounds, labels, probs, model_ms, total_ms, self._image_box(box))
+        return RoundResult(idx, mem.n_rounds, labels, probs, model_ms, total_ms, self._image_box(box), withheld)
 
     def _refined(self, idx: int, box: tuple, probs: np.ndarray, clicks: list) -> tuple:
-        """``(image box, labels)`` a user's round shows in its region: the network's new
-        labels where :mod:`~napari_simseg.core.interaction.refinement` lets them change
-        what the slice showed before the round (the evaluation's rounds use the same rule)."""
+        """``((image box, labels), withheld)``: what a user's round shows in its region (the
+        network's new labels where :mod:`~napari_simseg.core.interaction.refinement` lets them
+        change what the slice showed before the round, as in the evaluation's rounds) and how
+        many pixels the network changed that it does not show."""
         y0, y1, x0, x1 = self._image_box(box)
         shape = (y1 - y0, x1 - x0)
         on_image = resize_probabilities(probs, shape) if probs.shape[-2:] != shape else probs
         log_p = log_probabilities(on_image, self.offsets, axis=0)
         proposed = log_p.argmax(0).astype(self.labels.dtype)
         in_box = shift_clicks(clicks, -y0, -x0)
-        refined = refine_round(self.labels[idx, y0:y1, x0:x1], proposed, log_p, in_box, self.refinement)
-        return (y0, y1, x0, x1), refined.astype(self.labels.dtype)
+        before = self.labels[idx, y0:y1, x0:x1]
+        refined = refine_round(before, proposed, log_p, in_box, self.refinement)
+        withheld = int(((proposed != before) & (refined == before)).sum())
+        return ((y0, y1, x0, x1), refined.astype(self.labels.dtype)), withheld
 
     def _state_to_storage(self, state):
         # keep accelerator memory for the network: stored states live on the CPU
