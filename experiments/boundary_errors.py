@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 
 from napari_simseg.core.data.datasets import discover_dataset
 from napari_simseg.core.data.slices import SliceDataset
-from napari_simseg.core.engine.rounds import cropped_clicker, run_rounds
+from napari_simseg.core.engine.rounds import RoundSettings, cropped_clicker, run_rounds
 from napari_simseg.core.interaction.virtual_user import EvaluationUser
 from napari_simseg.core.io.resources import resolve_checkpoint
 from napari_simseg.core.network.checkpoint import load_checkpoint
@@ -38,8 +38,8 @@ def main(checkpoint: str = "demo", n_volumes: int = 12, data="../shared/data/Tas
     areas = []
     for batch in torch.utils.data.DataLoader(ds, batch_size=64):
         gts, crops = batch["labels"].numpy(), batch["crop"].tolist()
-        preds = run_rounds(net, batch["image"], gts, 3, ck.meta.memory, ck.meta.depth, n,
-                           ck.meta.click_radius, cropped_clicker(user.next_round_batch, crops))
+        preds = run_rounds(net, batch["image"], gts, 3, cropped_clicker(user.next_round_batch, crops),
+                           RoundSettings.for_checkpoint(ck.meta))
         for k in stats:
             for i, (y0, y1, x0, x1) in enumerate(crops):
                 g, p = gts[i, y0:y1, x0:x1], preds[k][i, y0:y1, x0:x1]

@@ -1,6 +1,7 @@
 """Per-class decision offsets: deciding labels, fitting them, storing them, using them."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -133,7 +134,7 @@ def test_evaluation_rounds_use_offsets_for_labels_not_memory():
     import torch
 
     from conftest import tiny_meta_and_model
-    from napari_simseg.core.engine.rounds import run_rounds
+    from napari_simseg.core.engine.rounds import RoundSettings, run_rounds
     from napari_simseg.core.interaction.virtual_user import EvaluationUser
 
     meta, model = tiny_meta_and_model(memory="sim", depth=2)
@@ -143,17 +144,18 @@ def test_evaluation_rounds_use_offsets_for_labels_not_memory():
     gts[:, 8:20, 8:20] = 1
     gts[:, 20:28, 4:12] = 2
     user = EvaluationUser(3)
-    args = (model, images, gts, 2, "sim", 2, 3, 1, user.next_round_batch)
-    plain = run_rounds(*args)
-    zero = run_rounds(*args, decision_offsets=[0, 0, 0])
+    args = (model, images, gts, 2, user.next_round_batch)
+    base = RoundSettings("sim", depth=2, n_classes=3, click_radius=1)
+    plain = run_rounds(*args, base)
+    zero = run_rounds(*args, replace(base, decision_offsets=[0, 0, 0]))
     for a, b in zip(plain, zero):
         np.testing.assert_array_equal(a, b)
-    banned = run_rounds(*args, decision_offsets=[0, -1e6, 0])
+    banned = run_rounds(*args, replace(base, decision_offsets=[0, -1e6, 0]))
     assert all(not (lab == 1).any() for lab in banned)  # clicks not honoured: class 1 never wins
-    honoured = run_rounds(*args, decision_offsets=[0, -1e6, 0], honour=True)
+    honoured = run_rounds(*args, replace(base, decision_offsets=[0, -1e6, 0], honour=True))
     assert any((lab == 1).any() for lab in honoured[1:])  # ... except where it was clicked
     with pytest.raises(ValueError, match="2 decision offsets for 3 classes"):
-        run_rounds(*args, decision_offsets=[0, 1])
+        run_rounds(*args, replace(base, decision_offsets=[0, 1]))
 
 
 def test_session_decides_with_the_checkpoint_offsets(tmp_path, small_volume):

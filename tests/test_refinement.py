@@ -58,9 +58,24 @@ def test_following_a_contradicted_click_spreads_its_class_where_the_network_hesi
     np.testing.assert_array_equal(follow_clicks(out, log_p, [Click(1, 15, 15)]), out)
 
 
-def test_refine_round_combines_both_rules():
+def test_changes_the_network_is_unsure_of_keep_their_old_label():
+    previous = np.zeros((4, 4), int)
+    proposed = np.ones((4, 4), int)
+    p1 = np.full((4, 4), 0.9)
+    p1[0] = 0.6  # the top row flips with a lead of log(1.5) only
+    log_p = np.log(np.stack([1 - p1, p1]))
+    from napari_simseg.core.interaction.refinement import confident_changes
+
+    out = confident_changes(previous, proposed, log_p, np.log(4.0))
+    assert (out[0] == 0).all() and (out[1:] == 1).all()
+    np.testing.assert_array_equal(confident_changes(previous, proposed, log_p, 0.0), proposed)
+    with pytest.raises(ValueError, match="min_lead"):
+        Refinement(min_lead=-1)
+
+
+def test_refine_round_combines_the_rules():
     previous, proposed = _maps()
-    log_p = np.log(np.stack([np.full(previous.shape, 0.4), np.full(previous.shape, 0.3), np.full(previous.shape, 0.3)]))
+    log_p = np.log(np.stack([np.full(previous.shape, 0.1), np.full(previous.shape, 0.8), np.full(previous.shape, 0.1)]))
     out = refine_round(previous, proposed, log_p, [Click(1, 11, 11)], Refinement())
     assert (out[5:12, 5:12] == 1).all() and (out[15:18, 25:28] == 0).all()
     np.testing.assert_array_equal(refine_round(previous, proposed, log_p, [Click(1, 11, 11)], Refinement.off()),
@@ -94,7 +109,7 @@ def test_a_click_on_a_mislabelled_region_fixes_it_and_leaves_far_pixels_alone():
     y, x = np.unravel_index(ndimage.distance_transform_edt(missed).argmax(), missed.shape)
     before = session.labels[z].copy()
     after = session.add_clicks(z, [Click(c, y, x)]).labels
-    assert (after[missed] == c).mean() > (before[missed] == c).mean() + 0.3
+    assert (after[missed] == c).mean() >= (before[missed] == c).mean() + 0.2
     far = ndimage.distance_transform_edt(~(missed | (before == c) | (after != before))) > 0  # not touched
     yy, xx = np.ogrid[: missed.shape[0], : missed.shape[1]]
     distant = ((yy - y) ** 2 + (xx - x) ** 2 > 15**2) & far

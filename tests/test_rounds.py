@@ -1,10 +1,14 @@
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from conftest import tiny_meta_and_model
-from napari_simseg.core.engine.rounds import BatchMemory, run_rounds
+from napari_simseg.core.engine.rounds import BatchMemory, RoundSettings, run_rounds
 from napari_simseg.core.interaction.memory import InteractionMemory
 from napari_simseg.core.interaction.virtual_user import EvaluationUser
+
+SIM3 = RoundSettings("sim", depth=3, n_classes=3, click_radius=2)  # the tiny test network's
 
 
 def test_batch_memory_matches_interaction_memory():
@@ -36,10 +40,7 @@ def test_evaluation_rounds_shapes_and_state():
     images = torch.from_numpy(gts[:, None].astype(np.float32))
     user = EvaluationUser(3)
     seen = []
-    out = run_rounds(
-        model, images, gts, 3, "sim", 3, 3, 2,
-        clicker=lambda g, p: (seen.append(p), user.next_round_batch(g, p))[1],
-    )
+    out = run_rounds(model, images, gts, 3, lambda g, p: (seen.append(p), user.next_round_batch(g, p))[1], SIM3)
     assert len(out) == 4 and out[0].shape == (2, 32, 32)
     # each round corrects what was shown after the previous one, round 1 the automatic result
     for k in range(3):
@@ -58,7 +59,7 @@ def test_evaluation_rounds_carry_the_recurrent_state():
             calls.append(state is not None)
             return model(x, state)
 
-    run_rounds(Spy(), images, gts, 3, "sim", 3, 3, 2, clicker=lambda g, p: [[(1, 8, 8)]])
+    run_rounds(Spy(), images, gts, 3, lambda g, p: [[(1, 8, 8)]], SIM3)
     assert calls == [False, False, True, True]  # auto and round 1 start fresh
 
 
@@ -84,8 +85,8 @@ def test_evaluation_rounds_honour_clicks_only_when_asked():
             return fixed[calls[name] - 1]
         return clicker
 
-    plain = run_rounds(model, images, gts, 3, "sim", 3, 3, 2, clicker_for("plain"))
-    honoured = run_rounds(model, images, gts, 3, "sim", 3, 3, 2, clicker_for("honoured"), honour=True)
+    plain = run_rounds(model, images, gts, 3, clicker_for("plain"), SIM3)
+    honoured = run_rounds(model, images, gts, 3, clicker_for("honoured"), replace(SIM3, honour=True))
     np.testing.assert_array_equal(plain[0], honoured[0])  # no clicks yet
     for k in range(1, 4):
         want = plain[k].copy()

@@ -37,7 +37,7 @@ PY
     *) echo "unknown data set $set" >&2; exit 2 ;;
   esac
   for how in network refined; do
-    flags=(); [ "$how" = network ] && flags=(--locality none --no-follow-clicks)
+    flags=(); [ "$how" = network ] && flags=(--locality none --no-follow-clicks --min-lead 0)
     /usr/bin/time -f "$set $how: evaluate wall %e s" simseg evaluate --checkpoint "$ckpt" --data "$data" --split val \
       --split-file "$split" --clicks 0,1,2,3,5,10 --noc-clicks 20 --device cpu ${MAXV:+--max-volumes $MAXV} \
       "${flags[@]}" --name "$set $how" --json "$OUT/$set.$how.json" | tail -n 6

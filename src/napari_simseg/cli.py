@@ -153,6 +153,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                         "change connected to a click) or 'none' (the network's new labels everywhere)")
     p.add_argument("--no-follow-clicks", dest="follow_clicks", action="store_false",
                    help="do not spread a click's class around a click the network's labels contradict")
+    p.add_argument("--min-lead", type=float, default=None,
+                   help="a pixel the network changes keeps its old label unless its new class leads the "
+                        "runner-up by this much in log-probability (default log 2; 0: any win)")
     p.add_argument("--noc-clicks", type=int, default=0,
                    help="also compute NoC@85/90/95 with this click budget, e.g. 20 (runs that many "
                         "rounds on every slice; default 0: no NoC)")
@@ -186,7 +189,8 @@ def main_evaluate(args) -> int:
         batch_size=args.batch_size, noc_clicks=args.noc_clicks, max_volumes=args.max_volumes,
         axis=args.axis, name=args.name, honour_clicks=args.honour_clicks,
         tta=args.tta, decision_offsets=args.decision_offsets, protocol=args.protocol,
-        refinement=Refinement(locality=args.locality, follow_clicks=args.follow_clicks),
+        refinement=Refinement(locality=args.locality, follow_clicks=args.follow_clicks,
+                              **({} if args.min_lead is None else {"min_lead": args.min_lead})),
     )
     print(format_report(result))
     if args.json:

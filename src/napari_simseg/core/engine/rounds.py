@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from napari_simseg.core.interaction.refinement import Refinement, refine_round
 from napari_simseg.core.network.decision import active_offsets, decide_labels, log_probabilities
 from napari_simseg.core.network.devices import autocast_for
 
-__all__ = ["BatchMemory", "cropped_clicker", "encode_click_batch", "run_rounds", "run_volume_rounds"]
+__all__ = ["BatchMemory", "RoundSettings", "cropped_clicker", "encode_click_batch", "run_rounds", "run_volume_rounds"]
 
 
 def encode_click_batch(clicks_per_image, n_classes, shape, radius, device=None) -> torch.Tensor:
@@ -123,23 +124,62 @@ def cropped_clicker(clicker, crops):
     return wrapped
 
 
+@dataclass(frozen=True)
+class RoundSettings:
+    """How the network's rounds run: its memory and input layout, and how labels are decided.
+
+    Attributes
+    ----------
+    memory_kind : {"none", "cim", "sim"}
+    depth : int
+        SIM states (1 for the other memories).
+    n_classes : int
+    click_radius : int
+        Click disks' radius on the network's grid.
+    image_channels : int
+        The image's channels (before any context slices).
+    context_slices : int
+        Neighbours on each side a 2.5D network reads (:func:`run_volume_rounds` stacks them).
+    amp : bool
+        Mixed precision (CUDA).
+    honour : bool
+        Clicked pixels show their click's class.
+    decision_offsets : sequence of float or None
+        Per-class offsets added to the log-probabilities before the argmax.
+    refinement : Refinement or None
+        What each corrective round may change of the labels shown before it (None: all).
+    """
+
+    memory_kind: str
+    depth: int
+    n_classes: int
+    click_radius: int
+    image_channels: int = 1
+    context_slices: int = 0
+    amp: bool = False
+    honour: bool = False
+    decision_offsets: Sequence[float] | None = None
+    refinement: Refinement | None = None
+
+    @classmethod
+    def for_checkpoint(cls, meta, memory_kind: str | None = None, **fields) -> RoundSettings:
+        """The settings of a checkpoint's header ``meta`` (``memory_kind`` overrides its memory)."""
+        kind = memory_kind or meta.memory
+        base = dict(memory_kind=kind, depth=meta.depth if kind == "sim" else 1, n_classes=meta.n_classes,
+                    click_radius=meta.click_radius, image_channels=len(meta.channel_names),
+                    context_slices=meta.context_slices)
+        return cls(**{**base, **fields})
+
+
 @torch.inference_mode()
 def run_rounds(
     model: torch.nn.Module,
     images: torch.Tensor,
     gts: np.ndarray,
     n_rounds: int,
-    memory_kind: str,
-    depth: int,
-    n_classes: int,
-    radius: int,
     clicker: Callable[[np.ndarray, np.ndarray | None], Sequence[Sequence]],
-    amp: bool = False,
+    settings: RoundSettings,
     on_round: Callable[[int, np.ndarray, float], None] | None = None,
-    honour: bool = False,
-    decision_offsets: Sequence[float] | None = None,
-    image_channels: int = 1,
-    refinement: Refinement | None = None,
 ) -> list[np.ndarray]:
     """Run 0..``n_rounds`` rounds of a virtual user on a batch of slices.
 
@@ -156,13 +196,13 @@ def run_rounds(
     ConvLSTM state. The automatic prediction itself is not a round: round 1 starts
     from an empty memory and a fresh ConvLSTM state.
 
-    With ``honour=True`` the label maps (returned, and shown to the clicker) give every
+    With ``settings.honour`` the label maps (returned, and shown to the clicker) give every
     pixel clicked so far its click's class, as the interactive session does
     (:func:`~napari_simseg.core.interaction.clicks.honour_clicks`); the memory keeps the network's
-    own probabilities either way. ``decision_offsets`` (one per class) are added to the
+    own probabilities either way. ``settings.decision_offsets`` (one per class) are added to the
     log-probabilities before the argmax that gives the labels
     (:mod:`~napari_simseg.core.network.decision`); the memory is unaffected.
-    ``refinement`` decides, as in the interactive session, what each corrective round may
+    ``settings.refinement`` decides, as in the interactive session, what each corrective round may
     change of the labels shown before it
     (:func:`~napari_simseg.core.interaction.refinement.refine_round`; None: everything).
 
@@ -173,11 +213,12 @@ def run_rounds(
     """
     device = images.device
     model.eval()
-    memory = BatchMemory(memory_kind, n_classes, depth, images, image_channels)
+    n_classes, honour, refinement = settings.n_classes, settings.honour, settings.refinement
+    memory = BatchMemory(settings.memory_kind, n_classes, settings.depth, images, settings.image_channels)
     shape = tuple(images.shape[-2:])
     out_shape = tuple(np.shape(gts)[-2:])
     grid = _working_grid(out_shape, shape)
-    offsets = active_offsets(decision_offsets, n_classes)
+    offsets = active_offsets(settings.decision_offsets, n_classes)
     results = []
     state = None
     previous = None
@@ -189,12 +230,13 @@ def run_rounds(
             if honour:
                 for i, image_clicks in enumerate(clicks):
                     placed[i].extend(image_clicks)
-            memory.push(encode_click_batch([_to_grid(c, grid) for c in clicks], n_classes, shape, radius, device))
+            memory.push(encode_click_batch([_to_grid(c, grid) for c in clicks], n_classes, shape,
+                                           settings.click_radius, device))
         x = memory.network_input()
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with autocast_for(device, amp):
+        with autocast_for(device, settings.amp):
             logits, new_state = model(x, state if k > 0 else None)
         probs = torch.softmax(logits.float(), dim=1)
         shown = grid.inverse(probs, "probabilities")
@@ -205,7 +247,7 @@ def run_rounds(
                                    else torch.log_softmax(logits.float(), dim=1),
                                    offsets, axis=1, log=True).cpu().numpy()
         if k > 0 and refine:
-            log_p = log_probabilities(shown, offsets, axis=1).cpu().numpy() if refinement.follow_clicks else None
+            log_p = log_probabilities(shown, offsets, axis=1).cpu().numpy() if refinement.needs_probabilities else None
             for i in range(labels.shape[0]):
                 labels[i] = refine_round(previous[i], labels[i], None if log_p is None else log_p[i], clicks[i],
                                          refinement)
@@ -241,30 +283,27 @@ def _to_grid(clicks, grid: WorkingSize) -> list:
     return [Click(c.label, *grid.transform_point(c.y, c.x)) for c in as_clicks(clicks)]
 
 
-def run_volume_rounds(model, meta, memory_kind: str, image: np.ndarray, labels: np.ndarray, sl: slice,
-                      rounds: int, clicker, device, **kwargs) -> list[np.ndarray]:
+def run_volume_rounds(model, settings: RoundSettings, image: np.ndarray, labels: np.ndarray, sl: slice,
+                      rounds: int, clicker, on_round=None) -> list[np.ndarray]:
     """:func:`run_rounds` on the slices ``sl`` of one preprocessed volume.
 
-    The slices get their context neighbours from the whole ``image``
-    (``meta.context_slices``); ``kwargs`` go to :func:`run_rounds` (``on_round``,
-    ``honour``, ``decision_offsets``).
+    The slices get their ``settings.context_slices`` neighbours from the whole ``image``.
 
     Parameters
     ----------
     model : torch.nn.Module
-        The network as run (e.g. ``Predictor.model``), on ``device``.
-    meta : CheckpointMeta
-        Its checkpoint's header (classes, channels, depth, click radius, context slices).
+        The network as run (e.g. ``Predictor.model``); the slices go to its device.
+    settings : RoundSettings
+        E.g. :meth:`RoundSettings.for_checkpoint`.
     image : ndarray
         ``(C, S, h, w)`` (or ``(S, h, w)`` for one channel) normalised volume at the
-        network's working resolution (:func:`~napari_simseg.core.imaging.preprocessing.working_volume`).
+        network's working resolution (:class:`~napari_simseg.core.imaging.transforms.WorkingSize`).
     labels : ndarray
         ``(S, H, W)`` ground truth on the image's own grid, where labels are scored.
     """
+    device = next(model.parameters()).device
     idx = np.arange(image.shape[-3])[sl]
-    x = torch.from_numpy(np.ascontiguousarray(context_stack(image, idx, meta.context_slices))).to(device)
-    return run_rounds(
-        model, x, labels[sl], rounds, memory_kind, meta.depth if memory_kind == "sim" else 1,
-        meta.n_classes, meta.click_radius, clicker, amp=device.type == "cuda",
-        image_channels=1 if image.ndim == 3 else image.shape[0], **kwargs,
-    )
+    x = torch.from_numpy(np.ascontiguousarray(context_stack(image, idx, settings.context_slices))).to(device)
+    settings = replace(settings, image_channels=1 if image.ndim == 3 else image.shape[0],
+                       amp=settings.amp or device.type == "cuda")
+    return run_rounds(model, x, labels[sl], rounds, clicker, settings, on_round)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ from napari_simseg.core.interaction.clicks import as_clicks, honour_clicks
 from napari_simseg.core.interaction.virtual_user import EvaluationUser
 from napari_simseg.core.network.decision import decide_labels
 
-__all__ = ["calibrate", "collect_rounds", "fit_decision_offsets", "score_offsets"]
+__all__ = ["CalibrationOptions", "calibrate", "collect_rounds", "fit_decision_offsets", "score_offsets"]
 
 
 def score_offsets(volumes, offsets, n_classes: int, rounds: Sequence[int]) -> float:
@@ -101,10 +102,43 @@ def fit_decision_offsets(volumes, n_classes: int, rounds: Sequence[int] = (0, 1,
     return [round(float(v), 4) for v in offsets], before, best
 
 
-def collect_rounds(checkpoint, data, split: str = "train", split_file: str | None = None,
-                   max_volumes: int | None = 40, rounds: int = 3, tta: bool = True,
-                   device: str = "auto", batch_size: int = 64, progress: bool = True) -> dict:
-    """Run the evaluation virtual user (offsets off) and keep every round's probabilities.
+@dataclass
+class CalibrationOptions:
+    """How :func:`calibrate` fits (each field is also a ``simseg calibrate`` option).
+
+    Attributes
+    ----------
+    split : {"train", "all", "val", "test"}
+        The volumes to fit on (never those you report).
+    split_file : str or None
+        ``split.json`` (default: the data folder's, else the checkpoint folder's).
+    max_volumes : int or None
+        Fit on the first N volumes.
+    rounds : int
+        Click rounds to fit over (0..rounds).
+    tta : bool
+        Fit for the network averaged over flips, as the session runs it.
+    device : str
+    batch_size : int
+        Slices per network call (bounded by memory).
+    sweeps : int
+        Coordinate sweeps of the offset search.
+    """
+
+    split: str = "train"
+    split_file: str | None = None
+    max_volumes: int | None = 40
+    rounds: int = 3
+    tta: bool = True
+    device: str = "auto"
+    batch_size: int = 64
+    sweeps: int = 2
+
+
+def collect_rounds(checkpoint, data, options: CalibrationOptions | None = None, *, progress: bool = True,
+                   **fields) -> dict:
+    """Run the evaluation virtual user (offsets off) and keep every round's probabilities
+    (``fields`` override ``options``' fields).
 
     Returns
     -------
@@ -114,13 +148,16 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: str | Non
     """
     import torch
 
-    from napari_simseg.core.engine.rounds import run_volume_rounds
+    from napari_simseg.core.engine.rounds import RoundSettings, run_volume_rounds
     from napari_simseg.core.network.predictor import Predictor
 
+    opts = replace(options or CalibrationOptions(), **fields)
+    split, max_volumes, rounds, batch_size = opts.split, opts.max_volumes, opts.rounds, opts.batch_size
+    device, tta, split_file = opts.device, opts.tta, opts.split_file
     data = Path(data)
     spec = discover_dataset(data)
     predictor = Predictor(checkpoint, device=device, tta=tta, expected_classes=list(spec.class_names))
-    path, meta, net, dev = Path(predictor.checkpoint.path), predictor.meta, predictor.model, predictor.device
+    path, meta, net = Path(predictor.checkpoint.path), predictor.meta, predictor.model
     n = meta.n_classes
     split_doc, _ = find_split(data, path, split_file)
     cases, which = select_cases(spec, split_doc, split)
@@ -169,8 +206,8 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: str | Non
                 return clicks
 
             recorded.clear()
-            run_volume_rounds(recorder, meta, meta.memory, image, labels,
-                              slice(start, start + step), rounds, clicker, dev, honour=True)
+            run_volume_rounds(recorder, RoundSettings.for_checkpoint(meta, honour=True), image, labels,
+                              slice(start, start + step), rounds, clicker)
             logp_chunks.append(np.stack(recorded))
         # after round r every click of rounds 1..r is honoured, oldest first
         clicked = [np.asarray([row for rr in new_rows[: r + 1] for row in rr], np.int64).reshape(-1, 4)
@@ -181,10 +218,10 @@ def collect_rounds(checkpoint, data, split: str = "train", split_file: str | Non
             "path": Path(path), "split": which}
 
 
-def calibrate(checkpoint, data, output, split: str = "train", split_file: str | None = None,
-              max_volumes: int | None = 40, rounds: int = 3, tta: bool = True,
-              device: str = "auto", sweeps: int = 2, progress: bool = True, log=print) -> dict:
-    """Fit decision offsets on ``split`` and write a checkpoint that carries them.
+def calibrate(checkpoint, data, output, options: CalibrationOptions | None = None, *, progress: bool = True,
+              log=print, **fields) -> dict:
+    """Fit decision offsets on ``options.split`` and write a checkpoint that carries them
+    (``fields`` override ``options``' fields).
 
     The network's tensors are copied unchanged; only the header gains
     ``decision_offsets`` and a ``training["calibration"]`` record.
@@ -197,16 +234,16 @@ def calibrate(checkpoint, data, output, split: str = "train", split_file: str | 
     """
     from napari_simseg.core.network.checkpoint import update_checkpoint_meta
 
+    opts = replace(options or CalibrationOptions(), **fields)
+    split, rounds, tta = opts.split, opts.rounds, opts.tta
     if split in ("val", "test"):
         log(f"calibrate: warning: fitting on the {split!r} split makes its evaluation optimistic; "
             "use the training split")
     t0 = time.monotonic()
-    collected = collect_rounds(checkpoint, data, split=split, split_file=split_file,
-                               max_volumes=max_volumes, rounds=rounds, tta=tta, device=device,
-                               progress=progress)
+    collected = collect_rounds(checkpoint, data, opts, progress=progress)
     meta = collected["meta"]
     offsets, before, after = fit_decision_offsets(collected["volumes"], meta.n_classes,
-                                                  rounds=tuple(range(rounds + 1)), sweeps=sweeps)
+                                                  rounds=tuple(range(rounds + 1)), sweeps=opts.sweeps)
     record = {
         "split": collected["split"],
         "volumes": len(collected["case_ids"]),

@@ -153,7 +153,7 @@ class _Method:
 
 
 def _model_method(checkpoint, class_names, opts: EvaluationOptions) -> _Method:
-    from napari_simseg.core.engine.rounds import run_volume_rounds
+    from napari_simseg.core.engine.rounds import RoundSettings, run_volume_rounds
     from napari_simseg.core.network.predictor import Predictor
 
     device, tta, memory, axis, honour = opts.device, opts.tta, opts.memory, opts.axis, opts.honour_clicks
@@ -168,15 +168,16 @@ def _model_method(checkpoint, class_names, opts: EvaluationOptions) -> _Method:
     if opts.decision_offsets and meta.decision_offsets is not None:
         offsets = [float(v) for v in meta.decision_offsets]
     mem_kind = memory or meta.memory
+    settings = RoundSettings.for_checkpoint(meta, mem_kind, honour=honour, decision_offsets=offsets,
+                                            refinement=opts.refinement)
 
     def run(image, labels, sl, rounds, user, latency, clicks):
         def on_round(k, lab, seconds, b=labels[sl].shape[0]):
             if k <= clicks[-1]:
                 latency.append(seconds * 1e3 / b)
 
-        return run_volume_rounds(predictor.model, meta, mem_kind, image, labels, sl, rounds,
-                                 user.next_round_batch, predictor.device, on_round=on_round,
-                                 honour=honour, decision_offsets=offsets, refinement=opts.refinement)
+        return run_volume_rounds(predictor.model, settings, image, labels, sl, rounds, user.next_round_batch,
+                                 on_round)
 
     def prepare(image):  # the working grid, as the session's and the trainer's
         return WorkingSize(image.shape[-2:], meta.working_size).transform(image)
@@ -387,8 +388,8 @@ def _result_document(how: _Method, checkpoint, opts: EvaluationOptions, data, wh
         "split_file": str(split_src) if split_src else None,
         "axis": how.axis,
         "protocol": protocol,
-        "refinement": {"locality": opts.refinement.locality, "follow_clicks": opts.refinement.follow_clicks}
-        if is_model else None,
+        "refinement": {"locality": opts.refinement.locality, "follow_clicks": opts.refinement.follow_clicks,
+                       "min_lead": round(opts.refinement.min_lead, 4)} if is_model else None,
         "classes": class_names,
         "n_volumes": len(cases),
         "volumes": [c.case_id for c in cases],

@@ -70,7 +70,7 @@ from napari_simseg.core.data.datasets import discover_dataset, largest_slice_sha
 from napari_simseg.core.data.slices import MultiAxisSlices, SliceDataset, split_slice_sets
 from napari_simseg.core.data.splits import cap_split, load_split, save_split, split_cases
 from napari_simseg.core.engine.data_generation import training_step
-from napari_simseg.core.engine.rounds import cropped_clicker, run_rounds
+from napari_simseg.core.engine.rounds import RoundSettings, cropped_clicker, run_rounds
 from napari_simseg.core.engine.train_config import IGNORE_INDEX, SIMULATIONS, TrainConfig
 from napari_simseg.core.imaging.regions import TILE_BATCH_BYTES
 from napari_simseg.core.io.atomic import atomic_path, atomic_write_text, process_running, remove_stale_temporaries
@@ -141,10 +141,9 @@ def validate(net, dataset, cfg: TrainConfig, n_classes, device, amp) -> dict:
         for i, (y0, y1, x0, x1) in enumerate(batch["crop"].tolist()):
             valid[i, y0:y1, x0:x1] = True
         clicker = cropped_clicker(user.next_round_batch, batch["crop"].tolist())
-        preds = run_rounds(
-            net, images, gts, rounds, cfg.memory, cfg.effective_depth, n_classes,
-            cfg.click_radius, clicker, amp=amp, image_channels=images.shape[1] // (1 + 2 * cfg.context_slices),
-        )
+        settings = RoundSettings(cfg.memory, cfg.effective_depth, n_classes, cfg.click_radius, amp=amp,
+                                 image_channels=images.shape[1] // (1 + 2 * cfg.context_slices))
+        preds = run_rounds(net, images, gts, rounds, clicker, settings)
         for k in conf:
             conf[k] += confusion_counts(preds[k][valid], gts[valid], n_classes)
     out = {}
