@@ -116,6 +116,20 @@ def test_click_round_runs_on_worker_and_undo_redo(started, viewer, qtbot):
     assert len(viewer.layers["a clicks"].data) == 1
 
 
+def test_status_line_says_what_the_refinement_kept_back(started, viewer, qtbot):
+    """A round whose network changed pixels away from its clicks says how many it did not show."""
+    import dataclasses
+
+    vs = started.session
+    real = vs.session.add_clicks
+    vs.session.add_clicks = lambda *a, **k: dataclasses.replace(real(*a, **k), withheld=17)
+    with qtbot.waitSignal(started.round_finished, timeout=TIMEOUT):
+        viewer.layers["a clicks"].add([2, 15, 20])
+    qtbot.waitUntil(lambda: started.worker is None, timeout=TIMEOUT)
+    text = started.status_label.text()
+    assert "round 1 done" in text and "17 changed pixels away from the clicks not shown" in text, text
+
+
 def test_keyboard_shortcuts_on_plugin_layers(started, viewer, qtbot):
     from napari.utils.key_bindings import coerce_keybinding
 

@@ -420,6 +420,8 @@ class ViewerSession:
             text = f"{n} new click{'s' * (n != 1)}{where}: round {result.round} done"
             if not self.last_round_shown:
                 text += "; your hand-edited labels were kept (Undo/Reset slice, or set Hand edits)"
+            if result.note:
+                text += f"; {result.note}"
             return text + (f"; {ignored}" if ignored else "")
 
         def timing(result) -> str:
