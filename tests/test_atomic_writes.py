@@ -94,9 +94,9 @@ def test_write_image_replaces_an_existing_file_atomically(tmp_path, ext, monkeyp
     with pytest.raises(ImageWriteError, match="No space left on device"):
         write_image(target, old)
     monkeypatch.undo()
-    if ext not in (".mhd", ".nhdr"):  # a detached pair is replaced one file after the other
-        np.testing.assert_array_equal(read_image(target).array, new)
+    np.testing.assert_array_equal(read_image(target).array, new)  # a detached pair too: one transaction
     assert _leftovers(tmp_path) == []
+    assert len(list(tmp_path.iterdir())) == (2 if ext in (".mhd", ".nhdr") else 1)  # no orphaned data file
 
 
 def _checkpoint_writer(path, text):
@@ -248,3 +248,149 @@ def test_a_writer_killed_at_any_moment_leaves_the_old_or_the_new_file_whole(tmp_
     assert mid_write >= 1, "no kill landed during a write: the test proves nothing"
     write_image(tmp_path / "other.nii.gz", old[:2])
     assert _leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------- detached pairs (issue 34, point 9)
+_PAIR_WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    import numpy as np
+    from napari_simseg.core.io import atomic
+    from napari_simseg.core.io.images import write_image
+
+    target, value, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if mode == "die-before-data" and len(calls) == 1:
+            os._exit(9)
+        if mode == "die-before-header" and len(calls) == 2:
+            os._exit(9)
+        real_replace(src, dst)
+        if mode == "die-after-header" and len(calls) == 2:
+            os._exit(9)  # the switch is done, the old data file not yet removed
+        if mode == "loop":
+            print("replaced", len(calls) % 2, flush=True)
+            time.sleep(0.05)  # widens the moments between the renames for the kills to land in
+
+    atomic.os.replace = replace
+    array = lambda v: np.full((6, 32, 40), v, np.int16) + np.arange(40, dtype=np.int16)
+    if mode == "loop":
+        while True:
+            value += 1
+            write_image(target, array(value))
+    write_image(target, array(value))
+    print("done", flush=True)
+    """
+)
+
+
+def _pair_value(target) -> int:
+    """The value a pair holds; reading a header whose data file is not its own raises."""
+    back = read_image(target).array
+    value = int(back[0, 0, 0])
+    np.testing.assert_array_equal(back, np.full(back.shape, value, np.int16) + np.arange(40, dtype=np.int16))
+    return value
+
+
+def _run_pair_writer(target, value: int, mode: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _PAIR_WRITER, str(target), str(value), mode],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("ext", [".mhd", ".nhdr"])
+@pytest.mark.parametrize("mode,survivor", [("die-before-data", "old"), ("die-before-header", "old"),
+                                           ("die-after-header", "new")])
+@pytest.mark.parametrize("writes_before", [1, 2])  # the old pair under the plain data name, or ours
+def test_a_detached_pair_killed_at_each_step_reads_as_the_old_or_the_new_pair(tmp_path, ext, mode, survivor,
+                                                                              writes_before):
+    """A .mhd/.nhdr header and its data file are one transaction: a process that dies before
+    moving the data file, before renaming the header, or after the switch but before removing
+    the old data file leaves a pair that reads whole; the next write leaves one pair, nothing else."""
+    target = tmp_path / f"labels{ext}"
+    for value in range(1, writes_before + 1):
+        assert _run_pair_writer(target, value, "plain").returncode == 0
+    old = writes_before
+    killed = _run_pair_writer(target, 10, mode)
+    assert killed.returncode == 9 and "done" not in killed.stdout
+    assert _pair_value(target) == (old if survivor == "old" else 10)
+    write_image(target, np.full((6, 32, 40), 11, np.int16) + np.arange(40, dtype=np.int16))
+    assert _pair_value(target) == 11
+    assert len(list(tmp_path.iterdir())) == 2, sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_a_detached_pair_killed_at_random_moments_always_reads_whole(tmp_path):
+    """A real SIGKILL of a process writing a .mhd pair in a loop, at varying moments: the header
+    always names a whole data file of its own write, and kills land between the two renames."""
+    if not hasattr(signal, "SIGKILL"):
+        pytest.skip("needs SIGKILL")
+    target = tmp_path / "labels.mhd"
+    write_image(target, np.full((6, 32, 40), 1, np.int16) + np.arange(40, dtype=np.int16))
+    between, last = 0, 1
+    for k in range(10):
+        proc = subprocess.Popen([sys.executable, "-c", _PAIR_WRITER, str(target), str(last), "loop"],
+                                stdout=subprocess.PIPE, text=True)
+        # wait for the data file of a write to be moved (the first rename of a pair), then
+        # kill at once (header not yet renamed) or a moment later
+        while proc.stdout.readline().strip() != "replaced 1":
+            pass
+        if k % 2:
+            time.sleep(0.03 + 0.01 * k)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+        value = _pair_value(target)
+        assert value >= last
+        between += value == last and k % 2 == 0  # killed with a new data file moved, the old header kept
+        last = value
+    assert between >= 1, "no kill landed between the renames: the test proves nothing"
+    write_image(target, np.full((6, 32, 40), 99, np.int16) + np.arange(40, dtype=np.int16))
+    assert _pair_value(target) == 99 and len(list(tmp_path.iterdir())) == 2
+
+
+_CHECKPOINT_WRITER = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from napari_simseg.core.network.checkpoint import write_tensors
+    sys.path.insert(0, sys.argv[2])
+    from conftest import tiny_meta_and_model
+    meta, _ = tiny_meta_and_model()
+    tensors = {"t%d" % k: torch.zeros(4_000_000) for k in range(8)}  # 128 MB: a write takes a while
+    print("ready", flush=True)
+    while True:
+        write_tensors(sys.argv[1], tensors, meta)
+    """
+)
+
+
+def test_a_checkpoint_write_killed_leaves_no_temporary_outside_our_own(tmp_path):
+    """safetensors makes a ``.tmpXXXXXX`` of its own beside the path it writes: a checkpoint
+    write killed (SIGKILL) at varying moments leaves it only inside our temporary folder,
+    which the next write in that folder removes; the checkpoint stays whole."""
+    if not hasattr(signal, "SIGKILL"):
+        pytest.skip("needs SIGKILL")
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
+
+    target = tmp_path / "last.safetensors"
+    tests = os.path.dirname(__file__)
+    inside = 0
+    for delay in (0.3, 0.8, 1.4):
+        proc = subprocess.Popen([sys.executable, "-c", _CHECKPOINT_WRITER, str(target), tests],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+        names = [p.name for p in tmp_path.iterdir()]
+        assert not [n for n in names if n.startswith(".tmp")], names  # nothing of safetensors' own at the top
+        inside += any(any(q.name.startswith(".tmp") for q in p.iterdir())
+                      for p in tmp_path.iterdir() if p.is_dir())
+        if target.exists():
+            read_checkpoint_meta(target)  # whole
+    assert inside >= 1, "no kill landed inside safetensors' write: the test proves nothing"
+    atomic_write_text(tmp_path / "other.txt", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"other.txt", *(["last.safetensors"]
+                                                                             if target.exists() else [])})

@@ -230,7 +230,7 @@ def test_average_refuses_other_normalisation_axes_tensors_and_repeats(tmp_path):
     out = tmp_path / "x.safetensors"
     model = load_checkpoint(b).model
     meta = read_checkpoint_meta(b)
-    meta.normalization = {"method": "minmax"}
+    meta.normalization = {"method": "percentile_zscore", "low": 1.0, "high": 99.0}
     c = save_checkpoint(tmp_path / "c.safetensors", model, meta)
     with pytest.raises(CheckpointError, match="their normalization fields do not match"):
         average_checkpoints([a, c], out)

@@ -132,6 +132,12 @@ def _with_header(tmp_path, checkpoint, name="crafted", **changes):
     ({"normalization": {"low": 99, "high": 1}}, "normalization.low"),
     ({"normalization": {"low": float("nan")}}, "normalization.low"),
     ({"normalization": {"n4": "yes"}}, "normalization.n4"),
+    # sizes that would make the first round allocate without limit (issue 34, point 9)
+    ({"model.canvas": [100000, 100000]}, "model.canvas"),
+    ({"model.canvas": [256, 4097]}, "model.canvas"),
+    ({"working_size": 100000}, "working_size"),
+    ({"normalization": {"method": "minmax"}}, "normalization.method"),
+    ({"normalization": {"method": "percentile_zscore", "window": [0, 80]}}, "normalization"),
 ])
 def test_every_header_field_is_checked_and_named(tmp_path, tiny_checkpoint, changes, field):
     crafted = _with_header(tmp_path, tiny_checkpoint, **changes)
@@ -140,6 +146,16 @@ def test_every_header_field_is_checked_and_named(tmp_path, tiny_checkpoint, chan
             read(crafted)
         text = _one_line(err)
         assert str(crafted) in text and f"'{field}'" in text, text
+
+
+def test_header_bounds_name_the_allowed_values(tmp_path, tiny_checkpoint):
+    with pytest.raises(CheckpointError, match=r"'model.canvas' must be two sizes \[H, W\] of 1..4096 pixels"):
+        load_checkpoint(_with_header(tmp_path, tiny_checkpoint, **{"model.canvas": [100000, 100000]}))
+    with pytest.raises(CheckpointError, match=r"'normalization.method' must be one of \['percentile_zscore'\], "
+                                              r"got 'minmax'"):
+        load_checkpoint(_with_header(tmp_path, tiny_checkpoint, **{"normalization.method": "minmax"}))
+    # the largest allowed canvas still loads
+    assert load_checkpoint(_with_header(tmp_path, tiny_checkpoint, **{"model.canvas": [4096, 64]})).model
 
 
 def test_unknown_and_missing_header_fields_are_named(tmp_path, tiny_checkpoint):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
+import time
 
 import pytest
 import torch
@@ -53,12 +55,21 @@ def test_killed_run_resumes_with_each_epoch_once_self_contained_and_clean(phanto
     for path in leftovers:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"partial")
+    # safetensors' own temporary file of a killed checkpoint write (older versions left it in the run folder)
+    tensor_tmp = out / ".tmpAb3xYz"
+    tensor_tmp.write_bytes(struct.pack("<Q", 120) + b'{"__metadata__"' + bytes(1000))
+    leftovers.append(tensor_tmp)
+    not_ours = [out / ".tmpUsers1", out / ".tmpLater1"]  # a user's file; one made after the run started
+    not_ours[0].write_bytes(b"my notes")
+    not_ours[1].write_bytes(b"")
+    os.utime(not_ours[1], (time.time() + 3600, time.time() + 3600))
     moved = weights.rename(tmp_path / "elsewhere.pth")
     lines = []
     train(_cfg(phantom_data, out, epochs=2, steps_per_epoch=2, encoder_weights=str(weights), resume=True),
           log=lines.append)
-    assert any("removed 3 temporary file(s)" in line for line in lines), lines
+    assert any("removed 4 temporary file(s)" in line for line in lines), lines
     assert not any(path.exists() for path in leftovers)
+    assert all(path.exists() for path in not_ours)
     assert not [p for p in out.iterdir() if p.name.startswith(TMP_PREFIX)]
     assert [row["epoch"] for row in json.loads((out / "log.json").read_text())] == [1, 2]
     assert (out / "log.csv").read_text().count("\n") == 3  # header + one row per epoch
@@ -186,3 +197,16 @@ def test_stop_lists_the_unusable_cases_of_training_and_validation_at_once(phanto
         train(_cfg(tmp_path / "bad", tmp_path / "o", epochs=1, steps_per_epoch=1, val_fraction=0.2))
     assert "2 of 5 case(s) cannot be used" in str(err.value)
     assert all(v in str(err.value) for v in victims)
+
+
+def test_sizes_a_checkpoint_cannot_hold_are_refused_before_training(phantom_data, tmp_path):
+    """A checkpoint's canvas and working size are bounded (a crafted header must not allocate
+    without limit): a run whose items exceed them is refused at the start, not at its first save."""
+    from napari_simseg.core.network.checkpoint import MAX_SIDE
+
+    with pytest.raises(ValueError, match=rf"working_size must be an integer 16..{MAX_SIDE}"):
+        _cfg(phantom_data, tmp_path / "a", working_size=MAX_SIDE + 1).validate()
+    with pytest.raises(ValueError, match=r"exceed the largest canvas a checkpoint holds .*--working-size"):
+        train(_cfg(phantom_data, tmp_path / "b", epochs=1, steps_per_epoch=1, pad_to=[MAX_SIDE + 32, 64]),
+              log=lambda m: None)
+    assert not (tmp_path / "b" / "last.safetensors").exists()

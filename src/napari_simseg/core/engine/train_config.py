@@ -9,7 +9,7 @@ import numpy as np
 
 from napari_simseg.core.imaging.preprocessing import PAD_MODES
 from napari_simseg.core.interaction.memory import MEMORY_KINDS, image_channel_indices, input_channels
-from napari_simseg.core.network.checkpoint import FLIP_AXES
+from napari_simseg.core.network.checkpoint import FLIP_AXES, MAX_SIDE
 from napari_simseg.core.network.model import ModelConfig
 
 __all__ = ["CLASS_WEIGHTINGS", "IGNORE_INDEX", "LR_SCHEDULES", "SIMULATIONS", "TrainConfig"]
@@ -131,8 +131,11 @@ class TrainConfig:
         self.aug_flips = flips
         for name in ("working_size", "crop_size", "val_max_slices"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 16):
-                raise ValueError(f"{name} must be an integer >= 16 (or null), got {value!r}")
+            top = None if name == "val_max_slices" else MAX_SIDE  # a checkpoint's canvas holds at most that
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 16
+                                      or (top is not None and value > top)):
+                bounds = ">= 16" if top is None else f"16..{top}"
+                raise ValueError(f"{name} must be an integer {bounds} (or null), got {value!r}")
         if (self.plan_steps or self.time_schedule) and self.max_minutes is None:
             raise ValueError("plan_steps and time_schedule size the schedule to max_minutes: give --max-minutes too")
         if self.stop_after_epoch is not None and self.stop_after_epoch < 1:

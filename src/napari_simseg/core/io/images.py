@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_simseg.core.io.atomic import atomic_path
+from napari_simseg.core.io.atomic import DETACHED_EXTENSIONS, atomic_path
 from napari_simseg.core.io.file_checks import (
     is_palette_png,
     nifti_truncation_problem,
@@ -498,7 +498,7 @@ def write_image(path: PathLike, volume: Volume | np.ndarray) -> Path:
             ) from None
     tmp = p
     try:  # atomic: a kill during the write leaves the old file whole
-        with atomic_path(p, detached=ext in (".mhd", ".nhdr")) as tmp:
+        with atomic_path(p, detached=ext in DETACHED_EXTENSIONS) as tmp:
             if img is None:
                 write_tiff(tmp, vol)
             else:

@@ -74,7 +74,13 @@ from napari_simseg.core.engine.rounds import RoundSettings, cropped_clicker, run
 from napari_simseg.core.engine.train_config import IGNORE_INDEX, SIMULATIONS, TrainConfig
 from napari_simseg.core.imaging.regions import TILE_BATCH_BYTES
 from napari_simseg.core.io.atomic import atomic_path, atomic_write_text, process_running, remove_stale_temporaries
-from napari_simseg.core.network.checkpoint import FLIP_AXES, CheckpointMeta, save_checkpoint
+from napari_simseg.core.network.checkpoint import (
+    FLIP_AXES,
+    MAX_SIDE,
+    CheckpointMeta,
+    remove_killed_tensor_writes,
+    save_checkpoint,
+)
 from napari_simseg.core.network.devices import autocast_for, check_memory, cpu_bf16_supported, resolve_device
 from napari_simseg.core.network.model import build_model
 
@@ -295,12 +301,13 @@ def _setup(cfg: TrainConfig, log, data: TrainingData | None = None) -> _Run:
     """Device, data, network, optimiser, loss and checkpoint header of a run."""
     from napari_simseg.core.engine.losses import FocalDiceLoss, FocalLoss, SoftDiceLoss, class_weights_from_counts
 
+    started = time.time()
     cfg.validate()
     device, dist = _setup_device(cfg)
     out = Path(cfg.out)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
-        removed = _remove_leftovers(out)
+        removed = _remove_leftovers(out, started)
         if removed:
             log(f"removed {len(removed)} temporary file(s) a killed run left in {out}")
     dist.barrier()
@@ -328,6 +335,10 @@ def _setup(cfg: TrainConfig, log, data: TrainingData | None = None) -> _Run:
     model_config = cfg.model_config(n_classes, len(channel_names))
     canvas = getattr(train_ds, "target_shape", None) or train_ds.parts[0].target_shape  # MultiAxisSlices: its parts'
     model_config.canvas = tuple(int(v) for v in canvas)  # smaller inputs are padded to it
+    if max(model_config.canvas) > MAX_SIDE:  # refused now, not by the first checkpoint's save
+        raise ValueError(f"training items of {canvas[0]}x{canvas[1]} pixels exceed the largest canvas a checkpoint "
+                         f"holds ({MAX_SIDE} a side); train at a working size (--working-size) or on crops "
+                         f"(--crop-size)")
     if cfg.resume:
         model_config.encoder_weights = None  # the training state holds every weight
     net = build_model(model_config).to(device)
@@ -422,14 +433,16 @@ def _check_resume_options(cfg: TrainConfig) -> None:
                          f"{'; '.join(diffs)}; resume with the run's own options, or train into a new --out")
 
 
-def _remove_leftovers(out: Path) -> list:
+def _remove_leftovers(out: Path, started: float) -> list:
     """The temporary files of killed writes in a run's folder (and its cache), removed.
 
     Besides :func:`~napari_simseg.core.io.atomic.remove_stale_temporaries`' own files:
-    names older versions used (``train_state.pt.tmp``, ``.tmp-*.safetensors``) and the
-    cache's ``<name>.<pid>.tmp.np[yz]`` of a process that is gone.
+    names older versions used (``train_state.pt.tmp``, ``.tmp-*.safetensors``, and
+    safetensors' ``.tmpXXXXXX`` from before ``started``) and the cache's
+    ``<name>.<pid>.tmp.np[yz]`` of a process that is gone.
     """
     removed = remove_stale_temporaries(out) + remove_stale_temporaries(out / "cache")
+    removed += remove_killed_tensor_writes(out, older_than=started)
     legacy = [*out.glob("train_state.pt.tmp"), *out.glob(".tmp-*.safetensors")]
     for path in (out / "cache").glob("*.tmp.np[yz]"):
         pid = path.name.rsplit(".", 3)[-3]

@@ -10,6 +10,8 @@ Writes are atomic (:mod:`.atomic`: a temporary file in the same folder, then a r
 from __future__ import annotations
 
 import json
+import re
+import struct
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,6 +26,8 @@ from napari_simseg.core.network.model import DECODERS, ModelConfig, ModelConfigE
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "MAX_SIDE",
+    "NORMALIZATION_METHODS",
     "Checkpoint",
     "CheckpointError",
     "CheckpointMeta",
@@ -31,6 +35,7 @@ __all__ = [
     "load_checkpoint",
     "load_tensors",
     "read_checkpoint_meta",
+    "remove_killed_tensor_writes",
     "save_checkpoint",
     "update_checkpoint_meta",
     "write_tensors",
@@ -56,6 +61,12 @@ MAX_DEPTH = 16
 MAX_CLICK_RADIUS = 64
 MAX_CONTEXT_SLICES = 16
 MAX_CHANNELS = 4096
+#: Largest side of a header's ``model.canvas`` and ``working_size``: every input is padded to
+#: the canvas, so [100000, 100000] would ask for hundreds of GB at the first round.
+MAX_SIDE = 4096
+#: The intensity normalisations a checkpoint may name: what
+#: ``core.imaging.preprocessing.normalize_volume`` does (percentile clip, then z-score).
+NORMALIZATION_METHODS = ("percentile_zscore",)
 
 
 def _int_in(lo, hi=None):
@@ -92,7 +103,7 @@ _FIELDS = {
     "context_slices": (f"an integer 0..{MAX_CONTEXT_SLICES}", _int_in(0, MAX_CONTEXT_SLICES)),
     "decision_offsets": ("", lambda v: True),  # checked against the class count in CheckpointMeta.validate
     "channel_names": ("a non-empty list of distinct names", _names(1)),
-    "working_size": ("an integer >= 16 or null", lambda v: v is None or _int_in(16)(v)),
+    "working_size": (f"an integer 16..{MAX_SIDE} or null", lambda v: v is None or _int_in(16, MAX_SIDE)(v)),
     "flips": (f"a list out of {list(FLIP_AXES)} or null",
               lambda v: v is None or (isinstance(v, list) and all(f in FLIP_AXES for f in v))),
     "neighbour_prior": ("true or false", lambda v: isinstance(v, bool)),
@@ -113,11 +124,12 @@ _MODEL_FIELDS = {
     "edge_padded_channels": (f"a list of distinct integers 0..{MAX_CHANNELS - 1} or null",
                              lambda v: v is None or (isinstance(v, list) and len(set(v)) == len(v)
                                                      and all(_int_in(0, MAX_CHANNELS - 1)(c) for c in v))),
-    "canvas": ("two sizes [H, W] >= 1 or null",
-               lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(_int_in(1)(c) for c in v))),
+    "canvas": (f"two sizes [H, W] of 1..{MAX_SIDE} pixels or null",
+               lambda v: v is None or (isinstance(v, list) and len(v) == 2
+                                       and all(_int_in(1, MAX_SIDE)(c) for c in v))),
 }
 _NORMALIZATION_FIELDS = {
-    "method": ("a string", lambda v: isinstance(v, str)),
+    "method": (f"one of {list(NORMALIZATION_METHODS)}", lambda v: isinstance(v, str) and v in NORMALIZATION_METHODS),
     "low": ("a number 0..100", lambda v: _finite_number(v) and 0 <= v <= 100),
     "high": ("a number 0..100", lambda v: _finite_number(v) and 0 <= v <= 100),
     "n4": ("true or false", lambda v: isinstance(v, bool)),
@@ -166,6 +178,10 @@ def check_header(raw, source: str = "checkpoint") -> dict:
         raise CheckpointError(f"{source}: header field 'model.decoder_channels' needs one entry per encoder "
                               f"stage ({model.get('encoder_depth', 5)}), got {model['decoder_channels']!r}")
     norm = raw.get("normalization", {})
+    unknown = sorted(set(norm) - set(_NORMALIZATION_FIELDS))
+    if unknown:  # a normalisation we do not do would be silently skipped
+        raise CheckpointError(f"{source}: header field 'normalization' has unknown field(s) {unknown}; "
+                              f"known: {list(_NORMALIZATION_FIELDS)}")
     _check_fields(norm, _NORMALIZATION_FIELDS, source, "normalization.")
     if norm.get("low", 0.5) >= norm.get("high", 99.5):
         raise CheckpointError(f"{source}: header field 'normalization.low' must be below 'normalization.high', "
@@ -371,8 +387,47 @@ def write_tensors(path: Path, tensors: dict, meta: CheckpointMeta) -> None:
     from safetensors.torch import save_file
 
     header = _header_for(meta)
-    with atomic_path(path) as tmp:
+    # own_folder: safetensors writes a .tmpXXXXXX of its own first; a kill leaves it in our folder
+    with atomic_path(path, own_folder=True) as tmp:
         save_file(tensors, str(tmp), metadata=header)
+
+
+#: safetensors' own temporary file (Rust ``tempfile``): ``.tmp`` and six letters or digits.
+_TENSOR_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+
+
+def remove_killed_tensor_writes(folder, older_than: float) -> list[Path]:
+    """Remove the ``.tmpXXXXXX`` files a killed checkpoint write left in ``folder``.
+
+    safetensors writes a temporary file of its own beside the path it is given; versions
+    of napari-simseg that gave it a path in the target's folder left it there when killed
+    (about the checkpoint's size). Only files of that name, modified before
+    ``older_than`` (a time stamp: a run's start) and holding nothing or the start of a
+    safetensors file (its header's length, then ``{``) are removed.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    removed = []
+    try:
+        entries = [p for p in Path(folder).iterdir() if _TENSOR_TMP.fullmatch(p.name)]
+    except OSError:
+        return removed
+    for path in entries:
+        try:
+            if not path.is_file() or path.is_symlink() or path.stat().st_mtime >= older_than:
+                continue
+            with open(path, "rb") as f:
+                head = f.read(9)
+            if head and not (len(head) == 9 and struct.unpack("<Q", head[:8])[0] < 2**31 and head[8:] == b"{"):
+                continue  # not a safetensors file: not ours
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 def update_checkpoint_meta(path, output, **changes) -> Path:
