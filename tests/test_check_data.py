@@ -46,7 +46,7 @@ def test_masks_data_set_with_overlaps_resampling_and_problems(tmp_path, capsys):
     assert set(pairs) == {("lung", "heart"), ("heart", "clavicle")} and pairs[("lung", "heart")][1] == 3
     assert set(summary["overlaps"]["per_case"]) == {"c0", "c1", "c2"}
     assert [p["case"] for p in summary["problems"]] == ["c3"]
-    assert summary["problems"][0]["file"] == str(root / "masks" / "rib")
+    assert summary["problems"][0]["file"] == str(root / "masks" / "rib" / "c3.png")
     assert "class folder 'rib' is not in the class list" in summary["problems"][0]["reason"]
     assert any("resampled to the 32x32 label grid (block mean" in n and "4 case(s)" in n for n in summary["notes"])
     assert_training_estimate(summary)
@@ -57,7 +57,7 @@ def test_masks_data_set_with_overlaps_resampling_and_problems(tmp_path, capsys):
         "Classes: 4 (background, lung, heart, clavicle)",
         "label grid 32x32; images 64x64",
         "lung / heart:",
-        "masks/rib: class folder 'rib'",
+        "masks/rib/c3.png: class folder 'rib'",
         "s per training step",
         "Verdict: usable",
     ):
@@ -96,6 +96,48 @@ def test_too_few_usable_cases_exit_2_with_the_problems(tmp_path, capsys):
         }
     ]
     assert "NOT usable" in text and "case001_0001.png: channel 1 ('T2')" in text
+
+
+def test_a_mask_class_list_without_background_is_said_once(tmp_path, capsys):
+    """classes.json naming only the mask classes (issue 34, point 5): one problem naming the
+    file, what index 0 is and the list to write; not one "not in the class list" per case."""
+    root = make_masks_dataset(tmp_path / "cxr", n=6, classes=CLASSES[1:])  # lung, heart, clavicle
+    code, text, summary = run_check_data(root, tmp_path, capsys)
+    assert code == 2 and len(summary["problems"]) == 1
+    problem = summary["problems"][0]
+    assert problem["file"] == str(root / "classes.json")
+    assert "index 0 of the class list is the background" in problem["reason"]
+    assert "'lung', which has a mask folder (masks/lung/)" in problem["reason"]
+    assert '["background", "lung", "heart", "clavicle"]' in problem["reason"]
+    assert text.count("index 0") == 1 and "not in the class list" not in text
+    # "background" named, but not first: said once too
+    (root / "classes.json").write_text(json.dumps(["lung", "background", "heart", "clavicle"]))
+    code, text, summary = run_check_data(root, tmp_path, capsys)
+    assert code == 2 and len(summary["problems"]) == 1
+    assert "'background' is at index 1 of the class list; index 0 is the background" in text
+    # fixed as told: usable
+    (root / "classes.json").write_text(json.dumps(["background", "lung", "heart", "clavicle"]))
+    assert run_check_data(root, tmp_path, capsys)[0] == 0
+
+
+def test_a_label_class_list_without_background_is_said_once(tmp_path, capsys):
+    """Label maps whose class list lacks the background: the cause once, before the cases'
+    label problems, which share one line."""
+    root = tmp_path / "folder"
+    for i in range(5):
+        labels = np.zeros((32, 32), np.uint8)
+        labels[8:24, 8:24], labels[12:20, 12:20], labels[:3, :3] = 1, 2, 3
+        write_picture(root / "images" / f"c{i}.png", (np.random.default_rng(i).random((32, 32)) * 200).astype(np.uint8))
+        write_picture(root / "labels" / f"c{i}.png", labels)
+    (root / "classes.json").write_text(json.dumps(["lung", "heart", "clavicle"]))
+    code, text, summary = run_check_data(root, tmp_path, capsys)
+    assert code == 2 and len(summary["problems"]) == 6  # the cause, then each case's file (JSON keeps them all)
+    first = summary["problems"][0]
+    assert first["file"] == str(root / "classes.json") and first["case"] == ""
+    assert "the labels hold values up to 3: index 0 is the background" in first["reason"]
+    assert text.count("index 0 is the background") == 1
+    assert text.count("outside the 3 declared classes") == 1 and "5 files: label value(s) 3 outside" in text
+    assert "Problems (6, 5 case(s))" in text
 
 
 def test_not_a_data_set_exits_2(tmp_path, capsys):

@@ -282,8 +282,9 @@ def test_mask_layout_problems_listed_by_file_and_skipped(tmp_path):
     assert "3 of 5 case(s)" in msg
     assert f"{root / 'images' / 'c1.png'}: the file is corrupt, truncated or not a valid PNG file" in msg
     assert f"{root / 'masks' / 'heart' / 'c2.png'}: mask shape (21, 21) differs from" in msg
-    assert f"{root / 'masks' / 'rib'}: class folder 'rib' is not in the class list" in msg
-    assert {(i.case_id, i.path.name) for i in err.value.issues} == {("c1", "c1.png"), ("c2", "c2.png"), ("c3", "rib")}
+    assert f"{root / 'masks' / 'rib' / 'c3.png'}: class folder 'rib' is not in the class list" in msg
+    assert {(i.case_id, i.path.parent.name, i.path.name) for i in err.value.issues} == {
+        ("c1", "images", "c1.png"), ("c2", "heart", "c2.png"), ("c3", "rib", "c3.png")}
     report = check_dataset(spec, on_error="skip")
     assert [c.case_id for c in report.skipped] == ["c1", "c2", "c3"]
     assert [c.case_id for c in report.ok] == ["c0", "c4"]

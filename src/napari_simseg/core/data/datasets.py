@@ -160,6 +160,9 @@ class CaseRead:
     overlaps : dict
         Mask layout: ``{(class_a, class_b): pixels}`` where both masks are in (the
         smaller structure wins there); only pairs that overlap.
+    label_max : int or None
+        The largest label value of the label file, also when it is out of the declared
+        classes (``None`` before the labels are read, or for masks).
     """
 
     case: Case
@@ -170,6 +173,7 @@ class CaseRead:
     notes: list[str] = field(default_factory=list)
     issues: list[CaseIssue] = field(default_factory=list)
     overlaps: dict[tuple[str, str], int] = field(default_factory=dict)
+    label_max: int | None = None
 
     def problem(self, path: Path, reason: str) -> None:
         """Add an issue about ``path``."""
@@ -250,6 +254,7 @@ def _integer_labels(read: CaseRead, labels: np.ndarray, path: Path, n_classes: i
         read.problem(path, f"unsupported label pixel type {labels.dtype}")
         return None
     values = np.unique(labels)
+    read.label_max = int(values.max()) if values.size else None
     limit = n_classes if n_classes is not None else np.inf
     outside = values[(values < 0) | (values >= limit)]
     if outside.size:

@@ -351,16 +351,50 @@ def _classes_from_txt(path: Path) -> list[str]:
     return lines
 
 
+def _class_list_file(root: Path) -> Path | None:
+    """``classes.json`` or ``classes.txt`` of ``root``, whichever is there (json first)."""
+    return next((root / name for name in ("classes.json", "classes.txt") if (root / name).is_file()), None)
+
+
 def _class_list(root: Path) -> list[str] | None:
     """The names in ``classes.json`` or ``classes.txt``; ``None`` without either."""
-    if (root / "classes.json").is_file():
-        obj = read_json(root / "classes.json")
+    path = _class_list_file(root)
+    if path is None:
+        return None
+    if path.suffix == ".json":
+        obj = read_json(path)
         if isinstance(obj, dict) and "labels" in obj:
             obj = obj["labels"]
-        return _parse_labels(obj, str(root / "classes.json"))
-    if (root / "classes.txt").is_file():
-        return _classes_from_txt(root / "classes.txt")
-    return None
+        names = _parse_labels(obj, str(path))
+    else:
+        names = _classes_from_txt(path)
+    background = [k for k, n in enumerate(names) if n.strip().lower() == "background"]
+    if background and background != [0]:
+        raise DatasetError(f"{path}: 'background' is at index {background[0]} of the class list; index 0 is the "
+                           f"background (label value 0): put it first, e.g. {_with_background(names)}")
+    return names
+
+
+def _with_background(names: Sequence[str], limit: int = 6) -> str:
+    """The class list with "background" first, as JSON (the first few names)."""
+    rest = [n for n in names if n.strip().lower() != "background"]
+    shown = json.dumps(["background", *rest[:limit]])
+    return shown[:-1] + ", ...]" if len(rest) > limit else shown
+
+
+def _check_mask_class_list(root: Path, class_names: Sequence[str], folders: Sequence[Path]) -> None:
+    """A mask layout's class list must start with the background: label 0 has no mask.
+
+    A list of the mask classes alone (``["spleen", "liver"]``) would make its first class
+    the background and every case's mask of it "not in the class list"; said once here.
+    """
+    first = class_names[0]
+    if first in {d.name for d in folders}:
+        path = _class_list_file(root)
+        reason = (f"index 0 of the class list is the background (label value 0, no mask), but it names "
+                  f"'{first}', which has a mask folder (masks/{first}/); put \"background\" first: "
+                  f"{_with_background(class_names)}")
+        raise DatasetError(f"{path}: {reason}", [CaseIssue("", path, reason)])
 
 
 def _infer_class_names(label_paths: Sequence[Path], source: str, notes: list[str]) -> list[str]:
@@ -684,7 +718,9 @@ def _discover_masks(root: Path, notes: list[str]) -> DatasetSpec:
     if loose:
         _note(notes, f"{root / 'masks'}: {len(loose)} file(s) outside a class folder ignored: {_shown(loose)}")
     class_names = _class_list(root)
-    if class_names is None:
+    if class_names is not None:
+        _check_mask_class_list(root, class_names, folders)
+    else:
         class_names = ["background"] + [d.name for d in folders]
         _note(notes, "no classes.json: the classes are background + the mask folders sorted by name "
                      f"({', '.join(class_names[1:])}); list them in classes.json to choose the order "
@@ -702,10 +738,9 @@ def _discover_masks(root: Path, notes: list[str]) -> DatasetSpec:
         if not any(p for _, p in entries_of_case) and not foreign:
             unmatched.append(images[cid])
             continue
-        problems = tuple(
-            (d, f"class folder '{d.name}' is not in the class list ({', '.join(class_names)}) but holds "
-                f"this case's mask {masks[d.name][cid].name}; add the class to classes.json or remove "
-                "the folder")
+        problems = tuple(  # one reason for every case of the folder: check-data says it once
+            (masks[d.name][cid], f"class folder '{d.name}' is not in the class list ({', '.join(class_names)}); "
+                                 "add the class to classes.json or remove the folder")
             for d in foreign
         )
         cases.append(Case(cid, images[cid], None, entries_of_case, problems))

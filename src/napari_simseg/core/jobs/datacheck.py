@@ -11,6 +11,7 @@ resolution and the estimated seconds per training step, from
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -91,11 +92,31 @@ def check_data(root: str | os.PathLike, *, progress: Callable[[int, int], None] 
         reads.append(_CaseFacts.of(read, spec))
         if progress is not None:
             progress(k + 1, len(spec.cases))
+    hint = _class_list_hint(spec, reads)
+    if hint is not None:  # the cause of the cases' label problems, said once before them
+        summary["problems"].insert(0, _problem("", *hint))
     _summarise_cases(summary, spec, reads)
     summary["usable"] = summary["n_usable"] >= MIN_USABLE_CASES
     if summary["usable"]:  # `simseg train` refuses the others: nothing to estimate
         summary.update(_training_estimate(summary))
     return summary
+
+
+def _class_list_hint(spec: DatasetSpec, facts: list[_CaseFacts]) -> tuple[Path, str] | None:
+    """``(file, reason)`` when the class list seems to lack the background: its index 0 is not
+    named so and the labels hold one value more than it names."""
+    names = list(spec.class_names)
+    top = max((f.label_max for f in facts if f.label_max is not None), default=None)
+    if names[0].strip().lower() == "background" or top != len(names):
+        return None
+    files = [spec.root / "dataset.json"] if spec.layout in ("msd", "nnunet") else \
+        [spec.root / n for n in ("classes.json", "classes.txt") if (spec.root / n).is_file()]
+    rest = json.dumps(["background", *names[:6]])
+    rest = rest[:-1] + ", ...]" if len(names) > 6 else rest
+    return (files[0] if files else spec.root,
+            f"the class list names {len(names)} classes ({', '.join(names[:6])}{' ...' * (len(names) > 6)}) but "
+            f"the labels hold values up to {top}: index 0 is the background (label value 0); if the list names "
+            f"only the structures, put \"background\" first: {rest}")
 
 
 class _CaseFacts:
@@ -109,6 +130,7 @@ class _CaseFacts:
         self.spacing = read.spacing
         self.notes = read.notes
         self.overlaps = read.overlaps
+        self.label_max = read.label_max
         self.counts = counts
 
     @classmethod
@@ -198,6 +220,21 @@ def _range_text(rng: dict) -> str:
     return lo if lo == hi else f"{lo} to {hi}"
 
 
+def _grouped_problems(problems: list[dict]) -> list[str]:
+    """One line per problem; a reason shared by several files once, with how many and the first few."""
+    files_of: dict[str, list[str]] = defaultdict(list)
+    for p in problems:
+        files_of[p["reason"]].append(p["file"])
+    lines = []
+    for reason, files in files_of.items():
+        if len(files) == 1:
+            lines.append(f"  - {files[0]}: {reason}")
+        else:
+            shown = ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+            lines.append(f"  - {len(files)} files: {reason} ({shown})")
+    return lines
+
+
 def format_data_check(summary: dict, *, max_problems: int = 50) -> str:
     """The summary of :func:`check_data` as text for a terminal."""
     s = summary
@@ -229,10 +266,12 @@ def format_data_check(summary: dict, *, max_problems: int = 50) -> str:
         lines.append("Notes:")
         lines += [f"  - {n}" for n in s["notes"]]
     if s["problems"]:
-        lines.append(f"Problems ({len(s['problems'])}, {len({p['case'] for p in s['problems']})} case(s)):")
-        lines += [f"  - {p['file']}: {p['reason']}" for p in s["problems"][:max_problems]]
-        if len(s["problems"]) > max_problems:
-            lines.append(f"  ... and {len(s['problems']) - max_problems} more (see --json)")
+        n_cases = len({p["case"] for p in s["problems"] if p["case"]})
+        lines.append(f"Problems ({len(s['problems'])}" + (f", {n_cases} case(s)):" if n_cases else "):"))
+        grouped = _grouped_problems(s["problems"])
+        lines += grouped[:max_problems]
+        if len(grouped) > max_problems:
+            lines.append(f"  ... and {len(grouped) - max_problems} more (see --json)")
     if s["seconds_per_step"] is not None:
         size = (f"working size {s['working_size']}" if s["working_size"] is not None
                 else "slices at their own resolution")
