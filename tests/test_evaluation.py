@@ -80,11 +80,60 @@ def test_saved_split_is_used(phantom_data, phantom_checkpoint, tmp_path):
     res = evaluate(phantom_checkpoint, phantom_data, split_file=str(split_file), clicks=[0], noc_clicks=0,
                    device="cpu", progress=False)
     assert res["split"] == "val" and res["volumes"] == ids[1:]
-    with pytest.raises(ValueError, match="has no 'test' volumes"):
+    with pytest.raises(ValueError, match=f"the split file {split_file} has no 'test' volumes"):
         evaluate(phantom_checkpoint, phantom_data, split_file=str(split_file), split="test", clicks=[0],
                  noc_clicks=0, progress=False)
     with pytest.raises(ValueError, match="needs a saved split"):
         evaluate(phantom_checkpoint, phantom_data, split="test", clicks=[0], noc_clicks=0, progress=False)
+
+
+def test_a_run_split_applies_only_to_its_own_data(phantom_data, phantom_checkpoint, tmp_path, capsys):
+    """``evaluate --checkpoint RUN/best --data OTHER`` (issue 34, point 4): the split.json
+    beside the checkpoint is the run's, so another folder is evaluated whole (said), even
+    when its case names overlap the split's; the run's own data still gets the split."""
+    from napari_simseg.cli import main
+    from napari_simseg.core.data.datasets import discover_dataset
+    from napari_simseg.core.data.phantom import make_phantom_dataset
+    from napari_simseg.core.data.splits import save_split
+    from napari_simseg.core.network.checkpoint import update_checkpoint_meta
+
+    ids = discover_dataset(phantom_data).case_ids
+    run = tmp_path / "run"
+    best = update_checkpoint_meta(phantom_checkpoint, run / "best.safetensors", training={"data": str(phantom_data)})
+    save_split(run / "split.json", {"train": ids[:1], "val": ids[1:], "test": []})
+    other = tmp_path / "other"
+    make_phantom_dataset(other, n_volumes=3, seed=9, shape=(4, 40, 44), n_tumours=1)
+    other_ids = discover_dataset(other).case_ids
+    assert set(ids) < set(other_ids)  # numbered alike: every name of the split is there too
+    lines = []
+    res = evaluate(best, other, clicks=[0], device="cpu", progress=False, log=lines.append)
+    assert res["split"] == "all" and res["volumes"] == other_ids and res["split_file"] is None
+    assert any(str(run / "split.json") in line and "every volume here is used" in line for line in lines), lines
+    # the run's own data: its validation volume
+    res = evaluate(best, phantom_data, clicks=[0], device="cpu", progress=False, log=lines.append)
+    assert res["split"] == "val" and res["volumes"] == ids[1:] and res["split_file"] == str(run / "split.json")
+    # told otherwise: the split's cases that are here
+    res = evaluate(best, other, split_file=str(run / "split.json"), clicks=[0], device="cpu", progress=False)
+    assert res["split"] == "val" and res["volumes"] == ids[1:]
+    # the command line, as a user types it: rc 0, every volume
+    assert main(["evaluate", "--checkpoint", str(best), "--data", str(other), "--clicks", "0", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "every volume here is used" in out and "3 volumes (all)" in out
+    # a split asked for where none applies: the error says --split all
+    with pytest.raises(ValueError, match=r"--split val needs a saved split .* use --split all"):
+        evaluate(best, other, split="val", clicks=[0], device="cpu", progress=False, log=lambda m: None)
+
+
+def test_split_errors_name_the_split_file_and_split_all(phantom_data, phantom_checkpoint, tmp_path):
+    from napari_simseg.core.data.splits import save_split
+
+    foreign = save_split(tmp_path / "foreign.json", {"train": ["x1"], "val": ["x2"], "test": []})
+    with pytest.raises(ValueError, match=rf"split file {foreign} names none of the 2 cases .* --split all"):
+        evaluate(phantom_checkpoint, phantom_data, split_file=str(foreign), clicks=[0], progress=False)
+    ids = sorted(p.name.split(".")[0] for p in (phantom_data / "labelsTr").iterdir())
+    own = save_split(tmp_path / "own.json", {"train": ids, "val": [], "test": []})
+    with pytest.raises(ValueError, match=rf"the split file {own} has no 'val' volumes in .*; use --split all"):
+        evaluate(phantom_checkpoint, phantom_data, split_file=str(own), split="val", clicks=[0], progress=False)
 
 
 def test_cli_evaluate_writes_files(phantom_data, phantom_checkpoint, tmp_path, capsys):

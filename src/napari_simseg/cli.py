@@ -134,9 +134,11 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="demo", help="checkpoint file, or 'demo' (default)")
     p.add_argument("--data", required=True, help="dataset folder (MSD layout or images/ + labels/)")
     p.add_argument("--split", default=None, choices=["all", "train", "val", "test"],
-                   help="which volumes (default: test, else val, of a saved split; 'all' when none)")
+                   help="which volumes (default: test, else val, of a saved split that applies; 'all' when "
+                        "none does)")
     p.add_argument("--split-file", default=None,
-                   help="split.json to use (default: DIR/split.json, else the checkpoint folder's)")
+                   help="split.json to use (default: DIR/split.json, else the checkpoint folder's, each only when "
+                        "its cases are this data set's: another folder is evaluated whole)")
     p.add_argument("--clicks", default="0,1,2,3,6",
                    help="rounds to report, e.g. 0,1,2,3,6: per slice (--protocol slice) or per volume (volume)")
     p.add_argument("--protocol", default="slice", choices=["slice", "volume"],

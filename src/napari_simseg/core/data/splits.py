@@ -13,7 +13,7 @@ import numpy as np
 from napari_simseg.core.data.datasets import DatasetError, read_json
 from napari_simseg.core.io.atomic import atomic_write_text
 
-__all__ = ["cap_split", "find_split", "load_split", "save_split", "select_cases", "split_cases"]
+__all__ = ["cap_split", "choose_cases", "find_split", "load_split", "save_split", "select_cases", "split_cases"]
 
 
 # --------------------------------------------------------------------------- splits
@@ -147,36 +147,88 @@ def _validate_split(split: Any, source: str) -> dict[str, list[str]]:
 
 
 
-def find_split(data: Path, checkpoint: Path | None = None, split_file: str | os.PathLike | None = None):
+def _shown_ids(ids, limit: int = 5) -> str:
+    return ", ".join(ids[:limit]) + (" ..." if len(ids) > limit else "")
+
+
+def _trained_on(checkpoint) -> str | None:
+    """The data folder a checkpoint's header says it was trained on (None when it does not say)."""
+    from napari_simseg.core.network.checkpoint import CheckpointError, read_checkpoint_meta
+
+    try:
+        data = read_checkpoint_meta(checkpoint).training.get("data")
+    except (CheckpointError, OSError):
+        return None
+    return str(data) if data else None
+
+
+def _same_folder(a, b) -> bool:
+    return os.path.realpath(str(a)) == os.path.realpath(str(b))
+
+
+def find_split(data: Path, checkpoint: Path | None = None, split_file: str | os.PathLike | None = None,
+               case_ids: Sequence[str] | None = None, log=None):
     """The saved split to use for ``data``: ``split_file``, else ``data/split.json``, else
     the ``split.json`` beside ``checkpoint`` (a training run's folder).
+
+    With ``case_ids`` (the data set's cases) a split file found, not given, applies only
+    to its own data: ``data/split.json`` when it names some of the cases; the run's when
+    the checkpoint's header says it was trained on ``data``, or when its cases are
+    exactly the data set's (the data set moved). Otherwise it is passed over, said
+    through ``log``: evaluating another folder uses all of it, even when some of its
+    case names match (two folders each numbered from 0).
 
     Returns
     -------
     (split, path) or (None, None)
-        The split and the file it came from; ``(None, None)`` when none exists.
+        The split and the file it came from; ``(None, None)`` when none applies.
 
     Raises
     ------
     DatasetError
-        When ``split_file`` is given and does not exist or is malformed.
+        When ``split_file`` is given and does not exist, is malformed or names none of
+        the data set's cases (the message names the file and ``--split all``).
     """
-    candidates = [Path(split_file)] if split_file else [Path(data) / "split.json"]
-    if not split_file and checkpoint is not None:
-        candidates.append(Path(checkpoint).parent / "split.json")
-    for c in candidates:
-        if c.is_file():
-            return load_split(c), c
+    ids = None if case_ids is None else set(case_ids)
     if split_file:
-        raise DatasetError(f"split file {split_file} does not exist")
+        path = Path(split_file)
+        if not path.is_file():
+            raise DatasetError(f"split file {split_file} does not exist")
+        split = load_split(path)
+        listed = [i for part in split.values() for i in part]
+        if ids is not None and listed and not ids.intersection(listed):
+            raise DatasetError(f"split file {path} names none of the {len(ids)} cases of {data} (it lists "
+                               f"{_shown_ids(listed)}); evaluate every volume with --split all")
+        return split, path
+    own = Path(data) / "split.json"
+    if own.is_file():
+        split = load_split(own)
+        listed = [i for part in split.values() for i in part]
+        if ids is None or ids.intersection(listed):
+            return split, own
+        if log is not None:
+            log(f"{own} names none of the cases here: not used")
+    run = None if checkpoint is None else Path(checkpoint).parent / "split.json"
+    if run is not None and run.is_file():
+        split = load_split(run)
+        listed = [i for part in split.values() for i in part]
+        trained_on = _trained_on(checkpoint)
+        # the run's own data folder, or that data set moved (the same cases, every one in the split)
+        if ids is None or (trained_on is not None and _same_folder(trained_on, data)) or set(listed) == ids:
+            return split, run
+        if log is not None:
+            source = f"the split of {trained_on}" if trained_on else "a split of other cases"
+            log(f"{run} is {source}, not of {data}: every volume here is used (--split-file {run} to use "
+                f"that split's cases that are here)")
     return None, None
 
 
-def select_cases(spec, split: dict | None, which: str | None):
+def select_cases(spec, split: dict | None, which: str | None, source: str | os.PathLike | None = None):
     """The cases of ``spec`` in split ``which`` (``all``, ``train``, ``val``, ``test``).
 
     ``which=None`` picks the test volumes of ``split`` when it has any, else its
-    validation volumes, and all volumes when there is no split.
+    validation volumes, and all volumes when there is no split. ``source`` (the split's
+    file) is named in the errors.
 
     Returns
     -------
@@ -193,9 +245,29 @@ def select_cases(spec, split: dict | None, which: str | None):
         chosen = ids
     else:
         if split is None:
-            raise DatasetError(f"--split {which} needs a saved split (split.json); use --split all")
+            raise DatasetError(f"--split {which} needs a saved split (split.json in {spec.root} or beside the "
+                               f"checkpoint, or --split-file FILE); none applies here: use --split all")
         chosen = [i for i in split.get(which, []) if i in set(ids)]
         if not chosen:
-            raise DatasetError(f"the saved split has no {which!r} volumes in this dataset")
+            named = f"the split file {source}" if source else "the saved split"
+            raise DatasetError(f"{named} has no {which!r} volumes in {spec.root}; use --split all (every volume) "
+                               f"or another --split")
     by_id = {c.case_id: c for c in spec.cases}
     return [by_id[i] for i in chosen], which
+
+
+def choose_cases(spec, which: str | None = None, split_file=None, checkpoint=None, log=None):
+    """The cases an evaluation (or calibration) of ``spec`` runs on, and why.
+
+    :func:`find_split` for the data set's cases, then :func:`select_cases`; with no split
+    that applies and ``which=None``, every case (said through ``log`` when a split file was
+    passed over).
+
+    Returns
+    -------
+    (cases, which, split_path)
+        ``split_path`` is the split file used, ``None`` when none was.
+    """
+    split, path = find_split(spec.root, checkpoint, split_file, spec.case_ids, log=log)
+    cases, which = select_cases(spec, split, which, path)
+    return cases, which, path

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_simseg.core.data.datasets import discover_dataset, load_case_with
-from napari_simseg.core.data.splits import find_split, select_cases
+from napari_simseg.core.data.splits import choose_cases
 from napari_simseg.core.imaging.metrics import dice_iou_per_class
 from napari_simseg.core.imaging.transforms import WorkingSize
 from napari_simseg.core.interaction.clicks import as_clicks, honour_clicks
@@ -159,8 +159,7 @@ def collect_rounds(checkpoint, data, options: CalibrationOptions | None = None, 
     predictor = Predictor(checkpoint, device=device, tta=tta, expected_classes=list(spec.class_names))
     path, meta, net = Path(predictor.checkpoint.path), predictor.meta, predictor.model
     n = meta.n_classes
-    split_doc, _ = find_split(data, path, split_file)
-    cases, which = select_cases(spec, split_doc, split)
+    cases, which, _ = choose_cases(spec, split, split_file, path, log=print if progress else None)
     if max_volumes:
         cases = cases[: int(max_volumes)]
     if not cases:

@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 
 from napari_simseg.core.data.datasets import discover_dataset, load_case, load_case_with
-from napari_simseg.core.data.splits import find_split, select_cases
+from napari_simseg.core.data.splits import choose_cases
 from napari_simseg.core.imaging.metrics import dice_iou_per_class, noc, round_change, summarise_round_changes
 from napari_simseg.core.imaging.transforms import WorkingSize
 from napari_simseg.core.interaction.refinement import Refinement
@@ -305,8 +305,7 @@ def evaluate(checkpoint="demo", data=None, options: EvaluationOptions | None = N
         how = _model_method(checkpoint, class_names, opts)
     else:
         how = _classical_method(opts.method, n, opts.axis)
-    split_doc, split_src = find_split(data, how.checkpoint, opts.split_file)
-    cases, which = select_cases(spec, split_doc, opts.split)
+    cases, which, split_src = choose_cases(spec, opts.split, opts.split_file, how.checkpoint, log=log)
     if opts.max_volumes:
         cases = cases[: int(opts.max_volumes)]
     user = EvaluationUser(n)
