@@ -172,7 +172,7 @@ def test_session_feeds_the_neighbours_of_the_clicked_slice(small_volume, tmp_pat
 
 
 def test_init_from_widens_a_2d_network_into_the_same_function(tmp_path):
-    from napari_simseg.core.jobs.training import _init_from
+    from napari_simseg.core.jobs.training_setup import init_from
     from napari_simseg.core.network.checkpoint import save_checkpoint
     from napari_simseg.core.network.model import build_model
 
@@ -182,7 +182,7 @@ def test_init_from_widens_a_2d_network_into_the_same_function(tmp_path):
     from napari_simseg.core.network.model import ModelConfig
 
     net = build_model(ModelConfig.from_dict(cfg)).eval()
-    _init_from(net, path, meta.class_names, context_slices=2)
+    init_from(net, path, meta.class_names, context_slices=2)
     x = torch.randn(2, meta.model["in_channels"], 32, 40)
     with torch.no_grad():
         want, _ = load_checkpoint(path).model.eval()(x)
@@ -192,7 +192,7 @@ def test_init_from_widens_a_2d_network_into_the_same_function(tmp_path):
     wide = save_checkpoint(tmp_path / "wide.safetensors", net, CheckpointMeta(**{**meta.__dict__, "context_slices": 2}))
     flat = build_model(ModelConfig.from_dict(meta.model))
     with pytest.raises(CheckpointError, match="context_slices 2"):
-        _init_from(flat, wide, meta.class_names, context_slices=0)
+        init_from(flat, wide, meta.class_names, context_slices=0)
 
 
 def test_train_and_evaluate_a_context_network_end_to_end(tmp_path):
@@ -240,7 +240,7 @@ def test_context_stack_refuses_float_indices():
 
 
 def test_init_from_a_checkpoint_of_other_classes_names_init_transfer(tmp_path):
-    from napari_simseg.core.jobs.training import _init_from
+    from napari_simseg.core.jobs.training_setup import init_from
     from napari_simseg.core.network.checkpoint import save_checkpoint
     from napari_simseg.core.network.model import ModelConfig, build_model
 
@@ -249,4 +249,4 @@ def test_init_from_a_checkpoint_of_other_classes_names_init_transfer(tmp_path):
     net = build_model(ModelConfig.from_dict(meta.model))
     others = [*meta.class_names[:-1], "not_" + meta.class_names[-1]]
     with pytest.raises(CheckpointError, match="trained for classes .*--init-transfer"):
-        _init_from(net, path, others, context_slices=0)
+        init_from(net, path, others, context_slices=0)

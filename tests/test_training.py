@@ -299,8 +299,8 @@ def test_every_rank_follows_rank_zeros_plan(tmp_path):
     script = tmp_path / "share.py"
     script.write_text(
         "import torch\n"
-        "from napari_simseg.core.jobs.training import _Dist\n"
-        "d = _Dist(torch.device('cpu'))\n"
+        "from napari_simseg.core.jobs.training_setup import Dist\n"
+        "d = Dist(torch.device('cpu'))\n"
         "import sys, pathlib\n"
         "plan = d.share([10 + d.rank, 20 * (d.rank + 1)], torch.device('cpu'))\n"
         "pathlib.Path(sys.argv[1], f'rank{d.rank}.txt').write_text(str(plan))\n"
@@ -338,9 +338,9 @@ def test_torchrun_with_a_planned_time_budget_finishes(phantom_data, tmp_path):
 
 
 def test_a_single_process_keeps_its_own_plan():
-    from napari_simseg.core.jobs.training import _Dist
+    from napari_simseg.core.jobs.training_setup import Dist
 
-    assert _Dist(torch.device("cpu")).share([7, 3.0], torch.device("cpu")) == [7, 3]
+    assert Dist(torch.device("cpu")).share([7, 3.0], torch.device("cpu")) == [7, 3]
 
 
 def test_init_from_fine_tunes_and_checks_architecture(phantom_data, tmp_path):
@@ -706,11 +706,11 @@ def test_mix_rounds_gives_each_item_the_lstm_state_of_its_own_rounds():
 def test_validation_takes_fewer_large_slices_per_call():
     from conftest import tiny_meta_and_model
     from napari_simseg.core.imaging.regions import TILE_BATCH_BYTES
-    from napari_simseg.core.jobs.training import _val_batch
+    from napari_simseg.core.jobs.training_records import validation_batch
 
     _, net = tiny_meta_and_model()
     cfg = TrainConfig(data="-", out="-", val_batch_size=32)
-    assert _val_batch(net, [{"image": torch.zeros(1, 64, 64)}], cfg, 3) == 32
-    big = _val_batch(net, [{"image": torch.zeros(1, 1024, 1024)}], cfg, 3)
+    assert validation_batch(net, [{"image": torch.zeros(1, 64, 64)}], cfg, 3) == 32
+    big = validation_batch(net, [{"image": torch.zeros(1, 1024, 1024)}], cfg, 3)
     per_slice = 4 * (0.5 * net.activation_floats_per_pixel() + net.config.in_channels + 6) * 1024 * 1024
     assert big == max(1, int(TILE_BATCH_BYTES // per_slice)) < 32
