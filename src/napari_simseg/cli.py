@@ -74,7 +74,10 @@ def main_train(args) -> int:
     except (TypeError, ValueError) as exc:
         print(f"simseg train: {exc}", file=sys.stderr)
         return 2
-    best = train(cfg, log=lambda m: print(m, flush=True))
+    # the run's warnings (classes not learnt, a budget too short) also reach a terminal whose
+    # output goes to a file; the exit status stays 0: the checkpoint is whole and may serve
+    # the classes it did learn
+    best = train(cfg, log=lambda m: print(m, file=sys.stderr if m.startswith("WARNING") else sys.stdout, flush=True))
     if int(os.environ.get("RANK", "0")) == 0:
         print(best, flush=True)
     return 0

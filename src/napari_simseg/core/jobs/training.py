@@ -63,7 +63,13 @@ import torch
 from napari_simseg.core.engine.data_generation import training_step
 from napari_simseg.core.engine.train_config import IGNORE_INDEX, SIMULATIONS, TrainConfig
 from napari_simseg.core.io.atomic import atomic_write_text
-from napari_simseg.core.jobs.training_records import check_resume_options, end_epoch, resume_state, validate
+from napari_simseg.core.jobs.training_records import (
+    check_resume_options,
+    end_epoch,
+    report_run,
+    resume_state,
+    validate,
+)
 from napari_simseg.core.jobs.training_setup import TrainingData, TrainingRun, seed_everything, set_up_run
 
 __all__ = ["IGNORE_INDEX", "SIMULATIONS", "TrainConfig", "TrainingData", "train", "training_step", "validate"]
@@ -71,6 +77,9 @@ __all__ = ["IGNORE_INDEX", "SIMULATIONS", "TrainConfig", "TrainingData", "train"
 VAL_SHARE = 0.10  # of a planned run's budget, at most, for its validation passes
 VAL_MIN_ITEMS = 16  # slices a planned validation pass keeps at least
 VAL_PROBE_ITEMS = 8  # validation slices timed by the plan
+#: With ``time_schedule`` the clock ends each epoch; the planned steps per epoch times this
+#: are only a bound, for a machine much faster than when it was timed.
+TIME_SCHEDULE_HEADROOM = 10
 
 
 def train(cfg: TrainConfig, log=print, data: TrainingData | None = None, on_epoch=None) -> Path:
@@ -107,22 +116,34 @@ def train(cfg: TrainConfig, log=print, data: TrainingData | None = None, on_epoc
     t_start = time.monotonic()
     # stop_after_epoch ends the run early while the lr schedule still spans ``epochs``
     last_epoch = cfg.epochs if cfg.stop_after_epoch is None else min(cfg.epochs, cfg.stop_after_epoch)
+    out_of_time = False
     for epoch in range(start_epoch, last_epoch):
         t_epoch = time.monotonic()
-        losses, lr, stopped = _train_epoch(run, epoch, sampler, t_start)
+        losses, lr, out_of_time = _train_epoch(run, epoch, sampler, t_start)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "steps": len(losses), "train_seconds": round(time.monotonic() - t_epoch, 2)}
+        asked_to_stop = False
         if dist.main:
-            best = end_epoch(run, epoch, row, history, best, stopped, t_start)
-            if on_epoch is not None and on_epoch(dict(row)):
-                stopped = True
+            best = end_epoch(run, epoch, row, history, best, out_of_time, t_start)
+            asked_to_stop = on_epoch is not None and bool(on_epoch(dict(row)))
         dist.barrier()
-        if stopped:
-            if dist.main:
+        if out_of_time or asked_to_stop:
+            if dist.main and out_of_time:
                 log(f"stopping: --max-minutes {cfg.max_minutes} reached")
             break
+    if dist.main and history:
+        for line in report_run(run, history, planned_steps=_planned_steps(cfg), out_of_time=out_of_time):
+            log(line)  # the run's verdict, last before the checkpoint's path (also in log.json)
     dist.close()
     return run.out / "best.safetensors"
+
+
+def _planned_steps(cfg: TrainConfig) -> int | None:
+    """The optimisation steps the run planned in all (``None`` when an epoch is the whole set)."""
+    if cfg.steps_per_epoch is None:
+        return None
+    per_epoch = cfg.steps_per_epoch // (TIME_SCHEDULE_HEADROOM if cfg.time_schedule else 1)
+    return max(1, per_epoch) * cfg.epochs
 
 
 def _train_epoch(run: TrainingRun, epoch: int, sampler, t_start: float):
@@ -153,15 +174,18 @@ def _train_epoch(run: TrainingRun, epoch: int, sampler, t_start: float):
         drop_last=len(run.train_ds) >= cfg.batch_size * max(1, dist.world),
     )
     steps = len(loader) if cfg.steps_per_epoch is None else min(len(loader), cfg.steps_per_epoch)
+    # time_schedule: the run follows the clock when it is slower than planned (a busy
+    # machine): epoch k ends by k / epochs of the budget and the schedule keeps pace
+    clock = cfg.max_minutes * 60 * 0.92 / cfg.epochs if cfg.time_schedule and cfg.max_minutes else None
     bar = None
     if dist.main and cfg.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+        # the steps the epoch will run: the plan's (not the bound a time schedule gives a fast machine)
+        expected = steps if clock is None else max(1, min(steps, steps // TIME_SCHEDULE_HEADROOM))
+        bar = tqdm(total=expected, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
     losses, stopped = [], False
-    # time_schedule: the run follows the clock when it is slower than planned (a busy
-    # machine): epoch k ends by k / epochs of the budget and the schedule keeps pace
-    clock = cfg.max_minutes * 60 * 0.92 / cfg.epochs if cfg.time_schedule and cfg.max_minutes else None
+    t_epoch = time.monotonic()
     for step, batch in enumerate(loader):
         if step >= steps:
             break
@@ -178,6 +202,8 @@ def _train_epoch(run: TrainingRun, epoch: int, sampler, t_start: float):
             run.ema.update_parameters(run.net)
         losses.append(float(loss.detach()))
         if bar is not None:
+            if clock is not None:  # the clock ends the epoch: the steps its time left holds at this pace
+                _follow_the_clock(bar, step + 1, steps, t_epoch, t_start + (epoch + 1 - run.start_epoch) * clock)
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         if cfg.max_minutes is not None and _over_time(run, t_start, cfg.max_minutes * 60):
@@ -186,8 +212,23 @@ def _train_epoch(run: TrainingRun, epoch: int, sampler, t_start: float):
         if clock is not None and _over_time(run, t_start, (epoch + 1 - run.start_epoch) * clock):
             break  # this epoch's share of the clock is used up
     if bar is not None:
+        if clock is not None:  # the clock ended the epoch: what it ran is the whole of it
+            bar.total = bar.n
+            bar.refresh()
         bar.close()
     return losses, lr, stopped
+
+
+def _follow_the_clock(bar, done: int, bound: int, t_epoch: float, epoch_end: float) -> None:
+    """Set the bar's total to the steps the epoch will have run when its clock ends:
+    ``done`` plus the steps the time left holds at the pace so far (at most ``bound``)."""
+    now = time.monotonic()
+    per_step = (now - t_epoch) / done
+    total = done + max(0, round((epoch_end - now) / max(per_step, 1e-6)))
+    total = int(min(bound, max(done, total)))
+    if total != bar.total:
+        bar.total = total
+        bar.refresh()
 
 
 def _over_time(run: TrainingRun, t_start: float, seconds: float) -> bool:
@@ -248,7 +289,7 @@ def _plan_steps(run: TrainingRun) -> None:
     if cfg.time_schedule:
         # the clock ends the epochs (the timing above may be off on a busy machine): the
         # step count is only a bound for a machine much faster than measured
-        cfg.steps_per_epoch *= 10
+        cfg.steps_per_epoch *= TIME_SCHEDULE_HEADROOM
     cfg.val_max_slices = val_slices
     cfg.plan_steps = False
     if run.dist.main:

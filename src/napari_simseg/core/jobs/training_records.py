@@ -5,7 +5,8 @@ IoU per class at 0 and ``val_clicks`` clicks), writes ``last.safetensors`` and, 
 scores better, ``best.safetensors``, the training state ``train_state.pt`` (for
 ``resume``) and ``log.json`` / ``log.csv``. :func:`resume_state` reads the state back
 (:func:`check_resume_options` first refuses options that would change the network or
-the data).
+the data). At the end, :func:`report_run` says what a user must know about the result:
+classes the network has not learnt, a budget too short for the steps the run needed.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ from napari_simseg.core.engine.rounds import RoundSettings, cropped_clicker, run
 from napari_simseg.core.engine.train_config import TrainConfig
 from napari_simseg.core.imaging.regions import TILE_BATCH_BYTES
 from napari_simseg.core.io.atomic import atomic_path, atomic_write_text
+from napari_simseg.core.jobs.recipe import LEARNING_STEPS
 from napari_simseg.core.jobs.training_setup import TrainingRun
-from napari_simseg.core.network.checkpoint import save_checkpoint
+from napari_simseg.core.network.checkpoint import CheckpointError, read_checkpoint_meta, save_checkpoint
 
-__all__ = ["RESUME_FIXED", "check_resume_options", "end_epoch", "mean_score", "resume_state", "validate",
-           "validation_batch", "write_logs"]
+__all__ = ["RESUME_FIXED", "WEAK_DICE", "check_resume_options", "end_epoch", "mean_score", "report_run",
+           "resume_state", "validate", "validation_batch", "write_logs"]
+
+#: A class whose validation Dice (at ``val_clicks`` clicks) stays below this is not learnt.
+WEAK_DICE = 0.1
 
 
 # ---------------------------------------------------------------------- validation
@@ -189,13 +194,77 @@ def end_epoch(run: TrainingRun, epoch: int, row: dict, history: list, best: floa
     return best
 
 
+def report_run(run: TrainingRun, history: list, planned_steps: int | None = None,
+               out_of_time: bool = False) -> list[str]:
+    """The run's verdict: ``WARNING`` lines for the classes its best checkpoint has not learnt
+    (validation Dice below :data:`WEAK_DICE`) and for a budget too short for its steps, with
+    the budget it would need; also recorded in ``log.json``'s last row (``warnings``,
+    ``verdict``). Empty when there is nothing to warn about.
+
+    The budget needed is the :data:`~napari_simseg.core.jobs.recipe.LEARNING_STEPS` the
+    default recipe took to learn every class of its reference data sets, at this run's
+    measured seconds per step and share of time spent outside the steps (validation).
+    """
+    cfg = run.cfg
+    rounds = 0 if cfg.simulation == "auto" else max(0, int(cfg.val_clicks))
+    val = _best_validation(run)
+    weak = {}
+    if val is not None and (str(rounds) in val or rounds in val):
+        dice = (val.get(str(rounds)) or val.get(rounds))["dice"]
+        weak = {name: d for name, d in zip(run.class_names[1:], dice[1:])
+                if d is not None and math.isfinite(d) and d < WEAK_DICE}
+    steps = int(sum(row.get("steps", 0) for row in history))
+    train_s = float(sum(row.get("train_seconds", 0.0) for row in history))
+    step_s = train_s / max(steps, 1)
+    overhead = max(1.0, 60 * float(history[-1].get("minutes", 0.0)) / max(train_s, 1e-6))
+    needed = math.ceil(LEARNING_STEPS * step_s * overhead / 60 / 0.92)
+    needed = needed if needed <= 10 else 5 * math.ceil(needed / 5)
+    short = planned_steps is not None and steps < 0.5 * planned_steps and (out_of_time or cfg.time_schedule)
+    lines = []
+    if weak:
+        listed = ", ".join(f"{name} ({d:.3f})" for name, d in weak.items())
+        lines.append(f"WARNING: validation Dice below {WEAK_DICE} at {rounds} clicks for {listed}: the network has "
+                     f"not learnt {'it' if len(weak) == 1 else 'them'}.")
+        if steps < LEARNING_STEPS:
+            lines.append(f"WARNING: this run made {steps} optimisation steps ({step_s:.1f} s each here); the default "
+                         f"recipe needed about {LEARNING_STEPS} to learn every class of its reference data sets: "
+                         f"give it about {needed} minutes (--max-minutes {needed}).")
+        else:
+            lines.append(f"WARNING: this run made {steps} optimisation steps, more than the default recipe needed "
+                         f"({LEARNING_STEPS}): check these classes' labels and sizes (simseg check-data "
+                         f"{cfg.data}) before giving it more time.")
+    elif short:
+        lines.append(f"WARNING: the budget let this run make {steps} of the {planned_steps} optimisation steps it "
+                     f"planned ({step_s:.1f} s each here, a busy machine?): about {needed} minutes would hold the "
+                     f"{LEARNING_STEPS} steps the default recipe needs.")
+    if lines or "warnings" in history[-1]:
+        for row in history:
+            row.pop("warnings", None)
+            row.pop("verdict", None)
+        if lines:
+            history[-1]["warnings"] = lines
+            history[-1]["verdict"] = {"weak_classes": {k: round(float(v), 5) for k, v in weak.items()},
+                                      "steps": steps, "planned_steps": planned_steps,
+                                      "seconds_per_step": round(step_s, 3), "minutes_needed": needed}
+        write_logs(run.out, history)
+    return lines
+
+
+def _best_validation(run: TrainingRun) -> dict | None:
+    """The validation of the checkpoint the run hands over (``best.safetensors``' header)."""
+    try:
+        return read_checkpoint_meta(run.out / "best.safetensors").training.get("val")
+    except (CheckpointError, OSError):
+        return None
+
+
 def write_logs(out: Path, history: list) -> None:
     atomic_write_text(out / "log.json", json.dumps(history, indent=1))
     keys = []
     for row in history:
-        keys += [k for k in row if k not in keys]
+        keys += [k for k in row if k not in keys and k not in ("warnings", "verdict")]
     text = io.StringIO(newline="")
-    w = csv.DictWriter(text, fieldnames=keys)
+    w = csv.DictWriter(text, fieldnames=keys, extrasaction="ignore")
     w.writeheader()
     w.writerows(history)
     with atomic_path(out / "log.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
