@@ -87,9 +87,8 @@ PIXELS_PER_BATCH = 8 * 128 * 128
 ARRAY_BYTES = 4 * 2**30  # preprocessed cases held in memory for training and validation, at most
 MAX_EMPTY_FRACTION = 1 / 3  # volumes: training slices without a structure, at most this share
 #: Optimisation steps the recipe took before every class of its reference runs passed a
-#: validation Dice of 0.6 at 3 clicks (docs/results/recipe_*_log.json: CT 2D 630, MR 2D
-#: 574, MRI phantom 1106; radiographs and the hippocampus within the first epoch): what a
-#: run's budget should hold at least.
+#: validation Dice of 0.6 at 3 clicks (docs/results/recipe_*_log.json: MR 2D 574, MRI
+#: phantom 1106, radiographs within the first epoch): what a run's budget should hold at least.
 LEARNING_STEPS = 1100
 # a class name that says left or right: "left lung", "kidney_R", "Lt. clavicle", "lung-rechts"
 _LATERAL = re.compile(r"(^|[^a-z])(left|right|l|r|lt|rt|links|rechts|gauche|droite|sin|dex)([^a-z]|$)")
