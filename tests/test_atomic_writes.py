@@ -394,3 +394,14 @@ def test_a_checkpoint_write_killed_leaves_no_temporary_outside_our_own(tmp_path)
     atomic_write_text(tmp_path / "other.txt", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"other.txt", *(["last.safetensors"]
                                                                              if target.exists() else [])})
+
+
+@pytest.mark.parametrize("ext, data", [(".mhd", "labels.zraw"), (".nhdr", "labels.raw.gz")])
+def test_a_header_without_its_data_file_names_it(tmp_path, ext, data):
+    from napari_simseg.core.io.images import ImageReadError
+
+    target = tmp_path / f"labels{ext}"
+    write_image(target, np.zeros((3, 8, 9), np.uint8))
+    (tmp_path / data).unlink()
+    with pytest.raises(ImageReadError, match=f"its header names the data file {data}, which is not beside it"):
+        read_image(target)

@@ -34,8 +34,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DETACHED_EXTENSIONS", "TMP_PREFIX", "atomic_path", "atomic_write_text", "process_running",
-           "remove_stale_temporaries"]
+__all__ = ["DETACHED_EXTENSIONS", "TMP_PREFIX", "atomic_path", "atomic_write_text", "detached_data_file",
+           "process_running", "remove_stale_temporaries"]
 
 #: The prefix of every temporary file (or folder) an atomic write makes.
 TMP_PREFIX = ".simseg-tmp-"
@@ -193,7 +193,7 @@ def _header_extension(target: Path) -> str:
     return ext
 
 
-def _data_file_of(header: Path) -> str | None:
+def detached_data_file(header: Path) -> str | None:
     """The data file name ``header`` refers to, when it is a plain name in its folder (not
     ``LOCAL``, a list or a pattern); ``None`` otherwise or when it cannot be read."""
     try:
@@ -219,7 +219,7 @@ def _ours_name(stem: str) -> re.Pattern:
 def _free_data_stem(target: Path) -> str:
     """The stem of the new data file: the target's own unless the current header uses it."""
     stem = target.name[: -len(target.suffix)]
-    current = _data_file_of(target) if target.is_file() else None
+    current = detached_data_file(target) if target.is_file() else None
     if current is None or not current.startswith(stem + ".") or _ours_name(stem).match(current):
         return stem  # the header names another file: the plain name is free
     return f"{stem}.simseg-{_owner_tag()}{os.urandom(3).hex()}"
@@ -230,8 +230,8 @@ def _switch_detached(holder: Path, header: Path, target: Path, mode: int) -> Non
     (the switch), then remove the old pair's data file and orphans of killed writes."""
     folder = target.parent
     stem = target.name[: -len(target.suffix)]
-    old_data = _data_file_of(target) if target.is_file() else None
-    new_data = _data_file_of(header)
+    old_data = detached_data_file(target) if target.is_file() else None
+    new_data = detached_data_file(header)
     companions = [p for p in holder.iterdir() if p != header]
     moved = []
     try:
@@ -252,7 +252,7 @@ def _switch_detached(holder: Path, header: Path, target: Path, mode: int) -> Non
         old_data.startswith(stem + ".") or _ours_name(stem).match(old_data)) else []
     stale += _orphans(folder, stem)
     if stale:  # a data file another header of the folder still names stays
-        named = {new_data} | {_data_file_of(h) for h in _headers(folder) if h.name != target.name}
+        named = {new_data} | {detached_data_file(h) for h in _headers(folder) if h.name != target.name}
         for name in stale:
             if name not in named:
                 with contextlib.suppress(OSError):

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_simseg.core.io.atomic import DETACHED_EXTENSIONS, atomic_path
+from napari_simseg.core.io.atomic import DETACHED_EXTENSIONS, atomic_path, detached_data_file
 from napari_simseg.core.io.file_checks import (
     is_palette_png,
     nifti_truncation_problem,
@@ -259,6 +259,10 @@ def _open_sitk_file(path: Path, fmt: str, labels: bool = False):
     except PictureError as exc:
         raise ImageReadError(path, str(exc)) from None
     except RuntimeError as exc:
+        data = detached_data_file(path) if split_extension(path)[1] in DETACHED_EXTENSIONS else None
+        if data is not None and not (path.parent / data).is_file():
+            raise ImageReadError(path, f"its header names the data file {data}, which is not beside it; "
+                                       f"keep the header and its data file together") from None
         reason = _summarise_itk_error(exc).replace(str(path), "the file")  # named once, by the error
         raise ImageReadError(
             path, f"the file is corrupt, truncated or not a valid {fmt} file ({reason})"
