@@ -17,7 +17,7 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_simseg.core.data.datasets import discover_dataset
-from napari_simseg.core.data.slices import SliceDataset
+from napari_simseg.core.data.slices import SliceDataset, SliceOptions
 from napari_simseg.core.engine.rounds import RoundSettings, cropped_clicker, run_rounds
 from napari_simseg.core.interaction.virtual_user import EvaluationUser
 from napari_simseg.core.io.resources import resolve_checkpoint
@@ -31,8 +31,8 @@ def main(checkpoint: str = "demo", n_volumes: int = 12, data="../shared/data/Tas
     n = len(ck.meta.class_names)
     spec = discover_dataset(data)
     split = json.loads(open(split_file).read())
-    ds = SliceDataset(spec, split["val"][:n_volumes], target_shape=(64, 64), augmenter=None, seed=0,
-                        axis=0, n4=False, cache_dir=None, on_error="stop", context_slices=ck.meta.context_slices)
+    ds = SliceDataset(spec, split["val"][:n_volumes],
+                      SliceOptions(target_shape=(64, 64), seed=0, context_slices=ck.meta.context_slices))
     user = EvaluationUser(n)
     stats = {k: dict(err=0, rim=0, fg=0) for k in (0, 3)}
     areas = []

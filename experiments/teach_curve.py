@@ -75,12 +75,12 @@ def class_subset(data: Path, classes: list, out: Path) -> Path:
 
 
 def teach_once(cases, spec, base, minutes: float, out: Path, threads: int, options: dict | None = None) -> dict:
-    from napari_simseg.core.session.teaching import TeachCase, start_teaching
+    from napari_simseg.core.session.teaching import TeachCase, TeachTask, start_teaching
 
     teach_cases = [TeachCase(cid, image, labels, [0]) for cid, (image, labels) in cases.items()]
     load = os.getloadavg()[0]
     t0 = time.monotonic()
-    job = start_teaching(
+    job = start_teaching(TeachTask(
         teach_cases,
         spec.class_names,
         list(getattr(spec, "channel_names", None) or ["image"]),
@@ -91,7 +91,7 @@ def teach_once(cases, spec, base, minutes: float, out: Path, threads: int, optio
         nice=0,
         options=options,
         provenance={"image": f"{len(cases)} images of {spec.root}"},
-    )
+    ))
     path = job.result()
     return {
         "checkpoint": str(path),

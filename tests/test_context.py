@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_meta_and_model
 from napari_simseg.core.data.augmentation import Augmenter
 from napari_simseg.core.data.datasets import discover_dataset
-from napari_simseg.core.data.slices import SliceDataset
+from napari_simseg.core.data.slices import SliceDataset, SliceOptions
 from napari_simseg.core.engine.rounds import BatchMemory
 from napari_simseg.core.imaging.preprocessing import context_stack
 from napari_simseg.core.interaction.memory import InteractionMemory, input_channels
@@ -113,8 +113,9 @@ def test_slice_dataset_stacks_neighbours(tmp_path):
     make_phantom_dataset(tmp_path, n_volumes=2, seed=1, shape=(5, 34, 36))
     spec = discover_dataset(tmp_path)
     aug = Augmenter(gamma=None)  # gamma uses the stack's range (see above)
-    flat = SliceDataset(spec, target_shape=(64, 64), augmenter=aug, seed=3)
-    ctx = SliceDataset(spec, target_shape=(64, 64), augmenter=aug, seed=3, context_slices=1)
+    flat = SliceDataset(spec, options=SliceOptions(target_shape=(64, 64), augmenter=aug, seed=3))
+    ctx = SliceDataset(spec, options=SliceOptions(target_shape=(64, 64), augmenter=aug, seed=3,
+                                                 context_slices=1))
     assert len(ctx) == len(flat)
     for i in (0, 3, 4, 7):
         a, b = flat[i], ctx[i]
@@ -122,13 +123,13 @@ def test_slice_dataset_stacks_neighbours(tmp_path):
         # same augmentation draws: channel 0 is the 2D item, the labels are the same
         torch.testing.assert_close(b["image"][0], a["image"][0], rtol=1e-5, atol=1e-5)
         assert torch.equal(a["labels"], b["labels"])
-    raw = SliceDataset(spec, target_shape=(64, 64), context_slices=1)
+    raw = SliceDataset(spec, options=SliceOptions(target_shape=(64, 64), context_slices=1))
     case_id, k = raw.index[2]
     vol = raw.volume(case_id).image[0]  # (C, S, H, W) with one channel
     y0, y1, x0, x1 = raw[2]["crop"].tolist()
     np.testing.assert_array_equal(raw[2]["image"][:, y0:y1, x0:x1].numpy(), vol[[k, k - 1, k + 1]])
     with pytest.raises(ValueError, match="context_slices"):
-        SliceDataset(spec, context_slices=-1)
+        SliceDataset(spec, options=SliceOptions(context_slices=-1))
 
 
 def test_checkpoint_records_context_and_old_headers_read_as_2d(tmp_path):

@@ -3,15 +3,13 @@ as the first round of a session's user (and of the evaluation user) does."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import pytest
 import torch
 
-from napari_simseg.core.engine.data_generation import _simulate_and_forward
 from napari_simseg.core.engine.train_config import TrainConfig
 from napari_simseg.core.interaction.virtual_user import DDGConfig, TrainingVirtualUser
+from training_helpers import simulate
 
 
 def _gt():
@@ -60,7 +58,7 @@ def _first_round_clicks(fraction, seed=1):
                       drop_class=False, decreasing_probability=False, auto_fraction=0.0, mix_rounds=True,
                       corrective_start_fraction=fraction).validate()
     spy = _spy_net()
-    _simulate_and_forward(spy, spy, batch, cfg, n, np.random.default_rng(seed), torch.device("cpu"), nullcontext)
+    simulate(spy, batch, cfg, n, np.random.default_rng(seed))
     clicks = spy.calls[-1]["x"][:, 1:1 + 2 * n * 3].reshape(b, 3, 2, n, 32, 32)[:, -1, 0]  # newest state's clicks
     return spy, clicks, batch["labels"].numpy()
 

@@ -24,7 +24,7 @@ from napari_simseg.core.data.datasets import (
     load_case,
 )
 from napari_simseg.core.data.phantom import CLASS_NAMES, make_phantom, make_phantom_dataset
-from napari_simseg.core.data.slices import SliceDataset
+from napari_simseg.core.data.slices import SliceDataset, SliceOptions
 from napari_simseg.core.data.splits import load_split, save_split, split_cases
 from napari_simseg.core.imaging.preprocessing import (
     CropBox,
@@ -392,7 +392,7 @@ def test_augmenter_rotation_and_scaling_keep_image_and_labels_aligned():
 def test_slice_dataset_items(msd_root):
     spec = discover_dataset(msd_root)
     ids = spec.case_ids[:3]
-    ds = SliceDataset(spec, ids, augmenter=Augmenter(seed=0, p=0.5), seed=7)
+    ds = SliceDataset(spec, ids, SliceOptions(augmenter=Augmenter(seed=0, p=0.5), seed=7))
     assert len(ds) == 3 * SHAPE[0] and ds.target_shape == (64, 64)
     item = ds[SHAPE[0] + 2]
     assert item["case_id"] == ids[1] and item["slice_index"] == 2
@@ -419,7 +419,7 @@ def test_slice_dataset_items(msd_root):
 
 def test_slice_dataset_counts_and_options(msd_root):
     spec = discover_dataset(msd_root)
-    ds = SliceDataset(spec, spec.case_ids[:2], axis=2, target_shape=(96, 96))
+    ds = SliceDataset(spec, spec.case_ids[:2], SliceOptions(axis=2, target_shape=(96, 96)))
     assert len(ds) == 2 * SHAPE[2]
     assert ds.images[spec.case_ids[0]].shape == (1, SHAPE[2], SHAPE[0], SHAPE[1])  # (C, S, H, W)
     expected = sum(
@@ -428,7 +428,7 @@ def test_slice_dataset_counts_and_options(msd_root):
     np.testing.assert_array_equal(ds.class_pixel_counts(), expected)  # padding excluded
     assert ds.class_pixel_counts().sum() == 2 * np.prod(SHAPE)
     with pytest.raises(DatasetError, match="larger than target_shape"):
-        SliceDataset(spec, spec.case_ids[:1], target_shape=(32, 32))
+        SliceDataset(spec, spec.case_ids[:1], SliceOptions(target_shape=(32, 32)))
     with pytest.raises(DatasetError, match="not in data set"):
         SliceDataset(spec, ["ghost"])
 
@@ -455,7 +455,7 @@ def test_real_hippocampus_two_cases():
     ids = spec.case_ids[:2]
     for case in spec.get_cases(ids):
         assert check_case(case, spec.n_classes) == []
-    ds = SliceDataset(spec, ids, target_shape=(64, 64))
+    ds = SliceDataset(spec, ids, SliceOptions(target_shape=(64, 64)))
     for cid in ids:
         image, labels = ds.volume(cid)
         assert abs(float(image.mean())) < 1e-3 and abs(float(image.std()) - 1) < 1e-3

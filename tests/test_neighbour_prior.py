@@ -4,21 +4,19 @@ labels of the slice before it."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import pytest
 import torch
 
 from napari_simseg.core.data.augmentation import Augmenter
-from napari_simseg.core.data.slices import SliceDataset
-from napari_simseg.core.engine.data_generation import _simulate_and_forward
+from napari_simseg.core.data.slices import SliceDataset, SliceOptions
 from napari_simseg.core.engine.train_config import TrainConfig
 from napari_simseg.core.interaction.memory import prior_probabilities
 from napari_simseg.core.network.checkpoint import read_checkpoint_meta
 from napari_simseg.core.network.predictor import Predictor
 from napari_simseg.core.session.interactive import InteractiveSession, load_log, replay_log
 from napari_simseg.core.session.propagation import SeedRule
+from training_helpers import simulate
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +60,7 @@ def test_dataset_items_carry_a_neighbours_labels_as_prior(phantom_data):
     from napari_simseg.core.data.datasets import discover_dataset
 
     spec = discover_dataset(phantom_data)
-    ds = SliceDataset(spec, neighbour_prior=True)
+    ds = SliceDataset(spec, options=SliceOptions(neighbour_prior=True))
     plain = SliceDataset(spec)
     seen_sides = set()
     for i in range(len(ds)):
@@ -92,7 +90,7 @@ def test_a_single_slice_has_no_prior(tmp_path):
         labels[8:20, 8:20] = 1
         write_image(tmp_path / "images" / f"c{i}.nii.gz", image)
         write_image(tmp_path / "labels" / f"c{i}.nii.gz", labels)
-    ds = SliceDataset(discover_dataset(tmp_path), neighbour_prior=True)
+    ds = SliceDataset(discover_dataset(tmp_path), options=SliceOptions(neighbour_prior=True))
     for i in range(len(ds)):
         assert not bool(ds[i]["has_prior"]) and ds[i]["prior"].abs().sum() == 0
 
@@ -119,7 +117,7 @@ def test_training_items_with_a_prior_start_from_it():
                       decreasing_probability=False, auto_fraction=0.25, mix_rounds=True,
                       prior_fraction=0.5).validate()
     spy = _spy_net()
-    _simulate_and_forward(spy, spy, batch, cfg, n, np.random.default_rng(2), torch.device("cpu"), nullcontext)
+    simulate(spy, batch, cfg, n, np.random.default_rng(2))
     x = spy.calls[-1]["x"][:, 1:1 + 2 * n * 3].reshape(b, 3, 2, n, 32, 32)
     with_prior = 0
     for i in range(b):

@@ -71,7 +71,7 @@ def test_the_header_keeps_the_padding_and_older_headers_load():
 
 
 def test_training_items_are_padded_as_the_config_says():
-    from napari_simseg.core.data.slices import SliceDataset
+    from napari_simseg.core.data.slices import SliceDataset, SliceOptions
 
     rng = np.random.default_rng(0)
     image = rng.normal(size=(1, 2, 20, 27)).astype(np.float32)
@@ -79,7 +79,7 @@ def test_training_items_are_padded_as_the_config_says():
     labels = np.zeros((2, 20, 27), np.uint8)
     labels[:, 5:10, 8:15] = 1
     for mode in ("edge", "constant"):
-        ds = SliceDataset.from_arrays({"c": image}, {"c": labels}, ["background", "a"], pad_mode=mode)
+        ds = SliceDataset.from_arrays({"c": image}, {"c": labels}, ["background", "a"], SliceOptions(pad_mode=mode))
         item = ds[0]
         x = item["image"].numpy()[0]
         y0, y1, x0, x1 = item["crop"].tolist()

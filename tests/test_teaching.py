@@ -11,6 +11,7 @@ import pytest
 
 from napari_simseg.core.session.teaching import (
     TeachCase,
+    TeachTask,
     accepted_slices,
     init_kind,
     layout_of,
@@ -137,11 +138,11 @@ def test_fine_tuning_a_base_of_another_memory_layout_is_refused(session, make_ch
     other = make_checkpoint(class_names=CLASSES, context_slices=0)
     _, gt = _volume()
     with pytest.raises(ValueError, match="memories differently"):
-        start_teaching([TeachCase("v", session.volume, gt, [1, 2])], CLASSES, ["image"], str(other), 1.0,
-                       tmp_path / "x.safetensors", layout=layout_of(session.predictor.meta))
+        start_teaching(TeachTask([TeachCase("v", session.volume, gt, [1, 2])], CLASSES, ["image"], str(other), 1.0,
+                                 tmp_path / "x.safetensors", layout=layout_of(session.predictor.meta)))
     with pytest.raises(ValueError, match="nothing to teach"):
-        start_teaching([TeachCase("v", session.volume, gt, [])], CLASSES, ["image"], None, 1.0,
-                       tmp_path / "x.safetensors")
+        start_teaching(TeachTask([TeachCase("v", session.volume, gt, [])], CLASSES, ["image"], None, 1.0,
+                                 tmp_path / "x.safetensors"))
 
 
 def test_teaching_from_a_fresh_network_finishes_and_the_session_switches_keeping_its_memory(session, tmp_path):
@@ -157,11 +158,11 @@ def test_teaching_from_a_fresh_network_finishes_and_the_session_switches_keeping
     assert chosen == [0, 2, 3, 5, 6, 7]
     out = tmp_path / "taught.safetensors"
     t0 = time.monotonic()
-    job = start_teaching([TeachCase("vol", session.volume, session.labels, chosen)], CLASSES, ["image"], None,
-                         1.0, out, layout=layout_of(session.predictor.meta),
-                         normalization=dict(session.predictor.meta.normalization),
-                         options={**QUICK, "encoder_depth": 3, "decoder_channels": [16, 8, 8]},
-                         provenance={"image": "vol.nii.gz"}, threads=1, nice=0)
+    job = start_teaching(TeachTask([TeachCase("vol", session.volume, session.labels, chosen)], CLASSES, ["image"],
+                                   None, 1.0, out, layout=layout_of(session.predictor.meta),
+                                   normalization=dict(session.predictor.meta.normalization),
+                                   options={**QUICK, "encoder_depth": 3, "decoder_channels": [16, 8, 8]},
+                                   provenance={"image": "vol.nii.gz"}, threads=1, nice=0))
     assert time.monotonic() - t0 < 0.25  # returns at once
     assert job.state["status"] in ("preparing", "running")
     path = job.result(timeout=300)
@@ -189,8 +190,8 @@ def test_teaching_from_a_fresh_network_finishes_and_the_session_switches_keeping
 def test_cancel_stops_the_process_and_removes_its_temporaries(session, tmp_path):
     _, gt = _volume()
     out = tmp_path / "never.safetensors"
-    job = start_teaching([TeachCase("vol", session.volume, gt, [1, 2, 3])], CLASSES, ["image"],
-                         session.predictor.checkpoint.path, 30.0, out, threads=1, nice=0)
+    job = start_teaching(TeachTask([TeachCase("vol", session.volume, gt, [1, 2, 3])], CLASSES, ["image"],
+                                   session.predictor.checkpoint.path, 30.0, out, threads=1, nice=0))
     deadline = time.monotonic() + 120
     while not job.alive and time.monotonic() < deadline:
         assert job.poll()["status"] in ("preparing", "running"), job.state["message"]

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_simseg.core.engine.data_generation import _simulate_and_forward
 from napari_simseg.core.jobs.training import TrainConfig, train
-from training_helpers import make_phantom_training_data, tiny_config
+from training_helpers import make_phantom_training_data, simulate, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +99,10 @@ def _net(cfg, n=3):
 
 
 def test_ddg_runs_rounds_without_grad_then_one_training_step():
-    from contextlib import nullcontext
 
     cfg = _cfg("x", "y", memory="sim", depth=3, drop_fraction=0.0, drop_class=False, random_rounds=False)
     spy = _net(cfg)
-    logits, _ = _simulate_and_forward(
-        spy, spy, _batch(), cfg, 3, np.random.default_rng(0), torch.device("cpu"), nullcontext
-    )
+    logits, _ = simulate(spy, _batch(), cfg, 3, np.random.default_rng(0))
     assert [c["grad"] for c in spy.calls] == [False, False, True]
     assert [c["training"] for c in spy.calls] == [False, False, True]
     assert all(c["batch"] == 3 for c in spy.calls)  # the whole batch at once
@@ -121,20 +117,18 @@ def test_ddg_runs_rounds_without_grad_then_one_training_step():
 
 
 def test_ddg_cim_runs_t_rounds_and_merges_clicks():
-    from contextlib import nullcontext
 
     cfg = _cfg(
         "x", "y", memory="cim", decoder="plain", max_clicks=3, drop_fraction=0.0, drop_class=False, random_rounds=False
     )
     spy = _net(cfg)
-    _simulate_and_forward(spy, spy, _batch(), cfg, 3, np.random.default_rng(0), torch.device("cpu"), nullcontext)
+    simulate(spy, _batch(), cfg, 3, np.random.default_rng(0))
     assert [c["grad"] for c in spy.calls] == [False, False, True]
     # CIM: the training input's click channels hold at least the first round's clicks
     assert (spy.calls[-1]["x"][:, 1:] >= spy.calls[0]["x"][:, 1:]).all()
 
 
 def test_padding_is_ignored_by_loss_and_never_clicked():
-    from contextlib import nullcontext
 
     from napari_simseg.core.jobs.training import IGNORE_INDEX
 
@@ -144,9 +138,7 @@ def test_padding_is_ignored_by_loss_and_never_clicked():
     spy = _net(cfg)
     batch = _batch(2)
     batch["crop"] = torch.tensor([[2, 30, 3, 29], [0, 32, 0, 20]])
-    _, targets = _simulate_and_forward(
-        spy, spy, batch, cfg, 3, np.random.default_rng(1), torch.device("cpu"), nullcontext
-    )
+    _, targets = simulate(spy, batch, cfg, 3, np.random.default_rng(1))
     for i, (y0, y1, x0, x1) in enumerate(batch["crop"].tolist()):
         inside = torch.zeros(32, 32, dtype=torch.bool)
         inside[y0:y1, x0:x1] = True
@@ -159,7 +151,6 @@ def test_padding_is_ignored_by_loss_and_never_clicked():
 
 
 def test_random_rounds_cover_every_round_count():
-    from contextlib import nullcontext
 
     cfg = _cfg("x", "y", memory="sim", depth=3, max_clicks=3)
     assert cfg.random_rounds  # the default
@@ -168,19 +159,18 @@ def test_random_rounds_cover_every_round_count():
     spy = _net(cfg)
     for _ in range(30):
         spy.calls.clear()
-        _simulate_and_forward(spy, spy, _batch(1), cfg, 3, rng, torch.device("cpu"), nullcontext)
+        simulate(spy, _batch(1), cfg, 3, rng)
         counts.add(len(spy.calls))
         assert spy.calls[-1]["grad"] and not any(c["grad"] for c in spy.calls[:-1])
     assert counts == {1, 2, 3}
 
 
 def test_sdg_and_auto_never_run_the_model_before_the_step():
-    from contextlib import nullcontext
 
     for sim, memory in (("sdg", "none"), ("auto", "none")):
         cfg = _cfg("x", "y", memory=memory, decoder="plain", simulation=sim, drop_fraction=0.0, drop_class=False)
         spy = _net(cfg)
-        _simulate_and_forward(spy, spy, _batch(), cfg, 3, np.random.default_rng(0), torch.device("cpu"), nullcontext)
+        simulate(spy, _batch(), cfg, 3, np.random.default_rng(0))
         assert len(spy.calls) == 1 and spy.calls[0]["grad"]
         clicks = spy.calls[0]["x"][:, 1:]
         assert (clicks.sum() > 0) == (sim == "sdg")
@@ -415,7 +405,6 @@ def test_init_from_carries_weights_across_the_stem_stride(phantom_data, tmp_path
 
 
 def test_auto_fraction_trains_that_share_of_batches_on_the_empty_memory():
-    from contextlib import nullcontext
 
     cfg = _cfg(
         "x",
@@ -433,7 +422,7 @@ def test_auto_fraction_trains_that_share_of_batches_on_the_empty_memory():
     automatic = 0
     for _ in range(80):
         spy.calls.clear()
-        _simulate_and_forward(spy, spy, _batch(2), cfg, 3, rng, torch.device("cpu"), nullcontext)
+        simulate(spy, _batch(2), cfg, 3, rng)
         if len(spy.calls) == 1:
             automatic += 1
             call = spy.calls[0]
@@ -447,12 +436,11 @@ def test_auto_fraction_trains_that_share_of_batches_on_the_empty_memory():
 
 
 def test_auto_fraction_zero_keeps_the_random_stream():
-    from contextlib import nullcontext
 
     def inputs(**kw):
         cfg = _cfg("x", "y", memory="sim", depth=3, **kw)
         spy = _net(cfg)
-        _simulate_and_forward(spy, spy, _batch(2), cfg, 3, np.random.default_rng(9), torch.device("cpu"), nullcontext)
+        simulate(spy, _batch(2), cfg, 3, np.random.default_rng(9))
         return [c["x"] for c in spy.calls]
 
     a, b = inputs(), inputs(auto_fraction=0.0)
@@ -589,7 +577,8 @@ def test_multi_axis_slices_joins_the_axes_of_the_same_cases(phantom_data):
 
     spec = datasets.discover_dataset(phantom_data)
     ids = spec.case_ids[:2]
-    parts = [slices.SliceDataset(spec, ids, axis=a, target_shape=(48, 48), context_slices=1) for a in (0, 1, 2)]
+    parts = [slices.SliceDataset(spec, ids, slices.SliceOptions(axis=a, target_shape=(48, 48), context_slices=1))
+             for a in (0, 1, 2)]
     joined = slices.MultiAxisSlices(parts)
     assert len(joined) == 2 * (6 + 40 + 44) and joined.axes == [0, 1, 2] and joined.case_ids == ids
     item = joined[2 * 6 + 2 * 40]  # the first slice along axis 2
@@ -600,7 +589,7 @@ def test_multi_axis_slices_joins_the_axes_of_the_same_cases(phantom_data):
     assert [p.epoch for p in parts] == [3, 3, 3]
     with pytest.raises(ValueError, match="different axes"):
         slices.MultiAxisSlices([parts[0], parts[0]])
-    other = slices.SliceDataset(spec, ids[:1], axis=1, target_shape=(48, 48), context_slices=1)
+    other = slices.SliceDataset(spec, ids[:1], slices.SliceOptions(axis=1, target_shape=(48, 48), context_slices=1))
     with pytest.raises(ValueError, match="same cases"):
         slices.MultiAxisSlices([parts[0], other])
 
@@ -610,9 +599,9 @@ def test_along_views_the_loaded_volumes_along_another_axis(phantom_data):
 
     spec = datasets.discover_dataset(phantom_data)
     ids = spec.case_ids[:2]
-    base = slices.SliceDataset(spec, ids, axis=0, target_shape=(48, 48), context_slices=1)
+    base = slices.SliceDataset(spec, ids, slices.SliceOptions(axis=0, target_shape=(48, 48), context_slices=1))
     for axis in (1, 2):
-        read = slices.SliceDataset(spec, ids, axis=axis, target_shape=(48, 48), context_slices=1)
+        read = slices.SliceDataset(spec, ids, slices.SliceOptions(axis=axis, target_shape=(48, 48), context_slices=1))
         viewed = base.along(axis)
         assert viewed.axis == axis and len(viewed) == len(read) and base.axis == 0 and len(base) == 12
         for i in (0, len(read) // 2, len(read) - 1):
@@ -627,7 +616,6 @@ def test_mix_rounds_mixes_round_counts_within_a_batch():
     """mix_rounds: every item draws automatic or 1..t rounds; no-grad forwards run only on
     the items that go on; one training forward of the whole batch, each item's input
     holding its own number of states."""
-    from contextlib import nullcontext
 
     n, b = 3, 12
     cfg = _cfg(
@@ -643,9 +631,7 @@ def test_mix_rounds_mixes_round_counts_within_a_batch():
         mix_rounds=True,
     )  # every round clicks
     spy = _net(cfg)
-    logits, _ = _simulate_and_forward(
-        spy, spy, _batch(b), cfg, n, np.random.default_rng(3), torch.device("cpu"), nullcontext
-    )
+    logits, _ = simulate(spy, _batch(b), cfg, n, np.random.default_rng(3))
     assert logits.shape[0] == b and logits.requires_grad
     final = spy.calls[-1]
     assert final["grad"] and final["training"] and final["batch"] == b
@@ -669,7 +655,6 @@ def test_mix_rounds_mixes_round_counts_within_a_batch():
 def test_mix_rounds_gives_each_item_the_lstm_state_of_its_own_rounds():
     """An item's training forward continues the LSTM state of its own last no-grad round
     (zeros, read as no state, after one round or none)."""
-    from contextlib import nullcontext
 
     n, b = 3, 12
     cfg = _cfg(
@@ -685,7 +670,7 @@ def test_mix_rounds_gives_each_item_the_lstm_state_of_its_own_rounds():
         mix_rounds=True,
     )  # every round clicks
     spy = _net(cfg, n)
-    _simulate_and_forward(spy, spy, _batch(b), cfg, n, np.random.default_rng(3), torch.device("cpu"), nullcontext)
+    simulate(spy, _batch(b), cfg, n, np.random.default_rng(3))
     final = spy.calls[-1]
     clicked = final["x"][:, 1 : 1 + 2 * n * 3].reshape(b, 3, 2, n, 32, 32)[:, :, 0].flatten(2).sum(-1) > 0
     rounds = clicked.sum(1).tolist()

@@ -1,5 +1,10 @@
 """A tiny training configuration and its phantom data set, shared by the training tests."""
 
+from contextlib import nullcontext
+
+import torch
+
+from napari_simseg.core.engine.data_generation import StepContext, _simulate_and_forward
 from napari_simseg.core.engine.train_config import TrainConfig
 
 TINY = dict(encoder="resnet18", encoder_depth=3, decoder_channels=[16, 8, 8], batch_size=4,
@@ -17,3 +22,8 @@ def make_phantom_training_data(root):
 def tiny_config(data, out, **kw) -> TrainConfig:
     """A TrainConfig of the tiny network on ``data``, writing to ``out``; ``kw`` overrides."""
     return TrainConfig(data=str(data), out=str(out), **{**TINY, **kw})
+
+
+def simulate(net, batch, cfg: TrainConfig, n_classes: int, rng):
+    """One batch's simulated rounds and training forward, ``net`` running both, on the CPU."""
+    return _simulate_and_forward(StepContext(net, net, cfg, n_classes, torch.device("cpu"), nullcontext), batch, rng)

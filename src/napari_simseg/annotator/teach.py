@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_simseg.core.io.images import split_extension
-from napari_simseg.core.session.teaching import TeachCase, accepted_slices, layout_of, start_teaching
+from napari_simseg.core.session.teaching import TeachCase, TeachTask, accepted_slices, layout_of, start_teaching
 
 __all__ = ["TeachRequest", "ViewerTeachJob", "image_source_path", "is_user_folder", "start_viewer_teaching",
            "taught_checkpoint_path", "user_checkpoint_dir"]
@@ -274,10 +274,10 @@ def start_viewer_teaching(vs, request: TeachRequest) -> ViewerTeachJob:
     checkpoint = request.base
     base = predictor.checkpoint.path if isinstance(checkpoint, str) and checkpoint == "current" else checkpoint
     source = image_source_path(vs.image_layer)
-    job = start_teaching(
+    job = start_teaching(TeachTask(
         [TeachCase(vs.image_layer.name, session.volume, labels, chosen)], session.class_names,
         predictor.channel_names, base, request.max_minutes, taught_checkpoint_path(vs.image_layer, request.output),
         layout=layout_of(predictor.meta), normalization=dict(predictor.meta.normalization),
         options=request.options, provenance={"image": str(source) if source else vs.image_layer.name},
-        device=str(predictor.device))
+        device=str(predictor.device)))
     return ViewerTeachJob(vs, job, chosen, None if base is None else str(base))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from scipy import ndimage
 
@@ -11,6 +13,7 @@ __all__ = ["Augmenter"]
 # --------------------------------------------------------------------------- augmentation
 
 
+@dataclass
 class Augmenter:
     """Random 2D augmentations of section 5.1.2 of the paper.
 
@@ -19,6 +22,8 @@ class Augmenter:
     centre, vertical flip, horizontal flip (image *and* labels), brightness shift,
     gamma correction, then a sharpness change -- Gaussian blur or unsharp masking,
     one of the two chosen at random (intensity changes touch the image only).
+
+    An options object: each field is one augmentation's setting (keyword arguments).
 
     Parameters
     ----------
@@ -55,21 +60,21 @@ class Augmenter:
     random draws is made whichever augmentations fire.
     """
 
-    def __init__(
-        self,
-        seed: int = 0,
-        p: float = 0.5,
-        *,
-        flip_vertical: bool = True,
-        flip_horizontal: bool = True,
-        brightness: float = 0.2,
-        gamma: tuple[float, float] | None = (0.7, 1.5),
-        blur_sigma: tuple[float, float] | None = (0.5, 1.2),
-        unsharp_amount: tuple[float, float] | None = (0.3, 1.5),
-        unsharp_sigma: float = 1.0,
-        rotate_degrees: float = 0.0,
-        scale: tuple[float, float] | None = None,
-    ):
+    seed: int = 0
+    p: float = 0.5
+    flip_vertical: bool = True
+    flip_horizontal: bool = True
+    brightness: float = 0.2
+    gamma: tuple[float, float] | None = (0.7, 1.5)
+    blur_sigma: tuple[float, float] | None = (0.5, 1.2)
+    unsharp_amount: tuple[float, float] | None = (0.3, 1.5)
+    unsharp_sigma: float = 1.0
+    rotate_degrees: float = 0.0
+    scale: tuple[float, float] | None = None
+    _rng: np.random.Generator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        p, gamma, blur_sigma, unsharp_amount = self.p, self.gamma, self.blur_sigma, self.unsharp_amount
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1]; got {p}")
         for name, rng_ in (("gamma", gamma), ("blur_sigma", blur_sigma), ("unsharp_amount", unsharp_amount)):
@@ -77,31 +82,17 @@ class Augmenter:
                 raise ValueError(f"{name} must be a (low, high) range of non-negative values; got {rng_}")
         if gamma is not None and gamma[0] <= 0:
             raise ValueError(f"gamma must be positive; got {gamma}")
-        if not 0.0 <= float(rotate_degrees) <= 180.0:
-            raise ValueError(f"rotate_degrees must be in [0, 180]; got {rotate_degrees}")
+        if not 0.0 <= float(self.rotate_degrees) <= 180.0:
+            raise ValueError(f"rotate_degrees must be in [0, 180]; got {self.rotate_degrees}")
+        scale = self.scale
         if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
             raise ValueError(f"scale must be a (low, high) range of positive factors; got {scale}")
-        self.rotate_degrees = float(rotate_degrees)
+        self.rotate_degrees = float(self.rotate_degrees)
         self.scale = None if scale is None else (float(scale[0]), float(scale[1]))
-        self.seed = seed
         self.p = float(p)
-        self.flip_vertical = flip_vertical
-        self.flip_horizontal = flip_horizontal
-        self.brightness = float(brightness)
-        self.gamma = gamma
-        self.blur_sigma = blur_sigma
-        self.unsharp_amount = unsharp_amount
-        self.unsharp_sigma = float(unsharp_sigma)
-        self._rng = np.random.default_rng(seed)
-
-    def __repr__(self) -> str:
-        return (
-            f"Augmenter(seed={self.seed}, p={self.p}, flip_vertical={self.flip_vertical}, "
-            f"flip_horizontal={self.flip_horizontal}, brightness={self.brightness}, "
-            f"gamma={self.gamma}, blur_sigma={self.blur_sigma}, "
-            f"unsharp_amount={self.unsharp_amount}, unsharp_sigma={self.unsharp_sigma}, "
-            f"rotate_degrees={self.rotate_degrees}, scale={self.scale})"
-        )
+        self.brightness = float(self.brightness)
+        self.unsharp_sigma = float(self.unsharp_sigma)
+        self._rng = np.random.default_rng(self.seed)
 
     def __call__(
         self, image: np.ndarray, labels: np.ndarray | None = None, rng: np.random.Generator | None = None

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,91 @@ from napari_simseg.core.imaging.preprocessing import (
 )
 from napari_simseg.core.interaction.memory import check_context_slices, prior_probabilities
 
-__all__ = ["MultiAxisSlices", "SliceDataset", "split_slice_sets"]
+__all__ = ["MultiAxisSlices", "SliceDataset", "SliceOptions", "split_slice_sets"]
 
 logger = logging.getLogger(__name__)
 
 # bump when the cached arrays' meaning changes
 _CACHE_VERSION = 1
+
+
+@dataclass
+class SliceOptions:
+    """How a :class:`SliceDataset` prepares its volumes and cuts its items.
+
+    The first group decides what a volume becomes (and is part of the on-disk cache
+    key); the second how items are cut from it.
+
+    Attributes
+    ----------
+    axis : int
+        Slicing axis (0 = Z).
+    normalize, low_pct, high_pct
+        Per-volume, per-channel :func:`~napari_simseg.core.imaging.preprocessing.normalize_volume`.
+    n4 : bool
+        Apply N4 bias-field correction before normalisation.
+    working_size : int, optional
+        Slices whose longest side exceeds it are shrunk to it (see
+        :func:`~napari_simseg.core.imaging.preprocessing.working_scale`); ``None``: every slice
+        at its own resolution.
+    target_shape : (H, W), optional
+        Padding target; defaults to the largest slice of the cases at the working
+        resolution (or ``crop_size``), rounded up to ``multiple``. Call
+        :meth:`SliceDataset.pad_to` to give train and validation sets one size.
+    multiple : int
+        Rounding of the default target.
+    augmenter : Augmenter, optional
+        Training augmentation; ``None`` for validation.
+    pad_value : float
+        Image fill value of the padding (labels are padded with 0 = background).
+    pad_mode : {"constant", "edge"}
+        ``"edge"``: images padded by repeating their border pixels (``pad_value`` unused).
+    seed : int
+        Base seed of the augmentation and the crops; item ``i`` of epoch ``e`` uses
+        ``numpy.random.default_rng([seed, e, i])``.
+    context_slices : int
+        k neighbouring slices on each side stacked after the slice (see
+        :func:`~napari_simseg.core.imaging.preprocessing.context_stack`); items' ``image`` is
+        then ``(C (1 + 2k), H, W)``.
+    crop_size : int, optional
+        Training items are ``crop_size`` squares of the working-resolution slice,
+        centred on a pixel of a random structure (foreground class) with probability
+        ``foreground_crop``, anywhere otherwise: detail at the cost of a smaller
+        image. ``None``: whole slices.
+    foreground_crop : float
+        See ``crop_size``.
+    neighbour_prior : bool
+        Items also hold ``"prior"``: :func:`~napari_simseg.core.interaction.memory.prior_probabilities`
+        of the labels of a neighbouring slice (``z - 1`` or ``z + 1``, drawn per item;
+        the one that exists at a volume's end), with the item's augmentation and crop,
+        and ``"has_prior"`` (False for a volume of one slice, whose prior is zeros: a
+        slice is never its own prior). For training with neighbour priors
+        (``TrainConfig.prior_fraction``).
+    """
+
+    # what a volume becomes
+    axis: int = 0
+    normalize: bool = True
+    low_pct: float = 0.5
+    high_pct: float = 99.5
+    n4: bool = False
+    working_size: int | None = None
+    # how items are cut
+    target_shape: Sequence[int] | None = None
+    multiple: int = 32
+    augmenter: Augmenter | None = None
+    pad_value: float = 0.0
+    pad_mode: str = "constant"
+    seed: int = 0
+    context_slices: int = 0
+    crop_size: int | None = None
+    foreground_crop: float = 0.67
+    neighbour_prior: bool = False
+
+    def volume_settings(self) -> dict:
+        """The fields that decide what a volume becomes (the cache key's)."""
+        return {"axis": self.axis, "normalize": self.normalize, "low_pct": self.low_pct, "high_pct": self.high_pct,
+                "n4": self.n4, "working_size": self.working_size}
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -61,54 +141,13 @@ class SliceDataset(torch.utils.data.Dataset):
     spec : DatasetSpec
     case_ids : iterable of str, optional
         Cases to use (e.g. ``split["train"]``); all when ``None``.
-    axis : int
-        Slicing axis (0 = Z).
-    target_shape : (H, W), optional
-        Padding target; defaults to the largest slice of these cases at the working
-        resolution (or ``crop_size``), rounded up to ``multiple``. Call
-        :meth:`pad_to` to give train and validation sets one size.
-    multiple : int
-        Rounding of the default target.
-    augmenter : Augmenter, optional
-        Training augmentation; ``None`` for validation.
-    normalize, low_pct, high_pct
-        Per-volume, per-channel :func:`~napari_simseg.core.imaging.preprocessing.normalize_volume`.
-    n4 : bool
-        Apply N4 bias-field correction before normalisation.
+    options : SliceOptions, optional
+        How volumes are prepared and items cut (the defaults when not given).
     cache_dir : path, optional
         Folder for the N4 cache and the preprocessed arrays.
     on_error : {"stop", "skip"}
         What to do with unusable cases (see ``check_dataset``); skipped ones are in
         :attr:`skipped` and their problems in :attr:`issues`.
-    pad_value : float
-        Image fill value of the padding (labels are padded with 0 = background).
-    pad_mode : {"constant", "edge"}
-        ``"edge"``: images padded by repeating their border pixels (``pad_value`` unused).
-    seed : int
-        Base seed of the augmentation and the crops; item ``i`` of epoch ``e`` uses
-        ``numpy.random.default_rng([seed, e, i])``.
-    context_slices : int
-        k neighbouring slices on each side stacked after the slice (see
-        :func:`~napari_simseg.core.imaging.preprocessing.context_stack`); items' ``image`` is
-        then ``(C (1 + 2k), H, W)``.
-    working_size : int, optional
-        Slices whose longest side exceeds it are shrunk to it (see
-        :func:`~napari_simseg.core.imaging.preprocessing.working_scale`); ``None``: every slice
-        at its own resolution.
-    crop_size : int, optional
-        Training items are ``crop_size`` squares of the working-resolution slice,
-        centred on a pixel of a random structure (foreground class) with probability
-        ``foreground_crop``, anywhere otherwise: detail at the cost of a smaller
-        image. ``None``: whole slices.
-    foreground_crop : float
-        See ``crop_size``.
-    neighbour_prior : bool
-        Items also hold ``"prior"``: :func:`~napari_simseg.core.interaction.memory.prior_probabilities`
-        of the labels of a neighbouring slice (``z - 1`` or ``z + 1``, drawn per item;
-        the one that exists at a volume's end), with the item's augmentation and crop,
-        and ``"has_prior"`` (False for a volume of one slice, whose prior is zeros: a
-        slice is never its own prior). For training with neighbour priors
-        (``TrainConfig.prior_fraction``).
 
     Notes
     -----
@@ -126,48 +165,25 @@ class SliceDataset(torch.utils.data.Dataset):
         self,
         spec: DatasetSpec,
         case_ids: Iterable[str] | None = None,
+        options: SliceOptions | None = None,
         *,
-        axis: int = 0,
-        target_shape: Sequence[int] | None = None,
-        multiple: int = 32,
-        augmenter: Augmenter | None = None,
-        normalize: bool = True,
-        low_pct: float = 0.5,
-        high_pct: float = 99.5,
-        n4: bool = False,
         cache_dir: str | os.PathLike | None = None,
         on_error: str = "stop",
-        pad_value: float = 0.0,
-        pad_mode: str = "constant",
-        seed: int = 0,
-        context_slices: int = 0,
-        working_size: int | None = None,
-        crop_size: int | None = None,
-        foreground_crop: float = 0.67,
-        neighbour_prior: bool = False,
     ):
-        check_context_slices(context_slices)
-        self.context_slices = int(context_slices)
-        self.neighbour_prior = bool(neighbour_prior)
+        o = options or SliceOptions()
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error must be 'stop' or 'skip'; got {on_error!r}")
+        self._take_item_options(o)
+        self.neighbour_prior = bool(o.neighbour_prior)
         self.spec = spec
         self.class_names = list(spec.class_names)
-        self.axis = axis
-        self.augmenter = augmenter
-        self.pad_value = float(pad_value)
-        self.pad_mode = str(pad_mode)
-        self.seed = int(seed)
-        self.epoch = 0
-        self.working_size = working_size
-        self.crop_size = None if crop_size is None else int(crop_size)
-        self.foreground_crop = float(foreground_crop)
+        self.axis = o.axis
+        self.working_size = o.working_size
         self.scales: dict[str, float] = {}
         cases = spec.get_cases(case_ids)
         self.images: dict[str, np.ndarray] = {}
         self.labels: dict[str, np.ndarray] = {}
-        settings = dict(axis=axis, normalize=normalize, low_pct=low_pct, high_pct=high_pct, n4=n4,
-                        working_size=working_size)
+        settings = o.volume_settings()
         issues: list[CaseIssue] = []
         for case in cases:
             try:
@@ -187,17 +203,22 @@ class SliceDataset(torch.utils.data.Dataset):
             raise DatasetError(f"no usable case among the {len(cases)} requested{detail}", issues)
         if self.crop_size is not None and all(max(img.shape[-2:]) <= self.crop_size for img in self.images.values()):
             self.crop_size = None  # crops at least as large as every slice: whole slices
-        if target_shape is None:
-            target_shape = self.largest_item_shape(multiple)
+        target_shape = o.target_shape if o.target_shape is not None else self.largest_item_shape(o.multiple)
         self.target_shape = (int(target_shape[0]), int(target_shape[1]))
         self._index_slices()
 
+    def _take_item_options(self, o: SliceOptions) -> None:
+        """The options items are cut with (both constructors)."""
+        check_context_slices(o.context_slices)
+        self.context_slices = int(o.context_slices)
+        self.augmenter = o.augmenter
+        self.pad_value, self.pad_mode, self.seed, self.epoch = float(o.pad_value), str(o.pad_mode), int(o.seed), 0
+        self.crop_size = None if o.crop_size is None else int(o.crop_size)
+        self.foreground_crop = float(o.foreground_crop)
+
     @classmethod
-    def from_arrays(cls, images: dict, labels: dict, class_names: Sequence[str], *,
-                    slices: dict | None = None, working_size: int | None = None, crop_size: int | None = None,
-                    augmenter: Augmenter | None = None, context_slices: int = 0, seed: int = 0,
-                    target_shape: Sequence[int] | None = None, multiple: int = 32,
-                    pad_value: float = 0.0, pad_mode: str = "constant") -> SliceDataset:
+    def from_arrays(cls, images: dict, labels: dict, class_names: Sequence[str], options: SliceOptions | None = None,
+                    *, slices: dict | None = None) -> SliceDataset:
         """A dataset of volumes already in memory (e.g. what a user labelled in napari).
 
         Parameters
@@ -206,24 +227,22 @@ class SliceDataset(torch.utils.data.Dataset):
             ``(C, S, H, W)`` float32 volumes, already normalised, per case id.
         labels : dict of str -> ndarray
             ``(S, H, W)`` integer labels per case id.
+        options : SliceOptions, optional
+            As for the constructor; of what a volume becomes only ``working_size`` applies
+            (the volumes are sliced along their first axis, already normalised).
         slices : dict of str -> list of int, optional
             The labelled slices of each case: only these become items (their
             neighbours still feed the 2.5D context). All slices when not given.
-        working_size, crop_size, augmenter, context_slices, seed, target_shape, multiple, pad_value, pad_mode
-            As for the constructor.
         """
         from napari_simseg.core.data.layouts import Case
 
-        check_context_slices(context_slices)
+        o = options or SliceOptions()
         ds = cls.__new__(cls)
-        ds.context_slices, ds.axis, ds.augmenter = int(context_slices), 0, augmenter
-        ds.pad_value, ds.pad_mode, ds.seed, ds.epoch = float(pad_value), str(pad_mode), int(seed), 0
-        ds.working_size = working_size
-        ds.crop_size = None if crop_size is None else int(crop_size)
-        ds.foreground_crop = 0.67
-        ds.neighbour_prior = False
+        ds._take_item_options(o)
+        ds.axis, ds.working_size, ds.neighbour_prior = 0, o.working_size, False
         ds.class_names, ds.spec, ds.issues, ds.skipped = list(class_names), None, [], []
         ds.images, ds.labels, ds.scales = {}, {}, {}
+        working_size = o.working_size
         for cid, image in images.items():
             lab = np.asarray(labels[cid])
             image = np.asarray(image, dtype=np.float32)
@@ -235,7 +254,7 @@ class SliceDataset(torch.utils.data.Dataset):
             ds.scales[cid] = scale
         ds.cases = [Case(cid, Path(cid), label_path=Path(cid)) for cid in images]  # in memory: no files
         ds.labelled = {cid: sorted(int(k) for k in ks) for cid, ks in (slices or {}).items()}
-        ds.target_shape = tuple(target_shape) if target_shape is not None else ds.largest_item_shape(multiple)
+        ds.target_shape = tuple(o.target_shape) if o.target_shape is not None else ds.largest_item_shape(o.multiple)
         ds._index_slices()
         return ds
 
@@ -501,7 +520,8 @@ class MultiAxisSlices(torch.utils.data.ConcatDataset):
 
 
 def split_slice_sets(spec: DatasetSpec, split: dict, *, on_error: str, split_seed: int,
-                     train_options: dict, val_options: dict) -> tuple:
+                     train_options: SliceOptions, val_options: SliceOptions,
+                     cache_dir: str | os.PathLike | None = None) -> tuple:
     """The training and validation :class:`SliceDataset` of ``split``, and the split used.
 
     Both parts are read before ``on_error`` is applied, so ``"stop"`` lists the
@@ -513,8 +533,10 @@ def split_slice_sets(spec: DatasetSpec, split: dict, *, on_error: str, split_see
 
     Parameters
     ----------
-    train_options, val_options : dict
-        Keyword arguments of each part's :class:`SliceDataset` (``on_error`` aside).
+    train_options, val_options : SliceOptions
+        Each part's options.
+    cache_dir : path, optional
+        The parts' cache folder (see :class:`SliceDataset`).
 
     Returns
     -------
@@ -532,7 +554,7 @@ def split_slice_sets(spec: DatasetSpec, split: dict, *, on_error: str, split_see
 
     def read(part, ids):
         try:
-            return SliceDataset(spec, ids, on_error="skip", **options[part])
+            return SliceDataset(spec, ids, options[part], cache_dir=cache_dir, on_error="skip")
         except DatasetError as exc:  # not one usable case in this part
             return exc
 

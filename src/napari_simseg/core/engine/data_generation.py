@@ -9,6 +9,9 @@ none), and the last round's forward, with grad, is the training forward.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -16,15 +19,50 @@ from napari_simseg.core.engine.rounds import BatchMemory, encode_click_batch
 from napari_simseg.core.engine.train_config import IGNORE_INDEX, TrainConfig
 from napari_simseg.core.interaction.clicks import shift_clicks
 
-__all__ = ["training_step"]
+__all__ = ["StepContext", "training_step"]
 
 
-def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rng, device, autocast):
+@dataclass
+class StepContext:
+    """What every training step of a run works with.
+
+    Attributes
+    ----------
+    net : torch.nn.Module
+        The network the virtual user's rounds run (fixed weights, eval mode): "the model"
+        of the paper's data generation.
+    train_net : torch.nn.Module
+        The network the step optimises: ``net`` itself, or its distributed wrapper.
+    cfg : TrainConfig
+    n_classes : int
+    device : torch.device
+    autocast : callable
+        A fresh mixed-precision context per call (``TrainingRun.autocast``).
+    loss_fn, optimizer, scaler
+        The loss, the optimiser and the gradient scaler of the step (``None`` where only
+        the simulated rounds and the forward are run).
+    """
+
+    net: torch.nn.Module
+    train_net: torch.nn.Module
+    cfg: TrainConfig
+    n_classes: int
+    device: torch.device
+    autocast: Callable
+    loss_fn: torch.nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scaler: object = None
+
+
+def _simulate_and_forward(ctx: StepContext, batch, rng):
     """Fill the memory as the virtual user would, then the training forward.
 
     Returns the logits of the training forward (with grad) and the targets.
     """
     from napari_simseg.core.interaction.virtual_user import TrainingVirtualUser, sdg_clicks
+
+    net, train_net, cfg, n_classes, device, autocast = (ctx.net, ctx.train_net, ctx.cfg, ctx.n_classes, ctx.device,
+                                                        ctx.autocast)
 
     images = batch["image"].to(device, non_blocking=True)
     gts = batch["labels"].numpy()
@@ -41,8 +79,7 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
                          image_channels=images.shape[1] // (1 + 2 * cfg.context_slices))
     state = None
     if cfg.simulation == "ddg" and cfg.mix_rounds:
-        return _simulate_mixed(net, train_net, images, gts, targets, crops, cfg, n_classes, rng, device, autocast,
-                               batch.get("prior"), batch.get("has_prior"))
+        return _simulate_mixed(ctx, images, gts, targets, crops, rng, batch.get("prior"), batch.get("has_prior"))
     # auto_fraction: some batches get the automatic (0-click) input; drawn only when on,
     # so runs without it keep their random streams
     automatic = cfg.simulation == "auto" or (cfg.auto_fraction > 0 and rng.random() < cfg.auto_fraction)
@@ -82,8 +119,7 @@ def _simulate_and_forward(net, train_net, batch, cfg: TrainConfig, n_classes, rn
     return logits, targets
 
 
-def _simulate_mixed(net, train_net, images, gts, targets, crops, cfg: TrainConfig, n_classes, rng, device, autocast,
-                    prior=None, has_prior=None):
+def _simulate_mixed(ctx: StepContext, images, gts, targets, crops, rng, prior=None, has_prior=None):
     """DDG with the round count drawn per item (``mix_rounds``): one batch holds automatic
     items and items after 1..t rounds, so batch normalisation sees in training the mixture
     of inputs whose running statistics it uses at test time.
@@ -111,6 +147,8 @@ def _simulate_mixed(net, train_net, images, gts, targets, crops, cfg: TrainConfi
     """
     from napari_simseg.core.interaction.virtual_user import TrainingVirtualUser
 
+    net, train_net, cfg, n_classes, device, autocast = (ctx.net, ctx.train_net, ctx.cfg, ctx.n_classes, ctx.device,
+                                                        ctx.autocast)
     b = len(gts)
     t = cfg.ddg_rounds or cfg.max_clicks
     automatic = rng.random(b) < cfg.auto_fraction
@@ -194,12 +232,15 @@ def _automatic_results(net, x, rows: np.ndarray, previous: list, device, autocas
         previous[i] = shown[j]
 
 
-def training_step(net, train_net, batch, cfg, n_classes, rng, device, autocast, loss_fn, optimizer, scaler):
-    """One optimisation step: simulated rounds, forward, loss (focal [+ Dice]), (scaled) backward."""
-    logits, targets = _simulate_and_forward(net, train_net, batch, cfg, n_classes, rng, device, autocast)
-    loss = loss_fn(logits.float(), targets)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+def training_step(ctx: StepContext, batch, rng: np.random.Generator):
+    """One optimisation step: simulated rounds, forward, loss (focal [+ Dice]), (scaled) backward.
+
+    Returns the loss (a tensor).
+    """
+    logits, targets = _simulate_and_forward(ctx, batch, rng)
+    loss = ctx.loss_fn(logits.float(), targets)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scaler.scale(loss).backward()
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
     return loss

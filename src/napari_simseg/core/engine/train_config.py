@@ -254,6 +254,16 @@ class TrainConfig:
         final = self.lr * self.lr_final_fraction
         return float(final + 0.5 * (self.lr - final) * (1.0 + math.cos(math.pi * t)))
 
+    def augmenter(self):
+        """The training augmentation these options ask for (``None`` without ``augment``)."""
+        from napari_simseg.core.data.augmentation import Augmenter
+
+        if not self.augment:
+            return None
+        return Augmenter(rotate_degrees=self.aug_rotate_degrees,
+                         scale=None if self.aug_scale is None else tuple(self.aug_scale),
+                         flip_vertical="vertical" in self.aug_flips, flip_horizontal="horizontal" in self.aug_flips)
+
     def ddg_config(self):
         from napari_simseg.core.interaction.virtual_user import DDGConfig
 

@@ -136,7 +136,7 @@ def benchmark_training(
     DDG runs all ``t = depth`` rounds here (``random_rounds`` off): the worst case; with
     the default random rounds a step costs on average two thirds of it."""
     from napari_simseg.core.data.phantom import make_phantom
-    from napari_simseg.core.engine.data_generation import training_step
+    from napari_simseg.core.engine.data_generation import StepContext, training_step
     from napari_simseg.core.engine.losses import FocalLoss
     from napari_simseg.core.engine.train_config import TrainConfig
 
@@ -180,12 +180,13 @@ def benchmark_training(
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
         loss_fn = FocalLoss(None)
         rng = np.random.default_rng(0)
+        context = StepContext(net, net, cfg, n, dev, autocast, loss_fn, opt, scaler)
         ms = []
         for i in range(warmup + repeats):
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
-            training_step(net, net, batch, cfg, n, rng, dev, autocast, loss_fn, opt, scaler)
+            training_step(context, batch, rng)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             if i >= warmup:

@@ -254,7 +254,7 @@ def estimate_step_seconds(options: dict, n_classes: int, n_channels: int, item_s
     import torch
     from scipy import ndimage
 
-    from napari_simseg.core.engine.data_generation import training_step
+    from napari_simseg.core.engine.data_generation import StepContext, training_step
     from napari_simseg.core.engine.losses import FocalDiceLoss, FocalLoss, SoftDiceLoss
     from napari_simseg.core.engine.train_config import IGNORE_INDEX, TrainConfig
     from napari_simseg.core.network.devices import autocast_for, cpu_bf16_supported, resolve_device
@@ -283,11 +283,11 @@ def estimate_step_seconds(options: dict, n_classes: int, n_channels: int, item_s
     labels = torch.from_numpy(np.digitize(field, edges).astype(np.int64))
     batch = {"image": torch.randn(b, n_channels * (1 + 2 * cfg.context_slices), h, w), "labels": labels,
              "crop": torch.tensor([[0, h, 0, w]] * b)}
+    context = StepContext(net, net, cfg, n_classes, dev, lambda: autocast_for(dev, amp), loss_fn, optimizer, scaler)
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        training_step(net, net, batch, cfg, n_classes, rng, dev, lambda: autocast_for(dev, amp),
-                      loss_fn, optimizer, scaler)
+        training_step(context, batch, rng)
         if i:
             times.append(time.perf_counter() - t0)
     return float(np.median(times))

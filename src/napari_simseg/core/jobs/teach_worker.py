@@ -45,12 +45,12 @@ import os
 import threading
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from napari_simseg.core.data.augmentation import Augmenter
-from napari_simseg.core.data.slices import SliceDataset
+from napari_simseg.core.data.slices import SliceDataset, SliceOptions
 from napari_simseg.core.jobs.recipe import CROP_SIZE, PIXELS_PER_BATCH, default_recipe, item_shape, working_slice_shape
 from napari_simseg.core.jobs.training import TrainingData
 from napari_simseg.core.session.teaching import layout_of
@@ -147,18 +147,14 @@ def build_data(parts: list, arrays: dict, class_names, channel_names, cfg) -> Tr
     if not n:
         raise ValueError("no slice to train on")
     repeat = max(1, math.ceil(MIN_TRAIN_ITEMS / n))
-    augmenter = None
-    if cfg.augment:
-        augmenter = Augmenter(rotate_degrees=cfg.aug_rotate_degrees,
-                              scale=None if cfg.aug_scale is None else tuple(cfg.aug_scale),
-                              flip_vertical="vertical" in cfg.aug_flips, flip_horizontal="horizontal" in cfg.aug_flips)
-    common = dict(working_size=cfg.working_size, context_slices=cfg.context_slices, seed=cfg.seed,
-                  pad_mode=cfg.pad_mode)
-    train_ds = SliceDataset.from_arrays(images, labels, class_names, slices={k: v * repeat for k, v in slices.items()},
-                                        crop_size=cfg.crop_size, augmenter=augmenter, **common)
+    common = SliceOptions(working_size=cfg.working_size, context_slices=cfg.context_slices, seed=cfg.seed,
+                          pad_mode=cfg.pad_mode)
+    train_ds = SliceDataset.from_arrays(images, labels, class_names,
+                                        replace(common, crop_size=cfg.crop_size, augmenter=cfg.augmenter()),
+                                        slices={k: v * repeat for k, v in slices.items()})
     held_back = any(p["val"] for p in parts)
     v_images, v_labels, v_slices = pick("val" if held_back else "train")
-    val_ds = SliceDataset.from_arrays(v_images, v_labels, class_names, slices=v_slices, **common)
+    val_ds = SliceDataset.from_arrays(v_images, v_labels, class_names, common, slices=v_slices)
     if cfg.crop_size is None:  # whole slices: one size for both sets
         both = [train_ds.largest_item_shape(), val_ds.largest_item_shape()]
         shape = (max(h for h, _ in both), max(w for _, w in both))

@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_simseg.core.engine.data_generation import training_step
+from napari_simseg.core.engine.data_generation import StepContext, training_step
 from napari_simseg.core.engine.train_config import IGNORE_INDEX, SIMULATIONS, TrainConfig
 from napari_simseg.core.io.atomic import atomic_write_text
 from napari_simseg.core.jobs.training_records import (
@@ -185,6 +185,7 @@ def _train_epoch(run: TrainingRun, epoch: int, sampler, t_start: float):
         expected = steps if clock is None else max(1, min(steps, steps // TIME_SCHEDULE_HEADROOM))
         bar = tqdm(total=expected, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
     losses, stopped = [], False
+    context = run.step_context()
     t_epoch = time.monotonic()
     for step, batch in enumerate(loader):
         if step >= steps:
@@ -196,8 +197,7 @@ def _train_epoch(run: TrainingRun, epoch: int, sampler, t_start: float):
             lr = cfg.learning_rate(epoch, min(progress, 1.0))
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
-        loss = training_step(run.net, run.train_net, batch, cfg, run.n_classes, rng, run.device, run.autocast,
-                             run.loss_fn, run.optimizer, run.scaler)
+        loss = training_step(context, batch, rng)
         if run.ema is not None:
             run.ema.update_parameters(run.net)
         losses.append(float(loss.detach()))
@@ -255,11 +255,11 @@ def _plan_steps(run: TrainingRun) -> None:
     loader = torch.utils.data.DataLoader(run.train_ds, batch_size=cfg.batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(cfg.seed))
     rng = np.random.default_rng(cfg.seed + 1)
+    context = StepContext(net, net, cfg, run.n_classes, run.device, run.autocast, run.loss_fn, optimizer, run.scaler)
     times = []
     for i, batch in enumerate(loader):
         t0 = time.perf_counter()
-        training_step(net, net, batch, cfg, run.n_classes, rng, run.device, run.autocast, run.loss_fn,
-                      optimizer, run.scaler)
+        training_step(context, batch, rng)
         times.append(time.perf_counter() - t0)
         if i >= 3:
             break

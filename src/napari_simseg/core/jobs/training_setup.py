@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from napari_simseg.core.data.augmentation import Augmenter
 from napari_simseg.core.data.datasets import discover_dataset, largest_slice_shape
-from napari_simseg.core.data.slices import MultiAxisSlices, SliceDataset, split_slice_sets
+from napari_simseg.core.data.slices import MultiAxisSlices, SliceDataset, SliceOptions, split_slice_sets
 from napari_simseg.core.data.splits import cap_split, load_split, save_split, split_cases
+from napari_simseg.core.engine.data_generation import StepContext
 from napari_simseg.core.engine.train_config import IGNORE_INDEX, TrainConfig
 from napari_simseg.core.io.atomic import process_running, remove_stale_temporaries
 from napari_simseg.core.network.checkpoint import (
@@ -105,6 +105,11 @@ class TrainingRun:
     def autocast(self):
         return autocast_for(self.device, self.amp)
 
+    def step_context(self) -> StepContext:
+        """What this run's training steps work with."""
+        return StepContext(self.net, self.train_net, self.cfg, self.n_classes, self.device, self.autocast,
+                           self.loss_fn, self.optimizer, self.scaler)
+
 
 @dataclass
 class TrainingData:
@@ -145,14 +150,6 @@ def _load_data(cfg: TrainConfig, out: Path, dist: Dist):
         split = split_cases(ids, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         if cfg.max_volumes:
             split = cap_split(split, cfg.max_volumes, cfg.split_seed)
-    augmenter = None
-    if cfg.augment:
-        augmenter = Augmenter(rotate_degrees=cfg.aug_rotate_degrees,
-                              scale=None if cfg.aug_scale is None else tuple(cfg.aug_scale),
-                              flip_vertical="vertical" in cfg.aug_flips,
-                              flip_horizontal="horizontal" in cfg.aug_flips)
-    common = dict(n4=cfg.n4, cache_dir=out / "cache",
-                  context_slices=cfg.context_slices, working_size=cfg.working_size)
     train_axes = cfg.train_axes or [cfg.axis]
     pad_to = None
     if cfg.pad_to:
@@ -161,12 +158,13 @@ def _load_data(cfg: TrainConfig, out: Path, dist: Dist):
         # one size that holds the slices along every training axis, read from the headers
         shapes = [largest_slice_shape(spec, axis=a) for a in train_axes]
         pad_to = (max(h for h, _ in shapes), max(w for _, w in shapes))
-    shared = dict(axis=cfg.axis, target_shape=pad_to, seed=cfg.seed, pad_mode=cfg.pad_mode, **common)
+    shared = SliceOptions(axis=cfg.axis, n4=cfg.n4, working_size=cfg.working_size, target_shape=pad_to,
+                          seed=cfg.seed, pad_mode=cfg.pad_mode, context_slices=cfg.context_slices)
+    train_options = replace(shared, augmenter=cfg.augmenter(), crop_size=cfg.crop_size,
+                            neighbour_prior=cfg.prior_fraction > 0)
     train_ds, val_ds, split, skipped = split_slice_sets(
-        spec, split, on_error=cfg.on_error, split_seed=cfg.split_seed,
-        train_options=dict(shared, augmenter=augmenter, crop_size=cfg.crop_size,
-                           neighbour_prior=cfg.prior_fraction > 0),
-        val_options=shared)
+        spec, split, on_error=cfg.on_error, split_seed=cfg.split_seed, train_options=train_options,
+        val_options=shared, cache_dir=out / "cache")
     if dist.main and not (cfg.resume and split_path.is_file()):
         save_split(split_path, split)
     if pad_to is None:  # slices at the working size: the sets' own largest, train and val alike

@@ -81,6 +81,7 @@ __all__ = [
     "TeachCase",
     "TeachJob",
     "TeachSplit",
+    "TeachTask",
     "WORKER_MODULE",
     "accepted_slices",
     "init_kind",
@@ -254,26 +255,11 @@ def _check_cases(cases: Sequence[TeachCase], n_classes: int) -> list:
     return cases
 
 
-def start_teaching(
-    cases: Sequence[TeachCase],
-    class_names: Sequence[str],
-    channel_names: Sequence[str],
-    base,
-    max_minutes: float,
-    output,
-    *,
-    layout: dict | None = None,
-    normalization: dict | None = None,
-    options: dict | None = None,
-    provenance: dict | None = None,
-    threads: int | None = None,
-    nice: int = 10,
-    device: str = "auto",
-    split: TeachSplit | None = None,
-) -> TeachJob:
-    """Start teaching in a background process; returns its :class:`TeachJob` at once.
+@dataclass
+class TeachTask:
+    """What to teach, from which network, in how long, and where the result goes.
 
-    Parameters
+    Attributes
     ----------
     cases : sequence of TeachCase
     class_names, channel_names : sequence of str
@@ -297,29 +283,59 @@ def start_teaching(
         teaching recipe (``core.jobs.teach_worker.teaching_options``).
     provenance : dict, optional
         More fields for the checkpoint's ``training["teach"]`` record (e.g. the image file).
+    split : TeachSplit, optional
+        The slices to train on and to hold back (default :func:`split_held_back`).
     threads, nice : int
         CPU threads of the training process (default: all cores but one) and its
         niceness (lower priority than the viewer).
-    split : TeachSplit, optional
-        The slices to train on and to hold back (default :func:`split_held_back`).
+    device : str
+        Where the training process trains (``"auto"``, ``"cpu"``, ``"cuda"``...).
+    """
+
+    cases: Sequence[TeachCase]
+    class_names: Sequence[str]
+    channel_names: Sequence[str]
+    base: str | os.PathLike | None
+    max_minutes: float
+    output: str | os.PathLike
+    layout: dict | None = None
+    normalization: dict | None = None
+    options: dict | None = None
+    provenance: dict | None = None
+    split: TeachSplit | None = None
+    threads: int | None = None
+    nice: int = 10
+    device: str = "auto"
+
+
+def start_teaching(task: TeachTask) -> TeachJob:
+    """Start teaching ``task`` in a background process; returns its :class:`TeachJob` at once.
+
+    Raises
+    ------
+    ValueError
+        For a budget that is not a positive number, no slice to teach, labels outside
+        the classes, or a base to fine-tune whose memory layout differs from ``layout``.
     """
     from napari_simseg.core.io.resources import resolve_checkpoint
     from napari_simseg.core.network.checkpoint import read_checkpoint_meta
 
-    budget = float(max_minutes)
+    t = task
+    budget = float(t.max_minutes)
     if not (math.isfinite(budget) and budget > 0):
-        raise ValueError(f"max_minutes must be a number > 0, got {max_minutes!r}")
-    cases = _check_cases(cases, len(class_names))
-    base_path = None if base is None else str(resolve_checkpoint(base))
+        raise ValueError(f"max_minutes must be a number > 0, got {t.max_minutes!r}")
+    cases = _check_cases(t.cases, len(t.class_names))
+    base_path = None if t.base is None else str(resolve_checkpoint(t.base))
     base_meta = None if base_path is None else read_checkpoint_meta(base_path)
-    kind = init_kind(base_meta, class_names, channel_names)
+    kind = init_kind(base_meta, t.class_names, t.channel_names)
+    layout = t.layout
     if kind == "finetune" and layout is not None and layout_of(base_meta) != dict(layout):
         raise ValueError(
             f"{base_path} keeps its memories differently ({layout_of(base_meta)}) from this "
             f"session's network ({dict(layout)}); start a session with it first, or teach from "
             "the session's checkpoint"
         )
-    split = split or split_held_back(cases)
+    split = t.split or split_held_back(cases)
     context = max([1, base_meta.context_slices if base_meta else 0, (layout or {}).get("context_slices") or 0])
     arrays, parts = pack_cases(cases, split, context)
     spec = {
@@ -327,20 +343,20 @@ def start_teaching(
         "max_minutes": budget,
         "base": base_path,
         "init": kind,
-        "class_names": list(class_names),
-        "channel_names": list(channel_names),
+        "class_names": list(t.class_names),
+        "channel_names": list(t.channel_names),
         "layout": layout,
-        "normalization": normalization,
-        "options": dict(options or {}),
-        "output": str(Path(output).resolve()),
+        "normalization": t.normalization,
+        "options": dict(t.options or {}),
+        "output": str(Path(t.output).resolve()),
         "parts": parts,
         "shapes": [list(c.labels.shape if c.labels.shape[0] > 1 else c.labels.shape[1:]) for c in cases],
         "train_slices": split.train,
         "held_back": split.held_back,
-        "provenance": dict(provenance or {}),
-        "threads": threads or max(1, (os.cpu_count() or 2) - 1),
-        "nice": int(nice),
-        "device": device,
+        "provenance": dict(t.provenance or {}),
+        "threads": t.threads or max(1, (os.cpu_count() or 2) - 1),
+        "nice": int(t.nice),
+        "device": t.device,
     }
     return TeachJob(spec, arrays)
 
