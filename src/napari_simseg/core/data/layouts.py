@@ -1,32 +1,38 @@
 """Labelled data sets on disk: the layouts understood and how their cases are found.
 
-:func:`discover_dataset` turns a folder into a :class:`DatasetSpec`: the class names,
-the image channels and the :class:`Case` list, without reading any pixel (except
-label files when the classes must be inferred from their values).  Reading and
-checking the files is :mod:`~napari_simseg.core.data.datasets`' job; the layouts
-themselves are documented there.
+:func:`discover_dataset` turns a folder into a :class:`DatasetSpec`: the class names
+(:mod:`~napari_simseg.core.data.class_lists`), the image channels and the :class:`Case`
+list, without reading any pixel (except label files when the classes must be inferred
+from their values).  Reading and checking the files is
+:mod:`~napari_simseg.core.data.reading`'s job; the layouts themselves are documented in
+:mod:`~napari_simseg.core.data.datasets`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_simseg.core.data.cases import LAYOUTS, Case, CaseIssue, DatasetError, DatasetSpec, read_json
+from napari_simseg.core.data.class_lists import (
+    check_mask_class_list,
+    class_list,
+    infer_class_names,
+    numbered_names,
+    parse_labels,
+)
 from napari_simseg.core.io.images import (
     PICTURE_EXTENSIONS,
     SUPPORTED_EXTENSIONS,
     ImageReadError,
     is_supported,
     read_channels,
-    read_image,
     read_image_info,
     split_extension,
 )
@@ -43,171 +49,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The layout names :attr:`DatasetSpec.layout` takes.
-LAYOUTS = ("msd", "nnunet", "folder", "masks")
-
 # nnU-Net's channel suffix: ``<case>_0000.nii.gz`` is channel 0 of ``<case>``
 _CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
-
-
-class DatasetError(ValueError):
-    """A data set, case or volume that cannot be used as it is.
-
-    Attributes
-    ----------
-    issues : list of CaseIssue
-        The problems found, one per file and reason (may be empty when the error is
-        not about specific files).
-    """
-
-    def __init__(self, message: str, issues: Sequence[CaseIssue] = ()):
-        self.issues = list(issues)
-        super().__init__(message)
-
-
-@dataclass(frozen=True)
-class CaseIssue:
-    """A problem with one file (or folder) of one case."""
-
-    case_id: str
-    path: Path
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-@dataclass(frozen=True)
-class Case:
-    """One labelled image: its channel files and its labels.
-
-    Attributes
-    ----------
-    case_id : str
-        Identifier, the image file name without extension (and channel suffix).
-    image_paths : tuple of pathlib.Path
-        One file per channel, in channel order; a single path is wrapped into a
-        1-tuple, so ``Case(case_id, image, labels)`` works.  One file may also hold
-        every channel along its last axis (a 4D Decathlon image).
-    label_path : pathlib.Path or None
-        The label image (label value ``k`` is class ``k``); ``None`` in the mask
-        layout.
-    mask_paths : tuple of (str, pathlib.Path or None)
-        Mask layout: one binary mask per class, in label order (entry ``k`` is label
-        value ``k + 1``; the smaller structure wins where masks overlap); ``None`` where the
-        case has no mask of that class (the class is empty there).
-    problems : tuple of (pathlib.Path, str)
-        What discovery already found wrong with this case (a missing channel file, a
-        mask in a class folder the class list lacks), by file or folder.
-    """
-
-    case_id: str
-    image_paths: tuple[Path, ...]
-    label_path: Path | None = None
-    mask_paths: tuple[tuple[str, Path | None], ...] = ()
-    problems: tuple[tuple[Path, str], ...] = ()
-
-    def __post_init__(self) -> None:
-        paths = self.image_paths
-        if isinstance(paths, (str, os.PathLike)):
-            paths = (paths,)
-        object.__setattr__(self, "image_paths", tuple(Path(p) for p in paths))
-        if self.label_path is not None:
-            object.__setattr__(self, "label_path", Path(self.label_path))
-        masks = tuple((str(name), None if p is None else Path(p)) for name, p in self.mask_paths)
-        object.__setattr__(self, "mask_paths", masks)
-        object.__setattr__(self, "problems", tuple((Path(p), str(r)) for p, r in self.problems))
-        if not self.image_paths:
-            raise ValueError(f"case '{self.case_id}' has no image file")
-        if self.label_path is None and not self.mask_paths:
-            raise ValueError(f"case '{self.case_id}' needs a label_path or mask_paths")
-
-    @property
-    def image_path(self) -> Path:
-        """The first (often only) image file."""
-        return self.image_paths[0]
-
-    @property
-    def label_grid_path(self) -> Path | None:
-        """The file whose grid the labels have: the label image or the first mask."""
-        if self.label_path is not None:
-            return self.label_path
-        return next((p for _, p in self.mask_paths if p is not None), None)
-
-
-@dataclass
-class DatasetSpec:
-    """What :func:`discover_dataset` found.
-
-    Attributes
-    ----------
-    root : pathlib.Path
-        The data set folder.
-    class_names : list of str
-        Class names; the index is the label value, 0 is the background.
-    cases : list of Case
-        Cases sorted by ``case_id``.
-    layout : str
-        One of :data:`LAYOUTS`: ``"msd"``, ``"nnunet"``, ``"folder"``, ``"masks"``.
-    name : str
-        Data set name (``dataset.json``'s ``"name"`` or the folder name).
-    unmatched : list of pathlib.Path
-        Images without labels and labels (or masks) without an image, left out.
-    channel_names : list of str
-        One name per image channel (modality), e.g. ``["T1", "T2"]``.
-    channels_in_last_axis : bool
-        Whether each case's channels come from one 4D file's last (SimpleITK) axis
-        rather than from one file per channel.
-    notes : list of str
-        What discovery did that a user should know (classes inferred, files
-        ignored, classes without masks ...).
-    """
-
-    root: Path
-    class_names: list[str]
-    cases: list[Case]
-    layout: str = "msd"
-    name: str = ""
-    unmatched: list[Path] = field(default_factory=list)
-    channel_names: list[str] = field(default_factory=lambda: ["image"])
-    channels_in_last_axis: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def n_classes(self) -> int:
-        """Number of classes, background included."""
-        return len(self.class_names)
-
-    @property
-    def n_channels(self) -> int:
-        """Number of image channels."""
-        return len(self.channel_names)
-
-    @property
-    def case_ids(self) -> list[str]:
-        """All case identifiers, sorted."""
-        return [c.case_id for c in self.cases]
-
-    def get_cases(self, case_ids: Iterable[str] | None = None) -> list[Case]:
-        """The cases with the given identifiers (all cases when ``None``), in order.
-
-        Raises
-        ------
-        DatasetError
-            If an identifier is not in this data set (all unknown ones are listed).
-        """
-        if case_ids is None:
-            return list(self.cases)
-        by_id = {c.case_id: c for c in self.cases}
-        ids = list(case_ids)
-        unknown = [i for i in ids if i not in by_id]
-        if unknown:
-            shown = ", ".join(map(repr, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
-            raise DatasetError(
-                f"{len(unknown)} case id(s) not in data set '{self.root}': {shown} "
-                f"(stale split file? the data set has {len(by_id)} cases)"
-            )
-        return [by_id[i] for i in ids]
 
 
 # --------------------------------------------------------------------------- files
@@ -269,164 +112,6 @@ def _unmatched_note(unmatched: list[Path], notes: list[str]) -> None:
     if unmatched:
         _note(notes, f"{len(unmatched)} file(s) without a matching image/label were left out: "
                      f"{_shown([p.name for p in unmatched])}")
-
-
-# --------------------------------------------------------------------------- class lists
-
-
-def _names_from_mapping(mapping: dict[int, str], source: str) -> list[str]:
-    if not mapping:
-        raise DatasetError(f"{source}: no classes declared")
-    if min(mapping) < 0:
-        raise DatasetError(f"{source}: negative label value {min(mapping)} in the class list")
-    if 0 not in mapping:
-        logger.warning("%s: label 0 not declared; naming it 'background'", source)
-    names = []
-    missing = []
-    for k in range(max(mapping) + 1):
-        if k in mapping:
-            names.append(str(mapping[k]))
-        else:
-            names.append("background" if k == 0 else f"class_{k}")
-            if k:
-                missing.append(k)
-    if missing:
-        logger.warning("%s: label value(s) %s not declared; named class_k", source, missing)
-    return names
-
-
-def _region_names(obj: dict, source: str) -> dict[int, str]:
-    """nnU-Net's region-based labels (``{"whole tumor": [1, 2, 3], "enhancing tumor": 3}``)
-    as one class per label value: the files hold the values, and each value is named
-    after the smallest region holding it (a plain value's own name first)."""
-    regions = [(sorted({int(x) for x in (v if isinstance(v, list) else [v])}), str(k)) for k, v in obj.items()]
-    names = {}
-    for values, name in sorted(regions, key=lambda r: -len(r[0])):  # smaller regions name last, so they win
-        for v in values:
-            names[v] = name
-    logger.warning("%s: region-based labels; one class per label value, named after the smallest region "
-                   "holding it: %s", source, ", ".join(f"{k} {names[k]}" for k in sorted(names)))
-    return names
-
-
-def _parse_labels(obj: Any, source: str) -> list[str]:
-    """Class names from a list, ``{"0": name}`` or nnU-Net ``{name: 0}`` mapping."""
-    if isinstance(obj, list):
-        return [str(n) for n in obj]
-    if not isinstance(obj, dict) or not obj:
-        raise DatasetError(f"{source}: 'labels' must be a non-empty mapping or list; got {obj!r}")
-    try:
-        if all(str(k).strip().lstrip("-").isdigit() for k in obj):
-            return _names_from_mapping({int(k): str(v) for k, v in obj.items()}, source)
-        if all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in obj.values()):
-            return _names_from_mapping({int(v): str(k) for k, v in obj.items()}, source)
-        if all(isinstance(v, (int, list)) for v in obj.values()):
-            return _names_from_mapping(_region_names(obj, source), source)
-    except (TypeError, ValueError):
-        pass
-    raise DatasetError(
-        f"{source}: cannot read the class list {obj!r}; expected {{\"0\": \"background\", "
-        "\"1\": \"name\", ...}"
-    )
-
-
-def read_json(path: Path) -> Any:
-    """The content of a JSON file; a :class:`DatasetError` naming the file otherwise."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
-def _classes_from_txt(path: Path) -> list[str]:
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    pairs = [re.fullmatch(r"(\d+)\s*[:=,\s]\s*(.+)", ln) for ln in lines]
-    if lines and all(pairs):
-        return _names_from_mapping({int(m.group(1)): m.group(2).strip() for m in pairs}, str(path))
-    if not lines:
-        raise DatasetError(f"{path}: no class names")
-    return lines
-
-
-def _class_list_file(root: Path) -> Path | None:
-    """``classes.json`` or ``classes.txt`` of ``root``, whichever is there (json first)."""
-    return next((root / name for name in ("classes.json", "classes.txt") if (root / name).is_file()), None)
-
-
-def _class_list(root: Path) -> list[str] | None:
-    """The names in ``classes.json`` or ``classes.txt``; ``None`` without either."""
-    path = _class_list_file(root)
-    if path is None:
-        return None
-    if path.suffix == ".json":
-        obj = read_json(path)
-        if isinstance(obj, dict) and "labels" in obj:
-            obj = obj["labels"]
-        names = _parse_labels(obj, str(path))
-    else:
-        names = _classes_from_txt(path)
-    background = [k for k, n in enumerate(names) if n.strip().lower() == "background"]
-    if background and background != [0]:
-        raise DatasetError(f"{path}: 'background' is at index {background[0]} of the class list; index 0 is the "
-                           f"background (label value 0): put it first, e.g. {_with_background(names)}")
-    return names
-
-
-def _with_background(names: Sequence[str], limit: int = 6) -> str:
-    """The class list with "background" first, as JSON (the first few names)."""
-    rest = [n for n in names if n.strip().lower() != "background"]
-    shown = json.dumps(["background", *rest[:limit]])
-    return shown[:-1] + ", ...]" if len(rest) > limit else shown
-
-
-def _check_mask_class_list(root: Path, class_names: Sequence[str], folders: Sequence[Path]) -> None:
-    """A mask layout's class list must start with the background: label 0 has no mask.
-
-    A list of the mask classes alone (``["spleen", "liver"]``) would make its first class
-    the background and every case's mask of it "not in the class list"; said once here.
-    """
-    first = class_names[0]
-    if first in {d.name for d in folders}:
-        path = _class_list_file(root)
-        reason = (f"index 0 of the class list is the background (label value 0, no mask), but it names "
-                  f"'{first}', which has a mask folder (masks/{first}/); put \"background\" first: "
-                  f"{_with_background(class_names)}")
-        raise DatasetError(f"{path}: {reason}", [CaseIssue("", path, reason)])
-
-
-def _infer_class_names(label_paths: Sequence[Path], source: str, notes: list[str]) -> list[str]:
-    top = -1
-    for p in label_paths:
-        try:
-            arr = read_image(p, labels=True).array
-        except ImageReadError:
-            continue  # reported by the case checks later
-        if arr.size:
-            top = max(top, int(np.nanmax(arr)))
-    if top < 0:
-        raise DatasetError(f"{source}: no readable label file to infer the classes from")
-    names = ["background"] + [f"class_{k}" for k in range(1, top + 1)]
-    notes.append(f"no class list: {top + 1} classes inferred from the label values "
-                 "(background, class_1, ...); name them in classes.json")
-    logger.info("%s: %s", source, notes[-1])
-    return names
-
-
-def _numbered_names(obj: Any, source: str, what: str) -> list[str]:
-    """Names from ``{"0": "T1", "1": "T2"}`` (keys 0..n-1), as in ``modality``."""
-    if not isinstance(obj, dict) or not obj:
-        raise DatasetError(f"{source}: '{what}' must be a mapping like {{\"0\": \"T1\"}}; got {obj!r}")
-    try:
-        numbered = {int(k): str(v) for k, v in obj.items()}
-    except ValueError:
-        raise DatasetError(f"{source}: '{what}' keys must be channel numbers 0, 1, ...; got {list(obj)}") from None
-    if sorted(numbered) != list(range(len(numbered))):
-        raise DatasetError(f"{source}: '{what}' must number the channels 0..{len(numbered) - 1}; "
-                           f"got {sorted(numbered)}")
-    return [numbered[k] for k in range(len(numbered))]
 
 
 # --------------------------------------------------------------------------- discovery
@@ -541,12 +226,12 @@ def _channel_cases(images: dict[str, dict[int, Path]], labels: dict[str, Path],
 def _class_names(meta: dict, meta_path: Path, label_paths: Sequence[Path], root: Path,
                  notes: list[str]) -> list[str]:
     if "labels" in meta:
-        return _parse_labels(meta["labels"], str(meta_path))
-    return _infer_class_names(label_paths, str(root), notes)
+        return parse_labels(meta["labels"], str(meta_path))
+    return infer_class_names(label_paths, str(root), notes)
 
 
 def _discover_msd(root: Path, meta_path: Path, meta: dict, notes: list[str]) -> DatasetSpec:
-    modality = _numbered_names(meta["modality"], str(meta_path), "modality") if "modality" in meta else None
+    modality = numbered_names(meta["modality"], str(meta_path), "modality") if "modality" in meta else None
     unmatched: list[Path] = []
     if meta.get("training"):
         cases = _msd_training_cases(root, meta_path, meta["training"], modality)
@@ -612,9 +297,9 @@ def _msd_training_cases(root: Path, meta_path: Path, training: Any,
 
 def _discover_nnunet(root: Path, meta_path: Path, meta: dict, notes: list[str]) -> DatasetSpec:
     if "channel_names" in meta:
-        channel_names = _numbered_names(meta["channel_names"], str(meta_path), "channel_names")
+        channel_names = numbered_names(meta["channel_names"], str(meta_path), "channel_names")
     else:
-        channel_names = _numbered_names(meta.get("modality", {"0": "image"}), str(meta_path), "modality")
+        channel_names = numbered_names(meta.get("modality", {"0": "image"}), str(meta_path), "modality")
     file_ending = meta.get("file_ending")
     if file_ending is not None:
         file_ending = str(file_ending).lower()
@@ -702,9 +387,9 @@ def _discover_folder(root: Path, notes: list[str]) -> DatasetSpec:
     unmatched = [images[k] for k in sorted(images) if k not in labels]
     unmatched += [labels[k] for k in sorted(labels) if k not in images]
     _unmatched_note(unmatched, notes)
-    class_names = _class_list(root)
+    class_names = class_list(root)
     if class_names is None:
-        class_names = _infer_class_names([c.label_path for c in cases], str(root), notes)
+        class_names = infer_class_names([c.label_path for c in cases], str(root), notes)
     channels = _file_channel_names([c.image_path for c in cases], notes)
     return DatasetSpec(root, class_names, cases, "folder", root.name, unmatched, channels, len(channels) > 1)
 
@@ -717,9 +402,9 @@ def _discover_masks(root: Path, notes: list[str]) -> DatasetSpec:
     loose = [p.name for p in entries if not p.is_dir()]
     if loose:
         _note(notes, f"{root / 'masks'}: {len(loose)} file(s) outside a class folder ignored: {_shown(loose)}")
-    class_names = _class_list(root)
+    class_names = class_list(root)
     if class_names is not None:
-        _check_mask_class_list(root, class_names, folders)
+        check_mask_class_list(root, class_names, folders)
     else:
         class_names = ["background"] + [d.name for d in folders]
         _note(notes, "no classes.json: the classes are background + the mask folders sorted by name "
