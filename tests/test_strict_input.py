@@ -138,6 +138,9 @@ def _with_header(tmp_path, checkpoint, name="crafted", **changes):
     ({"working_size": 100000}, "working_size"),
     ({"normalization": {"method": "minmax"}}, "normalization.method"),
     ({"normalization": {"method": "percentile_zscore", "window": [0, 80]}}, "normalization"),
+    ({"channel_names": [f"c{k}" for k in range(5000)]}, "channel_names"),
+    ({"class_names": [f"c{k}" for k in range(5000)]}, "class_names"),
+    ({"flips": ["vertical"] * 1000}, "flips"),
 ])
 def test_every_header_field_is_checked_and_named(tmp_path, tiny_checkpoint, changes, field):
     crafted = _with_header(tmp_path, tiny_checkpoint, **changes)

@@ -82,8 +82,8 @@ def _finite_number(v) -> bool:
 
 def _names(minimum: int):
     def check(v):
-        return (isinstance(v, list) and len(v) >= minimum and all(isinstance(n, str) and n.strip() for n in v)
-                and len(set(v)) == len(v))
+        return (isinstance(v, list) and minimum <= len(v) <= MAX_CHANNELS
+                and all(isinstance(n, str) and n.strip() for n in v) and len(set(v)) == len(v))
 
     return check
 
@@ -92,7 +92,7 @@ def _names(minimum: int):
 _FIELDS = {
     "format": ("a string", lambda v: isinstance(v, str)),
     "format_version": ("an integer >= 1", _int_in(1)),
-    "class_names": ("a list of at least 2 distinct, non-empty names", _names(2)),
+    "class_names": (f"a list of 2..{MAX_CHANNELS} distinct, non-empty names", _names(2)),
     "memory": (f"one of {list(MEMORY_KINDS)}", lambda v: isinstance(v, str) and v in MEMORY_KINDS),
     "depth": (f"an integer 1..{MAX_DEPTH}", _int_in(1, MAX_DEPTH)),
     "click_radius": (f"an integer 0..{MAX_CLICK_RADIUS}", _int_in(0, MAX_CLICK_RADIUS)),
@@ -102,10 +102,11 @@ _FIELDS = {
     "training": ("an object", lambda v: isinstance(v, dict)),
     "context_slices": (f"an integer 0..{MAX_CONTEXT_SLICES}", _int_in(0, MAX_CONTEXT_SLICES)),
     "decision_offsets": ("", lambda v: True),  # checked against the class count in CheckpointMeta.validate
-    "channel_names": ("a non-empty list of distinct names", _names(1)),
+    "channel_names": (f"a list of 1..{MAX_CHANNELS} distinct, non-empty names", _names(1)),
     "working_size": (f"an integer 16..{MAX_SIDE} or null", lambda v: v is None or _int_in(16, MAX_SIDE)(v)),
-    "flips": (f"a list out of {list(FLIP_AXES)} or null",
-              lambda v: v is None or (isinstance(v, list) and all(f in FLIP_AXES for f in v))),
+    "flips": (f"a list of distinct entries out of {list(FLIP_AXES)} or null",
+              lambda v: v is None or (isinstance(v, list) and all(f in FLIP_AXES for f in v)
+                                      and len(set(v)) == len(v))),
     "neighbour_prior": ("true or false", lambda v: isinstance(v, bool)),
 }
 _MODEL_FIELDS = {
