@@ -85,7 +85,8 @@ def test_the_command_prints_the_warning_last_on_stderr_with_rc_0(phantom_data, t
     # every class counts as not learnt, whatever this tiny run reached
     monkeypatch.setattr(training_records, "WEAK_DICE", 1.01)
     out = tmp_path / "run"
-    rc = main(["train", "--data", str(phantom_data), "--out", str(out), "--encoder", "resnet18",
+    monkeypatch.chdir(phantom_data.parent)  # the data named relative to the working folder
+    rc = main(["train", "--data", phantom_data.name, "--out", str(out), "--encoder", "resnet18",
                "--encoder-depth", "3", "--decoder-channels", "16,8,8", "--epochs", "1", "--steps-per-epoch", "2",
                "--batch-size", "4", "--device", "cpu", "--no-progress", "--val-clicks", "1"])
     captured = capsys.readouterr()
@@ -96,6 +97,10 @@ def test_the_command_prints_the_warning_last_on_stderr_with_rc_0(phantom_data, t
     assert "made 2 optimisation steps" in warnings[1] and "--max-minutes" in warnings[1]
     assert json.loads((out / "log.json").read_text())[-1]["warnings"] == warnings
     assert WEAK_DICE == 0.1
+    # the checkpoint records its data folder wherever evaluation later runs from
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
+
+    assert read_checkpoint_meta(out / "best.safetensors").training["data"] == str(phantom_data.resolve())
 
 
 def test_the_progress_bar_counts_the_steps_the_clock_runs(phantom_data, tmp_path, monkeypatch):

@@ -170,7 +170,7 @@ def end_epoch(run: TrainingRun, epoch: int, row: dict, history: list, best: floa
     row["minutes"] = round((time.monotonic() - t_start) / 60, 2)
     history.append(row)
     run.meta.training = {
-        "epoch": epoch + 1, "score": score, "val": val, "data": str(cfg.data),
+        "epoch": epoch + 1, "score": score, "val": val, "data": _data_folder(cfg.data),
         "train_volumes": list(run.train_ds.case_ids), "val_volumes": list(run.val_ds.case_ids),
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out")},
     }
@@ -248,6 +248,12 @@ def report_run(run: TrainingRun, history: list, planned_steps: int | None = None
                                       "seconds_per_step": round(step_s, 3), "minutes_needed": needed}
         write_logs(run.out, history)
     return lines
+
+
+def _data_folder(data) -> str:
+    """Where the run's data are: an existing folder as an absolute path (evaluation knows its
+    own split by it from any working folder), anything else as given."""
+    return os.path.abspath(str(data)) if os.path.isdir(str(data)) else str(data)
 
 
 def _best_validation(run: TrainingRun) -> dict | None:
