@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from napari_simseg.core.imaging.transforms import Flip
+
 __all__ = ["Augmenter"]
 
 
@@ -130,12 +132,9 @@ class Augmenter:
                 img, lab = self._rotate_scale(img, lab, spatial[1], spatial[2])
         fire = rng.random(5) < self.p  # vflip, hflip, brightness, gamma, sharpness
         u = rng.random(4)  # brightness, gamma, sharpness kind, sharpness strength
-        if fire[0] and self.flip_vertical:
-            img = img[..., ::-1, :]
-            lab = None if lab is None else lab[..., ::-1, :]
-        if fire[1] and self.flip_horizontal:
-            img = img[..., ::-1]
-            lab = None if lab is None else lab[..., ::-1]
+        flip = Flip(vertical=bool(fire[0] and self.flip_vertical), horizontal=bool(fire[1] and self.flip_horizontal))
+        img = flip.transform(img)
+        lab = None if lab is None else flip.transform(lab)
         in_plane = (0,) * (img.ndim - 2)  # no blur across the channel axis
         img = np.array(img, dtype=np.float32)  # contiguous copy
         if fire[2] and self.brightness > 0:

@@ -28,14 +28,10 @@ from napari_simseg.core.data.datasets import (
 )
 from napari_simseg.core.imaging.preprocessing import (
     context_stack,
-    pad_to_multiple,
-    resize_image,
-    resize_labels,
     round_up,
     slice_volume,
-    working_scale,
-    working_shape,
 )
+from napari_simseg.core.imaging.transforms import Canvas, WorkingSize
 from napari_simseg.core.interaction.memory import check_context_slices, prior_probabilities
 
 __all__ = ["MultiAxisSlices", "SliceDataset", "SliceOptions", "split_slice_sets"]
@@ -246,12 +242,10 @@ class SliceDataset(torch.utils.data.Dataset):
         for cid, image in images.items():
             lab = np.asarray(labels[cid])
             image = np.asarray(image, dtype=np.float32)
-            scale = working_scale(lab.shape, working_size)
-            if scale != 1.0:
-                shape = working_shape(lab.shape, scale)
-                image, lab = resize_image(image, shape), resize_labels(lab, shape)
+            grid = WorkingSize(lab.shape[-2:], working_size)
+            image, lab = grid.transform(image, "image"), grid.transform(lab, "labels")
             ds.images[cid], ds.labels[cid] = np.ascontiguousarray(image), np.ascontiguousarray(lab)
-            ds.scales[cid] = scale
+            ds.scales[cid] = grid.scale
         ds.cases = [Case(cid, Path(cid), label_path=Path(cid)) for cid in images]  # in memory: no files
         ds.labelled = {cid: sorted(int(k) for k in ks) for cid, ks in (slices or {}).items()}
         ds.target_shape = tuple(o.target_shape) if o.target_shape is not None else ds.largest_item_shape(o.multiple)
@@ -383,8 +377,14 @@ class SliceDataset(torch.utils.data.Dataset):
             image, labels = self.augmenter(image, labels, rng)
         if self.crop_size is not None:
             image, labels = self._crop(image, labels, rng)
-        image, box = pad_to_multiple(image, target=self.target_shape, value=self.pad_value, mode=self.pad_mode)
-        labels, _ = pad_to_multiple(labels, target=self.target_shape, value=0)
+        canvas = Canvas(labels.shape[-2:], self.target_shape)
+        if canvas.target != tuple(self.target_shape):
+            raise ValueError(f"slice of size {canvas.source} is larger than the padding target "
+                             f"{tuple(self.target_shape)}; use a larger target (see largest_slice_shape) or crop "
+                             "the image")
+        # copies: an item never shares memory with the slices the data set keeps
+        image = np.array(canvas.transform(image, self.pad_mode, self.pad_value))
+        labels, box = np.array(canvas.transform(labels)), canvas.box
         item = {}
         if self.neighbour_prior:
             labels, neighbour = labels
@@ -438,11 +438,9 @@ def _working_case(case, spec: DatasetSpec, settings: dict):
     image, labels = load_case(case, n4=settings["n4"], cache_dir=settings.get("n4_cache"), axis=settings["axis"],
                               n_classes=spec.n_classes, normalize=settings["normalize"],
                               low_pct=settings["low_pct"], high_pct=settings["high_pct"], spec=spec)
-    scale = working_scale(labels.shape, settings["working_size"])
-    if scale != 1.0:
-        shape = working_shape(labels.shape, scale)
-        image, labels = resize_image(image, shape), resize_labels(labels, shape)
-    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(labels), scale
+    grid = WorkingSize(labels.shape[-2:], settings["working_size"])
+    image, labels = grid.transform(image, "image"), grid.transform(labels, "labels")
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(labels), grid.scale
 
 
 def _cached_case(case, spec: DatasetSpec, settings: dict, cache_dir):

@@ -274,6 +274,12 @@ class Canvas:
             return F.pad(array, (left, right, top, bottom), mode="replicate")
         return F.pad(array, (left, right, top, bottom), value=value)
 
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)``: where the source slice lies in the canvas."""
+        top, _, left, _ = self.pads
+        return top, top + self.source[0], left, left + self.source[1]
+
     def inverse(self, array):
         """The source slice cut out of a padded ``(..., *target)`` array (numpy or torch)."""
         top, _, left, _ = self.pads
