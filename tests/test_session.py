@@ -170,10 +170,13 @@ def test_set_predictor_keeps_memories(tiny_checkpoint, small_volume, make_checkp
 
 
 def test_clicked_pixels_show_their_class_until_undone(tiny_checkpoint, small_volume):
+    from napari_simseg.core.interaction.refinement import Refinement
     from napari_simseg.core.session.interactive import InteractiveSession
 
-    plain = InteractiveSession(small_volume, tiny_checkpoint, device="cpu", honour_clicks=False)
-    honoured = InteractiveSession(small_volume, tiny_checkpoint, device="cpu")
+    # the network's rounds as they are: this is about honouring clicks, not the refinement
+    plain = InteractiveSession(small_volume, tiny_checkpoint, device="cpu", honour_clicks=False,
+                               refinement=Refinement.off())
+    honoured = InteractiveSession(small_volume, tiny_checkpoint, device="cpu", refinement=Refinement.off())
     # a random network: find a pixel whose argmax is not class 2, and click class 2 there
     first = plain.add_clicks(1, [(1, 5, 5)])
     y, x = map(int, np.argwhere(first.labels != 2)[0])
@@ -197,3 +200,41 @@ def honour_expected(session, idx):
         for c, y, x in state.meta["click_list"]:
             labels[int(round(y)), int(round(x))] = c
     return labels
+
+
+def test_a_log_replays_with_the_refinement_it_was_shown_with(tiny_checkpoint, small_volume, tmp_path):
+    """Labels come back as they were shown: the log records the session's refinement and a
+    replay uses it (then the session's own again); a log without one replays the network's
+    labels as they were; a broken entry is refused by name."""
+    import json
+
+    from napari_simseg.core.interaction.refinement import Refinement
+    from napari_simseg.core.session.interaction_log import LogError, load_log
+    from napari_simseg.core.session.interactive import InteractiveSession, replay_log
+
+    loose = Refinement(locality="connected", follow_clicks=False, min_lead=0.0)
+    s = InteractiveSession(small_volume, tiny_checkpoint, device="cpu", refinement=loose)
+    s.add_clicks(1, [(1, 5, 5)])
+    s.add_clicks(1, [(2, 20, 20), (1, 10, 30)])
+    path = s.save_log(tmp_path / "a.simseg.json")
+    assert load_log(path)["refinement"] == loose.to_dict()
+    fresh = InteractiveSession(small_volume, tiny_checkpoint, device="cpu")
+    replay_log(fresh, path)
+    np.testing.assert_array_equal(fresh.get_labels(), s.get_labels())
+    assert fresh.refinement == Refinement()  # its own again after the replay
+
+    doc = json.loads(path.read_text())
+    del doc["refinement"]  # a log from before the refinement
+    off = InteractiveSession(small_volume, tiny_checkpoint, device="cpu", refinement=Refinement.off())
+    off.add_clicks(1, [(1, 5, 5)])
+    off.add_clicks(1, [(2, 20, 20), (1, 10, 30)])
+    old = InteractiveSession(small_volume, tiny_checkpoint, device="cpu")
+    replay_log(old, doc)
+    np.testing.assert_array_equal(old.get_labels(), off.get_labels())
+
+    doc["refinement"] = {"locality": "everywhere"}
+    with pytest.raises(LogError, match="refinement.*locality"):
+        replay_log(InteractiveSession(small_volume, tiny_checkpoint, device="cpu"), doc)
+    doc["refinement"] = {"radius": 3}
+    with pytest.raises(LogError, match="unknown refinement setting.*radius"):
+        replay_log(InteractiveSession(small_volume, tiny_checkpoint, device="cpu"), doc)

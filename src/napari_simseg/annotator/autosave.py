@@ -262,10 +262,11 @@ class SessionRecovery:
             from napari_simseg.core.session.interaction_log import iter_replay
 
             state = self.store.read(info)
-            doc = {"format": LOG_FORMAT, "version": LOG_VERSION, "image_shape": list(shape),
-                   "class_names": list(class_names), "events": state.events}
-            doc = check_log(doc, shape, class_names, str(info.folder))
             fresh = new_session()
+            # a viewer session's rounds are refined as the new one's are (the widget has no other setting)
+            doc = {"format": LOG_FORMAT, "version": LOG_VERSION, "image_shape": list(shape),
+                   "class_names": list(class_names), "refinement": fresh.refinement.to_dict(), "events": state.events}
+            doc = check_log(doc, shape, class_names, str(info.folder))
             yield from iter_replay(fresh, doc)
             done.update(state=state, doc=doc, session=fresh)  # only a complete replay replaces the session
 

@@ -89,6 +89,30 @@ class Refinement:
         """The network's labels as they are (the paper's system)."""
         return cls(locality="none", follow_clicks=False, min_lead=0.0)
 
+    def to_dict(self) -> dict:
+        """The settings as JSON values (an interaction log records them)."""
+        return {"locality": self.locality, "follow_clicks": bool(self.follow_clicks), "margin": float(self.margin),
+                "min_lead": float(self.min_lead), "touch": int(self.touch)}
+
+    @classmethod
+    def from_dict(cls, values) -> Refinement:
+        """Settings written by :meth:`to_dict`.
+
+        Raises
+        ------
+        ValueError
+            Unknown fields or values out of range, named.
+        """
+        if not isinstance(values, dict):
+            raise ValueError(f"refinement settings must be a mapping, got {type(values).__name__}")
+        unknown = sorted(set(values) - set(cls().to_dict()))
+        if unknown:
+            raise ValueError(f"unknown refinement setting(s): {', '.join(map(str, unknown))}")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ValueError(f"refinement settings: {exc}") from None
+
 
 def _near(shape: tuple, click: Click, touch: int) -> tuple[slice, slice]:
     y, x = int(round(click.y)), int(round(click.x))

@@ -13,6 +13,7 @@ Format (version 1)::
 
     {"format": "napari-simseg-log", "version": 1,
      "image_shape": [Z, H, W] or [H, W], "class_names": [...], "checkpoint": str,
+     "refinement": {"locality": ..., "follow_clicks": ..., "margin": ..., "min_lead": ..., "touch": ...},
      "events": [{"action": "clicks", "slice": z, "round": k, "time": t,
                  "clicks": [{"class": c, "y": y, "x": x}, ...]},
                 {"action": "undo" | "redo" | "reset", "slice": z, "time": t},
@@ -22,6 +23,11 @@ Format (version 1)::
                  "steps": [{"slice": z, "rounds": [[{"class": c, "y": y, "x": x}, ...], ...]}, ...],
                  "source_labels": [[...]] (only when given, painted in a viewer), "time": t},
                 {"action": "undo_propagation", "slice": source z, "time": t}]}
+
+``refinement`` holds what the session's corrective rounds were allowed to change
+(:class:`~napari_simseg.core.interaction.refinement.Refinement`); a replay runs with it, so
+labels come back as they were shown. A log without it (written before the refinement
+existed) replays with the network's labels as they were (``Refinement.off()``).
 
 A ``propagate`` event holds every seed of every slice it wrote
 (:mod:`~napari_simseg.core.session.propagation`), so its replay does not depend on the seed
@@ -53,20 +59,23 @@ from pathlib import Path
 import numpy as np
 
 from napari_simseg.core.interaction.clicks import Click, ClickError, as_index, validate_click
+from napari_simseg.core.interaction.refinement import Refinement
 from napari_simseg.core.io.atomic import atomic_write_text
 
 __all__ = ["LOG_FORMAT", "LOG_VERSION", "LabelsMismatchError", "LogError", "check_log", "events_for_labels",
-           "iter_replay", "labels_digest", "labels_record", "load_log", "replay_log", "rounds_from_log", "write_log"]
+           "iter_replay", "labels_digest", "labels_record", "load_log", "log_refinement", "replay_log",
+           "rounds_from_log", "write_log"]
 
 LOG_FORMAT = "napari-simseg-log"
 LOG_VERSION = 1
 
 
 def write_log(path, image_shape: Sequence[int], class_names: Sequence[str], checkpoint,
-              events: Sequence[dict], labels: dict | None = None) -> Path:
+              events: Sequence[dict], labels: dict | None = None, refinement: Refinement | None = None) -> Path:
     """Write a log document atomically (a temporary file in the same folder, then a rename).
 
-    ``labels``: the labels file it belongs to (:func:`labels_record`), when there is one.
+    ``labels``: the labels file it belongs to (:func:`labels_record`), when there is one;
+    ``refinement``: the session's (recorded so that a replay shows the same labels).
     """
     path = Path(path)
     doc = {
@@ -75,6 +84,7 @@ def write_log(path, image_shape: Sequence[int], class_names: Sequence[str], chec
         "image_shape": [int(s) for s in image_shape],
         "class_names": list(class_names),
         "checkpoint": checkpoint,
+        **({} if refinement is None else {"refinement": refinement.to_dict()}),
         "events": list(events),
     }
     if labels is not None:
@@ -218,6 +228,7 @@ def check_log(doc: dict, image_shape: Sequence[int] | None = None, class_names: 
         raise LogError(f"{source}: log was made with classes {names}, this session has {list(class_names)}")
     if image_shape is not None and tuple(int(s) for s in image_shape) != shape:
         raise LogError(f"{source}: log was made on an image of shape {shape}, this image is {tuple(image_shape)}")
+    log_refinement(doc, source)
     events = doc.get("events")
     if not isinstance(events, list):
         raise LogError(f"{source}: 'events' must be a list, got {type(events).__name__}")
@@ -332,6 +343,23 @@ def _check_labels_entry(entry, n_events: int, source: str) -> None:
                        f"got {previous!r:.80}")
 
 
+def log_refinement(doc: dict, source: str = "interaction log") -> Refinement:
+    """The refinement a log's rounds were shown with (``Refinement.off()`` for a log older
+    than the refinement).
+
+    Raises
+    ------
+    LogError
+        A ``refinement`` entry that is not valid settings.
+    """
+    if "refinement" not in doc:
+        return Refinement.off()
+    try:
+        return Refinement.from_dict(doc["refinement"])
+    except ValueError as exc:
+        raise LogError(f"{source}: 'refinement': {exc}") from None
+
+
 def _event_clicks(event: dict) -> list[Click]:
     return [Click(c["class"], c["y"], c["x"]) for c in event["clicks"]]
 
@@ -372,10 +400,15 @@ def iter_replay(session, log):
     shape = session.shape[1:] if session.is_2d else session.shape
     check_log(doc, shape, session.class_names, source="log" if isinstance(log, dict) else str(log))
     total = len(doc["events"])
-    yield 0, total
-    for done, event in enumerate(doc["events"], 1):
-        _apply(session, event)
-        yield done, total
+    own = session.refinement
+    session.refinement = log_refinement(doc)  # the labels as they were shown when recorded
+    try:
+        yield 0, total
+        for done, event in enumerate(doc["events"], 1):
+            _apply(session, event)
+            yield done, total
+    finally:
+        session.refinement = own
 
 
 def _apply(session, event: dict) -> None:

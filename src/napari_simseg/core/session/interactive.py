@@ -794,4 +794,5 @@ class InteractiveSession:
         ``labels``: the labels file the log goes with
         (:func:`~napari_simseg.core.session.interaction_log.labels_record`)."""
         shape = self.shape if not self.is_2d else self.shape[1:]
-        return write_log(path, shape, self.class_names, self.predictor.checkpoint.path, self._log, labels)
+        return write_log(path, shape, self.class_names, self.predictor.checkpoint.path, self._log, labels,
+                         self.refinement)
