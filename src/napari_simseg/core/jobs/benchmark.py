@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,35 @@ from napari_simseg.core.io.atomic import atomic_write_text
 from napari_simseg.core.network.devices import autocast_for, cpu_bf16_supported, resolve_device
 from napari_simseg.core.network.model import ModelConfig, build_model
 
-__all__ = ["benchmark_inference", "benchmark_training"]
+__all__ = ["BenchmarkOptions", "benchmark_inference", "benchmark_training"]
+
+
+@dataclass
+class BenchmarkOptions:
+    """The network and the timing of :func:`benchmark_inference` and :func:`benchmark_training`.
+
+    Attributes
+    ----------
+    device : str
+    size : int, optional
+        Slice side (default 256 for inference, 64 for training).
+    batch_size : int
+        Training batch.
+    depth, n_classes : int
+        Memory depth D and classes N of the SIM network.
+    encoder : str
+    repeats, warmup : int, optional
+        Timed and untimed repetitions (defaults 20 and 5 for inference, 5 and 2 for training).
+    """
+
+    device: str = "auto"
+    size: int | None = None
+    batch_size: int = 4
+    depth: int = 3
+    n_classes: int = 5
+    encoder: str = "resnet34"
+    repeats: int | None = None
+    warmup: int | None = None
 
 
 def _stats(ms: list) -> dict:
@@ -44,17 +73,8 @@ def _time_forward(net, x, device, repeats, warmup):
     return ms
 
 
-def benchmark_inference(
-    device: str = "auto",
-    size: int = 256,
-    depth: int = 3,
-    n_classes: int = 5,
-    encoder: str = "resnet34",
-    repeats: int = 20,
-    warmup: int = 5,
-    json_path: str | None = None,
-    log=print,
-) -> dict:
+def benchmark_inference(options: BenchmarkOptions | None = None, json_path: str | None = None, log=print,
+                        **fields) -> dict:
     """Per-slice forward latency of the DDG-SIM network and of a plain smp U-Net,
     and the overhead of one session round beyond the network itself.
 
@@ -70,6 +90,9 @@ def benchmark_inference(
     from napari_simseg.core.network.predictor import Predictor
     from napari_simseg.core.session.interactive import InteractiveSession
 
+    o = replace(options or BenchmarkOptions(), **fields)
+    device, size, depth, n_classes, encoder = o.device, o.size or 256, o.depth, o.n_classes, o.encoder
+    repeats, warmup = o.repeats or 20, 5 if o.warmup is None else o.warmup
     dev = resolve_device(device)
     torch.manual_seed(0)
     channels = input_channels("sim", n_classes, depth)
@@ -118,18 +141,8 @@ def benchmark_inference(
     return result
 
 
-def benchmark_training(
-    device: str = "auto",
-    size: int = 64,
-    batch_size: int = 4,
-    depth: int = 3,
-    n_classes: int = 5,
-    encoder: str = "resnet34",
-    repeats: int = 5,
-    warmup: int = 2,
-    json_path: str | None = None,
-    log=print,
-) -> dict:
+def benchmark_training(options: BenchmarkOptions | None = None, json_path: str | None = None, log=print,
+                       **fields) -> dict:
     """Time a DDG-SIM training step (its no-grad rounds and virtual user included) and
     an SDG step of the same network on the same phantom batch and device.
 
@@ -140,6 +153,9 @@ def benchmark_training(
     from napari_simseg.core.engine.losses import FocalLoss
     from napari_simseg.core.engine.train_config import TrainConfig
 
+    o = replace(options or BenchmarkOptions(), **fields)
+    device, size, batch_size, depth, n_classes = o.device, o.size or 64, o.batch_size, o.depth, o.n_classes
+    encoder, repeats, warmup = o.encoder, o.repeats or 5, 2 if o.warmup is None else o.warmup
     dev = resolve_device(device)
     depth_z = max(4, batch_size)
     image, labels, names = make_phantom(shape=(depth_z, max(32, size), max(32, size)), seed=0)

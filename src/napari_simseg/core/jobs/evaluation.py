@@ -228,10 +228,11 @@ class _ClickCounter:
         return out
 
 
-def _volume_outputs(method: _Method, image, labels, rounds, batch_size, user, latency, clicks, placed=None):
+def _volume_outputs(method: _Method, opts: EvaluationOptions, image, labels, rounds, user, latency, placed=None):
     """Label maps ``(S, H, W)`` of one volume after 0..``rounds`` rounds per slice, and
     the user's clicks in the volume after each (``placed`` receives them round by round,
     see :class:`_ClickCounter`)."""
+    batch_size, clicks = opts.batch_size, sorted(opts.clicks)
     outputs = [np.zeros_like(labels) for _ in range(rounds + 1)]
     totals = np.zeros(rounds + 1, int)
     placed = {} if placed is None else placed
@@ -250,10 +251,10 @@ def _volume_outputs(method: _Method, image, labels, rounds, batch_size, user, la
 
 def _case_outputs(how: _Method, opts: EvaluationOptions, case, spec, rounds, user, latency, placed) -> tuple:
     """One case's ground truth, label maps after 0..``rounds`` rounds and user clicks after each."""
-    clicks, honour, offsets = sorted(opts.clicks), opts.honour_clicks, opts.decision_offsets
+    honour, offsets = opts.honour_clicks, opts.decision_offsets
     if opts.protocol == "slice":
         image, labels = load_case_with(case, how.normalization, how.axis, spec=spec)
-        return (labels, *_volume_outputs(how, image, labels, rounds, opts.batch_size, user, latency, clicks, placed))
+        return (labels, *_volume_outputs(how, opts, image, labels, rounds, user, latency, placed))
     image, labels = load_case(case, axis=how.axis, normalize=False, spec=spec)  # the session normalises
     run = volume_protocol_outputs(how.predictor, image, labels, rounds, honour_clicks=honour,
                                   decision_offsets=offsets, refinement=opts.refinement)
@@ -308,6 +309,7 @@ def evaluate(checkpoint="demo", data=None, options: EvaluationOptions | None = N
     cases, which, split_src = choose_cases(spec, opts.split, opts.split_file, how.checkpoint, log=log)
     if opts.max_volumes:
         cases = cases[: int(opts.max_volumes)]
+    chosen = _Chosen(data, class_names, cases, which, split_src)
     user = EvaluationUser(n)
     per_volume = {k: {"dice": [], "iou": [], "clicks": []} for k in clicks}
     latency, iou_curves, present, changes = [], [], [], [[] for _ in range(rounds + 1)]
@@ -331,7 +333,7 @@ def evaluate(checkpoint="demo", data=None, options: EvaluationOptions | None = N
             curve = np.stack([_slice_ious(outputs[k], labels, n) for k in range(1, opts.noc_clicks + 1)], axis=1)
             iou_curves.append(curve)
             present.append(np.stack([(labels == c).any((1, 2)) for c in range(n)], axis=1))
-    result = _result_document(how, checkpoint, opts, data, which, split_src, class_names, cases, per_volume, latency)
+    result = _result_document(how, checkpoint, opts, chosen, per_volume, latency)
     if opts.noc_clicks > 0 and iou_curves:
         result["noc"] = _noc_summary(iou_curves, present, opts.noc_clicks, class_names)
     if opts.protocol == "slice" and rounds:
@@ -367,8 +369,21 @@ def _sem_dict(class_names, values) -> dict:
                                     for col in cols])
 
 
-def _result_document(how: _Method, checkpoint, opts: EvaluationOptions, data, which, split_src, class_names, cases,
-                     per_volume, latency) -> dict:
+@dataclass
+class _Chosen:
+    """What an evaluation runs on: the data folder, its classes, the cases and the split that chose them."""
+
+    data: Path
+    class_names: list
+    cases: list
+    which: str | None
+    split_src: Path | None
+
+
+def _result_document(how: _Method, checkpoint, opts: EvaluationOptions, chosen: _Chosen, per_volume,
+                     latency) -> dict:
+    data, which, split_src = chosen.data, chosen.which, chosen.split_src
+    class_names, cases = chosen.class_names, chosen.cases
     is_model = how.name == "model"
     name, clicks, protocol = opts.name, opts.clicks, opts.protocol
     honour_clicks, tta = opts.honour_clicks, opts.tta
