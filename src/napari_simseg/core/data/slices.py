@@ -382,9 +382,10 @@ class SliceDataset(torch.utils.data.Dataset):
             raise ValueError(f"slice of size {canvas.source} is larger than the padding target "
                              f"{tuple(self.target_shape)}; use a larger target (see largest_slice_shape) or crop "
                              "the image")
-        # copies: an item never shares memory with the slices the data set keeps
-        image = np.array(canvas.transform(image, self.pad_mode, self.pad_value))
-        labels, box = np.array(canvas.transform(labels)), canvas.box
+        image, labels = canvas.transform(image, self.pad_mode, self.pad_value), canvas.transform(labels)
+        box = canvas.box
+        if canvas.identity:  # padding copies; without it an item must not share memory with the kept slices
+            image, labels = image.copy(), labels.copy()
         item = {}
         if self.neighbour_prior:
             labels, neighbour = labels
