@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -365,6 +366,14 @@ _CHECKPOINT_WRITER = textwrap.dedent(
 )
 
 
+def _safetensors_temporary_in_subfolder(folder) -> bool:
+    try:
+        return any(any(q.name.startswith(".tmp") for q in p.iterdir())
+                   for p in Path(folder).iterdir() if p.is_dir())
+    except OSError:  # a folder removed while we looked
+        return False
+
+
 def test_a_checkpoint_write_killed_leaves_no_temporary_outside_our_own(tmp_path):
     """safetensors makes a ``.tmpXXXXXX`` of its own beside the path it writes: a checkpoint
     write killed (SIGKILL) at varying moments leaves it only inside our temporary folder,
@@ -376,18 +385,22 @@ def test_a_checkpoint_write_killed_leaves_no_temporary_outside_our_own(tmp_path)
     target = tmp_path / "last.safetensors"
     tests = os.path.dirname(__file__)
     inside = 0
-    for delay in (0.3, 0.8, 1.4):
+    for delay in (None, 0.3, 0.8, None):
         proc = subprocess.Popen([sys.executable, "-c", _CHECKPOINT_WRITER, str(target), tests],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(delay)
+        if delay is None:  # kill as soon as safetensors' own temporary shows: a kill inside its write
+            deadline = time.monotonic() + 60
+            while not _safetensors_temporary_in_subfolder(tmp_path) and time.monotonic() < deadline:
+                time.sleep(0.001)
+        else:
+            time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         proc.stdout.close()
         names = [p.name for p in tmp_path.iterdir()]
         assert not [n for n in names if n.startswith(".tmp")], names  # nothing of safetensors' own at the top
-        inside += any(any(q.name.startswith(".tmp") for q in p.iterdir())
-                      for p in tmp_path.iterdir() if p.is_dir())
+        inside += _safetensors_temporary_in_subfolder(tmp_path)
         if target.exists():
             read_checkpoint_meta(target)  # whole
     assert inside >= 1, "no kill landed inside safetensors' write: the test proves nothing"
