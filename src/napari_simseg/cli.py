@@ -161,6 +161,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-lead", type=float, default=None,
                    help="a pixel the network changes keeps its old label unless its new class leads the "
                         "runner-up by this much in log-probability (default log 2; 0: any win)")
+    p.add_argument("--zoom", type=float, default=None,
+                   help="where the working grid is coarser than the image, refine each click in a focus "
+                        "view up to this many times finer than the working grid (1: off)")
     p.add_argument("--noc-clicks", type=int, default=0,
                    help="also compute NoC@85/90/95 with this click budget, e.g. 20 (runs that many "
                         "rounds on every slice; default 0: no NoC)")
@@ -195,7 +198,8 @@ def main_evaluate(args) -> int:
         axis=args.axis, name=args.name, honour_clicks=args.honour_clicks,
         tta=args.tta, decision_offsets=args.decision_offsets, protocol=args.protocol,
         refinement=Refinement(locality=args.locality, follow_clicks=args.follow_clicks,
-                              **({} if args.min_lead is None else {"min_lead": args.min_lead})),
+                              **({} if args.min_lead is None else {"min_lead": args.min_lead}),
+                              **({} if args.zoom is None else {"zoom": args.zoom})),
     )
     print(format_report(result))
     if args.json:

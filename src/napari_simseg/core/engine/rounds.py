@@ -180,6 +180,7 @@ def run_rounds(
     clicker: Callable[[np.ndarray, np.ndarray | None], Sequence[Sequence]],
     settings: RoundSettings,
     on_round: Callable[[int, np.ndarray, float], None] | None = None,
+    fine_images: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Run 0..``n_rounds`` rounds of a virtual user on a batch of slices.
 
@@ -205,6 +206,9 @@ def run_rounds(
     ``settings.refinement`` decides, as in the interactive session, what each corrective round may
     change of the labels shown before it
     (:func:`~napari_simseg.core.interaction.refinement.refine_round`; None: everything).
+    Its ``zoom`` (> 1) refines each click of a round in a focus view finer than the working
+    grid (:mod:`~napari_simseg.core.engine.zoom`); that needs ``fine_images``, the slices'
+    normalised channels on the image grid ``(B, C (1 + 2k), H, W)``.
 
     Returns
     -------
@@ -224,6 +228,9 @@ def run_rounds(
     previous = None
     placed = [[] for _ in range(images.shape[0])]
     refine = refinement is not None and refinement.active
+    zoom = refinement.zoom if refinement is not None and grid.scale < 1 else 1.0
+    if zoom > 1 and fine_images is None:
+        raise ValueError("a zoom-in needs the slices on the image grid (fine_images)")
     for k in range(n_rounds + 1):
         if k > 0:
             clicks = [as_clicks(c) for c in clicker(gts, previous)]
@@ -246,6 +253,8 @@ def run_rounds(
             labels = decide_labels(torch.log(shown.clamp_min(1e-12)) if shown is not probs
                                    else torch.log_softmax(logits.float(), dim=1),
                                    offsets, axis=1, log=True).cpu().numpy()
+        if k > 0 and zoom > 1:
+            shown, labels = _zoomed(model, x, shown, labels, previous, clicks, fine_images, grid, settings, offsets)
         if k > 0 and refine:
             log_p = log_probabilities(shown, offsets, axis=1).cpu().numpy() if refinement.needs_probabilities else None
             for i in range(labels.shape[0]):
@@ -267,6 +276,28 @@ def run_rounds(
     return results
 
 
+def _zoomed(model, x, shown, labels, previous, clicks, fine_images, grid, settings, offsets):
+    """``shown`` and ``labels`` with every click's focus view pasted in (:mod:`~napari_simseg.core.engine.zoom`);
+    ``shown`` is the coarse probabilities resampled to the image grid (a tensor of its own), changed in place."""
+    from napari_simseg.core.engine.zoom import round_views, zoom_in
+
+    def run_network(batch):
+        with autocast_for(batch.device, settings.amp):
+            logits, _ = model(batch, None)
+        return torch.softmax(logits.float(), dim=1)
+
+    whole = (0, shown.shape[-2], 0, shown.shape[-1])
+    for i in range(labels.shape[0]):
+        views = round_views(clicks[i], previous[i], labels[i], grid.scale, grid.target, settings.refinement.zoom)
+        if not views:
+            continue
+        zoomed = zoom_in(shown[i], x[i], whole, fine_images[i], views, run_network, settings)
+        shown[i] = zoomed
+        log_p = torch.log(zoomed.clamp_min(1e-12))
+        labels[i] = decide_labels(log_p, offsets, axis=0, log=True).cpu().numpy()
+    return shown, labels
+
+
 def _working_grid(image_shape: tuple, working: tuple) -> WorkingSize:
     """The :class:`WorkingSize` that took slices of ``image_shape`` to ``working`` (as
     :func:`~napari_simseg.core.imaging.preprocessing.working_volume` did)."""
@@ -284,7 +315,7 @@ def _to_grid(clicks, grid: WorkingSize) -> list:
 
 
 def run_volume_rounds(model, settings: RoundSettings, image: np.ndarray, labels: np.ndarray, sl: slice,
-                      rounds: int, clicker, on_round=None) -> list[np.ndarray]:
+                      rounds: int, clicker, on_round=None, fine_image: np.ndarray | None = None) -> list[np.ndarray]:
     """:func:`run_rounds` on the slices ``sl`` of one preprocessed volume.
 
     The slices get their ``settings.context_slices`` neighbours from the whole ``image``.
@@ -300,10 +331,16 @@ def run_volume_rounds(model, settings: RoundSettings, image: np.ndarray, labels:
         network's working resolution (:class:`~napari_simseg.core.imaging.transforms.WorkingSize`).
     labels : ndarray
         ``(S, H, W)`` ground truth on the image's own grid, where labels are scored.
+    fine_image : ndarray, optional
+        ``image`` on the image's own grid (before the working size), for a zoom-in
+        (``settings.refinement.zoom``).
     """
     device = next(model.parameters()).device
     idx = np.arange(image.shape[-3])[sl]
     x = torch.from_numpy(np.ascontiguousarray(context_stack(image, idx, settings.context_slices))).to(device)
     settings = replace(settings, image_channels=1 if image.ndim == 3 else image.shape[0],
                        amp=settings.amp or device.type == "cuda")
-    return run_rounds(model, x, labels[sl], rounds, clicker, settings, on_round)
+    fine = None
+    if fine_image is not None and settings.refinement is not None and settings.refinement.zoom > 1:
+        fine = context_stack(fine_image, idx, settings.context_slices)
+    return run_rounds(model, x, labels[sl], rounds, clicker, settings, on_round, fine)

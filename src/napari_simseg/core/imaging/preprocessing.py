@@ -22,7 +22,9 @@ import numpy as np
 __all__ = [
     "CropBox",
     "ImageError",
+    "channel_arrays",
     "check_image",
+    "normalised_channels",
     "is_constant",
     "context_stack",
     "n4_correct",
@@ -490,3 +492,49 @@ def pad_to_multiple(
     return padded, CropBox(top, top + h, left, left + w)
 
 
+def channel_arrays(image, channel_axis: int | None, channel_names: Sequence[str]) -> list:
+    """The image as a list of checked ``(H, W)`` or ``(Z, H, W)`` arrays, one per channel."""
+    names = list(channel_names)
+    if channel_axis is not None:
+        arr = np.asarray(image)
+        try:
+            channels = list(np.moveaxis(arr, channel_axis, 0))
+        except np.exceptions.AxisError:
+            raise ImageError(f"channel_axis {channel_axis} does not exist in an image of shape {arr.shape}") from None
+    elif isinstance(image, (list, tuple)):
+        channels = list(image)
+    else:
+        channels = [image]
+    if len(channels) != len(names):
+        raise ImageError(
+            f"this network reads {len(names)} image channel(s) {names}, got {len(channels)}: give one "
+            f"array per channel (or channel_axis=) in that order"
+        )
+    channels = [check_image(c) for c in channels]
+    shapes = {c.shape for c in channels}
+    if len(shapes) > 1:
+        raise ImageError(f"the channels {names} must have one shape; got {[c.shape for c in channels]}")
+    return channels
+
+
+def normalised_channels(channels: list, normalization: dict) -> np.ndarray:
+    """``(C, Z, H, W)`` float32: each channel N4-corrected (when the network was trained
+    so) and normalised on its own, as in training; a constant channel beside varying ones
+    is zeros."""
+    norm = dict(normalization)
+    out = []
+    varying = [not is_constant(arr) for arr in channels]
+    for arr, varies in zip(channels, varying):
+        volume = (arr[None] if arr.ndim == 2 else arr).astype(np.float32, copy=False)
+        if not varies and any(varying):  # a missing modality or an empty colour channel: zeros, as in training
+            out.append(np.zeros_like(volume))
+            continue
+        if norm.get("n4"):
+            volume = n4_correct(volume)  # the network was trained on N4-corrected images
+        try:
+            volume = normalize_volume(volume, low_pct=float(norm.get("low", 0.5)),
+                                      high_pct=float(norm.get("high", 99.5)))
+        except ValueError as exc:
+            raise ImageError(str(exc)) from None
+        out.append(volume)
+    return out[0][None] if len(out) == 1 else np.stack(out)  # one channel: no second copy

@@ -62,6 +62,10 @@ class Refinement:
         much in log-probability (0: any win).
     touch : int
         A change counts as connected to a click within this many pixels of it (Chebyshev).
+    zoom : float
+        Where the working grid is coarser than the image, each click of a round is refined
+        in a focus view up to this many times finer than the working grid
+        (:mod:`~napari_simseg.core.engine.zoom`); 1: no focus views.
     """
 
     locality: str = "click"
@@ -69,12 +73,15 @@ class Refinement:
     margin: float = math.log(2.0)
     min_lead: float = math.log(2.0)
     touch: int = 2
+    zoom: float = 1.0
 
     def __post_init__(self):
         if self.locality not in LOCALITIES:
             raise ValueError(f"locality must be one of {LOCALITIES}, got {self.locality!r}")
         if not self.min_lead >= 0 or not self.margin >= 0:
             raise ValueError(f"min_lead and margin must be >= 0, got {self.min_lead} and {self.margin}")
+        if not (self.zoom >= 1 and math.isfinite(self.zoom)):
+            raise ValueError(f"zoom must be a finite magnification >= 1 (1: off), got {self.zoom}")
 
     @property
     def active(self) -> bool:
@@ -87,12 +94,12 @@ class Refinement:
     @classmethod
     def off(cls) -> Refinement:
         """The network's labels as they are (the paper's system)."""
-        return cls(locality="none", follow_clicks=False, min_lead=0.0)
+        return cls(locality="none", follow_clicks=False, min_lead=0.0, zoom=1.0)
 
     def to_dict(self) -> dict:
         """The settings as JSON values (an interaction log records them)."""
         return {"locality": self.locality, "follow_clicks": bool(self.follow_clicks), "margin": float(self.margin),
-                "min_lead": float(self.min_lead), "touch": int(self.touch)}
+                "min_lead": float(self.min_lead), "touch": int(self.touch), "zoom": float(self.zoom)}
 
     @classmethod
     def from_dict(cls, values) -> Refinement:

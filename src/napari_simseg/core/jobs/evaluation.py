@@ -171,16 +171,20 @@ def _model_method(checkpoint, class_names, opts: EvaluationOptions) -> _Method:
     settings = RoundSettings.for_checkpoint(meta, mem_kind, honour=honour, decision_offsets=offsets,
                                             refinement=opts.refinement)
 
+    fine = {}  # the volume ``prepare`` saw last, on its own grid: a zoom-in cuts its focus views from it
+
     def run(image, labels, sl, rounds, user, latency, clicks):
         def on_round(k, lab, seconds, b=labels[sl].shape[0]):
             if k <= clicks[-1]:
                 latency.append(seconds * 1e3 / b)
 
         return run_volume_rounds(predictor.model, settings, image, labels, sl, rounds, user.next_round_batch,
-                                 on_round)
+                                 on_round, fine.get("image"))
 
     def prepare(image):  # the working grid, as the session's and the trainer's
-        return WorkingSize(image.shape[-2:], meta.working_size).transform(image)
+        working = WorkingSize(image.shape[-2:], meta.working_size)
+        fine["image"] = image if opts.refinement.zoom > 1 and not working.identity else None
+        return working.transform(image)
 
     return _Method("model", run, prepare, mem_kind, dict(meta.normalization), meta.axis if axis is None else axis,
                    Path(predictor.checkpoint.path), offsets, predictor)

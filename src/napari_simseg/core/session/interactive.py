@@ -15,11 +15,9 @@ import numpy as np
 
 from napari_simseg.core.imaging.preprocessing import (
     ImageError,
-    check_image,
+    channel_arrays,
     context_stack,
-    is_constant,
-    n4_correct,
-    normalize_volume,
+    normalised_channels,
     resize_probabilities,
 )
 from napari_simseg.core.imaging.regions import (
@@ -72,61 +70,14 @@ class RoundResult:
     total_ms: float
     box: tuple = ()  # (y0, y1, x0, x1) of the image the round ran on (see core.imaging.regions)
     withheld: int = 0  # pixels the network changed that the refinement did not show (away from the clicks)
+    zoomed: str = ""  # what the round's focus views did (core.engine.zoom.describe), '' when none ran
 
     @property
     def note(self) -> str:
-        """One line for a status bar: what the refinement kept away from the clicks."""
-        if not self.withheld:
-            return ""
-        return f"{self.withheld} changed pixels away from the clicks not shown (the round stays where it points)"
-
-
-def _channel_arrays(image, channel_axis: int | None, channel_names: Sequence[str]) -> list:
-    """The image as a list of checked ``(H, W)`` or ``(Z, H, W)`` arrays, one per channel."""
-    names = list(channel_names)
-    if channel_axis is not None:
-        arr = np.asarray(image)
-        try:
-            channels = list(np.moveaxis(arr, channel_axis, 0))
-        except np.exceptions.AxisError:
-            raise ImageError(f"channel_axis {channel_axis} does not exist in an image of shape {arr.shape}") from None
-    elif isinstance(image, (list, tuple)):
-        channels = list(image)
-    else:
-        channels = [image]
-    if len(channels) != len(names):
-        raise ImageError(
-            f"this network reads {len(names)} image channel(s) {names}, got {len(channels)}: give one "
-            f"array per channel (or channel_axis=) in that order"
-        )
-    channels = [check_image(c) for c in channels]
-    shapes = {c.shape for c in channels}
-    if len(shapes) > 1:
-        raise ImageError(f"the channels {names} must have one shape; got {[c.shape for c in channels]}")
-    return channels
-
-
-def _normalised_volume(channels: list, normalization: dict) -> np.ndarray:
-    """``(C, Z, H, W)`` float32: each channel N4-corrected (when the network was trained
-    so) and normalised on its own, as in training; a constant channel beside varying ones
-    is zeros."""
-    norm = dict(normalization)
-    out = []
-    varying = [not is_constant(arr) for arr in channels]
-    for arr, varies in zip(channels, varying):
-        volume = (arr[None] if arr.ndim == 2 else arr).astype(np.float32, copy=False)
-        if not varies and any(varying):  # a missing modality or an empty colour channel: zeros, as in training
-            out.append(np.zeros_like(volume))
-            continue
-        if norm.get("n4"):
-            volume = n4_correct(volume)  # the network was trained on N4-corrected images
-        try:
-            volume = normalize_volume(volume, low_pct=float(norm.get("low", 0.5)),
-                                      high_pct=float(norm.get("high", 99.5)))
-        except ValueError as exc:
-            raise ImageError(str(exc)) from None
-        out.append(volume)
-    return out[0][None] if len(out) == 1 else np.stack(out)  # one channel: no second copy
+        """One line for a status bar: the round's focus views and what the refinement kept away from the clicks."""
+        kept = (f"{self.withheld} changed pixels away from the clicks not shown (the round stays where it points)"
+                if self.withheld else "")
+        return "; ".join(part for part in (self.zoomed, kept) if part)
 
 
 class InteractiveSession:
@@ -197,9 +148,9 @@ class InteractiveSession:
         self.honour_clicks = bool(honour_clicks)
         self.decision_offsets = bool(decision_offsets)
         self.refinement = Refinement() if refinement is None else refinement
-        channels = _channel_arrays(image, channel_axis, predictor.channel_names)
+        channels = channel_arrays(image, channel_axis, predictor.channel_names)
         self.is_2d = channels[0].ndim == 2
-        self.volume = _normalised_volume(channels, predictor.meta.normalization)  # (C, Z, H, W)
+        self.volume = normalised_channels(channels, predictor.meta.normalization)  # (C, Z, H, W)
         self.shape = self.volume.shape[1:]
         self.working = WorkingSize(self.shape[1:], predictor.working_size)  # image grid <-> network grid
         n = predictor.meta.n_classes
@@ -444,29 +395,47 @@ class InteractiveSession:
         model_ms = (time.perf_counter() - t1) * 1e3
         showed_before = idx in self._base_labels or mem.n_rounds > 1
         mem.set_probabilities(probs, payload=self._state_to_storage(new_state))
-        withheld = 0
-        if self.refinement.active and showed_before and PROPAGATED not in meta and clicks:
-            mem.last.meta["shown"], withheld = self._refined(idx, box, probs, clicks)
+        withheld, zoomed = 0, ""
+        if (self.refinement.active or self.refinement.zoom > 1) and showed_before and PROPAGATED not in meta and clicks:
+            mem.last.meta["shown"], withheld, zoomed = self._refined(idx, box, probs, clicks, x)
         self._trim_states(mem)
         labels = self._show_current(idx)
         total_ms = (time.perf_counter() - t0) * 1e3
-        return RoundResult(idx, mem.n_rounds, labels, probs, model_ms, total_ms, self._image_box(box), withheld)
+        return RoundResult(idx, mem.n_rounds, labels, probs, model_ms, total_ms, self._image_box(box), withheld,
+                           zoomed)
 
-    def _refined(self, idx: int, box: tuple, probs: np.ndarray, clicks: list) -> tuple:
-        """``((image box, labels), withheld)``: what a user's round shows in its region (the
-        network's new labels where :mod:`~napari_simseg.core.interaction.refinement` lets them
-        change what the slice showed before the round, as in the evaluation's rounds) and how
-        many pixels the network changed that it does not show."""
+    def _refined(self, idx: int, box: tuple, probs: np.ndarray, clicks: list, x: np.ndarray) -> tuple:
+        """``((image box, labels), withheld, zoomed)``: what a user's round shows in its region
+        (the network's new labels, with each click's focus view where the working grid is
+        coarser than the image (:mod:`~napari_simseg.core.engine.zoom`), where
+        :mod:`~napari_simseg.core.interaction.refinement` lets them change what the slice showed
+        before the round, as in the evaluation's rounds), how many pixels the network changed
+        that it does not show, and the status line's words for the focus views."""
+        import torch
+
+        from napari_simseg.core.engine.zoom import describe, round_views, zoom_in
+
         y0, y1, x0, x1 = self._image_box(box)
         shape = (y1 - y0, x1 - x0)
         on_image = resize_probabilities(probs, shape) if probs.shape[-2:] != shape else probs
+        before = self.labels[idx, y0:y1, x0:x1]
+        views = round_views(clicks, before, decide_labels(on_image, self.offsets, axis=0), self.scale,
+                            self.work_shape, self.refinement.zoom, (y0, x0))
+        if views:
+            fine = context_stack(self.volume, idx, self.predictor.context_slices)
+            on_image = zoom_in(torch.from_numpy(on_image), torch.from_numpy(x), (y0, y1, x0, x1), fine, views,
+                               lambda batch: self.predictor.predict_tensor(batch)[0], self._round_settings).numpy()
         log_p = log_probabilities(on_image, self.offsets, axis=0)
         proposed = log_p.argmax(0).astype(self.labels.dtype)
-        in_box = shift_clicks(clicks, -y0, -x0)
-        before = self.labels[idx, y0:y1, x0:x1]
-        refined = refine_round(before, proposed, log_p, in_box, self.refinement)
+        refined = refine_round(before, proposed, log_p, shift_clicks(clicks, -y0, -x0), self.refinement)
         withheld = int(((proposed != before) & (refined == before)).sum())
-        return ((y0, y1, x0, x1), refined.astype(self.labels.dtype)), withheld
+        return ((y0, y1, x0, x1), refined.astype(self.labels.dtype)), withheld, describe(views, self.scale)
+
+    @property
+    def _round_settings(self):
+        from napari_simseg.core.engine.rounds import RoundSettings
+
+        return RoundSettings.for_checkpoint(self.predictor.meta, self.predictor.memory_kind)
 
     def _state_to_storage(self, state):
         # keep accelerator memory for the network: stored states live on the CPU
