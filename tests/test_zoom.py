@@ -182,3 +182,28 @@ def test_the_session_zooms_in_as_the_evaluation_does_and_says_so(tmp_path):
     plain = InteractiveSession(image, predictor, refinement=Refinement())
     plain.predict_auto()
     assert plain.add_clicks(None, [click]).zoomed == ""
+
+
+def test_the_default_zoom_is_the_magnification_the_checkpoint_was_trained_to_read():
+    from types import SimpleNamespace
+
+    from napari_simseg.core.session.interaction_log import log_refinement
+
+    def meta(scale):
+        return SimpleNamespace(training={"config": {"aug_scale": scale}} if scale is not None else {})
+
+    assert Refinement().zoom is None
+    assert Refinement().for_checkpoint(meta([0.9, 2.5])).zoom == 2.5
+    assert Refinement().for_checkpoint(meta([0.9, 1.1])).zoom == 1.0  # trained at one scale: no focus views
+    assert Refinement().for_checkpoint(meta(None)).zoom == 1.0
+    assert Refinement().for_checkpoint(SimpleNamespace(training=None)).zoom == 1.0
+    assert Refinement(zoom=3.0).for_checkpoint(meta([0.9, 1.1])).zoom == 3.0  # asked for: kept
+    assert not Refinement.off().active and Refinement(locality="none", follow_clicks=False, min_lead=0.0,
+                                                      zoom=2.0).active
+    with pytest.raises(ValueError, match="zoom"):
+        Refinement(zoom=0.5)
+    # a log recorded before focus views existed replays without them; a newer one with its own
+    old = Refinement().to_dict()
+    old.pop("zoom")
+    assert log_refinement({"refinement": old}).zoom == 1.0
+    assert log_refinement({"refinement": Refinement(zoom=2.5).to_dict()}).zoom == 2.5

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What clicks do (issue 32): every data set's checkpoint under the evaluation user, 0-10 clicks per
 # class per slice and NoC with 20 rounds, once with the rounds as the network gives them (before the
-# refinement: --locality none --no-follow-clicks) and once as the session shows them (the default),
+# refinement: --locality none --no-follow-clicks) and once as the session shows them without focus
+# views (refined: --zoom 1); HOWS="network refined zoomed" adds the rounds with focus views finer than
+# the working grid (--zoom $ZOOM, default 4; only images larger than the working size gain anything);
 # then the table (training/clicks_table.py -> docs/results/clicks.json).
 #
 #   DATA_<SET>=... CKPT_<SET>=... SPLIT_<SET>=... bash training/clicks_results.sh hippocampus ct2d ...
@@ -36,8 +38,10 @@ PY
       ckpt=${!cv:-$RUNS/$set/best.safetensors}; split=${!sv:-$(dirname "$ckpt")/split.json} ;;
     *) echo "unknown data set $set" >&2; exit 2 ;;
   esac
-  for how in network refined; do
+  for how in ${HOWS:-network refined}; do
     flags=(); [ "$how" = network ] && flags=(--locality none --no-follow-clicks --min-lead 0)
+    [ "$how" = refined ] && flags=(--zoom 1)
+    [ "$how" = zoomed ] && flags=(--zoom "${ZOOM:-4}")
     /usr/bin/time -f "$set $how: evaluate wall %e s" simseg evaluate --checkpoint "$ckpt" --data "$data" --split val \
       --split-file "$split" --clicks 0,1,2,3,5,10 --noc-clicks 20 --device cpu ${MAXV:+--max-volumes $MAXV} \
       "${flags[@]}" --name "$set $how" --json "$OUT/$set.$how.json" | tail -n 6

@@ -168,6 +168,8 @@ class RoundSettings:
         base = dict(memory_kind=kind, depth=meta.depth if kind == "sim" else 1, n_classes=meta.n_classes,
                     click_radius=meta.click_radius, image_channels=len(meta.channel_names),
                     context_slices=meta.context_slices)
+        if fields.get("refinement") is not None:  # its zoom, as the checkpoint was trained for
+            fields["refinement"] = fields["refinement"].for_checkpoint(meta)
         return cls(**{**base, **fields})
 
 
@@ -228,7 +230,7 @@ def run_rounds(
     previous = None
     placed = [[] for _ in range(images.shape[0])]
     refine = refinement is not None and refinement.active
-    zoom = refinement.zoom if refinement is not None and grid.scale < 1 else 1.0
+    zoom = (refinement.zoom or 1.0) if refinement is not None and grid.scale < 1 else 1.0
     if zoom > 1 and fine_images is None:
         raise ValueError("a zoom-in needs the slices on the image grid (fine_images)")
     for k in range(n_rounds + 1):

@@ -39,11 +39,10 @@ import torch
 
 from napari_simseg.core.imaging.transforms import FocusCrop, resample
 from napari_simseg.core.interaction.clicks import Click, as_clicks, encode_clicks, shift_clicks
+from napari_simseg.core.interaction.refinement import MIN_GAIN
 
 __all__ = ["MIN_GAIN", "FocusView", "describe", "focus_crop", "focus_input", "round_views", "zoom_in"]
 
-#: A focus view must see its box at least this many times finer than the working grid.
-MIN_GAIN = 1.25
 
 
 class FocusView:

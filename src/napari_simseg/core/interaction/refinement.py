@@ -34,15 +34,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from napari_simseg.core.interaction.clicks import Click, as_clicks
 
-__all__ = ["LOCALITIES", "Refinement", "confident_changes", "follow_clicks", "keep_local_changes", "refine_round"]
+__all__ = ["LOCALITIES", "MIN_GAIN", "Refinement", "confident_changes", "follow_clicks", "keep_local_changes",
+           "refine_round"]
 
 LOCALITIES = ("none", "connected", "click")
+
+#: A focus view must see its box at least this many times finer than the working grid
+#: (:mod:`~napari_simseg.core.engine.zoom`); a checkpoint trained to read less gets none.
+MIN_GAIN = 1.25
 
 
 @dataclass(frozen=True)
@@ -62,10 +67,12 @@ class Refinement:
         much in log-probability (0: any win).
     touch : int
         A change counts as connected to a click within this many pixels of it (Chebyshev).
-    zoom : float
+    zoom : float or None
         Where the working grid is coarser than the image, each click of a round is refined
         in a focus view up to this many times finer than the working grid
-        (:mod:`~napari_simseg.core.engine.zoom`); 1: no focus views.
+        (:mod:`~napari_simseg.core.engine.zoom`); 1: no focus views. None (the default):
+        the magnification the checkpoint was trained to read (:meth:`for_checkpoint`), since
+        a network shown a structure larger than any it was trained on misreads it.
     """
 
     locality: str = "click"
@@ -73,19 +80,19 @@ class Refinement:
     margin: float = math.log(2.0)
     min_lead: float = math.log(2.0)
     touch: int = 2
-    zoom: float = 1.0
+    zoom: float | None = None
 
     def __post_init__(self):
         if self.locality not in LOCALITIES:
             raise ValueError(f"locality must be one of {LOCALITIES}, got {self.locality!r}")
         if not self.min_lead >= 0 or not self.margin >= 0:
             raise ValueError(f"min_lead and margin must be >= 0, got {self.min_lead} and {self.margin}")
-        if not (self.zoom >= 1 and math.isfinite(self.zoom)):
+        if self.zoom is not None and not (self.zoom >= 1 and math.isfinite(self.zoom)):
             raise ValueError(f"zoom must be a finite magnification >= 1 (1: off), got {self.zoom}")
 
     @property
     def active(self) -> bool:
-        return self.locality != "none" or self.follow_clicks or self.min_lead > 0
+        return self.locality != "none" or self.follow_clicks or self.min_lead > 0 or (self.zoom or 1.0) > 1
 
     @property
     def needs_probabilities(self) -> bool:
@@ -96,10 +103,26 @@ class Refinement:
         """The network's labels as they are (the paper's system)."""
         return cls(locality="none", follow_clicks=False, min_lead=0.0, zoom=1.0)
 
+    def for_checkpoint(self, meta) -> Refinement:
+        """These settings with ``zoom=None`` resolved for a checkpoint's header ``meta``: the upper
+        end of the zoom its training augmented with (``aug_scale``), 1 (off) below
+        :data:`MIN_GAIN` or when the header does not say."""
+        if self.zoom is not None:
+            return self
+        training = getattr(meta, "training", None) or {}
+        config = training.get("config") if isinstance(training, dict) else None
+        scale = config.get("aug_scale") if isinstance(config, dict) else None
+        try:
+            trained = float(max(scale)) if scale else 1.0
+        except (TypeError, ValueError):
+            trained = 1.0
+        return replace(self, zoom=trained if math.isfinite(trained) and trained >= MIN_GAIN else 1.0)
+
     def to_dict(self) -> dict:
         """The settings as JSON values (an interaction log records them)."""
         return {"locality": self.locality, "follow_clicks": bool(self.follow_clicks), "margin": float(self.margin),
-                "min_lead": float(self.min_lead), "touch": int(self.touch), "zoom": float(self.zoom)}
+                "min_lead": float(self.min_lead), "touch": int(self.touch),
+                "zoom": None if self.zoom is None else float(self.zoom)}
 
     @classmethod
     def from_dict(cls, values) -> Refinement:

@@ -183,7 +183,7 @@ def _model_method(checkpoint, class_names, opts: EvaluationOptions) -> _Method:
 
     def prepare(image):  # the working grid, as the session's and the trainer's
         working = WorkingSize(image.shape[-2:], meta.working_size)
-        fine["image"] = image if opts.refinement.zoom > 1 and not working.identity else None
+        fine["image"] = image if settings.refinement.zoom > 1 and not working.identity else None
         return working.transform(image)
 
     return _Method("model", run, prepare, mem_kind, dict(meta.normalization), meta.axis if axis is None else axis,

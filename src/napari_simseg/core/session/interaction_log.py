@@ -345,7 +345,7 @@ def _check_labels_entry(entry, n_events: int, source: str) -> None:
 
 def log_refinement(doc: dict, source: str = "interaction log") -> Refinement:
     """The refinement a log's rounds were shown with (``Refinement.off()`` for a log older
-    than the refinement).
+    than the refinement, no focus views for one older than them).
 
     Raises
     ------
@@ -355,7 +355,11 @@ def log_refinement(doc: dict, source: str = "interaction log") -> Refinement:
     if "refinement" not in doc:
         return Refinement.off()
     try:
-        return Refinement.from_dict(doc["refinement"])
+        settings = Refinement.from_dict(doc["refinement"])
+    except ValueError as exc:
+        raise LogError(f"{source}: 'refinement': {exc}") from None
+    try:  # a log older than the focus views was shown without them
+        return settings if "zoom" in doc["refinement"] else Refinement.from_dict({**doc["refinement"], "zoom": 1.0})
     except ValueError as exc:
         raise LogError(f"{source}: 'refinement': {exc}") from None
 

@@ -147,7 +147,7 @@ class InteractiveSession:
         self.predictor = predictor
         self.honour_clicks = bool(honour_clicks)
         self.decision_offsets = bool(decision_offsets)
-        self.refinement = Refinement() if refinement is None else refinement
+        self.refinement = (Refinement() if refinement is None else refinement).for_checkpoint(predictor.meta)
         channels = channel_arrays(image, channel_axis, predictor.channel_names)
         self.is_2d = channels[0].ndim == 2
         self.volume = normalised_channels(channels, predictor.meta.normalization)  # (C, Z, H, W)
@@ -396,7 +396,7 @@ class InteractiveSession:
         showed_before = idx in self._base_labels or mem.n_rounds > 1
         mem.set_probabilities(probs, payload=self._state_to_storage(new_state))
         withheld, zoomed = 0, ""
-        if (self.refinement.active or self.refinement.zoom > 1) and showed_before and PROPAGATED not in meta and clicks:
+        if self.refinement.active and showed_before and PROPAGATED not in meta and clicks:
             mem.last.meta["shown"], withheld, zoomed = self._refined(idx, box, probs, clicks, x)
         self._trim_states(mem)
         labels = self._show_current(idx)
@@ -420,7 +420,7 @@ class InteractiveSession:
         on_image = resize_probabilities(probs, shape) if probs.shape[-2:] != shape else probs
         before = self.labels[idx, y0:y1, x0:x1]
         views = round_views(clicks, before, decide_labels(on_image, self.offsets, axis=0), self.scale,
-                            self.work_shape, self.refinement.zoom, (y0, x0))
+                            self.work_shape, self.refinement.zoom or 1.0, (y0, x0))
         if views:
             fine = context_stack(self.volume, idx, self.predictor.context_slices)
             on_image = zoom_in(torch.from_numpy(on_image), torch.from_numpy(x), (y0, y1, x0, x1), fine, views,
