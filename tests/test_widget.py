@@ -130,6 +130,35 @@ def test_status_line_says_what_the_refinement_kept_back(started, viewer, qtbot):
     assert "round 1 done" in text and "17 changed pixels away from the clicks not shown" in text, text
 
 
+def test_a_click_on_an_image_finer_than_the_working_grid_is_refined_in_a_focus_view(viewer, tmp_path, qtbot):
+    """A checkpoint trained to read magnified views, on an image four times its working grid:
+    a click after the automatic result is refined finer, and the status line says so."""
+    import dataclasses
+
+    from conftest import tiny_meta_and_model
+    from napari_simseg.core.network.checkpoint import save_checkpoint
+
+    meta, model = tiny_meta_and_model(class_names=CLASSES, seed=1)
+    meta = dataclasses.replace(meta, working_size=32, training={"config": {"aug_scale": [0.9, 4.0]}})
+    checkpoint = save_checkpoint(tmp_path / "zoom.safetensors", model, meta)
+    viewer.add_image(np.random.default_rng(3).normal(size=(128, 128)).astype(np.float32), name="xray")
+    w = _add_widget(viewer)
+    w.set_checkpoint(checkpoint)
+    w.device_combo.setCurrentText("cpu")
+    try:
+        assert w.start(wait=True), w.status_label.text()
+        with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT):
+            w.auto_volume()
+        qtbot.waitUntil(lambda: w.worker is None, timeout=TIMEOUT)
+        with qtbot.waitSignal(w.round_finished, timeout=TIMEOUT):
+            viewer.layers["b clicks"].add([64, 64])
+        qtbot.waitUntil(lambda: w.worker is None, timeout=TIMEOUT)
+        text = w.status_label.text()
+        assert "round 1 done" in text and "1 click refined 4x finer than the working grid" in text, text
+    finally:
+        w.shutdown()
+
+
 def test_keyboard_shortcuts_on_plugin_layers(started, viewer, qtbot):
     from napari.utils.key_bindings import coerce_keybinding
 
