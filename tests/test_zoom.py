@@ -1,4 +1,4 @@
-"""Zoom-in (``core.engine.zoom``): a click refined in a focus view finer than the working grid,
+"""Zoom-in (``core.network.zoom``): a click refined in a focus view finer than the working grid,
 one implementation for the session and the evaluation's rounds."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import tiny_meta_and_model
-from napari_simseg.core.engine import zoom as zoom_module
 from napari_simseg.core.engine.rounds import RoundSettings, run_rounds
-from napari_simseg.core.engine.zoom import MIN_GAIN, FocusView, focus_crop, focus_input, round_views, zoom_in
 from napari_simseg.core.imaging.transforms import FocusCrop, WorkingSize
 from napari_simseg.core.interaction.clicks import Click, encode_clicks
 from napari_simseg.core.interaction.refinement import Refinement
+from napari_simseg.core.network import zoom as zoom_module
+from napari_simseg.core.network.zoom import MIN_GAIN, FocusView, focus_crop, focus_input, round_views, zoom_in
 
 
 def _maps(size=512):

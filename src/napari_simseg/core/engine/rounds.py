@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ from napari_simseg.core.interaction.refinement import Refinement, refine_round
 from napari_simseg.core.network.decision import active_offsets, decide_labels, log_probabilities
 from napari_simseg.core.network.devices import autocast_for
 
-__all__ = ["BatchMemory", "RoundSettings", "cropped_clicker", "encode_click_batch", "run_rounds", "run_volume_rounds"]
+__all__ = ["BatchMemory", "RoundSettings", "VolumeImage", "cropped_clicker", "encode_click_batch", "run_rounds",
+           "run_volume_rounds"]
 
 
 def encode_click_batch(clicks_per_image, n_classes, shape, radius, device=None) -> torch.Tensor:
@@ -209,7 +211,7 @@ def run_rounds(
     change of the labels shown before it
     (:func:`~napari_simseg.core.interaction.refinement.refine_round`; None: everything).
     Its ``zoom`` (> 1) refines each click of a round in a focus view finer than the working
-    grid (:mod:`~napari_simseg.core.engine.zoom`); that needs ``fine_images``, the slices'
+    grid (:mod:`~napari_simseg.core.network.zoom`); that needs ``fine_images``, the slices'
     normalised channels on the image grid ``(B, C (1 + 2k), H, W)``.
 
     Returns
@@ -225,12 +227,10 @@ def run_rounds(
     out_shape = tuple(np.shape(gts)[-2:])
     grid = _working_grid(out_shape, shape)
     offsets = active_offsets(settings.decision_offsets, n_classes)
-    results = []
-    state = None
-    previous = None
+    results, state, previous = [], None, None
     placed = [[] for _ in range(images.shape[0])]
     refine = refinement is not None and refinement.active
-    zoom = (refinement.zoom or 1.0) if refinement is not None and grid.scale < 1 else 1.0
+    zoom = (refinement.zoom or 1.0) if refine and grid.scale < 1 else 1.0
     if zoom > 1 and fine_images is None:
         raise ValueError("a zoom-in needs the slices on the image grid (fine_images)")
     for k in range(n_rounds + 1):
@@ -256,7 +256,7 @@ def run_rounds(
                                    else torch.log_softmax(logits.float(), dim=1),
                                    offsets, axis=1, log=True).cpu().numpy()
         if k > 0 and zoom > 1:
-            shown, labels = _zoomed(model, x, shown, labels, previous, clicks, fine_images, grid, settings, offsets)
+            shown, labels = _zoomed(model, settings, x, shown, labels, previous, clicks, fine_images)
         if k > 0 and refine:
             log_p = log_probabilities(shown, offsets, axis=1).cpu().numpy() if refinement.needs_probabilities else None
             for i in range(labels.shape[0]):
@@ -278,25 +278,25 @@ def run_rounds(
     return results
 
 
-def _zoomed(model, x, shown, labels, previous, clicks, fine_images, grid, settings, offsets):
-    """``shown`` and ``labels`` with every click's focus view pasted in (:mod:`~napari_simseg.core.engine.zoom`);
+def _zoomed(model, settings: RoundSettings, x, shown, labels, previous, clicks, fine_images):
+    """``shown`` and ``labels`` with every click's focus view pasted in (:mod:`~napari_simseg.core.network.zoom`);
     ``shown`` is the coarse probabilities resampled to the image grid (a tensor of its own), changed in place."""
-    from napari_simseg.core.engine.zoom import round_views, zoom_in
+    from napari_simseg.core.network.zoom import round_views, zoom_in
 
     def run_network(batch):
         with autocast_for(batch.device, settings.amp):
             logits, _ = model(batch, None)
         return torch.softmax(logits.float(), dim=1)
 
+    grid = _working_grid(tuple(shown.shape[-2:]), tuple(x.shape[-2:]))
+    offsets = active_offsets(settings.decision_offsets, settings.n_classes)
     whole = (0, shown.shape[-2], 0, shown.shape[-1])
     for i in range(labels.shape[0]):
         views = round_views(clicks[i], previous[i], labels[i], grid.scale, grid.target, settings.refinement.zoom)
-        if not views:
-            continue
-        zoomed = zoom_in(shown[i], x[i], whole, fine_images[i], views, run_network, settings)
-        shown[i] = zoomed
-        log_p = torch.log(zoomed.clamp_min(1e-12))
-        labels[i] = decide_labels(log_p, offsets, axis=0, log=True).cpu().numpy()
+        if views:
+            zoomed = zoom_in(shown[i], x[i], whole, fine_images[i], views, run_network, settings)
+            shown[i] = zoomed
+            labels[i] = decide_labels(torch.log(zoomed.clamp_min(1e-12)), offsets, axis=0, log=True).cpu().numpy()
     return shown, labels
 
 
@@ -316,8 +316,15 @@ def _to_grid(clicks, grid: WorkingSize) -> list:
     return [Click(c.label, *grid.transform_point(c.y, c.x)) for c in as_clicks(clicks)]
 
 
-def run_volume_rounds(model, settings: RoundSettings, image: np.ndarray, labels: np.ndarray, sl: slice,
-                      rounds: int, clicker, on_round=None, fine_image: np.ndarray | None = None) -> list[np.ndarray]:
+class VolumeImage(NamedTuple):
+    """A preprocessed volume on the network's working grid and, for a zoom-in, on its own grid."""
+
+    working: np.ndarray
+    fine: np.ndarray | None = None
+
+
+def run_volume_rounds(model, settings: RoundSettings, image: np.ndarray | VolumeImage, labels: np.ndarray,
+                      sl: slice, rounds: int, clicker, on_round=None) -> list[np.ndarray]:
     """:func:`run_rounds` on the slices ``sl`` of one preprocessed volume.
 
     The slices get their ``settings.context_slices`` neighbours from the whole ``image``.
@@ -328,21 +335,21 @@ def run_volume_rounds(model, settings: RoundSettings, image: np.ndarray, labels:
         The network as run (e.g. ``Predictor.model``); the slices go to its device.
     settings : RoundSettings
         E.g. :meth:`RoundSettings.for_checkpoint`.
-    image : ndarray
+    image : ndarray or VolumeImage
         ``(C, S, h, w)`` (or ``(S, h, w)`` for one channel) normalised volume at the
-        network's working resolution (:class:`~napari_simseg.core.imaging.transforms.WorkingSize`).
+        network's working resolution (:class:`~napari_simseg.core.imaging.transforms.WorkingSize`);
+        a :class:`VolumeImage` adds the volume on the image's own grid, for a zoom-in
+        (``settings.refinement.zoom``).
     labels : ndarray
         ``(S, H, W)`` ground truth on the image's own grid, where labels are scored.
-    fine_image : ndarray, optional
-        ``image`` on the image's own grid (before the working size), for a zoom-in
-        (``settings.refinement.zoom``).
     """
+    image, fine_image = image if isinstance(image, VolumeImage) else (image, None)
     device = next(model.parameters()).device
     idx = np.arange(image.shape[-3])[sl]
     x = torch.from_numpy(np.ascontiguousarray(context_stack(image, idx, settings.context_slices))).to(device)
     settings = replace(settings, image_channels=1 if image.ndim == 3 else image.shape[0],
                        amp=settings.amp or device.type == "cuda")
     fine = None
-    if fine_image is not None and settings.refinement is not None and settings.refinement.zoom > 1:
+    if fine_image is not None and settings.refinement is not None and (settings.refinement.zoom or 1) > 1:
         fine = context_stack(fine_image, idx, settings.context_slices)
     return run_rounds(model, x, labels[sl], rounds, clicker, settings, on_round, fine)

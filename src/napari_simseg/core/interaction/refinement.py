@@ -46,7 +46,7 @@ __all__ = ["LOCALITIES", "MIN_GAIN", "Refinement", "confident_changes", "follow_
 LOCALITIES = ("none", "connected", "click")
 
 #: A focus view must see its box at least this many times finer than the working grid
-#: (:mod:`~napari_simseg.core.engine.zoom`); a checkpoint trained to read less gets none.
+#: (:mod:`~napari_simseg.core.network.zoom`); a checkpoint trained to read less gets none.
 MIN_GAIN = 1.25
 
 
@@ -70,7 +70,7 @@ class Refinement:
     zoom : float or None
         Where the working grid is coarser than the image, each click of a round is refined
         in a focus view up to this many times finer than the working grid
-        (:mod:`~napari_simseg.core.engine.zoom`); 1: no focus views. None (the default):
+        (:mod:`~napari_simseg.core.network.zoom`); 1: no focus views. None (the default):
         the magnification the checkpoint was trained to read (:meth:`for_checkpoint`), since
         a network shown a structure larger than any it was trained on misreads it.
     """

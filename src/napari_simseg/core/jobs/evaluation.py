@@ -153,7 +153,7 @@ class _Method:
 
 
 def _model_method(checkpoint, class_names, opts: EvaluationOptions) -> _Method:
-    from napari_simseg.core.engine.rounds import RoundSettings, run_volume_rounds
+    from napari_simseg.core.engine.rounds import RoundSettings, VolumeImage, run_volume_rounds
     from napari_simseg.core.network.predictor import Predictor
 
     device, tta, memory, axis, honour = opts.device, opts.tta, opts.memory, opts.axis, opts.honour_clicks
@@ -178,8 +178,8 @@ def _model_method(checkpoint, class_names, opts: EvaluationOptions) -> _Method:
             if k <= clicks[-1]:
                 latency.append(seconds * 1e3 / b)
 
-        return run_volume_rounds(predictor.model, settings, image, labels, sl, rounds, user.next_round_batch,
-                                 on_round, fine.get("image"))
+        return run_volume_rounds(predictor.model, settings, VolumeImage(image, fine.get("image")), labels, sl, rounds,
+                                 user.next_round_batch, on_round)
 
     def prepare(image):  # the working grid, as the session's and the trainer's
         working = WorkingSize(image.shape[-2:], meta.working_size)

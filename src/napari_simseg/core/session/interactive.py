@@ -70,7 +70,7 @@ class RoundResult:
     total_ms: float
     box: tuple = ()  # (y0, y1, x0, x1) of the image the round ran on (see core.imaging.regions)
     withheld: int = 0  # pixels the network changed that the refinement did not show (away from the clicks)
-    zoomed: str = ""  # what the round's focus views did (core.engine.zoom.describe), '' when none ran
+    zoomed: str = ""  # what the round's focus views did (core.network.zoom.describe), '' when none ran
 
     @property
     def note(self) -> str:
@@ -407,13 +407,13 @@ class InteractiveSession:
     def _refined(self, idx: int, box: tuple, probs: np.ndarray, clicks: list, x: np.ndarray) -> tuple:
         """``((image box, labels), withheld, zoomed)``: what a user's round shows in its region
         (the network's new labels, with each click's focus view where the working grid is
-        coarser than the image (:mod:`~napari_simseg.core.engine.zoom`), where
+        coarser than the image (:mod:`~napari_simseg.core.network.zoom`), where
         :mod:`~napari_simseg.core.interaction.refinement` lets them change what the slice showed
         before the round, as in the evaluation's rounds), how many pixels the network changed
         that it does not show, and the status line's words for the focus views."""
         import torch
 
-        from napari_simseg.core.engine.zoom import describe, round_views, zoom_in
+        from napari_simseg.core.network.zoom import describe, round_views, zoom_in
 
         y0, y1, x0, x1 = self._image_box(box)
         shape = (y1 - y0, x1 - x0)
@@ -433,9 +433,9 @@ class InteractiveSession:
 
     @property
     def _round_settings(self):
-        from napari_simseg.core.engine.rounds import RoundSettings
+        from napari_simseg.core.network.zoom import InputLayout
 
-        return RoundSettings.for_checkpoint(self.predictor.meta, self.predictor.memory_kind)
+        return InputLayout.for_checkpoint(self.predictor.meta, self.predictor.memory_kind)
 
     def _state_to_storage(self, state):
         # keep accelerator memory for the network: stored states live on the CPU

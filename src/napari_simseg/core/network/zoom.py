@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,16 +42,37 @@ from napari_simseg.core.imaging.transforms import FocusCrop, resample
 from napari_simseg.core.interaction.clicks import Click, as_clicks, encode_clicks, shift_clicks
 from napari_simseg.core.interaction.refinement import MIN_GAIN
 
-__all__ = ["MIN_GAIN", "FocusView", "describe", "focus_crop", "focus_input", "round_views", "zoom_in"]
+__all__ = ["MIN_GAIN", "FocusView", "InputLayout", "describe", "focus_crop", "focus_input", "round_views", "zoom_in"]
 
 
 
+@dataclass(frozen=True)
+class InputLayout:
+    """Where a network input's channels are (``core.interaction.memory``'s layout): what a focus
+    view needs to rebuild the input on its own grid. The engine's ``RoundSettings`` has the
+    same fields and serves as one."""
+
+    memory_kind: str
+    depth: int
+    n_classes: int
+    click_radius: int
+    image_channels: int = 1
+    context_slices: int = 0
+
+    @classmethod
+    def for_checkpoint(cls, meta, memory_kind: str | None = None) -> InputLayout:
+        """The layout of a checkpoint's header ``meta`` (``memory_kind`` overrides its memory)."""
+        kind = memory_kind or meta.memory
+        return cls(kind, meta.depth if kind == "sim" else 1, meta.n_classes, meta.click_radius,
+                   len(meta.channel_names), meta.context_slices)
+
+
+@dataclass(frozen=True)
 class FocusView:
-    """One click's focus view: the crop (image grid -> focus grid) and the click on it."""
+    """One click's focus view: the crop (image grid -> focus grid) and the click (image grid)."""
 
-    def __init__(self, crop: FocusCrop, click: Click):
-        self.crop = crop
-        self.click = click
+    crop: FocusCrop
+    click: Click
 
     @property
     def gain(self) -> float:
@@ -148,7 +170,7 @@ def focus_input(x: torch.Tensor, x_box: Sequence[int], view: FocusView, fine: np
     fine : ndarray, shape (C_image (1 + 2k), H, W)
         The slice's normalised channels at the image's own resolution, then its context
         slices' (the layout of :func:`~napari_simseg.core.imaging.preprocessing.context_stack`).
-    settings : RoundSettings
+    settings : InputLayout or RoundSettings
         The memory layout (memory kind, depth, classes, click radius, image channels, context).
 
     Returns
