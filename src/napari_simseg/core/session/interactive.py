@@ -419,8 +419,10 @@ class InteractiveSession:
         shape = (y1 - y0, x1 - x0)
         on_image = resize_probabilities(probs, shape) if probs.shape[-2:] != shape else probs
         before = self.labels[idx, y0:y1, x0:x1]
-        views = round_views(clicks, before, decide_labels(on_image, self.offsets, axis=0), self.scale,
-                            self.work_shape, self.refinement.zoom or 1.0, (y0, x0))
+        views = []
+        if (self.refinement.zoom or 1.0) > 1 and self.scale < 1:  # no labels decided twice where no view runs
+            views = round_views(clicks, before, decide_labels(on_image, self.offsets, axis=0), self.scale,
+                                self.work_shape, self.refinement.zoom, (y0, x0))
         if views:
             fine = context_stack(self.volume, idx, self.predictor.context_slices)
             on_image = zoom_in(torch.from_numpy(on_image), torch.from_numpy(x), (y0, y1, x0, x1), fine, views,
