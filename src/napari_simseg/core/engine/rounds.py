@@ -26,6 +26,7 @@ from napari_simseg.core.interaction.memory import input_channels
 from napari_simseg.core.interaction.refinement import Refinement, refine_round
 from napari_simseg.core.network.decision import active_offsets, decide_labels, log_probabilities
 from napari_simseg.core.network.devices import autocast_for
+from napari_simseg.core.network.zoom import InputLayout
 
 __all__ = ["BatchMemory", "RoundSettings", "VolumeImage", "cropped_clicker", "encode_click_batch", "run_rounds",
            "run_volume_rounds"]
@@ -127,7 +128,7 @@ def cropped_clicker(clicker, crops):
 
 
 @dataclass(frozen=True)
-class RoundSettings:
+class RoundSettings(InputLayout):
     """How the network's rounds run: its memory and input layout, and how labels are decided.
 
     Attributes
@@ -152,12 +153,6 @@ class RoundSettings:
         What each corrective round may change of the labels shown before it (None: all).
     """
 
-    memory_kind: str
-    depth: int
-    n_classes: int
-    click_radius: int
-    image_channels: int = 1
-    context_slices: int = 0
     amp: bool = False
     honour: bool = False
     decision_offsets: Sequence[float] | None = None
@@ -166,10 +161,7 @@ class RoundSettings:
     @classmethod
     def for_checkpoint(cls, meta, memory_kind: str | None = None, **fields) -> RoundSettings:
         """The settings of a checkpoint's header ``meta`` (``memory_kind`` overrides its memory)."""
-        kind = memory_kind or meta.memory
-        base = dict(memory_kind=kind, depth=meta.depth if kind == "sim" else 1, n_classes=meta.n_classes,
-                    click_radius=meta.click_radius, image_channels=len(meta.channel_names),
-                    context_slices=meta.context_slices)
+        base = vars(InputLayout.for_checkpoint(meta, memory_kind))
         if fields.get("refinement") is not None:  # its zoom, as the checkpoint was trained for
             fields["refinement"] = fields["refinement"].for_checkpoint(meta)
         return cls(**{**base, **fields})

@@ -40,8 +40,8 @@ import numpy as np
 
 from napari_simseg.core.interaction.clicks import Click, as_clicks
 
-__all__ = ["LOCALITIES", "MIN_GAIN", "Refinement", "confident_changes", "follow_clicks", "keep_local_changes",
-           "refine_round"]
+__all__ = ["LOCALITIES", "MIN_GAIN", "Refinement", "component_touching", "confident_changes", "follow_clicks",
+           "keep_local_changes", "refine_round"]
 
 LOCALITIES = ("none", "connected", "click")
 
@@ -150,7 +150,7 @@ def _near(shape: tuple, click: Click, touch: int) -> tuple[slice, slice]:
     return rows, slice(max(0, x - touch), min(shape[1], x + touch + 1))
 
 
-def _component_touching(mask: np.ndarray, click: Click, touch: int) -> np.ndarray | None:
+def component_touching(mask: np.ndarray, click: Click, touch: int) -> np.ndarray | None:
     """The 8-connected parts of ``mask`` within ``touch`` pixels of ``click`` (None: none)."""
     from scipy import ndimage
 
@@ -193,12 +193,12 @@ def keep_local_changes(previous: np.ndarray, proposed: np.ndarray, clicks: Seque
         return out
     if locality == "connected":
         for click in clicks:
-            part = _component_touching(changed, click, touch)
+            part = component_touching(changed, click, touch)
             if part is not None:
                 out[part] = proposed[part]
         return out
     for click in clicks:
-        part = _component_touching(changed & (proposed == click.label), click, touch)
+        part = component_touching(changed & (proposed == click.label), click, touch)
         if part is not None:
             out[part] = click.label
     return out
@@ -243,7 +243,7 @@ def follow_clicks(labels: np.ndarray, log_probabilities: np.ndarray, clicks: Seq
         bonus = need * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2))
         boosted = lp[click.label] + bonus
         wins = boosted >= lp.max(axis=0)
-        part = _component_touching(wins, Click(click.label, y - ys.start, x - xs.start), 0)
+        part = component_touching(wins, Click(click.label, y - ys.start, x - xs.start), 0)
         if part is not None:
             out[ys, xs][part] = click.label
     return out

@@ -40,7 +40,7 @@ import torch
 
 from napari_simseg.core.imaging.transforms import FocusCrop, resample
 from napari_simseg.core.interaction.clicks import Click, as_clicks, encode_clicks, shift_clicks
-from napari_simseg.core.interaction.refinement import MIN_GAIN
+from napari_simseg.core.interaction.refinement import MIN_GAIN, component_touching
 
 __all__ = ["MIN_GAIN", "FocusView", "InputLayout", "describe", "focus_crop", "focus_input", "round_views", "zoom_in"]
 
@@ -49,8 +49,7 @@ __all__ = ["MIN_GAIN", "FocusView", "InputLayout", "describe", "focus_crop", "fo
 @dataclass(frozen=True)
 class InputLayout:
     """Where a network input's channels are (``core.interaction.memory``'s layout): what a focus
-    view needs to rebuild the input on its own grid. The engine's ``RoundSettings`` has the
-    same fields and serves as one."""
+    view needs to rebuild the input on its own grid. The engine's ``RoundSettings`` extends it."""
 
     memory_kind: str
     depth: int
@@ -105,8 +104,6 @@ def focus_crop(click: Click, previous: np.ndarray, proposed: np.ndarray, scale: 
         None when the image's own pixels are not at least :data:`MIN_GAIN` times finer than
         the working grid, or the region is too large to gain that much.
     """
-    from scipy import ndimage
-
     h, w = previous.shape
     gain = min(float(zoom), 1.0 / float(scale))  # focus pixels per working pixel
     if gain < MIN_GAIN:
@@ -114,12 +111,9 @@ def focus_crop(click: Click, previous: np.ndarray, proposed: np.ndarray, scale: 
     side_px = min(int(target[0]), int(target[1]))
     y, x = int(round(click.y)), int(round(click.x))
     ys, xs = [y], [x]
-    changed = proposed != previous
-    near = (slice(max(0, y - touch), y + touch + 1), slice(max(0, x - touch), x + touch + 1))
-    if changed[near].any():
-        regions, _ = ndimage.label(changed, structure=np.ones((3, 3), bool))
-        ids = np.unique(regions[near])
-        rows, cols = np.nonzero(np.isin(regions, ids[ids > 0]))
+    correction = component_touching(proposed != previous, Click(click.label, y, x), touch)
+    if correction is not None:
+        rows, cols = np.nonzero(correction)
         ys += [int(rows.min()), int(rows.max())]
         xs += [int(cols.min()), int(cols.max())]
     extent = max(max(ys) - min(ys), max(xs) - min(xs)) + 1
