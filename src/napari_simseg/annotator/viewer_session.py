@@ -232,14 +232,29 @@ class ViewerSession:
         self.schedule_autosave: Callable[[], None] | None = None
         #: the autosave (``error``, ``last_ms``, ``flush()``, ``decline(info)``); None with ``autosave=False``
         self.recovery: SessionRecovery | None = None
-        self._labels = LabelsView(viewer, self.image_layer, self.class_names, self.session.labels, existing,
-                                  new_layer=parts.labels_layer)
-        LIVE_SESSIONS.add(self)  # from its first layer on, no other session takes them over
-        yield LABELS_LAYER_NAME
-        click_layers = []
-        for layer in iter_click_layers(viewer, self.image_layer, self.class_names, parts.click_layers):
-            click_layers.append(layer)
-            yield layer.name
+        # New layers go in hidden and are shown one step later: napari builds a layer's visuals when
+        # it is added and compiles their shaders at its first draw, two stalls better not summed.
+        new_layers = [layer for layer in (parts.labels_layer, *(parts.click_layers or ())) if layer is not None]
+        for layer in new_layers:
+            layer.visible = False
+        try:
+            self._labels = LabelsView(viewer, self.image_layer, self.class_names, self.session.labels, existing,
+                                      new_layer=parts.labels_layer)
+            LIVE_SESSIONS.add(self)  # from its first layer on, no other session takes them over
+            yield LABELS_LAYER_NAME
+            if self._labels.layer is parts.labels_layer:
+                self._labels.layer.visible = True
+                yield LABELS_LAYER_NAME
+            click_layers = []
+            for layer in iter_click_layers(viewer, self.image_layer, self.class_names, parts.click_layers):
+                click_layers.append(layer)
+                yield layer.name
+                if not layer.visible and layer in new_layers:
+                    layer.visible = True
+                    yield layer.name
+        finally:
+            for layer in new_layers:
+                layer.visible = True
         self._clicks = ClickLayers(viewer, click_layers, self.session.shape)
         self._clicks.activate()
         if parts.recovery is not None:
