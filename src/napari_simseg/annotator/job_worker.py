@@ -13,15 +13,9 @@ import inspect
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_simseg.annotator.dialogs import JobError, shield_runtime_errors
-from napari_simseg.annotator.jobs import Job
+from napari_simseg.annotator.jobs import Job, one_line
 
 __all__ = ["JobWorker", "one_line"]
-
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an error's message (a status label has one line)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class JobWorker(QObject):

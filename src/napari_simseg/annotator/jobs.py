@@ -14,7 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Job", "JobRunner", "completed"]
+__all__ = ["Job", "JobRunner", "completed", "one_line"]
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (a status line has one line)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _no_timing(value) -> str:

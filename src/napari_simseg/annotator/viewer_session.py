@@ -40,7 +40,7 @@ from napari_simseg.annotator.click_layers import (
     clicks_from_keys,
     iter_click_layers,
 )
-from napari_simseg.annotator.jobs import Job, JobRunner
+from napari_simseg.annotator.jobs import Job, JobRunner, one_line
 from napari_simseg.annotator.labels_view import LabelsView
 from napari_simseg.annotator.layers import (
     CLICKS_SUFFIX,
@@ -64,6 +64,7 @@ from napari_simseg.annotator.session_start import (
     StartPlan,
     freeze_long_lived_objects,
     plan_start,
+    show_next_turn,
 )
 from napari_simseg.annotator.slice_jobs import auto_job, propagate_job
 from napari_simseg.core.interaction.clicks import as_clicks, validate_click
@@ -78,12 +79,6 @@ __all__ = ["CLICKS_SUFFIX", "LABELS_LAYER_NAME", "OVERWRITE_POLICIES", "Job", "S
 
 # log actions that are the user's work (a Load replacing them asks first)
 _WORK_ACTIONS = ("clicks", "auto", "set_labels", "propagate")
-
-
-def _one_line(exc: BaseException) -> str:
-    """The first line of an error's message (a status line has one line)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class ViewerSession:
@@ -195,7 +190,7 @@ class ViewerSession:
             freeze_long_lived_objects()
             return parts
 
-        return Job("start", "loading the checkpoint", compute, finish, _one_line, summary=cls.describe)
+        return Job("start", "loading the checkpoint", compute, finish, one_line, summary=cls.describe)
 
     def _bind(self, plan: StartPlan, parts: StartParts) -> None:
         """Bind to the viewer at once (the console)."""
@@ -232,29 +227,17 @@ class ViewerSession:
         self.schedule_autosave: Callable[[], None] | None = None
         #: the autosave (``error``, ``last_ms``, ``flush()``, ``decline(info)``); None with ``autosave=False``
         self.recovery: SessionRecovery | None = None
-        # New layers go in hidden and are shown one step later: napari builds a layer's visuals when
-        # it is added and compiles their shaders at its first draw, two stalls better not summed.
-        new_layers = [layer for layer in (parts.labels_layer, *(parts.click_layers or ())) if layer is not None]
-        for layer in new_layers:
-            layer.visible = False
-        try:
+        with parts.hidden_new_layers() as hidden:
             self._labels = LabelsView(viewer, self.image_layer, self.class_names, self.session.labels, existing,
                                       new_layer=parts.labels_layer)
             LIVE_SESSIONS.add(self)  # from its first layer on, no other session takes them over
             yield LABELS_LAYER_NAME
-            if self._labels.layer is parts.labels_layer:
-                self._labels.layer.visible = True
-                yield LABELS_LAYER_NAME
+            yield from show_next_turn(self._labels.layer, hidden)
             click_layers = []
             for layer in iter_click_layers(viewer, self.image_layer, self.class_names, parts.click_layers):
                 click_layers.append(layer)
                 yield layer.name
-                if not layer.visible and layer in new_layers:
-                    layer.visible = True
-                    yield layer.name
-        finally:
-            for layer in new_layers:
-                layer.visible = True
+                yield from show_next_turn(layer, hidden)
         self._clicks = ClickLayers(viewer, click_layers, self.session.shape)
         self._clicks.activate()
         if parts.recovery is not None:
