@@ -102,7 +102,7 @@ def test_ddg_runs_rounds_without_grad_then_one_training_step():
 
     cfg = _cfg("x", "y", memory="sim", depth=3, drop_fraction=0.0, drop_class=False, random_rounds=False)
     spy = _net(cfg)
-    logits, _ = simulate(spy, _batch(), cfg, 3, np.random.default_rng(0))
+    logits, _, _ = simulate(spy, _batch(), cfg, 3, np.random.default_rng(0))
     assert [c["grad"] for c in spy.calls] == [False, False, True]
     assert [c["training"] for c in spy.calls] == [False, False, True]
     assert all(c["batch"] == 3 for c in spy.calls)  # the whole batch at once
@@ -138,7 +138,7 @@ def test_padding_is_ignored_by_loss_and_never_clicked():
     spy = _net(cfg)
     batch = _batch(2)
     batch["crop"] = torch.tensor([[2, 30, 3, 29], [0, 32, 0, 20]])
-    _, targets = simulate(spy, batch, cfg, 3, np.random.default_rng(1))
+    _, targets, _ = simulate(spy, batch, cfg, 3, np.random.default_rng(1))
     for i, (y0, y1, x0, x1) in enumerate(batch["crop"].tolist()):
         inside = torch.zeros(32, 32, dtype=torch.bool)
         inside[y0:y1, x0:x1] = True
@@ -631,7 +631,7 @@ def test_mix_rounds_mixes_round_counts_within_a_batch():
         mix_rounds=True,
     )  # every round clicks
     spy = _net(cfg)
-    logits, _ = simulate(spy, _batch(b), cfg, n, np.random.default_rng(3))
+    logits, _, _ = simulate(spy, _batch(b), cfg, n, np.random.default_rng(3))
     assert logits.shape[0] == b and logits.requires_grad
     final = spy.calls[-1]
     assert final["grad"] and final["training"] and final["batch"] == b

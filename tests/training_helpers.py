@@ -25,5 +25,6 @@ def tiny_config(data, out, **kw) -> TrainConfig:
 
 
 def simulate(net, batch, cfg: TrainConfig, n_classes: int, rng):
-    """One batch's simulated rounds and training forward, ``net`` running both, on the CPU."""
+    """One batch's simulated rounds and training forward, ``net`` running both, on the CPU: (logits,
+    targets, pixel weights of the loss or None)."""
     return _simulate_and_forward(StepContext(net, net, cfg, n_classes, torch.device("cpu"), nullcontext), batch, rng)

@@ -17,6 +17,7 @@ import torch
 
 from napari_simseg.core.engine.rounds import BatchMemory, encode_click_batch
 from napari_simseg.core.engine.train_config import IGNORE_INDEX, TrainConfig
+from napari_simseg.core.imaging.metrics import clicked_regions
 from napari_simseg.core.interaction.clicks import shift_clicks
 
 __all__ = ["StepContext", "training_step"]
@@ -57,7 +58,8 @@ class StepContext:
 def _simulate_and_forward(ctx: StepContext, batch, rng):
     """Fill the memory as the virtual user would, then the training forward.
 
-    Returns the logits of the training forward (with grad) and the targets.
+    Returns the logits of the training forward (with grad), the targets and the pixel
+    weights of the loss (:func:`_clicked_region_weights`; None when off).
     """
     from napari_simseg.core.interaction.virtual_user import TrainingVirtualUser, sdg_clicks
 
@@ -77,7 +79,7 @@ def _simulate_and_forward(ctx: StepContext, batch, rng):
     targets = targets.to(device, non_blocking=True)
     memory = BatchMemory(cfg.memory, n_classes, cfg.effective_depth, images,
                          image_channels=images.shape[1] // (1 + 2 * cfg.context_slices))
-    state = None
+    state, weights = None, None
     if cfg.simulation == "ddg" and cfg.mix_rounds:
         return _simulate_mixed(ctx, images, gts, targets, crops, rng, batch.get("prior"), batch.get("has_prior"))
     # auto_fraction: some batches get the automatic (0-click) input; drawn only when on,
@@ -104,6 +106,8 @@ def _simulate_and_forward(ctx: StepContext, batch, rng):
             ]
             memory.push(encode_click_batch(clicks, n_classes, shape, cfg.click_radius, device))
             if k == rounds - 1:
+                befores = [None] * len(gts) if previous is None else list(previous)
+                weights = _clicked_region_weights(cfg, gts, befores, clicks, device)
                 break  # the last round's forward is the training step
             net.eval()
             with torch.no_grad(), autocast():
@@ -116,7 +120,23 @@ def _simulate_and_forward(ctx: StepContext, batch, rng):
     train_net.train()
     with autocast():
         logits, _ = train_net(memory.network_input(), state)
-    return logits, targets
+    return logits, targets, weights
+
+
+def _clicked_region_weights(cfg: TrainConfig, gts: np.ndarray, befores: list, clicks: list, device):
+    """The loss's pixel weights with ``clicked_region_weight`` ``w`` on (else None): ``1 + w`` on
+    the mislabelled regions the last round's clicks of each item point at (as the evaluation's
+    per-round figures define them: the click's class missed there, connected to the click),
+    1 elsewhere. Items whose last round corrected nothing shown (``befores[i]`` None: a
+    first round on an empty memory, whose clicks mark whole structures) keep 1 everywhere.
+    """
+    if cfg.clicked_region_weight <= 0:
+        return None
+    weights = np.ones(gts.shape, np.float32)
+    for i, (before, item_clicks) in enumerate(zip(befores, clicks)):
+        if before is not None and item_clicks:
+            weights[i] += cfg.clicked_region_weight * clicked_regions(before, gts[i], item_clicks)
+    return torch.from_numpy(weights).to(device)
 
 
 def _simulate_mixed(ctx: StepContext, images, gts, targets, crops, rng, prior=None, has_prior=None):
@@ -180,6 +200,7 @@ def _simulate_mixed(ctx: StepContext, images, gts, targets, crops, rng, prior=No
         users[i] = TrainingVirtualUser(n_classes, cfg.ddg_config(), rng)
         users[i].start(gts[i, y0:y1, x0:x1])
     state = None  # (h, c) per decoder stage, whole batch, once a forward has run
+    befores, last_clicks = [None] * b, [[] for _ in range(b)]  # each item's last round: what it corrected
     for k in range(int(rounds.max(initial=0))):
         clicks = []
         for i in range(b):
@@ -187,6 +208,8 @@ def _simulate_mixed(ctx: StepContext, images, gts, targets, crops, rng, prior=No
             prev = None if previous[i] is None else previous[i][y0:y1, x0:x1]
             clicks.append(shift_clicks(users[i].next_round(prev, bool(correct_first[i])), y0, x0)
                           if rounds[i] > k else [])
+            if rounds[i] == k + 1:
+                befores[i], last_clicks[i] = previous[i], clicks[i]
         memory.push(encode_click_batch(clicks, n_classes, tuple(images.shape[-2:]), cfg.click_radius, device))
         now = memory.network_input()
         last = torch.from_numpy(rounds == k + 1).to(device)
@@ -215,7 +238,7 @@ def _simulate_mixed(ctx: StepContext, images, gts, targets, crops, rng, prior=No
     train_net.train()
     with autocast():
         logits, _ = train_net(x, state)
-    return logits, targets
+    return logits, targets, _clicked_region_weights(cfg, gts, befores, last_clicks, device)
 
 
 def _automatic_results(net, x, rows: np.ndarray, previous: list, device, autocast) -> None:
@@ -237,8 +260,8 @@ def training_step(ctx: StepContext, batch, rng: np.random.Generator):
 
     Returns the loss (a tensor).
     """
-    logits, targets = _simulate_and_forward(ctx, batch, rng)
-    loss = ctx.loss_fn(logits.float(), targets)
+    logits, targets, weights = _simulate_and_forward(ctx, batch, rng)
+    loss = ctx.loss_fn(logits.float(), targets) if weights is None else ctx.loss_fn(logits.float(), targets, weights)
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.scaler.scale(loss).backward()
     ctx.scaler.step(ctx.optimizer)

@@ -98,7 +98,7 @@ class FocalLoss(nn.Module):
         weighted = self.class_weights is not None
         return f"gamma={self.gamma}, ignore_index={self.ignore_index}, weighted={weighted}"
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor, pixel_weights: Tensor | None = None) -> Tensor:
         """Mean focal loss.
 
         Parameters
@@ -107,6 +107,9 @@ class FocalLoss(nn.Module):
             Unnormalised class scores.
         target : Tensor of int64, shape (B, *spatial)
             Class indices in ``[0, N)`` or ``ignore_index``.
+        pixel_weights : Tensor, shape (B, *spatial), optional
+            A weight per pixel, multiplied in (the mean still divides by the number of
+            valid pixels): the trainer's ``clicked_region_weight``.
 
         Returns
         -------
@@ -131,6 +134,11 @@ class FocalLoss(nn.Module):
                 loss = loss * (1.0 - pt).clamp_min(0.0).pow(self.gamma)
             if self.class_weights is not None:
                 loss = loss * self.class_weights.to(loss.device)[safe_target]
+            if pixel_weights is not None:
+                if pixel_weights.shape != loss.shape:
+                    raise ValueError(f"pixel_weights {tuple(pixel_weights.shape)} do not match the target "
+                                     f"{tuple(loss.shape)}")
+                loss = loss * pixel_weights.to(loss.device, loss.dtype)
             if valid is None:
                 return loss.mean()
             n_valid = valid.sum()
@@ -207,9 +215,9 @@ class FocalDiceLoss(nn.Module):
         self.dice = dice
         self.dice_weight = float(dice_weight)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Scalar float32 loss."""
-        return self.focal(logits, target) + self.dice_weight * self.dice(logits, target)
+    def forward(self, logits: Tensor, target: Tensor, pixel_weights: Tensor | None = None) -> Tensor:
+        """Scalar float32 loss (``pixel_weights`` weigh the focal term's pixels)."""
+        return self.focal(logits, target, pixel_weights) + self.dice_weight * self.dice(logits, target)
 
 
 def class_weights_from_counts(

@@ -61,6 +61,7 @@ class TrainConfig:
     mix_rounds: bool = False  # rounds (and auto_fraction) drawn per item, not per batch
     prior_fraction: float = 0.0  # items whose memory starts with a neighbouring slice's labels (propagation)
     corrective_start_fraction: float = 0.0  # items whose first clicks correct the automatic result (as at test time)
+    clicked_region_weight: float = 0.0  # extra loss weight on the mislabelled regions the last round's clicks point at
     auto_fraction: float = 0.0
     # data
     axis: int = 0
@@ -106,6 +107,32 @@ class TrainConfig:
     val_batch_size: int = 32
     half_checkpoint: bool = False
     progress: bool = True
+
+    def _check_simulation_options(self) -> None:
+        """The options of the simulated rounds (neighbour priors, corrective starts, the
+        clicked-region loss): numbers in range, and the simulation each needs."""
+        prior = _as_float(self.prior_fraction)
+        if not 0.0 <= prior <= 1.0:
+            raise ValueError(f"prior_fraction must be a number in [0, 1], got {self.prior_fraction!r}")
+        self.prior_fraction = prior
+        if prior > 0 and not (self.memory == "sim" and self.simulation == "ddg" and self.mix_rounds):
+            raise ValueError("prior_fraction needs memory 'sim', simulation 'ddg' and mix_rounds: the prior is a "
+                             "SIM state (probability maps) given per item")
+        corrective = _as_float(self.corrective_start_fraction)
+        if not 0.0 <= corrective <= 1.0:
+            raise ValueError(f"corrective_start_fraction must be a number in [0, 1], "
+                             f"got {self.corrective_start_fraction!r}")
+        self.corrective_start_fraction = corrective
+        if corrective > 0 and not (self.simulation == "ddg" and self.mix_rounds):
+            raise ValueError("corrective_start_fraction needs simulation 'ddg' and mix_rounds: the automatic "
+                             "result the first clicks correct is drawn per item")
+        clicked = _as_float(self.clicked_region_weight)
+        if not clicked >= 0.0:
+            raise ValueError(f"clicked_region_weight must be a number >= 0, got {self.clicked_region_weight!r}")
+        self.clicked_region_weight = clicked
+        if clicked > 0 and self.simulation != "ddg":
+            raise ValueError("clicked_region_weight needs simulation 'ddg': only its rounds click on the network's "
+                             "own errors")
 
     def validate(self) -> TrainConfig:
         if not self.data:
@@ -168,21 +195,7 @@ class TrainConfig:
                 raise ValueError(f"max_empty_fraction must be a number in [0, 1) (null: every slice), "
                                  f"got {self.max_empty_fraction!r}")
             self.max_empty_fraction = empty
-        prior = _as_float(self.prior_fraction)
-        if not 0.0 <= prior <= 1.0:
-            raise ValueError(f"prior_fraction must be a number in [0, 1], got {self.prior_fraction!r}")
-        self.prior_fraction = prior
-        if prior > 0 and not (self.memory == "sim" and self.simulation == "ddg" and self.mix_rounds):
-            raise ValueError("prior_fraction needs memory 'sim', simulation 'ddg' and mix_rounds: the prior is a "
-                             "SIM state (probability maps) given per item")
-        corrective = _as_float(self.corrective_start_fraction)
-        if not 0.0 <= corrective <= 1.0:
-            raise ValueError(f"corrective_start_fraction must be a number in [0, 1], "
-                             f"got {self.corrective_start_fraction!r}")
-        self.corrective_start_fraction = corrective
-        if corrective > 0 and not (self.simulation == "ddg" and self.mix_rounds):
-            raise ValueError("corrective_start_fraction needs simulation 'ddg' and mix_rounds: the automatic "
-                             "result the first clicks correct is drawn per item")
+        self._check_simulation_options()
         if not 0.0 <= self.auto_fraction <= 1.0:
             raise ValueError(f"auto_fraction must be in [0, 1], got {self.auto_fraction}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:

@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "RoundChange",
+    "clicked_regions",
     "confusion_counts",
     "dice_iou_from_confusion",
     "dice_iou_per_class",
@@ -269,6 +270,50 @@ class RoundChange:
         return self.clicked_fixed / self.clicked_errors if self.clicked_errors else 0.0
 
 
+def clicked_regions(before: np.ndarray, gt: np.ndarray, clicks, connectivity: int = 1) -> np.ndarray:
+    """The mislabelled regions a round's clicks point at: for a click of class ``c`` at pixel
+    ``p``, the connected region of ``(gt == c) & (before != c)`` that holds ``p`` (nothing for
+    a click on a pixel that was already right, or outside the slice).
+
+    Parameters
+    ----------
+    before, gt : ndarray of int, shape (H, W)
+        The labels shown before the round, and the ground truth.
+    clicks : iterable of (label, y, x)
+        ``Click`` objects work; pixel coordinates of the slice.
+    connectivity : {1, 2}
+        4- or 8-neighbourhood of the regions.
+
+    Returns
+    -------
+    ndarray of bool, shape (H, W)
+
+    Examples
+    --------
+    >>> gt = np.array([[1, 1, 0, 1]]); before = np.zeros((1, 4), int)
+    >>> clicked_regions(before, gt, [(1, 0, 1)]).astype(int).tolist()
+    [[1, 1, 0, 0]]
+    """
+    from scipy import ndimage
+
+    before, gt = np.asarray(before), np.asarray(gt)
+    if before.shape != gt.shape:
+        raise ValueError(f"before and gt must have one shape; got {before.shape}, {gt.shape}")
+    pointed = np.zeros(gt.shape, bool)
+    structure = ndimage.generate_binary_structure(gt.ndim, connectivity)
+    for click in clicks:
+        label, y, x = (click.label, click.y, click.x) if hasattr(click, "label") else click
+        y, x = int(round(float(y))), int(round(float(x)))
+        if not (0 <= y < gt.shape[0] and 0 <= x < gt.shape[1]):
+            continue
+        wrong = (gt == int(label)) & (before != int(label))
+        if not wrong[y, x] or pointed[y, x]:
+            continue
+        regions, _ = ndimage.label(wrong, structure)
+        pointed |= regions == regions[y, x]
+    return pointed
+
+
 def round_change(before: np.ndarray, after: np.ndarray, gt: np.ndarray, clicks, connectivity: int = 1) -> RoundChange:
     """What a corrective round did to its slice.
 
@@ -298,23 +343,10 @@ def round_change(before: np.ndarray, after: np.ndarray, gt: np.ndarray, clicks, 
     >>> (ch.errors_before, ch.errors_after, ch.clicked_errors, ch.clicked_fixed, ch.worse)
     (3, 1, 2, 2, False)
     """
-    from scipy import ndimage
-
     before, after, gt = np.asarray(before), np.asarray(after), np.asarray(gt)
     if not before.shape == after.shape == gt.shape:
         raise ValueError(f"before, after and gt must have one shape; got {before.shape}, {after.shape}, {gt.shape}")
-    pointed = np.zeros(gt.shape, bool)
-    structure = ndimage.generate_binary_structure(gt.ndim, connectivity)
-    for click in clicks:
-        label, y, x = (click.label, click.y, click.x) if hasattr(click, "label") else click
-        y, x = int(round(float(y))), int(round(float(x)))
-        if not (0 <= y < gt.shape[0] and 0 <= x < gt.shape[1]):
-            continue
-        wrong = (gt == int(label)) & (before != int(label))
-        if not wrong[y, x] or pointed[y, x]:
-            continue
-        regions, _ = ndimage.label(wrong, structure)
-        pointed |= regions == regions[y, x]
+    pointed = clicked_regions(before, gt, clicks, connectivity)
     return RoundChange(
         errors_before=int((before != gt).sum()),
         errors_after=int((after != gt).sum()),
