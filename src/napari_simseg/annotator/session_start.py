@@ -13,8 +13,7 @@ what a Start loaded. Qt-free.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,7 @@ from napari_simseg.annotator.layers import (
 )
 
 __all__ = ["LIVE_SESSIONS", "OVERWRITE_POLICIES", "SessionOptions", "StartParts", "StartPlan",
-           "fill_vispy_caches", "freeze_long_lived_objects", "owner_problem", "plan_start",
-           "show_next_turn"]
+           "fill_vispy_caches", "freeze_long_lived_objects", "owner_problem", "plan_start"]
 
 OVERWRITE_POLICIES = ("ask", "always", "never")
 
@@ -131,31 +129,6 @@ class StartParts:
     labels_layer: Any = None
     click_layers: list | None = None
     recovery: Any = None  # annotator.autosave.RecoveryOpening, or None without autosave
-
-    @contextmanager
-    def hidden_new_layers(self) -> Iterator[list]:
-        """The new layers, hidden while the ``with`` block adds them and shown at its end
-        whatever happens (:func:`show_next_turn` shows each one a GUI step after its add).
-
-        napari builds a layer's visuals when it is added and compiles their shaders at its
-        first draw: apart, each stall is shorter than the two summed (issue 34: a GUI that
-        never stalls more than 250 ms).
-        """
-        made = [layer for layer in (self.labels_layer, *(self.click_layers or ())) if layer is not None]
-        for layer in made:
-            layer.visible = False
-        try:
-            yield made
-        finally:
-            for layer in made:
-                layer.visible = True
-
-
-def show_next_turn(layer, hidden: list) -> Iterator[str]:
-    """Show ``layer`` as a GUI step of its own if it is one of ``hidden`` (yields its name)."""
-    if not layer.visible and any(layer is other for other in hidden):
-        layer.visible = True
-        yield layer.name
 
 
 @dataclass

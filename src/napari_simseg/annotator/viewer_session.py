@@ -64,7 +64,6 @@ from napari_simseg.annotator.session_start import (
     StartPlan,
     freeze_long_lived_objects,
     plan_start,
-    show_next_turn,
 )
 from napari_simseg.annotator.slice_jobs import auto_job, propagate_job
 from napari_simseg.core.interaction.clicks import as_clicks, validate_click
@@ -227,17 +226,14 @@ class ViewerSession:
         self.schedule_autosave: Callable[[], None] | None = None
         #: the autosave (``error``, ``last_ms``, ``flush()``, ``decline(info)``); None with ``autosave=False``
         self.recovery: SessionRecovery | None = None
-        with parts.hidden_new_layers() as hidden:
-            self._labels = LabelsView(viewer, self.image_layer, self.class_names, self.session.labels, existing,
-                                      new_layer=parts.labels_layer)
-            LIVE_SESSIONS.add(self)  # from its first layer on, no other session takes them over
-            yield LABELS_LAYER_NAME
-            yield from show_next_turn(self._labels.layer, hidden)
-            click_layers = []
-            for layer in iter_click_layers(viewer, self.image_layer, self.class_names, parts.click_layers):
-                click_layers.append(layer)
-                yield layer.name
-                yield from show_next_turn(layer, hidden)
+        self._labels = LabelsView(viewer, self.image_layer, self.class_names, self.session.labels, existing,
+                                  new_layer=parts.labels_layer)
+        LIVE_SESSIONS.add(self)  # from its first layer on, no other session takes them over
+        yield LABELS_LAYER_NAME
+        click_layers = []
+        for layer in iter_click_layers(viewer, self.image_layer, self.class_names, parts.click_layers):
+            click_layers.append(layer)
+            yield layer.name
         self._clicks = ClickLayers(viewer, click_layers, self.session.shape)
         self._clicks.activate()
         if parts.recovery is not None:
