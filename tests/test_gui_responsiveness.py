@@ -6,11 +6,7 @@ are read and layers' data are built off the GUI thread. *Teach* is measured in
 
 The sizes are those of the other widget tests; the bound is on the event loop's
 responsiveness, measured only while each action runs, not on how fast the action is.
-*Start* adds a labels layer, and napari's own work for that (its vispy overlays, built in
-Python on the GUI thread: about 150-250 ms on this 2-core machine, out of the plugin's
-hands) is measured first in the same viewer (a second add: the first pays one-time costs,
-such as compiling shaders, that Start then does not); Start may exceed 250 ms only by as much
-as that bare layer add does, plus ``START_MARGIN`` for the plugin's own steps.
+The viewer has drawn its image before *Start*, as a user's has.
 """
 
 from __future__ import annotations
@@ -28,18 +24,6 @@ pytestmark = pytest.mark.gui
 CLASSES = ("background", "a", "b")
 TIMEOUT = 120_000  # ms; the machine is small and shared
 MAX_STALL = 0.25  # s
-START_MARGIN = 0.2  # s: what Start may add to napari's own labels-layer add (its other steps, the first paint)
-
-
-def _napari_labels_layer_add(viewer, shape, qtbot) -> float:
-    """The event loop's longest gap while napari adds (and first draws) one labels layer of ``shape``."""
-    with LoopWatch(20) as loop:
-        with loop.action("napari add_labels"):
-            layer = viewer.add_labels(np.zeros(shape, np.uint8), name="bare labels")
-            qtbot.wait(300)  # its first draw
-    viewer.layers.remove(layer)
-    qtbot.wait(100)
-    return loop.gaps["napari add_labels"]
 
 
 def test_the_event_loop_never_stalls_during_the_widgets_actions(make_napari_viewer, make_checkpoint, qtbot,
@@ -59,8 +43,7 @@ def test_the_event_loop_never_stalls_during_the_widgets_actions(make_napari_view
         qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT)
         return blocker.args
 
-    _napari_labels_layer_add(viewer, volume.shape, qtbot)  # the first pays one-time costs (shaders): not Start's
-    bare_add = _napari_labels_layer_add(viewer, volume.shape, qtbot)
+    qtbot.wait(300)  # the image's first draw
     with LoopWatch(20) as loop:
         kind, message = run("Start", widget.start_button.click)
         assert kind == "start" and message.startswith("segmenting 'mri'"), message
@@ -76,10 +59,8 @@ def test_the_event_loop_never_stalls_during_the_widgets_actions(make_napari_view
         widget.session.reset(6)
         kind, message = run("Load", lambda: widget.load(labels_path))
         assert kind == "load" and "replayed" in message, message
-    print(f"event loop ({len(loop.ticks)} ticks of 20 ms), longest gap per action: {loop.report()}; "
-          f"napari's bare labels-layer add: {bare_add * 1e3:.0f} ms")
-    bounds = {"Start": max(MAX_STALL, bare_add + START_MARGIN)}
-    stalled = {name: gap for name, gap in loop.gaps.items() if gap > bounds.get(name, MAX_STALL)}
-    assert not stalled, f"the event loop stalled: {loop.report()} (bare labels-layer add {bare_add * 1e3:.0f} ms)"
+    print(f"event loop ({len(loop.ticks)} ticks of 20 ms), longest gap per action: {loop.report()}")
+    stalled = {name: gap for name, gap in loop.gaps.items() if gap > MAX_STALL}
+    assert not stalled, f"the event loop stalled: {loop.report()}"
     np.testing.assert_array_equal(widget.session.labels[6] > 0, True)  # the load restored the round's slice
     widget.shutdown()

@@ -37,8 +37,8 @@ from napari_simseg.annotator.click_layers import (
     ClickLayers,
     IgnoredPoints,
     PointKey,
+    click_layer_steps,
     clicks_from_keys,
-    iter_click_layers,
 )
 from napari_simseg.annotator.jobs import Job, JobRunner, one_line
 from napari_simseg.annotator.labels_view import LabelsView
@@ -231,9 +231,7 @@ class ViewerSession:
         LIVE_SESSIONS.add(self)  # from its first layer on, no other session takes them over
         yield LABELS_LAYER_NAME
         click_layers = []
-        for layer in iter_click_layers(viewer, self.image_layer, self.class_names, parts.click_layers):
-            click_layers.append(layer)
-            yield layer.name
+        yield from click_layer_steps(viewer, self.image_layer, self.class_names, parts.click_layers, click_layers)
         self._clicks = ClickLayers(viewer, click_layers, self.session.shape)
         self._clicks.activate()
         if parts.recovery is not None:
