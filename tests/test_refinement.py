@@ -120,3 +120,28 @@ def test_a_click_on_a_mislabelled_region_fixes_it_and_leaves_far_pixels_alone():
     plain.predict_auto()
     changed = plain.add_clicks(z, [Click(c, y, x)]).labels != before
     assert changed.any()
+
+
+def test_spreading_a_click_covers_the_plausible_part_of_the_region_it_corrects():
+    from napari_simseg.core.interaction.refinement import spread_clicks
+
+    previous = np.zeros((20, 30), int)
+    previous[:, 15:] = 2  # class 2 on the right; class 1 (the click's) missed in a sliver at columns 10-14
+    labels = previous.copy()
+    labels[8:12, 10:13] = 1  # the network fixed the sliver only next to the click
+    p1 = np.full((20, 30), 0.02)
+    p1[:, 10:15] = 0.3  # class 1 plausible (runner-up) along the whole sliver ...
+    p1[:, 17:20] = 0.3  # ... and in a strip of class 2, not the clicked region's class
+    p0 = np.where(previous == 0, 0.98 - p1 + 0.02, 0.02)
+    p2 = 1 - p0 - p1
+    log_p = np.log(np.clip(np.stack([p0, p1, p2]), 1e-6, 1))
+    out = spread_clicks(previous, labels, log_p, [Click(1, 10, 11)], np.log(4.0))
+    assert (out[:, 10:15] == 1).all()  # the whole sliver the click sits in
+    assert (out[:, :10] == 0).all() and (out[:, 15:] == 2).all()  # not the class-2 strip, not the rest
+    assert (spread_clicks(previous, labels, log_p, [Click(1, 10, 11)], np.log(1.2)) == labels).all()  # 0.3 vs 0.68
+    on_its_class = previous.copy()
+    on_its_class[10, 11] = 1  # a click on a pixel already shown as its class spreads nothing
+    np.testing.assert_array_equal(spread_clicks(on_its_class, labels, log_p, [Click(1, 10, 11)], np.log(4.0)), labels)
+    with pytest.raises(ValueError, match="spread"):
+        Refinement(spread=-1)
+    assert Refinement.from_dict(Refinement(spread=0.5).to_dict()).spread == 0.5

@@ -161,6 +161,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-lead", type=float, default=None,
                    help="a pixel the network changes keeps its old label unless its new class leads the "
                         "runner-up by this much in log-probability (default log 2; 0: any win)")
+    p.add_argument("--spread", type=float, default=None,
+                   help="spread each click's class over the region it corrects, where the network finds it "
+                        "within this log-probability of its top class (0: off)")
     p.add_argument("--zoom", type=float, default=None,
                    help="where the working grid is coarser than the image, refine each click in a focus "
                         "view up to this many times finer than the working grid (1: off)")
@@ -199,7 +202,8 @@ def main_evaluate(args) -> int:
         tta=args.tta, decision_offsets=args.decision_offsets, protocol=args.protocol,
         refinement=Refinement(locality=args.locality, follow_clicks=args.follow_clicks,
                               **({} if args.min_lead is None else {"min_lead": args.min_lead}),
-                              **({} if args.zoom is None else {"zoom": args.zoom})),
+                              **({} if args.zoom is None else {"zoom": args.zoom}),
+                              **({} if args.spread is None else {"spread": args.spread})),
     )
     print(format_report(result))
     if args.json:

@@ -3,7 +3,7 @@ before it, the network's new output and the round's clicks.
 
 One implementation for the interactive session, the evaluation's virtual user and the
 volume protocol (``docs/method.md``, "Clicks that count", gives the reasoning and the
-figures). Two rules, each switchable in :class:`Refinement`:
+figures). The rules, each switchable in :class:`Refinement`:
 
 * **Confidence.** A pixel the network changes keeps its old label unless the new class
   wins by ``min_lead`` in log-probability (by default twice as likely as the runner-up):
@@ -25,6 +25,10 @@ figures). Two rules, each switchable in :class:`Refinement`:
   the click, take it. The network's own margins decide how far the correction spreads:
   pixels where it was nearly undecided flip, confident ones do not.
 
+* **Spreading** (``spread``, off by default; tried, not kept: ``docs/method.md``): a click's
+  class spreads over the region of the old label it corrects, connected to the click, where
+  the network finds it within ``spread`` (log-probability) of its top class.
+
 Clicked pixels are honoured after this, as before (``clicks.honour_clicks``).
 Rounds that carry a propagation's seeds, or automatic results, are not refined: they
 have no user click to be local to.
@@ -41,7 +45,7 @@ import numpy as np
 from napari_simseg.core.interaction.clicks import Click, as_clicks
 
 __all__ = ["LOCALITIES", "MIN_GAIN", "Refinement", "component_touching", "confident_changes", "follow_clicks",
-           "keep_local_changes", "refine_round"]
+           "keep_local_changes", "refine_round", "spread_clicks"]
 
 LOCALITIES = ("none", "connected", "click")
 
@@ -67,6 +71,9 @@ class Refinement:
         much in log-probability (0: any win).
     touch : int
         A change counts as connected to a click within this many pixels of it (Chebyshev).
+    spread : float
+        Spread a click's class over the region it corrects where the network finds it within
+        this log-probability of the top class (:func:`spread_clicks`; 0: off).
     zoom : float or None
         Where the working grid is coarser than the image, each click of a round is refined
         in a focus view up to this many times finer than the working grid
@@ -81,12 +88,14 @@ class Refinement:
     min_lead: float = math.log(2.0)
     touch: int = 2
     zoom: float | None = None
+    spread: float = 0.0
 
     def __post_init__(self):
         if self.locality not in LOCALITIES:
             raise ValueError(f"locality must be one of {LOCALITIES}, got {self.locality!r}")
-        if not self.min_lead >= 0 or not self.margin >= 0:
-            raise ValueError(f"min_lead and margin must be >= 0, got {self.min_lead} and {self.margin}")
+        if not self.min_lead >= 0 or not self.margin >= 0 or not self.spread >= 0:
+            raise ValueError(f"min_lead, margin and spread must be >= 0, got {self.min_lead}, {self.margin} "
+                             f"and {self.spread}")
         if self.zoom is not None and not (self.zoom >= 1 and math.isfinite(self.zoom)):
             raise ValueError(f"zoom must be a finite magnification >= 1 (1: off), got {self.zoom}")
 
@@ -96,7 +105,7 @@ class Refinement:
 
     @property
     def needs_probabilities(self) -> bool:
-        return self.follow_clicks or self.min_lead > 0
+        return self.follow_clicks or self.min_lead > 0 or self.spread > 0
 
     @classmethod
     def off(cls) -> Refinement:
@@ -122,7 +131,7 @@ class Refinement:
         """The settings as JSON values (an interaction log records them)."""
         return {"locality": self.locality, "follow_clicks": bool(self.follow_clicks), "margin": float(self.margin),
                 "min_lead": float(self.min_lead), "touch": int(self.touch),
-                "zoom": None if self.zoom is None else float(self.zoom)}
+                "zoom": None if self.zoom is None else float(self.zoom), "spread": float(self.spread)}
 
     @classmethod
     def from_dict(cls, values) -> Refinement:
@@ -249,6 +258,32 @@ def follow_clicks(labels: np.ndarray, log_probabilities: np.ndarray, clicks: Seq
     return out
 
 
+def spread_clicks(previous: np.ndarray, labels: np.ndarray, log_probabilities: np.ndarray, clicks: Sequence,
+                  tolerance: float) -> np.ndarray:
+    """``labels`` with each click's class spread over the region the click corrects.
+
+    A click of class ``c`` on a pixel shown as ``k`` says "this ``k`` region is ``c``": the
+    pixels shown ``k`` before the round, connected to the click, where ``c`` is within
+    ``tolerance`` (log-probability) of the network's top class, take ``c``. A click on a
+    pixel already shown as its class before the round, or one whose own pixel the network
+    finds implausible for its class, spreads nothing.
+    """
+    out = labels.copy()
+    h, w = labels.shape
+    best = log_probabilities.max(axis=0)
+    for click in as_clicks(clicks):
+        y, x = int(round(click.y)), int(round(click.x))
+        if not (0 <= y < h and 0 <= x < w) or previous[y, x] == click.label:
+            continue
+        plausible = (log_probabilities[click.label] >= best - tolerance) & (previous == previous[y, x])
+        if not plausible[y, x]:
+            continue
+        part = component_touching(plausible, Click(click.label, y, x), 0)
+        if part is not None:
+            out[part] = click.label
+    return out
+
+
 def confident_changes(previous: np.ndarray, proposed: np.ndarray, log_probabilities: np.ndarray,
                       min_lead: float) -> np.ndarray:
     """``proposed`` where it equals ``previous`` or its class leads the runner-up by ``min_lead``
@@ -287,4 +322,6 @@ def refine_round(previous: np.ndarray, proposed: np.ndarray, log_probabilities: 
         labels = confident_changes(previous, labels, log_probabilities, refinement.min_lead)
         if refinement.follow_clicks and len(clicks):
             labels = follow_clicks(labels, log_probabilities, clicks, refinement.margin)
+        if refinement.spread > 0 and len(clicks):
+            labels = spread_clicks(previous, labels, log_probabilities, clicks, refinement.spread)
     return keep_local_changes(previous, labels, clicks, refinement.locality, refinement.touch)

@@ -36,7 +36,8 @@ JSON written by ``--json``::
      "honour_clicks": bool (model) or null, "tta": bool (model) or null,
      "decision_offsets": [one per class] or null, "split": str,
      "protocol": "slice" | "volume",
-     "refinement": {"locality": str, "follow_clicks": bool} (model) or null,
+     "refinement": {"locality": str, "follow_clicks": bool, "min_lead": float, "spread": float} (model)
+                   or null,
      "classes": [names], "n_volumes": int, "volumes": [case ids],
      "results": [{"clicks": k,              # rounds per slice (slice) or per volume (volume)
                   "clicks_per_volume": mean user clicks per volume after k rounds,
@@ -407,7 +408,8 @@ def _result_document(how: _Method, checkpoint, opts: EvaluationOptions, chosen: 
         "axis": how.axis,
         "protocol": protocol,
         "refinement": {"locality": opts.refinement.locality, "follow_clicks": opts.refinement.follow_clicks,
-                       "min_lead": round(opts.refinement.min_lead, 4)} if is_model else None,
+                       "min_lead": round(opts.refinement.min_lead, 4),
+                       "spread": round(opts.refinement.spread, 4)} if is_model else None,
         "classes": class_names,
         "n_volumes": len(cases),
         "volumes": [c.case_id for c in cases],
@@ -486,7 +488,8 @@ def format_report(result: dict) -> str:
              + (", volume protocol (rounds per volume, each propagated)" if volume else "")
              + ("" if not result.get("refinement") else
                 f", rounds refined: locality {result['refinement']['locality']}"
-                + (", following clicks" if result["refinement"]["follow_clicks"] else ""))]
+                + (", following clicks" if result["refinement"]["follow_clicks"] else "")
+                + (f", spread {result['refinement']['spread']:.2f}" if result["refinement"].get("spread") else ""))]
     lines.append("Dice".ljust(8) + "".join(c.rjust(width) for c in names))
     for row in result["results"]:
         vals = "".join(("-" if row["dice"][c] is None else f"{row['dice'][c]:.3f}").rjust(width) for c in names)
