@@ -32,11 +32,7 @@ from napari_simseg.core.interaction.refinement import Refinement, refine_round
 def _describe(before, after, gt, clicks) -> dict:
     clicks = as_clicks(clicks)
     broke = (before == gt) & (after != gt)
-    sizes = []
-    for click in clicks:
-        regions, _ = ndimage.label((gt == click.label) & (before != click.label))
-        i = regions[int(round(click.y)), int(round(click.x))]
-        sizes.append(int((regions == i).sum()) if i else 0)
+    sizes = [int(metrics.clicked_regions(before, gt, [click]).sum()) for click in clicks]
     distance = None
     if broke.any() and clicks:
         free = np.ones(before.shape, bool)

@@ -56,7 +56,8 @@ from napari_simseg.annotator.dialogs import (
     disconnect_all,
 )
 from napari_simseg.annotator.image_picker import ImagePicker
-from napari_simseg.annotator.job_worker import JobWorker, one_line
+from napari_simseg.annotator.job_worker import JobWorker
+from napari_simseg.annotator.jobs import one_line
 from napari_simseg.annotator.shortcuts import bind_session_keys, unbind_keys
 from napari_simseg.annotator.teach_panel import TeachPanel, set_wrapped_text, wrapping_label
 from napari_simseg.annotator.viewer_session import OVERWRITE_POLICIES, SessionOptions, ViewerSession

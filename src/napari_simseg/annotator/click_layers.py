@@ -110,8 +110,8 @@ def click_layer_steps(viewer, image_layer, class_names: Sequence[str], models, m
                 layer.visible = True
                 yield layer.name
     finally:
-        for layer in made:
-            layer.visible = layer.visible or is_new(layer)
+        for layer in filter(is_new, made):
+            layer.visible = True
 
 
 def make_click_layers(viewer, image_layer, class_names: Sequence[str], models=None) -> list:

@@ -15,7 +15,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from napari_simseg.annotator.dialogs import JobError, shield_runtime_errors
 from napari_simseg.annotator.jobs import Job, one_line
 
-__all__ = ["JobWorker", "one_line"]
+__all__ = ["JobWorker"]
 
 
 class JobWorker(QObject):

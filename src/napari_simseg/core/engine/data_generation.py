@@ -261,7 +261,7 @@ def training_step(ctx: StepContext, batch, rng: np.random.Generator):
     Returns the loss (a tensor).
     """
     logits, targets, weights = _simulate_and_forward(ctx, batch, rng)
-    loss = ctx.loss_fn(logits.float(), targets) if weights is None else ctx.loss_fn(logits.float(), targets, weights)
+    loss = ctx.loss_fn(logits.float(), targets, weights)
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.scaler.scale(loss).backward()
     ctx.scaler.step(ctx.optimizer)
