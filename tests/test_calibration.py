@@ -245,3 +245,62 @@ def test_calibrate_without_a_saved_split_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("simseg calibrate:") and "needs a saved split" in err and "\n" not in err
     assert not out.exists()
+
+
+def test_calibrate_chooses_the_network_rounds_that_evaluate_and_the_session_then_use(tmp_path, capsys, monkeypatch):
+    """``--no-offsets`` keeps the offsets and only chooses; the choice (both scores, the
+    split) is stored in the header, and evaluate and the session read it unless told otherwise.
+    The rule: the network's own rounds only when they beat refining every round by more than
+    the margin."""
+    from conftest import tiny_meta_and_model
+    from napari_simseg.cli import main
+    from napari_simseg.core.data.phantom import make_phantom_dataset
+    from napari_simseg.core.interaction.refinement import Refinement
+    from napari_simseg.core.jobs import calibration, evaluation
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta, save_checkpoint, update_checkpoint_meta
+    from napari_simseg.core.session.interactive import InteractiveSession
+
+    data = make_phantom_dataset(tmp_path / "ph", n_volumes=2, seed=4, shape=(4, 36, 40), n_tumours=1)
+    names = ("background", "organ", "cavity", "tumour", "neighbour")
+    meta, model = tiny_meta_and_model(class_names=names)
+    meta.simulation, meta.training = "ddg", {"config": {"max_clicks": 2}}
+    src = save_checkpoint(tmp_path / "net.safetensors", model, meta)
+    out = tmp_path / "chosen.safetensors"
+    assert main(["calibrate", "--checkpoint", str(src), "--data", str(data), "--output", str(out), "--split", "all",
+                 "--no-offsets", "--choice-rounds", "2", "--choice-slices", "4", "--no-tta", "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    chosen = read_checkpoint_meta(out)
+    record = chosen.training["refinement"]
+    assert chosen.decision_offsets is None and "calibration" not in chosen.training  # no fit asked for
+    assert record["network_rounds"] in (0, 2) and set(record["scores"]) == {"0", "2"}
+    assert record["volumes"] == 1 and record["rounds"] == 2 and summary["network_rounds"] == record
+    expected = 2 if record["scores"]["2"] > record["scores"]["0"] + calibration.CHOICE_MARGIN else 0
+    assert record["network_rounds"] == expected
+
+    training = dict(chosen.training, refinement=dict(record, network_rounds=2))
+    forced = update_checkpoint_meta(out, tmp_path / "forced.safetensors", training=training)
+    result = evaluation.evaluate(forced, data, clicks=[0, 1], device="cpu", progress=False, tta=False)
+    assert result["refinement"]["network_rounds"] == 2
+    assert "the network's own labels in rounds 1-2" in evaluation.format_report(result)
+    asked = evaluation.evaluate(forced, data, clicks=[0, 1], device="cpu", progress=False, tta=False,
+                                refinement=Refinement(network_rounds=0))
+    assert asked["refinement"]["network_rounds"] == 0
+    volume = np.random.default_rng(0).normal(size=(4, 36, 40)).astype(np.float32)
+    assert InteractiveSession(volume, forced, device="cpu").refinement.network_rounds == 2
+
+    # the rule, on made-up scores: the network's rounds must win by more than the margin
+    def fake_evaluate(checkpoint, data, refinement, **kw):
+        dice = {0: 0.80, 2: 0.80 + made_up["gain"]}[refinement.network_rounds]
+        return {"classes": ["bg", "a"], "split": "train", "n_volumes": 3,
+                "results": [{"clicks": k, "dice": {"bg": 0.99, "a": dice}} for k in (1, 2)]}
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    made_up = {}
+    for made_up["gain"], rounds in ((0.01, 2), (calibration.CHOICE_MARGIN / 2, 0), (-0.01, 0)):
+        assert calibration.choose_network_rounds(forced, data, choice_rounds=2, log=lambda *a: None
+                                                 )["network_rounds"] == rounds
+    assert calibration.choose_network_rounds(forced, data, choice_rounds=0) is None
+    made_up["gain"] = 0.01
+    assert calibration.choose_network_rounds(src, data, choice_rounds=2, log=lambda *a: None)["network_rounds"] == 2
+    plain = update_checkpoint_meta(src, tmp_path / "sdg.safetensors", simulation="sdg")
+    assert calibration.choose_network_rounds(plain, data, choice_rounds=2) is None  # no rounds of its own output

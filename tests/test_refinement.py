@@ -145,3 +145,56 @@ def test_spreading_a_click_covers_the_plausible_part_of_the_region_it_corrects()
     with pytest.raises(ValueError, match="spread"):
         Refinement(spread=-1)
     assert Refinement.from_dict(Refinement(spread=0.5).to_dict()).spread == 0.5
+
+
+def test_the_session_shows_the_networks_own_labels_in_its_network_rounds():
+    """A session with ``network_rounds=1`` shows a slice's first corrective round as the
+    network gave it (as with the refinement off: the memory is the same), and refines from
+    the second round on: then only the clicked class may grow, next to its click."""
+    from napari_simseg.core.io.images import read_image
+    from napari_simseg.core.io.resources import SAMPLE_DIR
+    from napari_simseg.core.session.interactive import InteractiveSession
+
+    image = read_image(SAMPLE_DIR / "images" / "hippocampus_015.nii.gz").array
+    sessions = {name: InteractiveSession(image, "demo", device="cpu", refinement=refinement)
+                for name, refinement in (("off", Refinement.off()), ("first", Refinement(network_rounds=1)))}
+    assert sessions["first"].refinement.network_rounds == 1
+    z = image.shape[0] // 2
+    rounds, notes = {name: [] for name in sessions}, []
+    for name, session in sessions.items():
+        session.predict_auto()
+        rounds[name].append(session.labels[z].copy())
+        for click in ((1, 20, 20), (2, 15, 30), (1, 25, 12)):
+            result = session.add_clicks(z, [Click(*click)])
+            rounds[name].append(result.labels.copy())
+            if name == "first":
+                notes.append(result.note)
+    assert "network's whole answer" in notes[0] and not any("whole answer" in n for n in notes[1:])  # the status line
+    np.testing.assert_array_equal(rounds["first"][1], rounds["off"][1])  # round 1: the network's own
+    for k, label in ((2, 2), (3, 1)):
+        changed = rounds["first"][k] != rounds["first"][k - 1]
+        assert set(np.unique(rounds["first"][k][changed])) <= {label}
+    assert any(len(set(np.unique(rounds["off"][k][rounds["off"][k] != rounds["off"][k - 1]])) - {lab}) > 0
+               for k, lab in ((2, 2), (3, 1)))  # where the network's own rounds changed other classes
+
+
+def test_network_rounds_come_from_the_checkpoint_unless_asked_for():
+    from types import SimpleNamespace
+
+    from napari_simseg.core.session.interaction_log import log_refinement
+
+    chose = SimpleNamespace(training={"refinement": {"network_rounds": 3}})
+    assert Refinement().for_checkpoint(chose).network_rounds == 3
+    assert Refinement(network_rounds=1).for_checkpoint(chose).network_rounds == 1  # asked for: kept
+    assert Refinement().for_checkpoint(SimpleNamespace(training={})).network_rounds == 0
+    assert Refinement().for_checkpoint(SimpleNamespace(training={"refinement": {"network_rounds": "3"}})
+                                       ).network_rounds == 0  # not a whole number: ignored
+    assert Refinement(network_rounds=2).refines_round(3) and not Refinement(network_rounds=2).refines_round(2)
+    assert not Refinement.off().refines_round(5)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="network_rounds"):
+            Refinement(network_rounds=bad)
+    old = Refinement(zoom=1.0).to_dict()
+    old.pop("network_rounds")
+    assert log_refinement({"refinement": old}).network_rounds == 0  # a log from before: every round refined
+    assert log_refinement({"refinement": Refinement(network_rounds=3).to_dict()}).network_rounds == 3

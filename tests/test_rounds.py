@@ -96,3 +96,43 @@ def test_evaluation_rounds_honour_clicks_only_when_asked():
                     want[i, c.y, c.x] = c.label  # in order: the newest click on a pixel wins
         np.testing.assert_array_equal(honoured[k], want, err_msg=f"round {k}")
     assert honoured[2][0, 3, 4] == 2 and honoured[3][1, 20, 21] == 0
+
+
+def test_network_rounds_show_the_networks_labels_then_the_rules_apply():
+    """With ``network_rounds=2`` rounds 1-2 are the network's own labels (as with the
+    refinement off), and round 3 keeps only changes to the clicked class next to its click,
+    where the network's own round 3 changes other classes and far pixels too."""
+    from napari_simseg.core.interaction.refinement import Refinement
+
+    gts = np.zeros((1, 32, 32), np.int64)
+    gts[:, 5:15, 5:15] = 1
+    images = torch.zeros((1, 1, 32, 32))
+
+    class Redraws(torch.nn.Module):  # a new 3-class map every call (1: auto, 2-4: rounds 1-3)
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x, state=None):
+            self.calls += 1
+            labels = np.random.default_rng(self.calls).integers(0, 3, size=(4, 4)).repeat(8, 0).repeat(8, 1)
+            labels[8:16, 8:16] = 1 if self.calls == 4 else 0  # round 3 grows class 1 at the click...
+            labels[24:, 24:] = 2 if self.calls == 4 else 0  # ... and changes a far corner
+            logits = 8.0 * torch.nn.functional.one_hot(torch.from_numpy(labels), 3).permute(2, 0, 1).float()
+            return logits[None].expand(x.shape[0], -1, -1, -1), None
+
+    def rounds(refinement):
+        return run_rounds(Redraws(), images, gts, 3, lambda g, p: [[(1, 10, 10)]],
+                          replace(SIM3, honour=True, refinement=refinement))
+
+    off = rounds(Refinement.off())
+    plain = dict(zoom=1.0, follow_clicks=False, min_lead=0.0)
+    first_two = rounds(Refinement(network_rounds=2, **plain))
+    for k in range(3):
+        np.testing.assert_array_equal(first_two[k], off[k])
+    changed = first_two[3] != first_two[2]
+    assert changed.any() and set(np.unique(first_two[3][changed])) <= {1}
+    assert not changed[:, 24:, 24:].any()  # far from the click, as before
+    assert (off[3] != off[2])[:, 24:, 24:].any()  # where the network's own round changed it
+    every = rounds(Refinement(network_rounds=0, **plain))
+    assert not np.array_equal(every[1], off[1])  # refined from the first round

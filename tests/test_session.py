@@ -218,11 +218,12 @@ def test_a_log_replays_with_the_refinement_it_was_shown_with(tiny_checkpoint, sm
     s.add_clicks(1, [(2, 20, 20), (1, 10, 30)])
     path = s.save_log(tmp_path / "a.simseg.json")
     # recorded as the session ran it: the zoom resolved for the checkpoint (1: no focus views)
-    assert load_log(path)["refinement"] == {**loose.to_dict(), "zoom": 1.0}
+    # (and the network rounds: the tiny checkpoint chose none)
+    assert load_log(path)["refinement"] == {**loose.to_dict(), "zoom": 1.0, "network_rounds": 0}
     fresh = InteractiveSession(small_volume, tiny_checkpoint, device="cpu")
     replay_log(fresh, path)
     np.testing.assert_array_equal(fresh.get_labels(), s.get_labels())
-    assert fresh.refinement == Refinement(zoom=1.0)  # its own again after the replay
+    assert fresh.refinement == Refinement(zoom=1.0, network_rounds=0)  # its own again after the replay
 
     doc = json.loads(path.read_text())
     del doc["refinement"]  # a log from before the refinement

@@ -4,6 +4,8 @@
 # refinement: --locality none --no-follow-clicks) and once as the session shows them without focus
 # views (refined: --zoom 1); HOWS="network refined zoomed" adds the rounds with focus views finer than
 # the working grid (--zoom $ZOOM, default 4; only images larger than the working size gain anything);
+# HOWS="... chosen" adds the checkpoint after `simseg calibrate --no-offsets` chose, on its training
+# split, whether a slice's first rounds show the network's own labels (written to $OUT/SET.chosen.safetensors);
 # then the table (training/clicks_table.py -> docs/results/clicks.json).
 #
 #   DATA_<SET>=... CKPT_<SET>=... SPLIT_<SET>=... bash training/clicks_results.sh hippocampus ct2d ...
@@ -42,7 +44,13 @@ PY
     flags=(); [ "$how" = network ] && flags=(--locality none --no-follow-clicks --min-lead 0)
     [ "$how" = refined ] && flags=(--zoom 1)
     [ "$how" = zoomed ] && flags=(--zoom "${ZOOM:-4}")
-    /usr/bin/time -f "$set $how: evaluate wall %e s" simseg evaluate --checkpoint "$ckpt" --data "$data" --split val \
+    use=$ckpt
+    if [ "$how" = chosen ]; then
+      use=$OUT/$set.chosen.safetensors; flags=(--zoom 1)
+      /usr/bin/time -f "$set: calibrate wall %e s" simseg calibrate --checkpoint "$ckpt" --data "$data" --split train \
+        --split-file "$split" --no-offsets --device cpu --output "$use" | grep "network rounds"
+    fi
+    /usr/bin/time -f "$set $how: evaluate wall %e s" simseg evaluate --checkpoint "$use" --data "$data" --split val \
       --split-file "$split" --clicks 0,1,2,3,5,10 --noc-clicks 20 --device cpu ${MAXV:+--max-volumes $MAXV} \
       "${flags[@]}" --name "$set $how" --json "$OUT/$set.$how.json" | tail -n 6
     pairs+=("$set, $how=$OUT/$set.$how.json")

@@ -167,10 +167,15 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoom", type=float, default=None,
                    help="where the working grid is coarser than the image, refine each click in a focus "
                         "view up to this many times finer than the working grid (1: off)")
+    p.add_argument("--network-rounds", type=int, default=None,
+                   help="show the network's own labels, unrefined, in each slice's first N corrective rounds "
+                        "(default: the number simseg calibrate chose for the checkpoint, else 0)")
     p.add_argument("--noc-clicks", type=int, default=0,
                    help="also compute NoC@85/90/95 with this click budget, e.g. 20 (runs that many "
                         "rounds on every slice; default 0: no NoC)")
     p.add_argument("--max-volumes", type=int, default=None, help="evaluate only the first N volumes")
+    p.add_argument("--max-slices", type=int, default=None,
+                   help="stop after the volume that brings the slices evaluated to N")
     p.add_argument("--axis", type=int, default=None, help="slicing axis (default: the checkpoint's)")
     p.add_argument("--no-honour-clicks", dest="honour_clicks", action="store_false",
                    help="score the network's argmax alone, without giving clicked pixels their class")
@@ -198,12 +203,14 @@ def main_evaluate(args) -> int:
         checkpoint=args.checkpoint, data=args.data, split=args.split, split_file=args.split_file,
         clicks=clicks, method=args.method, memory=args.memory, device=args.device,
         batch_size=args.batch_size, noc_clicks=args.noc_clicks, max_volumes=args.max_volumes,
+        max_slices=args.max_slices,
         axis=args.axis, name=args.name, honour_clicks=args.honour_clicks,
         tta=args.tta, decision_offsets=args.decision_offsets, protocol=args.protocol,
         refinement=Refinement(locality=args.locality, follow_clicks=args.follow_clicks,
                               **({} if args.min_lead is None else {"min_lead": args.min_lead}),
                               **({} if args.zoom is None else {"zoom": args.zoom}),
-                              **({} if args.spread is None else {"spread": args.spread})),
+                              **({} if args.spread is None else {"spread": args.spread}),
+                              network_rounds=args.network_rounds),
     )
     print(format_report(result))
     if args.json:
@@ -229,6 +236,13 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="click rounds to fit over (0..N)")
     p.add_argument("--no-tta", dest="tta", action="store_false",
                    help="fit for the network run once per round instead of flip averaging")
+    p.add_argument("--no-offsets", dest="offsets", action="store_false",
+                   help="keep the checkpoint's decision offsets as they are (only choose the network rounds)")
+    p.add_argument("--choice-rounds", type=int, default=10,
+                   help="rounds per slice when choosing whether a slice's first rounds show the network's own "
+                        "labels (0: no choice, the checkpoint's stays)")
+    p.add_argument("--choice-slices", type=int, default=32,
+                   help="that choice runs on the split's first volumes up to this many slices (default 32)")
     p.add_argument("--device", default="auto")
 
 
@@ -240,8 +254,9 @@ def main_calibrate(args) -> int:
 
     result = calibrate(args.checkpoint, args.data, args.output, split=args.split,
                        split_file=args.split_file, max_volumes=args.max_volumes or None,
-                       rounds=args.rounds, tta=args.tta, device=args.device)
-    print(json.dumps({k: result[k] for k in ("offsets", "dice_before", "dice_after", "volumes")}))
+                       rounds=args.rounds, tta=args.tta, device=args.device, offsets=args.offsets,
+                       choice_rounds=args.choice_rounds, choice_slices=args.choice_slices)
+    print(json.dumps({k: result[k] for k in ("offsets", "dice_before", "dice_after", "volumes", "network_rounds")}))
     return 0
 
 

@@ -197,13 +197,12 @@ def run_rounds(
     pixel clicked so far its click's class, as the interactive session does
     (:func:`~napari_simseg.core.interaction.clicks.honour_clicks`); the memory keeps the network's
     own probabilities either way. ``settings.decision_offsets`` (one per class) are added to the
-    log-probabilities before the argmax that gives the labels
-    (:mod:`~napari_simseg.core.network.decision`); the memory is unaffected.
-    ``settings.refinement`` decides, as in the interactive session, what each corrective round may
-    change of the labels shown before it
-    (:func:`~napari_simseg.core.interaction.refinement.refine_round`; None: everything).
-    Its ``zoom`` (> 1) refines each click of a round in a focus view finer than the working
-    grid (:mod:`~napari_simseg.core.network.zoom`); that needs ``fine_images``, the slices'
+    log-probabilities before the argmax (:mod:`~napari_simseg.core.network.decision`).
+    ``settings.refinement`` decides, as in the session, what each corrective round after its
+    ``network_rounds`` may change of the labels shown before it
+    (:func:`~napari_simseg.core.interaction.refinement.refine_round`; None: everything). Its
+    ``zoom`` (> 1) refines each click in a focus view finer than the working grid
+    (:mod:`~napari_simseg.core.network.zoom`); that needs ``fine_images``, the slices'
     normalised channels on the image grid ``(B, C (1 + 2k), H, W)``.
 
     Returns
@@ -247,9 +246,10 @@ def run_rounds(
             labels = decide_labels(torch.log(shown.clamp_min(1e-12)) if shown is not probs
                                    else torch.log_softmax(logits.float(), dim=1),
                                    offsets, axis=1, log=True).cpu().numpy()
-        if k > 0 and zoom > 1:
+        refined = k > 0 and refine and refinement.refines_round(k)
+        if refined and zoom > 1:
             shown, labels = _zoomed(model, settings, x, shown, labels, previous, clicks, fine_images)
-        if k > 0 and refine:
+        if refined:
             log_p = log_probabilities(shown, offsets, axis=1).cpu().numpy() if refinement.needs_probabilities else None
             for i in range(labels.shape[0]):
                 labels[i] = refine_round(previous[i], labels[i], None if log_p is None else log_p[i], clicks[i],

@@ -44,8 +44,8 @@ import numpy as np
 
 from napari_simseg.core.interaction.clicks import Click, as_clicks
 
-__all__ = ["LOCALITIES", "MIN_GAIN", "Refinement", "component_touching", "confident_changes", "follow_clicks",
-           "keep_local_changes", "refine_round", "spread_clicks"]
+__all__ = ["LOCALITIES", "MIN_GAIN", "Refinement", "checkpoint_network_rounds", "component_touching",
+           "confident_changes", "follow_clicks", "keep_local_changes", "refine_round", "spread_clicks"]
 
 LOCALITIES = ("none", "connected", "click")
 
@@ -74,6 +74,14 @@ class Refinement:
     spread : float
         Spread a click's class over the region it corrects where the network finds it within
         this log-probability of the top class (:func:`spread_clicks`; 0: off).
+    network_rounds : int or None
+        A slice's first this many corrective rounds show the network's own labels, unrefined
+        (clicked pixels still honoured); the rules above act from the round after. A network
+        trained with dynamic data generation saw up to ``max_clicks`` rounds of its own
+        output, and in those rounds its changes away from the clicks are, on some data,
+        corrections the rules would withhold (``docs/method.md``). None (the default): the
+        number chosen for the checkpoint on its training split (``simseg calibrate``,
+        :meth:`for_checkpoint`), 0 where none was chosen.
     zoom : float or None
         Where the working grid is coarser than the image, each click of a round is refined
         in a focus view up to this many times finer than the working grid
@@ -89,6 +97,7 @@ class Refinement:
     touch: int = 2
     zoom: float | None = None
     spread: float = 0.0
+    network_rounds: int | None = None
 
     def __post_init__(self):
         if self.locality not in LOCALITIES:
@@ -98,10 +107,18 @@ class Refinement:
                              f"and {self.spread}")
         if self.zoom is not None and not (self.zoom >= 1 and math.isfinite(self.zoom)):
             raise ValueError(f"zoom must be a finite magnification >= 1 (1: off), got {self.zoom}")
+        if self.network_rounds is not None and (isinstance(self.network_rounds, bool)
+                                                or not isinstance(self.network_rounds, int)
+                                                or self.network_rounds < 0):
+            raise ValueError(f"network_rounds must be a whole number >= 0, got {self.network_rounds!r}")
 
     @property
     def active(self) -> bool:
         return self.locality != "none" or self.follow_clicks or self.min_lead > 0 or (self.zoom or 1.0) > 1
+
+    def refines_round(self, round_number: int) -> bool:
+        """Whether a slice's corrective round ``round_number`` (1: its first) is refined at all."""
+        return self.active and round_number > (self.network_rounds or 0)
 
     @property
     def needs_probabilities(self) -> bool:
@@ -110,28 +127,34 @@ class Refinement:
     @classmethod
     def off(cls) -> Refinement:
         """The network's labels as they are (the paper's system)."""
-        return cls(locality="none", follow_clicks=False, min_lead=0.0, zoom=1.0)
+        return cls(locality="none", follow_clicks=False, min_lead=0.0, zoom=1.0, network_rounds=0)
 
     def for_checkpoint(self, meta) -> Refinement:
-        """These settings with ``zoom=None`` resolved for a checkpoint's header ``meta``: the upper
-        end of the zoom its training augmented with (``aug_scale``), 1 (off) below
-        :data:`MIN_GAIN` or when the header does not say."""
-        if self.zoom is not None:
-            return self
+        """These settings with ``zoom=None`` and ``network_rounds=None`` resolved for a
+        checkpoint's header ``meta``: the zoom is the upper end of the zoom its training
+        augmented with (``aug_scale``), 1 (off) below :data:`MIN_GAIN` or when the header does
+        not say; the network rounds are those its calibration chose
+        (``training["refinement"]["network_rounds"]``), else 0."""
         training = getattr(meta, "training", None) or {}
+        resolved = self
+        if self.network_rounds is None:
+            resolved = replace(self, network_rounds=checkpoint_network_rounds(training))
+        if self.zoom is not None:
+            return resolved
         config = training.get("config") if isinstance(training, dict) else None
         scale = config.get("aug_scale") if isinstance(config, dict) else None
         try:
             trained = float(max(scale)) if scale else 1.0
         except (TypeError, ValueError):
             trained = 1.0
-        return replace(self, zoom=trained if math.isfinite(trained) and trained >= MIN_GAIN else 1.0)
+        return replace(resolved, zoom=trained if math.isfinite(trained) and trained >= MIN_GAIN else 1.0)
 
     def to_dict(self) -> dict:
         """The settings as JSON values (an interaction log records them)."""
         return {"locality": self.locality, "follow_clicks": bool(self.follow_clicks), "margin": float(self.margin),
                 "min_lead": float(self.min_lead), "touch": int(self.touch),
-                "zoom": None if self.zoom is None else float(self.zoom), "spread": float(self.spread)}
+                "zoom": None if self.zoom is None else float(self.zoom), "spread": float(self.spread),
+                "network_rounds": None if self.network_rounds is None else int(self.network_rounds)}
 
     @classmethod
     def from_dict(cls, values) -> Refinement:
@@ -151,6 +174,13 @@ class Refinement:
             return cls(**values)
         except TypeError as exc:
             raise ValueError(f"refinement settings: {exc}") from None
+
+
+def checkpoint_network_rounds(training) -> int:
+    """The network rounds a checkpoint's ``training`` record says its calibration chose (0: none)."""
+    choice = training.get("refinement") if isinstance(training, dict) else None
+    value = choice.get("network_rounds") if isinstance(choice, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100 else 0
 
 
 def _near(shape: tuple, click: Click, touch: int) -> tuple[slice, slice]:

@@ -23,6 +23,20 @@ session, the widget and ``simseg evaluate``; the interaction memory keeps the
 network's own probabilities (that is what the network was trained on). Training's
 internal validation decides by plain argmax. ``--no-decision-offsets`` (evaluate) and
 ``InteractiveSession(decision_offsets=False)`` switch them off.
+
+**Network rounds.** Calibration also chooses how a slice's first corrective rounds are
+shown (:func:`choose_network_rounds`): refined from the first round (the default of
+:mod:`~napari_simseg.core.interaction.refinement`), or as the network gives them for the
+rounds its dynamic data generation trained it on (``max_clicks``), refined after. On some
+data the network's own early rounds fix errors no click points at, on others they break
+correct regions (``docs/method.md``), so the choice is measured per checkpoint: the
+evaluation user (:func:`~napari_simseg.core.jobs.evaluation.evaluate`, the same rounds as
+``simseg evaluate``) runs ``choice_rounds`` rounds on the first volumes of the same split,
+``choice_slices`` slices or just over, with each setting and decision offsets on; the network rounds win when
+their mean foreground Dice over rounds 1..``choice_rounds`` beats the default's by more
+than :data:`CHOICE_MARGIN`. The choice is stored as ``training["refinement"]``
+(``network_rounds`` and both scores) and read by
+:meth:`~napari_simseg.core.interaction.refinement.Refinement.for_checkpoint`.
 """
 
 from __future__ import annotations
@@ -43,7 +57,12 @@ from napari_simseg.core.interaction.clicks import as_clicks, honour_clicks
 from napari_simseg.core.interaction.virtual_user import EvaluationUser
 from napari_simseg.core.network.decision import decide_labels
 
-__all__ = ["CalibrationOptions", "calibrate", "collect_rounds", "fit_decision_offsets", "score_offsets"]
+__all__ = ["CHOICE_MARGIN", "CalibrationOptions", "calibrate", "choose_network_rounds", "collect_rounds",
+           "fit_decision_offsets", "score_offsets"]
+
+#: The network rounds must beat refining every round by this much (mean foreground Dice over
+#: the choice's rounds) to be chosen: the default is the more local, safer rule.
+CHOICE_MARGIN = 0.002
 
 
 def score_offsets(volumes, offsets, n_classes: int, rounds: Sequence[int]) -> float:
@@ -123,6 +142,13 @@ class CalibrationOptions:
         Slices per network call (bounded by memory).
     sweeps : int
         Coordinate sweeps of the offset search.
+    offsets : bool
+        Fit decision offsets (False: keep the checkpoint's as they are).
+    choice_rounds : int
+        Rounds per slice of the network-rounds choice (0: no choice; the header's is kept).
+    choice_slices : int
+        The choice runs on the first volumes of the split up to this many slices (at least one
+        volume): on 2D images that many images, on 3D volumes a few of them.
     """
 
     split: str = "train"
@@ -133,6 +159,9 @@ class CalibrationOptions:
     device: str = "auto"
     batch_size: int = 64
     sweeps: int = 2
+    offsets: bool = True
+    choice_rounds: int = 10
+    choice_slices: int = 32
 
 
 def collect_rounds(checkpoint, data, options: CalibrationOptions | None = None, *, progress: bool = True,
@@ -217,21 +246,70 @@ def collect_rounds(checkpoint, data, options: CalibrationOptions | None = None, 
             "path": Path(path), "split": which}
 
 
+def choose_network_rounds(checkpoint, data, options: CalibrationOptions | None = None, *, log=print,
+                          **fields) -> dict | None:
+    """Choose the checkpoint's network rounds on ``options.split`` (module docstring).
+
+    Returns
+    -------
+    dict or None
+        The record stored as ``training["refinement"]``: ``network_rounds`` (chosen),
+        ``scores`` (candidate rounds -> mean foreground Dice over rounds 1..``rounds``),
+        ``split``, ``volumes``, ``rounds``, ``seconds``; None when there is nothing to choose
+        (``choice_rounds`` 0, or a network not trained on rounds of its own output).
+    """
+    from napari_simseg.core.interaction.refinement import Refinement
+    from napari_simseg.core.io.resources import resolve_checkpoint
+    from napari_simseg.core.jobs.evaluation import evaluate
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta
+
+    opts = replace(options or CalibrationOptions(), **fields)
+    meta = read_checkpoint_meta(resolve_checkpoint(checkpoint))
+    config = (meta.training or {}).get("config") or {}
+    trained = config.get("max_clicks") if "ddg" in str(meta.simulation) else None
+    if opts.choice_rounds <= 0 or not isinstance(trained, int) or trained <= 0:
+        return None
+    rounds = int(opts.choice_rounds)
+    t0 = time.monotonic()
+    scores, which, volumes = {}, opts.split, 0
+    for candidate in (0, trained):
+        result = evaluate(checkpoint, data, split=opts.split, split_file=opts.split_file,
+                          clicks=list(range(1, rounds + 1)), max_slices=opts.choice_slices or None,
+                          device=opts.device, batch_size=opts.batch_size, tta=opts.tta, progress=False,
+                          log=lambda *a: None, refinement=Refinement(network_rounds=candidate))
+        per_round = [[v for name, v in row["dice"].items() if name != result["classes"][0] and v is not None]
+                     for row in result["results"]]
+        scores[candidate] = float(np.mean([np.mean(r) for r in per_round if r]))
+        which, volumes = result["split"], result["n_volumes"]
+    chosen = trained if scores[trained] > scores[0] + CHOICE_MARGIN else 0
+    record = {"network_rounds": chosen, "scores": {str(k): round(v, 5) for k, v in scores.items()},
+              "split": which, "volumes": volumes, "rounds": rounds,
+              "objective": f"mean foreground Dice over rounds 1..{rounds}, refinement as in the session",
+              "seconds": round(time.monotonic() - t0, 1)}
+    log(f"network rounds: {chosen} (mean foreground Dice over rounds 1..{rounds} on {volumes} {which} volumes: "
+        + ", ".join(f"{k} rounds {v:.4f}" for k, v in scores.items()) + f"; {record['seconds']} s)")
+    return record
+
+
 def calibrate(checkpoint, data, output, options: CalibrationOptions | None = None, *, progress: bool = True,
               log=print, **fields) -> dict:
-    """Fit decision offsets on ``options.split`` and write a checkpoint that carries them
-    (``fields`` override ``options``' fields).
+    """Fit decision offsets on ``options.split``, choose the network rounds
+    (:func:`choose_network_rounds`) and write a checkpoint that carries them (``fields``
+    override ``options``' fields).
 
     The network's tensors are copied unchanged; only the header gains
-    ``decision_offsets`` and a ``training["calibration"]`` record.
+    ``decision_offsets`` and a ``training["calibration"]`` record (unless ``options.offsets``
+    is False: the checkpoint's offsets stay) and the choice as ``training["refinement"]``.
 
     Returns
     -------
     dict
         ``offsets``, ``dice_before``/``dice_after`` (the objective on the calibration
-        volumes), ``volumes``, ``split``, ``rounds``, ``seconds``, ``output``.
+        volumes; None without a fit), ``volumes``, ``split``, ``rounds``, ``network_rounds``
+        (the choice's record, or None), ``seconds``, ``output``.
     """
-    from napari_simseg.core.network.checkpoint import update_checkpoint_meta
+    from napari_simseg.core.io.resources import resolve_checkpoint
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta, update_checkpoint_meta
 
     opts = replace(options or CalibrationOptions(), **fields)
     split, rounds, tta = opts.split, opts.rounds, opts.tta
@@ -239,27 +317,38 @@ def calibrate(checkpoint, data, output, options: CalibrationOptions | None = Non
         log(f"calibrate: warning: fitting on the {split!r} split makes its evaluation optimistic; "
             "use the training split")
     t0 = time.monotonic()
-    collected = collect_rounds(checkpoint, data, opts, progress=progress)
-    meta = collected["meta"]
-    offsets, before, after = fit_decision_offsets(collected["volumes"], meta.n_classes,
-                                                  rounds=tuple(range(rounds + 1)), sweeps=opts.sweeps)
-    record = {
-        "split": collected["split"],
-        "volumes": len(collected["case_ids"]),
-        "rounds": list(range(rounds + 1)),
-        "tta": bool(tta),
-        "objective": "mean foreground Dice over rounds, clicks honoured",
-        "dice_before": round(before, 5),
-        "dice_after": round(after, 5),
-    }
-    training = dict(meta.training)
-    training["calibration"] = record
-    out = update_checkpoint_meta(collected["path"], output, decision_offsets=offsets,
-                                 training=training)
-    result = dict(record, offsets=offsets, output=str(out), seconds=round(time.monotonic() - t0, 1))
-    names = meta.class_names
-    log("decision offsets: " + ", ".join(f"{nm} {o:+.2f}" for nm, o in zip(names, offsets)))
-    log(f"mean foreground Dice over rounds 0..{rounds} on {record['volumes']} {record['split']} "
-        f"volumes: {before:.4f} -> {after:.4f}  ({result['seconds']} s)")
-    log(f"wrote {out}")
+    if opts.offsets:
+        collected = collect_rounds(checkpoint, data, opts, progress=progress)
+        meta, source = collected["meta"], collected["path"]
+        offsets, before, after = fit_decision_offsets(collected["volumes"], meta.n_classes,
+                                                      rounds=tuple(range(rounds + 1)), sweeps=opts.sweeps)
+        record = {
+            "split": collected["split"],
+            "volumes": len(collected["case_ids"]),
+            "rounds": list(range(rounds + 1)),
+            "tta": bool(tta),
+            "objective": "mean foreground Dice over rounds, clicks honoured",
+            "dice_before": round(before, 5),
+            "dice_after": round(after, 5),
+        }
+        training = dict(meta.training)
+        training["calibration"] = record
+        out = update_checkpoint_meta(source, output, decision_offsets=offsets, training=training)
+        names = meta.class_names
+        log("decision offsets: " + ", ".join(f"{nm} {o:+.2f}" for nm, o in zip(names, offsets)))
+        log(f"mean foreground Dice over rounds 0..{rounds} on {record['volumes']} {record['split']} "
+            f"volumes: {before:.4f} -> {after:.4f}")
+    else:
+        meta = read_checkpoint_meta(resolve_checkpoint(checkpoint))
+        offsets, record = meta.decision_offsets, {"split": split, "volumes": 0, "rounds": [],
+                                                  "dice_before": None, "dice_after": None}
+        out = update_checkpoint_meta(resolve_checkpoint(checkpoint), output)
+    choice = choose_network_rounds(out, data, opts, log=log)
+    if choice is not None:
+        training = dict(read_checkpoint_meta(out).training)
+        training["refinement"] = choice
+        out = update_checkpoint_meta(out, out, training=training)
+    result = dict(record, offsets=offsets, network_rounds=choice, output=str(out),
+                  seconds=round(time.monotonic() - t0, 1))
+    log(f"wrote {out}  ({result['seconds']} s)")
     return result

@@ -36,7 +36,8 @@ JSON written by ``--json``::
      "honour_clicks": bool (model) or null, "tta": bool (model) or null,
      "decision_offsets": [one per class] or null, "split": str,
      "protocol": "slice" | "volume",
-     "refinement": {"locality": str, "follow_clicks": bool, "min_lead": float, "spread": float} (model)
+     "refinement": {"locality": str, "follow_clicks": bool, "min_lead": float, "spread": float,
+                    "network_rounds": int} (model)
                    or null,
      "classes": [names], "n_volumes": int, "volumes": [case ids],
      "results": [{"clicks": k,              # rounds per slice (slice) or per volume (volume)
@@ -105,6 +106,8 @@ class EvaluationOptions:
         Click budget of NoC@85/90/95; 0 skips NoC.
     max_volumes : int or None
         Evaluate the first N selected cases only.
+    max_slices : int or None
+        Stop after the case that brings the slices evaluated to N (at least one case).
     axis : int or None
         Slicing axis (None: the checkpoint's).
     name : str or None
@@ -129,6 +132,7 @@ class EvaluationOptions:
     batch_size: int = 64
     noc_clicks: int = 0
     max_volumes: int | None = None
+    max_slices: int | None = None
     axis: int | None = None
     name: str | None = None
     honour_clicks: bool = True
@@ -151,6 +155,7 @@ class _Method:
     checkpoint: Path | None = None
     offsets: list | None = None
     predictor: Any = None  # the model's Predictor (the volume protocol's sessions use it)
+    refinement: Any = None  # the rounds' Refinement, resolved for the checkpoint
 
 
 def _model_method(checkpoint, class_names, opts: EvaluationOptions) -> _Method:
@@ -188,7 +193,7 @@ def _model_method(checkpoint, class_names, opts: EvaluationOptions) -> _Method:
         return working.transform(image)
 
     return _Method("model", run, prepare, mem_kind, dict(meta.normalization), meta.axis if axis is None else axis,
-                   Path(predictor.checkpoint.path), offsets, predictor)
+                   Path(predictor.checkpoint.path), offsets, predictor, settings.refinement)
 
 
 def _classical_method(method: str, n: int, axis) -> _Method:
@@ -323,9 +328,14 @@ def evaluate(checkpoint="demo", data=None, options: EvaluationOptions | None = N
         from tqdm.auto import tqdm
 
         iterator = tqdm(cases, desc="evaluate", leave=False, dynamic_ncols=True)
-    for case in iterator:
+    slices = 0
+    for done, case in enumerate(iterator):
+        if opts.max_slices and slices >= opts.max_slices:
+            chosen = _Chosen(data, class_names, cases[:done], which, split_src)
+            break
         placed: dict = {}
         labels, outputs, counts = _case_outputs(how, opts, case, spec, rounds, user, latency, placed)
+        slices += labels.shape[0]
         for k in clicks:
             d, i = dice_iou_per_class(outputs[k], labels, n)
             per_volume[k]["dice"].append(d)
@@ -385,6 +395,12 @@ class _Chosen:
     split_src: Path | None
 
 
+def _refinement_record(refinement) -> dict:
+    return {"locality": refinement.locality, "follow_clicks": refinement.follow_clicks,
+            "min_lead": round(refinement.min_lead, 4), "spread": round(refinement.spread, 4),
+            "network_rounds": refinement.network_rounds or 0}
+
+
 def _result_document(how: _Method, checkpoint, opts: EvaluationOptions, chosen: _Chosen, per_volume,
                      latency) -> dict:
     data, which, split_src = chosen.data, chosen.which, chosen.split_src
@@ -407,9 +423,7 @@ def _result_document(how: _Method, checkpoint, opts: EvaluationOptions, chosen: 
         "split_file": str(split_src) if split_src else None,
         "axis": how.axis,
         "protocol": protocol,
-        "refinement": {"locality": opts.refinement.locality, "follow_clicks": opts.refinement.follow_clicks,
-                       "min_lead": round(opts.refinement.min_lead, 4),
-                       "spread": round(opts.refinement.spread, 4)} if is_model else None,
+        "refinement": _refinement_record(how.refinement or opts.refinement) if is_model else None,
         "classes": class_names,
         "n_volumes": len(cases),
         "volumes": [c.case_id for c in cases],
@@ -489,7 +503,9 @@ def format_report(result: dict) -> str:
              + ("" if not result.get("refinement") else
                 f", rounds refined: locality {result['refinement']['locality']}"
                 + (", following clicks" if result["refinement"]["follow_clicks"] else "")
-                + (f", spread {result['refinement']['spread']:.2f}" if result["refinement"].get("spread") else ""))]
+                + (f", spread {result['refinement']['spread']:.2f}" if result["refinement"].get("spread") else "")
+                + (f", the network's own labels in rounds 1-{result['refinement']['network_rounds']}"
+                   if result["refinement"].get("network_rounds") else ""))]
     lines.append("Dice".ljust(8) + "".join(c.rjust(width) for c in names))
     for row in result["results"]:
         vals = "".join(("-" if row["dice"][c] is None else f"{row['dice'][c]:.3f}").rjust(width) for c in names)

@@ -345,7 +345,8 @@ def _check_labels_entry(entry, n_events: int, source: str) -> None:
 
 def log_refinement(doc: dict, source: str = "interaction log") -> Refinement:
     """The refinement a log's rounds were shown with (``Refinement.off()`` for a log older
-    than the refinement, no focus views for one older than them).
+    than the refinement, no focus views for one older than them, every round refined for one
+    older than the network rounds).
 
     Raises
     ------
@@ -354,12 +355,11 @@ def log_refinement(doc: dict, source: str = "interaction log") -> Refinement:
     """
     if "refinement" not in doc:
         return Refinement.off()
+    recorded = doc["refinement"]
+    if isinstance(recorded, dict):  # older logs: shown without focus views, every round refined
+        recorded = {"zoom": 1.0, "network_rounds": 0, **recorded}
     try:
-        settings = Refinement.from_dict(doc["refinement"])
-    except ValueError as exc:
-        raise LogError(f"{source}: 'refinement': {exc}") from None
-    try:  # a log older than the focus views was shown without them
-        return settings if "zoom" in doc["refinement"] else Refinement.from_dict({**doc["refinement"], "zoom": 1.0})
+        return Refinement.from_dict(recorded)
     except ValueError as exc:
         raise LogError(f"{source}: 'refinement': {exc}") from None
 

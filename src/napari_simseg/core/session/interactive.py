@@ -71,13 +71,16 @@ class RoundResult:
     box: tuple = ()  # (y0, y1, x0, x1) of the image the round ran on (see core.imaging.regions)
     withheld: int = 0  # pixels the network changed that the refinement did not show (away from the clicks)
     zoomed: str = ""  # what the round's focus views did (core.network.zoom.describe), '' when none ran
+    network_rounds: int = 0  # > 0: a user's round shown as the network gave it (Refinement.network_rounds)
 
     @property
     def note(self) -> str:
         """One line for a status bar: the round's focus views and what the refinement kept away from the clicks."""
         kept = (f"{self.withheld} changed pixels away from the clicks not shown (the round stays where it points)"
                 if self.withheld else "")
-        return "; ".join(part for part in (self.zoomed, kept) if part)
+        whole = (f"the network's whole answer (this model shows its first {self.network_rounds} rounds of a slice "
+                 "unrefined)" if self.network_rounds else "")
+        return "; ".join(part for part in (whole, self.zoomed, kept) if part)
 
 
 class InteractiveSession:
@@ -395,14 +398,17 @@ class InteractiveSession:
         model_ms = (time.perf_counter() - t1) * 1e3
         showed_before = idx in self._base_labels or mem.n_rounds > 1
         mem.set_probabilities(probs, payload=self._state_to_storage(new_state))
-        withheld, zoomed = 0, ""
+        withheld, zoomed, whole = 0, "", 0
         if self.refinement.active and showed_before and PROPAGATED not in meta and clicks:
-            mem.last.meta["shown"], withheld, zoomed = self._refined(idx, box, probs, clicks, x)
+            if self.refinement.refines_round(mem.n_rounds):
+                mem.last.meta["shown"], withheld, zoomed = self._refined(idx, box, probs, clicks, x)
+            else:
+                whole = self.refinement.network_rounds
         self._trim_states(mem)
         labels = self._show_current(idx)
         total_ms = (time.perf_counter() - t0) * 1e3
         return RoundResult(idx, mem.n_rounds, labels, probs, model_ms, total_ms, self._image_box(box), withheld,
-                           zoomed)
+                           zoomed, whole)
 
     def _refined(self, idx: int, box: tuple, probs: np.ndarray, clicks: list, x: np.ndarray) -> tuple:
         """``((image box, labels), withheld, zoomed)``: what a user's round shows in its region
