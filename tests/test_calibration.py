@@ -290,7 +290,7 @@ def test_calibrate_chooses_the_network_rounds_that_evaluate_and_the_session_then
 
     # the rule, on made-up scores: the network's rounds must win by more than the margin
     def fake_evaluate(checkpoint, data, refinement, **kw):
-        dice = {0: 0.80, 2: 0.80 + made_up["gain"]}[refinement.network_rounds]
+        dice = 0.80 + (made_up["gain"] if refinement.network_rounds else 0.0)
         return {"classes": ["bg", "a"], "split": "train", "n_volumes": 3,
                 "results": [{"clicks": k, "dice": {"bg": 0.99, "a": dice}} for k in (1, 2)]}
 
@@ -302,5 +302,7 @@ def test_calibrate_chooses_the_network_rounds_that_evaluate_and_the_session_then
     assert calibration.choose_network_rounds(forced, data, choice_rounds=0) is None
     made_up["gain"] = 0.01
     assert calibration.choose_network_rounds(src, data, choice_rounds=2, log=lambda *a: None)["network_rounds"] == 2
+    bare = update_checkpoint_meta(src, tmp_path / "bare.safetensors", training={})  # e.g. a weight average
+    assert calibration.choose_network_rounds(bare, data, choice_rounds=2, log=lambda *a: None)["network_rounds"] == 3
     plain = update_checkpoint_meta(src, tmp_path / "sdg.safetensors", simulation="sdg")
     assert calibration.choose_network_rounds(plain, data, choice_rounds=2) is None  # no rounds of its own output

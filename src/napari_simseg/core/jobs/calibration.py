@@ -256,8 +256,11 @@ def choose_network_rounds(checkpoint, data, options: CalibrationOptions | None =
         The record stored as ``training["refinement"]``: ``network_rounds`` (chosen),
         ``scores`` (candidate rounds -> mean foreground Dice over rounds 1..``rounds``),
         ``split``, ``volumes``, ``rounds``, ``seconds``; None when there is nothing to choose
-        (``choice_rounds`` 0, or a network not trained on rounds of its own output).
+        (``choice_rounds`` 0, or a network not trained on rounds of its own output). A DDG
+        checkpoint that does not record its ``max_clicks`` is taken to have trained with the
+        default (:class:`~napari_simseg.core.engine.train_config.TrainConfig`).
     """
+    from napari_simseg.core.engine.train_config import TrainConfig
     from napari_simseg.core.interaction.refinement import Refinement
     from napari_simseg.core.io.resources import resolve_checkpoint
     from napari_simseg.core.jobs.evaluation import evaluate
@@ -266,7 +269,8 @@ def choose_network_rounds(checkpoint, data, options: CalibrationOptions | None =
     opts = replace(options or CalibrationOptions(), **fields)
     meta = read_checkpoint_meta(resolve_checkpoint(checkpoint))
     config = (meta.training or {}).get("config") or {}
-    trained = config.get("max_clicks") if "ddg" in str(meta.simulation) else None
+    # a DDG network whose header does not say (e.g. a weight average) trained with the default rounds
+    trained = config.get("max_clicks", TrainConfig.max_clicks) if "ddg" in str(meta.simulation) else None
     if opts.choice_rounds <= 0 or not isinstance(trained, int) or trained <= 0:
         return None
     rounds = int(opts.choice_rounds)
