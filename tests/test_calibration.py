@@ -285,6 +285,9 @@ def test_calibrate_chooses_the_network_rounds_that_evaluate_and_the_session_then
     asked = evaluation.evaluate(forced, data, clicks=[0, 1], device="cpu", progress=False, tta=False,
                                 refinement=Refinement(network_rounds=0))
     assert asked["refinement"]["network_rounds"] == 0
+    # a slice budget stops after the volume that reaches it (4 slices per volume here)
+    assert [evaluation.evaluate(forced, data, clicks=[0], device="cpu", progress=False, tta=False,
+                                max_slices=m)["n_volumes"] for m in (3, 4, 5)] == [1, 1, 2]
     volume = np.random.default_rng(0).normal(size=(4, 36, 40)).astype(np.float32)
     assert InteractiveSession(volume, forced, device="cpu").refinement.network_rounds == 2
 
