@@ -79,6 +79,9 @@ def test_cli_train_without_config_uses_the_recipe_and_plans_the_budget(phantom_d
     assert rc == 0
     text = capsys.readouterr().out
     assert text.startswith("recipe cpu-fast-v2 (no --config)") and "plan:" in text
+    lines = text.strip().splitlines()  # the next step, then the checkpoint's path last
+    assert lines[-1] == str(out / "best.safetensors")
+    assert lines[-2].startswith(f"next: simseg calibrate --checkpoint {out / 'best.safetensors'} --data {phantom_data}")
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     # the plan is written down, so a resumed run follows it
     assert cfg["plan_steps"] is False and cfg["steps_per_epoch"] >= 1 and cfg["lr_schedule"] == "onecycle"

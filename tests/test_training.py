@@ -280,7 +280,8 @@ def test_torchrun_two_cpu_processes(phantom_data, tmp_path):
     assert (out / "best.safetensors").is_file()
     # only rank 0 printed the result line and wrote one log row
     assert proc.stdout.strip().splitlines()[-1] == str(out / "best.safetensors")
-    assert proc.stdout.count("best.safetensors") == 1
+    assert proc.stdout.splitlines().count(str(out / "best.safetensors")) == 1
+    assert proc.stdout.count("next: simseg calibrate") == 1
     assert len(json.loads((out / "log.json").read_text())) == 1
 
 

@@ -79,6 +79,9 @@ def main_train(args) -> int:
     # the classes it did learn
     best = train(cfg, log=lambda m: print(m, file=sys.stderr if m.startswith("WARNING") else sys.stdout, flush=True))
     if int(os.environ.get("RANK", "0")) == 0:
+        print(f"next: simseg calibrate --checkpoint {best} --data {cfg.data} --split train --output "
+              f"{Path(best).with_name('calibrated.safetensors')}  (fits decision offsets and picks whether a "
+              "slice's first rounds show the network's own labels)", flush=True)
         print(best, flush=True)
     return 0
 
