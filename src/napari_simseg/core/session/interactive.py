@@ -78,8 +78,9 @@ class RoundResult:
         """One line for a status bar: the round's focus views and what the refinement kept away from the clicks."""
         kept = (f"{self.withheld} changed pixels away from the clicks not shown (the round stays where it points)"
                 if self.withheld else "")
-        whole = (f"the network's whole answer (this model shows its first {self.network_rounds} rounds of a slice "
-                 "unrefined)" if self.network_rounds else "")
+        first = "round" if self.network_rounds == 1 else f"{self.network_rounds} rounds"
+        whole = (f"the network's whole answer (this model shows its first {first} of a slice unrefined)"
+                 if self.network_rounds else "")
         return "; ".join(part for part in (whole, self.zoomed, kept) if part)
 
 
