@@ -285,6 +285,10 @@ def test_calibrate_chooses_the_network_rounds_that_evaluate_and_the_session_then
     asked = evaluation.evaluate(forced, data, clicks=[0, 1], device="cpu", progress=False, tta=False,
                                 refinement=Refinement(network_rounds=0))
     assert asked["refinement"]["network_rounds"] == 0
+    plain = evaluation.evaluate(forced, data, clicks=[0, 1], device="cpu", progress=False, tta=False,
+                                refinement=Refinement(locality="none", follow_clicks=False, min_lead=0.0, zoom=1.0))
+    assert plain["refinement"]["network_rounds"] == 0  # no refinement: every round is the network's anyway
+    assert "the network's own labels" not in evaluation.format_report(plain)
     # a slice budget stops after the volume that reaches it (4 slices per volume here)
     assert [evaluation.evaluate(forced, data, clicks=[0], device="cpu", progress=False, tta=False,
                                 max_slices=m)["n_volumes"] for m in (3, 4, 5)] == [1, 1, 2]
@@ -309,3 +313,59 @@ def test_calibrate_chooses_the_network_rounds_that_evaluate_and_the_session_then
     assert calibration.choose_network_rounds(bare, data, choice_rounds=2, log=lambda *a: None)["network_rounds"] == 3
     plain = update_checkpoint_meta(src, tmp_path / "sdg.safetensors", simulation="sdg")
     assert calibration.choose_network_rounds(plain, data, choice_rounds=2) is None  # no rounds of its own output
+
+
+def test_the_choice_uses_the_split_found_for_the_source_checkpoint_and_refuses_to_do_nothing(tmp_path, capsys):
+    """An output in another folder still chooses on the split saved beside the source
+    checkpoint (found before anything is written); with nothing to fit or choose, calibrate
+    says so and writes nothing; the trained rounds follow ``ddg_rounds``, else ``max_clicks``."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_meta_and_model
+    from napari_simseg.cli import main
+    from napari_simseg.core.data.phantom import make_phantom_dataset
+    from napari_simseg.core.data.splits import save_split
+    from napari_simseg.core.jobs.calibration import trained_rounds
+    from napari_simseg.core.network.checkpoint import read_checkpoint_meta, save_checkpoint
+
+    data = make_phantom_dataset(tmp_path / "ph", n_volumes=2, seed=4, shape=(4, 36, 40), n_tumours=1)
+    names = ("background", "organ", "cavity", "tumour", "neighbour")
+    meta, model = tiny_meta_and_model(class_names=names)
+    meta.simulation, meta.training = "ddg", {"config": {"max_clicks": 2}}
+    run = tmp_path / "run"
+    run.mkdir()
+    src = save_checkpoint(run / "best.safetensors", model, meta)
+    cases = sorted(p.name.split(".")[0] for p in (data / "imagesTr").iterdir())
+    save_split(run / "split.json", {"train": cases[:1], "val": cases[1:], "test": []})
+    out = tmp_path / "elsewhere" / "chosen.safetensors"
+    assert main(["calibrate", "--checkpoint", str(src), "--data", str(data), "--output", str(out), "--no-offsets",
+                 "--choice-rounds", "1", "--no-tta", "--device", "cpu"]) == 0
+    record = read_checkpoint_meta(out).training["refinement"]
+    assert record["split"] == "train" and record["volumes"] == 1
+    assert sorted(p.name for p in out.parent.iterdir()) == ["chosen.safetensors"]  # nothing staged left behind
+
+    sdg = save_checkpoint(run / "sdg.safetensors", model, replace_meta(meta, simulation="sdg"))
+    nothing = tmp_path / "nothing.safetensors"
+    assert main(["calibrate", "--checkpoint", str(sdg), "--data", str(data), "--output", str(nothing),
+                 "--no-offsets", "--device", "cpu"]) == 2
+    assert "nothing to do" in capsys.readouterr().err and not nothing.exists()
+    with pytest.raises(ValueError, match="max_slices"):
+        from napari_simseg.core.jobs.evaluation import evaluate
+
+        evaluate(src, data, clicks=[0], device="cpu", progress=False, max_slices=0)
+
+    def header(simulation, config):
+        return SimpleNamespace(simulation=simulation, training={"config": config})
+
+    assert trained_rounds(header("ddg", {"max_clicks": 3, "ddg_rounds": 5})) == 5
+    assert trained_rounds(header("ddg", {"max_clicks": 2, "ddg_rounds": None})) == 2
+    assert trained_rounds(header("ddg", {})) == 3 and trained_rounds(header("sdg", {"max_clicks": 3})) == 0
+
+
+def replace_meta(meta, **changes):
+    import copy
+
+    new = copy.deepcopy(meta)
+    for key, value in changes.items():
+        setattr(new, key, value)
+    return new

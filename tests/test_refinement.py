@@ -198,3 +198,24 @@ def test_network_rounds_come_from_the_checkpoint_unless_asked_for():
     old.pop("network_rounds")
     assert log_refinement({"refinement": old}).network_rounds == 0  # a log from before: every round refined
     assert log_refinement({"refinement": Refinement(network_rounds=3).to_dict()}).network_rounds == 3
+
+
+def test_a_slice_set_by_hand_is_refined_from_its_first_round():
+    """The network's rounds never redraw labels the user set: with ``network_rounds=3`` a click on
+    a slice set by hand changes only pixels to its class, where on an automatic result the same
+    round shows the network's whole answer."""
+    from napari_simseg.core.io.images import read_image
+    from napari_simseg.core.io.resources import SAMPLE_DIR
+    from napari_simseg.core.session.interactive import InteractiveSession
+
+    image = read_image(SAMPLE_DIR / "images" / "hippocampus_015.nii.gz").array
+    gt = read_image(SAMPLE_DIR / "labels" / "hippocampus_015.nii.gz", labels=True).array.astype(np.uint8)
+    z = int(np.argmax((gt > 0).reshape(gt.shape[0], -1).sum(1)))
+    hand = np.where(gt[z] == 2, 0, gt[z]).astype(np.uint8)  # the posterior part left out by hand
+    session = InteractiveSession(image, "demo", device="cpu", refinement=Refinement(network_rounds=3))
+    session.set_labels(z, hand)
+    ys, xs = np.nonzero(gt[z] == 2)
+    result = session.add_clicks(z, [Click(2, int(ys[len(ys) // 2]), int(xs[len(xs) // 2]))])
+    changed = result.labels != hand
+    assert changed.any() and set(np.unique(result.labels[changed])) <= {2}
+    assert "whole answer" not in result.note

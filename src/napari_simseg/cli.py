@@ -79,9 +79,11 @@ def main_train(args) -> int:
     # the classes it did learn
     best = train(cfg, log=lambda m: print(m, file=sys.stderr if m.startswith("WARNING") else sys.stdout, flush=True))
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"next: simseg calibrate --checkpoint {best} --data {cfg.data} --split train --output "
-              f"{Path(best).with_name('calibrated.safetensors')}  (fits decision offsets and picks whether a "
-              "slice's first rounds show the network's own labels)", flush=True)
+        from shlex import quote
+
+        print(f"next: simseg calibrate --checkpoint {quote(str(best))} --data {quote(str(cfg.data))} --split train "
+              f"--output {quote(str(Path(best).with_name('calibrated.safetensors')))}  (fits decision offsets and "
+              "picks whether a slice's first rounds show the network's own labels)", flush=True)
         print(best, flush=True)
     return 0
 
@@ -245,7 +247,8 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
                    help="rounds per slice when choosing whether a slice's first rounds show the network's own "
                         "labels (0: no choice, the checkpoint's stays)")
     p.add_argument("--choice-slices", type=int, default=32,
-                   help="that choice runs on the split's first volumes up to this many slices (default 32)")
+                   help="that choice runs on the split's first volumes until this many slices are reached "
+                        "(default 32; each volume whole)")
     p.add_argument("--device", default="auto")
 
 

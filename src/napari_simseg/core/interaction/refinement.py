@@ -81,7 +81,9 @@ class Refinement:
         output, and in those rounds its changes away from the clicks are, on some data,
         corrections the rules would withhold (``docs/method.md``). None (the default): the
         number chosen for the checkpoint on its training split (``simseg calibrate``,
-        :meth:`for_checkpoint`), 0 where none was chosen.
+        :meth:`for_checkpoint`), 0 where none was chosen. Rounds are counted as the slice's
+        memory holds them (a propagation's seeded round counts, as in the volume protocol);
+        the session refines every round of a slice whose labels were set by hand.
     zoom : float or None
         Where the working grid is coarser than the image, each click of a round is refined
         in a focus view up to this many times finer than the working grid

@@ -27,7 +27,7 @@ internal validation decides by plain argmax. ``--no-decision-offsets`` (evaluate
 **Network rounds.** Calibration also chooses how a slice's first corrective rounds are
 shown (:func:`choose_network_rounds`): refined from the first round (the default of
 :mod:`~napari_simseg.core.interaction.refinement`), or as the network gives them for the
-rounds its dynamic data generation trained it on (``max_clicks``), refined after. On some
+rounds its dynamic data generation trained it on (:func:`trained_rounds`), refined after. On some
 data the network's own early rounds fix errors no click points at, on others they break
 correct regions (``docs/method.md``), so the choice is measured per checkpoint: the
 evaluation user (:func:`~napari_simseg.core.jobs.evaluation.evaluate`, the same rounds as
@@ -58,7 +58,7 @@ from napari_simseg.core.interaction.virtual_user import EvaluationUser
 from napari_simseg.core.network.decision import decide_labels
 
 __all__ = ["CHOICE_MARGIN", "CalibrationOptions", "calibrate", "choose_network_rounds", "collect_rounds",
-           "fit_decision_offsets", "score_offsets"]
+           "fit_decision_offsets", "score_offsets", "trained_rounds"]
 
 #: The network rounds must beat refining every round by this much (mean foreground Dice over
 #: the choice's rounds) to be chosen: the default is the more local, safer rule.
@@ -147,8 +147,8 @@ class CalibrationOptions:
     choice_rounds : int
         Rounds per slice of the network-rounds choice (0: no choice; the header's is kept).
     choice_slices : int
-        The choice runs on the first volumes of the split up to this many slices (at least one
-        volume): on 2D images that many images, on 3D volumes a few of them.
+        The choice runs on the first volumes of the split until this many slices are reached (a
+        volume is evaluated whole): on 2D images that many images, on 3D volumes usually one.
     """
 
     split: str = "train"
@@ -246,6 +246,20 @@ def collect_rounds(checkpoint, data, options: CalibrationOptions | None = None, 
             "path": Path(path), "split": which}
 
 
+def trained_rounds(meta) -> int:
+    """How many rounds of its own output a checkpoint's network was trained on (DDG's
+    ``ddg_rounds``, else ``max_clicks``); 0 for one trained without them (SDG, automatic).
+    A DDG checkpoint whose header does not say (e.g. a weight average) is taken to have
+    trained with the default (:class:`~napari_simseg.core.engine.train_config.TrainConfig`)."""
+    from napari_simseg.core.engine.train_config import TrainConfig
+
+    if "ddg" not in str(meta.simulation):
+        return 0
+    config = (meta.training or {}).get("config") or {}
+    rounds = config.get("ddg_rounds") or config.get("max_clicks", TrainConfig.max_clicks)
+    return rounds if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds > 0 else 0
+
+
 def choose_network_rounds(checkpoint, data, options: CalibrationOptions | None = None, *, log=print,
                           **fields) -> dict | None:
     """Choose the checkpoint's network rounds on ``options.split`` (module docstring).
@@ -256,22 +270,17 @@ def choose_network_rounds(checkpoint, data, options: CalibrationOptions | None =
         The record stored as ``training["refinement"]``: ``network_rounds`` (chosen),
         ``scores`` (candidate rounds -> mean foreground Dice over rounds 1..``rounds``),
         ``split``, ``volumes``, ``rounds``, ``seconds``; None when there is nothing to choose
-        (``choice_rounds`` 0, or a network not trained on rounds of its own output). A DDG
-        checkpoint that does not record its ``max_clicks`` is taken to have trained with the
-        default (:class:`~napari_simseg.core.engine.train_config.TrainConfig`).
+        (``choice_rounds`` 0, or a network not trained on rounds of its own output:
+        :func:`trained_rounds`).
     """
-    from napari_simseg.core.engine.train_config import TrainConfig
     from napari_simseg.core.interaction.refinement import Refinement
     from napari_simseg.core.io.resources import resolve_checkpoint
     from napari_simseg.core.jobs.evaluation import evaluate
     from napari_simseg.core.network.checkpoint import read_checkpoint_meta
 
     opts = replace(options or CalibrationOptions(), **fields)
-    meta = read_checkpoint_meta(resolve_checkpoint(checkpoint))
-    config = (meta.training or {}).get("config") or {}
-    # a DDG network whose header does not say (e.g. a weight average) trained with the default rounds
-    trained = config.get("max_clicks", TrainConfig.max_clicks) if "ddg" in str(meta.simulation) else None
-    if opts.choice_rounds <= 0 or not isinstance(trained, int) or trained <= 0:
+    trained = trained_rounds(read_checkpoint_meta(resolve_checkpoint(checkpoint)))
+    if opts.choice_rounds <= 0 or not trained:
         return None
     rounds = int(opts.choice_rounds)
     t0 = time.monotonic()
@@ -320,38 +329,40 @@ def calibrate(checkpoint, data, output, options: CalibrationOptions | None = Non
     if split in ("val", "test"):
         log(f"calibrate: warning: fitting on the {split!r} split makes its evaluation optimistic; "
             "use the training split")
+    if opts.choice_slices is not None and opts.choice_slices < 1:
+        raise ValueError(f"choice_slices must be at least 1, got {opts.choice_slices}")
     t0 = time.monotonic()
+    source = resolve_checkpoint(checkpoint)
+    meta = read_checkpoint_meta(source)
+    if not opts.offsets and (opts.choice_rounds <= 0 or not trained_rounds(meta)):
+        raise ValueError("nothing to do: no decision offsets to fit (--no-offsets) and no network rounds to choose "
+                         "(--choice-rounds 0, or a network not trained on rounds of its own output)")
+    # one split for both steps: the one found for the source checkpoint, never one beside the output
+    _, _, split_path = choose_cases(discover_dataset(Path(data)), split, opts.split_file, source)
+    opts = replace(opts, split_file=str(split_path) if split_path else opts.split_file)
+    changes, offsets = {}, meta.decision_offsets
+    record = {"split": split, "volumes": 0, "rounds": [], "dice_before": None, "dice_after": None}
     if opts.offsets:
-        collected = collect_rounds(checkpoint, data, opts, progress=progress)
-        meta, source = collected["meta"], collected["path"]
+        collected = collect_rounds(source, data, opts, progress=progress)
         offsets, before, after = fit_decision_offsets(collected["volumes"], meta.n_classes,
                                                       rounds=tuple(range(rounds + 1)), sweeps=opts.sweeps)
-        record = {
-            "split": collected["split"],
-            "volumes": len(collected["case_ids"]),
-            "rounds": list(range(rounds + 1)),
-            "tta": bool(tta),
-            "objective": "mean foreground Dice over rounds, clicks honoured",
-            "dice_before": round(before, 5),
-            "dice_after": round(after, 5),
-        }
-        training = dict(meta.training)
-        training["calibration"] = record
-        out = update_checkpoint_meta(source, output, decision_offsets=offsets, training=training)
-        names = meta.class_names
-        log("decision offsets: " + ", ".join(f"{nm} {o:+.2f}" for nm, o in zip(names, offsets)))
+        record = {"split": collected["split"], "volumes": len(collected["case_ids"]),
+                  "rounds": list(range(rounds + 1)), "tta": bool(tta),
+                  "objective": "mean foreground Dice over rounds, clicks honoured",
+                  "dice_before": round(before, 5), "dice_after": round(after, 5)}
+        changes = {"decision_offsets": offsets, "training": {**meta.training, "calibration": record}}
+        log("decision offsets: " + ", ".join(f"{nm} {o:+.2f}" for nm, o in zip(meta.class_names, offsets)))
         log(f"mean foreground Dice over rounds 0..{rounds} on {record['volumes']} {record['split']} "
             f"volumes: {before:.4f} -> {after:.4f}")
-    else:
-        meta = read_checkpoint_meta(resolve_checkpoint(checkpoint))
-        offsets, record = meta.decision_offsets, {"split": split, "volumes": 0, "rounds": [],
-                                                  "dice_before": None, "dice_after": None}
-        out = update_checkpoint_meta(resolve_checkpoint(checkpoint), output)
-    choice = choose_network_rounds(out, data, opts, log=log)
-    if choice is not None:
-        training = dict(read_checkpoint_meta(out).training)
-        training["refinement"] = choice
-        out = update_checkpoint_meta(out, out, training=training)
+    output, choice = Path(output), None
+    if opts.choice_rounds > 0 and trained_rounds(meta):
+        staged = output.parent / f"{output.stem}.choosing.safetensors"  # the output is written once, whole
+        try:
+            choice = choose_network_rounds(update_checkpoint_meta(source, staged, **changes), data, opts, log=log)
+        finally:
+            staged.unlink(missing_ok=True)
+        changes["training"] = {**changes.get("training", meta.training), "refinement": choice}
+    out = update_checkpoint_meta(source, output, **changes)
     result = dict(record, offsets=offsets, network_rounds=choice, output=str(out),
                   seconds=round(time.monotonic() - t0, 1))
     log(f"wrote {out}  ({result['seconds']} s)")

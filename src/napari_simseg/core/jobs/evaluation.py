@@ -307,6 +307,8 @@ def evaluate(checkpoint="demo", data=None, options: EvaluationOptions | None = N
     if clicks[0] < 0:
         raise ValueError("click counts must be >= 0")
     opts = replace(opts, clicks=clicks, noc_clicks=max(0, int(opts.noc_clicks)))
+    if opts.max_slices is not None and opts.max_slices < 1:
+        raise ValueError(f"max_slices must be at least 1 (None: every slice), got {opts.max_slices}")
     if opts.protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {opts.protocol!r}")
     if opts.protocol == "volume" and (opts.method != "model" or opts.memory or opts.noc_clicks):
@@ -395,10 +397,16 @@ class _Chosen:
     split_src: Path | None
 
 
+def _network_rounds_words(rounds) -> str:
+    if not rounds:
+        return ""
+    return ", the network's own labels in " + ("round 1" if rounds == 1 else f"rounds 1-{rounds}")
+
+
 def _refinement_record(refinement) -> dict:
     return {"locality": refinement.locality, "follow_clicks": refinement.follow_clicks,
             "min_lead": round(refinement.min_lead, 4), "spread": round(refinement.spread, 4),
-            "network_rounds": refinement.network_rounds or 0}
+            "network_rounds": (refinement.network_rounds or 0) if refinement.active else 0}
 
 
 def _result_document(how: _Method, checkpoint, opts: EvaluationOptions, chosen: _Chosen, per_volume,
@@ -504,8 +512,7 @@ def format_report(result: dict) -> str:
                 f", rounds refined: locality {result['refinement']['locality']}"
                 + (", following clicks" if result["refinement"]["follow_clicks"] else "")
                 + (f", spread {result['refinement']['spread']:.2f}" if result["refinement"].get("spread") else "")
-                + (f", the network's own labels in rounds 1-{result['refinement']['network_rounds']}"
-                   if result["refinement"].get("network_rounds") else ""))]
+                + _network_rounds_words(result["refinement"].get("network_rounds")))]
     lines.append("Dice".ljust(8) + "".join(c.rjust(width) for c in names))
     for row in result["results"]:
         vals = "".join(("-" if row["dice"][c] is None else f"{row['dice'][c]:.3f}").rjust(width) for c in names)

@@ -13,7 +13,8 @@ Format (version 1)::
 
     {"format": "napari-simseg-log", "version": 1,
      "image_shape": [Z, H, W] or [H, W], "class_names": [...], "checkpoint": str,
-     "refinement": {"locality": ..., "follow_clicks": ..., "margin": ..., "min_lead": ..., "touch": ...},
+     "refinement": {"locality": ..., "follow_clicks": ..., "margin": ..., "min_lead": ..., "touch": ...,
+                    "zoom": ..., "spread": ..., "network_rounds": ...},
      "events": [{"action": "clicks", "slice": z, "round": k, "time": t,
                  "clicks": [{"class": c, "y": y, "x": x}, ...]},
                 {"action": "undo" | "redo" | "reset", "slice": z, "time": t},

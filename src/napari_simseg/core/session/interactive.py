@@ -401,7 +401,8 @@ class InteractiveSession:
         mem.set_probabilities(probs, payload=self._state_to_storage(new_state))
         withheld, zoomed, whole = 0, "", 0
         if self.refinement.active and showed_before and PROPAGATED not in meta and clicks:
-            if self.refinement.refines_round(mem.n_rounds):
+            # labels set by hand are never the network's to redraw, whatever its rounds
+            if self.refinement.refines_round(mem.n_rounds) or idx in self._hand_set:
                 mem.last.meta["shown"], withheld, zoomed = self._refined(idx, box, probs, clicks, x)
             else:
                 whole = self.refinement.network_rounds
