@@ -334,7 +334,8 @@ def calibrate(checkpoint, data, output, options: CalibrationOptions | None = Non
     t0 = time.monotonic()
     source = resolve_checkpoint(checkpoint)
     meta = read_checkpoint_meta(source)
-    if not opts.offsets and (opts.choice_rounds <= 0 or not trained_rounds(meta)):
+    choosing = opts.choice_rounds > 0 and trained_rounds(meta) > 0
+    if not opts.offsets and not choosing:
         raise ValueError("nothing to do: no decision offsets to fit (--no-offsets) and no network rounds to choose "
                          "(--choice-rounds 0, or a network not trained on rounds of its own output)")
     # one split for both steps: the one found for the source checkpoint, never one beside the output
@@ -355,7 +356,7 @@ def calibrate(checkpoint, data, output, options: CalibrationOptions | None = Non
         log(f"mean foreground Dice over rounds 0..{rounds} on {record['volumes']} {record['split']} "
             f"volumes: {before:.4f} -> {after:.4f}")
     output, choice = Path(output), None
-    if opts.choice_rounds > 0 and trained_rounds(meta):
+    if choosing:
         staged = output.parent / f"{output.stem}.choosing.safetensors"  # the output is written once, whole
         try:
             choice = choose_network_rounds(update_checkpoint_meta(source, staged, **changes), data, opts, log=log)
