@@ -3,6 +3,8 @@ maps and on the bundled, trained model."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -219,3 +221,41 @@ def test_a_slice_set_by_hand_is_refined_from_its_first_round():
     changed = result.labels != hand
     assert changed.any() and set(np.unique(result.labels[changed])) <= {2}
     assert "whole answer" not in result.note
+
+
+def test_a_log_replays_each_round_with_the_refinement_it_was_shown_with(tmp_path):
+    """A session that replays a log made with another refinement and goes on saves a log
+    whose every round replays as it was shown: each clicks event records its own refinement."""
+    from napari_simseg.core.io.images import read_image
+    from napari_simseg.core.io.resources import SAMPLE_DIR
+    from napari_simseg.core.session.interaction_log import LogError, check_log, iter_replay, load_log, replay_log
+    from napari_simseg.core.session.interactive import InteractiveSession
+
+    image = read_image(SAMPLE_DIR / "images" / "hippocampus_015.nii.gz").array
+    z = image.shape[0] // 2
+    first = InteractiveSession(image, "demo", device="cpu", refinement=Refinement.off())
+    first.predict_auto(z)
+    for click in ((1, 20, 20), (2, 15, 30), (1, 25, 12)):
+        first.add_clicks(z, [Click(*click)])
+    first_log = first.save_log(tmp_path / "first.simseg.json")
+    assert all(e["refinement"] == Refinement.off().to_dict() for e in load_log(first_log)["events"]
+               if e["action"] == "clicks")
+
+    later = replay_log(InteractiveSession(image, "demo", device="cpu"), first_log)  # refined rounds from here on
+    np.testing.assert_array_equal(later.labels[z], first.labels[z])
+    assert later.refinement.active  # the replay gave the session its own refinement back
+    later.add_clicks(z, [Click(2, 30, 25)])
+    later_log = load_log(later.save_log(tmp_path / "later.simseg.json"))
+    assert later_log["refinement"]["locality"] != "none"  # the top level: the session's when saved
+
+    again = InteractiveSession(image, "demo", device="cpu")
+    steps = iter_replay(again, later_log)
+    for done, _ in steps:
+        if done == len(first.log):
+            np.testing.assert_array_equal(again.labels[z], first.labels[z])  # the first session's rounds, as shown
+    np.testing.assert_array_equal(again.labels[z], later.labels[z])
+    broken = json.loads(json.dumps(later_log))
+    clicks_event = next(i for i, e in enumerate(broken["events"]) if e["action"] == "clicks")
+    broken["events"][clicks_event]["refinement"] = {"locality": "everywhere"}
+    with pytest.raises(LogError, match=f"event {clicks_event} .*'refinement'"):
+        check_log(broken)

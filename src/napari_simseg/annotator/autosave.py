@@ -263,7 +263,7 @@ class SessionRecovery:
 
             state = self.store.read(info)
             fresh = new_session()
-            # a viewer session's rounds are refined as the new one's are (the widget has no other setting)
+            # rounds saved with their own refinement replay with it; older ones as the new session's
             doc = {"format": LOG_FORMAT, "version": LOG_VERSION, "image_shape": list(shape),
                    "class_names": list(class_names), "refinement": fresh.refinement.to_dict(), "events": state.events}
             doc = check_log(doc, shape, class_names, str(info.folder))

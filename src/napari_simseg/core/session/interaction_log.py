@@ -16,7 +16,8 @@ Format (version 1)::
      "refinement": {"locality": ..., "follow_clicks": ..., "margin": ..., "min_lead": ..., "touch": ...,
                     "zoom": ..., "spread": ..., "network_rounds": ...},
      "events": [{"action": "clicks", "slice": z, "round": k, "time": t,
-                 "clicks": [{"class": c, "y": y, "x": x}, ...]},
+                 "clicks": [{"class": c, "y": y, "x": x}, ...],
+                 "refinement": {...} (the round's own, as above; absent in older logs)},
                 {"action": "undo" | "redo" | "reset", "slice": z, "time": t},
                 {"action": "auto", "slices": [z, ...], "time": t},
                 {"action": "set_labels", "slice": z, "labels": [[...]], "time": t},
@@ -28,7 +29,11 @@ Format (version 1)::
 ``refinement`` holds what the session's corrective rounds were allowed to change
 (:class:`~napari_simseg.core.interaction.refinement.Refinement`); a replay runs with it, so
 labels come back as they were shown. A log without it (written before the refinement
-existed) replays with the network's labels as they were (``Refinement.off()``).
+existed) replays with the network's labels as they were (``Refinement.off()``). Each
+``clicks`` event also records the refinement its round was shown with, and a replay runs
+that round with it: a session that replayed an older log (or whose refinement changed)
+saves a log whose every round replays as it was shown; the top-level entry (the session's
+refinement when the log was saved) serves the events that hold none.
 
 A ``propagate`` event holds every seed of every slice it wrote
 (:mod:`~napari_simseg.core.session.propagation`), so its replay does not depend on the seed
@@ -63,9 +68,9 @@ from napari_simseg.core.interaction.clicks import Click, ClickError, as_index, v
 from napari_simseg.core.interaction.refinement import Refinement
 from napari_simseg.core.io.atomic import atomic_write_text
 
-__all__ = ["LOG_FORMAT", "LOG_VERSION", "LabelsMismatchError", "LogError", "check_log", "events_for_labels",
-           "iter_replay", "labels_digest", "labels_record", "load_log", "log_refinement", "replay_log",
-           "rounds_from_log", "write_log"]
+__all__ = ["LOG_FORMAT", "LOG_VERSION", "LabelsMismatchError", "LogError", "check_log", "event_refinement",
+           "events_for_labels", "iter_replay", "labels_digest", "labels_record", "load_log", "log_refinement",
+           "replay_log", "rounds_from_log", "write_log"]
 
 LOG_FORMAT = "napari-simseg-log"
 LOG_VERSION = 1
@@ -158,6 +163,8 @@ def _check_event(event, n_slices: int, slice_shape: tuple, n_classes: int, where
         _slice(event, "slice", n_slices, where)
     if action == "clicks":
         _check_clicks(event.get("clicks"), n_classes, slice_shape, where)
+        if "refinement" in event:
+            _as_refinement(event["refinement"], where)
     elif action == "auto":
         slices = event.get("slices")
         if not isinstance(slices, list) or not slices:
@@ -347,7 +354,8 @@ def _check_labels_entry(entry, n_events: int, source: str) -> None:
 def log_refinement(doc: dict, source: str = "interaction log") -> Refinement:
     """The refinement a log's rounds were shown with (``Refinement.off()`` for a log older
     than the refinement, no focus views for one older than them, every round refined for one
-    older than the network rounds).
+    older than the network rounds); a ``clicks`` event's own entry wins for its round
+    (:func:`event_refinement`).
 
     Raises
     ------
@@ -356,13 +364,24 @@ def log_refinement(doc: dict, source: str = "interaction log") -> Refinement:
     """
     if "refinement" not in doc:
         return Refinement.off()
-    recorded = doc["refinement"]
+    return _as_refinement(doc["refinement"], source)
+
+
+def event_refinement(event: dict, default: Refinement) -> Refinement:
+    """The refinement a ``clicks`` event's round was shown with: its own entry, else
+    ``default`` (the log's, for events written before rounds recorded their own)."""
+    if "refinement" not in event:
+        return default
+    return _as_refinement(event["refinement"], "interaction log event")
+
+
+def _as_refinement(recorded, where: str) -> Refinement:
     if isinstance(recorded, dict):  # older logs: shown without focus views, every round refined
         recorded = {"zoom": 1.0, "network_rounds": 0, **recorded}
     try:
         return Refinement.from_dict(recorded)
     except ValueError as exc:
-        raise LogError(f"{source}: 'refinement': {exc}") from None
+        raise LogError(f"{where}: 'refinement': {exc}") from None
 
 
 def _event_clicks(event: dict) -> list[Click]:
@@ -406,10 +425,11 @@ def iter_replay(session, log):
     check_log(doc, shape, session.class_names, source="log" if isinstance(log, dict) else str(log))
     total = len(doc["events"])
     own = session.refinement
-    session.refinement = log_refinement(doc)  # the labels as they were shown when recorded
+    recorded = log_refinement(doc)  # the labels as they were shown when recorded
     try:
         yield 0, total
         for done, event in enumerate(doc["events"], 1):
+            session.refinement = event_refinement(event, recorded) if event["action"] == "clicks" else recorded
             _apply(session, event)
             yield done, total
     finally:

@@ -355,7 +355,8 @@ class InteractiveSession:
         clicks = self._checked_clicks(clicks)
         result = self._run_round(idx, clicks, t0)
         self._record("clicks", slice=idx, round=result.round,
-                     clicks=[{"class": c.label, "y": c.y, "x": c.x} for c in clicks])
+                     clicks=[{"class": c.label, "y": c.y, "x": c.x} for c in clicks],
+                     refinement=self.refinement.to_dict())  # a replay shows the round as it was shown
         return result
 
     def _checked_clicks(self, clicks: Sequence) -> list:
