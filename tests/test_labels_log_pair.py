@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_simseg.core.interaction.refinement import Refinement
 from napari_simseg.core.session.interaction_log import (
     LabelsMismatchError,
     LogError,
@@ -69,9 +70,28 @@ def test_saving_over_another_sessions_pair_keeps_its_events_for_a_kill(tmp_path)
     other = [{"action": "auto", "slices": [0, 1], "time": 5.0}]
     log = _save(tmp_path, _labels(2), other)  # not a continuation: the old events go in whole
     doc = load_log(log)
-    assert doc["labels"]["previous"]["events"] == _events(4)
+    # kept with the refinement their rounds were shown with (the old log's: none recorded, so off)
+    kept = [{**e, "refinement": Refinement.off().to_dict()} for e in _events(4)]
+    assert doc["labels"]["previous"]["events"] == kept
     old, note = events_for_labels(doc, _labels(1), tmp_path / "case.nii.gz", log)
-    assert old["events"] == _events(4) and note
+    assert old["events"] == kept and note
+
+
+def test_a_continued_older_log_keeps_its_rounds_refinement_for_a_kill(tmp_path):
+    """A log written before rounds recorded their refinement, replayed and continued (its
+    replayed rounds now hold the old log's refinement), saved over: the old events are
+    recognised as the new log's first ones, and carry the refinement they were shown with."""
+    old_settings = Refinement(min_lead=1.0)
+    log = tmp_path / "case.simseg.json"
+    write_log(log, SHAPE, NAMES, "demo", _events(2), labels_record(tmp_path / "case.nii.gz", _labels(1), _events(2),
+                                                                    log), old_settings)
+    replayed = [{**e, "refinement": old_settings.to_dict()} for e in _events(2, t=50.0)]
+    later = [{**e, "refinement": Refinement().to_dict()} for e in _events(3)[2:]]
+    record = labels_record(tmp_path / "case.nii.gz", _labels(2), replayed + later, log)
+    assert record["previous"] == {"digest": labels_digest(_labels(1)), "n_events": 2}
+    write_log(log, SHAPE, NAMES, "demo", replayed + later, record, Refinement())
+    old, _ = events_for_labels(load_log(log), _labels(1), tmp_path / "case.nii.gz", log)
+    assert [e["refinement"] for e in old["events"]] == [old_settings.to_dict()] * 2
 
 
 def test_labels_that_fit_neither_save_are_refused_by_name(tmp_path):

@@ -259,3 +259,17 @@ def test_a_log_replays_each_round_with_the_refinement_it_was_shown_with(tmp_path
     broken["events"][clicks_event]["refinement"] = {"locality": "everywhere"}
     with pytest.raises(LogError, match=f"event {clicks_event} .*'refinement'"):
         check_log(broken)
+
+
+@pytest.mark.parametrize("bad", [{"touch": "2"}, {"touch": 1.5}, {"touch": -3}, {"touch": None}, {"touch": True},
+                                 {"follow_clicks": "no"}, {"follow_clicks": 1}, {"min_lead": True},
+                                 {"margin": "1"}, {"spread": float("nan")}, {"min_lead": float("inf")}])
+def test_refinement_settings_of_the_wrong_type_are_refused_by_name(bad):
+    """A log's refinement entry is checked before anything is replayed: a string, fraction or
+    negative ``touch`` or a string ``follow_clicks`` would otherwise fail midway or be misread."""
+    from napari_simseg.core.session.interaction_log import LogError, log_refinement
+
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        Refinement.from_dict({**Refinement().to_dict(), **bad})
+    with pytest.raises(LogError, match=next(iter(bad))):
+        log_refinement({"refinement": {**Refinement().to_dict(), **bad}})

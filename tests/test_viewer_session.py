@@ -155,9 +155,14 @@ def test_save_and_load_restore_memories(viewer, session, tmp_path):
 
     session.reset(1)
     assert (session.labels[1] == 0).all()
+    from dataclasses import replace
+
+    own = replace(session.session.refinement, min_lead=1.0)  # set from the console since the save
+    session.session.refinement = own
     msg = session.load(labels_path)
     assert "replayed" in msg
-    np.testing.assert_array_equal(session.labels, shown)
+    np.testing.assert_array_equal(session.labels, shown)  # the rounds replay with their own settings
+    assert session.session.refinement == own  # the session's settings survive a Load
     assert session.session.n_rounds(1) == 2
     assert len(viewer.layers["a clicks"].data) == 1
     assert len(viewer.layers["b clicks"].data) == 1  # slice 3's round was undone

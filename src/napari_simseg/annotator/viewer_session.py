@@ -731,7 +731,7 @@ class ViewerSession:
         s, channels = self.session, self._channels
         image = channels if len(channels) > 1 else channels[0]
         settings = dict(max_state_history=s.max_state_history, honour_clicks=s.honour_clicks,
-                        decision_offsets=s.decision_offsets)
+                        decision_offsets=s.decision_offsets, refinement=s.refinement)
         return lambda: InteractiveSession(image, s.predictor, **settings)
 
     def _adopt(self, fresh: InteractiveSession, saved: SavedSession) -> None:

@@ -104,9 +104,15 @@ class Refinement:
     def __post_init__(self):
         if self.locality not in LOCALITIES:
             raise ValueError(f"locality must be one of {LOCALITIES}, got {self.locality!r}")
-        if not self.min_lead >= 0 or not self.margin >= 0 or not self.spread >= 0:
-            raise ValueError(f"min_lead, margin and spread must be >= 0, got {self.min_lead}, {self.margin} "
-                             f"and {self.spread}")
+        if not isinstance(self.follow_clicks, bool):
+            raise ValueError(f"follow_clicks must be true or false, got {self.follow_clicks!r}")
+        if isinstance(self.touch, bool) or not isinstance(self.touch, int) or self.touch < 0:
+            raise ValueError(f"touch must be a whole number of pixels >= 0, got {self.touch!r}")
+        for name in ("min_lead", "margin", "spread"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.zoom is not None and not (self.zoom >= 1 and math.isfinite(self.zoom)):
             raise ValueError(f"zoom must be a finite magnification >= 1 (1: off), got {self.zoom}")
         if self.network_rounds is not None and (isinstance(self.network_rounds, bool)

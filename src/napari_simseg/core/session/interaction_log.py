@@ -263,6 +263,14 @@ def _without_times(events) -> str:
     return json.dumps([{k: v for k, v in e.items() if k != "time"} for e in events], sort_keys=True)
 
 
+def _with_refinements(doc: dict) -> list[dict]:
+    """A log's events with every ``clicks`` event holding the refinement its round was shown
+    with (the log's own for events written before rounds recorded theirs)."""
+    shown = log_refinement(doc).to_dict()
+    return [{**e, "refinement": shown} if e.get("action") == "clicks" and "refinement" not in e else e
+            for e in doc["events"]]
+
+
 def labels_record(labels_file, labels, events: Sequence[dict], log_path) -> dict:
     """The ``"labels"`` entry of a log about to be written with a labels file (see the module).
 
@@ -284,11 +292,13 @@ def labels_record(labels_file, labels, events: Sequence[dict], log_path) -> dict
         old = None  # an unreadable log: nothing to fall back on
     old_digest = (old.get("labels") or {}).get("digest") if old else None
     if old is not None and isinstance(old_digest, str):
-        k = len(old["events"])
-        if k <= len(events) and _without_times(events[:k]) == _without_times(old["events"]):
+        old_events = _with_refinements(old)  # as a replay of that log records them
+        k = len(old_events)
+        if k <= len(events) and _without_times(events[:k]) in (_without_times(old_events),
+                                                                _without_times(old["events"])):
             previous = {"digest": old_digest, "n_events": k}
         else:
-            previous = {"digest": old_digest, "events": old["events"]}
+            previous = {"digest": old_digest, "events": old_events}
     return {"file": Path(labels_file).name, "digest": labels_digest(labels), "previous": previous}
 
 
@@ -367,12 +377,12 @@ def log_refinement(doc: dict, source: str = "interaction log") -> Refinement:
     return _as_refinement(doc["refinement"], source)
 
 
-def event_refinement(event: dict, default: Refinement) -> Refinement:
+def event_refinement(event: dict, default: Refinement, where: str = "interaction log event") -> Refinement:
     """The refinement a ``clicks`` event's round was shown with: its own entry, else
     ``default`` (the log's, for events written before rounds recorded their own)."""
     if "refinement" not in event:
         return default
-    return _as_refinement(event["refinement"], "interaction log event")
+    return _as_refinement(event["refinement"], where)
 
 
 def _as_refinement(recorded, where: str) -> Refinement:
